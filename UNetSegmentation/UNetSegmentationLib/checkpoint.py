@@ -1,0 +1,197 @@
+"""Safe checkpoints: safetensors weights with JSON metadata; plain PyTorch state dicts only through
+``torch.load(weights_only=True)``. Nothing here ever unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import torch
+
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.metadata import METADATA_KEY, ModelMetadata
+from UNetSegmentationLib.networks.registry import build_network, get_architecture
+from UNetSegmentationLib.outputs import atomic_output
+
+SAFETENSORS_SUFFIX = ".safetensors"
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_MARK = 0x80
+
+
+@dataclass
+class Checkpoint:
+    """Validated metadata and the state dict it describes."""
+
+    path: Path
+    metadata: ModelMetadata
+    state_dict: Dict[str, torch.Tensor]
+
+    def parameter_count(self) -> int:
+        return sum(t.numel() for k, t in self.state_dict.items() if t.is_floating_point() and not _is_buffer(k))
+
+
+def _is_buffer(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors', 'torch' or raise: decided by the bytes, not the file name."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(9)
+            size = os.fstat(file.fileno()).st_size
+    except FileNotFoundError:
+        raise UserError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint is a folder, not a file: {path}") from None
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    if size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes)")
+    if len(head) == 9 and head[8:9] == b"{":
+        header_size = struct.unpack("<Q", head[:8])[0]
+        if 8 + header_size > size:
+            raise UserError(f"checkpoint {path} is truncated: its header says {header_size} bytes but the file has {size}")
+        return "safetensors"
+    if head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTOCOL_MARK):
+        return "torch"
+    raise UserError(f"{path} is not a checkpoint: neither a safetensors file nor a PyTorch file (unknown magic bytes {head[:4]!r})")
+
+
+def read_metadata(path: Path) -> ModelMetadata:
+    """Only the metadata of a safetensors checkpoint (no tensors are read)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if _sniff(path) != "safetensors":
+        raise UserError(f"{path} is a plain PyTorch file: it has no metadata (give --arch, --classes, --context, --norm)")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            header = file.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"checkpoint {path} is corrupt or truncated: {error}") from None
+    if METADATA_KEY not in header:
+        raise UserError(
+            f"{path} is a safetensors file without UNetSegmentation metadata (no {METADATA_KEY!r} header entry); "
+            "create checkpoints with 'unetseg create' or 'unetseg train'"
+        )
+    return ModelMetadata.loads(header[METADATA_KEY], source=str(path))
+
+
+def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"checkpoint {path} is corrupt or truncated: {error}") from None
+
+
+def _load_torch_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    import pickle
+
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).split("\n")[0:3]
+        raise UserError(
+            f"refusing to load {path}: it holds pickled Python objects, and unpickling them could run arbitrary code "
+            f"(torch.load with weights_only=True said: {' '.join(line.strip() for line in reason if line.strip())[:300]}). "
+            "Save only the weights: torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, struct.error) as error:
+        raise UserError(f"checkpoint {path} is corrupt or truncated: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    for wrapper in ("state_dict", "model_state_dict", "model", "network", "weights"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+            break
+    if not (isinstance(loaded, dict) and loaded and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())):
+        raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    prefix = "module."  # saved from DataParallel / DistributedDataParallel
+    if all(k.startswith(prefix) for k in loaded):
+        loaded = {k[len(prefix):]: v for k, v in loaded.items()}
+    return loaded
+
+
+def load_checkpoint(path, metadata_for_plain_torch: Optional[ModelMetadata] = None) -> Checkpoint:
+    """Read and validate a checkpoint; a plain PyTorch file needs its metadata given separately."""
+    path = Path(path)
+    if _sniff(path) == "safetensors":
+        metadata = read_metadata(path)
+        state_dict = _load_safetensors(path)
+    else:
+        if metadata_for_plain_torch is None:
+            raise UserError(
+                f"{path} is a plain PyTorch file with no metadata: give --arch and --classes "
+                "(and --context, --features, --norm if they differ from the defaults)"
+            )
+        metadata = metadata_for_plain_torch
+        state_dict = _load_torch_state_dict(path)
+    get_architecture(metadata.architecture)  # unknown architecture: clear error before anything else
+    return Checkpoint(path, metadata, state_dict)
+
+
+def _describe_mismatch(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], metadata: ModelMetadata) -> Optional[str]:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    for key in wrong_shape:
+        file_shape, model_shape = tuple(state_dict[key].shape), tuple(expected[key].shape)
+        if model_shape[0] == metadata.out_channels and file_shape[1:] == model_shape[1:] and len(model_shape) == 4 and model_shape[2:] == (1, 1):
+            fits = "1 class" if file_shape[0] == 1 else f"{file_shape[0] - 1} classes"
+            return (
+                f"class-count mismatch: the weights' output layer {key} has {file_shape[0]} channel(s), which fits {fits}, "
+                f"but {len(metadata.classes)} class(es) are declared ({', '.join(c.name for c in metadata.classes)})"
+            )
+    problems = []
+    if wrong_shape:
+        k = wrong_shape[0]
+        problems.append(f"{len(wrong_shape)} tensor(s) of the wrong shape (e.g. {k}: {tuple(state_dict[k].shape)} in the file, {tuple(expected[k].shape)} expected)")
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if not problems:
+        return None
+    return (
+        f"the weights do not match architecture {metadata.architecture!r} with {metadata.kwargs}: "
+        + "; ".join(problems)
+    )
+
+
+def build_model(checkpoint: Checkpoint) -> torch.nn.Module:
+    """The network with the checkpoint's weights, in evaluation mode on the CPU."""
+    metadata = checkpoint.metadata
+    model = build_network(metadata.architecture, metadata.kwargs)
+    problem = _describe_mismatch(model, checkpoint.state_dict, metadata)
+    if problem:
+        raise UserError(f"{checkpoint.path}: {problem}")
+    model.load_state_dict(checkpoint.state_dict, strict=True)
+    return model.eval()
+
+
+def create_checkpoint(path, metadata: ModelMetadata, seed: int = 0, overwrite: bool = False) -> torch.nn.Module:
+    """Write an untrained checkpoint (seeded initial weights) and return its network."""
+    torch.manual_seed(seed)
+    model = build_network(metadata.architecture, metadata.kwargs)
+    save_checkpoint(path, model.state_dict(), metadata, overwrite=overwrite)
+    return model
+
+
+def save_checkpoint(path, state_dict: Mapping[str, torch.Tensor], metadata: ModelMetadata, overwrite: bool = False) -> Path:
+    """Write weights and metadata as safetensors, atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not path.name.endswith(SAFETENSORS_SUFFIX):
+        raise UserError(f"checkpoints are written as safetensors: the file name must end in {SAFETENSORS_SUFFIX} (got {path.name})")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    with atomic_output([path], overwrite=overwrite) as (temporary,):
+        save_file(tensors, str(temporary), metadata={METADATA_KEY: metadata.dumps()})
+    return path

@@ -1,0 +1,101 @@
+"""``unetseg demo``: the main job on a bundled default — segment the real chest CT shipped in
+``slicerio`` with the bundled model, write a Slicer segmentation and a PNG overlay of a few slices.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from UNetSegmentationLib.progress import Reporter
+
+#: the bundled model, shipped inside the Slicer module so the installed module offers it by default
+BUNDLED_MODEL_NAME = "chest-ct-unetplusplus.safetensors"
+DEMO_CT = "CTChest4.nrrd"
+
+
+def models_folder() -> Path:
+    """``UNetSegmentation/Resources/Models``: beside this package in the source tree and in a Slicer install."""
+    return Path(__file__).resolve().parent.parent / "Resources" / "Models"
+
+
+def bundled_model() -> Optional[Path]:
+    path = models_folder() / BUNDLED_MODEL_NAME
+    return path if path.is_file() else None
+
+
+def write_overlay_png(volume: np.ndarray, labels: np.ndarray, classes: Sequence, path: Path, slice_count: int = 4, window=(-1000.0, 1000.0)) -> None:
+    """A row of slices ([k, j, i] arrays, slices along k) with each class drawn in its colour, and a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depth = volume.shape[0]
+    picks = np.linspace(depth * 0.2, depth * 0.8, slice_count).round().astype(int)
+    figure, axes = plt.subplots(1, slice_count, figsize=(4 * slice_count, 4.4), squeeze=False)
+    for axis, k in zip(axes[0], picks):
+        axis.imshow(np.clip(volume[k], *window), cmap="gray", interpolation="nearest")
+        overlay = np.zeros(labels.shape[1:] + (4,), dtype=np.float32)
+        for info in classes:
+            overlay[labels[k] == info.value] = (*info.color, 0.45)
+        axis.imshow(overlay, interpolation="nearest")
+        axis.set_title(f"slice {k}")
+        axis.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=info.color) for info in classes]
+    figure.legend(handles, [info.name for info in classes], loc="lower center", ncol=min(len(classes), 8), fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def untrained_metadata():
+    """A small two-class UNet++ for running the pipeline before a trained model exists."""
+    from UNetSegmentationLib.metadata import ModelMetadata, Normalization, make_classes
+
+    kwargs = {"in_channels": 3, "out_channels": 3, "features": [8, 16, 32, 64, 128], "deep_supervision": True}
+    return ModelMetadata("unetplusplus", kwargs, context=1, normalization=Normalization("ct", window=(-1000.0, 1000.0)), classes=make_classes(["right lung", "left lung"]))
+
+
+def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None) -> int:
+    import SimpleITK as sitk
+    import slicerio
+
+    from UNetSegmentationLib.checkpoint import read_metadata
+    from UNetSegmentationLib.checkpoint import create_checkpoint
+    from UNetSegmentationLib.inference import PredictionOptions, predict_file
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ct = Path(slicerio.get_testdata_file(DEMO_CT))
+    model = model or bundled_model()
+    with tempfile.TemporaryDirectory() as scratch:
+        if model is None:
+            model = Path(scratch) / "untrained.safetensors"
+            print(
+                "note: no bundled trained model yet; segmenting with an UNTRAINED U-Net++ (the result is meaningless, "
+                "it shows the pipeline end to end)",
+                file=sys.stderr,
+            )
+            create_checkpoint(model, untrained_metadata())
+        segmentation = output_dir / "CTChest4.seg.nrrd"
+        summary = predict_file(ct, segmentation, model, PredictionOptions(overwrite=True), reporter)
+        metadata = read_metadata(model)
+        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
+        labels = _labels_of(segmentation, metadata.classes)
+        overlay = output_dir / "CTChest4-overlay.png"
+        window = metadata.normalization.window or (float(volume.min()), float(volume.max()))
+        write_overlay_png(volume, labels, metadata.classes, overlay, window=window)
+    print(f"segmentation: {summary['output']}\noverlay:      {overlay}", file=sys.stderr)
+    return 0
+
+
+def _labels_of(segmentation: Path, classes: Sequence) -> np.ndarray:
+    """[k, j, i] label array of a .seg.nrrd written by the engine (one layer)."""
+    import slicerio
+
+    seg = slicerio.read_segmentation(str(segmentation))
+    return np.asarray(seg["voxels"]).transpose(2, 1, 0)

@@ -1,0 +1,304 @@
+"""Volume in, label map out: 2.5D slice-wise inference, streamed batch by batch.
+
+read → slices (a view: slice axis first, canonical in-plane orientation) → batches of 2.5D inputs
+(normalised, padded) → network → probabilities → labels (written into the output array through the
+same view) → write (temporary file, then rename). Memory is bounded by the batch plus the uint8/uint16
+label volume (and the float32 confidence map when asked for); the input is never copied as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+import torch
+
+from UNetSegmentationLib.checkpoint import Checkpoint, build_model, load_checkpoint
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.metadata import ModelMetadata
+from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
+from UNetSegmentationLib.normalization import IntensityMapping, fit_normalization
+from UNetSegmentationLib.outputs import atomic_output, check_output_path
+from UNetSegmentationLib.progress import Reporter
+from UNetSegmentationLib.slicing import SliceGeometry, gather_context, padding_for
+from UNetSegmentationLib.volume_io import check_finite, label_dtype, read_volume, write_labels, write_scalar
+
+ACCURATE = "accurate"
+Depth = Union[int, str, None]
+
+
+@dataclass
+class PredictionOptions:
+    """What ``unetseg predict`` and the Slicer module let the user choose."""
+
+    depth: Depth = None  # None: the checkpoint's recommended depth (else the full network); "accurate": mean of heads
+    device: str = "auto"
+    batch_size: int = 4
+    axis: Optional[int] = None  # image axis to slice along; None: the one closest to superior-inferior
+    probabilities: Optional[Path] = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UserError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; an unavailable GPU is an error."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: no CUDA GPU is available to this PyTorch build; use --device cpu or auto")
+        device = torch.device(spec)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are present")
+        return device
+    raise UserError(f"--device must be auto, cpu, cuda or cuda:N; got {spec!r}")
+
+
+def parse_depth(text: Optional[str]) -> Depth:
+    if text is None or text == ACCURATE:
+        return text
+    if str(text).upper().startswith("L"):
+        text = str(text)[1:]
+    if not str(text).isdigit():
+        raise UserError(f"--depth must be 1..4 (or L1..L4) or 'accurate'; got {text!r}")
+    return int(text)
+
+
+def resolve_depth(metadata: ModelMetadata, requested: Depth) -> Depth:
+    """The depth to run: validated against what this network supports."""
+    architecture = get_architecture(metadata.architecture)
+    depths = prune_depths_of(architecture, metadata.kwargs)
+    if not depths:
+        if requested is not None:
+            raise UserError(f"architecture {metadata.architecture!r} cannot be pruned: --depth applies only to prunable networks such as UNet++")
+        return None
+    if requested is None:
+        recommended = metadata.recommended_depth
+        return recommended if recommended in depths else max(depths)
+    if requested != ACCURATE and requested not in depths:
+        raise UserError(f"--depth {requested}: this {architecture.title} can run at depth {', '.join(map(str, depths))} or 'accurate'")
+    return requested
+
+
+class SlicePredictor:
+    """Runs the network on batches of 2.5D inputs and returns class probabilities on the CPU.
+
+    ``__call__(batch)`` takes ``(B, 2c+1, H, W)`` float32 (already normalised and padded) and returns
+    ``(B, K, H, W)`` float32: K = 1 (sigmoid foreground probability) for one class, else softmax over
+    background + classes.
+    """
+
+    def __init__(self, model: torch.nn.Module, metadata: ModelMetadata, device: torch.device, depth: Depth) -> None:
+        self.metadata = metadata
+        self.device = device
+        self.depth = depth
+        self.cuda = device.type == "cuda"
+        self.model = model.to(device).eval()
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def required_multiple(self) -> int:
+        depth = self.depth if isinstance(self.depth, int) else None
+        return self.model.required_multiple(depth)
+
+    def _to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return torch.softmax(logits, dim=1) if self.metadata.uses_softmax else torch.sigmoid(logits)
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        inputs = torch.from_numpy(batch)
+        if self.cuda:
+            inputs = inputs.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if self.cuda else contextlib.nullcontext()
+        with autocast:
+            if self.depth == ACCURATE:
+                heads = self.model.forward_heads(inputs)
+                probabilities = torch.stack([self._to_probabilities(h) for h in heads]).mean(0)
+            elif isinstance(self.depth, int):
+                probabilities = self._to_probabilities(self.model.forward_depth(inputs, self.depth))
+            else:
+                probabilities = self._to_probabilities(self.model(inputs))
+        return probabilities.cpu()
+
+
+def labels_from_probabilities(probabilities: torch.Tensor, label_values: np.ndarray) -> tuple:
+    """``(labels, confidence)`` from ``(B, K, H, W)`` probabilities.
+
+    One class (K = 1): foreground where p ≥ 0.5, confidence p or 1 - p. Several: argmax over
+    background + classes, confidence the winning probability. ``label_values[c]`` is the label of
+    channel c (``label_values[0] == 0`` for background).
+    """
+    if probabilities.shape[1] == 1:
+        foreground = probabilities[:, 0]
+        chosen = (foreground >= 0.5).long()
+        confidence = torch.where(chosen.bool(), foreground, 1 - foreground)
+    else:
+        confidence, chosen = probabilities.max(dim=1)
+    return label_values[chosen.numpy()], confidence.numpy()
+
+
+@dataclass
+class PredictionResult:
+    labels: np.ndarray  # [k, j, i], the input's grid
+    confidence: Optional[np.ndarray]
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def predict_volume(
+    volume: np.ndarray,
+    geometry: SliceGeometry,
+    predictor: SlicePredictor,
+    mapping: IntensityMapping,
+    batch_size: int,
+    want_confidence: bool = False,
+    reporter: Optional[Reporter] = None,
+) -> PredictionResult:
+    """Segment a [k, j, i] volume slice by slice; returns labels on the same grid."""
+    metadata = predictor.metadata
+    reporter = reporter or Reporter()
+    slices = geometry.slices_view(volume)
+    slice_count, rows, columns = slices.shape
+    label_values = np.array([0] + [c.value for c in metadata.classes], dtype=label_dtype(max(c.value for c in metadata.classes)))
+    if not metadata.uses_softmax:
+        label_values = label_values[:2]
+    labels = np.zeros(volume.shape, dtype=label_values.dtype)
+    label_slices = geometry.slices_view(labels)
+    confidence = np.zeros(volume.shape, dtype=np.float32) if want_confidence else None
+    confidence_slices = geometry.slices_view(confidence) if want_confidence else None
+    pad_rows, pad_columns = padding_for((rows, columns), predictor.required_multiple)
+    timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0}
+
+    for start in range(0, slice_count, batch_size):
+        t0 = time.perf_counter()
+        indices = np.arange(start, min(start + batch_size, slice_count))
+        batch = mapping(gather_context(slices, indices, metadata.context))
+        if pad_rows or pad_columns:  # zero in normalised units, at the far edges; cropped off below
+            batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_rows), (0, pad_columns)))
+        t1 = time.perf_counter()
+        probabilities = predictor(batch)[:, :, :rows, :columns]
+        t2 = time.perf_counter()
+        batch_labels, batch_confidence = labels_from_probabilities(probabilities, label_values)
+        label_slices[indices] = batch_labels
+        if confidence_slices is not None:
+            confidence_slices[indices] = batch_confidence
+        t3 = time.perf_counter()
+        timings["preprocess_s"] += t1 - t0
+        timings["network_s"] += t2 - t1
+        timings["postprocess_s"] += t3 - t2
+        reporter.progress(int(indices[-1]) + 1)
+    return PredictionResult(labels, confidence, timings)
+
+
+def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) -> Optional[str]:
+    if not metadata.training_spacing:
+        return None
+    spacing = image.GetSpacing()
+    in_plane = (spacing[geometry.row_axis], spacing[geometry.column_axis])
+    trained = metadata.training_spacing[-2:]
+    ratios = [a / b for a, b in zip(in_plane, trained)]
+    if any(r < 0.5 or r > 2.0 for r in ratios):
+        return (
+            f"in-plane spacing {in_plane[0]:.2f}x{in_plane[1]:.2f} mm differs more than 2x from the training spacing "
+            f"{trained[0]:.2f}x{trained[1]:.2f} mm; results may be poor"
+        )
+    return None
+
+
+def predict_file(
+    input_path,
+    output_path,
+    checkpoint_path,
+    options: PredictionOptions,
+    reporter: Optional[Reporter] = None,
+    plain_torch_metadata: Optional[ModelMetadata] = None,
+) -> dict:
+    """``unetseg predict``: everything is checked before the first slice runs; outputs appear only when complete."""
+    reporter = reporter or Reporter()
+    t_start = time.perf_counter()
+    output_path = Path(output_path)
+    outputs = [check_output_path(output_path, options.overwrite)]
+    if options.probabilities is not None:
+        probabilities_path = check_output_path(Path(options.probabilities), options.overwrite, what="probability map", extensions=(".nrrd", ".nii.gz", ".nii", ".mha"))
+        if probabilities_path.resolve() == output_path.resolve():
+            raise UserError("--probabilities must name a different file than the output")
+        outputs.append(probabilities_path)
+    if Path(input_path).exists() and any(Path(input_path).resolve() == o.resolve() for o in outputs):
+        raise UserError("the output would overwrite the input; choose another output name")
+
+    checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata)
+    metadata = checkpoint.metadata
+    depth = resolve_depth(metadata, options.depth)
+    device = resolve_device(options.device)
+    model = build_model(checkpoint)
+    t_model = time.perf_counter()
+
+    image = read_volume(input_path)
+    volume = _array_view(image)
+    check_finite(volume, source=str(input_path))
+    t_read = time.perf_counter()
+
+    geometry = SliceGeometry.from_direction(image.GetDirection(), options.axis)
+    mapping = fit_normalization(metadata.normalization, volume)
+    predictor = SlicePredictor(model, metadata, device, depth)
+    slice_count = geometry.slices_view(volume).shape[0]
+    reporter.start(
+        slices=slice_count,
+        device=str(device),
+        arch=metadata.architecture,
+        depth=depth,
+        classes=[c.name for c in metadata.classes],
+        geometry=geometry.describe(),
+    )
+    warning = _spacing_warning(image, geometry, metadata)
+    if warning:
+        reporter.warning(warning)
+    t_prepared = time.perf_counter()
+
+    result = predict_volume(volume, geometry, predictor, mapping, options.batch_size, options.probabilities is not None, reporter)
+    if not result.labels.any():
+        reporter.warning("no voxel was labelled: the model found none of its classes in this volume")
+    t_predicted = time.perf_counter()
+
+    with atomic_output(outputs, overwrite=options.overwrite) as temporaries:
+        write_labels(result.labels, image, temporaries[0], metadata.classes, final_name=outputs[0])
+        if result.confidence is not None:
+            write_scalar(result.confidence, image, temporaries[1], final_name=outputs[1])
+    t_written = time.perf_counter()
+
+    timings = {
+        "load_model_s": t_model - t_start,
+        "read_s": t_read - t_model,
+        "prepare_s": t_prepared - t_read,
+        **result.timings,
+        "write_s": t_written - t_predicted,
+        "total_s": t_written - t_start,
+    }
+    summary = {
+        "output": str(outputs[0]),
+        "probabilities": str(outputs[1]) if len(outputs) > 1 else None,
+        "depth": depth,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    reporter.done(**summary)
+    return summary
+
+
+def _array_view(image) -> np.ndarray:
+    """The voxels as a read-only [k, j, i] numpy view (no copy)."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayViewFromImage(image)

@@ -1,0 +1,262 @@
+"""Checkpoint metadata: what a model needs besides its weights, validated on the way in.
+
+Stored as JSON under the key ``"unetseg"`` of the safetensors header. This module is pure Python
+(no torch), so the Slicer panel can read a checkpoint's classes and per-depth metrics cheaply.
+
+Example::
+
+    {"format_version": 1,
+     "architecture": {"name": "unetplusplus", "kwargs": {"in_channels": 3, "out_channels": 8, ...}},
+     "context": 1,
+     "normalization": {"kind": "ct", "window": [-1000, 1000]},
+     "classes": [{"value": 1, "name": "right lung", "color": [0.09, 0.77, 0.28],
+                  "terminology": {...slicerio terminology dict...}}],
+     "training_spacing": [0.78, 0.78],
+     "depth_metrics": {"1": {"dice": 0.81, "ms_per_slice": 3.1}, ...},
+     "recommended_depth": 2}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from UNetSegmentationLib.errors import UserError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "unetseg"
+
+# Distinct, colour-blind-friendlier defaults for classes created without colours (0..1 RGB).
+DEFAULT_COLORS: Tuple[Tuple[float, float, float], ...] = (
+    (0.90, 0.10, 0.10), (0.10, 0.60, 0.90), (0.20, 0.75, 0.25), (0.95, 0.75, 0.10),
+    (0.60, 0.30, 0.80), (0.95, 0.50, 0.10), (0.10, 0.80, 0.75), (0.90, 0.40, 0.70),
+    (0.55, 0.55, 0.20), (0.40, 0.25, 0.15), (0.50, 0.50, 0.95), (0.70, 0.90, 0.40),
+)
+
+
+def out_channels_for(class_count: int) -> int:
+    """One foreground class is one sigmoid channel; several are softmax over background + classes."""
+    return 1 if class_count == 1 else class_count + 1
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class: its label value in the output label map, its name, colour and terminology."""
+
+    value: int
+    name: str
+    color: Tuple[float, float, float]
+    terminology: Optional[Dict[str, Any]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {"value": self.value, "name": self.name, "color": list(self.color)}
+        if self.terminology:
+            data["terminology"] = self.terminology
+        return data
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``ct``: clip to ``window`` (HU) and scale to [0, 1]. ``mr``: clip to the volume's ``percentiles``, z-score."""
+
+    kind: str
+    window: Optional[Tuple[float, float]] = None
+    percentiles: Optional[Tuple[float, float]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        if self.kind == "ct":
+            return {"kind": "ct", "window": list(self.window)}
+        return {"kind": "mr", "percentiles": list(self.percentiles)}
+
+    @staticmethod
+    def parse(text: str) -> "Normalization":
+        """From the command line: ``ct:LO,HI``, ``mr`` or ``mr:PLO,PHI``."""
+        kind, _, values = text.partition(":")
+        try:
+            numbers = tuple(float(v) for v in values.split(",")) if values else ()
+        except ValueError:
+            numbers = None
+        if kind == "ct" and numbers and len(numbers) == 2:
+            return _validated_normalization({"kind": "ct", "window": list(numbers)})
+        if kind == "mr" and numbers is not None and len(numbers) in (0, 2):
+            return _validated_normalization({"kind": "mr", "percentiles": list(numbers or (0.5, 99.5))})
+        raise UserError(f"--norm must be ct:LO,HI (e.g. ct:-1000,1000), mr or mr:PLO,PHI; got {text!r}")
+
+
+@dataclass
+class ModelMetadata:
+    """Everything about a checkpoint except its tensors."""
+
+    architecture: str
+    kwargs: Dict[str, Any]
+    context: int
+    normalization: Normalization
+    classes: List[ClassInfo]
+    training_spacing: Optional[List[float]] = None
+    depth_metrics: Dict[int, Dict[str, float]] = field(default_factory=dict)
+    recommended_depth: Optional[int] = None
+    training: Dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.context + 1
+
+    @property
+    def out_channels(self) -> int:
+        return out_channels_for(len(self.classes))
+
+    @property
+    def uses_softmax(self) -> bool:
+        return len(self.classes) > 1
+
+    def to_json(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {
+            "format_version": self.format_version,
+            "architecture": {"name": self.architecture, "kwargs": self.kwargs},
+            "context": self.context,
+            "normalization": self.normalization.to_json(),
+            "classes": [c.to_json() for c in self.classes],
+        }
+        if self.training_spacing is not None:
+            data["training_spacing"] = list(self.training_spacing)
+        if self.depth_metrics:
+            data["depth_metrics"] = {str(k): v for k, v in sorted(self.depth_metrics.items())}
+        if self.recommended_depth is not None:
+            data["recommended_depth"] = self.recommended_depth
+        if self.training:
+            data["training"] = self.training
+        return data
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+    @staticmethod
+    def from_json(data: Any, source: str = "checkpoint") -> "ModelMetadata":
+        return _validated_metadata(data, source)
+
+    @staticmethod
+    def loads(text: str, source: str = "checkpoint") -> "ModelMetadata":
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"{source}: metadata is not valid JSON ({error})") from None
+        return _validated_metadata(data, source)
+
+
+def make_classes(names: List[str]) -> List[ClassInfo]:
+    """Classes 1..N with default colours, from names given on the command line."""
+    names = [n.strip() for n in names]
+    return _validated_classes(
+        [{"value": i, "name": n, "color": list(DEFAULT_COLORS[(i - 1) % len(DEFAULT_COLORS)])} for i, n in enumerate(names, 1)],
+        "--classes",
+    )
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+def _fail(source: str, message: str) -> UserError:
+    return UserError(f"{source}: {message}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validated_normalization(data: Any, source: str = "--norm") -> Normalization:
+    if not isinstance(data, dict) or data.get("kind") not in ("ct", "mr"):
+        raise _fail(source, "normalization must be {'kind': 'ct', 'window': [lo, hi]} or {'kind': 'mr', 'percentiles': [lo, hi]}")
+    key = "window" if data["kind"] == "ct" else "percentiles"
+    pair = data.get(key)
+    if not (isinstance(pair, list) and len(pair) == 2 and all(_is_number(v) for v in pair) and pair[0] < pair[1]):
+        raise _fail(source, f"normalization {key} must be two increasing finite numbers, got {pair!r}")
+    if key == "percentiles" and not (0 <= pair[0] and pair[1] <= 100):
+        raise _fail(source, f"normalization percentiles must lie in [0, 100], got {pair!r}")
+    return Normalization(data["kind"], **{key: (float(pair[0]), float(pair[1]))})
+
+
+def _validated_classes(data: Any, source: str) -> List[ClassInfo]:
+    if not isinstance(data, list) or not data:
+        raise _fail(source, "the class list is empty: a model needs at least one class")
+    classes = []
+    for index, item in enumerate(data):
+        where = f"class #{index + 1}"
+        if not isinstance(item, dict):
+            raise _fail(source, f"{where} must be an object with value, name and color")
+        value, name, color = item.get("value"), item.get("name"), item.get("color")
+        if not _is_int(value) or not 1 <= value <= 65535:
+            raise _fail(source, f"{where}: label value must be an integer in 1..65535, got {value!r}")
+        if not isinstance(name, str) or not name.strip():
+            raise _fail(source, f"{where}: name must be a non-empty string, got {name!r}")
+        if not (isinstance(color, list) and len(color) == 3 and all(_is_number(c) and 0 <= c <= 1 for c in color)):
+            raise _fail(source, f"{where} ({name}): color must be three numbers in [0, 1], got {color!r}")
+        terminology = item.get("terminology")
+        if terminology is not None and not isinstance(terminology, dict):
+            raise _fail(source, f"{where} ({name}): terminology must be an object")
+        classes.append(ClassInfo(value, name.strip(), tuple(float(c) for c in color), terminology or None))
+    for attribute in ("name", "value"):
+        seen = [getattr(c, attribute) for c in classes]
+        duplicates = sorted({str(v) for v in seen if seen.count(v) > 1})
+        if duplicates:
+            raise _fail(source, f"duplicate class {attribute}(s): {', '.join(duplicates)}")
+    return classes
+
+
+def _validated_metadata(data: Any, source: str) -> ModelMetadata:
+    if not isinstance(data, dict):
+        raise _fail(source, "metadata must be a JSON object")
+    version = data.get("format_version")
+    if not _is_int(version):
+        raise _fail(source, "metadata has no integer format_version: not a UNetSegmentation checkpoint")
+    if version > FORMAT_VERSION:
+        raise _fail(source, f"checkpoint format {version} is newer than this version of UNetSegmentation understands ({FORMAT_VERSION}); update the extension")
+    for required in ("architecture", "context", "normalization", "classes"):
+        if required not in data:
+            raise _fail(source, f"metadata is missing the field {required!r}")
+    architecture = data["architecture"]
+    if not (isinstance(architecture, dict) and isinstance(architecture.get("name"), str) and isinstance(architecture.get("kwargs"), dict)):
+        raise _fail(source, "metadata 'architecture' must be {'name': str, 'kwargs': {...}}")
+    context = data["context"]
+    if not _is_int(context) or not 0 <= context <= 16:
+        raise _fail(source, f"metadata 'context' must be an integer in 0..16, got {context!r}")
+    metadata = ModelMetadata(
+        architecture=architecture["name"],
+        kwargs=dict(architecture["kwargs"]),
+        context=context,
+        normalization=_validated_normalization(data["normalization"], source),
+        classes=_validated_classes(data["classes"], source),
+        format_version=version,
+    )
+    spacing = data.get("training_spacing")
+    if spacing is not None:
+        if not (isinstance(spacing, list) and len(spacing) in (2, 3) and all(_is_number(s) and s > 0 for s in spacing)):
+            raise _fail(source, f"training_spacing must be 2 or 3 positive numbers, got {spacing!r}")
+        metadata.training_spacing = [float(s) for s in spacing]
+    metrics = data.get("depth_metrics", {})
+    if not isinstance(metrics, dict):
+        raise _fail(source, "depth_metrics must be an object keyed by depth")
+    for key, values in metrics.items():
+        if not (str(key).isdigit() and isinstance(values, dict) and all(_is_number(v) for v in values.values())):
+            raise _fail(source, f"depth_metrics[{key!r}] must map a depth to numbers")
+        metadata.depth_metrics[int(key)] = {k: float(v) for k, v in values.items()}
+    recommended = data.get("recommended_depth")
+    if recommended is not None and not (_is_int(recommended) and recommended >= 1):
+        raise _fail(source, f"recommended_depth must be a positive integer, got {recommended!r}")
+    metadata.recommended_depth = recommended
+    training = data.get("training", {})
+    if not isinstance(training, dict):
+        raise _fail(source, "'training' must be an object")
+    metadata.training = training
+    for name, expected in (("in_channels", metadata.in_channels), ("out_channels", metadata.out_channels)):
+        given = metadata.kwargs.get(name)
+        if given != expected:
+            what = f"context {context} needs 2*{context}+1" if name == "in_channels" else f"{len(metadata.classes)} class(es) need"
+            raise _fail(source, f"class/channel mismatch: architecture {name}={given!r} but {what} = {expected}")
+    return metadata

@@ -1,0 +1,168 @@
+"""The architecture registry: names → constructors and what each architecture supports.
+
+Importing this module is cheap (no torch): the Slicer panel fills its architecture list from it at
+start-up. :func:`build_network` imports the architecture's module only when a network is built.
+
+Contract every registered network follows (so the engine, training and the panel need no
+per-architecture code):
+
+- ``__init__(in_channels, out_channels, **kwargs)``; kwargs are JSON values (stored in checkpoints);
+- ``forward(x)`` with ``x`` of shape ``(B, in_channels, H, W)``: in evaluation mode the main logits
+  ``(B, out_channels, H, W)``; in training mode a tensor, a list of full-size head logits (coarsest
+  first, main last), or a :class:`~UNetSegmentationLib.networks.blocks.TrainingOutput`;
+- ``required_multiple(depth=None) -> int``: H and W must be divisible by it (the engine pads);
+- prunable networks also have ``depths``, ``forward_depth(x, depth)``, ``forward_heads(x)``,
+  ``parameter_count(depth)`` and ``modules_for_depth(depth)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Tuple
+
+from UNetSegmentationLib.errors import UserError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One registered architecture.
+
+    Attributes:
+        name: registry name, stored in checkpoints.
+        module, class_name: where the ``nn.Module`` lives (imported lazily).
+        title: human-readable name for menus.
+        paper: the paper it follows.
+        summary: one line on what it is good for.
+        default_kwargs: constructor defaults that ``unetseg create`` stores explicitly.
+        feature_presets: named ``features`` tuples (``paper``, ``wide`` …).
+        deep_supervision: has several supervised heads.
+        prune_depths: depths it can be pruned to at inference (empty: not prunable).
+        classification_head: has a slice-level "structure present" head.
+    """
+
+    name: str
+    module: str
+    class_name: str
+    title: str
+    paper: str
+    summary: str
+    default_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    feature_presets: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)
+    deep_supervision: bool = False
+    prune_depths: Tuple[int, ...] = ()
+    classification_head: bool = False
+
+    @property
+    def prunable(self) -> bool:
+        return bool(self.prune_depths)
+
+    def network_class(self) -> type:
+        return getattr(importlib.import_module(self.module), self.class_name)
+
+    def supports(self) -> Dict[str, Any]:
+        """What the CLI and the panel may offer for this architecture."""
+        return {
+            "deep_supervision": self.deep_supervision,
+            "prune_depths": list(self.prune_depths),
+            "accurate_mode": self.prunable,
+            "classification_head": self.classification_head,
+            "feature_presets": {k: list(v) for k, v in self.feature_presets.items()},
+        }
+
+
+_PAPER = (32, 64, 128, 256, 512)
+_WIDE = (35, 70, 140, 280, 560)
+
+ARCHITECTURES: Dict[str, Architecture] = {}
+
+
+def register(architecture: Architecture) -> Architecture:
+    if architecture.name in ARCHITECTURES:
+        raise ValueError(f"architecture {architecture.name!r} registered twice")
+    ARCHITECTURES[architecture.name] = architecture
+    return architecture
+
+
+register(
+    Architecture(
+        name="unet",
+        module="UNetSegmentationLib.networks.unet",
+        class_name="UNet",
+        title="U-Net",
+        paper="Ronneberger et al., MICCAI 2015 (configuration of Zhou et al., IEEE TMI 2020)",
+        summary="The baseline encoder-decoder: robust, simple, a good first choice for large structures.",
+        default_kwargs={"features": list(_PAPER), "norm": "batch", "act": "relu", "dropout": 0.0},
+        feature_presets={"paper": _PAPER, "wide": _WIDE},
+    )
+)
+register(
+    Architecture(
+        name="unetplusplus",
+        module="UNetSegmentationLib.networks.unetplusplus",
+        class_name="UNetPlusPlus",
+        title="UNet++",
+        paper="Zhou et al., DLMIA 2018 and IEEE TMI 2020",
+        summary="Nested dense skips with deep supervision; prune to L1-L3 at inference to trade accuracy for speed.",
+        default_kwargs={
+            "features": list(_PAPER),
+            "norm": "batch",
+            "act": "relu",
+            "dropout": 0.0,
+            "deep_supervision": True,
+        },
+        feature_presets={"paper": _PAPER, "wide": _WIDE},
+        deep_supervision=True,
+        prune_depths=(1, 2, 3, 4),
+    )
+)
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UserError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+
+
+def architecture_names() -> list:
+    return list(ARCHITECTURES)
+
+
+def resolve_features(architecture: Architecture, features: str) -> list:
+    """``--features`` value → list of ints: a preset name or comma-separated integers."""
+    if features in architecture.feature_presets:
+        return list(architecture.feature_presets[features])
+    try:
+        values = [int(v) for v in features.split(",")]
+    except ValueError:
+        presets = ", ".join(architecture.feature_presets) or "none"
+        raise UserError(
+            f"--features must be comma-separated integers or a preset of {architecture.name} ({presets}); got {features!r}"
+        ) from None
+    if len(values) < 2 or any(v <= 0 for v in values):
+        raise UserError(f"--features needs at least two positive channel counts; got {features!r}")
+    return values
+
+
+def prune_depths_of(architecture: Architecture, kwargs: Mapping[str, Any]) -> Tuple[int, ...]:
+    """Depths of a concrete network: a UNet++ with 3 levels can be pruned to 1..2 only."""
+    if not architecture.prunable:
+        return ()
+    features = kwargs.get("features", architecture.default_kwargs.get("features", ()))
+    return tuple(range(1, len(features))) if features else architecture.prune_depths
+
+
+def build_network(name: str, kwargs: Mapping[str, Any]):
+    """Construct the network ``name`` from JSON kwargs (including in/out channels), with clear errors."""
+    architecture = get_architecture(name)
+    cls = architecture.network_class()
+    parameters = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in kwargs if k not in parameters)
+    if unknown:
+        raise UserError(f"architecture {name!r} does not take argument(s) {', '.join(unknown)}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, KeyError) as error:
+        raise UserError(f"cannot build architecture {name!r} with {dict(kwargs)}: {error}") from None

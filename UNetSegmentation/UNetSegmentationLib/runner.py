@@ -1,0 +1,295 @@
+"""Run the engine in a child process and follow it: the process runner the Slicer module drives.
+
+The child is ``PYTHON -m UNetSegmentationLib <command> ... --progress json``: a files-in/files-out
+script that prints one JSON event per line on stdout (see :mod:`.progress`). Threads read its
+stdout and stderr into a queue, so the GUI thread only calls :meth:`EngineProcess.poll` from a
+timer and never blocks. :meth:`EngineProcess.cancel` terminates the whole process tree (the
+child runs in its own process group / session, so launchers such as ``PythonSlicer`` and any
+workers go too), then kills what is left. After a cancel or a failure no output file of the run
+remains. No Slicer imports here.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from UNetSegmentationLib.outputs import temporary_path
+
+IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
+FINISHED_STATES = (DONE, FAILED, CANCELLED)
+
+
+def package_parent() -> Path:
+    """The folder that holds ``UNetSegmentationLib``: put on the child's PYTHONPATH."""
+    return Path(__file__).resolve().parent.parent
+
+
+def predict_arguments(
+    input_path,
+    output_path,
+    checkpoint,
+    depth=None,
+    device: str = "auto",
+    batch_size: int = 4,
+    axis: Optional[str] = None,
+    probabilities=None,
+    overwrite: bool = False,
+    extra: Sequence[str] = (),
+) -> List[str]:
+    """Command-line arguments of ``unetseg predict`` for the runner (``--progress json`` is added by it)."""
+    arguments = ["predict", "--checkpoint", str(checkpoint), "--device", device, "--batch-size", str(batch_size)]
+    if depth is not None:
+        arguments += ["--depth", str(depth)]
+    if axis is not None:
+        arguments += ["--axis", str(axis)]
+    if probabilities is not None:
+        arguments += ["--probabilities", str(probabilities)]
+    if overwrite:
+        arguments.append("--overwrite")
+    return arguments + list(extra) + [str(input_path), str(output_path)]
+
+
+class EngineProcess:
+    """One run of an ``unetseg`` command in a child process.
+
+    Args:
+        arguments: the command's arguments (e.g. from :func:`predict_arguments`).
+        outputs: files the run writes; removed after a failure or cancel (unless they existed
+            before the run and were left untouched).
+        python: the interpreter (``PythonSlicer`` inside Slicer; ``sys.executable`` by default).
+        idle_timeout_s: fail the run if the child prints no event for this long (a hung child).
+        env: extra environment variables for the child.
+    """
+
+    def __init__(
+        self,
+        arguments: Sequence[str],
+        outputs: Iterable = (),
+        python: Optional[str] = None,
+        idle_timeout_s: Optional[float] = None,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
+        self.arguments = list(arguments)
+        self.outputs = [Path(p) for p in outputs]
+        self.python = python or sys.executable
+        self.idle_timeout_s = idle_timeout_s
+        self.extra_env = dict(env or {})
+        self.state = IDLE
+        self.error_message: Optional[str] = None
+        self.returncode: Optional[int] = None
+        self.last_progress: Optional[dict] = None
+        self.done_event: Optional[dict] = None
+        self._process: Optional[subprocess.Popen] = None
+        self._events: "queue.Queue[dict]" = queue.Queue()
+        self._stderr_tail: collections.deque = collections.deque(maxlen=40)
+        self._error_event: Optional[str] = None
+        self._before: Dict[Path, Optional[Tuple[int, int]]] = {}
+        self._threads: List[threading.Thread] = []
+        self._last_event_time = 0.0
+        self._lock = threading.Lock()
+
+    # -- starting ------------------------------------------------------------------------------
+
+    @property
+    def command(self) -> List[str]:
+        return [self.python, "-m", "UNetSegmentationLib", *self.arguments, "--progress", "json"]
+
+    def start(self) -> "EngineProcess":
+        if self.state != IDLE:
+            raise RuntimeError("an EngineProcess runs once")
+        self._before = {p: _signature(p) for p in self.outputs}
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(package_parent())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONIOENCODING"] = "utf-8"
+        env.update(self.extra_env)
+        popen_options = {}
+        if os.name == "nt":  # pragma: no cover - Windows
+            popen_options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            popen_options["start_new_session"] = True  # own process group: cancel reaches every descendant
+        self._process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            **popen_options,
+        )
+        self.state = RUNNING
+        self._last_event_time = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._read_stdout, name="unetseg-stdout", daemon=True),
+            threading.Thread(target=self._read_stderr, name="unetseg-stderr", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process else None
+
+    # -- reading (threads) -------------------------------------------------------------------------
+
+    def _read_stdout(self) -> None:
+        assert self._process and self._process.stdout
+        for line in self._process.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+                if not isinstance(event, dict) or "event" not in event:
+                    raise ValueError
+            except ValueError:
+                event = {"event": "log", "message": line}
+            self._events.put(event)
+        returncode = self._process.wait()
+        for thread in self._threads[1:]:
+            thread.join(timeout=5)
+        self._events.put({"event": "exit", "returncode": returncode})
+
+    def _read_stderr(self) -> None:
+        assert self._process and self._process.stderr
+        for line in self._process.stderr:
+            line = line.rstrip()
+            if line:
+                self._stderr_tail.append(line)
+
+    # -- driving (GUI thread) ----------------------------------------------------------------------
+
+    def poll(self) -> Tuple[List[dict], str]:
+        """New events since the last call and the current state; never blocks."""
+        events = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            events.append(event)
+            self._handle(event)
+        if (
+            self.state == RUNNING
+            and self.idle_timeout_s is not None
+            and time.monotonic() - self._last_event_time > self.idle_timeout_s
+        ):
+            self._terminate_tree()
+            self._finish(FAILED, f"the segmentation process stopped responding (no progress for {self.idle_timeout_s:g} s) and was stopped")
+            events.append({"event": "error", "message": self.error_message})
+        return events, self.state
+
+    def _handle(self, event: dict) -> None:
+        self._last_event_time = time.monotonic()
+        kind = event.get("event")
+        if kind == "progress":
+            self.last_progress = event
+        elif kind == "done":
+            self.done_event = event
+        elif kind == "error":
+            self._error_event = str(event.get("message", "unknown error"))
+        elif kind == "exit" and self.state == RUNNING:
+            self.returncode = event["returncode"]
+            if self.returncode == 0 and self.done_event is not None:
+                self._finish(DONE)
+            else:
+                self._finish(FAILED, self._failure_message())
+
+    def _failure_message(self) -> str:
+        if self._error_event:
+            return self._error_event
+        for line in reversed(self._stderr_tail):  # e.g. the last line of a traceback
+            if line.strip() and not line.startswith(" "):
+                return f"the segmentation process failed: {line.strip()}"
+        code = self.returncode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the segmentation process was killed ({name}); the machine may have run out of memory"
+        return f"the segmentation process exited with code {code} without a result"
+
+    def _finish(self, state: str, message: Optional[str] = None) -> None:
+        with self._lock:
+            if self.state in FINISHED_STATES:
+                return
+            self.state = state
+            self.error_message = message
+        if state != DONE:
+            self._remove_outputs()
+
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Stop the run: SIGTERM to the whole process group, SIGKILL after ``grace_s``; remove outputs."""
+        if self.state != RUNNING:
+            return
+        self._terminate_tree(grace_s)
+        self._finish(CANCELLED, "cancelled")
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> str:
+        """Block until the run finishes (for scripts and tests); returns the final state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            _, state = self.poll()
+            if state in FINISHED_STATES or state == IDLE:
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run still {state} after {timeout} s")
+            time.sleep(interval)
+
+    # -- stopping ------------------------------------------------------------------------------------
+
+    def _terminate_tree(self, grace_s: float = 5.0) -> None:
+        process = self._process
+        if process is None:
+            return
+        if os.name == "nt":  # pragma: no cover - Windows
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True)
+        else:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(process.pid, signal.SIGKILL)  # whatever is left in the group, child or grandchild
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace_s)
+        self.returncode = process.returncode
+
+    def _remove_outputs(self) -> None:
+        pid = self.pid
+        for path in self.outputs:
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    temporary_path(path, pid).unlink()
+            if path.exists() and _signature(path) != self._before.get(path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def _signature(path: Path) -> Optional[Tuple[int, int]]:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)  # the child leads its own session, so its pgid is its pid

@@ -187,3 +187,23 @@ def test_dicom_series_folder_is_read(cli, chest_ct_path, small_unetpp, tmp_path)
     result = cli("predict", "--checkpoint", small_unetpp, "--progress", "none", folder, output)
     assert result.code == 0, result.stderr
     assert sitk.ReadImage(str(output)).GetSize() == (128, 128, 6)
+
+
+@pytest.mark.parametrize("largest_component", [False, True])
+def test_largest_component_option_removes_the_smaller_islands(monkeypatch, small_unet_one_class, tmp_path, largest_component):
+    """Two bright blobs (27 and 1 voxels) labelled by the threshold stand-in; the option keeps the big one."""
+    from UNetSegmentationLib import inference
+
+    monkeypatch.setattr(inference, "SlicePredictor", lambda model, metadata, *args: ThresholdPredictor(metadata))
+    image = make_volume(size=(20, 20, 10))
+    array = np.full(sitk.GetArrayViewFromImage(image).shape, -1000, np.int16)
+    array[2:5, 2:5, 2:5] = 1000
+    array[8, 15, 15] = 1000
+    blobs = sitk.GetImageFromArray(array)
+    blobs.CopyInformation(image)
+    source, output = tmp_path / "blobs.nrrd", tmp_path / "labels.nrrd"
+    sitk.WriteImage(blobs, str(source))
+    options = inference.PredictionOptions(largest_component=largest_component)
+    inference.predict_file(source, output, small_unet_one_class, options)
+    labelled = int(sitk.GetArrayFromImage(sitk.ReadImage(str(output))).astype(bool).sum())
+    assert labelled == (27 if largest_component else 28)

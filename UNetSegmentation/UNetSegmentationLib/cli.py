@@ -153,6 +153,8 @@ def command_predict(args: argparse.Namespace) -> int:
         axis=parse_axis(args.axis),
         probabilities=Path(args.probabilities) if args.probabilities else None,
         overwrite=args.overwrite,
+        largest_component=args.largest_component,
+        classification_guidance=not args.no_cgm,
     )
     plain_metadata = _metadata_from_options(args) if args.arch else None
     predict_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata)
@@ -197,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--axis", default="auto", help="image axis to slice along: auto (closest to superior-inferior), i, j or k")
     predict.add_argument("--probabilities", metavar="PATH", help="also write the probability of the chosen label per voxel (.nrrd/.nii.gz/.mha)")
     predict.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress bar on stderr, JSON lines on stdout, or nothing")
+    predict.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected component of each label")
+    predict.add_argument("--no-cgm", action="store_true", help="UNet 3+: do not blank slices its classification-guided module judges empty")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_model_options(predict, for_plain_torch=True)
     predict.add_argument("input", metavar="INPUT", help="volume file (.nrrd, .nii, .nii.gz, .mha, .mhd) or DICOM series folder")

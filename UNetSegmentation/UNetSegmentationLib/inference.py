@@ -24,6 +24,7 @@ from UNetSegmentationLib.metadata import ModelMetadata
 from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
 from UNetSegmentationLib.normalization import IntensityMapping, fit_normalization
 from UNetSegmentationLib.outputs import atomic_output, check_output_path
+from UNetSegmentationLib.postprocess import keep_largest_component
 from UNetSegmentationLib.progress import Reporter
 from UNetSegmentationLib.slicing import SliceGeometry, gather_context, padding_for
 from UNetSegmentationLib.volume_io import check_finite, label_dtype, read_volume, write_labels, write_scalar
@@ -42,6 +43,8 @@ class PredictionOptions:
     axis: Optional[int] = None  # image axis to slice along; None: the one closest to superior-inferior
     probabilities: Optional[Path] = None
     overwrite: bool = False
+    largest_component: bool = False  # keep each label's largest 3D connected component
+    classification_guidance: bool = True  # UNet 3+: empty result for slices its classifier judges empty
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -99,12 +102,16 @@ class SlicePredictor:
     background + classes.
     """
 
-    def __init__(self, model: torch.nn.Module, metadata: ModelMetadata, device: torch.device, depth: Depth) -> None:
+    def __init__(
+        self, model: torch.nn.Module, metadata: ModelMetadata, device: torch.device, depth: Depth, classification_guidance: bool = True
+    ) -> None:
         self.metadata = metadata
         self.device = device
         self.depth = depth
         self.cuda = device.type == "cuda"
         self.model = model.to(device).eval()
+        if hasattr(self.model, "classification_guidance"):
+            self.model.classification_guidance = classification_guidance
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
@@ -253,7 +260,7 @@ def predict_file(
 
     geometry = SliceGeometry.from_direction(image.GetDirection(), options.axis)
     mapping = fit_normalization(metadata.normalization, volume)
-    predictor = SlicePredictor(model, metadata, device, depth)
+    predictor = SlicePredictor(model, metadata, device, depth, options.classification_guidance)
     slice_count = geometry.slices_view(volume).shape[0]
     reporter.start(
         slices=slice_count,
@@ -269,6 +276,10 @@ def predict_file(
     t_prepared = time.perf_counter()
 
     result = predict_volume(volume, geometry, predictor, mapping, options.batch_size, options.probabilities is not None, reporter)
+    if options.largest_component:
+        t_clean = time.perf_counter()
+        result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])
+        result.timings["postprocess_s"] += time.perf_counter() - t_clean
     if not result.labels.any():
         reporter.warning("no voxel was labelled: the model found none of its classes in this volume")
     t_predicted = time.perf_counter()

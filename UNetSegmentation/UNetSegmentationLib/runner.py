@@ -45,6 +45,8 @@ def predict_arguments(
     axis: Optional[str] = None,
     probabilities=None,
     overwrite: bool = False,
+    largest_component: bool = False,
+    classification_guidance: bool = True,
     extra: Sequence[str] = (),
 ) -> List[str]:
     """Command-line arguments of ``unetseg predict`` for the runner (``--progress json`` is added by it)."""
@@ -57,6 +59,10 @@ def predict_arguments(
         arguments += ["--probabilities", str(probabilities)]
     if overwrite:
         arguments.append("--overwrite")
+    if largest_component:
+        arguments.append("--largest-component")
+    if not classification_guidance:
+        arguments.append("--no-cgm")
     return arguments + list(extra) + [str(input_path), str(output_path)]
 
 

@@ -143,7 +143,8 @@ def _describe_mismatch(model: torch.nn.Module, state_dict: Mapping[str, torch.Te
     wrong_shape = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
     for key in wrong_shape:
         file_shape, model_shape = tuple(state_dict[key].shape), tuple(expected[key].shape)
-        if model_shape[0] == metadata.out_channels and file_shape[1:] == model_shape[1:] and len(model_shape) == 4 and model_shape[2:] == (1, 1):
+        # an output layer: a convolution whose output channels are the class channels (1×1 or 3×3 heads)
+        if model_shape[0] == metadata.out_channels and file_shape[1:] == model_shape[1:] and len(model_shape) == 4:
             fits = "1 class" if file_shape[0] == 1 else f"{file_shape[0] - 1} classes"
             return (
                 f"class-count mismatch: the weights' output layer {key} has {file_shape[0]} channel(s), which fits {fits}, "

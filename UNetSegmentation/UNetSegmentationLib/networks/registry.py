@@ -117,6 +117,91 @@ register(
         prune_depths=(1, 2, 3, 4),
     )
 )
+register(
+    Architecture(
+        name="unet3plus",
+        module="UNetSegmentationLib.networks.unet3plus",
+        class_name="UNet3Plus",
+        title="UNet 3+",
+        paper="Huang et al., ICASSP 2020",
+        summary="Full-scale skips and deep supervision; its classification-guided module blanks slices without the structure (fewer false positives).",
+        default_kwargs={
+            "features": [64, 128, 256, 512, 1024],
+            "cat_channels": None,
+            "norm": "batch",
+            "act": "relu",
+            "dropout": 0.0,
+            "deep_supervision": True,
+            "build_cgm": True,
+            "cgm_dropout": 0.5,
+        },
+        feature_presets={"paper": (64, 128, 256, 512, 1024), "small": (16, 32, 64, 128, 256)},
+        deep_supervision=True,
+        classification_head=True,
+    )
+)
+register(
+    Architecture(
+        name="unetv2",
+        module="UNetSegmentationLib.networks.unetv2",
+        class_name="UNetV2",
+        title="U-Net v2",
+        paper="Peng et al., arXiv:2311.17791, 2023",
+        summary="Semantics-and-detail-infusion skips (attention + multi-scale product) on a U-Net encoder: light, with sharp boundaries.",
+        default_kwargs={
+            "features": list(_PAPER),
+            "skip_channels": 32,
+            "norm": "batch",
+            "act": "relu",
+            "dropout": 0.0,
+            "deep_supervision": True,
+        },
+        feature_presets={"paper": _PAPER, "small": (16, 32, 64, 128, 256)},
+        deep_supervision=True,
+    )
+)
+register(
+    Architecture(
+        name="fcn8s",
+        module="UNetSegmentationLib.networks.fcn8s",
+        class_name="FCN8s",
+        title="FCN-8s",
+        paper="Long et al., CVPR 2015",
+        summary="The classic fully convolutional baseline (VGG-16-like encoder, stride-8 fusion): coarse boundaries, a reference point.",
+        default_kwargs={
+            "features": [64, 128, 256, 512, 512],
+            "convs_per_stage": [2, 2, 3, 3, 3],
+            "fc_features": None,
+            "fc_kernel": 7,
+            "norm": "batch",
+            "act": "relu",
+            "dropout": 0.5,
+        },
+        feature_presets={"paper": (64, 128, 256, 512, 512), "small": (16, 32, 64, 128, 128)},
+    )
+)
+register(
+    Architecture(
+        name="deeplabv3plus",
+        module="UNetSegmentationLib.networks.deeplabv3plus",
+        class_name="DeepLabV3Plus",
+        title="DeepLabv3+",
+        paper="Chen et al., ECCV 2018",
+        summary="Atrous spatial pyramid pooling for multi-scale context plus a light decoder: structures of very different sizes.",
+        default_kwargs={
+            "features": [64, 64, 128, 256, 512],
+            "blocks": 2,
+            "aspp_channels": 256,
+            "aspp_rates": [6, 12, 18],
+            "low_level_channels": 48,
+            "decoder_channels": 256,
+            "norm": "batch",
+            "act": "relu",
+            "dropout": 0.1,
+        },
+        feature_presets={"paper": (64, 64, 128, 256, 512), "small": (16, 16, 32, 64, 128)},
+    )
+)
 
 
 def get_architecture(name: str) -> Architecture:

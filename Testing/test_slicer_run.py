@@ -1,0 +1,324 @@
+"""The run's state machine behind the Slicer panel (UNetSegmentationLib.slicer_run), with the real
+process runner and a real engine child: what the button and progress bar show in each state, events
+in order, progress that only rises, cancel that leaves no child and no file, failures that show the
+child's own message, temporary files removed in every outcome."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from UNetSegmentationLib import slicer_run
+from UNetSegmentationLib.slicer_panel import segment_id
+from UNetSegmentationLib.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
+from UNetSegmentationLib.slicer_run import (
+    APPLY_TEXT,
+    CANCEL_TEXT,
+    CANCELLED,
+    DONE,
+    EXPORTING,
+    FAILED,
+    IDLE,
+    IMPORTING,
+    INSTALLING,
+    SEGMENTING,
+    RunOptions,
+    SegmentationRun,
+    describe_event,
+    format_duration,
+    format_eta,
+    panel_view,
+    progress_text,
+)
+
+
+def process_group_alive(pgid: int, settle_s: float = 3.0) -> bool:
+    """Whether any process of the group is left (after giving the system ``settle_s`` to reap orphans)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+
+
+def write_oblique_volume(path: Path, shape_kji=(10, 28, 32)) -> np.ndarray:
+    """The volume of the Slicer self-test: oblique direction, anisotropic spacing; returns its IJK→RAS."""
+    ijk_to_ras = oblique_ijk_to_ras()
+    ijk_to_lps = lps_from_ras(ijk_to_ras)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(sample_volume_array(shape_kji))
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
+    image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+    sitk.WriteImage(image, str(path))
+    return ijk_to_ras
+
+
+def export(run: SegmentationRun, source: Path) -> None:
+    """What the Slicer layer does with slicer.util.exportNode."""
+    shutil.copyfile(source, run.begin_exporting())
+
+
+# --- formatting and the view of each state ---------------------------------------------------------
+
+
+def test_durations_and_eta_read_naturally():
+    assert format_duration(0.4) == "0 s"
+    assert format_duration(7.4) == "7 s"
+    assert format_duration(185) == "3 min 05 s"
+    assert format_duration(3725) == "1 h 02 min"
+    assert format_eta(None) == "estimating time left"
+    assert format_eta(0.3) == "less than 1 s left"
+    assert format_eta(42) == "about 42 s left"
+    assert format_eta(61) == "about 1 min 01 s left"
+    assert progress_text(8, 120, 31.25, 3.6) == "Segmenting: 8 of 120 slices, about 4 s left (31.2 slices/s)"
+    assert progress_text(120, 120, 30.0, 0.0).startswith("Segmenting: 120 of 120 slices, finishing")
+
+
+@pytest.mark.parametrize(
+    "state, text, enabled, settings",
+    [
+        (IDLE, APPLY_TEXT, True, True),
+        (INSTALLING, CANCEL_TEXT, False, False),
+        (EXPORTING, CANCEL_TEXT, False, False),
+        (SEGMENTING, CANCEL_TEXT, True, False),
+        (IMPORTING, CANCEL_TEXT, False, False),
+        (DONE, APPLY_TEXT, True, True),
+        (FAILED, APPLY_TEXT, True, True),
+        (CANCELLED, APPLY_TEXT, True, True),
+    ],
+)
+def test_the_button_is_apply_when_idle_and_cancel_while_running(state, text, enabled, settings):
+    view = panel_view(state, 50, "x")
+    assert (view.button_text, view.button_enabled, view.settings_enabled, view.running) == (text, enabled, settings, not settings)
+    assert view.progress_maximum == 100
+
+
+def test_the_button_is_disabled_with_the_reason_until_the_inputs_allow_a_run():
+    view = panel_view(IDLE, ready=False, reason="Select an input volume.")
+    assert not view.button_enabled and view.button_tooltip == "Select an input volume." and view.progress_text == "Select an input volume."
+    run = SegmentationRun(RunOptions(checkpoint=Path("x.safetensors")))
+    assert run.view(ready=False, reason="Choose a model file").button_enabled is False
+    assert run.view().progress_text == "Ready" and run.view().button_text == APPLY_TEXT
+
+
+def test_state_texts_say_what_happens(tmp_path):
+    run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), temp_root=tmp_path)
+    run.begin_installing()
+    assert run.view().progress_text.startswith("Installing dependencies")
+    run.begin_exporting()
+    assert run.view().progress_text == "Exporting the volume\u2026"
+    values = [run.view().progress_value]
+    assert values[0] == slicer_run.PROGRESS_AT[EXPORTING]
+    run.cancel()
+    assert run.view().progress_text == "Cancelled" and run.view().progress_value == 0
+
+
+def test_transitions_outside_the_diagram_are_refused(tmp_path):
+    run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), temp_root=tmp_path)
+    with pytest.raises(RuntimeError, match="cannot go from idle to importing"):
+        run._enter(IMPORTING)
+    with pytest.raises(RuntimeError):
+        run.finish()
+    run.begin_exporting()
+    with pytest.raises(RuntimeError, match="exporting to installing"):
+        run.begin_installing()
+    run.fail("boom")
+    run.fail("second failure is ignored")
+    run.cancel()
+    assert run.state == FAILED and run.message == "boom"
+
+
+def test_arguments_follow_the_options(tmp_path):
+    options = RunOptions(checkpoint=tmp_path / "m.safetensors", depth="2", device="cpu", batch_size=3, axis="k", largest_component=True, confidence_map=True)
+    run = SegmentationRun(options, temp_root=tmp_path)
+    arguments = run.arguments()
+    assert arguments[:2] == ["predict", "--checkpoint"]
+    for flag, value in (("--depth", "2"), ("--device", "cpu"), ("--batch-size", "3"), ("--axis", "k"), ("--probabilities", str(run.confidence_path))):
+        assert arguments[arguments.index(flag) + 1] == value
+    assert "--largest-component" in arguments
+    assert arguments[-2:] == [str(run.input_path), str(run.output_path)]
+    assert run.output_path.name.endswith(".seg.nrrd") and run.input_path.parent == run.output_path.parent
+    plain = SegmentationRun(RunOptions(checkpoint=tmp_path / "w.pt", axis="auto", architecture="unet", classes="liver, spleen"), temp_root=tmp_path)
+    arguments = plain.arguments()
+    assert "--axis" not in arguments and "--depth" not in arguments and "--probabilities" not in arguments and "--largest-component" not in arguments
+    assert arguments[arguments.index("--arch") + 1] == "unet" and arguments[arguments.index("--classes") + 1] == "liver, spleen"
+    run.cleanup()
+    plain.cleanup()
+
+
+def test_event_log_lines():
+    assert describe_event({"event": "start", "slices": 34, "device": "cpu", "arch": "unetplusplus", "depth": 2, "geometry": "slices along k"}) == (
+        "Segmenting 34 slices on cpu with unetplusplus at depth 2; slices along k"
+    )
+    assert describe_event({"event": "warning", "message": "spacing differs"}) == "Warning: spacing differs"
+    assert describe_event({"event": "progress", "done": 1, "total": 2}) is None
+    assert describe_event({"event": "done", "timings": {"network_s": 1.25, "total_s": 2.0}}) == "Segmentation computed in 2.0 s (network 1.2 s)"
+    assert describe_event({"event": "log", "message": "plain line"}) == "plain line"
+
+
+def test_slicer_python_is_found_on_the_path():
+    assert slicer_run.slicer_python(lambda name: f"/opt/Slicer/bin/{name}") == "/opt/Slicer/bin/PythonSlicer"
+    assert slicer_run.slicer_python(lambda name: None) is None
+
+
+# --- with a real engine child ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_voxel_a(tmp_path_factory) -> Path:
+    """A checkpoint made by ``unetseg create`` whose heads always choose class "a" (label 1)."""
+    from conftest import create_checkpoint
+
+    folder = tmp_path_factory.mktemp("run-ckpt")
+    untrained = create_checkpoint(folder / "untrained.safetensors", classes="a,b")
+    return constant_checkpoint(untrained, folder / "every-voxel-a.safetensors", label_value=1)
+
+
+def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_path):
+    import slicerio
+
+    from UNetSegmentationLib.checkpoint_header import read_metadata
+
+    volume = tmp_path / "oblique.nrrd"
+    ijk_to_ras = write_oblique_volume(volume)
+    lines = []
+    options = RunOptions(checkpoint=every_voxel_a, batch_size=2, largest_component=True, confidence_map=True)
+    run = SegmentationRun(options, temp_root=tmp_path, on_log=lines.append)
+    views = [run.view()]
+    run.begin_installing()  # as after a confirmed installation
+    views.append(run.view())
+    export(run, volume)
+    views.append(run.view())
+    run.start_segmenting()
+    assert run.state == SEGMENTING and run.engine is not None and run.engine.pid
+    deadline = time.monotonic() + 180
+    while run.state == SEGMENTING and time.monotonic() < deadline:
+        run.poll()
+        views.append(run.view())
+        time.sleep(0.02)
+    assert run.state == IMPORTING, run.message
+    views.append(run.view())
+
+    # events in order: start, progress (done rising to the total), done, exit
+    kinds = [e["event"] for e in run.events if e["event"] not in ("log", "warning")]
+    assert kinds[0] == "start" and kinds[-2:] == ["done", "exit"] and set(kinds[1:-2]) == {"progress"}
+    done = [e["done"] for e in run.events if e["event"] == "progress"]
+    assert done == sorted(done) and done[-1] == run.start_event["slices"] == 10
+    # the bar only rises, and the text counts slices while segmenting
+    values = [v.progress_value for v in views]
+    assert values == sorted(values), values
+    assert any(slicer_run.PROGRESS_AT[SEGMENTING] < v < slicer_run.PROGRESS_AT[IMPORTING] for v in values)
+    assert any(v.progress_text.startswith("Segmenting: ") and " of 10 slices" in v.progress_text for v in views)
+    assert [v.button_text for v in views if v.state == SEGMENTING][0] == CANCEL_TEXT
+    assert views[-1].state == IMPORTING and views[-1].progress_text == "Importing the segmentation\u2026"
+    assert any(line.startswith("Segmenting 10 slices on cpu with unetplusplus") for line in lines)
+
+    # what the Slicer layer imports: names, colours, ids and the input's exact geometry
+    assert run.output_path.is_file() and run.confidence_path.is_file()
+    metadata = read_metadata(every_voxel_a)
+    segmentation = slicerio.read_segmentation(str(run.output_path))
+    segments = {s["name"]: s for s in segmentation["segments"]}
+    assert list(segments) == ["a", "b"]
+    for info in metadata.classes:
+        assert segments[info.name]["id"] == segment_id(info.value)
+        assert segments[info.name]["labelValue"] == info.value
+        np.testing.assert_allclose(segments[info.name]["color"], info.color)
+    voxels = np.asarray(segmentation["voxels"])
+    assert voxels.shape == (32, 28, 10) and (voxels == 1).all()
+    np.testing.assert_allclose(segmentation["ijkToLPS"], lps_from_ras(ijk_to_ras), atol=1e-5)
+
+    folder = run.folder
+    run.finish()
+    assert run.state == DONE and run.view().progress_value == 100 and run.view().button_text == APPLY_TEXT
+    assert run.view().progress_text.startswith("Done in ")
+    assert not folder.exists(), "temporary files must be removed after a run"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
+def test_cancel_mid_run_leaves_no_child_and_no_output(small_unetpp, tmp_path):
+    volume = tmp_path / "long.nrrd"
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 300, (160, 48, 48)).astype(np.int16))
+    sitk.WriteImage(image, str(volume))
+    run = SegmentationRun(RunOptions(checkpoint=small_unetpp, batch_size=1, confidence_map=True), temp_root=tmp_path / "temp")
+    (tmp_path / "temp").mkdir()
+    export(run, volume)
+    run.start_segmenting()
+    deadline = time.monotonic() + 180
+    while run.state == SEGMENTING and run.last_progress is None and time.monotonic() < deadline:
+        run.poll()
+        time.sleep(0.02)
+    assert run.state == SEGMENTING and run.last_progress, run.message
+    assert run.view().button_enabled and run.view().button_text == CANCEL_TEXT
+    pid, folder = run.engine.pid, run.folder
+    run.cancel()
+    assert run.state == CANCELLED
+    assert not process_group_alive(pid), "the child (and its process group) must be gone"
+    assert not folder.exists() and list((tmp_path / "temp").iterdir()) == []
+    view = run.view()
+    assert (view.button_text, view.button_enabled, view.progress_value, view.progress_text) == (APPLY_TEXT, True, 0, "Cancelled")
+    assert run.log[-1] == "Cancelled by the user"
+    assert run.poll() == []  # nothing more happens
+
+
+def test_a_failing_child_shows_its_own_message(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a checkpoint at all")
+    volume = tmp_path / "v.nrrd"
+    write_oblique_volume(volume, (4, 16, 16))
+    run = SegmentationRun(RunOptions(checkpoint=bad), temp_root=tmp_path)
+    export(run, volume)
+    run.start_segmenting()
+    assert run.wait(timeout_s=120) == FAILED
+    assert run.message == f"{bad} is not a checkpoint: neither a safetensors file nor a PyTorch file (unknown magic bytes b'this')"
+    view = run.view()
+    assert view.progress_text == f"Failed: {run.message}" and view.button_text == APPLY_TEXT and view.button_enabled
+    assert run.log[-1] == f"Failed: {run.message}"
+    assert not run.folder.exists()
+
+
+def test_no_exported_volume_fails_before_starting_a_child(tmp_path):
+    run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), temp_root=tmp_path)
+    run.begin_exporting()  # the export wrote nothing
+    run.start_segmenting()
+    assert run.state == FAILED and run.engine is None
+    assert run.message == "the volume was not exported (no input file was written)"
+
+
+def test_an_interpreter_that_cannot_start_is_reported(tmp_path):
+    volume = tmp_path / "v.nrrd"
+    write_oblique_volume(volume, (4, 16, 16))
+    run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), python=str(tmp_path / "no-such-python"), temp_root=tmp_path)
+    export(run, volume)
+    run.start_segmenting()
+    assert run.state == FAILED and run.message.startswith("cannot start the segmentation process")
+    assert not run.folder.exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="uses a script with a #! line as the interpreter")
+def test_wait_with_a_timeout_stops_a_hung_child(tmp_path):
+    hung = tmp_path / "hung-python"
+    hung.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    hung.chmod(hung.stat().st_mode | stat.S_IXUSR)
+    volume = tmp_path / "v.nrrd"
+    write_oblique_volume(volume, (4, 16, 16))
+    run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), python=str(hung), temp_root=tmp_path)
+    export(run, volume)
+    run.start_segmenting()
+    pid = run.engine.pid
+    polled = []
+    assert run.wait(timeout_s=0.5, interval_s=0.05, on_poll=lambda: polled.append(1)) == FAILED
+    assert run.message.startswith("the segmentation did not finish within") and run.message.endswith("and was stopped")
+    assert polled and not process_group_alive(pid) and not run.folder.exists()

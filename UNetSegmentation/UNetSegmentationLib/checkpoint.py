@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +11,13 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
+from UNetSegmentationLib.checkpoint_header import SAFETENSORS, checkpoint_kind, read_metadata
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.metadata import METADATA_KEY, ModelMetadata
 from UNetSegmentationLib.networks.registry import build_network, get_architecture
 from UNetSegmentationLib.outputs import atomic_output
 
 SAFETENSORS_SUFFIX = ".safetensors"
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTOCOL_MARK = 0x80
 
 
 @dataclass
@@ -36,50 +34,6 @@ class Checkpoint:
 
 def _is_buffer(key: str) -> bool:
     return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
-
-
-def _sniff(path: Path) -> str:
-    """'safetensors', 'torch' or raise: decided by the bytes, not the file name."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(9)
-            size = os.fstat(file.fileno()).st_size
-    except FileNotFoundError:
-        raise UserError(f"checkpoint not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"checkpoint is a folder, not a file: {path}") from None
-    except OSError as error:
-        raise UserError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
-    if size == 0:
-        raise UserError(f"checkpoint {path} is empty (0 bytes)")
-    if len(head) == 9 and head[8:9] == b"{":
-        header_size = struct.unpack("<Q", head[:8])[0]
-        if 8 + header_size > size:
-            raise UserError(f"checkpoint {path} is truncated: its header says {header_size} bytes but the file has {size}")
-        return "safetensors"
-    if head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTOCOL_MARK):
-        return "torch"
-    raise UserError(f"{path} is not a checkpoint: neither a safetensors file nor a PyTorch file (unknown magic bytes {head[:4]!r})")
-
-
-def read_metadata(path: Path) -> ModelMetadata:
-    """Only the metadata of a safetensors checkpoint (no tensors are read)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if _sniff(path) != "safetensors":
-        raise UserError(f"{path} is a plain PyTorch file: it has no metadata (give --arch, --classes, --context, --norm)")
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            header = file.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"checkpoint {path} is corrupt or truncated: {error}") from None
-    if METADATA_KEY not in header:
-        raise UserError(
-            f"{path} is a safetensors file without UNetSegmentation metadata (no {METADATA_KEY!r} header entry); "
-            "create checkpoints with 'unetseg create' or 'unetseg train'"
-        )
-    return ModelMetadata.loads(header[METADATA_KEY], source=str(path))
 
 
 def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -121,7 +75,7 @@ def _load_torch_state_dict(path: Path) -> Dict[str, torch.Tensor]:
 def load_checkpoint(path, metadata_for_plain_torch: Optional[ModelMetadata] = None) -> Checkpoint:
     """Read and validate a checkpoint; a plain PyTorch file needs its metadata given separately."""
     path = Path(path)
-    if _sniff(path) == "safetensors":
+    if checkpoint_kind(path) == SAFETENSORS:
         metadata = read_metadata(path)
         state_dict = _load_safetensors(path)
     else:

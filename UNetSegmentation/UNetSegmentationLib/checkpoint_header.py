@@ -43,7 +43,7 @@ def checkpoint_kind(path) -> str:
         return SAFETENSORS
     if head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTOCOL_MARK):
         return TORCH
-    raise UserError(f"{path} is not a checkpoint: neither a safetensors file nor a PyTorch file")
+    raise UserError(f"{path} is not a checkpoint: neither a safetensors file nor a PyTorch file (unknown magic bytes {head[:4]!r})")
 
 
 def read_safetensors_header(path) -> Dict[str, Any]:

@@ -29,7 +29,7 @@ def bundled_model() -> Optional[Path]:
 
 
 def write_overlay_png(volume: np.ndarray, labels: np.ndarray, classes: Sequence, path: Path, slice_count: int = 4, window=(-1000.0, 1000.0)) -> None:
-    """A row of slices ([k, j, i] arrays, slices along k) with each class drawn in its colour, and a legend."""
+    """A row of slices ([slice, row, column] arrays) with each class drawn in its colour, and a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,8 +65,8 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
     import SimpleITK as sitk
     import slicerio
 
-    from UNetSegmentationLib.checkpoint import read_metadata
-    from UNetSegmentationLib.checkpoint import create_checkpoint
+    from UNetSegmentationLib.checkpoint import create_checkpoint, read_metadata
+    from UNetSegmentationLib.slicing import SliceGeometry
     from UNetSegmentationLib.inference import PredictionOptions, predict_file
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -84,13 +84,35 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
         segmentation = output_dir / "CTChest4.seg.nrrd"
         summary = predict_file(ct, segmentation, model, PredictionOptions(overwrite=True), reporter)
         metadata = read_metadata(model)
-        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
+        image = sitk.ReadImage(str(ct))
+        volume = sitk.GetArrayFromImage(image)
         labels = _labels_of(segmentation, metadata.classes)
         overlay = output_dir / "CTChest4-overlay.png"
         window = metadata.normalization.window or (float(volume.min()), float(volume.max()))
-        write_overlay_png(volume, labels, metadata.classes, overlay, window=window)
+        # drawn as the network sees the slices: the canonical radiological orientation (anterior up, patient's right on the left)
+        geometry = SliceGeometry.from_direction(image.GetDirection())
+        write_overlay_png(geometry.slices_view(volume), geometry.slices_view(labels), metadata.classes, overlay, window=window)
     print(f"segmentation: {summary['output']}\noverlay:      {overlay}", file=sys.stderr)
+    note = _trained_on_this_ct_note(metadata)
+    if note:
+        print(note, file=sys.stderr)
     return 0
+
+
+def _trained_on_this_ct_note(metadata) -> Optional[str]:
+    """The bundled model learnt from this very CT (only its held-out slices were unseen): say so, with its held-out Dice."""
+    data = metadata.training.get("data") or {}
+    if not any(entry.get("image") == DEMO_CT for entry in data.get("training", []) if isinstance(entry, dict)):
+        return None
+    validation = metadata.training.get("validation") or {}
+    depth = metadata.recommended_depth
+    by_depth = validation.get("by_depth") or {}
+    dice = (by_depth.get(f"L{depth}") or {}).get("dice") if depth else validation.get("dice")
+    measured = f"; on its held-out slices the mean Dice is {dice:.2f}" + (f" at depth L{depth}" if depth else "") if dice is not None else ""
+    return (
+        f"note: the model was trained on the other slices of this same CT{measured}. The demo shows the pipeline working; "
+        "it is not a measure of accuracy on other scans"
+    )
 
 
 def _labels_of(segmentation: Path, classes: Sequence) -> np.ndarray:

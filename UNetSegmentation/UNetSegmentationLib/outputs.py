@@ -70,7 +70,9 @@ def atomic_output(paths: Sequence[Path], overwrite: bool = False) -> Iterator[Li
         for temporary in temporaries:
             if not temporary.exists():
                 raise RuntimeError(f"writer did not create {temporary}")
+        permissions = _default_file_permissions()
         for temporary, path in zip(temporaries, paths):
+            os.chmod(temporary, permissions)  # some writers (safetensors) create 0600 files
             os.replace(temporary, path)
     except OSError as error:
         _remove(temporaries)
@@ -78,6 +80,13 @@ def atomic_output(paths: Sequence[Path], overwrite: bool = False) -> Iterator[Li
     except BaseException:
         _remove(temporaries)
         raise
+
+
+def _default_file_permissions() -> int:
+    """What a plain ``open(path, "w")`` would give: 0666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _remove(paths: Sequence[Path]) -> None:

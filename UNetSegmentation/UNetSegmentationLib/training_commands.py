@@ -94,9 +94,13 @@ def command_train(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.training.data import AugmentOptions
     from UNetSegmentationLib.training.trainer import Trainer, TrainConfig, TrainingProgress
 
-    architecture = get_architecture(args.arch)
-    if args.init and (args.features or args.classes):
-        raise UserError("--init takes the architecture, classes and normalisation from the checkpoint; leave out --features and --classes")
+    if args.init:
+        given = [f"--{name}" for name in ("arch", "features", "classes", "context", "norm") if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"--init takes the architecture, features, classes, context and normalisation from the checkpoint; leave out {', '.join(given)}")
+    architecture = get_architecture(args.arch or "unetplusplus")
+    args.context = 1 if args.context is None else args.context
+    args.norm = args.norm or "ct:-1000,1000"
     if not 0 <= args.context <= 16:
         raise UserError(f"--context must be in 0..16, got {args.context}")
     crop = _int_list(args.crop, "--crop")
@@ -167,10 +171,10 @@ def _add_train(commands) -> None:
     train.add_argument("output", metavar="OUT.safetensors", help="checkpoint to write (the log goes to OUT.csv, the resume state to OUT.resume.pt)")
     _data_options(train, for_training=True)
     model = train.add_argument_group("model")
-    model.add_argument("--arch", choices=sorted(ARCHITECTURES), default="unetplusplus", help="architecture (default unetplusplus; see 'unetseg archs')")
+    model.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture (default unetplusplus; see 'unetseg archs')")
     model.add_argument("--features", help="channels per level, e.g. 16,32,64,128,256, or a preset (paper, wide)")
-    model.add_argument("--context", type=int, default=1, help="neighbour slices on each side: 2c+1 input channels (default 1)")
-    model.add_argument("--norm", default="ct:-1000,1000", help="intensity normalisation: ct:LO,HI or mr[:PLO,PHI] (default ct:-1000,1000)")
+    model.add_argument("--context", type=int, help="neighbour slices on each side: 2c+1 input channels (default 1)")
+    model.add_argument("--norm", help="intensity normalisation: ct:LO,HI or mr[:PLO,PHI] (default ct:-1000,1000)")
     model.add_argument("--classes", help="class names, comma-separated (default: the segments of the .seg.nrrd labels, or label values)")
     model.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights, architecture, classes and normalisation (e.g. one from 'unetseg create')")
     fit = train.add_argument_group("training")

@@ -1,0 +1,158 @@
+"""Evaluation metrics (MONAI's, through ``evaluation.class_metrics``) match values computed by hand on
+synthetic masks — including HD95 in millimetres with anisotropic spacing — and ``unetseg evaluate``
+writes the table, CSV, JSON and the accuracy-vs-speed plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from synthetic_cases import write_tiny_case
+from UNetSegmentationLib.evaluation import class_metrics, dice_per_class, parse_slices
+from UNetSegmentationLib.errors import UserError
+
+
+def cube(shape=(12, 12, 12), start=(3, 3, 3), size=3) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(s, s + size) for s in start)] = True
+    return mask
+
+
+def test_overlap_metrics_match_hand_counts():
+    truth = cube(start=(3, 3, 3))  # 27 voxels
+    prediction = cube(start=(3, 3, 4))  # shifted one voxel along the last axis: 18 shared, 9 extra, 9 missed
+    metrics = class_metrics(prediction, truth, spacing=(1.0, 1.0, 1.0))
+    tp, fp, fn = 18, 9, 9
+    assert metrics["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))  # 0.6667
+    assert metrics["iou"] == pytest.approx(tp / (tp + fp + fn))  # 0.5
+    assert metrics["precision"] == pytest.approx(tp / (tp + fp))
+    assert metrics["recall"] == pytest.approx(tp / (tp + fn))
+    assert metrics["f1"] == pytest.approx(metrics["dice"])
+
+
+def test_precision_and_recall_differ_when_the_prediction_is_a_superset():
+    truth = cube(size=2)  # 8 voxels
+    prediction = cube(size=4)  # 64 voxels containing the truth
+    metrics = class_metrics(prediction, truth, spacing=(1.0, 1.0, 1.0))
+    assert metrics["recall"] == pytest.approx(1.0)
+    assert metrics["precision"] == pytest.approx(8 / 64)
+    assert metrics["dice"] == pytest.approx(2 * 8 / (8 + 64))
+    assert metrics["iou"] == pytest.approx(8 / 64)
+
+
+def test_hd95_of_two_single_voxels_uses_the_anisotropic_spacing():
+    truth = np.zeros((10, 10, 10), dtype=bool)
+    prediction = np.zeros_like(truth)
+    truth[5, 5, 5] = True
+    prediction[6, 7, 5] = True  # one step along axis 0 (3 mm), two along axis 1 (0.5 mm each)
+    metrics = class_metrics(prediction, truth, spacing=(3.0, 0.5, 0.5))
+    assert metrics["hd95_mm"] == pytest.approx(math.hypot(1 * 3.0, 2 * 0.5), rel=1e-5)  # sqrt(10) mm
+    assert metrics["dice"] == 0.0
+
+
+def test_hd95_is_the_95th_percentile_not_the_maximum():
+    """A 20-voxel line and the same line plus two isolated voxels 3 steps (4.5 mm) away across the
+    1.5 mm axis: the 22 prediction-to-truth distances are 20 × 0 and 2 × 4.5 mm; their 95th
+    percentile (linear interpolation at rank 0.95·21 = 19.95) is 0.95·4.5 mm. Truth-to-prediction
+    distances are all 0, so the symmetric HD95 is 4.275 mm while the Hausdorff distance is 4.5 mm."""
+    spacing = (2.0, 0.5, 1.5)
+    truth = np.zeros((24, 10, 12), dtype=bool)
+    truth[2:22, 5, 5] = True
+    prediction = truth.copy()
+    prediction[6, 5, 8] = True
+    prediction[17, 5, 8] = True
+    metrics = class_metrics(prediction, truth, spacing=spacing)
+    assert metrics["hd95_mm"] == pytest.approx(0.95 * 3 * 1.5, rel=1e-5)  # float32 distances
+    assert metrics["recall"] == 1.0 and metrics["precision"] == pytest.approx(20 / 22)
+
+
+def test_hd95_is_symmetric_under_swapping_prediction_and_truth():
+    rng = np.random.default_rng(3)
+    a = rng.random((10, 12, 8)) > 0.8
+    b = rng.random((10, 12, 8)) > 0.8
+    spacing = (2.5, 0.7, 1.2)
+    assert class_metrics(a, b, spacing)["hd95_mm"] == pytest.approx(class_metrics(b, a, spacing)["hd95_mm"])
+
+
+def test_empty_masks_give_no_value_instead_of_a_misleading_number():
+    empty = np.zeros((8, 8, 8), dtype=bool)
+    present = cube(shape=(8, 8, 8), size=2)
+    absent_everywhere = class_metrics(empty, empty, (1.0, 1.0, 1.0))
+    assert all(absent_everywhere[m] is None for m in ("dice", "iou", "hd95_mm", "precision", "recall", "f1"))
+    missed = class_metrics(empty, present, (1.0, 1.0, 1.0))  # the structure exists and nothing was found
+    assert missed["dice"] == 0.0 and missed["recall"] == 0.0 and missed["hd95_mm"] is None and missed["precision"] is None
+    false_alarm = class_metrics(present, empty, (1.0, 1.0, 1.0))  # nothing to find, something predicted
+    assert false_alarm["dice"] is None and false_alarm["precision"] == 0.0 and false_alarm["hd95_mm"] is None
+
+
+def test_validation_dice_per_class_uses_channel_indices():
+    truth = np.zeros((2, 4, 4), dtype=np.uint8)
+    truth[:, :2] = 1  # 16 voxels of class 1
+    truth[0, 3, 3] = 2  # 1 voxel of class 2
+    prediction = truth.copy()
+    prediction[1, 0] = 0  # 4 voxels of class 1 missed
+    dice = dice_per_class(prediction, truth, class_count=3)
+    assert dice[0] == pytest.approx(2 * 12 / (12 + 16))
+    assert dice[1] == pytest.approx(1.0)
+    assert np.isnan(dice[2])  # class 3 absent from the truth
+
+
+def test_slice_selection_syntax():
+    assert parse_slices(None) is None and parse_slices("all") is None
+    assert parse_slices("checkpoint") == "checkpoint"
+    assert list(parse_slices("4-6,16,17")) == [4, 5, 6, 16, 17]
+    with pytest.raises(UserError, match="--slices"):
+        parse_slices("6-4")
+
+
+# --- unetseg evaluate on a synthetic volume -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_case(tmp_path_factory):
+    """A CT-like volume (anisotropic) and its two-class label map ('body', 'bone')."""
+    return write_tiny_case(tmp_path_factory.mktemp("evaluate"))
+
+
+def test_evaluate_writes_table_csv_json_and_plot_for_every_depth(cli, synthetic_case, tmp_path):
+    from conftest import create_checkpoint
+
+    checkpoint = create_checkpoint(tmp_path / "untrained.safetensors", classes="body,bone", features="4,8,16")
+    out = tmp_path / "results"
+    result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
+                 "--output-dir", out, "--progress", "none", "--device", "cpu")
+    assert result.code == 0, result.stderr
+    # the screen table: one row per class and depth, then a per-depth summary with ms/slice
+    assert "hd95 mm" in result.stdout and "ms/slice" in result.stdout
+    rows = list(csv.DictReader(open(out / "evaluation.csv")))
+    assert sorted({r["depth"] for r in rows}) == ["L1", "L2"]
+    assert sorted({r["class"] for r in rows}) == ["body", "bone"]
+    assert {"dice", "iou", "hd95_mm", "precision", "recall", "f1", "ms_per_slice"} <= set(rows[0])
+    report = json.loads((out / "evaluation.json").read_text())
+    assert set(report["summary"]) == {"L1", "L2"}
+    assert all(s["ms_per_slice"] > 0 and s["parameters"] > 0 for s in report["summary"].values())
+    assert report["summary"]["L1"]["parameters"] < report["summary"]["L2"]["parameters"]
+    assert (out / "accuracy-vs-speed.png").read_bytes().startswith(b"\x89PNG")
+    # a second run refuses to overwrite without --overwrite
+    again = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd", "--output-dir", out, "--progress", "none")
+    assert again.code == 2 and "already exists" in again.stderr
+
+
+def test_evaluate_restricted_to_slices_scores_only_those(cli, synthetic_case, tmp_path):
+    from conftest import create_checkpoint
+
+    checkpoint = create_checkpoint(tmp_path / "u.safetensors", arch="unet", classes="body,bone", features="4,8")
+    out = tmp_path / "r"
+    result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
+                 "--slices", "2-4", "--output-dir", out, "--progress", "none")
+    assert result.code == 0, result.stderr
+    rows = list(csv.DictReader(open(out / "evaluation.csv")))
+    assert {r["depth"] for r in rows} == {"default"} and {r["slices"] for r in rows} == {"3"}
+    assert not (out / "accuracy-vs-speed.png").exists()  # one depth: no trade-off to plot
+    bad = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
+              "--slices", "10-40", "--output-dir", tmp_path / "r2", "--progress", "none")
+    assert bad.code == 2 and "12 slices" in bad.stderr

@@ -30,10 +30,9 @@ def bundled_model() -> Optional[Path]:
 
 def write_overlay_png(volume: np.ndarray, labels: np.ndarray, classes: Sequence, path: Path, slice_count: int = 4, window=(-1000.0, 1000.0)) -> None:
     """A row of slices ([slice, row, column] arrays) with each class drawn in its colour, and a legend."""
-    import matplotlib
+    from UNetSegmentationLib.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     depth = volume.shape[0]
     picks = np.linspace(depth * 0.2, depth * 0.8, slice_count).round().astype(int)

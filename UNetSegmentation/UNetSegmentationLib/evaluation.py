@@ -306,10 +306,9 @@ def write_csv(evaluation: Evaluation, path: Path) -> None:
 
 def plot_accuracy_vs_speed(summary: Dict[str, dict], path: Path, title: str = "") -> None:
     """Mean Dice against ms/slice per depth; marker area grows with the parameter count."""
-    import matplotlib
+    from UNetSegmentationLib.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [d for d, s in summary.items() if s.get("mean_dice") is not None and s.get("ms_per_slice") is not None]
     x = [summary[d]["ms_per_slice"] for d in names]

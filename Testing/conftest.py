@@ -16,6 +16,18 @@ import pytest
 import SimpleITK as sitk
 
 
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """ITK's DICOM writer sets LC_CTYPE to "C" and leaves it; a later ``subprocess.run(text=True)``
+    would then decode UTF-8 output as ASCII. Restore the locale after every test."""
+    import locale
+
+    before = locale.setlocale(locale.LC_CTYPE)
+    yield
+    if locale.setlocale(locale.LC_CTYPE) != before:
+        locale.setlocale(locale.LC_CTYPE, before)
+
+
 @pytest.fixture(scope="session")
 def chest_ct_path() -> Path:
     """The real chest CT (128×128×34, 3.05×3.05×10 mm, int32 HU) shipped inside the slicerio package."""

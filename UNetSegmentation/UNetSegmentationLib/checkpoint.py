@@ -123,10 +123,14 @@ def _describe_mismatch(model: torch.nn.Module, state_dict: Mapping[str, torch.Te
 def build_model(checkpoint: Checkpoint) -> torch.nn.Module:
     """The network with the checkpoint's weights, in evaluation mode on the CPU."""
     metadata = checkpoint.metadata
-    model = build_network(metadata.architecture, metadata.kwargs)
-    problem = _describe_mismatch(model, checkpoint.state_dict, metadata)
+    # First on the meta device (shapes only, no memory): metadata asking for a huge network cannot
+    # exhaust memory before its mismatch with the weights in the file is found.
+    with torch.device("meta"):
+        skeleton = build_network(metadata.architecture, metadata.kwargs)
+    problem = _describe_mismatch(skeleton, checkpoint.state_dict, metadata)
     if problem:
         raise UserError(f"{checkpoint.path}: {problem}")
+    model = build_network(metadata.architecture, metadata.kwargs)
     model.load_state_dict(checkpoint.state_dict, strict=True)
     return model.eval()
 

@@ -155,6 +155,9 @@ def command_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         largest_component=args.largest_component,
         classification_guidance=not args.no_cgm,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
     )
     plain_metadata = _metadata_from_options(args) if args.arch else None
     predict_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata)
@@ -202,6 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected component of each label")
     predict.add_argument("--no-cgm", action="store_true", help="UNet 3+: do not blank slices its classification-guided module judges empty")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    speed = predict.add_argument_group("speed (see BENCHMARKS.md)")
+    speed.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="auto: ONNX Runtime on the CPU when installed (pip install 'UNetSegmentationLib[onnx]'; the export is cached next to the checkpoint), else PyTorch",
+    )
+    speed.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast where the hardware has it (CUDA; CPUs with AVX512-BF16/AMX), else float32; bf16 agrees with fp32 on >=99%% of labels",
+    )
+    speed.add_argument("--threads", type=int, help="CPU threads for the network (default: one per core)")
     _add_model_options(predict, for_plain_torch=True)
     predict.add_argument("input", metavar="INPUT", help="volume file (.nrrd, .nii, .nii.gz, .mha, .mhd) or DICOM series folder")
     predict.add_argument("output", metavar="OUTPUT", help="label map (.nrrd, .nii, .nii.gz, .mha) or Slicer segmentation (.seg.nrrd)")
@@ -239,6 +256,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USER_ERROR
     except Exception as error:  # a bug: say so, keep the traceback for the report
         import traceback
+
+        from UNetSegmentationLib.memory import is_out_of_memory
+
+        if is_out_of_memory(error):  # e.g. moving the model to a full GPU: not a bug, say what to do
+            message = f"out of memory ({str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__}): try a smaller --batch-size or --device cpu"
+            args.reporter.error(message)
+            print(f"unetseg: error: {message}", file=sys.stderr)
+            return EXIT_USER_ERROR
 
         traceback.print_exc(file=sys.stderr)
         args.reporter.error(f"internal error: {type(error).__name__}: {error}")

@@ -18,16 +18,18 @@ from typing import Dict, Optional, Union
 import numpy as np
 import torch
 
+from UNetSegmentationLib.acceleration import create_predictor, prefetch
 from UNetSegmentationLib.checkpoint import Checkpoint, build_model, load_checkpoint
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.metadata import ModelMetadata
 from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
 from UNetSegmentationLib.normalization import IntensityMapping, fit_normalization
-from UNetSegmentationLib.outputs import atomic_output, check_output_path
+from UNetSegmentationLib.memory import MemoryGuard
+from UNetSegmentationLib.outputs import atomic_output, check_output_path, claims_outputs
 from UNetSegmentationLib.postprocess import keep_largest_component
 from UNetSegmentationLib.progress import Reporter
-from UNetSegmentationLib.slicing import SliceGeometry, gather_context, padding_for
-from UNetSegmentationLib.volume_io import check_finite, label_dtype, read_volume, write_labels, write_scalar
+from UNetSegmentationLib.slicing import SliceGeometry, gather_context, input_batches, padding_for
+from UNetSegmentationLib.volume_io import check_finite, check_slice_size, constant_value, label_dtype, read_volume, write_labels, write_scalar
 
 ACCURATE = "accurate"
 Depth = Union[int, str, None]
@@ -45,10 +47,19 @@ class PredictionOptions:
     overwrite: bool = False
     largest_component: bool = False  # keep each label's largest 3D connected component
     classification_guidance: bool = True  # UNet 3+: empty result for slices its classifier judges empty
+    backend: str = "auto"  # auto (ONNX Runtime on the CPU when installed, else PyTorch), torch, onnx (acceleration.py)
+    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16
+    threads: Optional[int] = None  # intra-op threads; None: one per core
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UserError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+        from UNetSegmentationLib.acceleration import BACKENDS, PRECISIONS, parse_choice
+
+        self.backend = parse_choice(self.backend, BACKENDS, "--backend")
+        self.precision = parse_choice(self.precision, PRECISIONS, "--precision")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -100,20 +111,43 @@ class SlicePredictor:
     ``__call__(batch)`` takes ``(B, 2c+1, H, W)`` float32 (already normalised and padded) and returns
     ``(B, K, H, W)`` float32: K = 1 (sigmoid foreground probability) for one class, else softmax over
     background + classes.
+
+    ``precision``: None (as always: CUDA bf16 autocast, fp16 where bf16 is unsupported; CPU
+    float32), ``auto`` (also bf16 on CPUs with native bf16), ``fp32`` or ``bf16`` (see
+    :func:`~UNetSegmentationLib.acceleration.resolve_precision`).
+    ``optimize``: fold BatchNorm into the convolutions (in place: ``model`` is changed) and use
+    channels_last on the CPU where it pays (batch-normalised networks); off by default, on in
+    ``predict`` (:func:`~UNetSegmentationLib.acceleration.create_predictor`).
     """
 
+    backend = "torch"
+
     def __init__(
-        self, model: torch.nn.Module, metadata: ModelMetadata, device: torch.device, depth: Depth, classification_guidance: bool = True
+        self,
+        model: torch.nn.Module,
+        metadata: ModelMetadata,
+        device: torch.device,
+        depth: Depth,
+        classification_guidance: bool = True,
+        precision: Optional[str] = None,
+        optimize: bool = False,
     ) -> None:
+        from UNetSegmentationLib.acceleration import fold_batchnorm, prefers_channels_last, resolve_precision
+
         self.metadata = metadata
         self.device = device
         self.depth = depth
         self.cuda = device.type == "cuda"
+        self.precision = resolve_precision(precision, device)
         self.model = model.to(device).eval()
         if hasattr(self.model, "classification_guidance"):
             self.model.classification_guidance = classification_guidance
-        if self.cuda:
+        if optimize:
+            fold_batchnorm(self.model)
+        self.channels_last = self.cuda or (optimize and prefers_channels_last(self.model))
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.cuda:
             torch.backends.cudnn.benchmark = True
 
     @property
@@ -127,11 +161,14 @@ class SlicePredictor:
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        from UNetSegmentationLib.acceleration import autocast
+
         inputs = torch.from_numpy(batch)
         if self.cuda:
-            inputs = inputs.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if self.cuda else contextlib.nullcontext()
-        with autocast:
+            inputs = inputs.pin_memory().to(self.device, non_blocking=True)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
             if self.depth == ACCURATE:
                 heads = self.model.forward_heads(inputs)
                 probabilities = torch.stack([self._to_probabilities(h) for h in heads]).mean(0)
@@ -188,15 +225,15 @@ def predict_volume(
     confidence_slices = geometry.slices_view(confidence) if want_confidence else None
     pad_rows, pad_columns = padding_for((rows, columns), predictor.required_multiple)
     timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0}
+    guarded = MemoryGuard(predictor, reporter)  # out of memory: smaller batches, then the CPU (memory.py)
+    # the next batch is gathered, normalised and padded on a thread while the network runs (acceleration.py)
+    batches = prefetch(input_batches(slices, batch_size, metadata.context, mapping, (pad_rows, pad_columns)))
 
     for start in range(0, slice_count, batch_size):
         t0 = time.perf_counter()
-        indices = np.arange(start, min(start + batch_size, slice_count))
-        batch = mapping(gather_context(slices, indices, metadata.context))
-        if pad_rows or pad_columns:  # zero in normalised units, at the far edges; cropped off below
-            batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_rows), (0, pad_columns)))
+        indices, batch = next(batches)  # padding: zero in normalised units, at the far edges; cropped off below
         t1 = time.perf_counter()
-        probabilities = predictor(batch)[:, :, :rows, :columns]
+        probabilities = guarded(batch)[:, :, :rows, :columns]
         t2 = time.perf_counter()
         batch_labels, batch_confidence = labels_from_probabilities(probabilities, label_values)
         label_slices[indices] = batch_labels
@@ -225,6 +262,7 @@ def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) ->
     return None
 
 
+@claims_outputs  # a lock file per output while the run lasts: a second run on the same output is refused
 def predict_file(
     input_path,
     output_path,
@@ -250,7 +288,8 @@ def predict_file(
     metadata = checkpoint.metadata
     depth = resolve_depth(metadata, options.depth)
     device = resolve_device(options.device)
-    model = build_model(checkpoint)
+    notes: list = []  # e.g. an ONNX fallback: reported after the start event
+    predictor = create_predictor(checkpoint, device, depth, options, notes)  # backend, precision, threads (acceleration.py)
     t_model = time.perf_counter()
 
     image = read_volume(input_path)
@@ -259,8 +298,8 @@ def predict_file(
     t_read = time.perf_counter()
 
     geometry = SliceGeometry.from_direction(image.GetDirection(), options.axis)
+    check_slice_size(geometry.slices_view(volume).shape[1:], source=str(input_path))
     mapping = fit_normalization(metadata.normalization, volume)
-    predictor = SlicePredictor(model, metadata, device, depth, options.classification_guidance)
     slice_count = geometry.slices_view(volume).shape[0]
     reporter.start(
         slices=slice_count,
@@ -269,10 +308,18 @@ def predict_file(
         depth=depth,
         classes=[c.name for c in metadata.classes],
         geometry=geometry.describe(),
+        backend=getattr(predictor, "backend", "torch"),
+        precision=getattr(predictor, "precision", "fp32"),
+        threads=torch.get_num_threads(),
     )
+    for note in notes:
+        reporter.warning(note)
     warning = _spacing_warning(image, geometry, metadata)
     if warning:
         reporter.warning(warning)
+    constant = constant_value(volume)
+    if constant is not None:
+        reporter.warning(f"the input is constant (every voxel is {constant:g}): there is no structure to segment, expect an empty or meaningless result")
     t_prepared = time.perf_counter()
 
     result = predict_volume(volume, geometry, predictor, mapping, options.batch_size, options.probabilities is not None, reporter)

@@ -141,7 +141,7 @@ class ModelMetadata:
     def loads(text: str, source: str = "checkpoint") -> "ModelMetadata":
         try:
             data = json.loads(text)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RecursionError) as error:
             raise UserError(f"{source}: metadata is not valid JSON ({error})") from None
         return _validated_metadata(data, source)
 
@@ -163,7 +163,12 @@ def _fail(source: str, message: str) -> UserError:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _is_int(value: Any) -> bool:
@@ -223,6 +228,9 @@ def _validated_metadata(data: Any, source: str) -> ModelMetadata:
     architecture = data["architecture"]
     if not (isinstance(architecture, dict) and isinstance(architecture.get("name"), str) and isinstance(architecture.get("kwargs"), dict)):
         raise _fail(source, "metadata 'architecture' must be {'name': str, 'kwargs': {...}}")
+    features = architecture["kwargs"].get("features")
+    if features is not None and not (isinstance(features, list) and len(features) >= 2 and all(_is_int(f) and 1 <= f <= 65536 for f in features)):
+        raise _fail(source, f"metadata architecture 'features' must be a list of two or more channel counts in 1..65536, got {features!r}"[:300])
     context = data["context"]
     if not _is_int(context) or not 0 <= context <= 16:
         raise _fail(source, f"metadata 'context' must be an integer in 0..16, got {context!r}")
@@ -243,7 +251,7 @@ def _validated_metadata(data: Any, source: str) -> ModelMetadata:
     if not isinstance(metrics, dict):
         raise _fail(source, "depth_metrics must be an object keyed by depth")
     for key, values in metrics.items():
-        if not (str(key).isdigit() and isinstance(values, dict) and all(_is_number(v) for v in values.values())):
+        if not (str(key).isascii() and str(key).isdigit() and isinstance(values, dict) and all(_is_number(v) for v in values.values())):
             raise _fail(source, f"depth_metrics[{key!r}] must map a depth to numbers")
         metadata.depth_metrics[int(key)] = {k: float(v) for k, v in values.items()}
     recommended = data.get("recommended_depth")

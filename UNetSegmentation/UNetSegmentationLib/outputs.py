@@ -3,14 +3,22 @@
 A run that fails or is cancelled leaves no partial file and never touches an existing file unless
 the user asked for ``--overwrite``. Temporary names are predictable from the writer's process id
 (``.NAME.unetseg-PID.partial.EXT``) so the process runner can remove them after killing a child.
+
+Two runs never write the same output at once: inside :func:`claiming_outputs` (``unetseg predict``),
+:func:`check_output_path` also creates an exclusive lock file ``.NAME.unetseg-lock`` next to the
+output (``O_CREAT | O_EXCL``, holding the writer's process id and host). A second run naming the
+same output is refused with a message; a lock left by a process that no longer exists (killed) is
+taken over. Locks are removed when the run ends, whatever the outcome.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import socket
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from UNetSegmentationLib.errors import UserError
 
@@ -50,7 +58,108 @@ def check_output_path(path: Path, overwrite: bool, what: str = "output", extensi
         raise UserError(f"cannot write {what} {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {what} {path}: no permission to write in {parent}")
+    if _claim_scopes:
+        claim_output(path, what)
+        _claim_scopes[-1].append(path)
     return path
+
+
+# --- one writer per output ----------------------------------------------------------------------------
+
+#: lock files this process holds: output path → lock path
+_held_locks: Dict[Path, Path] = {}
+#: open :func:`claiming_outputs` blocks, innermost last, each with the outputs it claimed
+_claim_scopes: List[List[Path]] = []
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of output ``path``: ``.NAME.unetseg-lock`` in the same folder."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.unetseg-lock")
+
+
+def lock_holder(lock: Path) -> Optional[str]:
+    """Who holds ``lock`` (``"process N"`` or ``"process N on HOST"``), or None when it is stale.
+
+    Stale: no such file, or written by this process, or by a process of this host that no longer
+    exists. A lock from another host, or one being written this instant, counts as held.
+    """
+    try:
+        text = Path(lock).read_text(encoding="utf-8", errors="replace").split()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "an unknown process"
+    if len(text) < 2 or not text[0].isdigit():
+        return "an unknown process"
+    pid, host = int(text[0]), text[1]
+    if host != socket.gethostname():
+        return f"process {pid} on {host}"
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except (PermissionError, OverflowError, ValueError):
+        pass
+    return f"process {pid}"
+
+
+def claim_output(path: Path, what: str = "output") -> None:
+    """Create ``path``'s lock file exclusively, or refuse: another run is writing ``path``."""
+    path = Path(path)
+    lock = lock_path(path)
+    for _ in range(3):
+        try:
+            descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = lock_holder(lock)
+            if holder is None:  # left behind by a killed run: take it over
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            raise UserError(
+                f"{what} {path} is being written by another unetseg run ({holder}); wait for it to finish or choose "
+                f"another output name (if no run is active, delete {lock})"
+            ) from None
+        except OSError as error:
+            raise UserError(f"cannot write {what} {path}: {error.strerror or error}") from None
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(f"{os.getpid()} {socket.gethostname()}\n")
+        _held_locks[path] = lock
+        return
+    raise UserError(f"cannot claim {what} {path}: its lock file {lock} keeps reappearing; is another run starting?")
+
+
+def release_output(path: Path) -> None:
+    """Remove ``path``'s lock file if this process holds it."""
+    lock = _held_locks.pop(Path(path), None)
+    if lock is not None and lock_holder(lock) is None:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+@contextlib.contextmanager
+def claiming_outputs() -> Iterator[None]:
+    """Within the block, :func:`check_output_path` also claims each output; all claims end with the block."""
+    _claim_scopes.append([])
+    try:
+        yield
+    finally:
+        for path in _claim_scopes.pop():
+            release_output(path)
+
+
+def claims_outputs(function):
+    """Decorator: run ``function`` inside :func:`claiming_outputs`."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with claiming_outputs():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from UNetSegmentationLib.outputs import temporary_path
+from UNetSegmentationLib.outputs import lock_path, temporary_path
 
 IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
@@ -48,6 +48,9 @@ def predict_arguments(
     largest_component: bool = False,
     classification_guidance: bool = True,
     extra: Sequence[str] = (),
+    backend: Optional[str] = None,
+    precision: Optional[str] = None,
+    threads: Optional[int] = None,
 ) -> List[str]:
     """Command-line arguments of ``unetseg predict`` for the runner (``--progress json`` is added by it)."""
     arguments = ["predict", "--checkpoint", str(checkpoint), "--device", device, "--batch-size", str(batch_size)]
@@ -63,6 +66,12 @@ def predict_arguments(
         arguments.append("--largest-component")
     if not classification_guidance:
         arguments.append("--no-cgm")
+    if backend is not None:  # auto/torch/onnx (None: the engine's default, auto)
+        arguments += ["--backend", str(backend)]
+    if precision is not None:  # auto/fp32/bf16
+        arguments += ["--precision", str(precision)]
+    if threads is not None:
+        arguments += ["--threads", str(int(threads))]
     return arguments + list(extra) + [str(input_path), str(output_path)]
 
 
@@ -104,6 +113,7 @@ class EngineProcess:
         self._threads: List[threading.Thread] = []
         self._last_event_time = 0.0
         self._lock = threading.Lock()
+        self._exit_posted = False
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -142,6 +152,7 @@ class EngineProcess:
         self._threads = [
             threading.Thread(target=self._read_stdout, name="unetseg-stdout", daemon=True),
             threading.Thread(target=self._read_stderr, name="unetseg-stderr", daemon=True),
+            threading.Thread(target=self._watch, name="unetseg-watch", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -167,8 +178,25 @@ class EngineProcess:
                 event = {"event": "log", "message": line}
             self._events.put(event)
         returncode = self._process.wait()
-        for thread in self._threads[1:]:
-            thread.join(timeout=5)
+        self._threads[1].join(timeout=5)  # the stderr tail, for the failure message
+        self._post_exit(returncode)
+
+    def _watch(self) -> None:
+        """When the child ends, end what it left in its process group (a worker, a grandchild): no
+        orphans, and no pipe held open by one, which would hide the child's end from the readers."""
+        assert self._process
+        returncode = self._process.wait()
+        if os.name != "nt":
+            _signal_group(self._process.pid, signal.SIGKILL)
+        self._threads[0].join(timeout=5)
+        if self._threads[0].is_alive():  # a process outside the group still holds stdout
+            self._post_exit(returncode)
+
+    def _post_exit(self, returncode: int) -> None:
+        with self._lock:
+            if self._exit_posted:
+                return
+            self._exit_posted = True
         self._events.put({"event": "exit", "returncode": returncode})
 
     def _read_stderr(self) -> None:
@@ -219,16 +247,17 @@ class EngineProcess:
     def _failure_message(self) -> str:
         if self._error_event:
             return self._error_event
-        for line in reversed(self._stderr_tail):  # e.g. the last line of a traceback
-            if line.strip() and not line.startswith(" "):
-                return f"the segmentation process failed: {line.strip()}"
         code = self.returncode
-        if code is not None and code < 0:
+        if code is not None and code < 0:  # killed by a signal: say which, whatever stderr held before
             try:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            return f"the segmentation process was killed ({name}); the machine may have run out of memory"
+            hint = "; the machine may have run out of memory" if -code == getattr(signal, "SIGKILL", 9) else ""
+            return f"the segmentation process was killed by {name}{hint}"
+        for line in reversed(self._stderr_tail):  # e.g. the last line of a traceback
+            if line.strip() and not line.startswith(" "):
+                return f"the segmentation process failed: {line.strip()}"
         return f"the segmentation process exited with code {code} without a result"
 
     def _finish(self, state: str, message: Optional[str] = None) -> None:
@@ -283,6 +312,7 @@ class EngineProcess:
             if pid is not None:
                 with contextlib.suppress(OSError):
                     temporary_path(path, pid).unlink()
+                _remove_lock_of(path, pid)
             if path.exists() and _signature(path) != self._before.get(path):
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -294,6 +324,14 @@ def _signature(path: Path) -> Optional[Tuple[int, int]]:
     except OSError:
         return None
     return status.st_ino, status.st_mtime_ns
+
+
+def _remove_lock_of(path: Path, pid: int) -> None:
+    """Remove the output lock (see :mod:`.outputs`) that the child ``pid`` left when it was killed."""
+    lock = lock_path(path)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        if int(lock.read_text(encoding="utf-8").split()[0]) == pid:
+            lock.unlink()
 
 
 def _signal_group(pid: int, signum: int) -> None:

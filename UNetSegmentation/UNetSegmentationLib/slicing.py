@@ -8,7 +8,7 @@ the whole volume. Only the batch being assembled is materialised.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -91,3 +91,17 @@ def gather_context(slices: np.ndarray, slice_indices: np.ndarray, context: int) 
 def padding_for(shape: Tuple[int, int], multiple: int) -> Tuple[int, int]:
     """Rows and columns to add (at the end) so both sizes are divisible by ``multiple``."""
     return tuple((-size) % multiple for size in shape)
+
+
+def input_batches(slices: np.ndarray, batch_size: int, context: int, mapping: Callable[[np.ndarray], np.ndarray], padding: Tuple[int, int] = (0, 0)) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """``(indices, batch)`` for consecutive batches of a [slice, row, column] view: ``batch`` is
+    ``(B, 2c+1, rows + padding[0], columns + padding[1])`` float32, normalised by ``mapping`` and
+    zero-padded (in normalised units) at the far edges."""
+    slice_count = slices.shape[0]
+    pad_rows, pad_columns = padding
+    for start in range(0, slice_count, batch_size):
+        indices = np.arange(start, min(start + batch_size, slice_count))
+        batch = mapping(gather_context(slices, indices, context))
+        if pad_rows or pad_columns:
+            batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_rows), (0, pad_columns)))
+        yield indices, batch

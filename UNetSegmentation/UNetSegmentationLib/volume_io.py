@@ -6,8 +6,9 @@ Outputs always carry exactly the input's size, origin, spacing and direction.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +36,7 @@ def read_volume(path) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise UserError(f"input not found: {path}")
+    _check_readable(path)
     try:
         image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -42,6 +44,20 @@ def read_volume(path) -> sitk.Image:
         raise UserError(f"cannot read {path} as an image (supported: NRRD, NIfTI, MHA/MHD, a DICOM series folder): {detail}") from None
     validate_volume(image, path)
     return image
+
+
+def _check_readable(path: Path) -> None:
+    """Name a permission problem as such (SimpleITK would only say it cannot read the file)."""
+    try:
+        if path.is_dir():
+            os.listdir(path)
+        else:
+            with open(path, "rb") as file:
+                file.read(1)
+    except PermissionError:
+        raise UserError(f"cannot read {path}: permission denied; ask for read access or copy it to a folder you can read") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def validate_volume(image: sitk.Image, source="input") -> None:
@@ -67,6 +83,39 @@ def check_finite(volume: np.ndarray, source="input", chunk: int = 16) -> None:
         if not np.isfinite(slab).all():
             nan, inf = int(np.isnan(slab).sum()), int(np.isinf(slab).sum())
             raise UserError(f"{source} contains NaN or infinite voxels (from slab {start}: {nan} NaN, {inf} Inf); fix or mask them first")
+
+
+def constant_value(volume: np.ndarray, chunk: int = 16) -> Optional[float]:
+    """The value of every voxel if the volume is constant, else None (stops at the first slab that varies)."""
+    if volume.size == 0:
+        return None
+    first = volume[(0,) * volume.ndim]
+    for start in range(0, volume.shape[0], chunk):
+        if (volume[start:start + chunk] != first).any():
+            return None
+    return float(first)
+
+
+#: the largest slice (rows x columns) ``predict`` segments; one network call on a bigger slice needs
+#: several GB even at batch size 1. Raise it with the environment variable UNETSEG_MAX_SLICE_PIXELS.
+MAX_SLICE_PIXELS = 2048 * 2048
+
+
+def max_slice_pixels() -> int:
+    text = os.environ.get("UNETSEG_MAX_SLICE_PIXELS", "")
+    return int(text) if text.strip().isdigit() and int(text) > 0 else MAX_SLICE_PIXELS
+
+
+def check_slice_size(shape: Tuple[int, int], source="input") -> None:
+    """Refuse slices above :func:`max_slice_pixels` with a way out, before any network call."""
+    rows, columns = (int(v) for v in shape)
+    limit = max_slice_pixels()
+    if rows * columns > limit:
+        raise UserError(
+            f"{source} has slices of {rows}x{columns} pixels ({rows * columns / 1e6:.1f} million), more than the "
+            f"{limit / 1e6:.1f} million{' (2048x2048)' if limit == MAX_SLICE_PIXELS else ''} one network call can hold in memory; resample it to a coarser "
+            "in-plane spacing or crop it first (Slicer: Crop Volume), or raise the limit with UNETSEG_MAX_SLICE_PIXELS"
+        )
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:
@@ -98,7 +147,30 @@ def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path, classes:
             image.CopyInformation(reference)
             sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as error:
-        raise UserError(f"cannot write {final_name or path}: {str(error).strip().splitlines()[-1][:200]}") from None
+        raise UserError(f"cannot write {final_name or path}: {_write_failure(error, path, final_name)}") from None
+
+
+def _write_failure(error: RuntimeError, path: Path, final_name: Optional[Path]) -> str:
+    """The writer's reason (its last line), naming the final file rather than the temporary one."""
+    text = str(error).strip()
+    reason = text.splitlines()[-1] if text else type(error).__name__
+    if final_name is not None:
+        reason = reason.replace(str(path), str(final_name))
+    return reason[:200]
+
+
+def _label_extent(labels: np.ndarray, value: int) -> list:
+    """``[i_min, i_max, j_min, j_max, k_min, k_max]`` of the voxels equal to ``value`` in a [k, j, i]
+    array (``[0, -1, 0, -1, 0, -1]`` if there are none), from axis projections: far faster than
+    ``np.nonzero`` on a large mask (0.1 s instead of 1 s per class on 512×512×200)."""
+    mask = labels == value
+    k = np.flatnonzero(mask.any(axis=(1, 2)))
+    if not k.size:
+        return [0, -1, 0, -1, 0, -1]
+    slab = mask[k[0]:k[-1] + 1]
+    j = np.flatnonzero(slab.any(axis=(0, 2)))
+    i = np.flatnonzero(slab.any(axis=(0, 1)))
+    return [int(i[0]), int(i[-1]), int(j[0]), int(j[-1]), int(k[0]), int(k[-1])]
 
 
 def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, classes: Sequence[ClassInfo]) -> None:
@@ -107,8 +179,7 @@ def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, c
     voxels = labels.transpose(2, 1, 0)  # slicerio indexes voxels [i, j, k]
     segments = []
     for info in classes:
-        mask_indices = np.nonzero(voxels == info.value)
-        extent = [int(v) for axis in mask_indices for v in (axis.min(), axis.max())] if mask_indices[0].size else [0, -1, 0, -1, 0, -1]
+        extent = _label_extent(labels, info.value)
         segment = {
             "id": f"Segment_{info.value}",
             "name": info.name,
@@ -132,7 +203,9 @@ def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, c
     }
     try:
         slicerio.write_segmentation(str(path), segmentation, compression_level=1)
-    except (OSError, ValueError, KeyError) as error:
+    except OSError as error:  # e.g. a full disk: its reason, not the temporary file's name
+        raise RuntimeError(error.strerror or str(error)) from error
+    except (ValueError, KeyError) as error:
         raise RuntimeError(str(error)) from error
 
 
@@ -143,4 +216,4 @@ def write_scalar(volume: np.ndarray, reference: sitk.Image, path: Path, final_na
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as error:
-        raise UserError(f"cannot write {final_name or path}: {str(error).strip().splitlines()[-1][:200]}") from None
+        raise UserError(f"cannot write {final_name or path}: {_write_failure(error, path, final_name)}") from None

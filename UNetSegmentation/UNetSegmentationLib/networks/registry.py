@@ -249,5 +249,6 @@ def build_network(name: str, kwargs: Mapping[str, Any]):
         raise UserError(f"architecture {name!r} does not take argument(s) {', '.join(unknown)}")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError, KeyError) as error:
-        raise UserError(f"cannot build architecture {name!r} with {dict(kwargs)}: {error}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, AssertionError, ZeroDivisionError, OverflowError, RuntimeError) as error:
+        # kwargs come from a file: a bad value is the file's problem, named as such (not a traceback)
+        raise UserError(f"cannot build architecture {name!r} with {dict(kwargs)}: {type(error).__name__}: {error}"[:600]) from None

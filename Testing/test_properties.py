@@ -1,0 +1,291 @@
+"""Property-based tests and a fuzzing run (hypothesis).
+
+- The metadata parser: any JSON value (or any text) either parses into valid metadata that survives
+  a round trip, or raises UserError — never another exception.
+- The 2.5D slice assembly: shapes, clipping at both ends, the centre channel is the slice itself,
+  for every axis-aligned storage order.
+- The checkpoint loader under byte- and JSON-level mutations of a real small checkpoint:
+  ``read_metadata``, ``load_checkpoint`` and ``build_model`` only ever succeed or raise UserError.
+
+Bounded by default (a fixed seed and a few dozen examples per property: the file runs in seconds).
+A longer, random fuzzing run (see docs/hardening.md)::
+
+    UNETSEG_FUZZ_EXAMPLES=5000 python -m pytest Testing/test_properties.py -q
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import create_checkpoint
+from UNetSegmentationLib.checkpoint import build_model, load_checkpoint
+from UNetSegmentationLib.checkpoint_header import read_metadata
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.metadata import ModelMetadata
+from UNetSegmentationLib.slicing import SliceGeometry, context_indices, gather_context
+
+FUZZ_EXAMPLES = os.environ.get("UNETSEG_FUZZ_EXAMPLES")
+EXAMPLES = int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 60
+BOUNDED = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # the machine may be shared: no per-example time limit
+    derandomize=FUZZ_EXAMPLES is None,  # the default run is the same every time; a fuzzing run explores
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+
+
+# --- strategies ------------------------------------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)  # json.loads accepts NaN and Infinity
+    | st.text(max_size=12)
+    | st.sampled_from(["ct", "mr", "unet", "unetplusplus", "²", "٣", "1", "", "features", "kind", "window", 10**400, -(10**400)])
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=16,
+)
+
+VALID = {
+    "format_version": 1,
+    "architecture": {"name": "unetplusplus", "kwargs": {"in_channels": 3, "out_channels": 3, "features": [4, 8, 16], "norm": "batch"}},
+    "context": 1,
+    "normalization": {"kind": "ct", "window": [-1000, 1000]},
+    "classes": [
+        {"value": 1, "name": "lung", "color": [0.1, 0.8, 0.3], "terminology": {"category": {"CodeValue": "123037004"}}},
+        {"value": 2, "name": "bone", "color": [1, 1, 0.8]},
+    ],
+    "training_spacing": [0.8, 0.8],
+    "depth_metrics": {"1": {"dice": 0.8, "ms_per_slice": 1.5}, "2": {"dice": 0.9, "ms_per_slice": 3.0}},
+    "recommended_depth": 2,
+    "training": {"epochs": 3},
+}
+
+
+def locations(value, path=()):
+    """Every (path) into a JSON value, the root excluded."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        yield path + (key,)
+        yield from locations(child, path + (key,))
+
+
+@st.composite
+def mutated(draw, base):
+    """``base`` with one to three places replaced by any JSON value, deleted, or given an extra key."""
+    data = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        places = list(locations(data))
+        if not places:
+            break
+        path = draw(st.sampled_from(places))
+        parent = data
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
+        if action == "delete":
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(st.text(max_size=10))] = draw(json_values)
+        else:
+            parent[path[-1]] = draw(json_values)
+    return data
+
+
+def parses_or_refuses(data):
+    """The property: valid metadata (that survives a round trip), or a UserError with a message."""
+    try:
+        metadata = ModelMetadata.from_json(data)
+    except UserError as error:
+        assert str(error).strip()
+        return None
+    again = ModelMetadata.from_json(json.loads(metadata.dumps()))
+    assert again.dumps() == metadata.dumps()
+    assert metadata.classes and len({c.value for c in metadata.classes}) == len(metadata.classes)
+    assert all(1 <= c.value <= 65535 for c in metadata.classes)
+    assert metadata.kwargs["in_channels"] == 2 * metadata.context + 1
+    assert metadata.kwargs["out_channels"] == (1 if len(metadata.classes) == 1 else len(metadata.classes) + 1)
+    return metadata
+
+
+# --- the metadata parser ------------------------------------------------------------------------------
+
+
+def test_the_reference_metadata_is_valid():
+    assert parses_or_refuses(VALID) is not None
+
+
+@BOUNDED
+@given(json_values)
+def test_any_json_value_parses_or_is_refused(data):
+    parses_or_refuses(data)
+
+
+@BOUNDED
+@given(mutated(VALID))
+def test_any_change_to_valid_metadata_parses_or_is_refused(data):
+    parses_or_refuses(data)
+
+
+@BOUNDED
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200), json_values.map(json.dumps), mutated(VALID).map(json.dumps)))
+def test_any_text_parses_or_is_refused(text):
+    try:
+        ModelMetadata.loads(text)
+    except UserError as error:
+        assert str(error).strip()
+
+
+def test_deeply_nested_json_is_refused_not_a_crash():
+    with pytest.raises(UserError):
+        ModelMetadata.loads("[" * 100_000 + "]" * 100_000)
+
+
+# --- the 2.5D slice assembly ----------------------------------------------------------------------------
+
+SIGNED_PERMUTATIONS = [
+    tuple((np.eye(3)[list(order)].T * np.array(signs)).ravel())
+    for order in itertools.permutations(range(3))
+    for signs in itertools.product((1, -1), repeat=3)
+]
+
+
+@BOUNDED
+@given(slice_count=st.integers(1, 40), context=st.integers(0, 6), data=st.data())
+def test_context_indices_are_the_neighbours_clipped_at_the_ends(slice_count, context, data):
+    indices = data.draw(st.lists(st.integers(0, slice_count - 1), min_size=1, max_size=12))
+    result = context_indices(np.array(indices), context, slice_count)
+    assert result.shape == (len(indices), 2 * context + 1)
+    assert (result[:, context] == indices).all(), "the centre channel is the slice itself"
+    offsets = np.arange(-context, context + 1)
+    expected = np.clip(np.array(indices)[:, None] + offsets, 0, slice_count - 1)
+    assert (result == expected).all()
+    assert result.min() >= 0 and result.max() <= slice_count - 1
+    assert (np.diff(result, axis=1) >= 0).all() and (np.diff(result, axis=1) <= 1).all(), "neighbours in order, edge slice repeated"
+
+
+@BOUNDED
+@given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 6), st.integers(1, 6)),
+    direction=st.sampled_from(SIGNED_PERMUTATIONS),
+    context=st.integers(0, 4),
+    data=st.data(),
+)
+def test_gathered_batches_hold_each_slice_and_its_clipped_neighbours(shape, direction, context, data):
+    volume = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)  # [k, j, i], every voxel distinct
+    geometry = SliceGeometry.from_direction(direction)
+    slices = geometry.slices_view(volume)
+    assert np.shares_memory(slices, volume), "slices are a view, never a copy of the volume"
+    assert sorted(slices.ravel().tolist()) == sorted(volume.ravel().tolist()), "every voxel once"
+    count = slices.shape[0]
+    indices = data.draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=6))
+    batch = gather_context(slices, np.array(indices), context)
+    assert batch.shape == (len(indices), 2 * context + 1) + slices.shape[1:]
+    assert np.array_equal(batch[:, context], slices[indices])
+    for b, k in enumerate(indices):
+        for channel in range(2 * context + 1):
+            neighbour = min(max(k + channel - context, 0), count - 1)
+            assert np.array_equal(batch[b, channel], slices[neighbour])
+
+
+# --- fuzzing the checkpoint loader --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seed_checkpoint(tmp_path_factory):
+    """A real small checkpoint (two-class U-Net, features 4,8) and a scratch file for the mutants."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    path = create_checkpoint(folder / "seed.safetensors", arch="unet", classes="a,b", features="4,8")
+    data = path.read_bytes()
+    (header_length,) = struct.unpack("<Q", data[:8])
+    return data, 8 + header_length, folder / "mutant.safetensors"
+
+
+def loads_or_refuses(path: Path) -> None:
+    """The property of the loader: success, or a UserError with a message; nothing else."""
+    try:
+        read_metadata(path)
+    except UserError as error:
+        assert str(error).strip()
+    try:
+        checkpoint = load_checkpoint(path)
+    except UserError as error:
+        assert str(error).strip()
+        return
+    try:
+        build_model(checkpoint)
+    except UserError as error:
+        assert str(error).strip()
+
+
+@st.composite
+def byte_mutations(draw, data: bytes, header_end: int):
+    """One to six byte edits, mostly inside the JSON header: set, insert, delete, truncate, new length."""
+    mutant = bytearray(data)
+    for _ in range(draw(st.integers(1, 6))):
+        if not mutant:
+            break
+        end = min(len(mutant), draw(st.sampled_from([header_end, header_end, len(mutant)])))
+        position = draw(st.integers(0, max(0, end - 1)))
+        kind = draw(st.sampled_from(["set", "set", "insert", "delete", "truncate", "length"]))
+        if kind == "set":
+            mutant[position] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            mutant[position:position] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete":
+            del mutant[position:position + draw(st.integers(1, 8))]
+        elif kind == "truncate":
+            del mutant[position:]
+        else:
+            mutant[0:8] = struct.pack("<Q", draw(st.sampled_from([0, 1, 2, header_end - 9, header_end - 7, len(data), 2**63, 2**64 - 1])))
+    return bytes(mutant)
+
+
+@st.composite
+def header_mutations(draw, data: bytes, header_end: int):
+    """Valid JSON, wrong content: the header (tensor table: dtype, shape, offsets) or the metadata
+    inside it changed by :func:`mutated`, re-encoded with a consistent length."""
+    header = json.loads(data[8:header_end])
+    if draw(st.booleans()):
+        metadata = json.loads(header["__metadata__"]["unetseg"])
+        header["__metadata__"]["unetseg"] = json.dumps(draw(mutated(metadata)))
+    else:
+        header = draw(mutated(header))
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + data[header_end:]
+
+
+def test_the_seed_checkpoint_loads(seed_checkpoint):
+    data, _, mutant = seed_checkpoint
+    mutant.write_bytes(data)
+    build_model(load_checkpoint(mutant))
+
+
+@BOUNDED
+@given(data=st.data())
+def test_byte_mutations_of_a_checkpoint_load_or_are_refused(seed_checkpoint, data):
+    seed, header_end, mutant = seed_checkpoint
+    mutant.write_bytes(data.draw(byte_mutations(seed, header_end)))
+    loads_or_refuses(mutant)
+
+
+@BOUNDED
+@given(data=st.data())
+def test_header_mutations_of_a_checkpoint_load_or_are_refused(seed_checkpoint, data):
+    seed, header_end, mutant = seed_checkpoint
+    mutant.write_bytes(data.draw(header_mutations(seed, header_end)))
+    loads_or_refuses(mutant)

@@ -1,0 +1,330 @@
+"""The speed paths give the plain path's results within their stated tolerances (acceleration.py,
+onnx_backend.py, BENCHMARKS.md):
+
+- BatchNorm folding: logits equal to ~1e-5 (float32 rounding);
+- channels_last + folding (the optimised PyTorch predictor): probabilities equal to ~1e-5;
+- bf16 autocast: labels agree on ≥ 99 % of voxels (BF16_LABEL_AGREEMENT) with the bundled model on
+  the real chest CT;
+- ONNX Runtime: probabilities equal to 1e-4 (ONNX_TOLERANCE), labels agree; skipped without onnxruntime.
+
+Small networks and a few slices: fast on a CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from UNetSegmentationLib import acceleration, onnx_backend
+from UNetSegmentationLib.acceleration import BF16_LABEL_AGREEMENT, ONNX_TOLERANCE, ProbabilityNetwork, fold_batchnorm, prefetch
+from UNetSegmentationLib.checkpoint import build_model, load_checkpoint
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.inference import PredictionOptions, SlicePredictor, labels_from_probabilities
+from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
+
+from conftest import create_checkpoint
+
+BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+needs_onnx = pytest.mark.skipif(not onnx_backend.available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
+
+
+def small_kwargs(name: str) -> dict:
+    architecture = ARCHITECTURES[name]
+    kwargs = dict(architecture.default_kwargs, in_channels=3, out_channels=3)
+    preset = architecture.feature_presets.get("small")
+    kwargs["features"] = list(preset) if preset else [4, 8, 16, 32, 64]
+    if name == "unet3plus":
+        kwargs["features"] = [4, 8, 16, 32, 64]
+    if name == "deeplabv3plus":
+        kwargs.update(features=[8, 8, 16, 32, 64], aspp_channels=16, decoder_channels=16, low_level_channels=8)
+    if name == "fcn8s":
+        kwargs.update(features=[4, 8, 16, 32, 32], fc_features=32)
+    return kwargs
+
+
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Trained-looking BatchNorm statistics and affine parameters (the defaults would fold trivially)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_folding_batchnorm_keeps_every_architectures_output(name):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build_network(name, small_kwargs(name)))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)
+    folded = fold_batchnorm(model)
+    assert folded > 0
+    with torch.inference_mode():
+        got = model(x)
+    assert (got - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+
+
+def test_folding_removes_the_batchnorm_layers_of_unetplusplus_and_keeps_every_depth():
+    model = randomise_batchnorm(build_network("unetplusplus", small_kwargs("unetplusplus")))
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        expected = [model.forward_depth(x, d) for d in model.depths]
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert fold_batchnorm(model) == batchnorms
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.inference_mode():
+        for depth, before in zip(model.depths, expected):
+            torch.testing.assert_close(model.forward_depth(x, depth), before, atol=1e-5, rtol=1e-5)
+
+
+def test_folding_refuses_a_model_in_training_mode():
+    with pytest.raises(ValueError):
+        fold_batchnorm(build_network("unet", small_kwargs("unet")).train())
+
+
+def test_instance_norm_networks_stay_contiguous():
+    batch = build_network("unet", small_kwargs("unet"))
+    instance = build_network("unet", dict(small_kwargs("unet"), norm="instance"))
+    assert acceleration.prefers_channels_last(batch)
+    assert not acceleration.prefers_channels_last(instance)
+
+
+@pytest.mark.parametrize("depth", [2, "accurate", None])
+def test_optimised_torch_predictor_matches_the_plain_one(small_unetpp, depth):
+    checkpoint = load_checkpoint(small_unetpp)
+    plain_model = randomise_batchnorm(build_model(checkpoint))
+    fast_model = randomise_batchnorm(build_model(checkpoint))
+    cpu = torch.device("cpu")
+    plain = SlicePredictor(plain_model, checkpoint.metadata, cpu, depth)
+    fast = SlicePredictor(fast_model, checkpoint.metadata, cpu, depth, True, "fp32", True)
+    assert fast.channels_last and not plain.channels_last
+    batch = np.random.default_rng(0).random((3, 3, 64, 80), dtype=np.float32)
+    expected, got = plain(batch), fast(batch)
+    assert (got - expected).abs().max().item() <= 1e-5
+    values = np.arange(3)
+    assert (labels_from_probabilities(got, values)[0] == labels_from_probabilities(expected, values)[0]).mean() >= 0.9999
+
+
+def test_bf16_labels_agree_with_fp32_on_the_real_ct(chest_ct_path):
+    """The bundled model on 6 slices of the slicerio chest CT: bf16 autocast keeps ≥ 99 % of the labels."""
+    import SimpleITK as sitk
+
+    from UNetSegmentationLib.inference import predict_volume
+    from UNetSegmentationLib.normalization import fit_normalization
+    from UNetSegmentationLib.slicing import SliceGeometry
+
+    checkpoint = load_checkpoint(BUNDLED)
+    image = sitk.ReadImage(str(chest_ct_path))
+    volume = sitk.GetArrayFromImage(image)[14:20]
+    geometry = SliceGeometry.from_direction(image.GetDirection())
+    mapping = fit_normalization(checkpoint.metadata.normalization, volume)
+    labels = {}
+    for precision in ("fp32", "bf16"):
+        predictor = SlicePredictor(build_model(checkpoint), checkpoint.metadata, torch.device("cpu"), 3, True, precision, True)
+        assert predictor.precision == precision
+        labels[precision] = predict_volume(volume, geometry, predictor, mapping, 6).labels
+    assert labels["fp32"].any()
+    assert (labels["fp32"] == labels["bf16"]).mean() >= BF16_LABEL_AGREEMENT
+
+
+def test_precision_and_backend_resolution(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: False)
+    assert acceleration.resolve_precision("auto", cpu) == "fp32"  # emulated bf16 would be ~100x slower
+    assert acceleration.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: True)
+    assert acceleration.resolve_precision("auto", cpu) == "bf16"  # AVX512-BF16/AMX: within the label tolerance, faster
+    assert acceleration.resolve_precision("fp32", cpu) == "fp32"
+    assert acceleration.resolve_precision(None, cpu) == "fp32"  # SlicePredictor's default: as before
+    with pytest.raises(UserError):
+        acceleration.resolve_precision("fp8", cpu)
+    assert acceleration.resolve_backend("torch", cpu, "fp32") == "torch"
+    assert acceleration.resolve_backend("auto", cpu, "bf16") == "torch"  # ONNX Runtime runs fp32 only
+    monkeypatch.setattr(onnx_backend, "available", lambda: False)
+    assert acceleration.resolve_backend("auto", cpu, "fp32") == "torch"  # works without the [onnx] extra
+    with pytest.raises(UserError, match=r"\[onnx\]"):
+        acceleration.resolve_backend("onnx", cpu, "fp32")
+    monkeypatch.setattr(onnx_backend, "available", lambda: True)
+    assert acceleration.resolve_backend("auto", cpu, "fp32") == "onnx"
+    with pytest.raises(UserError):
+        acceleration.resolve_backend("onnx", cpu, "bf16")
+
+
+def test_prediction_options_check_speed_settings():
+    assert PredictionOptions(backend="TORCH").backend == "torch"
+    for bad in ({"backend": "tensorrt"}, {"precision": "int8"}, {"threads": 0}):
+        with pytest.raises(UserError):
+            PredictionOptions(**bad)
+
+
+def test_prefetch_keeps_order_and_reraises_errors_from_its_thread():
+    assert list(prefetch(iter(range(20)), ahead=2)) == list(range(20))
+
+    def failing():
+        yield 1
+        raise ValueError("broken batch")
+
+    with pytest.raises(ValueError, match="broken batch"):
+        list(prefetch(failing()))
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_stops():
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    iterator = prefetch(endless(), ahead=1)
+    assert next(iterator) == 0
+    iterator.close()
+    time.sleep(0.2)
+    count = len(produced)
+    time.sleep(0.2)
+    assert len(produced) == count
+    assert not any(t.name == "unetseg-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_cli_and_runner_pass_the_speed_options(cli, chest_ct_path, small_unetpp, tmp_path):
+    from UNetSegmentationLib.runner import predict_arguments
+
+    arguments = predict_arguments("in.nrrd", "out.nrrd", "m.safetensors", backend="torch", precision="fp32", threads=1)
+    assert arguments[arguments.index("--backend") + 1] == "torch"
+    assert arguments[arguments.index("--precision") + 1] == "fp32"
+    assert arguments[arguments.index("--threads") + 1] == "1"
+    assert "--backend" not in predict_arguments("in.nrrd", "out.nrrd", "m.safetensors")
+    threads = torch.get_num_threads()
+    try:  # --threads sets PyTorch's (process-wide) thread count
+        result = cli("predict", "--checkpoint", small_unetpp, "--backend", "torch", "--threads", "1", "--progress", "json", chest_ct_path, tmp_path / "o.nrrd")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.code == 0, result.stderr
+    start = result.events[0]
+    assert start["backend"] == "torch" and start["precision"] == "fp32" and start["threads"] == 1
+    assert cli("predict", "--checkpoint", small_unetpp, "--backend", "tensorrt", chest_ct_path, tmp_path / "p.nrrd").code == 2
+
+
+# --- ONNX Runtime -----------------------------------------------------------------------------------
+
+
+@needs_onnx
+@pytest.mark.parametrize("depth", [2, "accurate"])
+def test_onnx_export_matches_torch(tmp_path, depth):
+    path = create_checkpoint(tmp_path / "m.safetensors")
+    checkpoint = load_checkpoint(path)
+    predictor = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, depth, True, 1)
+    assert predictor.path.parent == tmp_path and predictor.path.suffix == ".onnx"  # cached next to the checkpoint
+    assert predictor.checked_difference <= ONNX_TOLERANCE
+    reference = SlicePredictor(build_model(checkpoint), checkpoint.metadata, torch.device("cpu"), depth)
+    assert predictor.required_multiple == reference.required_multiple
+    batch = np.random.default_rng(1).random((2, 3, 48, 112), dtype=np.float32)
+    expected, got = reference(batch), predictor(batch)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= ONNX_TOLERANCE
+    values = np.arange(3)
+    assert (labels_from_probabilities(got, values)[0] == labels_from_probabilities(expected, values)[0]).mean() >= 0.999
+
+
+@needs_onnx
+def test_onnx_sigmoid_network_matches_torch(small_unet_one_class, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNETSEG_CACHE_DIR", str(tmp_path))
+    checkpoint = load_checkpoint(small_unet_one_class)
+    predictor = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, None, True, 1)
+    reference = SlicePredictor(build_model(checkpoint), checkpoint.metadata, torch.device("cpu"), None)
+    batch = np.random.default_rng(2).random((1, 3, 32, 40), dtype=np.float32)
+    assert (predictor(batch) - reference(batch)).abs().max().item() <= ONNX_TOLERANCE
+
+
+@needs_onnx
+def test_onnx_cache_is_reused_and_invalidated_by_a_changed_checkpoint(tmp_path, monkeypatch):
+    path = create_checkpoint(tmp_path / "m.safetensors")
+    first = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 2, True, 1)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a cache hit must not build or export the network")
+
+    monkeypatch.setattr(onnx_backend, "_network", no_export)
+    again = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 2, True, 1)
+    assert again.path == first.path
+    monkeypatch.undo()
+    create_checkpoint(path, extra=("--seed", "5", "--overwrite"))  # other weights, same file name
+    changed = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 2, True, 1)
+    assert changed.path != first.path
+    other_depth = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 3, True, 1)
+    assert other_depth.path != changed.path
+
+
+@needs_onnx
+def test_onnx_export_goes_to_the_cache_folder_when_the_checkpoint_folder_is_not_writable(tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    path = create_checkpoint(tmp_path / "models" / "m.safetensors")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("UNETSEG_CACHE_DIR", str(cache))
+    real = onnx_backend.export_checked
+
+    def read_only_models(checkpoint, depth, guidance, target, threads):
+        if target.parent == path.parent:
+            raise PermissionError(13, "Permission denied")
+        return real(checkpoint, depth, guidance, target, threads)
+
+    monkeypatch.setattr(onnx_backend, "export_checked", read_only_models)
+    predictor = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 1, True, 1)
+    assert predictor.path.parent == cache / "onnx"
+    assert not list(path.parent.glob("*.onnx"))
+
+
+@needs_onnx
+def test_an_export_that_disagrees_with_torch_falls_back_to_torch_under_auto(small_unetpp, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNETSEG_CACHE_DIR", str(tmp_path))
+    checkpoint_path = create_checkpoint(tmp_path / "m.safetensors")
+    monkeypatch.setattr(onnx_backend, "_check", lambda *args: 1.0)  # as if tracing had frozen a shape
+    monkeypatch.setattr(onnx_backend, "EXPORTERS", onnx_backend.EXPORTERS[:1])  # (the slower exporter would be refused alike)
+    checkpoint = load_checkpoint(checkpoint_path)
+    notes = []
+    predictor = acceleration.create_predictor(checkpoint, torch.device("cpu"), 2, PredictionOptions(), notes)
+    assert predictor.backend == "torch"
+    assert notes and "differs from PyTorch" in notes[0]
+    with pytest.raises(UserError, match="--backend onnx"):
+        acceleration.create_predictor(checkpoint, torch.device("cpu"), 2, PredictionOptions(backend="onnx"))
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+@needs_onnx
+def test_predict_with_onnx_and_torch_backends_agree_on_the_real_ct(cli, chest_ct_path, tmp_path):
+    import SimpleITK as sitk
+
+    checkpoint = tmp_path / "bundled.safetensors"
+    checkpoint.write_bytes(BUNDLED.read_bytes())
+    outputs = {}
+    for backend in ("onnx", "torch"):
+        outputs[backend] = tmp_path / f"{backend}.nrrd"
+        result = cli("predict", "--checkpoint", checkpoint, "--backend", backend, "--progress", "json", chest_ct_path, outputs[backend])
+        assert result.code == 0, result.stderr
+        assert result.events[0]["backend"] == backend
+    onnx_labels, torch_labels = (sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[b]))) for b in ("onnx", "torch"))
+    assert torch_labels.any()
+    assert (onnx_labels == torch_labels).mean() >= 0.9999
+
+
+def test_probability_network_is_what_the_predictor_computes(small_unetpp):
+    checkpoint = load_checkpoint(small_unetpp)
+    model = build_model(checkpoint)
+    predictor = SlicePredictor(model, checkpoint.metadata, torch.device("cpu"), 3)
+    network = ProbabilityNetwork(model, 3, checkpoint.metadata.uses_softmax)
+    batch = np.random.default_rng(3).random((1, 3, 32, 32), dtype=np.float32)
+    with torch.inference_mode():
+        torch.testing.assert_close(network(torch.from_numpy(batch)), predictor(batch))

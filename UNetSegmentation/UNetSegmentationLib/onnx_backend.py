@@ -1,0 +1,336 @@
+"""ONNX Runtime backend: the pruned network exported once, cached, checked against PyTorch.
+
+Optional: needs ``onnxruntime`` and ``onnx`` (``pip install 'UNetSegmentationLib[onnx]'``, which also
+brings ``onnxscript`` for PyTorch's newer exporter). Without them :func:`available` is False and
+``--backend auto`` uses PyTorch.
+
+What is exported is :class:`~UNetSegmentationLib.acceleration.ProbabilityNetwork`: the network at the
+requested depth (UNet++ at depth L holds only the nodes i + j ≤ L and head L; ``accurate`` all heads
+and their mean), BatchNorm folded, softmax/sigmoid included, with dynamic batch, rows and columns.
+The export is
+
+- *cached*: ``<checkpoint stem>.<depth>.<key>.onnx`` next to the checkpoint, or in the cache folder
+  (``$UNETSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/unetseg`` or ``~/.cache/unetseg``, subfolder
+  ``onnx``) when that folder is not writable. ``key`` hashes the checkpoint's bytes, its metadata,
+  the depth, the classification guidance, the exporter version and PyTorch's version, so a changed
+  checkpoint is never served a stale export. A cache hit builds no PyTorch network at all (no
+  MONAI import): start-up is the ONNX Runtime session only.
+- *checked*: before it is cached, ONNX Runtime and PyTorch run the same random inputs at two
+  sizes (one different from the export example, to catch shapes frozen by tracing); probabilities
+  must agree to :data:`~UNetSegmentationLib.acceleration.ONNX_TOLERANCE` or the export is refused
+  (:class:`ExportError`; ``auto`` then falls back to PyTorch).
+
+The TorchScript-based exporter is tried first (about 1 s for the bundled model; deprecated in
+PyTorch but present in 2.x), then the ``torch.export``-based one (needs ``onnxscript``; ~10× slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from UNetSegmentationLib.acceleration import ONNX_TOLERANCE, ProbabilityNetwork, fold_batchnorm
+
+EXPORT_VERSION = 1
+OPSET = 18
+SUFFIX = ".onnx"
+
+
+class ExportError(Exception):
+    """The network could not be exported, or its export disagrees with PyTorch."""
+
+
+def available() -> bool:
+    """ONNX Runtime and ONNX are importable (checked without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    if os.environ.get("UNETSEG_CACHE_DIR"):
+        return Path(os.environ["UNETSEG_CACHE_DIR"]) / "onnx"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unetseg" / "onnx"
+
+
+def _depth_tag(depth) -> str:
+    return "accurate" if depth == "accurate" else (f"L{depth}" if isinstance(depth, int) else "full")
+
+
+def cache_key(checkpoint, depth, guidance: bool) -> str:
+    digest = hashlib.sha256()
+    with open(checkpoint.path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(
+        json.dumps(
+            {
+                "metadata": checkpoint.metadata.to_json(),
+                "depth": depth,
+                "guidance": bool(guidance),
+                "export": EXPORT_VERSION,
+                "opset": OPSET,
+                "torch": torch.__version__,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
+    return digest.hexdigest()[:16]
+
+
+def export_name(checkpoint, depth, key: str) -> str:
+    stem = checkpoint.path.name
+    for suffix in (".safetensors", ".pth", ".pt"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return f"{stem}.{_depth_tag(depth)}.{key}{SUFFIX}"
+
+
+def cache_locations(checkpoint) -> List[Path]:
+    """Where an export of ``checkpoint`` may live, in the order they are tried."""
+    return [checkpoint.path.resolve().parent, cache_dir()]
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def _network(checkpoint, depth, guidance: bool):
+    from UNetSegmentationLib.checkpoint import build_model
+
+    model = build_model(checkpoint)
+    if hasattr(model, "classification_guidance"):
+        model.classification_guidance = guidance
+    fold_batchnorm(model)
+    return ProbabilityNetwork(model, depth, checkpoint.metadata.uses_softmax).eval()
+
+
+def _required_multiple(network, depth) -> int:
+    return int(network.model.required_multiple(depth if isinstance(depth, int) else None))
+
+
+def _export_torchscript(network, example: torch.Tensor, path: Path) -> None:
+    torch.onnx.export(
+        network,
+        (example,),
+        str(path),
+        input_names=["slices"],
+        output_names=["probabilities"],
+        dynamic_axes={"slices": {0: "batch", 2: "rows", 3: "columns"}, "probabilities": {0: "batch", 2: "rows", 3: "columns"}},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+
+
+def _export_dynamo(network, example: torch.Tensor, path: Path) -> None:
+    dynamic = torch.export.Dim.DYNAMIC
+    program = torch.onnx.export(
+        network,
+        (example,),
+        input_names=["slices"],
+        output_names=["probabilities"],
+        dynamic_shapes={"x": {0: dynamic, 2: dynamic, 3: dynamic}},
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    program.save(str(path))
+
+
+EXPORTERS = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
+
+
+@contextlib.contextmanager
+def _silenced():
+    """Exporters print progress, deprecation notes, registry warnings and, when they fail, the whole
+    graph, partly from C++: send file descriptors 1 and 2 to /dev/null meanwhile, so that stdout
+    stays clean for ``--progress json`` (failures are reported through :class:`ExportError`)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    saved = []
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        devnull = None
+    try:
+        if devnull is not None:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(devnull, fd)
+                except OSError:
+                    pass
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        if devnull is not None:
+            os.close(devnull)
+
+
+def _check(session, network, in_channels: int, multiple: int) -> float:
+    """Largest probability difference between ONNX Runtime and PyTorch on two random inputs."""
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for batch, rows, columns in ((1, 2 * multiple, 2 * multiple), (2, 3 * multiple, 5 * multiple)):
+        rows, columns = max(rows, 48), max(columns, 80)
+        rows, columns = -(-rows // multiple) * multiple, -(-columns // multiple) * multiple
+        x = torch.rand(batch, in_channels, rows, columns, generator=generator)
+        with torch.inference_mode():
+            expected = network(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        if got.shape != expected.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def _add_metadata(path: Path, properties: dict) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in properties.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int) -> Path:
+    """Export, check against PyTorch and write ``target`` atomically; :class:`ExportError` if impossible."""
+    network = _network(checkpoint, depth, guidance)
+    multiple = _required_multiple(network, depth)
+    in_channels = int(checkpoint.metadata.in_channels)
+    side = max(2 * multiple, 64)
+    example = torch.rand(1, in_channels, side, side, generator=torch.Generator().manual_seed(1))
+    problems = []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for name, exporter in EXPORTERS:
+        if name == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+            problems.append("dynamo: onnxscript is not installed")
+            continue
+        handle, temporary = tempfile.mkstemp(prefix=target.name + ".", suffix=".partial.onnx", dir=target.parent)
+        os.close(handle)
+        temporary = Path(temporary)
+        try:
+            started = time.perf_counter()
+            with _silenced(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                warnings.simplefilter("ignore")
+                exporter(network, example, temporary)
+            seconds = time.perf_counter() - started
+            session = make_session(temporary, threads, quiet=True)
+            difference = _check(session, network, in_channels, multiple)
+            if not difference <= ONNX_TOLERANCE:
+                problems.append(f"{name}: ONNX Runtime differs from PyTorch by {difference:.2g} (> {ONNX_TOLERANCE:g})")
+                continue
+            del session
+            _add_metadata(
+                temporary,
+                {
+                    "unetseg.required_multiple": multiple,
+                    "unetseg.max_abs_difference": f"{difference:.3g}",
+                    "unetseg.exporter": name,
+                    "unetseg.export_seconds": f"{seconds:.2f}",
+                    "unetseg.checkpoint": checkpoint.path.name,
+                    "unetseg.depth": _depth_tag(depth),
+                    "unetseg.torch": torch.__version__,
+                },
+            )
+            os.replace(temporary, target)
+            return target
+        except Exception as error:  # noqa: BLE001 - any exporter failure: try the next, then report
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            problems.append(f"{name}: {type(error).__name__}: {first_line[:200]}")
+        finally:
+            if temporary.exists():
+                temporary.unlink()
+    raise ExportError("; ".join(problems))
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def make_session(path: Path, threads: int, quiet: bool = False):
+    """A CPU session: ``threads`` intra-op threads, all graph optimisations (BatchNorm/Conv fusion,
+    the NCHWc blocked layout), sequential execution. ``quiet``: log nothing (the export check
+    expects some exports to fail on shapes frozen by tracing)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 4 if quiet else 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxSlicePredictor:
+    """:class:`~UNetSegmentationLib.inference.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
+
+    ``__call__(batch)``: ``(B, 2c+1, H, W)`` float32 numpy, normalised and padded → ``(B, K, H, W)``
+    float32 torch tensor of probabilities.
+    """
+
+    backend = "onnx"
+    precision = "fp32"
+
+    def __init__(self, path: Path, metadata, depth, threads: int) -> None:
+        self.path = Path(path)
+        self.metadata = metadata
+        self.depth = depth
+        self.device = torch.device("cpu")
+        self.model = None
+        self.session = make_session(self.path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        properties = self.session.get_modelmeta().custom_metadata_map
+        self.required_multiple = int(properties.get("unetseg.required_multiple", 1))
+        self.checked_difference = float(properties.get("unetseg.max_abs_difference", "nan"))
+
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: batch})[0])
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint, depth, guidance: bool, threads: int) -> "OnnxSlicePredictor":
+        """The cached export of ``checkpoint`` at ``depth``, made (and checked) if there is none yet."""
+        key = cache_key(checkpoint, depth, guidance)
+        name = export_name(checkpoint, depth, key)
+        for folder in cache_locations(checkpoint):
+            path = folder / name
+            if path.is_file():
+                try:
+                    return cls(path, checkpoint.metadata, depth, threads)
+                except Exception:  # noqa: BLE001 - an unreadable cache entry: export again
+                    pass
+        problems = []
+        for folder in cache_locations(checkpoint):
+            try:
+                path = export_checked(checkpoint, depth, guidance, folder / name, threads)
+            except OSError as error:  # not writable: the next location
+                problems.append(f"{folder}: {error.strerror or error}")
+                continue
+            return cls(path, checkpoint.metadata, depth, threads)
+        raise ExportError("cannot write the ONNX export anywhere (" + "; ".join(problems) + ")")

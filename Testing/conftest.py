@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +70,41 @@ def run_cli(*args) -> CliResult:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def leftovers(folder: Path) -> list:
+    """Temporary and lock files of the engine in ``folder``."""
+    return sorted(p.name for p in Path(folder).iterdir() if ".partial" in p.name or p.name.endswith(".unetseg-lock"))
+
+
+def assert_refused(result: CliResult, output: Path, *phrases: str) -> str:
+    """Exit 2, exactly one line ``unetseg: error: ...`` containing every phrase, no output, no leftovers."""
+    from UNetSegmentationLib.errors import EXIT_USER_ERROR
+
+    assert result.code == EXIT_USER_ERROR, (result.code, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("unetseg: error: "), result.stderr
+    for phrase in phrases:
+        assert phrase.lower() in lines[0].lower(), lines[0]
+    assert not output.exists()
+    assert leftovers(output.parent) == []
+    return lines[0]
+
+
+def process_group_alive(pgid: int, settle_s: float = 3.0) -> bool:
+    """Whether any process of the group is left (after giving the system ``settle_s`` to reap orphans)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
 
 
 def create_checkpoint(path: Path, arch: str = "unetplusplus", classes: str = "lung,bone", features: str = "4,8,16,32,64", context: int = 1, extra=()) -> Path:

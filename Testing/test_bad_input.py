@@ -14,17 +14,7 @@ import torch
 from UNetSegmentationLib.errors import EXIT_USER_ERROR
 from UNetSegmentationLib.networks.unet import UNet
 
-from conftest import make_volume
-
-
-def assert_refused(result, output: pathlib.Path, *phrases: str) -> None:
-    assert result.code == EXIT_USER_ERROR, (result.code, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("unetseg: error: "), result.stderr
-    for phrase in phrases:
-        assert phrase.lower() in lines[0].lower(), lines[0]
-    assert not output.exists()
-    assert not [p for p in output.parent.iterdir() if ".partial" in p.name]
+from conftest import assert_refused, make_volume
 
 
 @pytest.fixture

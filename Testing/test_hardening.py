@@ -25,7 +25,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import create_checkpoint, make_volume
+from conftest import assert_refused, create_checkpoint, leftovers, make_volume, process_group_alive
 from test_bad_input import rewrite_metadata
 from UNetSegmentationLib import inference, outputs, slicer_run, volume_io
 from UNetSegmentationLib.errors import EXIT_USER_ERROR, UserError
@@ -39,23 +39,6 @@ POSIX = os.name != "nt"
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def leftovers(folder: Path) -> list:
-    """Temporary and lock files of the engine in ``folder``."""
-    return sorted(p.name for p in Path(folder).iterdir() if ".partial" in p.name or p.name.endswith(".unetseg-lock"))
-
-
-def assert_refused(result, output: Path, *phrases: str) -> str:
-    """Exit 2, exactly one line ``unetseg: error: ...`` containing every phrase, no output, no leftovers."""
-    assert result.code == EXIT_USER_ERROR, (result.code, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("unetseg: error: "), result.stderr
-    for phrase in phrases:
-        assert phrase.lower() in lines[0].lower(), lines[0]
-    assert not output.exists()
-    assert leftovers(output.parent) == []
-    return lines[0]
 
 
 def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
@@ -93,18 +76,6 @@ def alive(pid: int, settle_s: float = 3.0) -> bool:
                 running = False
         if not running or time.monotonic() > deadline:
             return running
-        time.sleep(0.05)
-
-
-def group_alive(pgid: int, settle_s: float = 3.0) -> bool:
-    deadline = time.monotonic() + settle_s
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        if time.monotonic() > deadline:
-            return True
         time.sleep(0.05)
 
 
@@ -530,7 +501,7 @@ def test_a_child_killed_mid_run_is_reported_with_the_signal_and_leaves_nothing(s
     assert run.wait(timeout=60) == FAILED
     assert run.error_message == "the segmentation process was killed by SIGKILL; the machine may have run out of memory"
     assert os.listdir(folder) == [], "temporary file and locks of the killed child must be removed"
-    assert not group_alive(run.pid)
+    assert not process_group_alive(run.pid)
 
 
 @pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
@@ -602,7 +573,7 @@ def test_cancel_or_failure_in_every_state_of_the_panel_run_ends_cleanly(tmp_path
     assert view.progress_text == expected_text
     assert list(temp_root.iterdir()) == [], "the temporary folder must go in every outcome"
     if pid is not None:
-        assert not group_alive(pid)
+        assert not process_group_alive(pid)
     final = run.state
     run.cancel()  # a second cancel (or a late poll) changes nothing
     assert run.poll() == [] and run.state == final

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
-from UNetSegmentationLib.inference import SlicePredictor, labels_from_probabilities, predict_volume
+from UNetSegmentationLib.inference import labels_from_probabilities, predict_volume
 from UNetSegmentationLib.metadata import ModelMetadata, Normalization, make_classes
 from UNetSegmentationLib.normalization import fit_normalization
 from UNetSegmentationLib.slicing import SliceGeometry

@@ -7,15 +7,8 @@ import time
 
 import pytest
 
+from conftest import process_group_alive
 from UNetSegmentationLib.runner import CANCELLED, DONE, FAILED, EngineProcess, predict_arguments
-
-
-def process_group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_run_reports_start_progress_and_done_in_order(chest_ct_path, small_unetpp, tmp_path):

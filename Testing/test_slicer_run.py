@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import process_group_alive
 from UNetSegmentationLib import slicer_run
 from UNetSegmentationLib.slicer_panel import segment_id
 from UNetSegmentationLib.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
@@ -38,19 +39,6 @@ from UNetSegmentationLib.slicer_run import (
     panel_view,
     progress_text,
 )
-
-
-def process_group_alive(pgid: int, settle_s: float = 3.0) -> bool:
-    """Whether any process of the group is left (after giving the system ``settle_s`` to reap orphans)."""
-    deadline = time.monotonic() + settle_s
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        if time.monotonic() > deadline:
-            return True
-        time.sleep(0.05)
 
 
 def write_oblique_volume(path: Path, shape_kji=(10, 28, 32)) -> np.ndarray:

@@ -143,7 +143,6 @@ def command_info(args: argparse.Namespace) -> int:
 
 def command_predict(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.inference import PredictionOptions, parse_depth, predict_file
-    from UNetSegmentationLib.progress import make_reporter
     from UNetSegmentationLib.slicing import parse_axis
 
     options = PredictionOptions(

@@ -8,8 +8,6 @@ label volume (and the float32 confidence map when asked for); the input is never
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 
 from UNetSegmentationLib.acceleration import create_predictor, prefetch
-from UNetSegmentationLib.checkpoint import Checkpoint, build_model, load_checkpoint
+from UNetSegmentationLib.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.metadata import ModelMetadata
 from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
@@ -28,7 +26,7 @@ from UNetSegmentationLib.memory import MemoryGuard
 from UNetSegmentationLib.outputs import atomic_output, check_output_path, claims_outputs
 from UNetSegmentationLib.postprocess import keep_largest_component
 from UNetSegmentationLib.progress import Reporter
-from UNetSegmentationLib.slicing import SliceGeometry, gather_context, input_batches, padding_for
+from UNetSegmentationLib.slicing import SliceGeometry, input_batches, padding_for
 from UNetSegmentationLib.volume_io import check_finite, check_slice_size, constant_value, label_dtype, read_volume, write_labels, write_scalar
 
 ACCURATE = "accurate"

@@ -158,3 +158,18 @@ def oblique_volume_path(tmp_path) -> Path:
     path = tmp_path / "oblique.nrrd"
     sitk.WriteImage(make_volume(direction=rotation_matrix(0.35, -0.26, 0.61)), str(path))
     return path
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, prefix: str = "") -> None:
+    """One DICOM file per slice of ``image`` (direction must be exactly orthonormal for GDCM), in one series."""
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_ = sitk.Cast(image[:, :, k], sitk.sitkInt16)
+        slice_.SetMetaData("0020|000e", series_uid)
+        slice_.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
+        slice_.SetMetaData("0020|0037", "\\".join(map(str, image.GetDirection()[0::3] + image.GetDirection()[1::3])))
+        slice_.SetMetaData("0020|0013", str(k))
+        slice_.SetMetaData("0008|0060", "CT")
+        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
+        writer.Execute(slice_)

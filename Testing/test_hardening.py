@@ -25,7 +25,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import assert_refused, create_checkpoint, leftovers, make_volume, process_group_alive
+from conftest import assert_refused, create_checkpoint, leftovers, make_volume, process_group_alive, write_dicom_series
 from test_bad_input import rewrite_metadata
 from UNetSegmentationLib import inference, outputs, slicer_run, volume_io
 from UNetSegmentationLib.errors import EXIT_USER_ERROR, UserError
@@ -227,20 +227,6 @@ def test_an_unreadable_checkpoint_is_named_as_a_permission_problem(predict, obli
 
     monkeypatch.setattr(checkpoint_header, "open", denying_open, raising=False)
     assert_refused(*predict(oblique_volume_path), "cannot read checkpoint", "Permission denied")
-
-
-def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, prefix: str) -> None:
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        slice_ = sitk.Cast(image[:, :, k], sitk.sitkInt16)
-        slice_.SetMetaData("0020|000e", series_uid)
-        slice_.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
-        slice_.SetMetaData("0020|0037", "\\".join(map(str, image.GetDirection()[0::3] + image.GetDirection()[1::3])))
-        slice_.SetMetaData("0020|0013", str(k))
-        slice_.SetMetaData("0008|0060", "CT")
-        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
-        writer.Execute(slice_)
 
 
 def test_a_dicom_folder_with_two_series_is_refused_naming_both(predict, chest_ct_path, tmp_path):

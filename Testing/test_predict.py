@@ -14,7 +14,7 @@ from UNetSegmentationLib.normalization import fit_normalization
 from UNetSegmentationLib.slicing import SliceGeometry
 from UNetSegmentationLib.volume_io import write_labels
 
-from conftest import make_volume, rotation_matrix
+from conftest import make_volume, rotation_matrix, write_dicom_series
 
 
 def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
@@ -171,18 +171,7 @@ def test_dicom_series_folder_is_read(cli, chest_ct_path, small_unetpp, tmp_path)
     image.SetDirection([round(v) for v in image.GetDirection()])  # GDCM wants exactly unit cosines
     folder = tmp_path / "dicom series"
     folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series_uid = "1.2.826.0.1.3680043.2.1125.1.1"
-    for k in range(image.GetDepth()):
-        slice_ = sitk.Cast(image[:, :, k], sitk.sitkInt16)
-        slice_.SetMetaData("0020|000e", series_uid)
-        slice_.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
-        slice_.SetMetaData("0020|0037", "\\".join(map(str, image.GetDirection()[0::3] + image.GetDirection()[1::3])))
-        slice_.SetMetaData("0020|0013", str(k))
-        slice_.SetMetaData("0008|0060", "CT")
-        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
-        writer.Execute(slice_)
+    write_dicom_series(image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1.1")
     output = tmp_path / "o.nrrd"
     result = cli("predict", "--checkpoint", small_unetpp, "--progress", "none", folder, output)
     assert result.code == 0, result.stderr

@@ -19,7 +19,6 @@ overwritten with the table.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from marked_section import write_marked_section
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
 
 START, END = "<!-- architecture-table:start -->", "<!-- architecture-table:end -->"
@@ -74,16 +74,6 @@ def markdown(table: Sequence[Tuple[str, str, float, List[float]]], sizes: Sequen
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, table: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if START in text and END in text:
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-        text = pattern.sub(lambda _: f"{START}\n{table}{END}", text, count=1)
-    else:
-        text = table
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="paper,wide", help="feature presets to list, comma-separated (default paper,wide)")
@@ -97,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(table, end="")
     print(f"({time.perf_counter() - start:.1f} s; torch {torch.__version__})", file=sys.stderr)
     if args.output:
-        write(args.output, table)
+        write_marked_section(args.output, START, END, table)
     return 0
 
 

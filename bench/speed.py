@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -46,6 +45,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from marked_section import write_marked_section
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -832,16 +833,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, text: str) -> None:
-    current = path.read_text(encoding="utf-8") if path.exists() else ""
-    if START in current and END in current:
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-        current = pattern.sub(lambda _: f"{START}\n{text}{END}", current, count=1)
-    else:
-        current = current + f"\n{START}\n{text}{END}\n"
-    path.write_text(current, encoding="utf-8")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer networks, sizes, repetitions and slices (a few minutes)")
@@ -919,7 +910,7 @@ def main(argv=None) -> int:
     args.json.write_text(json.dumps(report, indent=1, default=float), encoding="utf-8")
     log(f"wrote {args.json} ({report['run_s'] / 60:.1f} min)")
     if args.markdown:
-        write_markdown(args.markdown, text)
+        write_marked_section(args.markdown, START, END, text)
         log(f"updated {args.markdown}")
     return 0
 

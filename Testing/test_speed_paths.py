@@ -5,7 +5,8 @@ onnx_backend.py, BENCHMARKS.md):
 - channels_last + folding (the optimised PyTorch predictor): probabilities equal to ~1e-5;
 - bf16 autocast: labels agree on ≥ 99 % of voxels (BF16_LABEL_AGREEMENT) with the bundled model on
   the real chest CT;
-- ONNX Runtime: probabilities equal to 1e-4 (ONNX_TOLERANCE), labels agree; skipped without onnxruntime.
+- ONNX Runtime: probabilities equal to 1e-4 (ONNX_TOLERANCE), labels agree; skipped without onnxruntime;
+- slice workers (several slices computed at once on the CPU): the same labels as one at a time.
 
 Small networks and a few slices: fast on a CPU.
 """
@@ -163,9 +164,72 @@ def test_precision_and_backend_resolution(monkeypatch):
 
 def test_prediction_options_check_speed_settings():
     assert PredictionOptions(backend="TORCH").backend == "torch"
-    for bad in ({"backend": "tensorrt"}, {"precision": "int8"}, {"threads": 0}):
+    for bad in ({"backend": "tensorrt"}, {"precision": "int8"}, {"threads": 0}, {"slice_workers": 0}):
         with pytest.raises(UserError):
             PredictionOptions(**bad)
+
+
+def test_cpu_threads_are_shared_out_among_slice_workers():
+    split = acceleration.split_threads
+    assert split(2) == (2, 1)  # the default: two slices at once, one thread each
+    assert split(1) == (1, 1)
+    assert split(16) == (2, 8)  # many cores: two workers, several threads each
+    assert split(16, 4) == (4, 4)
+    assert split(2, 8) == (2, 1)  # never more workers than threads
+    assert split(3, 2) == (2, 1)
+    with pytest.raises(UserError, match="--slice-workers"):
+        split(2, 0)
+
+
+def test_micro_batched_workers_keep_the_order_and_run_concurrently():
+    running, most, lock = [0], [0], threading.Lock()
+
+    def network(batch):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        assert torch.get_num_threads() == 1  # the worker's share of the threads
+        with lock:
+            running[0] -= 1
+        return torch.from_numpy(batch[:, :1] * 2)
+
+    threads = torch.get_num_threads()
+    predictor = acceleration.MicroBatched(network, 1, workers=2, threads_per_worker=1)
+    batch = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
+    assert predictor(batch).flatten().tolist() == [0, 2, 4, 6, 8]
+    assert most[0] == 2
+    assert torch.get_num_threads() == threads  # restored after the call
+    assert predictor.threads == 2
+
+
+def test_an_error_in_a_slice_worker_reaches_the_caller():
+    def network(batch):
+        if batch[0, 0, 0, 0] == 3:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return torch.from_numpy(batch)
+
+    predictor = acceleration.MicroBatched(network, 1, workers=2, threads_per_worker=1)
+    with pytest.raises(RuntimeError, match="allocate"):
+        predictor(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1))
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=needs_onnx)])
+def test_slice_workers_give_the_labels_of_one_slice_at_a_time(cli, chest_ct_path, tmp_path, backend):
+    import SimpleITK as sitk
+
+    checkpoint = tmp_path / "bundled.safetensors"
+    checkpoint.write_bytes(BUNDLED.read_bytes())
+    labels = {}
+    for workers in (1, 2):
+        output = tmp_path / f"{workers}.nrrd"
+        result = cli("predict", "--checkpoint", checkpoint, "--backend", backend, "--threads", "2", "--slice-workers", str(workers),
+                     "--progress", "json", chest_ct_path, output)
+        assert result.code == 0, result.stderr
+        assert (result.events[0]["workers"], result.events[0]["threads"]) == (workers, 2)
+        labels[workers] = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
+    assert labels[1].any()
+    assert (labels[1] == labels[2]).mean() >= 0.9999
 
 
 def test_prefetch_keeps_order_and_reraises_errors_from_its_thread():

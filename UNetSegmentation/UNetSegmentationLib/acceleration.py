@@ -16,9 +16,13 @@ Everything here keeps results within a stated tolerance of the plain float32 PyT
 - backend: ``auto`` uses ONNX Runtime on the CPU when it is installed (the ``[onnx]`` extra) and the
   precision is float32 (so not on native-bf16 CPUs), else PyTorch (:func:`resolve_backend`); :func:`create_predictor` builds the
   predictor and, for ONNX, finds or makes the cached export (:mod:`.onnx_backend`).
-- :func:`configure_threads`: the intra-op thread count shared by PyTorch and ONNX Runtime.
+- :func:`configure_threads`, :func:`split_threads`: ``--threads`` CPU threads are shared out as
+  ``workers`` slices computed at the same time, each on ``threads // workers`` intra-op threads
+  (PyTorch and ONNX Runtime alike). Two one-thread slices at once beat one slice on two threads
+  (1.1-1.5× measured here: no synchronisation between the threads inside every small layer).
 - :class:`MicroBatched`: on the CPU the network sees one slice per call (:data:`CPU_MICRO_BATCH`)
-  whatever ``--batch-size`` gathers: no slower per slice, and the activations of one slice only.
+  whatever ``--batch-size`` gathers, ``workers`` calls at a time: no slower per slice, and the
+  activations of ``workers`` slices only.
 - :func:`prefetch`: the next batch is prepared on a background thread while the network runs.
 
 """
@@ -28,7 +32,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Iterable, Iterator, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -66,6 +71,26 @@ def configure_threads(threads: Optional[int] = None) -> int:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+#: slices computed at the same time on the CPU (measured: BENCHMARKS.md, "slice workers"); more
+#: workers would multiply the activation memory for little more speed on many-core machines, where
+#: each worker gets several intra-op threads instead
+CPU_SLICE_WORKERS = 2
+
+
+def split_threads(threads: int, workers: Optional[int] = None) -> Tuple[int, int]:
+    """``(workers, intra-op threads per worker)`` for ``threads`` CPU threads in all.
+
+    ``workers`` None: :data:`CPU_SLICE_WORKERS` (at most one per thread). A worker count above
+    ``threads`` is lowered to it; every worker gets ``threads // workers`` threads (at least one).
+    """
+    if workers is None:
+        workers = CPU_SLICE_WORKERS
+    elif not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--slice-workers must be a positive integer, got {workers!r}")
+    workers = max(1, min(workers, threads))
+    return workers, max(1, threads // workers)
 
 
 # --- precision -----------------------------------------------------------------------------------
@@ -250,7 +275,9 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
     when the backend was ``auto`` (the reason is appended to ``notes``, which ``predict`` reports as a
     warning), and is an error when ``onnx`` was asked for.
     """
-    threads = configure_threads(getattr(options, "threads", None))
+    total = configure_threads(getattr(options, "threads", None))
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    workers, threads = split_threads(total, getattr(options, "slice_workers", None)) if on_cpu else (1, total)
     precision = resolve_precision(getattr(options, "precision", "auto"), device)
     backend = resolve_backend(getattr(options, "backend", "auto"), device, precision)
     guidance = getattr(options, "classification_guidance", True)
@@ -258,7 +285,8 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
         from UNetSegmentationLib import onnx_backend
 
         try:
-            return MicroBatched(onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, depth, guidance, threads), CPU_MICRO_BATCH)
+            session = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, depth, guidance, threads)
+            return MicroBatched(session, CPU_MICRO_BATCH, workers, threads)
         except onnx_backend.ExportError as error:
             if parse_choice(getattr(options, "backend", "auto"), BACKENDS, "--backend") == "onnx":
                 raise UserError(f"--backend onnx: {error}") from None
@@ -269,7 +297,7 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
 
     # positional: tests stand in for SlicePredictor with simpler callables
     predictor = SlicePredictor(build_model(checkpoint), checkpoint.metadata, device, depth, guidance, precision, True)
-    return MicroBatched(predictor, CPU_MICRO_BATCH) if getattr(device, "type", str(device)) == "cpu" else predictor
+    return MicroBatched(predictor, CPU_MICRO_BATCH, workers, threads) if on_cpu else predictor
 
 
 # --- batch size ----------------------------------------------------------------------------------
@@ -280,23 +308,48 @@ CPU_MICRO_BATCH = 1
 
 
 class MicroBatched:
-    """A predictor that runs the network on at most ``size`` slices per call and concatenates.
+    """A predictor that runs the network on at most ``size`` slices per call, ``workers`` calls at a
+    time on a thread pool, and concatenates the results in order.
 
+    The wrapped predictor (``inner``) must allow concurrent calls (PyTorch in inference mode and an
+    ONNX Runtime session do; both release the GIL while they compute). During a call PyTorch runs
+    ``threads_per_worker`` intra-op threads (its setting is process-wide, so it is set for the call
+    and restored after it); an ONNX Runtime session has its own count, fixed when it was made.
     Everything else (``metadata``, ``device``, ``depth``, ``required_multiple``, ``backend`` …) is
-    the wrapped predictor's (``inner``).
+    ``inner``'s.
     """
 
-    def __init__(self, inner, size: int) -> None:
+    def __init__(self, inner, size: int, workers: int = 1, threads_per_worker: Optional[int] = None) -> None:
         self.inner = inner
         self.size = max(1, int(size))
+        self.workers = max(1, int(workers))
+        self.threads_per_worker = threads_per_worker
+        self._pool: Optional[ThreadPoolExecutor] = None
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
+    @property
+    def threads(self) -> int:
+        """CPU threads in all: workers × intra-op threads each."""
+        return self.workers * (self.threads_per_worker or torch.get_num_threads())
+
     def __call__(self, batch):
-        if len(batch) <= self.size:
-            return self.inner(batch)
-        return torch.cat([self.inner(batch[start:start + self.size]) for start in range(0, len(batch), self.size)])
+        previous = torch.get_num_threads()
+        if self.threads_per_worker and previous != self.threads_per_worker:
+            torch.set_num_threads(self.threads_per_worker)
+        try:
+            if len(batch) <= self.size:
+                return self.inner(batch)
+            parts = [batch[start:start + self.size] for start in range(0, len(batch), self.size)]
+            if self.workers == 1:
+                return torch.cat([self.inner(part) for part in parts])
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="unetseg-slice")
+            return torch.cat(list(self._pool.map(self.inner, parts)))  # the first error is raised here
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
 
 
 # --- overlap -------------------------------------------------------------------------------------

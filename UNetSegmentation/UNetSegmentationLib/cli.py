@@ -157,6 +157,7 @@ def command_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
         threads=args.threads,
+        slice_workers=args.slice_workers,
     )
     plain_metadata = _metadata_from_options(args) if args.arch else None
     predict_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata)
@@ -217,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: bf16 autocast where the hardware has it (CUDA; CPUs with AVX512-BF16/AMX), else float32; bf16 agrees with fp32 on >=99%% of labels",
     )
-    speed.add_argument("--threads", type=int, help="CPU threads for the network (default: one per core)")
+    speed.add_argument("--threads", type=int, help="CPU threads for the network in all (default: one per core)")
+    speed.add_argument(
+        "--slice-workers",
+        type=int,
+        metavar="N",
+        help="CPU: slices computed at the same time, each on threads/N threads (default 2: faster than one slice on all threads)",
+    )
     _add_model_options(predict, for_plain_torch=True)
     predict.add_argument("input", metavar="INPUT", help="volume file (.nrrd, .nii, .nii.gz, .mha, .mhd) or DICOM series folder")
     predict.add_argument("output", metavar="OUTPUT", help="label map (.nrrd, .nii, .nii.gz, .mha) or Slicer segmentation (.seg.nrrd)")

@@ -47,7 +47,8 @@ class PredictionOptions:
     classification_guidance: bool = True  # UNet 3+: empty result for slices its classifier judges empty
     backend: str = "auto"  # auto (ONNX Runtime on the CPU when installed, else PyTorch), torch, onnx (acceleration.py)
     precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16
-    threads: Optional[int] = None  # intra-op threads; None: one per core
+    threads: Optional[int] = None  # CPU threads in all; None: one per core
+    slice_workers: Optional[int] = None  # CPU: slices computed at once, threads // workers each; None: 2 (acceleration.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -58,6 +59,8 @@ class PredictionOptions:
         self.precision = parse_choice(self.precision, PRECISIONS, "--precision")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
+        if self.slice_workers is not None and (not isinstance(self.slice_workers, int) or self.slice_workers < 1):
+            raise UserError(f"--slice-workers must be a positive integer, got {self.slice_workers!r}")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -308,7 +311,8 @@ def predict_file(
         geometry=geometry.describe(),
         backend=getattr(predictor, "backend", "torch"),
         precision=getattr(predictor, "precision", "fp32"),
-        threads=torch.get_num_threads(),
+        threads=getattr(predictor, "threads", torch.get_num_threads()),
+        workers=getattr(predictor, "workers", 1),
     )
     for note in notes:
         reporter.warning(note)

@@ -175,6 +175,28 @@ def every_voxel_a(tmp_path_factory) -> Path:
     return constant_checkpoint(untrained, folder / "every-voxel-a.safetensors", label_value=1)
 
 
+def deliver_one_event_per_poll(engine) -> None:
+    """Make ``engine.poll()`` hand over one event per call (the child's state follows the last one).
+
+    The engine on a cached ONNX export segments these 10 small slices in a fraction of a second, so
+    a real poll often sees every event at once; this makes the test independent of that speed.
+    """
+    from UNetSegmentationLib import runner
+
+    real_poll, backlog = engine.poll, []
+
+    def poll():
+        events, state = real_poll()
+        backlog.extend(events)
+        if len(backlog) > 1:
+            return [backlog.pop(0)], runner.RUNNING
+        delivered = backlog[:]
+        backlog.clear()
+        return delivered, state
+
+    engine.poll = poll
+
+
 def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_path):
     import slicerio
 
@@ -192,6 +214,7 @@ def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_
     views.append(run.view())
     run.start_segmenting()
     assert run.state == SEGMENTING and run.engine is not None and run.engine.pid
+    deliver_one_event_per_poll(run.engine)  # as a GUI timer that fires between any two of the child's events
     deadline = time.monotonic() + 180
     while run.state == SEGMENTING and time.monotonic() < deadline:
         run.poll()

@@ -22,10 +22,12 @@ import pytest
 import torch
 
 from UNetSegmentationLib import acceleration, onnx_backend
-from UNetSegmentationLib.acceleration import BF16_LABEL_AGREEMENT, ONNX_TOLERANCE, ProbabilityNetwork, fold_batchnorm, prefetch
+from UNetSegmentationLib import inference_network
+from UNetSegmentationLib.acceleration import BF16_LABEL_AGREEMENT, ONNX_TOLERANCE, prefetch
+from UNetSegmentationLib.inference_network import ProbabilityNetwork, fold_batchnorm
 from UNetSegmentationLib.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference import PredictionOptions, SlicePredictor, labels_from_probabilities
+from UNetSegmentationLib.inference import PredictionOptions, SlicePredictor, labels_from_decision, labels_from_probabilities
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
 
 from conftest import create_checkpoint
@@ -97,8 +99,8 @@ def test_folding_refuses_a_model_in_training_mode():
 def test_instance_norm_networks_stay_contiguous():
     batch = build_network("unet", small_kwargs("unet"))
     instance = build_network("unet", dict(small_kwargs("unet"), norm="instance"))
-    assert acceleration.prefers_channels_last(batch)
-    assert not acceleration.prefers_channels_last(instance)
+    assert inference_network.prefers_channels_last(batch)
+    assert not inference_network.prefers_channels_last(instance)
 
 
 @pytest.mark.parametrize("depth", [2, "accurate", None])
@@ -195,7 +197,7 @@ def test_micro_batched_workers_keep_the_order_and_run_concurrently():
         return torch.from_numpy(batch[:, :1] * 2)
 
     threads = torch.get_num_threads()
-    predictor = acceleration.MicroBatched(network, 1, workers=2, threads_per_worker=1)
+    predictor = acceleration.MicroBatched(network, 1, workers=2, threads_per_worker=1, sets_torch_threads=True)
     batch = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
     assert predictor(batch).flatten().tolist() == [0, 2, 4, 6, 8]
     assert most[0] == 2
@@ -296,11 +298,18 @@ def test_onnx_export_matches_torch(tmp_path, depth):
     reference = SlicePredictor(build_model(checkpoint), checkpoint.metadata, torch.device("cpu"), depth)
     assert predictor.required_multiple == reference.required_multiple
     batch = np.random.default_rng(1).random((2, 3, 48, 112), dtype=np.float32)
-    expected, got = reference(batch), predictor(batch)
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= ONNX_TOLERANCE
-    values = np.arange(3)
-    assert (labels_from_probabilities(got, values)[0] == labels_from_probabilities(expected, values)[0]).mean() >= 0.999
+    assert_decision_matches(predictor(batch), reference(batch))
+
+
+def assert_decision_matches(decision: np.ndarray, probabilities: torch.Tensor) -> None:
+    """ONNX Runtime's decision (chosen channel, confidence) is PyTorch's, within ONNX_TOLERANCE."""
+    batch, _, rows, columns = probabilities.shape
+    assert isinstance(decision, np.ndarray) and decision.shape == (batch, 2, rows, columns)
+    values = np.arange(max(2, probabilities.shape[1]))
+    expected_labels, expected_confidence = labels_from_probabilities(probabilities, values)
+    labels, confidence = labels_from_decision(decision, values)
+    assert np.abs(confidence - expected_confidence).max() <= ONNX_TOLERANCE
+    assert (labels == expected_labels).mean() >= 0.999  # a near-tie may go either way
 
 
 @needs_onnx
@@ -310,7 +319,7 @@ def test_onnx_sigmoid_network_matches_torch(small_unet_one_class, tmp_path, monk
     predictor = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, None, True, 1)
     reference = SlicePredictor(build_model(checkpoint), checkpoint.metadata, torch.device("cpu"), None)
     batch = np.random.default_rng(2).random((1, 3, 32, 40), dtype=np.float32)
-    assert (predictor(batch) - reference(batch)).abs().max().item() <= ONNX_TOLERANCE
+    assert_decision_matches(predictor(batch), reference(batch))
 
 
 @needs_onnx
@@ -392,3 +401,35 @@ def test_probability_network_is_what_the_predictor_computes(small_unetpp):
     batch = np.random.default_rng(3).random((1, 3, 32, 32), dtype=np.float32)
     with torch.inference_mode():
         torch.testing.assert_close(network(torch.from_numpy(batch)), predictor(batch))
+
+
+@needs_onnx
+@pytest.mark.skipif(not acceleration.cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
+def test_a_cached_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path):
+    """Start-up on a CPU-only machine: with the export cached, ``predict`` needs neither PyTorch nor MONAI."""
+    import json
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    checkpoint = tmp_path / "bundled.safetensors"
+    checkpoint.write_bytes(BUNDLED.read_bytes())
+    probe = (
+        "import json, runpy, sys\n"
+        "sys.argv = ['unetseg'] + sys.argv[1:]\n"
+        "try:\n"
+        "    runpy.run_module('UNetSegmentationLib', run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    code = end.code\n"
+        "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules, 'monai': 'monai' in sys.modules}))\n"
+    )
+    runs = []
+    for name in ("first", "cached"):
+        arguments = ["predict", "--checkpoint", str(checkpoint), "--progress", "none", str(chest_ct_path), str(tmp_path / f"{name}.nrrd")]
+        finished = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True, timeout=300)
+        runs.append(json.loads(finished.stdout.strip().splitlines()[-1]))
+    assert runs[0] == {"code": 0, "torch": True, "monai": True}  # the first run exports (PyTorch builds the network)
+    assert runs[1] == {"code": 0, "torch": False, "monai": False}
+    first, cached = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{n}.nrrd"))) for n in ("first", "cached"))
+    assert first.any() and (first == cached).all()

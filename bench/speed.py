@@ -66,6 +66,7 @@ from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network  
 
 BUNDLED = ROOT / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
 START, END = "<!-- speed-results:start -->", "<!-- speed-results:end -->"
+PREDICT_BATCH = PredictionOptions().batch_size  # what predict gathers per step by default
 CLASSES = ["a", "b", "c"]  # "a few classes": softmax over background + 3
 PAPER_UNETPP = (32, 64, 128, 256, 512)
 
@@ -141,14 +142,27 @@ def log(message: str) -> None:
 # --- 1. peak ---------------------------------------------------------------------------------------
 
 
-def _rates(run: Callable[[], object], n: int, repetitions: int) -> List[float]:
+def _rates(run: Callable[[], object], n: int, repetitions: int, products: int = 1) -> List[float]:
     run()
     rates = []
     for _ in range(repetitions):
         started = time.perf_counter()
         run()
-        rates.append(2 * n**3 / (time.perf_counter() - started) / 1e9)
+        rates.append(products * 2 * n**3 / (time.perf_counter() - started) / 1e9)
     return rates
+
+
+def _concurrently(run: Callable[[], object], workers: int) -> Callable[[], None]:
+    """``run`` called ``workers`` times at once on a thread pool (as the engine's slice workers do)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers)
+
+    def all_at_once() -> None:
+        for future in [pool.submit(run) for _ in range(workers)]:
+            future.result()
+
+    return all_at_once
 
 
 def _onnx_matmul(n: int, threads: int):
@@ -182,11 +196,16 @@ def measure_peak(native_bf16: bool, quick: bool, threads: int) -> dict:
     a, b = torch.randn(n, n), torch.randn(n, n)
     na, nb = a.numpy(), b.numpy()
     gemms = {"torch (MKL)": lambda: torch.matmul(a, b), "numpy (OpenBLAS)": lambda: np.matmul(na, nb)}
+    products = {name: 1 for name in gemms}
     if onnx_backend.available():
         gemms["onnxruntime (MLAS)"] = _onnx_matmul(n, threads)
+        products["onnxruntime (MLAS)"] = 1
+        if threads > 1:  # the engine's way: one single-threaded product per thread, all at once
+            name = f"onnxruntime (MLAS), {threads} one-thread products at once"
+            gemms[name], products[name] = _concurrently(_onnx_matmul(n, 1), threads), threads
     fp32 = {}
     for name, run in gemms.items():
-        rates = _rates(run, n, repetitions)
+        rates = _rates(run, n, repetitions, products[name])
         fp32[name] = {"gflops": statistics.median(rates), "min": min(rates), "max": max(rates)}
     best = max(fp32, key=lambda k: fp32[k]["gflops"])
     nb16 = 2048 if native_bf16 else 256  # emulated bf16 is ~100x slower: a small product suffices
@@ -216,10 +235,10 @@ def make_checkpoint(folder: Path, name: str, arch: str, features=None) -> Path:
     return path
 
 
-def engine_predictor(checkpoint_path: Path, depth, threads: int, backend: str = "auto", precision: str = "auto"):
+def engine_predictor(checkpoint_path: Path, depth, threads: int, backend: str = "auto", precision: str = "auto", slice_workers=None):
     """What ``unetseg predict`` builds (acceleration.create_predictor), on the CPU."""
     checkpoint = load_checkpoint(checkpoint_path)
-    options = PredictionOptions(backend=backend, precision=precision, threads=threads)
+    options = PredictionOptions(backend=backend, precision=precision, threads=threads, slice_workers=slice_workers)
     notes: list = []
     predictor = acceleration.create_predictor(checkpoint, torch.device("cpu"), depth, options, notes)
     for note in notes:
@@ -285,12 +304,15 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
         plain = {label: plain_predictor(path, depth) for label, path, depth, arch in group}
         is_unetpp = group[0][3] == "unetplusplus"
         for size in sizes:
-            x1 = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-            variants = {label: (lambda p=p: p(x1)) for label, p in predictors.items()}
+            inputs = {count: np.random.default_rng(0).random((count, 3, size, size), dtype=np.float32) for count in (1, 2, max(1, threads))}
+            x1 = inputs[1]
+            # the engine as predict runs it: one slice per network call, its slice workers all busy
+            variants = {label: (lambda p=p: p(inputs[p.workers])) for label, p in predictors.items()}
             if size == min(sizes):
                 variants.update({f"plain {label}": (lambda p=p: p(x1)) for label, p in plain.items()})
-            if is_unetpp:
+            if is_unetpp:  # MONAI as its user would run it: batch 1 or 2, whichever is faster
                 variants["MONAI BasicUNet++"] = lambda: monai_run(x1)
+                variants["MONAI BasicUNet++ batch 2"] = lambda: monai_run(inputs[2])
             started = time.perf_counter()
             results = interleaved(variants, repetitions)
             log(f"  {size}²: batch 1 measured in {time.perf_counter() - started:.0f} s")
@@ -303,7 +325,8 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
                     "size": size,
                     "backend": predictors[label].backend,
                     "gflops_per_slice": gflops,
-                    "batch1": summary(results[label]["times"]),
+                    "workers": predictors[label].workers,
+                    "batch1": summary(results[label]["times"], per=predictors[label].workers),
                     "peak_rss_mb": results[label]["peak_rss"] / 2**20,
                 }
                 if f"plain {label}" in results:
@@ -319,7 +342,8 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
                         "backend": "torch eager",
                         "gflops_per_slice": monai_flops(monai_net, size),
                         "batch1": summary(results["MONAI BasicUNet++"]["times"]),
-                        "peak_rss_mb": results["MONAI BasicUNet++"]["peak_rss"] / 2**20,
+                        "batches": {"2": summary(results["MONAI BasicUNet++ batch 2"]["times"], per=2)},
+                        "peak_rss_mb": max(results[k]["peak_rss"] for k in ("MONAI BasicUNet++", "MONAI BasicUNet++ batch 2")) / 2**20,
                     }
                 )
             # best batch: larger batches for networks cheap enough to try them at this size
@@ -349,7 +373,10 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
                     row["gflops_per_s"] = row["gflops_per_slice"] / (row["best"]["median_ms"] / 1000)
                     row["fraction_of_peak"] = row["gflops_per_s"] / peak
                 if row["size"] == size and row["arch"] == "monai" and "gflops_per_s" not in row:
-                    row["gflops_per_s"] = row["gflops_per_slice"] / (row["batch1"]["median_ms"] / 1000)
+                    options = {"1": row["batch1"], **row.get("batches", {})}
+                    best = min(options, key=lambda b: options[b]["median_ms"])
+                    row["best_batch"], row["best"] = int(best), options[best]
+                    row["gflops_per_s"] = row["gflops_per_slice"] / (row["best"]["median_ms"] / 1000)
                     row["fraction_of_peak"] = row["gflops_per_s"] / peak
         del predictors, plain
     return rows
@@ -360,7 +387,7 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
 
 def optimisation_variants(checkpoint_path: Path, depth, size: int, threads: int, native_bf16: bool, with_onnx: bool, batches=(1,)):
     """Name → predictor for each speed option alone and combined (same network, same input)."""
-    from UNetSegmentationLib.acceleration import fold_batchnorm
+    from UNetSegmentationLib.inference_network import fold_batchnorm
 
     checkpoint = load_checkpoint(checkpoint_path)
     metadata = checkpoint.metadata
@@ -408,8 +435,8 @@ def optimisation_section(folder: Path, threads: int, quick: bool, native_bf16: b
             entry["variants"].append({"name": name, **s, "speedup_vs_plain": plain * 1000 / s["median_ms"], "peak_rss_mb": measured[name]["peak_rss"] / 2**20})
         if not native_bf16:
             entry["variants"].append({"name": "bf16 autocast", "skipped": "no native bf16 on this CPU (AVX512-BF16/AMX): oneDNN emulates it, ~100× slower than fp32"})
-        # engine at batch 1/2/4 and 1 vs all threads
-        engine = engine_predictor(path, depth, threads)
+        # the network alone at batch 1/2/4 on all threads, then how the threads are used
+        engine = engine_predictor(path, depth, threads, slice_workers=1)
         raw = getattr(engine, "inner", engine)  # the network called on the whole batch (no micro-batching)
         batch_variants = {}
         for batch in (1, 2, 4):
@@ -419,21 +446,26 @@ def optimisation_section(folder: Path, threads: int, quick: bool, native_bf16: b
         for name, (_, batch) in batch_variants.items():
             s = summary(measured[name]["times"], per=batch)
             entry["variants"].append({"name": name, **s, "speedup_vs_plain": plain * 1000 / s["median_ms"], "peak_rss_mb": measured[name]["peak_rss"] / 2**20})
-        if threads > 1:
-            one = engine_predictor(path, depth, 1)
-            measured = interleaved({"1": lambda: one(x), str(threads): lambda: engine(x)}, repetitions)
+        if threads > 1:  # on `threads` slices: one thread; all threads on one slice at a time; one slice per thread at once
+            xw = np.random.default_rng(4).random((threads, 3, size, size), dtype=np.float32)
+            ways = {
+                "1 thread": engine_predictor(path, depth, 1),
+                f"{threads} threads on one slice at a time": engine,
+                f"{threads} slices at once, 1 thread each (the default)": engine_predictor(path, depth, threads, slice_workers=threads),
+            }
+            measured = interleaved({name: (lambda p=p: p(xw)) for name, p in ways.items()}, repetitions)
             acceleration.configure_threads(threads)
-            for count in ("1", str(threads)):
-                s = summary(measured[count]["times"])
-                entry["variants"].append({"name": f"engine ({engine.backend}), {count} thread(s)", **s, "speedup_vs_plain": plain * 1000 / s["median_ms"]})
-            del one
+            for name in ways:
+                s = summary(measured[name]["times"], per=threads)
+                entry["variants"].append({"name": f"engine ({engine.backend}), {name}", **s, "speedup_vs_plain": plain * 1000 / s["median_ms"], "peak_rss_mb": measured[name]["peak_rss"] / 2**20})
+            del ways
         results.append(entry)
     return results
 
 
 def compile_section(threads: int) -> dict:
     """torch.compile of the bundled model (folded, channels_last) at 512²: compile time against gain."""
-    from UNetSegmentationLib.acceleration import ProbabilityNetwork, fold_batchnorm
+    from UNetSegmentationLib.inference_network import ProbabilityNetwork, fold_batchnorm
 
     checkpoint = load_checkpoint(BUNDLED)
     model = build_model(checkpoint)
@@ -487,12 +519,12 @@ def prefetch_section(threads: int, slices: int = 24) -> dict:
         else:
             os.environ["UNETSEG_NO_PREFETCH"] = "1"
         try:
-            return predict_volume(volume, geometry, predictor, mapping, 1)
+            return predict_volume(volume, geometry, predictor, mapping, PREDICT_BATCH)
         finally:
             os.environ.pop("UNETSEG_NO_PREFETCH", None)
 
     measured = interleaved({"preprocessing on a thread": lambda: run(True), "all in the main thread": lambda: run(False)}, 3)
-    return {"slices": slices, "backend": predictor.backend, "variants": {k: summary(v["times"], per=slices) for k, v in measured.items()}}
+    return {"slices": slices, "backend": predictor.backend, "batch": PREDICT_BATCH, "variants": {k: summary(v["times"], per=slices) for k, v in measured.items()}}
 
 
 # --- 4. bf16 accuracy ------------------------------------------------------------------------------
@@ -679,8 +711,15 @@ def targets(report: dict) -> List[dict]:
     for size in sorted({r["size"] for r in rows}):
         l4, monai, l2 = row("UNet++ L4", size), row("MONAI BasicUNet++ (32..512)", size), row("UNet++ L2", size)
         if l4 and monai:
-            ratio = monai["batch1"]["median_ms"] / l4["batch1"]["median_ms"]
-            found.append({"target": f"UNet++ L4 ≥ 2× faster per slice than MONAI BasicUNet++ ({size}², batch 1)", "value": f"{ratio:.2f}×", "met": ratio >= 2})
+            ratio = monai["best"]["median_ms"] / l4["batch1"]["median_ms"]
+            found.append(
+                {
+                    "target": f"UNet++ L4 ≥ 2× faster per slice than MONAI BasicUNet++ ({size}²; engine: one slice per call, "
+                    f"{l4.get('workers', 1)} at once; MONAI: its faster of batch 1 and 2)",
+                    "value": f"{ratio:.2f}×",
+                    "met": ratio >= 2,
+                }
+            )
         if l4 and l2:
             ratio = l4["best"]["median_ms"] / l2["best"]["median_ms"]
             found.append({"target": f"UNet++ L2 ≥ 2.4× faster than L4 ({size}²)", "value": f"{ratio:.2f}×", "met": ratio >= 2.4})
@@ -753,9 +792,13 @@ def markdown(report: dict) -> str:
             lines.append(f"| {t['target']} | {t['value']} | {met} |")
         lines.append("")
     if report.get("architectures"):
-        lines.append("**Architectures** (paper features, 3 input channels, 3 classes; ms/slice median [min–max]; engine = `--backend auto`)")
+        lines.append(
+            "**Architectures** (paper features, 3 input channels, 3 classes; ms/slice median [min–max]; engine = `--backend auto` as "
+            "`predict` runs it: one slice per network call, as many slices at once as it has slice workers, each on threads ÷ workers "
+            "threads; best batch: the network alone on one thread pool at batch 1, 2 or 4; MONAI: batch 1 in the engine column)"
+        )
         lines.append("")
-        lines.append("| network | size | GFLOPs/slice | engine | batch 1 ms/slice | slices/s | best batch | best ms/slice | GFLOP/s | % of fp32 peak | extra RSS of a call MB | plain PyTorch batch 1 | speed-up |")
+        lines.append("| network | size | GFLOPs/slice | engine | engine ms/slice | slices/s | best batch | best ms/slice | GFLOP/s | % of fp32 peak | extra RSS of a call MB | plain PyTorch batch 1 | speed-up |")
         lines.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in report["architectures"]:
             best = r.get("best", r["batch1"])
@@ -803,7 +846,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report.get("prefetch"):
         p = report["prefetch"]
-        lines.append(f"**Overlap** (predict_volume, bundled model, 512×512×{p['slices']}, batch 1, {p['backend']}): " + "; ".join(f"{k} {fmt_ms(v)} ms/slice" for k, v in p["variants"].items()) + ".")
+        lines.append(f"**Overlap** (predict_volume, bundled model, 512×512×{p['slices']}, --batch-size {p.get('batch', 1)}, {p['backend']}): " + "; ".join(f"{k} {fmt_ms(v)} ms/slice" for k, v in p["variants"].items()) + ".")
         lines.append("")
     if report.get("bf16"):
         b = report["bf16"]

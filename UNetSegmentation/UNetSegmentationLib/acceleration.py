@@ -1,42 +1,39 @@
 """Inference speed: what runs the network, in which precision, on how many threads.
 
 Everything here keeps results within a stated tolerance of the plain float32 PyTorch path
-(``Testing/test_speed_paths.py`` checks each):
+(``Testing/test_speed_paths.py`` checks each). This module imports no PyTorch itself: with a cached
+ONNX export on a CPU-only machine, ``unetseg predict`` never imports torch (~2 s of start-up saved).
 
-- :func:`fold_batchnorm`: BatchNorm after a convolution folded into the convolution's weights
-  (exact up to float32 rounding, ~1e-6): one pass over memory less per layer.
-- channels_last memory format for networks whose normalisation has no per-sample statistics
-  (batch norm, folded or not); InstanceNorm/GroupNorm networks run slower in it on the CPU, so
-  they stay contiguous (:func:`prefers_channels_last`).
-- :class:`ProbabilityNetwork`: the network pruned to what inference needs (UNet++ at depth L: only
-  the nodes i + j ≤ L and head L) with the softmax/sigmoid inside, so one call gives probabilities;
-  it is what the ONNX backend exports.
+- The PyTorch network is prepared for inference in :mod:`.inference_network` (BatchNorm folded,
+  channels_last where it pays, pruned to the depth asked for, softmax inside).
 - precision (:func:`resolve_precision`): bf16 autocast where the hardware has it (CUDA; CPUs with
   AVX512-BF16/AMX), float32 elsewhere; ``--precision fp32`` or ``bf16`` to choose.
 - backend: ``auto`` uses ONNX Runtime on the CPU when it is installed (the ``[onnx]`` extra) and the
-  precision is float32 (so not on native-bf16 CPUs), else PyTorch (:func:`resolve_backend`); :func:`create_predictor` builds the
-  predictor and, for ONNX, finds or makes the cached export (:mod:`.onnx_backend`).
-- :func:`configure_threads`, :func:`split_threads`: ``--threads`` CPU threads are shared out as
-  ``workers`` slices computed at the same time, each on ``threads // workers`` intra-op threads
-  (PyTorch and ONNX Runtime alike). Two one-thread slices at once beat one slice on two threads
-  (1.1-1.5× measured here: no synchronisation between the threads inside every small layer).
+  precision is float32 (so not on native-bf16 CPUs), else PyTorch (:func:`resolve_backend`);
+  :func:`create_predictor` builds the predictor and, for ONNX, finds or makes the cached export
+  (:mod:`.onnx_backend`).
+- :func:`default_threads`, :func:`split_threads`: ``--threads`` CPU threads (default: one per CPU
+  this process may use) are shared out as ``workers`` slices computed at the same time, each on
+  ``threads // workers`` intra-op threads (PyTorch and ONNX Runtime alike). Two one-thread slices
+  at once beat one slice on two threads (1.1-1.5× measured here: no synchronisation between the
+  threads inside every small layer).
 - :class:`MicroBatched`: on the CPU the network sees one slice per call (:data:`CPU_MICRO_BATCH`)
   whatever ``--batch-size`` gathers, ``workers`` calls at a time: no slower per slice, and the
   activations of ``workers`` slices only.
 - :func:`prefetch`: the next batch is prepared on a background thread while the network runs.
-
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import queue
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Optional, Tuple
 
-import torch
-from torch import nn
+import numpy as np
 
 from UNetSegmentationLib.errors import UserError
 
@@ -50,6 +47,40 @@ BF16_LABEL_AGREEMENT = 0.99
 ONNX_TOLERANCE = 1e-4
 
 
+class PlainCpuDevice:
+    """``torch.device("cpu")`` as far as this package asks (``type``, ``index``, ``str``), without
+    importing PyTorch: what :func:`~UNetSegmentationLib.inference.resolve_device` gives where no GPU
+    can be present."""
+
+    type = "cpu"
+    index = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+    __repr__ = __str__
+
+
+CPU = PlainCpuDevice()
+
+
+def cuda_is_impossible() -> bool:
+    """True where no CUDA GPU can be used, decided without importing PyTorch: a CPU-only PyTorch
+    build (``+cpu``), macOS, or Linux without NVIDIA's driver (``/proc/driver/nvidia``, ``/dev/nvidia*``,
+    WSL's ``/dev/dxg``). False means "maybe": PyTorch must be asked."""
+    try:
+        if "+cpu" in importlib.metadata.version("torch"):
+            return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if sys.platform == "darwin":
+        return True
+    if sys.platform.startswith("linux"):
+        markers = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")
+        return not any(os.path.exists(marker) for marker in markers)
+    return False
+
+
 def parse_choice(value: Optional[str], choices, option: str) -> str:
     value = (value or "auto").lower()
     if value not in choices:
@@ -60,17 +91,29 @@ def parse_choice(value: Optional[str], choices, option: str) -> str:
 # --- threads -------------------------------------------------------------------------------------
 
 
-def configure_threads(threads: Optional[int] = None) -> int:
-    """Set PyTorch's intra-op threads (``None``: leave PyTorch's default, one per core) and return the count.
+def default_threads() -> int:
+    """One thread per CPU this process may run on (its affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
-    ONNX Runtime sessions use the same number, so the two backends compete on equal terms.
-    """
+
+def configure_threads(threads: Optional[int] = None) -> int:
+    """Set PyTorch's intra-op threads (``None``: leave PyTorch's default, one per core) and return the count."""
+    import torch
+
     if threads is not None:
-        if not isinstance(threads, int) or threads < 1:
-            raise UserError(f"--threads must be a positive integer, got {threads!r}")
+        check_threads(threads)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def check_threads(threads) -> int:
+    if not isinstance(threads, int) or threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {threads!r}")
+    return threads
 
 
 #: slices computed at the same time on the CPU (measured: BENCHMARKS.md, "slice workers"); more
@@ -101,14 +144,18 @@ def cpu_has_native_bf16() -> bool:
 
     Without it oneDNN emulates bf16 and a bf16 convolution runs far slower than float32
     (100× slower measured on an AVX2-only EPYC), so bf16 is never chosen automatically there.
+    Where ``/proc/cpuinfo`` lists the CPU's flags and they have neither, PyTorch is not asked (nor
+    imported).
     """
+    flags = _cpu_flags()
+    if flags and not flags & {"avx512_bf16", "amx_bf16"}:
+        return False
     try:
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            flags = _cpu_flags()
-            return not flags or bool(flags & {"avx512_bf16", "amx_bf16"})
-    except (AttributeError, RuntimeError):
-        pass
-    return False
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError, ImportError):
+        return False
 
 
 def _cpu_flags() -> set:
@@ -137,109 +184,12 @@ def resolve_precision(precision: Optional[str], device) -> str:
     if getattr(device, "type", str(device)) == "cuda":
         if precision == "fp32":
             return "fp32"
+        import torch
+
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "auto":
         return "bf16" if not legacy and cpu_has_native_bf16() else "fp32"
     return precision
-
-
-def autocast(device, precision: str):
-    """The autocast context for ``precision`` on ``device`` (a null context for fp32)."""
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(getattr(device, "type", str(device)), dtype=dtype)
-
-
-# --- model transforms ----------------------------------------------------------------------------
-
-
-def _fold_into(conv, bn) -> bool:
-    """Fold eval-mode BatchNorm ``bn`` into the preceding (non-transposed) convolution ``conv``."""
-    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-        return False
-    if bn.training or bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels:
-        return False
-    with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.double()
-        shift = -bn.running_mean.double() * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.double()
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
-        weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
-        conv.weight.copy_(weight.to(conv.weight.dtype))
-        new_bias = (bias * scale + shift).to(conv.weight.dtype)
-        if conv.bias is None:
-            conv.bias = nn.Parameter(new_bias, requires_grad=False)
-        else:
-            conv.bias.copy_(new_bias)
-    return True
-
-
-def fold_batchnorm(model) -> int:
-    """Fold every BatchNorm that directly follows a convolution into it, in place; returns how many.
-
-    Covers MONAI ``Convolution`` blocks (``conv`` then ``adn`` whose first layer is the norm, the
-    "NDA" order every network here uses) and ``nn.Sequential`` pairs ``Conv → BatchNorm``. The folded
-    BatchNorm becomes ``nn.Identity``. Only for evaluation: the model must be in eval mode, and its
-    ``state_dict`` no longer matches the checkpoint afterwards.
-    """
-    if model.training:
-        raise ValueError("fold_batchnorm needs a model in evaluation mode")
-    folded = 0
-    for module in list(model.modules()):
-        adn = getattr(module, "adn", None)
-        conv = getattr(module, "conv", None)
-        if isinstance(adn, nn.Sequential) and conv is not None and len(adn) and next(iter(adn._modules)) == "N":
-            if _fold_into(conv, adn.N):
-                adn._modules["N"] = nn.Identity()
-                folded += 1
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:]):
-                if _fold_into(module._modules[first], module._modules[second]):
-                    module._modules[second] = nn.Identity()
-                    folded += 1
-    return folded
-
-
-def prefers_channels_last(model) -> bool:
-    """channels_last pays for batch-normalised (or unnormalised) networks on the CPU; InstanceNorm,
-    GroupNorm and LayerNorm layers run slower in it, so networks with them stay contiguous."""
-    slow = (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
-    return not any(isinstance(m, slow) for m in model.modules())
-
-
-class ProbabilityNetwork(nn.Module):
-    """``(B, C, H, W)`` → ``(B, K, H, W)`` float32 probabilities from ``model`` at ``depth``.
-
-    ``depth``: an int (UNet++ sub-network: only its nodes and head are computed), ``"accurate"``
-    (mean of every head's probabilities) or None (the network's own output). Softmax over
-    background + classes, or sigmoid for one class. An ONNX export of this module contains only
-    what that computation uses: no unused head, no pruned node.
-    """
-
-    def __init__(self, model: nn.Module, depth, uses_softmax: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.depth = depth
-        self.uses_softmax = bool(uses_softmax)
-
-    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        return torch.softmax(logits, dim=1) if self.uses_softmax else torch.sigmoid(logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.depth == "accurate":
-            heads = self.model.forward_heads(x)
-            return torch.stack([self._activate(h) for h in heads]).mean(0)
-        if isinstance(self.depth, int):
-            return self._activate(self.model.forward_depth(x, self.depth))
-        return self._activate(self.model(x))
 
 
 # --- backend -------------------------------------------------------------------------------------
@@ -275,8 +225,9 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
     when the backend was ``auto`` (the reason is appended to ``notes``, which ``predict`` reports as a
     warning), and is an error when ``onnx`` was asked for.
     """
-    total = configure_threads(getattr(options, "threads", None))
     on_cpu = getattr(device, "type", str(device)) == "cpu"
+    requested = getattr(options, "threads", None)
+    total = check_threads(requested) if requested is not None else default_threads()
     workers, threads = split_threads(total, getattr(options, "slice_workers", None)) if on_cpu else (1, total)
     precision = resolve_precision(getattr(options, "precision", "auto"), device)
     backend = resolve_backend(getattr(options, "backend", "auto"), device, precision)
@@ -292,12 +243,16 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
                 raise UserError(f"--backend onnx: {error}") from None
             if notes is not None:
                 notes.append(f"ONNX Runtime cannot run this network ({error}); using PyTorch")
+    import torch
+
     from UNetSegmentationLib.checkpoint import build_model
     from UNetSegmentationLib.inference import SlicePredictor
 
+    configure_threads(requested)  # --threads: PyTorch's process-wide setting, as before
+    device = torch.device(str(device))  # the resolved device may be the torch-free CPU stand-in
     # positional: tests stand in for SlicePredictor with simpler callables
     predictor = SlicePredictor(build_model(checkpoint), checkpoint.metadata, device, depth, guidance, precision, True)
-    return MicroBatched(predictor, CPU_MICRO_BATCH, workers, threads) if on_cpu else predictor
+    return MicroBatched(predictor, CPU_MICRO_BATCH, workers, threads, sets_torch_threads=True) if on_cpu else predictor
 
 
 # --- batch size ----------------------------------------------------------------------------------
@@ -307,46 +262,65 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
 CPU_MICRO_BATCH = 1
 
 
+def concatenate(parts):
+    """Network outputs of consecutive slices joined along the batch axis (NumPy arrays or tensors)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
+
+
 class MicroBatched:
     """A predictor that runs the network on at most ``size`` slices per call, ``workers`` calls at a
     time on a thread pool, and concatenates the results in order.
 
     The wrapped predictor (``inner``) must allow concurrent calls (PyTorch in inference mode and an
-    ONNX Runtime session do; both release the GIL while they compute). During a call PyTorch runs
-    ``threads_per_worker`` intra-op threads (its setting is process-wide, so it is set for the call
-    and restored after it); an ONNX Runtime session has its own count, fixed when it was made.
-    Everything else (``metadata``, ``device``, ``depth``, ``required_multiple``, ``backend`` …) is
-    ``inner``'s.
+    ONNX Runtime session do; both release the GIL while they compute) and use ``threads_per_worker``
+    intra-op threads: an ONNX Runtime session has its count fixed when it is made; for PyTorch
+    (``sets_torch_threads``), whose setting is process-wide, it is set for the call and restored
+    after it. Everything else (``metadata``, ``device``, ``depth``, ``required_multiple``,
+    ``backend`` …) is ``inner``'s.
     """
 
-    def __init__(self, inner, size: int, workers: int = 1, threads_per_worker: Optional[int] = None) -> None:
+    def __init__(self, inner, size: int, workers: int = 1, threads_per_worker: Optional[int] = None, sets_torch_threads: bool = False) -> None:
         self.inner = inner
         self.size = max(1, int(size))
         self.workers = max(1, int(workers))
         self.threads_per_worker = threads_per_worker
+        self.sets_torch_threads = bool(sets_torch_threads and threads_per_worker)
         self._pool: Optional[ThreadPoolExecutor] = None
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
     @property
-    def threads(self) -> int:
-        """CPU threads in all: workers × intra-op threads each."""
-        return self.workers * (self.threads_per_worker or torch.get_num_threads())
+    def threads(self) -> Optional[int]:
+        """CPU threads in all: workers × intra-op threads each (None when not known)."""
+        return self.workers * self.threads_per_worker if self.threads_per_worker else None
+
+    def _run(self, batch):
+        if len(batch) <= self.size:
+            return self.inner(batch)
+        parts = [batch[start:start + self.size] for start in range(0, len(batch), self.size)]
+        if self.workers == 1:
+            return concatenate([self.inner(part) for part in parts])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="unetseg-slice")
+        return concatenate(list(self._pool.map(self.inner, parts)))  # the first error is raised here
 
     def __call__(self, batch):
+        if not self.sets_torch_threads:
+            return self._run(batch)
+        import torch
+
         previous = torch.get_num_threads()
-        if self.threads_per_worker and previous != self.threads_per_worker:
+        if previous != self.threads_per_worker:
             torch.set_num_threads(self.threads_per_worker)
         try:
-            if len(batch) <= self.size:
-                return self.inner(batch)
-            parts = [batch[start:start + self.size] for start in range(0, len(batch), self.size)]
-            if self.workers == 1:
-                return torch.cat([self.inner(part) for part in parts])
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="unetseg-slice")
-            return torch.cat(list(self._pool.map(self.inner, parts)))  # the first error is raised here
+            return self._run(batch)
         finally:
             if torch.get_num_threads() != previous:
                 torch.set_num_threads(previous)

@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
+    import torch
 
 from UNetSegmentationLib.checkpoint_header import SAFETENSORS, checkpoint_kind, read_metadata
 from UNetSegmentationLib.errors import UserError
@@ -20,13 +20,23 @@ from UNetSegmentationLib.outputs import atomic_output
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
-@dataclass
 class Checkpoint:
-    """Validated metadata and the state dict it describes."""
+    """Validated metadata and the state dict it describes.
 
-    path: Path
-    metadata: ModelMetadata
-    state_dict: Dict[str, torch.Tensor]
+    ``state_dict`` is read on first use when it was not given (:func:`load_checkpoint` with
+    ``weights=False``): a cached ONNX export of the same file needs the metadata only.
+    """
+
+    def __init__(self, path: Path, metadata: ModelMetadata, state_dict: Optional[Dict[str, "torch.Tensor"]] = None) -> None:
+        self.path = Path(path)
+        self.metadata = metadata
+        self._state_dict = state_dict
+
+    @property
+    def state_dict(self) -> Dict[str, "torch.Tensor"]:
+        if self._state_dict is None:
+            self._state_dict = _load_safetensors(self.path)
+        return self._state_dict
 
     def parameter_count(self) -> int:
         return sum(t.numel() for k, t in self.state_dict.items() if t.is_floating_point() and not _is_buffer(k))
@@ -36,7 +46,7 @@ def _is_buffer(key: str) -> bool:
     return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
-def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+def _load_safetensors(path: Path) -> Dict[str, "torch.Tensor"]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -46,8 +56,10 @@ def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
         raise UserError(f"checkpoint {path} is corrupt or truncated: {error}") from None
 
 
-def _load_torch_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+def _load_torch_state_dict(path: Path) -> Dict[str, "torch.Tensor"]:
     import pickle
+
+    import torch
 
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -72,12 +84,16 @@ def _load_torch_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     return loaded
 
 
-def load_checkpoint(path, metadata_for_plain_torch: Optional[ModelMetadata] = None) -> Checkpoint:
-    """Read and validate a checkpoint; a plain PyTorch file needs its metadata given separately."""
+def load_checkpoint(path, metadata_for_plain_torch: Optional[ModelMetadata] = None, weights: bool = True) -> Checkpoint:
+    """Read and validate a checkpoint; a plain PyTorch file needs its metadata given separately.
+
+    ``weights=False``: a safetensors file's tensors are read (with PyTorch) only when first used;
+    its metadata is read and validated now, without PyTorch.
+    """
     path = Path(path)
     if checkpoint_kind(path) == SAFETENSORS:
         metadata = read_metadata(path)
-        state_dict = _load_safetensors(path)
+        state_dict = _load_safetensors(path) if weights else None
     else:
         if metadata_for_plain_torch is None:
             raise UserError(
@@ -90,7 +106,7 @@ def load_checkpoint(path, metadata_for_plain_torch: Optional[ModelMetadata] = No
     return Checkpoint(path, metadata, state_dict)
 
 
-def _describe_mismatch(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], metadata: ModelMetadata) -> Optional[str]:
+def _describe_mismatch(model: "torch.nn.Module", state_dict: Mapping[str, "torch.Tensor"], metadata: ModelMetadata) -> Optional[str]:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -120,8 +136,10 @@ def _describe_mismatch(model: torch.nn.Module, state_dict: Mapping[str, torch.Te
     )
 
 
-def build_model(checkpoint: Checkpoint) -> torch.nn.Module:
+def build_model(checkpoint: Checkpoint) -> "torch.nn.Module":
     """The network with the checkpoint's weights, in evaluation mode on the CPU."""
+    import torch
+
     metadata = checkpoint.metadata
     # First on the meta device (shapes only, no memory): metadata asking for a huge network cannot
     # exhaust memory before its mismatch with the weights in the file is found.
@@ -135,15 +153,17 @@ def build_model(checkpoint: Checkpoint) -> torch.nn.Module:
     return model.eval()
 
 
-def create_checkpoint(path, metadata: ModelMetadata, seed: int = 0, overwrite: bool = False) -> torch.nn.Module:
+def create_checkpoint(path, metadata: ModelMetadata, seed: int = 0, overwrite: bool = False) -> "torch.nn.Module":
     """Write an untrained checkpoint (seeded initial weights) and return its network."""
+    import torch
+
     torch.manual_seed(seed)
     model = build_network(metadata.architecture, metadata.kwargs)
     save_checkpoint(path, model.state_dict(), metadata, overwrite=overwrite)
     return model
 
 
-def save_checkpoint(path, state_dict: Mapping[str, torch.Tensor], metadata: ModelMetadata, overwrite: bool = False) -> Path:
+def save_checkpoint(path, state_dict: Mapping[str, "torch.Tensor"], metadata: ModelMetadata, overwrite: bool = False) -> Path:
     """Write weights and metadata as safetensors, atomically (temp file + rename)."""
     from safetensors.torch import save_file
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 
-from UNetSegmentationLib.acceleration import create_predictor, prefetch
+if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
+    import torch
+
+from UNetSegmentationLib.acceleration import CPU, create_predictor, cuda_is_impossible, prefetch
 from UNetSegmentationLib.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.metadata import ModelMetadata
@@ -63,9 +65,16 @@ class PredictionOptions:
             raise UserError(f"--slice-workers must be a positive integer, got {self.slice_workers!r}")
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; an unavailable GPU is an error."""
+def resolve_device(spec: str, plain_cpu: bool = False):
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``; an
+    unavailable GPU is an error. ``plain_cpu``: where the answer is the CPU and PyTorch would have to
+    be imported only to say so, give :data:`~UNetSegmentationLib.acceleration.CPU` instead (``predict``
+    with a cached ONNX export then never imports PyTorch)."""
     spec = (spec or "auto").lower()
+    if plain_cpu and (spec == "cpu" or (spec == "auto" and cuda_is_impossible())):
+        return CPU
+    import torch
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
@@ -122,18 +131,22 @@ class SlicePredictor:
     """
 
     backend = "torch"
+    decides_labels = False
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: "torch.nn.Module",
         metadata: ModelMetadata,
-        device: torch.device,
+        device: "torch.device",
         depth: Depth,
         classification_guidance: bool = True,
         precision: Optional[str] = None,
         optimize: bool = False,
     ) -> None:
-        from UNetSegmentationLib.acceleration import fold_batchnorm, prefers_channels_last, resolve_precision
+        import torch
+
+        from UNetSegmentationLib.acceleration import resolve_precision
+        from UNetSegmentationLib.inference_network import fold_batchnorm, prefers_channels_last
 
         self.metadata = metadata
         self.device = device
@@ -156,15 +169,23 @@ class SlicePredictor:
         depth = self.depth if isinstance(self.depth, int) else None
         return self.model.required_multiple(depth)
 
-    def _to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+    def _to_probabilities(self, logits: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
         logits = logits.float()
         return torch.softmax(logits, dim=1) if self.metadata.uses_softmax else torch.sigmoid(logits)
 
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> torch.Tensor:
-        from UNetSegmentationLib.acceleration import autocast
+    def __call__(self, batch: np.ndarray) -> "torch.Tensor":
+        import torch
 
-        inputs = torch.from_numpy(batch)
+        with torch.inference_mode():
+            return self._predict(torch.from_numpy(batch))
+
+    def _predict(self, inputs: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        from UNetSegmentationLib.inference_network import autocast
+
         if self.cuda:
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
         if self.channels_last:
@@ -180,13 +201,15 @@ class SlicePredictor:
         return probabilities.cpu()
 
 
-def labels_from_probabilities(probabilities: torch.Tensor, label_values: np.ndarray) -> tuple:
+def labels_from_probabilities(probabilities: "torch.Tensor", label_values: np.ndarray) -> tuple:
     """``(labels, confidence)`` from ``(B, K, H, W)`` probabilities.
 
     One class (K = 1): foreground where p ≥ 0.5, confidence p or 1 - p. Several: argmax over
     background + classes, confidence the winning probability. ``label_values[c]`` is the label of
     channel c (``label_values[0] == 0`` for background).
     """
+    import torch
+
     if probabilities.shape[1] == 1:
         foreground = probabilities[:, 0]
         chosen = (foreground >= 0.5).long()
@@ -194,6 +217,14 @@ def labels_from_probabilities(probabilities: torch.Tensor, label_values: np.ndar
     else:
         confidence, chosen = probabilities.max(dim=1)
     return label_values[chosen.numpy()], confidence.numpy()
+
+
+def labels_from_decision(decision: np.ndarray, label_values: np.ndarray) -> tuple:
+    """``(labels, confidence)`` from a predictor that decides the labels itself (``decides_labels``):
+    ``(B, 2, H, W)`` float32, the chosen channel and its probability
+    (:class:`~UNetSegmentationLib.inference_network.LabelDecisionNetwork`)."""
+    chosen = decision[:, 0].astype(np.intp)  # small whole numbers, exact in float32
+    return label_values[chosen], decision[:, 1]
 
 
 @dataclass
@@ -234,9 +265,10 @@ def predict_volume(
         t0 = time.perf_counter()
         indices, batch = next(batches)  # padding: zero in normalised units, at the far edges; cropped off below
         t1 = time.perf_counter()
-        probabilities = guarded(batch)[:, :, :rows, :columns]
+        output = guarded(batch)[:, :, :rows, :columns]  # probabilities, or the decision of a predictor that makes it
         t2 = time.perf_counter()
-        batch_labels, batch_confidence = labels_from_probabilities(probabilities, label_values)
+        decide = labels_from_decision if getattr(guarded.predictor, "decides_labels", False) else labels_from_probabilities
+        batch_labels, batch_confidence = decide(output, label_values)
         label_slices[indices] = batch_labels
         if confidence_slices is not None:
             confidence_slices[indices] = batch_confidence
@@ -285,10 +317,11 @@ def predict_file(
     if Path(input_path).exists() and any(Path(input_path).resolve() == o.resolve() for o in outputs):
         raise UserError("the output would overwrite the input; choose another output name")
 
-    checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata)
+    # weights read when a network is built: a cached ONNX export of this very file needs only the metadata
+    checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
     metadata = checkpoint.metadata
     depth = resolve_depth(metadata, options.depth)
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, plain_cpu=True)
     notes: list = []  # e.g. an ONNX fallback: reported after the start event
     predictor = create_predictor(checkpoint, device, depth, options, notes)  # backend, precision, threads (acceleration.py)
     t_model = time.perf_counter()
@@ -311,7 +344,7 @@ def predict_file(
         geometry=geometry.describe(),
         backend=getattr(predictor, "backend", "torch"),
         precision=getattr(predictor, "precision", "fp32"),
-        threads=getattr(predictor, "threads", torch.get_num_threads()),
+        threads=getattr(predictor, "threads", None) or _torch_threads(),
         workers=getattr(predictor, "workers", 1),
     )
     for note in notes:
@@ -355,6 +388,12 @@ def predict_file(
     }
     reporter.done(**summary)
     return summary
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _array_view(image) -> np.ndarray:

@@ -13,6 +13,7 @@ Torch is imported lazily: :func:`is_out_of_memory` is also used by the CLI's err
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Optional
 
 from UNetSegmentationLib.errors import UserError
@@ -30,10 +31,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def free_cuda_memory() -> None:
-    import torch
-
     gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch = sys.modules.get("torch")  # not imported: no CUDA memory to free (and no import for it)
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
@@ -70,14 +70,14 @@ class MemoryGuard:
         return getattr(device, "type", str(device)) == "cuda"
 
     def __call__(self, batch):
-        import torch
+        from UNetSegmentationLib.acceleration import concatenate
 
         size = len(batch) if self.batch_limit is None else min(len(batch), self.batch_limit)
         while True:
             try:
                 if size >= len(batch):
                     return self.predictor(batch)
-                return torch.cat([self.predictor(batch[start:start + size]) for start in range(0, len(batch), size)])
+                return concatenate([self.predictor(batch[start:start + size]) for start in range(0, len(batch), size)])
             except Exception as error:  # anything but out-of-memory is re-raised at once
                 if not is_out_of_memory(error):
                     raise

@@ -4,21 +4,22 @@ Optional: needs ``onnxruntime`` and ``onnx`` (``pip install 'UNetSegmentationLib
 brings ``onnxscript`` for PyTorch's newer exporter). Without them :func:`available` is False and
 ``--backend auto`` uses PyTorch.
 
-What is exported is :class:`~UNetSegmentationLib.acceleration.ProbabilityNetwork`: the network at the
-requested depth (UNet++ at depth L holds only the nodes i + j ≤ L and head L; ``accurate`` all heads
-and their mean), BatchNorm folded, softmax/sigmoid included, with dynamic batch, rows and columns.
-The export is
+What is exported is :class:`~UNetSegmentationLib.inference_network.LabelDecisionNetwork`: the network
+at the requested depth (UNet++ at depth L holds only the nodes i + j ≤ L and head L; ``accurate`` all
+heads and their mean), BatchNorm folded, softmax/sigmoid included, and the decision per pixel (chosen
+channel and its probability), with dynamic batch, rows and columns. The export is
 
 - *cached*: ``<checkpoint stem>.<depth>.<key>.onnx`` next to the checkpoint, or in the cache folder
   (``$UNETSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/unetseg`` or ``~/.cache/unetseg``, subfolder
   ``onnx``) when that folder is not writable. ``key`` hashes the checkpoint's bytes, its metadata,
   the depth, the classification guidance, the exporter version and PyTorch's version, so a changed
-  checkpoint is never served a stale export. A cache hit builds no PyTorch network at all (no
-  MONAI import): start-up is the ONNX Runtime session only.
+  checkpoint is never served a stale export. A cache hit imports neither PyTorch nor MONAI:
+  start-up is the ONNX Runtime session only.
 - *checked*: before it is cached, ONNX Runtime and PyTorch run the same random inputs at two
-  sizes (one different from the export example, to catch shapes frozen by tracing); probabilities
-  must agree to :data:`~UNetSegmentationLib.acceleration.ONNX_TOLERANCE` or the export is refused
-  (:class:`ExportError`; ``auto`` then falls back to PyTorch).
+  sizes (one different from the export example, to catch shapes frozen by tracing): the chosen
+  channel's probability in PyTorch and the confidence must both be within
+  :data:`~UNetSegmentationLib.acceleration.ONNX_TOLERANCE` of PyTorch's largest probability, or the
+  export is refused (:class:`ExportError`; ``auto`` then falls back to PyTorch).
 
 The TorchScript-based exporter is tried first (about 1 s for the bundled model; deprecated in
 PyTorch but present in 2.x), then the ``torch.export``-based one (needs ``onnxscript``; ~10× slower).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -40,11 +42,10 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-import torch
 
-from UNetSegmentationLib.acceleration import ONNX_TOLERANCE, ProbabilityNetwork, fold_batchnorm
+from UNetSegmentationLib.acceleration import CPU, ONNX_TOLERANCE
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the decision (chosen channel, confidence) instead of the probabilities
 OPSET = 18
 SUFFIX = ".onnx"
 
@@ -85,13 +86,23 @@ def cache_key(checkpoint, depth, guidance: bool) -> str:
                 "guidance": bool(guidance),
                 "export": EXPORT_VERSION,
                 "opset": OPSET,
-                "torch": torch.__version__,
+                "torch": torch_version(),
             },
             sort_keys=True,
             default=str,
         ).encode()
     )
     return digest.hexdigest()[:16]
+
+
+def torch_version() -> str:
+    """The installed PyTorch's version, read without importing it (the cache key needs it on every run)."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        import torch
+
+        return torch.__version__
 
 
 def export_name(checkpoint, depth, key: str) -> str:
@@ -113,39 +124,44 @@ def cache_locations(checkpoint) -> List[Path]:
 
 def _network(checkpoint, depth, guidance: bool):
     from UNetSegmentationLib.checkpoint import build_model
+    from UNetSegmentationLib.inference_network import LabelDecisionNetwork, fold_batchnorm
 
     model = build_model(checkpoint)
     if hasattr(model, "classification_guidance"):
         model.classification_guidance = guidance
     fold_batchnorm(model)
-    return ProbabilityNetwork(model, depth, checkpoint.metadata.uses_softmax).eval()
+    return LabelDecisionNetwork(model, depth, checkpoint.metadata.uses_softmax).eval()
 
 
 def _required_multiple(network, depth) -> int:
     return int(network.model.required_multiple(depth if isinstance(depth, int) else None))
 
 
-def _export_torchscript(network, example: torch.Tensor, path: Path) -> None:
+def _export_torchscript(network, example, path: Path) -> None:
+    import torch
+
     torch.onnx.export(
         network,
         (example,),
         str(path),
         input_names=["slices"],
-        output_names=["probabilities"],
-        dynamic_axes={"slices": {0: "batch", 2: "rows", 3: "columns"}, "probabilities": {0: "batch", 2: "rows", 3: "columns"}},
+        output_names=["decision"],
+        dynamic_axes={"slices": {0: "batch", 2: "rows", 3: "columns"}, "decision": {0: "batch", 2: "rows", 3: "columns"}},
         opset_version=OPSET,
         do_constant_folding=True,
         dynamo=False,
     )
 
 
-def _export_dynamo(network, example: torch.Tensor, path: Path) -> None:
+def _export_dynamo(network, example, path: Path) -> None:
+    import torch
+
     dynamic = torch.export.Dim.DYNAMIC
     program = torch.onnx.export(
         network,
         (example,),
         input_names=["slices"],
-        output_names=["probabilities"],
+        output_names=["decision"],
         dynamic_shapes={"x": {0: dynamic, 2: dynamic, 3: dynamic}},
         opset_version=OPSET,
         dynamo=True,
@@ -192,7 +208,14 @@ def _silenced():
 
 
 def _check(session, network, in_channels: int, multiple: int) -> float:
-    """Largest probability difference between ONNX Runtime and PyTorch on two random inputs."""
+    """How far ONNX Runtime's decision is from PyTorch's probabilities on two random inputs: the
+    largest gap between PyTorch's top probability and (a) PyTorch's probability of the channel ONNX
+    Runtime chose, (b) ONNX Runtime's confidence. A tie broken the other way costs nothing."""
+    import torch
+
+    from UNetSegmentationLib.inference_network import DECISION_CHOSEN, DECISION_CONFIDENCE, ProbabilityNetwork
+
+    probabilities_of = ProbabilityNetwork(network.model, network.depth, network.uses_softmax).eval()
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for batch, rows, columns in ((1, 2 * multiple, 2 * multiple), (2, 3 * multiple, 5 * multiple)):
@@ -200,11 +223,18 @@ def _check(session, network, in_channels: int, multiple: int) -> float:
         rows, columns = -(-rows // multiple) * multiple, -(-columns // multiple) * multiple
         x = torch.rand(batch, in_channels, rows, columns, generator=generator)
         with torch.inference_mode():
-            expected = network(x).numpy()
+            probabilities = probabilities_of(x).numpy()
+        if probabilities.shape[1] == 1:  # sigmoid: background and foreground
+            probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        if got.shape != expected.shape:
+        if got.shape != (batch, 2, rows, columns):
             return float("inf")
-        worst = max(worst, float(np.abs(got - expected).max()))
+        chosen = got[:, DECISION_CHOSEN].round().astype(np.int64)
+        if chosen.min() < 0 or chosen.max() >= probabilities.shape[1]:
+            return float("inf")
+        top = probabilities.max(axis=1)
+        of_chosen = np.take_along_axis(probabilities, chosen[:, None], axis=1)[:, 0]
+        worst = max(worst, float((top - of_chosen).max()), float(np.abs(got[:, DECISION_CONFIDENCE] - top).max()))
     return worst
 
 
@@ -224,6 +254,8 @@ def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int
     multiple = _required_multiple(network, depth)
     in_channels = int(checkpoint.metadata.in_channels)
     side = max(2 * multiple, 64)
+    import torch
+
     example = torch.rand(1, in_channels, side, side, generator=torch.Generator().manual_seed(1))
     problems = []
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +287,7 @@ def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int
                     "unetseg.export_seconds": f"{seconds:.2f}",
                     "unetseg.checkpoint": checkpoint.path.name,
                     "unetseg.depth": _depth_tag(depth),
-                    "unetseg.torch": torch.__version__,
+                    "unetseg.torch": torch_version(),
                 },
             )
             os.replace(temporary, target)
@@ -290,18 +322,20 @@ def make_session(path: Path, threads: int, quiet: bool = False):
 class OnnxSlicePredictor:
     """:class:`~UNetSegmentationLib.inference.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
 
-    ``__call__(batch)``: ``(B, 2c+1, H, W)`` float32 numpy, normalised and padded → ``(B, K, H, W)``
-    float32 torch tensor of probabilities.
+    ``__call__(batch)``: ``(B, 2c+1, H, W)`` float32 numpy, normalised and padded → ``(B, 2, H, W)``
+    float32 numpy: the decision of :class:`~UNetSegmentationLib.inference_network.LabelDecisionNetwork`
+    (``decides_labels``), not the probabilities. Needs no PyTorch.
     """
 
     backend = "onnx"
     precision = "fp32"
+    decides_labels = True
 
     def __init__(self, path: Path, metadata, depth, threads: int) -> None:
         self.path = Path(path)
         self.metadata = metadata
         self.depth = depth
-        self.device = torch.device("cpu")
+        self.device = CPU
         self.model = None
         self.session = make_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
@@ -309,9 +343,9 @@ class OnnxSlicePredictor:
         self.required_multiple = int(properties.get("unetseg.required_multiple", 1))
         self.checked_difference = float(properties.get("unetseg.max_abs_difference", "nan"))
 
-    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: batch})[0])
+        return self.session.run(None, {self.input_name: batch})[0]
 
     @classmethod
     def for_checkpoint(cls, checkpoint, depth, guidance: bool, threads: int) -> "OnnxSlicePredictor":

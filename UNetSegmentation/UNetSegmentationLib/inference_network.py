@@ -1,0 +1,138 @@
+"""The PyTorch network prepared for inference (imports torch; :mod:`.acceleration` chooses among these).
+
+- :func:`fold_batchnorm`: BatchNorm after a convolution folded into the convolution's weights
+  (exact up to float32 rounding, ~1e-6): one pass over memory less per layer.
+- :func:`prefers_channels_last`: channels_last memory format for networks whose normalisation has
+  no per-sample statistics (batch norm, folded or not); InstanceNorm/GroupNorm networks run slower
+  in it on the CPU, so they stay contiguous.
+- :class:`ProbabilityNetwork`: the network pruned to what inference needs (UNet++ at depth L: only
+  the nodes i + j ≤ L and head L) with the softmax/sigmoid inside, so one call gives probabilities.
+- :class:`LabelDecisionNetwork`: the same, followed by the decision per pixel (the chosen channel and
+  its probability): what the ONNX backend exports, so that ONNX Runtime also does the argmax (in the
+  slice worker, faster than NumPy or PyTorch on the probabilities afterwards).
+- :func:`autocast`: the autocast context of a precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def _fold_into(conv, bn) -> bool:
+    """Fold eval-mode BatchNorm ``bn`` into the preceding (non-transposed) convolution ``conv``."""
+    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        return False
+    if bn.training or bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels:
+        return False
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = -bn.running_mean.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
+        weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
+        conv.weight.copy_(weight.to(conv.weight.dtype))
+        new_bias = (bias * scale + shift).to(conv.weight.dtype)
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_bias, requires_grad=False)
+        else:
+            conv.bias.copy_(new_bias)
+    return True
+
+
+def fold_batchnorm(model) -> int:
+    """Fold every BatchNorm that directly follows a convolution into it, in place; returns how many.
+
+    Covers MONAI ``Convolution`` blocks (``conv`` then ``adn`` whose first layer is the norm, the
+    "NDA" order every network here uses) and ``nn.Sequential`` pairs ``Conv → BatchNorm``. The folded
+    BatchNorm becomes ``nn.Identity``. Only for evaluation: the model must be in eval mode, and its
+    ``state_dict`` no longer matches the checkpoint afterwards.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in evaluation mode")
+    folded = 0
+    for module in list(model.modules()):
+        adn = getattr(module, "adn", None)
+        conv = getattr(module, "conv", None)
+        if isinstance(adn, nn.Sequential) and conv is not None and len(adn) and next(iter(adn._modules)) == "N":
+            if _fold_into(conv, adn.N):
+                adn._modules["N"] = nn.Identity()
+                folded += 1
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:]):
+                if _fold_into(module._modules[first], module._modules[second]):
+                    module._modules[second] = nn.Identity()
+                    folded += 1
+    return folded
+
+
+def prefers_channels_last(model) -> bool:
+    """channels_last pays for batch-normalised (or unnormalised) networks on the CPU; InstanceNorm,
+    GroupNorm and LayerNorm layers run slower in it, so networks with them stay contiguous."""
+    slow = (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+    return not any(isinstance(m, slow) for m in model.modules())
+
+
+class ProbabilityNetwork(nn.Module):
+    """``(B, C, H, W)`` → ``(B, K, H, W)`` float32 probabilities from ``model`` at ``depth``.
+
+    ``depth``: an int (UNet++ sub-network: only its nodes and head are computed), ``"accurate"``
+    (mean of every head's probabilities) or None (the network's own output). Softmax over
+    background + classes, or sigmoid for one class. An ONNX export of this module contains only
+    what that computation uses: no unused head, no pruned node.
+    """
+
+    def __init__(self, model: nn.Module, depth, uses_softmax: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.depth = depth
+        self.uses_softmax = bool(uses_softmax)
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return torch.softmax(logits, dim=1) if self.uses_softmax else torch.sigmoid(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.depth == "accurate":
+            heads = self.model.forward_heads(x)
+            return torch.stack([self._activate(h) for h in heads]).mean(0)
+        if isinstance(self.depth, int):
+            return self._activate(self.model.forward_depth(x, self.depth))
+        return self._activate(self.model(x))
+
+
+def autocast(device, precision: str):
+    """The autocast context for ``precision`` on ``device`` (a null context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(getattr(device, "type", str(device)), dtype=dtype)
+
+
+#: channels of :class:`LabelDecisionNetwork`'s output
+DECISION_CHOSEN, DECISION_CONFIDENCE = 0, 1
+
+
+class LabelDecisionNetwork(ProbabilityNetwork):
+    """``(B, C, H, W)`` → ``(B, 2, H, W)`` float32: channel :data:`DECISION_CHOSEN` the chosen channel
+    of :class:`ProbabilityNetwork`'s probabilities (argmax over background + classes; for one class
+    1 where p ≥ 0.5, else 0) as a float, channel :data:`DECISION_CONFIDENCE` its probability — what
+    :func:`~UNetSegmentationLib.inference.labels_from_probabilities` computes from the probabilities.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = super().forward(x)
+        if self.uses_softmax:
+            confidence, chosen = probabilities.max(dim=1)
+            chosen = chosen.to(probabilities.dtype)
+        else:
+            foreground = probabilities[:, 0]
+            chosen = (foreground >= 0.5).to(probabilities.dtype)
+            confidence = chosen * foreground + (1 - chosen) * (1 - foreground)
+        return torch.stack([chosen, confidence], dim=1)

@@ -110,10 +110,15 @@ def configure_threads(threads: Optional[int] = None) -> int:
     return torch.get_num_threads()
 
 
+def check_positive(value, option: str) -> int:
+    """``value`` if it is a positive integer, else a :class:`UserError` naming ``option``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{option} must be a positive integer, got {value!r}")
+    return value
+
+
 def check_threads(threads) -> int:
-    if not isinstance(threads, int) or threads < 1:
-        raise UserError(f"--threads must be a positive integer, got {threads!r}")
-    return threads
+    return check_positive(threads, "--threads")
 
 
 #: slices computed at the same time on the CPU (measured: BENCHMARKS.md, "slice workers"); more
@@ -130,8 +135,8 @@ def split_threads(threads: int, workers: Optional[int] = None) -> Tuple[int, int
     """
     if workers is None:
         workers = CPU_SLICE_WORKERS
-    elif not isinstance(workers, int) or workers < 1:
-        raise UserError(f"--slice-workers must be a positive integer, got {workers!r}")
+    else:
+        check_positive(workers, "--slice-workers")
     workers = max(1, min(workers, threads))
     return workers, max(1, threads // workers)
 

@@ -55,14 +55,13 @@ class PredictionOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UserError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
-        from UNetSegmentationLib.acceleration import BACKENDS, PRECISIONS, parse_choice
+        from UNetSegmentationLib.acceleration import BACKENDS, PRECISIONS, check_positive, parse_choice
 
         self.backend = parse_choice(self.backend, BACKENDS, "--backend")
         self.precision = parse_choice(self.precision, PRECISIONS, "--precision")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
-        if self.slice_workers is not None and (not isinstance(self.slice_workers, int) or self.slice_workers < 1):
-            raise UserError(f"--slice-workers must be a positive integer, got {self.slice_workers!r}")
+        for value, option in ((self.threads, "--threads"), (self.slice_workers, "--slice-workers")):
+            if value is not None:
+                check_positive(value, option)
 
 
 def resolve_device(spec: str, plain_cpu: bool = False):

@@ -7,7 +7,8 @@ ONNX export on a CPU-only machine, ``unetseg predict`` never imports torch (~2 s
 - The PyTorch network is prepared for inference in :mod:`.inference_network` (BatchNorm folded,
   channels_last where it pays, pruned to the depth asked for, softmax inside).
 - precision (:func:`resolve_precision`): bf16 autocast where the hardware has it (CUDA; CPUs with
-  AVX512-BF16/AMX), float32 elsewhere; ``--precision fp32`` or ``bf16`` to choose.
+  AVX512-BF16/AMX), float32 elsewhere; ``--precision fp32`` or ``bf16`` to choose; ``int8`` (CPU,
+  ONNX Runtime) quantises the export for each volume and checks it against float32 (:mod:`.quantization`).
 - backend: ``auto`` uses ONNX Runtime on the CPU when it is installed (the ``[onnx]`` extra) and the
   precision is float32 (so not on native-bf16 CPUs), else PyTorch (:func:`resolve_backend`);
   :func:`create_predictor` builds the predictor and, for ONNX, finds or makes the cached export
@@ -38,7 +39,7 @@ import numpy as np
 from UNetSegmentationLib.errors import UserError
 
 BACKENDS = ("auto", "torch", "onnx")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 #: labels of the bf16 path must agree with float32 on at least this fraction of voxels
 #: (measured on the bundled model and the slicerio chest CT; see BENCHMARKS.md)
@@ -181,12 +182,16 @@ def resolve_precision(precision: Optional[str], device) -> str:
     bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX, where it runs 1.5-3× faster than
     fp32), fp32 elsewhere (emulated bf16 is ~100× slower). bf16 is within tolerance: on the bundled
     model and the slicerio chest CT, 99.96 % of the labels agree with fp32 and the mean Dice
-    changes by less than 0.001 (BENCHMARKS.md). ``fp32`` forces float32 everywhere. ``None``: what
+    changes by less than 0.001 (BENCHMARKS.md). ``fp32`` forces float32 everywhere. ``int8``: the
+    ONNX export quantised for each volume (CPU only; :mod:`.quantization`), never chosen by
+    ``auto``: it pays only for wide networks (measured 1.6× on UNet++ L4, 0.9× on the bundled model). ``None``: what
     :class:`~UNetSegmentationLib.inference.SlicePredictor` always did (CUDA autocast, CPU fp32).
     """
     legacy = precision is None
     precision = parse_choice(precision, PRECISIONS, "--precision")
     if getattr(device, "type", str(device)) == "cuda":
+        if precision == "int8":
+            raise UserError("--precision int8 runs on the CPU (ONNX Runtime); on CUDA use auto (bf16/fp16) or fp32, or add --device cpu")
         if precision == "fp32":
             return "fp32"
         import torch
@@ -206,6 +211,12 @@ def resolve_backend(backend: Optional[str], device, precision: str) -> str:
 
     backend = parse_choice(backend, BACKENDS, "--backend")
     on_cpu = getattr(device, "type", str(device)) == "cpu"
+    if precision == "int8":  # only ONNX Runtime computes it (quantization.py)
+        if backend == "torch":
+            raise UserError("--precision int8 runs on ONNX Runtime; use --backend onnx or auto")
+        if not onnx_backend.available():
+            raise UserError("--precision int8 needs onnxruntime and onnx: pip install 'UNetSegmentationLib[onnx]' (or use --precision fp32)")
+        return "onnx"
     if backend == "auto":
         return "onnx" if on_cpu and precision == "fp32" and onnx_backend.available() else "torch"
     if backend == "onnx":
@@ -216,7 +227,7 @@ def resolve_backend(backend: Optional[str], device, precision: str) -> str:
         if not on_cpu:
             raise UserError("--backend onnx runs on the CPU; use --backend torch (or auto) for CUDA")
         if precision != "fp32":
-            raise UserError("--backend onnx computes in float32; use --precision fp32 or --backend torch for bf16")
+            raise UserError("--backend onnx computes in float32 or int8; use --precision fp32 or int8, or --backend torch for bf16")
     return backend
 
 
@@ -242,10 +253,14 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
 
         try:
             session = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, depth, guidance, threads)
-            return MicroBatched(session, CPU_MICRO_BATCH, workers, threads)
+            predictor = MicroBatched(session, CPU_MICRO_BATCH, workers, threads)
+            # int8: quantised once the volume is read, calibrated on its slices (quantization.py)
+            predictor.calibrate_int8 = precision == "int8"
+            return predictor
         except onnx_backend.ExportError as error:
-            if parse_choice(getattr(options, "backend", "auto"), BACKENDS, "--backend") == "onnx":
-                raise UserError(f"--backend onnx: {error}") from None
+            if precision == "int8" or parse_choice(getattr(options, "backend", "auto"), BACKENDS, "--backend") == "onnx":
+                asked = "--precision int8" if precision == "int8" else "--backend onnx"
+                raise UserError(f"{asked}: {error}") from None
             if notes is not None:
                 notes.append(f"ONNX Runtime cannot run this network ({error}); using PyTorch")
     import torch
@@ -300,6 +315,10 @@ class MicroBatched:
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
+
+    def with_inner(self, inner) -> "MicroBatched":
+        """The same slicing and workers around another predictor."""
+        return MicroBatched(inner, self.size, self.workers, self.threads_per_worker, self.sets_torch_threads)
 
     @property
     def threads(self) -> Optional[int]:

@@ -152,6 +152,8 @@ class SlicePredictor:
         self.depth = depth
         self.cuda = device.type == "cuda"
         self.precision = resolve_precision(precision, device)
+        if self.precision == "int8":
+            raise UserError("--precision int8 runs on ONNX Runtime, not on the PyTorch backend")
         self.model = model.to(device).eval()
         if hasattr(self.model, "classification_guidance"):
             self.model.classification_guidance = classification_guidance
@@ -334,6 +336,15 @@ def predict_file(
     check_slice_size(geometry.slices_view(volume).shape[1:], source=str(input_path))
     mapping = fit_normalization(metadata.normalization, volume)
     slice_count = geometry.slices_view(volume).shape[0]
+    quantize_s = 0.0
+    if getattr(predictor, "calibrate_int8", False):  # --precision int8: quantised for this volume
+        from UNetSegmentationLib.quantization import quantize_for_volume
+
+        t_quantize = time.perf_counter()
+        quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
+        predictor = quantized.predictor
+        notes.extend([quantized.warning] if quantized.warning else [])
+        quantize_s = time.perf_counter() - t_quantize
     reporter.start(
         slices=slice_count,
         device=str(device),
@@ -374,7 +385,8 @@ def predict_file(
     timings = {
         "load_model_s": t_model - t_start,
         "read_s": t_read - t_model,
-        "prepare_s": t_prepared - t_read,
+        "prepare_s": t_prepared - t_read - quantize_s,
+        **({"quantize_s": quantize_s} if quantize_s else {}),
         **result.timings,
         "write_s": t_written - t_predicted,
         "total_s": t_written - t_start,

@@ -38,8 +38,9 @@ import sys
 import tempfile
 import time
 import warnings
+from copy import copy as shallow_copy
 from pathlib import Path
-from typing import List
+from typing import List, Union
 
 import numpy as np
 
@@ -304,10 +305,11 @@ def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int
 # --- running -------------------------------------------------------------------------------------
 
 
-def make_session(path: Path, threads: int, quiet: bool = False):
-    """A CPU session: ``threads`` intra-op threads, all graph optimisations (BatchNorm/Conv fusion,
-    the NCHWc blocked layout), sequential execution. ``quiet``: log nothing (the export check
-    expects some exports to fail on shapes frozen by tracing)."""
+def make_session(model: Union[Path, bytes], threads: int, quiet: bool = False):
+    """A CPU session for the model at a path (or serialised): ``threads`` intra-op threads, all graph
+    optimisations (BatchNorm/Conv fusion, the NCHWc blocked layout, int8 operator fusion),
+    sequential execution. ``quiet``: log nothing (the export check expects some exports to fail on
+    shapes frozen by tracing)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -316,7 +318,7 @@ def make_session(path: Path, threads: int, quiet: bool = False):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 4 if quiet else 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxSlicePredictor:
@@ -335,6 +337,7 @@ class OnnxSlicePredictor:
         self.path = Path(path)
         self.metadata = metadata
         self.depth = depth
+        self.threads_per_session = threads
         self.device = CPU
         self.model = None
         self.session = make_session(self.path, threads)
@@ -342,6 +345,13 @@ class OnnxSlicePredictor:
         properties = self.session.get_modelmeta().custom_metadata_map
         self.required_multiple = int(properties.get("unetseg.required_multiple", 1))
         self.checked_difference = float(properties.get("unetseg.max_abs_difference", "nan"))
+
+    def with_model(self, model: bytes, precision: str) -> "OnnxSlicePredictor":
+        """The same predictor on another serialisation of this export (the int8 one: quantization.py)."""
+        other = shallow_copy(self)
+        other.session = make_session(model, self.threads_per_session)
+        other.precision = precision
+        return other
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)

@@ -98,10 +98,15 @@ def input_batches(slices: np.ndarray, batch_size: int, context: int, mapping: Ca
     ``(B, 2c+1, rows + padding[0], columns + padding[1])`` float32, normalised by ``mapping`` and
     zero-padded (in normalised units) at the far edges."""
     slice_count = slices.shape[0]
-    pad_rows, pad_columns = padding
     for start in range(0, slice_count, batch_size):
         indices = np.arange(start, min(start + batch_size, slice_count))
-        batch = mapping(gather_context(slices, indices, context))
-        if pad_rows or pad_columns:
-            batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_rows), (0, pad_columns)))
-        yield indices, batch
+        yield indices, normalised_batch(slices, indices, context, mapping, padding)
+
+
+def normalised_batch(slices: np.ndarray, indices: np.ndarray, context: int, mapping: Callable[[np.ndarray], np.ndarray], padding: Tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The network input of ``indices``: ``(B, 2c+1, rows + padding[0], columns + padding[1])`` float32."""
+    batch = mapping(gather_context(slices, indices, context))
+    pad_rows, pad_columns = padding
+    if pad_rows or pad_columns:
+        batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_rows), (0, pad_columns)))
+    return batch

@@ -1,0 +1,120 @@
+"""``--precision int8``: the ONNX export quantised for each volume, calibrated on some of its slices and
+checked against float32 on others (UNetSegmentationLib/quantization.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from UNetSegmentationLib import acceleration, onnx_backend, quantization
+from UNetSegmentationLib.acceleration import CPU
+from UNetSegmentationLib.checkpoint import load_checkpoint
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.inference import PredictionOptions
+
+from test_speed_paths import BUNDLED, needs_onnx
+
+
+def labels_of(path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_calibration_and_check_slices_are_spread_over_the_volume_and_distinct():
+    calibration, check = quantization.sample_slices(200)
+    assert len(calibration) == len(check) == quantization.CALIBRATION_SLICES
+    assert not set(calibration) & set(check)
+    assert calibration[0] == 0 and max(check) == 199  # from one end to the other
+    calibration, check = quantization.sample_slices(5)
+    assert sorted(set(calibration) | set(check)) == [0, 1, 2, 3, 4]
+    assert quantization.sample_slices(1) == (np.array([0]), np.array([0]))  # too thin: checked on what calibrated
+
+
+def test_agreement_counts_the_foreground_apart_from_the_background():
+    reference = np.zeros((1, 2, 10, 10), dtype=np.float32)
+    reference[0, 0, :2] = 3  # 20 foreground pixels
+    candidate = reference.copy()
+    candidate[0, 0, 0, :5] = 1  # 5 of them relabelled
+    agreement = quantization.compare_decisions(reference, candidate)
+    assert agreement.labels == pytest.approx(0.95)
+    assert agreement.foreground == pytest.approx(15 / 20)
+    assert not agreement.acceptable  # 95 % of all pixels, but a quarter of the foreground changed
+    assert quantization.compare_decisions(reference, reference).acceptable
+
+
+def test_int8_is_refused_where_it_cannot_run(monkeypatch):
+    class Cuda:
+        type = "cuda"
+
+    with pytest.raises(UserError, match="CPU"):
+        acceleration.resolve_precision("int8", Cuda())
+    assert acceleration.resolve_precision("int8", CPU) == "int8"
+    with pytest.raises(UserError, match="ONNX Runtime"):
+        acceleration.resolve_backend("torch", CPU, "int8")
+    monkeypatch.setattr(onnx_backend, "available", lambda: False)
+    with pytest.raises(UserError, match=r"\[onnx\]"):
+        acceleration.resolve_backend("auto", CPU, "int8")
+    assert PredictionOptions(precision="INT8").precision == "int8"
+
+
+@needs_onnx
+def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path):
+    import onnx
+
+    checkpoint_path = tmp_path / "bundled.safetensors"
+    checkpoint_path.write_bytes(BUNDLED.read_bytes())
+    session = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(checkpoint_path), 3, True, 1)
+    model = onnx.load(str(session.path))
+    kept = set(quantization.float_nodes(model))
+    by_name = {node.name: node for node in model.graph.node}
+    kept_types = sorted(by_name[name].op_type for name in kept)
+    # the first convolution, the head's 1×1 convolution, and softmax → argmax/max → the decision
+    assert kept_types.count("Conv") == 2
+    assert {"Softmax", "ArgMax", "ReduceMax"} <= set(kept_types)
+    assert any("decision" in by_name[name].output for name in kept)
+    convolutions = [node for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")]
+    assert len(convolutions) > 10  # ... and all the others are quantised
+
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((1, 3, 64, 64), dtype=np.float32) for _ in range(2)]
+    quantized = onnx.load_from_string(quantization.quantize_export(session.path, session.input_name, calibration))
+    int8_weights = [t for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(int8_weights) == len(convolutions) - 2
+    assert quantized.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@needs_onnx
+def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_path):
+    checkpoint = tmp_path / "bundled.safetensors"
+    checkpoint.write_bytes(BUNDLED.read_bytes())
+    runs = {}
+    for precision in ("fp32", "int8"):
+        output = tmp_path / f"{precision}.nrrd"
+        result = cli("predict", "--checkpoint", checkpoint, "--precision", precision, "--progress", "json", chest_ct_path, output)
+        assert result.code == 0, result.stderr
+        runs[precision] = result.events
+        assert result.events[0]["precision"] == precision and result.events[0]["backend"] == "onnx"
+        assert not [e for e in result.events if e["event"] == "warning"]
+    assert runs["int8"][-1]["timings"]["quantize_s"] > 0
+    float32, int8 = labels_of(tmp_path / "fp32.nrrd"), labels_of(tmp_path / "int8.nrrd")
+    assert float32.any()
+    assert (float32 == int8).mean() >= quantization.INT8_LABEL_AGREEMENT  # measured 99.93 %
+    foreground = (float32 > 0) | (int8 > 0)
+    assert (float32 == int8)[foreground].mean() >= quantization.INT8_FOREGROUND_AGREEMENT
+    assert sitk.ReadImage(str(tmp_path / "int8.nrrd")).GetDirection() == sitk.ReadImage(str(chest_ct_path)).GetDirection()
+
+
+@needs_onnx
+def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, monkeypatch):
+    """The check refuses the quantised model: the run goes on in float32, says so, and gives float32's labels."""
+    checkpoint = tmp_path / "bundled.safetensors"
+    checkpoint.write_bytes(BUNDLED.read_bytes())
+    reference = cli("predict", "--checkpoint", checkpoint, "--progress", "none", chest_ct_path, tmp_path / "fp32.nrrd")
+    assert reference.code == 0, reference.stderr
+    monkeypatch.setattr(quantization, "INT8_LABEL_AGREEMENT", 1.01)  # nothing can agree this well
+    result = cli("predict", "--checkpoint", checkpoint, "--precision", "int8", "--progress", "json", chest_ct_path, tmp_path / "fallback.nrrd")
+    assert result.code == 0, result.stderr
+    assert result.events[0]["precision"] == "fp32"
+    warnings = [e["message"] for e in result.events if e["event"] == "warning"]
+    assert len(warnings) == 1 and "int8 was not used" in warnings[0] and "computing in float32" in warnings[0]
+    assert (labels_of(tmp_path / "fp32.nrrd") == labels_of(tmp_path / "fallback.nrrd")).all()

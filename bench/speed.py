@@ -16,13 +16,17 @@ with the [min–max] spread of the repetitions. Sections:
    GFLOPs per slice (FlopCounterMode), achieved GFLOP/s and its fraction of the fp32 peak, the peak
    resident memory while it ran; the plain PyTorch path (the engine before this benchmark:
    eager, float32, BatchNorm unfolded, contiguous) at 256²; MONAI's ``BasicUNetPlusPlus`` with the
-   same features (32..512, batch norm, ReLU) on the same input, interleaved with UNet++.
+   same features (32..512, batch norm, ReLU) on the same input, interleaved with UNet++; UNet++
+   also with ``--precision int8`` (the export quantised as ``predict`` does it).
+2b. *head-to-head*: UNet++ L4 (fp32 and int8) against MONAI BasicUNet++ again, in a child process
+   that builds and runs nothing else (eager PyTorch measures slower in the long benchmark process
+   than in a fresh one; the targets quote the smaller ratio of the two measurements).
 3. *optimisations*: each speed option alone and combined on UNet++ L4 (paper features, 256²) and on
    the bundled model at its recommended depth (512², the end-to-end workload): BatchNorm folding,
    channels_last, ONNX Runtime, bf16 autocast (only on CPUs with native bf16: emulated bf16 is
-   ~100× slower), threads, batch size, torch.compile (full mode), overlapping preprocessing.
-4. *bf16 accuracy*: Dice of the bundled model against the real segmentation of the slicerio chest CT
-   in fp32 and bf16, and the fraction of voxels whose label agrees.
+   ~100× slower), threads, batch size, int8, torch.compile (full mode), overlapping preprocessing.
+4. *bf16 accuracy* (section ``bf16``): Dice of the bundled model against the real segmentation of
+   the slicerio chest CT in fp32, bf16 and int8, and the fraction of voxels whose label agrees.
 5. *end to end*: ``unetseg predict`` as a child process on a 512×512×200 CT (the slicerio CT
    resampled, int16, gzip NRRD) writing a ``.seg.nrrd``: wall time split into start-up, read,
    preprocess, network, postprocess, write, and the child's peak RSS; the first run exports the
@@ -303,6 +307,13 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
             log(f"{label}: engine predictor ({predictors[label].backend}) ready in {time.perf_counter() - started:.1f} s")
         plain = {label: plain_predictor(path, depth) for label, path, depth, arch in group}
         is_unetpp = group[0][3] == "unetplusplus"
+        int8_rows = []  # (label, checkpoint, depth, arch) of the --precision int8 rows, UNet++ only
+        if is_unetpp and onnx_backend.available():
+            for label, path, depth, arch in group:
+                started = time.perf_counter()
+                predictors[f"{label} int8"] = int8_predictor(path, depth, threads, min(sizes))
+                int8_rows.append((f"{label} int8", path, depth, arch))
+                log(f"{label} int8: quantised in {time.perf_counter() - started:.1f} s")
         for size in sizes:
             inputs = {count: np.random.default_rng(0).random((count, 3, size, size), dtype=np.float32) for count in (1, 2, max(1, threads))}
             x1 = inputs[1]
@@ -316,14 +327,14 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
             started = time.perf_counter()
             results = interleaved(variants, repetitions)
             log(f"  {size}²: batch 1 measured in {time.perf_counter() - started:.0f} s")
-            for label, path, depth, arch in group:
+            for label, path, depth, arch in group + int8_rows:
                 gflops = flops_per_slice(path, depth, size)
                 row = {
                     "network": label,
                     "arch": arch,
                     "depth": depth,
                     "size": size,
-                    "backend": predictors[label].backend,
+                    "backend": predictors[label].backend + (" int8" if label.endswith("int8") else ""),
                     "gflops_per_slice": gflops,
                     "workers": predictors[label].workers,
                     "batch1": summary(results[label]["times"], per=predictors[label].workers),
@@ -380,6 +391,57 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
                     row["fraction_of_peak"] = row["gflops_per_s"] / peak
         del predictors, plain
     return rows
+
+
+def int8_predictor(checkpoint_path: Path, depth, threads: int, size: int, slices: int = 8):
+    """The engine with ``--precision int8``: its ONNX export quantised as ``predict`` does, calibrated on
+    ``slices`` random slices (random weights: the ranges do not change the speed; the label check
+    that ``predict`` adds is left out, random networks' near-ties make it meaningless)."""
+    from UNetSegmentationLib.quantization import quantize_export
+
+    predictor = engine_predictor(checkpoint_path, depth, threads, precision="int8")
+    session = predictor.inner
+    rng = np.random.default_rng(5)
+    calibration = [rng.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(slices)]
+    return predictor.with_inner(session.with_model(quantize_export(session.path, session.input_name, calibration), "int8"))
+
+
+def head_to_head(size: int, threads: int, repetitions: int) -> dict:
+    """UNet++ L4 (the engine in fp32 and int8) against MONAI BasicUNet++ in a process of their own:
+    nothing else was built or run in it. (In the long benchmark process, eager PyTorch, MONAI's
+    and the plain path alike, measures up to ~1.5× slower than in a fresh one; the ONNX Runtime
+    engine does not: the comparison is made here as well, and the smaller ratio is the one quoted.)"""
+    with tempfile.TemporaryDirectory(prefix="unetseg-head-to-head-") as temporary:
+        folder = Path(temporary)
+        os.environ["UNETSEG_CACHE_DIR"] = str(folder / "cache")
+        path = make_checkpoint(folder, "unetplusplus", "unetplusplus")
+        predictors = {"UNet++ L4": engine_predictor(path, 4, threads)}
+        if onnx_backend.available():
+            predictors["UNet++ L4 int8"] = int8_predictor(path, 4, threads, size)
+        _, monai_run = monai_unetpp()
+        inputs = {count: np.random.default_rng(0).random((count, 3, size, size), dtype=np.float32) for count in (1, 2, threads)}
+        variants = {label: (lambda p=p: p(inputs[p.workers])) for label, p in predictors.items()}
+        variants["MONAI BasicUNet++"] = lambda: monai_run(inputs[1])
+        variants["MONAI BasicUNet++ batch 2"] = lambda: monai_run(inputs[2])
+        results = interleaved(variants, repetitions)
+    out = {label: summary(results[label]["times"], per=p.workers) for label, p in predictors.items()}
+    monai = {"1": summary(results["MONAI BasicUNet++"]["times"]), "2": summary(results["MONAI BasicUNet++ batch 2"]["times"], per=2)}
+    out["MONAI BasicUNet++"] = min(monai.values(), key=lambda s: s["median_ms"])
+    return out
+
+
+def head_to_head_section(sizes: List[int], threads: int, quick: bool) -> dict:
+    """:func:`head_to_head` at each size, each in a child process."""
+    found = {}
+    for size in sizes:
+        started = time.perf_counter()
+        command = [sys.executable, str(Path(__file__).resolve()), "--head-to-head", str(size), "--threads", str(threads), "--repetitions", "3" if quick else "5"]
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        if finished.returncode != 0:
+            raise RuntimeError(f"head-to-head at {size}² failed: {finished.stderr[-2000:]}")
+        found[str(size)] = json.loads(finished.stdout.strip().splitlines()[-1])
+        log(f"  head to head {size}²: {time.perf_counter() - started:.0f} s")
+    return found
 
 
 # --- 3. optimisations ------------------------------------------------------------------------------
@@ -453,6 +515,8 @@ def optimisation_section(folder: Path, threads: int, quick: bool, native_bf16: b
                 f"{threads} threads on one slice at a time": engine,
                 f"{threads} slices at once, 1 thread each (the default)": engine_predictor(path, depth, threads, slice_workers=threads),
             }
+            if with_onnx:
+                ways[f"{threads} slices at once, int8 (`--precision int8`)"] = int8_predictor(path, depth, threads, size)
             measured = interleaved({name: (lambda p=p: p(xw)) for name, p in ways.items()}, repetitions)
             acceleration.configure_threads(threads)
             for name in ways:
@@ -531,9 +595,11 @@ def prefetch_section(threads: int, slices: int = 24) -> dict:
 
 
 def bf16_section(threads: int) -> dict:
-    """Dice of the bundled model on the slicerio chest CT in fp32 and bf16 (emulated if need be: same numerics)."""
+    """Dice of the bundled model on the slicerio chest CT in fp32, bf16 (emulated if need be: same
+    numerics) and int8 (ONNX Runtime, quantised for this CT as ``predict --precision int8`` does)."""
     import slicerio
 
+    from UNetSegmentationLib.quantization import quantize_for_volume
     from UNetSegmentationLib.evaluation import dice_per_class, held_out_slices_of
     from UNetSegmentationLib.inference import predict_volume
     from UNetSegmentationLib.normalization import fit_normalization
@@ -553,27 +619,32 @@ def bf16_section(threads: int) -> dict:
     value_to_channel = np.zeros(max(c.value for c in metadata.classes) + 1, dtype=np.uint8)
     for channel, c in enumerate(metadata.classes, 1):
         value_to_channel[c.value] = channel
-    out = {"classes": [c.name for c in metadata.classes], "depths": {}}
+    out = {"classes": [c.name for c in metadata.classes], "precisions": ["bf16"] + (["int8"] if onnx_backend.available() else []), "depths": {}}
     for depth in (3, 4):
         labels = {}
         seconds = {}
-        for precision in ("fp32", "bf16"):
-            predictor = SlicePredictor(build_model(checkpoint), metadata, torch.device("cpu"), depth, True, precision, True)
+        for precision in ["fp32"] + out["precisions"]:
             started = time.perf_counter()
+            if precision == "int8":  # as predict does it: calibrated on 8 slices of this CT, checked on 8 others
+                predictor = engine_predictor(BUNDLED, depth, threads, precision="int8")
+                quantized = quantize_for_volume(predictor, loaded.volume, geometry, metadata.context, mapping)
+                predictor = quantized.predictor
+                out.setdefault("int8_check", {})[f"L{depth}"] = {"precision": quantized.precision, "agreement": quantized.agreement.describe(), "seconds": quantized.seconds}
+            else:
+                predictor = SlicePredictor(build_model(checkpoint), metadata, torch.device("cpu"), depth, True, precision, True)
             labels[precision] = value_to_channel[predict_volume(loaded.volume, geometry, predictor, mapping, 4).labels]
             seconds[precision] = time.perf_counter() - started
         entry = {"seconds": seconds}
         for name, selection in (("all 34 slices", slice(None)), ("7 held-out slices", held_out)):
             view = lambda a: geometry.slices_view(a)[selection]  # noqa: E731
-            dice = {p: dice_per_class(view(labels[p]), view(truth), len(metadata.classes)) for p in labels}
-            entry[name] = {
-                "dice_fp32": [None if np.isnan(v) else float(v) for v in dice["fp32"]],
-                "dice_bf16": [None if np.isnan(v) else float(v) for v in dice["bf16"]],
-                "mean_dice_fp32": float(np.nanmean(dice["fp32"])),
-                "mean_dice_bf16": float(np.nanmean(dice["bf16"])),
-                "label_agreement": float((view(labels["fp32"]) == view(labels["bf16"])).mean()),
-            }
-            entry[name]["mean_dice_difference"] = entry[name]["mean_dice_bf16"] - entry[name]["mean_dice_fp32"]
+            entry[name] = {}
+            for precision in labels:
+                dice = dice_per_class(view(labels[precision]), view(truth), len(metadata.classes))
+                entry[name][f"dice_{precision}"] = [None if np.isnan(v) else float(v) for v in dice]
+                entry[name][f"mean_dice_{precision}"] = float(np.nanmean(dice))
+            for precision in out["precisions"]:
+                entry[name][f"label_agreement_{precision}"] = float((view(labels["fp32"]) == view(labels[precision])).mean())
+                entry[name][f"mean_dice_difference_{precision}"] = entry[name][f"mean_dice_{precision}"] - entry[name]["mean_dice_fp32"]
         out["depths"][f"L{depth}"] = entry
     return out
 
@@ -708,22 +779,30 @@ def targets(report: dict) -> List[dict]:
     def row(network: str, size: int):
         return next((r for r in rows if r["network"] == network and r["size"] == size), None)
 
-    for size in sorted({r["size"] for r in rows}):
+    for size in sorted({r["size"] for r in rows} | {int(size) for size in report.get("head_to_head", {})}):
         l4, monai, l2 = row("UNet++ L4", size), row("MONAI BasicUNet++ (32..512)", size), row("UNet++ L2", size)
-        if l4 and monai:
-            ratio = monai["best"]["median_ms"] / l4["batch1"]["median_ms"]
-            found.append(
-                {
-                    "target": f"UNet++ L4 ≥ 2× faster per slice than MONAI BasicUNet++ ({size}²; engine: one slice per call, "
-                    f"{l4.get('workers', 1)} at once; MONAI: its faster of batch 1 and 2)",
-                    "value": f"{ratio:.2f}×",
-                    "met": ratio >= 2,
-                }
-            )
+        alone = report.get("head_to_head", {}).get(str(size), {})
+        for label, precision in (("UNet++ L4", "fp32, the default"), ("UNet++ L4 int8", "`--precision int8`")):
+            ratios = []
+            engine = row(label, size)
+            if engine and monai:
+                ratios.append(("in this process", monai["best"]["median_ms"] / engine["batch1"]["median_ms"]))
+            if label in alone:
+                ratios.append(("in a process of their own", alone["MONAI BasicUNet++"]["median_ms"] / alone[label]["median_ms"]))
+            if ratios:
+                smallest = min(ratio for _, ratio in ratios)
+                found.append(
+                    {
+                        "target": f"UNet++ L4 ≥ 2× faster per slice than MONAI BasicUNet++ ({size}²; engine {precision}, as `predict` runs it; "
+                        "MONAI: its faster of batch 1 and 2)",
+                        "value": ", ".join(f"{ratio:.2f}× {where}" for where, ratio in ratios),
+                        "met": smallest >= 2,
+                    }
+                )
         if l4 and l2:
             ratio = l4["best"]["median_ms"] / l2["best"]["median_ms"]
             found.append({"target": f"UNet++ L2 ≥ 2.4× faster than L4 ({size}²)", "value": f"{ratio:.2f}×", "met": ratio >= 2.4})
-    big = [r for r in rows if r["size"] == 512 and r["arch"] != "monai"]
+    big = [r for r in rows if r["size"] == 512 and r["arch"] != "monai" and not r["backend"].endswith("int8")]
     if big:
         met = [r["network"] for r in big if r["fraction_of_peak"] >= 0.5]
         found.append(
@@ -795,7 +874,8 @@ def markdown(report: dict) -> str:
         lines.append(
             "**Architectures** (paper features, 3 input channels, 3 classes; ms/slice median [min–max]; engine = `--backend auto` as "
             "`predict` runs it: one slice per network call, as many slices at once as it has slice workers, each on threads ÷ workers "
-            "threads; best batch: the network alone on one thread pool at batch 1, 2 or 4; MONAI: batch 1 in the engine column)"
+            "threads; best batch: that or one worker's network alone (threads ÷ workers threads) at batch 2 or 4; MONAI: batch 1 in the engine column; "
+            "*int8*: `--precision int8`, the export quantised as `predict` does it; its % of peak is of the fp32 peak)"
         )
         lines.append("")
         lines.append("| network | size | GFLOPs/slice | engine | engine ms/slice | slices/s | best batch | best ms/slice | GFLOP/s | % of fp32 peak | extra RSS of a call MB | plain PyTorch batch 1 | speed-up |")
@@ -819,6 +899,21 @@ def markdown(report: dict) -> str:
                 f"{plain['median_ms'] / r['batch1']['median_ms']:.2f}×" if plain else "",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if report.get("head_to_head"):
+        lines.append("**Head to head in a process of their own** (UNet++ L4 32..512 as `predict` runs it, and MONAI BasicUNet++ at its faster of batch 1 and 2; "
+                     "nothing else built or run in that process; ms/slice median [min–max])")
+        lines.append("")
+        lines.append("| size | engine fp32 | engine int8 | MONAI BasicUNet++ | MONAI ÷ fp32 | MONAI ÷ int8 |")
+        lines.append("|---:|---:|---:|---:|---:|---:|")
+        for size, h in report["head_to_head"].items():
+            monai = h["MONAI BasicUNet++"]["median_ms"]
+            int8 = h.get("UNet++ L4 int8")
+            int8_cells = (fmt_ms(int8), f"{monai / int8['median_ms']:.2f}×") if int8 else ("n/a", "")
+            lines.append(
+                f"| {size}² | {fmt_ms(h['UNet++ L4'])} | {int8_cells[0]} | {fmt_ms(h['MONAI BasicUNet++'])} | "
+                f"{monai / h['UNet++ L4']['median_ms']:.2f}× | {int8_cells[1]} |"
+            )
         lines.append("")
     for entry in report.get("optimisations", []):
         lines.append(f"**Optimisations: {entry['workload']}, {entry['size']}², batch 1 unless named** ({entry['gflops_per_slice']:.1f} GFLOPs/slice)")
@@ -850,14 +945,19 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report.get("bf16"):
         b = report["bf16"]
-        lines.append("**bf16 autocast vs fp32, bundled model on the slicerio chest CT** (Dice against `Segmentation.seg.nrrd`)")
+        lines.append("**Reduced precision vs fp32, bundled model on the slicerio chest CT** (Dice against `Segmentation.seg.nrrd`; "
+                     "bf16: PyTorch autocast; int8: `--precision int8`, calibrated on 8 slices of this CT and checked on 8 others)")
         lines.append("")
-        lines.append("| depth | slices | mean Dice fp32 | mean Dice bf16 | difference | labels agreeing |")
-        lines.append("|---|---|---:|---:|---:|---:|")
+        lines.append("| depth | slices | precision | mean Dice fp32 | mean Dice | difference | labels agreeing with fp32 |")
+        lines.append("|---|---|---|---:|---:|---:|---:|")
         for depth, entry in b["depths"].items():
             for name in ("all 34 slices", "7 held-out slices"):
                 e = entry[name]
-                lines.append(f"| {depth} | {name} | {e['mean_dice_fp32']:.4f} | {e['mean_dice_bf16']:.4f} | {e['mean_dice_difference']:+.4f} | {100 * e['label_agreement']:.2f} % |")
+                for precision in b.get("precisions", ["bf16"]):
+                    lines.append(
+                        f"| {depth} | {name} | {precision} | {e['mean_dice_fp32']:.4f} | {e[f'mean_dice_{precision}']:.4f} | "
+                        f"{e[f'mean_dice_difference_{precision}']:+.4f} | {100 * e[f'label_agreement_{precision}']:.2f} % |"
+                    )
         lines.append("")
     if report.get("end_to_end"):
         e = report["end_to_end"]
@@ -882,8 +982,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="threads for every measurement (default: PyTorch's default, one per core)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "speed-results.json", help="where to write the results (default bench/speed-results.json)")
     parser.add_argument("--markdown", type=Path, help="refresh the tables between the speed-results markers of this file (e.g. BENCHMARKS.md)")
-    parser.add_argument("--sections", default="architectures,optimisations,compile,prefetch,bf16,end-to-end", help="comma-separated subset to run")
+    parser.add_argument("--sections", default="architectures,head-to-head,optimisations,compile,prefetch,bf16,end-to-end", help="comma-separated subset to run")
+    parser.add_argument("--head-to-head", type=int, metavar="SIZE", help=argparse.SUPPRESS)  # the child of the head-to-head section
+    parser.add_argument("--repetitions", type=int, default=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.head_to_head:
+        print(json.dumps(head_to_head(args.head_to_head, acceleration.configure_threads(args.threads), args.repetitions)))
+        return 0
     sections = set(args.sections.split(","))
     if args.quick:
         sections.discard("compile")
@@ -904,6 +1009,9 @@ def main(argv=None) -> int:
         peak_fp32 = peaks[0]["fp32"]["gflops"]
         if "architectures" in sections:
             report["architectures"] = architecture_section(folder, [256] if args.quick else [256, 512], threads, args.quick, peak_fp32)
+        if "head-to-head" in sections:
+            log("head to head (own process)")
+            report["head_to_head"] = head_to_head_section([256] if args.quick else [256, 512], threads, args.quick)
         if "optimisations" in sections:
             report["optimisations"] = optimisation_section(folder, threads, args.quick, native_bf16, with_onnx)
         if "compile" in sections:

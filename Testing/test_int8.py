@@ -118,3 +118,33 @@ def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, 
     warnings = [e["message"] for e in result.events if e["event"] == "warning"]
     assert len(warnings) == 1 and "int8 was not used" in warnings[0] and "computing in float32" in warnings[0]
     assert (labels_of(tmp_path / "fp32.nrrd") == labels_of(tmp_path / "fallback.nrrd")).all()
+
+
+@needs_onnx
+def test_an_attention_sigmoid_inside_the_network_is_quantised_like_any_layer():
+    """Only the probabilities that reach the output without another layer count as the decision:
+    a sigmoid gate inside the network (U-Net v2's attention) is followed by more convolutions."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def weight(name, shape):
+        return numpy_helper.from_array(np.full(shape, 0.1, dtype=np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["slices", "w_in"], ["features"], name="input_conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["features"], ["activated"], name="relu"),
+        helper.make_node("Conv", ["activated", "w_gate"], ["gate_logits"], name="gate_conv"),
+        helper.make_node("Sigmoid", ["gate_logits"], ["gate"], name="attention_sigmoid"),
+        helper.make_node("Mul", ["activated", "gate"], ["gated"], name="attention_mul"),
+        helper.make_node("Conv", ["gated", "w_mid"], ["middle"], name="middle_conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["middle"], ["middle_activated"], name="middle_relu"),
+        helper.make_node("Conv", ["middle_activated", "w_head"], ["logits"], name="head_conv"),
+        helper.make_node("Softmax", ["logits"], ["decision"], name="softmax", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("slices", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("decision", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [weight("w_in", (4, 3, 3, 3)), weight("w_gate", (4, 4, 1, 1)), weight("w_mid", (4, 4, 3, 3)), weight("w_head", (2, 4, 1, 1))],
+    )
+    assert quantization.float_nodes(helper.make_model(graph)) == ["head_conv", "input_conv", "softmax"]

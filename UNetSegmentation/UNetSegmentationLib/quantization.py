@@ -47,6 +47,7 @@ QUANTIZED_OPERATORS = ("Conv", "ConvTranspose", "MaxPool", "Concat", "Relu")
 #: where the walk back from softmax/sigmoid stops: the logits are computed from these outputs
 _FEATURE_BOUNDARIES = {"Relu", "LeakyRelu", "PRelu", "Elu", "Gelu", "Sigmoid", "MaxPool", "Concat"}
 _PROBABILITY_OPERATORS = {"Softmax", "Sigmoid"}
+_LAYERS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 
 def sample_slices(slice_count: int, count: int = CALIBRATION_SLICES) -> Tuple[np.ndarray, np.ndarray]:
@@ -96,7 +97,9 @@ def float_nodes(model) -> List[str]:
 
 
 def _feeds_output(node, consumers, graph) -> bool:
-    """Whether ``node``'s result reaches a graph output (a classifier's sigmoid that only gates does too)."""
+    """Whether ``node``'s result reaches a graph output with no further layer on the way: the
+    class probabilities do (and UNet 3+'s classifier, which gates them); a sigmoid inside the
+    network (an attention gate) feeds more convolutions first."""
     outputs = {value.name for value in graph.output}
     seen, pending = set(), list(node.output)
     while pending:
@@ -104,7 +107,7 @@ def _feeds_output(node, consumers, graph) -> bool:
         if name in outputs:
             return True
         for consumer in consumers.get(name, []):
-            if consumer.name not in seen:
+            if consumer.name not in seen and consumer.op_type not in _LAYERS:
                 seen.add(consumer.name)
                 pending.extend(consumer.output)
     return False

@@ -30,6 +30,19 @@ def test_calibration_and_check_slices_are_spread_over_the_volume_and_distinct():
     assert quantization.sample_slices(1) == (np.array([0]), np.array([0]))  # too thin: checked on what calibrated
 
 
+def test_calibration_tiles_cover_the_slice_in_bounded_pieces_the_network_accepts():
+    batch = np.random.default_rng(0).random((1, 3, 600, 96), dtype=np.float32)
+    tiles = quantization.calibration_tiles(batch, multiple=32)
+    assert all(t.shape[:2] == (1, 3) and t.shape[2] <= 256 and t.shape[2] % 32 == 0 for t in tiles)
+    covered = np.zeros(batch.shape[2:], dtype=bool)
+    for tile in tiles:  # each tile is a piece of the batch at some place: find it by its first row
+        row = next(r for r in range(600) if np.array_equal(batch[0, :, r, :96], tile[0, :, 0, :]))
+        covered[row:row + tile.shape[2]] = True
+    assert covered.all() and len(tiles) == 3  # rows 0, 256 and 344 (the last one overlapping)
+    assert len(quantization.calibration_tiles(np.zeros((1, 3, 512, 512), np.float32), 16)) == 4
+    assert quantization.calibration_tiles(np.zeros((1, 3, 128, 128), np.float32), 16)[0].shape == (1, 3, 128, 128)
+
+
 def test_agreement_counts_the_foreground_apart_from_the_background():
     reference = np.zeros((1, 2, 10, 10), dtype=np.float32)
     reference[0, 0, :2] = 3  # 20 foreground pixels

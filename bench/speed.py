@@ -397,12 +397,13 @@ def int8_predictor(checkpoint_path: Path, depth, threads: int, size: int, slices
     """The engine with ``--precision int8``: its ONNX export quantised as ``predict`` does, calibrated on
     ``slices`` random slices (random weights: the ranges do not change the speed; the label check
     that ``predict`` adds is left out, random networks' near-ties make it meaningless)."""
-    from UNetSegmentationLib.quantization import quantize_export
+    from UNetSegmentationLib.quantization import calibration_tiles, quantize_export
 
     predictor = engine_predictor(checkpoint_path, depth, threads, precision="int8")
     session = predictor.inner
     rng = np.random.default_rng(5)
-    calibration = [rng.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(slices)]
+    slices_ = [rng.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(slices)]
+    calibration = [tile for batch in slices_ for tile in calibration_tiles(batch, predictor.required_multiple)]
     return predictor.with_inner(session.with_model(quantize_export(session.path, session.input_name, calibration), "int8"))
 
 

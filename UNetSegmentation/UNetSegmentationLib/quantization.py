@@ -6,7 +6,9 @@ inputs. A checkpoint carries no data, so the ranges are measured on the volume b
 
 1. :func:`sample_slices`: ``CALIBRATION_SLICES`` slices spread evenly over the volume calibrate, as
    many others between them check (the same ones when the volume is too thin to have others);
-2. :func:`quantize_export`: the cached float32 export is quantised in memory (nothing is cached: the
+2. :func:`quantize_export`: the cached float32 export is quantised in memory, the calibration slices
+   seen one tile of at most 256² pixels at a time (:func:`calibration_tiles`: bounded memory, 1.2 GB
+   peak for UNet++ L4 at 512² instead of 4.2 GB for whole slices), and nothing cached (the
    result depends on the volume, and the same volume always gives the same model). What is *not*
    quantised (:func:`float_nodes`): the convolutions that read the input (cheap: 2c+1 channels; the
    CT's fine intensity steps survive) and everything from the last activation to the output (the
@@ -16,8 +18,8 @@ inputs. A checkpoint carries no data, so the ranges are measured on the volume b
    :data:`INT8_LABEL_AGREEMENT` of the pixels and on :data:`INT8_FOREGROUND_AGREEMENT` of the pixels
    either calls foreground; otherwise the run continues in float32 with a warning naming both.
 
-Measured (BENCHMARKS.md): 1.6× faster than float32 for UNet++ L4 with the paper's features (32..512)
-at 256², *slower* (0.9×) for the small bundled model (8..128), where quantising and dequantising
+Measured (BENCHMARKS.md): 1.5–1.6× faster than float32 for UNet++ L4 with the paper's features
+(32..512) at 256² and 512², no faster (0.9–1.05×) for the small bundled model (8..128), where quantising and dequantising
 between thin layers costs more than the int8 products save; on the bundled model and the slicerio
 chest CT the mean Dice changes by less than 0.001 and 99.9 % of the labels agree with float32.
 Needs ``onnxruntime`` and ``onnx`` (the ``[onnx]`` extra); imports no PyTorch.
@@ -38,6 +40,8 @@ import numpy as np
 from UNetSegmentationLib.slicing import normalised_batch, padding_for
 
 CALIBRATION_SLICES = 8
+#: calibration sees the slices in tiles of at most this many pixels a side (bounded memory)
+CALIBRATION_TILE = 256
 #: int8 labels must agree with float32's on this fraction of the check slices' pixels ...
 INT8_LABEL_AGREEMENT = 0.99
 #: ... and on this fraction of the pixels that either of them calls foreground
@@ -60,6 +64,20 @@ def sample_slices(slice_count: int, count: int = CALIBRATION_SLICES) -> Tuple[np
     if len(positions) < 2:
         return positions, positions
     return positions[0::2], positions[1::2]
+
+
+def calibration_tiles(batch: np.ndarray, multiple: int, side: int = CALIBRATION_TILE) -> List[np.ndarray]:
+    """A ``(1, C, H, W)`` batch cut into tiles of at most ``side``² pixels (``side`` rounded down to
+    ``multiple``) that cover it, overlapping at the far edges. Calibration runs one tile at a time:
+    ONNX Runtime's calibration session keeps every intermediate tensor of a call, ~2 GB for UNet++ L4
+    on one 512² slice and twice that once its memory arena has grown, against ~0.6 GB per 256² tile."""
+    side = max(multiple, side // multiple * multiple)
+    rows, columns = batch.shape[-2:]
+    starts = [list(range(0, max(size - side, 0) + 1, side)) for size in (rows, columns)]
+    for index, size in enumerate((rows, columns)):
+        if size > side and starts[index][-1] + side < size:
+            starts[index].append(size - side)
+    return [np.ascontiguousarray(batch[..., r:r + side, c:c + side]) for r in starts[0] for c in starts[1]]
 
 
 def float_nodes(model) -> List[str]:
@@ -114,10 +132,19 @@ def _feeds_output(node, consumers, graph) -> bool:
 
 
 class _Batches:
-    """ONNX Runtime's ``CalibrationDataReader`` protocol over a list of input batches."""
+    """ONNX Runtime's ``CalibrationDataReader`` protocol over a list of input batches, with the
+    ``__len__``/``set_range`` that its strided calibration (``CalibStridedMinMax``) uses to hand
+    over one batch at a time."""
 
     def __init__(self, input_name: str, batches: Sequence[np.ndarray]) -> None:
-        self._feeds = iter([{input_name: np.ascontiguousarray(batch, dtype=np.float32)} for batch in batches])
+        self._all = [{input_name: np.ascontiguousarray(batch, dtype=np.float32)} for batch in batches]
+        self._feeds = iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._feeds = iter(self._all[start_index:end_index])
 
     def get_next(self):
         return next(self._feeds, None)
@@ -144,7 +171,9 @@ def quantize_export(path: Path, input_name: str, calibration: Sequence[np.ndarra
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            # one calibration slice at a time: ranges are merged after each, so only one slice's
+            # intermediate tensors are held (all 8 at once: 4.2 GB for UNet++ L4 at 512²)
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibStridedMinMax": 1},
         )
         return target.read_bytes()
 
@@ -217,7 +246,8 @@ def quantize_for_volume(predictor, volume: np.ndarray, geometry, context: int, m
     started = time.perf_counter()
     session = predictor.inner
     calibration, check = sample_slices(slices.shape[0])
-    quantized = quantize_export(session.path, session.input_name, [batch_of(np.array([k])) for k in calibration])
+    tiles = [tile for k in calibration for tile in calibration_tiles(batch_of(np.array([k])), predictor.required_multiple)]
+    quantized = quantize_export(session.path, session.input_name, tiles)
     int8_predictor = predictor.with_inner(session.with_model(quantized, precision="int8"))
     check_batch = batch_of(check)
     agreement = compare_decisions(predictor(check_batch), int8_predictor(check_batch))

@@ -68,6 +68,15 @@ def run_cli(*args) -> CliResult:
 
 
 @pytest.fixture
+def bundled_copy(tmp_path) -> Path:
+    """The bundled model copied into the test's folder (its ONNX exports are cached beside it)."""
+    bundled = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+    copy = tmp_path / "bundled.safetensors"
+    copy.write_bytes(bundled.read_bytes())
+    return copy
+
+
+@pytest.fixture
 def cli():
     return run_cli
 

@@ -13,7 +13,7 @@ from UNetSegmentationLib.checkpoint import load_checkpoint
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference import PredictionOptions
 
-from test_speed_paths import BUNDLED, needs_onnx
+from test_speed_paths import needs_onnx
 
 
 def labels_of(path) -> np.ndarray:
@@ -71,11 +71,10 @@ def test_int8_is_refused_where_it_cannot_run(monkeypatch):
 
 
 @needs_onnx
-def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path):
+def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path, bundled_copy):
     import onnx
 
-    checkpoint_path = tmp_path / "bundled.safetensors"
-    checkpoint_path.write_bytes(BUNDLED.read_bytes())
+    checkpoint_path = bundled_copy
     session = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(checkpoint_path), 3, True, 1)
     model = onnx.load(str(session.path))
     kept = set(quantization.float_nodes(model))
@@ -97,9 +96,8 @@ def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path)
 
 
 @needs_onnx
-def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_path):
-    checkpoint = tmp_path / "bundled.safetensors"
-    checkpoint.write_bytes(BUNDLED.read_bytes())
+def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_path, bundled_copy):
+    checkpoint = bundled_copy
     runs = {}
     for precision in ("fp32", "int8"):
         output = tmp_path / f"{precision}.nrrd"
@@ -118,10 +116,9 @@ def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_p
 
 
 @needs_onnx
-def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, monkeypatch):
+def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, monkeypatch, bundled_copy):
     """The check refuses the quantised model: the run goes on in float32, says so, and gives float32's labels."""
-    checkpoint = tmp_path / "bundled.safetensors"
-    checkpoint.write_bytes(BUNDLED.read_bytes())
+    checkpoint = bundled_copy
     reference = cli("predict", "--checkpoint", checkpoint, "--progress", "none", chest_ct_path, tmp_path / "fp32.nrrd")
     assert reference.code == 0, reference.stderr
     monkeypatch.setattr(quantization, "INT8_LABEL_AGREEMENT", 1.01)  # nothing can agree this well

@@ -217,11 +217,10 @@ def test_an_error_in_a_slice_worker_reaches_the_caller():
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=needs_onnx)])
-def test_slice_workers_give_the_labels_of_one_slice_at_a_time(cli, chest_ct_path, tmp_path, backend):
+def test_slice_workers_give_the_labels_of_one_slice_at_a_time(cli, chest_ct_path, tmp_path, backend, bundled_copy):
     import SimpleITK as sitk
 
-    checkpoint = tmp_path / "bundled.safetensors"
-    checkpoint.write_bytes(BUNDLED.read_bytes())
+    checkpoint = bundled_copy
     labels = {}
     for workers in (1, 2):
         output = tmp_path / f"{workers}.nrrd"
@@ -377,11 +376,10 @@ def test_an_export_that_disagrees_with_torch_falls_back_to_torch_under_auto(smal
 
 
 @needs_onnx
-def test_predict_with_onnx_and_torch_backends_agree_on_the_real_ct(cli, chest_ct_path, tmp_path):
+def test_predict_with_onnx_and_torch_backends_agree_on_the_real_ct(cli, chest_ct_path, tmp_path, bundled_copy):
     import SimpleITK as sitk
 
-    checkpoint = tmp_path / "bundled.safetensors"
-    checkpoint.write_bytes(BUNDLED.read_bytes())
+    checkpoint = bundled_copy
     outputs = {}
     for backend in ("onnx", "torch"):
         outputs[backend] = tmp_path / f"{backend}.nrrd"
@@ -405,7 +403,7 @@ def test_probability_network_is_what_the_predictor_computes(small_unetpp):
 
 @needs_onnx
 @pytest.mark.skipif(not acceleration.cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
-def test_a_cached_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path):
+def test_a_cached_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path, bundled_copy):
     """Start-up on a CPU-only machine: with the export cached, ``predict`` needs neither PyTorch nor MONAI."""
     import json
     import subprocess
@@ -413,8 +411,7 @@ def test_a_cached_onnx_export_segments_without_importing_torch_or_monai(chest_ct
 
     import SimpleITK as sitk
 
-    checkpoint = tmp_path / "bundled.safetensors"
-    checkpoint.write_bytes(BUNDLED.read_bytes())
+    checkpoint = bundled_copy
     probe = (
         "import json, runpy, sys\n"
         "sys.argv = ['unetseg'] + sys.argv[1:]\n"

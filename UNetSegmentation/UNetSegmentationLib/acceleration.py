@@ -184,7 +184,7 @@ def resolve_precision(precision: Optional[str], device) -> str:
     model and the slicerio chest CT, 99.96 % of the labels agree with fp32 and the mean Dice
     changes by less than 0.001 (BENCHMARKS.md). ``fp32`` forces float32 everywhere. ``int8``: the
     ONNX export quantised for each volume (CPU only; :mod:`.quantization`), never chosen by
-    ``auto``: it pays only for wide networks (measured 1.6× on UNet++ L4, 0.9× on the bundled model). ``None``: what
+    ``auto``: it pays only for wide networks (measured 1.5-1.6× on UNet++ L4, no gain on the bundled model). ``None``: what
     :class:`~UNetSegmentationLib.inference.SlicePredictor` always did (CUDA autocast, CPU fp32).
     """
     legacy = precision is None

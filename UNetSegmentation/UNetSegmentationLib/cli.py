@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "auto: bf16 autocast where the hardware has it (CUDA; CPUs with AVX512-BF16/AMX), else float32; bf16 agrees with fp32 on >=99%% of labels. "
             "int8 (CPU, ONNX Runtime): the network quantised for each volume, calibrated on 8 of its slices and checked against float32 on 8 others "
-            "(falls back to float32 below 99%% label agreement); pays for wide networks only (1.6x on UNet++ L4 32..512, 0.9x on the bundled model)"
+            "(falls back to float32 below 99%% label agreement); pays for wide networks only (1.5-1.6x on UNet++ L4 32..512, no gain on the small bundled model)"
         ),
     )
     speed.add_argument("--threads", type=int, help="CPU threads for the network in all (default: one per core)")

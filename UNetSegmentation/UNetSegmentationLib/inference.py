@@ -340,11 +340,9 @@ def predict_file(
     if getattr(predictor, "calibrate_int8", False):  # --precision int8: quantised for this volume
         from UNetSegmentationLib.quantization import quantize_for_volume
 
-        t_quantize = time.perf_counter()
         quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
-        predictor = quantized.predictor
+        predictor, quantize_s = quantized.predictor, quantized.seconds
         notes.extend([quantized.warning] if quantized.warning else [])
-        quantize_s = time.perf_counter() - t_quantize
     reporter.start(
         slices=slice_count,
         device=str(device),

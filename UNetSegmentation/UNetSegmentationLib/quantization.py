@@ -237,13 +237,13 @@ def quantize_for_volume(predictor, volume: np.ndarray, geometry, context: int, m
     network is calibrated on exactly the inputs it will see. Returns the same wrapper around the
     int8 session, or around the float32 one if the check fails.
     """
+    started = time.perf_counter()
     slices = geometry.slices_view(volume)
     padding = padding_for(slices.shape[1:], predictor.required_multiple)
 
     def batch_of(indices: np.ndarray) -> np.ndarray:
         return normalised_batch(slices, indices, context, mapping, padding)
 
-    started = time.perf_counter()
     session = predictor.inner
     calibration, check = sample_slices(slices.shape[0])
     tiles = [tile for k in calibration for tile in calibration_tiles(batch_of(np.array([k])), predictor.required_multiple)]

@@ -401,32 +401,66 @@ def test_probability_network_is_what_the_predictor_computes(small_unetpp):
         torch.testing.assert_close(network(torch.from_numpy(batch)), predictor(batch))
 
 
-@needs_onnx
-@pytest.mark.skipif(not acceleration.cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
-def test_a_cached_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path, bundled_copy):
-    """Start-up on a CPU-only machine: with the export cached, ``predict`` needs neither PyTorch nor MONAI."""
+#: runs ``unetseg ARGS`` in a fresh interpreter and prints its exit code and whether it imported torch/MONAI
+IMPORT_PROBE = (
+    "import json, runpy, sys\n"
+    "sys.argv = ['unetseg'] + sys.argv[1:]\n"
+    "try:\n"
+    "    runpy.run_module('UNetSegmentationLib', run_name='__main__')\n"
+    "except SystemExit as end:\n"
+    "    code = end.code\n"
+    "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules, 'monai': 'monai' in sys.modules}))\n"
+)
+
+
+def predict_in_fresh_process(*arguments, env=None) -> dict:
     import json
     import subprocess
     import sys
 
+    finished = subprocess.run([sys.executable, "-c", IMPORT_PROBE, "predict", *map(str, arguments)], capture_output=True, text=True, timeout=300, env=env)
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+@needs_onnx
+@pytest.mark.skipif(not acceleration.cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
+def test_a_cached_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path, bundled_copy):
+    """Start-up on a CPU-only machine: with the export cached, ``predict`` needs neither PyTorch nor MONAI."""
     import SimpleITK as sitk
 
-    checkpoint = bundled_copy
-    probe = (
-        "import json, runpy, sys\n"
-        "sys.argv = ['unetseg'] + sys.argv[1:]\n"
-        "try:\n"
-        "    runpy.run_module('UNetSegmentationLib', run_name='__main__')\n"
-        "except SystemExit as end:\n"
-        "    code = end.code\n"
-        "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules, 'monai': 'monai' in sys.modules}))\n"
-    )
-    runs = []
-    for name, extra in (("first", []), ("cached", []), ("int8", ["--precision", "int8"])):
-        arguments = ["predict", "--checkpoint", str(checkpoint), "--progress", "none", *extra, str(chest_ct_path), str(tmp_path / f"{name}.nrrd")]
-        finished = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True, timeout=300)
-        runs.append(json.loads(finished.stdout.strip().splitlines()[-1]))
+    runs = [
+        predict_in_fresh_process("--checkpoint", bundled_copy, "--progress", "none", *extra, chest_ct_path, tmp_path / f"{name}.nrrd")
+        for name, extra in (("first", []), ("cached", []), ("int8", ["--precision", "int8"]))
+    ]
     assert runs[0] == {"code": 0, "torch": True, "monai": True}  # the first run exports (PyTorch builds the network)
     assert runs[1] == runs[2] == {"code": 0, "torch": False, "monai": False}  # int8 quantises the cached export
     first, cached = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{n}.nrrd"))) for n in ("first", "cached"))
     assert first.any() and (first == cached).all()
+
+
+@needs_onnx
+@pytest.mark.skipif(not acceleration.cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
+def test_the_bundled_model_ships_its_export_so_its_first_run_needs_no_pytorch(cli, chest_ct_path, tmp_path):
+    """The export beside the bundled model (Resources/Tools/ship_onnx_export.py) belongs to the model
+    as it is now, serves a run with an empty cache, and gives PyTorch's labels."""
+    import os
+
+    import SimpleITK as sitk
+
+    checkpoint = load_checkpoint(BUNDLED)
+    shipped = onnx_backend.shipped_export(checkpoint, checkpoint.metadata.recommended_depth)
+    assert shipped.is_file(), f"{shipped.name} is missing: run python Resources/Tools/ship_onnx_export.py"
+    models = tmp_path / "Models"  # the model and its shipped export alone (no export cached by earlier runs)
+    models.mkdir()
+    for source in (BUNDLED, shipped):
+        (models / source.name).write_bytes(source.read_bytes())
+    installed = models / BUNDLED.name
+    environment = dict(os.environ, UNETSEG_CACHE_DIR=str(tmp_path / "empty-cache"))
+    run = predict_in_fresh_process("--checkpoint", installed, "--progress", "none", chest_ct_path, tmp_path / "shipped.nrrd", env=environment)
+    assert run == {"code": 0, "torch": False, "monai": False}
+    assert sorted(p.name for p in models.iterdir()) == sorted([BUNDLED.name, shipped.name])  # nothing exported
+    assert not (tmp_path / "empty-cache").exists()
+    reference = cli("predict", "--checkpoint", installed, "--backend", "torch", "--progress", "none", chest_ct_path, tmp_path / "torch.nrrd")
+    assert reference.code == 0, reference.stderr
+    shipped_labels, torch_labels = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{n}.nrrd"))) for n in ("shipped", "torch"))
+    assert torch_labels.any() and (shipped_labels == torch_labels).mean() >= 0.9999

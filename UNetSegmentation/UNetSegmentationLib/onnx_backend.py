@@ -49,6 +49,7 @@ from UNetSegmentationLib.acceleration import CPU, ONNX_TOLERANCE
 EXPORT_VERSION = 2  # 2: the decision (chosen channel, confidence) instead of the probabilities
 OPSET = 18
 SUFFIX = ".onnx"
+SHIPPED_SUFFIX = ".shipped.onnx"
 
 
 class ExportError(Exception):
@@ -74,25 +75,18 @@ def _depth_tag(depth) -> str:
     return "accurate" if depth == "accurate" else (f"L{depth}" if isinstance(depth, int) else "full")
 
 
-def cache_key(checkpoint, depth, guidance: bool) -> str:
+def cache_key(checkpoint, depth, guidance: bool, portable: bool = False) -> str:
+    """The export's identity: the checkpoint's bytes and metadata, depth, guidance, export format,
+    opset and (unless ``portable``: a shipped export, checked when it was made, serves every
+    installation) the installed PyTorch's version."""
     digest = hashlib.sha256()
     with open(checkpoint.path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
-    digest.update(
-        json.dumps(
-            {
-                "metadata": checkpoint.metadata.to_json(),
-                "depth": depth,
-                "guidance": bool(guidance),
-                "export": EXPORT_VERSION,
-                "opset": OPSET,
-                "torch": torch_version(),
-            },
-            sort_keys=True,
-            default=str,
-        ).encode()
-    )
+    identity = {"metadata": checkpoint.metadata.to_json(), "depth": depth, "guidance": bool(guidance), "export": EXPORT_VERSION, "opset": OPSET}
+    if not portable:
+        identity["torch"] = torch_version()
+    digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
 
@@ -118,6 +112,14 @@ def export_name(checkpoint, depth, key: str) -> str:
 def cache_locations(checkpoint) -> List[Path]:
     """Where an export of ``checkpoint`` may live, in the order they are tried."""
     return [checkpoint.path.resolve().parent, cache_dir()]
+
+
+def shipped_export(checkpoint, depth, guidance: bool = True) -> Path:
+    """Where an export shipped with ``checkpoint`` lies: beside it, named by the portable key (the
+    bundled model ships its recommended depth, so the Slicer module's first run needs no export
+    and imports no PyTorch). Made by ``Resources/Tools/ship_onnx_export.py``."""
+    key = cache_key(checkpoint, depth, guidance, portable=True)
+    return checkpoint.path.resolve().parent / export_name(checkpoint, depth, key).replace(SUFFIX, SHIPPED_SUFFIX)
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -362,8 +364,7 @@ class OnnxSlicePredictor:
         """The cached export of ``checkpoint`` at ``depth``, made (and checked) if there is none yet."""
         key = cache_key(checkpoint, depth, guidance)
         name = export_name(checkpoint, depth, key)
-        for folder in cache_locations(checkpoint):
-            path = folder / name
+        for path in [folder / name for folder in cache_locations(checkpoint)] + [shipped_export(checkpoint, depth, guidance)]:
             if path.is_file():
                 try:
                     return cls(path, checkpoint.metadata, depth, threads)

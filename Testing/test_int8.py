@@ -104,7 +104,7 @@ def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_p
         result = cli("predict", "--checkpoint", checkpoint, "--precision", precision, "--progress", "json", chest_ct_path, output)
         assert result.code == 0, result.stderr
         runs[precision] = result.events
-        assert result.events[0]["precision"] == precision and result.events[0]["backend"] == "onnx"
+        assert result.events[0]["precision"] == result.events[-1]["precision"] == precision and result.events[0]["backend"] == "onnx"
         assert not [e for e in result.events if e["event"] == "warning"]
     assert runs["int8"][-1]["timings"]["quantize_s"] > 0
     float32, int8 = labels_of(tmp_path / "fp32.nrrd"), labels_of(tmp_path / "int8.nrrd")
@@ -124,7 +124,7 @@ def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, 
     monkeypatch.setattr(quantization, "INT8_LABEL_AGREEMENT", 1.01)  # nothing can agree this well
     result = cli("predict", "--checkpoint", checkpoint, "--precision", "int8", "--progress", "json", chest_ct_path, tmp_path / "fallback.nrrd")
     assert result.code == 0, result.stderr
-    assert result.events[0]["precision"] == "fp32"
+    assert result.events[0]["precision"] == "int8" and result.events[-1]["precision"] == "fp32"  # asked, then used
     warnings = [e["message"] for e in result.events if e["event"] == "warning"]
     assert len(warnings) == 1 and "int8 was not used" in warnings[0] and "computing in float32" in warnings[0]
     assert (labels_of(tmp_path / "fp32.nrrd") == labels_of(tmp_path / "fallback.nrrd")).all()

@@ -336,13 +336,7 @@ def predict_file(
     check_slice_size(geometry.slices_view(volume).shape[1:], source=str(input_path))
     mapping = fit_normalization(metadata.normalization, volume)
     slice_count = geometry.slices_view(volume).shape[0]
-    quantize_s = 0.0
-    if getattr(predictor, "calibrate_int8", False):  # --precision int8: quantised for this volume
-        from UNetSegmentationLib.quantization import quantize_for_volume
-
-        quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
-        predictor, quantize_s = quantized.predictor, quantized.seconds
-        notes.extend([quantized.warning] if quantized.warning else [])
+    quantize_int8 = getattr(predictor, "calibrate_int8", False)  # --precision int8: quantised for this volume, below
     reporter.start(
         slices=slice_count,
         device=str(device),
@@ -351,7 +345,7 @@ def predict_file(
         classes=[c.name for c in metadata.classes],
         geometry=geometry.describe(),
         backend=getattr(predictor, "backend", "torch"),
-        precision=getattr(predictor, "precision", "fp32"),
+        precision="int8" if quantize_int8 else getattr(predictor, "precision", "fp32"),
         threads=getattr(predictor, "threads", None) or _torch_threads(),
         workers=getattr(predictor, "workers", 1),
     )
@@ -363,6 +357,14 @@ def predict_file(
     constant = constant_value(volume)
     if constant is not None:
         reporter.warning(f"the input is constant (every voxel is {constant:g}): there is no structure to segment, expect an empty or meaningless result")
+    quantize_s = 0.0
+    if quantize_int8:  # after the start event: the progress bar is up while calibration runs (seconds to a minute)
+        from UNetSegmentationLib.quantization import quantize_for_volume
+
+        quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
+        predictor, quantize_s = quantized.predictor, quantized.seconds
+        if quantized.warning:  # the int8 model disagreed with float32: the run goes on in float32
+            reporter.warning(quantized.warning)
     t_prepared = time.perf_counter()
 
     result = predict_volume(volume, geometry, predictor, mapping, options.batch_size, options.probabilities is not None, reporter)
@@ -393,6 +395,7 @@ def predict_file(
         "output": str(outputs[0]),
         "probabilities": str(outputs[1]) if len(outputs) > 1 else None,
         "depth": depth,
+        "precision": getattr(predictor, "precision", "fp32"),  # what computed the labels (int8 may have fallen back to fp32)
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     reporter.done(**summary)

@@ -194,9 +194,9 @@ def test_the_slice_size_limit_is_2048_squared_and_can_be_raised(monkeypatch):
         check_slice_size((10, 11))
 
 
-def test_an_unreadable_input_is_named_as_a_permission_problem(predict, tmp_path, monkeypatch):
-    """Tests run as root, who reads any file: the refusal of the operating system is simulated."""
-    path = write(make_volume(size=(16, 16, 2)), tmp_path / "secret.nrrd")
+def deny_reading(monkeypatch, module, path: Path) -> None:
+    """``open`` in ``module`` refuses ``path`` as the operating system does for a file without read
+    permission (tests run as root, who reads any file)."""
     real_open = builtins.open
 
     def denying_open(file, *args, **kwargs):
@@ -204,7 +204,13 @@ def test_an_unreadable_input_is_named_as_a_permission_problem(predict, tmp_path,
             raise PermissionError(errno.EACCES, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(volume_io, "open", denying_open, raising=False)
+    monkeypatch.setattr(module, "open", denying_open, raising=False)
+
+
+def test_an_unreadable_input_is_named_as_a_permission_problem(predict, tmp_path, monkeypatch):
+    """Tests run as root, who reads any file: the refusal of the operating system is simulated."""
+    path = write(make_volume(size=(16, 16, 2)), tmp_path / "secret.nrrd")
+    deny_reading(monkeypatch, volume_io, path)
     assert_refused(*predict(path), "cannot read", "secret.nrrd", "permission denied", "read access")
 
 
@@ -218,14 +224,7 @@ def test_an_unreadable_input_is_named_as_a_permission_problem_for_real(predict, 
 def test_an_unreadable_checkpoint_is_named_as_a_permission_problem(predict, oblique_volume_path, small_unet_one_class, monkeypatch):
     from UNetSegmentationLib import checkpoint_header
 
-    real_open = builtins.open
-
-    def denying_open(file, *args, **kwargs):
-        if Path(file) == small_unet_one_class:
-            raise PermissionError(errno.EACCES, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(checkpoint_header, "open", denying_open, raising=False)
+    deny_reading(monkeypatch, checkpoint_header, small_unet_one_class)
     assert_refused(*predict(oblique_volume_path), "cannot read checkpoint", "Permission denied")
 
 

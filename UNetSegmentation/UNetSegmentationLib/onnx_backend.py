@@ -75,14 +75,20 @@ def _depth_tag(depth) -> str:
     return "accurate" if depth == "accurate" else (f"L{depth}" if isinstance(depth, int) else "full")
 
 
-def cache_key(checkpoint, depth, guidance: bool, portable: bool = False) -> str:
-    """The export's identity: the checkpoint's bytes and metadata, depth, guidance, export format,
-    opset and (unless ``portable``: a shipped export, checked when it was made, serves every
-    installation) the installed PyTorch's version."""
+def content_digest(path: Path):
+    """A SHA-256 hash object fed with a checkpoint file's bytes (keys continue from copies of it)."""
     digest = hashlib.sha256()
-    with open(checkpoint.path, "rb") as file:
+    with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
+    return digest
+
+
+def cache_key(checkpoint, depth, guidance: bool, portable: bool = False, content=None) -> str:
+    """The export's identity: the checkpoint's bytes (``content``: their :func:`content_digest`, when
+    already known) and metadata, depth, guidance, export format, opset and (unless ``portable``: a
+    shipped export, checked when it was made, serves every installation) the installed PyTorch's version."""
+    digest = (content if content is not None else content_digest(checkpoint.path)).copy()
     identity = {"metadata": checkpoint.metadata.to_json(), "depth": depth, "guidance": bool(guidance), "export": EXPORT_VERSION, "opset": OPSET}
     if not portable:
         identity["torch"] = torch_version()
@@ -114,11 +120,11 @@ def cache_locations(checkpoint) -> List[Path]:
     return [checkpoint.path.resolve().parent, cache_dir()]
 
 
-def shipped_export(checkpoint, depth, guidance: bool = True) -> Path:
+def shipped_export(checkpoint, depth, guidance: bool = True, content=None) -> Path:
     """Where an export shipped with ``checkpoint`` lies: beside it, named by the portable key (the
     bundled model ships its recommended depth, so the Slicer module's first run needs no export
     and imports no PyTorch). Made by ``Resources/Tools/ship_onnx_export.py``."""
-    key = cache_key(checkpoint, depth, guidance, portable=True)
+    key = cache_key(checkpoint, depth, guidance, portable=True, content=content)
     return checkpoint.path.resolve().parent / export_name(checkpoint, depth, key).replace(SUFFIX, SHIPPED_SUFFIX)
 
 
@@ -362,9 +368,9 @@ class OnnxSlicePredictor:
     @classmethod
     def for_checkpoint(cls, checkpoint, depth, guidance: bool, threads: int) -> "OnnxSlicePredictor":
         """The cached export of ``checkpoint`` at ``depth``, made (and checked) if there is none yet."""
-        key = cache_key(checkpoint, depth, guidance)
-        name = export_name(checkpoint, depth, key)
-        for path in [folder / name for folder in cache_locations(checkpoint)] + [shipped_export(checkpoint, depth, guidance)]:
+        content = content_digest(checkpoint.path)  # read once for both keys
+        name = export_name(checkpoint, depth, cache_key(checkpoint, depth, guidance, content=content))
+        for path in [folder / name for folder in cache_locations(checkpoint)] + [shipped_export(checkpoint, depth, guidance, content)]:
             if path.is_file():
                 try:
                     return cls(path, checkpoint.metadata, depth, threads)

@@ -56,7 +56,7 @@ class CliResult:
 
 def run_cli(*args) -> CliResult:
     """Run ``unetseg ARGS`` in this process; SystemExit from argparse becomes the exit code."""
-    from UNetSegmentationLib.cli import main
+    from UNetSegmentationLib.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

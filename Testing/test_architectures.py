@@ -18,7 +18,7 @@ import torch
 
 from UNetSegmentationLib.networks.blocks import EMPTY_LOGIT, LearnedUpsample, TrainingOutput, as_training_output, blank_absent_slices
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network, get_architecture
-from UNetSegmentationLib.slicing import padding_for
+from UNetSegmentationLib.inference.slicing import padding_for
 
 NEW_ARCHITECTURES = ("unet3plus", "unetv2", "fcn8s", "deeplabv3plus")
 
@@ -321,7 +321,7 @@ def test_every_architecture_segments_the_chest_ct_through_unetseg_predict(cli, t
     ids=["judged-empty", "judged-present", "judged-empty-but-no-cgm"],
 )
 def test_unet3plus_cgm_decides_empty_slices_through_unetseg_predict(cli, tmp_path, chest_ct_path, cgm_bias, options, expected_label):
-    from UNetSegmentationLib.checkpoint import load_checkpoint, save_checkpoint
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint, save_checkpoint
 
     created = tmp_path / "created.safetensors"
     assert cli("create", "--arch", "unet3plus", "--classes", "lung", "--features", SMALL_FEATURES["unet3plus"], created).code == 0

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from UNetSegmentationLib.checkpoint import load_checkpoint, read_metadata
+from UNetSegmentationLib.model.checkpoint import load_checkpoint, read_metadata
 
 
 @pytest.mark.parametrize("command", ["archs", "create", "info", "predict", "demo"])

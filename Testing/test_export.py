@@ -51,7 +51,7 @@ def test_export_predicts_exactly_what_predict_at_that_depth_predicts(cli, traine
 
 
 def test_export_keeps_only_the_sub_network_and_its_metrics(cli, trained, tmp_path):
-    from UNetSegmentationLib.checkpoint import load_checkpoint
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
     exported = tmp_path / "L2.safetensors"
     assert cli("export", "--depth", "L2", trained, exported).code == 0

@@ -27,13 +27,16 @@ import torch
 
 from conftest import assert_refused, create_checkpoint, leftovers, make_volume, process_group_alive, write_dicom_series
 from test_bad_input import rewrite_metadata
-from UNetSegmentationLib import inference, outputs, slicer_run, volume_io
+from UNetSegmentationLib.inference import pipeline as inference
+from UNetSegmentationLib.io import outputs
+from UNetSegmentationLib.panel import run as slicer_run
+from UNetSegmentationLib.io import volumes as volume_io
 from UNetSegmentationLib.errors import EXIT_USER_ERROR, UserError
-from UNetSegmentationLib.memory import MemoryGuard, is_out_of_memory
-from UNetSegmentationLib.outputs import lock_path, temporary_path
-from UNetSegmentationLib.runner import CANCELLED, DONE, FAILED, EngineProcess, predict_arguments
-from UNetSegmentationLib.slicer_run import RunOptions, SegmentationRun
-from UNetSegmentationLib.volume_io import MAX_SLICE_PIXELS, check_slice_size
+from UNetSegmentationLib.backends.memory import MemoryGuard, is_out_of_memory
+from UNetSegmentationLib.io.outputs import lock_path, temporary_path
+from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, FAILED, EngineProcess, predict_arguments
+from UNetSegmentationLib.panel.run import RunOptions, SegmentationRun
+from UNetSegmentationLib.io.volumes import MAX_SLICE_PIXELS, check_slice_size
 
 POSIX = os.name != "nt"
 
@@ -222,7 +225,7 @@ def test_an_unreadable_input_is_named_as_a_permission_problem_for_real(predict, 
 
 
 def test_an_unreadable_checkpoint_is_named_as_a_permission_problem(predict, oblique_volume_path, small_unet_one_class, monkeypatch):
-    from UNetSegmentationLib import checkpoint_header
+    from UNetSegmentationLib.model import header as checkpoint_header
 
     deny_reading(monkeypatch, checkpoint_header, small_unet_one_class)
     assert_refused(*predict(oblique_volume_path), "cannot read checkpoint", "Permission denied")
@@ -333,7 +336,7 @@ def test_metadata_that_is_not_json_or_absent_is_named(predict, oblique_volume_pa
 
 def test_metadata_asking_for_a_huge_network_is_refused_without_building_it(predict, oblique_volume_path, small_unet_one_class, tmp_path, monkeypatch):
     """The shapes are compared on the meta device first: no memory goes to a network the weights cannot fill."""
-    from UNetSegmentationLib import checkpoint as checkpoint_module
+    from UNetSegmentationLib.model import checkpoint as checkpoint_module
 
     devices = []
     real_build = checkpoint_module.build_network
@@ -605,7 +608,7 @@ class PretendGpu(inference.SlicePredictor):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from UNetSegmentationLib.checkpoint import build_model, load_checkpoint
+    from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 
     path = create_checkpoint(tmp_path_factory.mktemp("oom") / "m.safetensors", arch="unet", classes="a,b", features="4,8")
     checkpoint = load_checkpoint(path)
@@ -664,7 +667,7 @@ def test_errors_other_than_out_of_memory_are_not_swallowed():
 def test_predict_survives_gpu_out_of_memory_and_says_so(cli, small_unet_one_class, oblique_volume_path, tmp_path, monkeypatch):
     """``predict`` end to end, its network swapped for a PyTorch one on a pretend GPU (whatever backend
     ``predict`` chose): first with room for every batch (the reference), then with room for none."""
-    from UNetSegmentationLib.checkpoint import build_model, load_checkpoint
+    from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 
     checkpoint = load_checkpoint(small_unet_one_class)
     real_predict_volume = inference.predict_volume
@@ -708,7 +711,7 @@ def test_out_of_memory_outside_the_batches_is_a_message_not_a_traceback(predict,
 @pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
 def test_a_training_run_killed_mid_run_resumes_to_the_same_weights(cli, tmp_path):
     from synthetic_cases import write_tiny_case
-    from UNetSegmentationLib.checkpoint import load_checkpoint
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
     data = write_tiny_case(tmp_path)
     common = ["--datalist", str(data / "datalist.json"), "--classes", "body,bone", "--val-slices", "0.25", "--val-blocks", "1",

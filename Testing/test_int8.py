@@ -1,5 +1,5 @@
 """``--precision int8``: the ONNX export quantised for each volume, calibrated on some of its slices and
-checked against float32 on others (UNetSegmentationLib/quantization.py)."""
+checked against float32 on others (UNetSegmentationLib/backends/int8.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from UNetSegmentationLib import acceleration, onnx_backend, quantization
-from UNetSegmentationLib.acceleration import CPU
-from UNetSegmentationLib.checkpoint import load_checkpoint
+from UNetSegmentationLib.backends import plan as acceleration
+
+from UNetSegmentationLib.backends import onnx_export as onnx_backend
+
+from UNetSegmentationLib.backends import int8 as quantization
+from UNetSegmentationLib.backends.plan import CPU
+from UNetSegmentationLib.model.checkpoint import load_checkpoint
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference import PredictionOptions
+from UNetSegmentationLib.inference.pipeline import PredictionOptions
 
 from test_speed_paths import needs_onnx
 
@@ -119,7 +123,7 @@ def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_p
 def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, monkeypatch, bundled_copy):
     """The check refuses the quantised model: the run goes on in float32, says so, and gives float32's labels."""
     checkpoint = bundled_copy
-    reference = cli("predict", "--checkpoint", checkpoint, "--progress", "none", chest_ct_path, tmp_path / "fp32.nrrd")
+    reference = cli("predict", "--checkpoint", checkpoint, "--precision", "fp32", "--progress", "none", chest_ct_path, tmp_path / "fp32.nrrd")
     assert reference.code == 0, reference.stderr
     monkeypatch.setattr(quantization, "INT8_LABEL_AGREEMENT", 1.01)  # nothing can agree this well
     result = cli("predict", "--checkpoint", checkpoint, "--precision", "int8", "--progress", "json", chest_ct_path, tmp_path / "fallback.nrrd")

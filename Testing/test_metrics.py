@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from synthetic_cases import write_tiny_case
-from UNetSegmentationLib.evaluation import class_metrics, dice_per_class, parse_slices
+from UNetSegmentationLib.evaluation.evaluate import class_metrics, dice_per_class, parse_slices
 from UNetSegmentationLib.errors import UserError
 
 

@@ -8,11 +8,11 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
-from UNetSegmentationLib.inference import labels_from_probabilities, predict_volume
-from UNetSegmentationLib.metadata import ModelMetadata, Normalization, make_classes
-from UNetSegmentationLib.normalization import fit_normalization
-from UNetSegmentationLib.slicing import SliceGeometry
-from UNetSegmentationLib.volume_io import write_labels
+from UNetSegmentationLib.inference.pipeline import labels_from_probabilities, predict_volume
+from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes
+from UNetSegmentationLib.inference.normalization import fit_normalization
+from UNetSegmentationLib.inference.slicing import SliceGeometry
+from UNetSegmentationLib.io.volumes import write_labels
 
 from conftest import make_volume, rotation_matrix, write_dicom_series
 
@@ -181,7 +181,7 @@ def test_dicom_series_folder_is_read(cli, chest_ct_path, small_unetpp, tmp_path)
 @pytest.mark.parametrize("largest_component", [False, True])
 def test_largest_component_option_removes_the_smaller_islands(monkeypatch, small_unet_one_class, tmp_path, largest_component):
     """Two bright blobs (27 and 1 voxels) labelled by the threshold stand-in; the option keeps the big one."""
-    from UNetSegmentationLib import inference
+    from UNetSegmentationLib.inference import pipeline as inference
 
     monkeypatch.setattr(inference, "SlicePredictor", lambda model, metadata, *args: ThresholdPredictor(metadata))
     image = make_volume(size=(20, 20, 10))

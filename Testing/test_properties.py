@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import create_checkpoint
-from UNetSegmentationLib.checkpoint import build_model, load_checkpoint
-from UNetSegmentationLib.checkpoint_header import read_metadata
+from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
+from UNetSegmentationLib.model.header import read_metadata
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import ModelMetadata
-from UNetSegmentationLib.slicing import SliceGeometry, context_indices, gather_context
+from UNetSegmentationLib.model.metadata import ModelMetadata
+from UNetSegmentationLib.inference.slicing import SliceGeometry, context_indices, gather_context
 
 FUZZ_EXAMPLES = os.environ.get("UNETSEG_FUZZ_EXAMPLES")
 EXAMPLES = int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 60

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import process_group_alive
-from UNetSegmentationLib.runner import CANCELLED, DONE, FAILED, EngineProcess, predict_arguments
+from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, FAILED, EngineProcess, predict_arguments
 
 
 def test_a_run_reports_start_progress_and_done_in_order(chest_ct_path, small_unetpp, tmp_path):

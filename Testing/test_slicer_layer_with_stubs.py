@@ -424,7 +424,7 @@ def slicer_env(tmp_path, monkeypatch):
 def every_voxel_a(tmp_path_factory):
     from conftest import create_checkpoint
 
-    from UNetSegmentationLib.selftest_support import constant_checkpoint
+    from UNetSegmentationLib.panel.selftest_support import constant_checkpoint
 
     folder = tmp_path_factory.mktemp("stub-ckpt")
     untrained = create_checkpoint(folder / "untrained.safetensors", classes="a,b")
@@ -442,7 +442,7 @@ def oblique_volume(path: Path) -> Path:
 
 
 def test_process_imports_a_named_coloured_segmentation_on_the_input_geometry(slicer_env, every_voxel_a, tmp_path):
-    from UNetSegmentationLib.checkpoint_header import read_metadata
+    from UNetSegmentationLib.model.header import read_metadata
 
     volume = slicer_env.add_volume("oblique", oblique_volume(tmp_path / "oblique.nrrd"))
     volume.transform_id = "vtkMRMLLinearTransformNode4"
@@ -483,7 +483,7 @@ def test_process_raises_with_the_engines_own_message(slicer_env, every_voxel_a, 
 
 
 def test_missing_packages_are_installed_with_no_deps(slicer_env, monkeypatch):
-    from UNetSegmentationLib import slicer_panel
+    from UNetSegmentationLib.panel import choices as slicer_panel
 
     missing = [slicer_panel.REQUIREMENTS[0]]
     states = iter([missing, []])

@@ -313,7 +313,7 @@ def test_every_lib_module_the_slicer_layer_imports_is_light():
     """Whatever UNetSegmentation.py imports from the Lib (anywhere) must not pull torch, numpy or SimpleITK into Slicer's GUI process."""
     everywhere = imports_in(module_tree().body, descend_functions=True)
     lib_modules = sorted(m for m in everywhere if m.startswith("UNetSegmentationLib"))
-    assert "UNetSegmentationLib.slicer_run" in lib_modules and "UNetSegmentationLib.slicer_panel" in lib_modules
+    assert "UNetSegmentationLib.panel.run" in lib_modules and "UNetSegmentationLib.panel.choices" in lib_modules
     assert_light_imports(lib_modules)
 
 
@@ -413,7 +413,7 @@ def test_dependencies_are_installed_without_replacing_slicers_packages():
     calls = [ast.unparse(node.args[0]) for node in ast.walk(module_tree())
              if isinstance(node, ast.Call) and ast.unparse(node.func) == "slicer.util.pip_install"]
     assert calls == ["pip_install_arguments(requirements)"], calls
-    from UNetSegmentationLib.slicer_panel import REQUIREMENTS, pip_install_arguments
+    from UNetSegmentationLib.panel.choices import REQUIREMENTS, pip_install_arguments
 
     arguments = pip_install_arguments(REQUIREMENTS).split(" ")
     assert arguments[0] == "--no-deps"

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from UNetSegmentationLib import checkpoint_header, slicer_panel
+from UNetSegmentationLib.model import header as checkpoint_header
+
+from UNetSegmentationLib.panel import choices as slicer_panel
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import ModelMetadata, Normalization, make_classes
+from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes
 from UNetSegmentationLib.networks.registry import ARCHITECTURES
-from UNetSegmentationLib.postprocess import keep_largest_component
-from UNetSegmentationLib.slicer_panel import (
+from UNetSegmentationLib.inference.postprocess import keep_largest_component
+from UNetSegmentationLib.panel.choices import (
     CheckpointInfo,
     DeviceInfo,
     describe_checkpoint,
@@ -43,7 +45,7 @@ def unetpp_metadata(**changes) -> ModelMetadata:
 
 
 def test_header_reader_gives_the_same_metadata_as_the_engine(small_unetpp):
-    from UNetSegmentationLib.checkpoint import read_metadata
+    from UNetSegmentationLib.model.checkpoint import read_metadata
 
     assert checkpoint_header.read_metadata(small_unetpp) == read_metadata(small_unetpp)
     assert checkpoint_header.checkpoint_kind(small_unetpp) == "safetensors"
@@ -113,7 +115,7 @@ def test_depth_choices_show_dice_speed_and_the_recommended_depth():
 
 
 def test_without_metrics_the_full_network_is_recommended_as_the_engine_does():
-    from UNetSegmentationLib.inference import resolve_depth
+    from UNetSegmentationLib.inference.pipeline import resolve_depth
 
     metadata = unetpp_metadata()
     choices = slicer_panel.depth_choices(metadata)
@@ -199,7 +201,7 @@ def test_install_list_is_closed_under_dependencies_and_spares_slicers_packages()
 
 
 def test_bundled_model_location_matches_the_engine():
-    from UNetSegmentationLib import demo
+    from UNetSegmentationLib.cli import demo
 
     assert slicer_panel.BUNDLED_MODEL_NAME == demo.BUNDLED_MODEL_NAME
     assert slicer_panel.models_folder() == demo.models_folder()
@@ -265,7 +267,7 @@ def test_keep_largest_component_connectivity():
 def test_constant_checkpoint_zeroes_the_heads_and_keeps_everything_else(tmp_path, small_unetpp, small_unet_one_class):
     from safetensors.numpy import load_file
 
-    from UNetSegmentationLib.selftest_support import constant_checkpoint
+    from UNetSegmentationLib.panel.selftest_support import constant_checkpoint
 
     out = constant_checkpoint(small_unetpp, tmp_path / "const.safetensors", label_value=2)
     before, after = load_file(str(small_unetpp)), load_file(str(out))

@@ -1,4 +1,4 @@
-"""The run's state machine behind the Slicer panel (UNetSegmentationLib.slicer_run), with the real
+"""The run's state machine behind the Slicer panel (UNetSegmentationLib.panel.run), with the real
 process runner and a real engine child: what the button and progress bar show in each state, events
 in order, progress that only rises, cancel that leaves no child and no file, failures that show the
 child's own message, temporary files removed in every outcome."""
@@ -17,10 +17,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import process_group_alive
-from UNetSegmentationLib import slicer_run
-from UNetSegmentationLib.slicer_panel import segment_id
-from UNetSegmentationLib.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
-from UNetSegmentationLib.slicer_run import (
+from UNetSegmentationLib.panel import run as slicer_run
+from UNetSegmentationLib.panel.choices import segment_id
+from UNetSegmentationLib.panel.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
+from UNetSegmentationLib.panel.run import (
     APPLY_TEXT,
     CANCEL_TEXT,
     CANCELLED,
@@ -181,7 +181,7 @@ def deliver_one_event_per_poll(engine) -> None:
     The engine on a cached ONNX export segments these 10 small slices in a fraction of a second, so
     a real poll often sees every event at once; this makes the test independent of that speed.
     """
-    from UNetSegmentationLib import runner
+    from UNetSegmentationLib.protocol import runner
 
     real_poll, backlog = engine.poll, []
 
@@ -200,7 +200,7 @@ def deliver_one_event_per_poll(engine) -> None:
 def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_path):
     import slicerio
 
-    from UNetSegmentationLib.checkpoint_header import read_metadata
+    from UNetSegmentationLib.model.header import read_metadata
 
     volume = tmp_path / "oblique.nrrd"
     ijk_to_ras = write_oblique_volume(volume)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.slicing import SliceGeometry, context_indices, gather_context, padding_for, parse_axis
+from UNetSegmentationLib.inference.slicing import SliceGeometry, context_indices, gather_context, padding_for, parse_axis
 
 from conftest import rotation_matrix
 

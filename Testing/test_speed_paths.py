@@ -21,13 +21,15 @@ import numpy as np
 import pytest
 import torch
 
-from UNetSegmentationLib import acceleration, onnx_backend
-from UNetSegmentationLib import inference_network
-from UNetSegmentationLib.acceleration import BF16_LABEL_AGREEMENT, ONNX_TOLERANCE, prefetch
-from UNetSegmentationLib.inference_network import ProbabilityNetwork, fold_batchnorm
-from UNetSegmentationLib.checkpoint import build_model, load_checkpoint
+from UNetSegmentationLib.backends import plan as acceleration
+
+from UNetSegmentationLib.backends import onnx_export as onnx_backend
+from UNetSegmentationLib.backends import torch_network as inference_network
+from UNetSegmentationLib.backends.plan import BF16_LABEL_AGREEMENT, ONNX_TOLERANCE, prefetch
+from UNetSegmentationLib.backends.torch_network import ProbabilityNetwork, fold_batchnorm
+from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference import PredictionOptions, SlicePredictor, labels_from_decision, labels_from_probabilities
+from UNetSegmentationLib.inference.pipeline import PredictionOptions, SlicePredictor, labels_from_decision, labels_from_probabilities
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
 
 from conftest import create_checkpoint
@@ -123,9 +125,9 @@ def test_bf16_labels_agree_with_fp32_on_the_real_ct(chest_ct_path):
     """The bundled model on 6 slices of the slicerio chest CT: bf16 autocast keeps ≥ 99 % of the labels."""
     import SimpleITK as sitk
 
-    from UNetSegmentationLib.inference import predict_volume
-    from UNetSegmentationLib.normalization import fit_normalization
-    from UNetSegmentationLib.slicing import SliceGeometry
+    from UNetSegmentationLib.inference.pipeline import predict_volume
+    from UNetSegmentationLib.inference.normalization import fit_normalization
+    from UNetSegmentationLib.inference.slicing import SliceGeometry
 
     checkpoint = load_checkpoint(BUNDLED)
     image = sitk.ReadImage(str(chest_ct_path))
@@ -265,7 +267,7 @@ def test_prefetch_stops_its_thread_when_the_consumer_stops():
 
 
 def test_cli_and_runner_pass_the_speed_options(cli, chest_ct_path, small_unetpp, tmp_path):
-    from UNetSegmentationLib.runner import predict_arguments
+    from UNetSegmentationLib.protocol.runner import predict_arguments
 
     arguments = predict_arguments("in.nrrd", "out.nrrd", "m.safetensors", backend="torch", precision="fp32", threads=1)
     assert arguments[arguments.index("--backend") + 1] == "torch"

@@ -69,8 +69,8 @@ def test_training_lowers_the_loss(chest_run):
 
 
 def test_held_out_dice_beats_trivial_baselines(chest_run, chest_ct_path, chest_segmentation_path):
-    from UNetSegmentationLib.checkpoint import read_metadata
-    from UNetSegmentationLib.evaluation import dice_per_class
+    from UNetSegmentationLib.model.checkpoint import read_metadata
+    from UNetSegmentationLib.evaluation.evaluate import dice_per_class
 
     metadata = read_metadata(chest_run)
     (held_out,) = metadata.training["data"]["held_out_slices"]
@@ -88,7 +88,7 @@ def test_held_out_dice_beats_trivial_baselines(chest_run, chest_ct_path, chest_s
 
 
 def test_checkpoint_records_classes_validation_and_depth_selection(chest_run):
-    from UNetSegmentationLib.checkpoint import read_metadata
+    from UNetSegmentationLib.model.checkpoint import read_metadata
     from UNetSegmentationLib.training.selection import select_depth
 
     metadata = read_metadata(chest_run)
@@ -118,7 +118,7 @@ def test_depth_selection_picks_the_shallowest_depth_within_tolerance():
 
 
 def test_predict_uses_the_recommended_depth_and_evaluate_reproduces_the_held_out_dice(cli, chest_run, chest_ct_path, chest_segmentation_path, tmp_path):
-    from UNetSegmentationLib.checkpoint import read_metadata
+    from UNetSegmentationLib.model.checkpoint import read_metadata
 
     metadata = read_metadata(chest_run)
     result = cli("predict", "--checkpoint", chest_run, "--progress", "json", "--device", "cpu", chest_ct_path, tmp_path / "out.seg.nrrd")
@@ -166,7 +166,7 @@ def tiny_train(cli, data, out, *extra):
 
 
 def weights(path):
-    from UNetSegmentationLib.checkpoint import load_checkpoint
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
     return load_checkpoint(path).state_dict
 
@@ -311,8 +311,8 @@ def test_every_registered_architecture_trains_with_the_same_command(cli, tiny_da
 
 
 def test_the_bundled_model_is_small_trained_and_used_by_the_demo(cli, tmp_path):
-    from UNetSegmentationLib.checkpoint import read_metadata
-    from UNetSegmentationLib.demo import bundled_model
+    from UNetSegmentationLib.model.checkpoint import read_metadata
+    from UNetSegmentationLib.cli.demo import bundled_model
 
     model = bundled_model()
     if model is None:
@@ -332,7 +332,7 @@ def test_the_bundled_model_is_small_trained_and_used_by_the_demo(cli, tmp_path):
 
 def test_training_can_start_from_a_created_checkpoint(cli, tiny_data, tmp_path):
     from conftest import create_checkpoint
-    from UNetSegmentationLib.checkpoint import load_checkpoint
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
     start = create_checkpoint(tmp_path / "start.safetensors", classes="body,bone", features="4,8,16")
     out = tmp_path / "tuned.safetensors"

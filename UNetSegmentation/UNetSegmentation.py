@@ -150,7 +150,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = UNetSegmentationLogic()
 
-        from UNetSegmentationLib.slicer_panel import architecture_choices
+        from UNetSegmentationLib.panel.choices import architecture_choices
 
         for name, title in architecture_choices():
             self.ui.architectureComboBox.addItem(title, name)
@@ -218,7 +218,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if firstVolumeNode:
                 parameterNode.inputVolume = firstVolumeNode
         if not self._checkpointPath(parameterNode):
-            from UNetSegmentationLib.slicer_panel import default_checkpoint
+            from UNetSegmentationLib.panel.choices import default_checkpoint
 
             lastUsed = qt.QSettings().value(LAST_CHECKPOINT_SETTING, "")
             checkpoint = default_checkpoint(str(lastUsed) if lastUsed else None)
@@ -254,7 +254,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updatingGui = False
 
     def _refreshCheckpointInfo(self) -> None:
-        from UNetSegmentationLib.slicer_panel import default_depth, describe_checkpoint
+        from UNetSegmentationLib.panel.choices import default_depth, describe_checkpoint
 
         path = self._checkpointPath(self._parameterNode)
         try:
@@ -322,7 +322,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     def onUseBundledModel(self) -> None:
-        from UNetSegmentationLib.slicer_panel import bundled_model_path
+        from UNetSegmentationLib.panel.choices import bundled_model_path
 
         bundled = bundled_model_path()
         if not bundled.is_file():
@@ -333,7 +333,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- devices (found by a short child process: torch is never imported here) --------------------
 
     def _fillDeviceComboBox(self) -> None:
-        from UNetSegmentationLib.slicer_panel import device_choices
+        from UNetSegmentationLib.panel.choices import device_choices
 
         comboBox = self.ui.deviceComboBox
         current = self._parameterNode.device if self._parameterNode else "auto"
@@ -353,8 +353,8 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _startDeviceProbe(self) -> None:
         if self._deviceProbe is not None:
             return
-        from UNetSegmentationLib.slicer_panel import DeviceProbe
-        from UNetSegmentationLib.slicer_run import slicer_python
+        from UNetSegmentationLib.panel.choices import DeviceProbe
+        from UNetSegmentationLib.panel.run import slicer_python
 
         python = slicer_python()
         if python is None:
@@ -382,8 +382,8 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showView(self) -> None:
         """Button, progress bar and state text from the run's state machine."""
-        from UNetSegmentationLib.slicer_panel import readiness
-        from UNetSegmentationLib.slicer_run import panel_view
+        from UNetSegmentationLib.panel.choices import readiness
+        from UNetSegmentationLib.panel.run import panel_view
 
         if self.ui is None:
             return
@@ -418,7 +418,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return slicer.util.confirmOkCancelDisplay(text)
 
     def onApplyButton(self) -> None:
-        from UNetSegmentationLib.slicer_run import FAILED, IDLE, SEGMENTING
+        from UNetSegmentationLib.panel.run import FAILED, IDLE, SEGMENTING
 
         if self._run is not None and self._run.running:
             if self._run.state == SEGMENTING:
@@ -485,7 +485,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
     def onRunTimer(self) -> None:
-        from UNetSegmentationLib.slicer_run import FAILED, FINISHED_STATES, IMPORTING
+        from UNetSegmentationLib.panel.run import FAILED, FINISHED_STATES, IMPORTING
 
         run = self._run
         if run is None:
@@ -537,7 +537,7 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def enginePython() -> str:
-        from UNetSegmentationLib.slicer_run import slicer_python
+        from UNetSegmentationLib.panel.run import slicer_python
 
         python = slicer_python()
         if python is None:
@@ -547,7 +547,7 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def runOptions(checkpoint, depth=None, device="auto", batchSize=4, sliceAxis="auto", largestComponent=False,
                    confidenceMap=False, architecture=None, classNames=None):
-        from UNetSegmentationLib.slicer_run import RunOptions
+        from UNetSegmentationLib.panel.run import RunOptions
 
         return RunOptions(
             checkpoint=pathlib.Path(checkpoint),
@@ -562,7 +562,7 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
         )
 
     def newRun(self, options, onLog=None):
-        from UNetSegmentationLib.slicer_run import SegmentationRun
+        from UNetSegmentationLib.panel.run import SegmentationRun
 
         return SegmentationRun(options, python=self.enginePython(), temp_root=slicer.app.temporaryPath, on_log=onLog)
 
@@ -581,13 +581,13 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def missingDependencies(self):
         """(torchMissing, [Requirement, ...]) — checked without importing torch or the packages."""
-        from UNetSegmentationLib.slicer_panel import missing_requirements
+        from UNetSegmentationLib.panel.choices import missing_requirements
 
         torchMissing = not self._pyTorchUtilsLogic().torchInstalled()
         return torchMissing, missing_requirements()
 
     def installDependencies(self, torchMissing, requirements) -> None:
-        from UNetSegmentationLib.slicer_panel import TORCH_VERSION_REQUIREMENT, missing_requirements, pip_install_arguments
+        from UNetSegmentationLib.panel.choices import TORCH_VERSION_REQUIREMENT, missing_requirements, pip_install_arguments
 
         if torchMissing:
             torch = self._pyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
@@ -608,7 +608,7 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
 
         Declining fails ``run`` (or raises without a run) with a message that says so.
         """
-        from UNetSegmentationLib.slicer_panel import install_confirmation_text
+        from UNetSegmentationLib.panel.choices import install_confirmation_text
 
         torchMissing, requirements = self.missingDependencies()
         if not torchMissing and not requirements:
@@ -648,7 +648,7 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
         ``outputNode`` None: a new node named after the volume; else that node is replaced by the result
         (same name). Returns the segmentation node.
         """
-        from UNetSegmentationLib.slicer_panel import output_segmentation_name, segment_id
+        from UNetSegmentationLib.panel.choices import output_segmentation_name, segment_id
 
         if volumeNode is None or not slicer.mrmlScene.IsNodePresent(volumeNode):
             raise RuntimeError("the input volume was removed from the scene during the segmentation")
@@ -721,9 +721,9 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
         ``checkpoint`` defaults to the bundled model. Returns the segmentation node; raises RuntimeError
         with the engine's own message when the segmentation fails.
         """
-        from UNetSegmentationLib.checkpoint_header import checkpoint_kind, read_metadata
-        from UNetSegmentationLib.slicer_panel import bundled_model_path
-        from UNetSegmentationLib.slicer_run import DONE, IMPORTING
+        from UNetSegmentationLib.model.header import checkpoint_kind, read_metadata
+        from UNetSegmentationLib.panel.choices import bundled_model_path
+        from UNetSegmentationLib.panel.run import DONE, IMPORTING
 
         checkpoint = pathlib.Path(checkpoint) if checkpoint else bundled_model_path()
         metadata = read_metadata(checkpoint) if checkpoint_kind(checkpoint) == "safetensors" else None
@@ -747,7 +747,7 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
 
 
 def _formatDuration(seconds) -> str:
-    from UNetSegmentationLib.slicer_run import format_duration
+    from UNetSegmentationLib.panel.run import format_duration
 
     return format_duration(seconds)
 
@@ -772,7 +772,7 @@ class UNetSegmentationTest(ScriptedLoadableModuleTest):
     def _engine(self, *arguments):
         import subprocess
 
-        from UNetSegmentationLib.runner import package_parent
+        from UNetSegmentationLib.protocol.runner import package_parent
 
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join([str(package_parent())] + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else []))
@@ -787,8 +787,8 @@ class UNetSegmentationTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Oblique, anisotropic volume with a small checkpoint")
         import numpy as np
 
-        from UNetSegmentationLib.checkpoint_header import read_metadata
-        from UNetSegmentationLib.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
+        from UNetSegmentationLib.model.header import read_metadata
+        from UNetSegmentationLib.panel.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
 
         logic = UNetSegmentationLogic()
         logic.ensureDependencies()  # the engine below needs torch; installs without asking
@@ -844,7 +844,7 @@ class UNetSegmentationTest(ScriptedLoadableModuleTest):
 
     def test_BundledModelOnSampleCT(self):
         """The bundled model on a CT from SampleData (skipped when either is not available)."""
-        from UNetSegmentationLib.slicer_panel import bundled_model_path
+        from UNetSegmentationLib.panel.choices import bundled_model_path
 
         if not bundled_model_path().is_file():
             self.delayDisplay("Bundled model not present: test skipped")

@@ -62,10 +62,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from architecture_table import count_flops  # noqa: E402
 
-from UNetSegmentationLib import acceleration, onnx_backend  # noqa: E402
-from UNetSegmentationLib.checkpoint import build_model, create_checkpoint, load_checkpoint  # noqa: E402
-from UNetSegmentationLib.inference import PredictionOptions, SlicePredictor  # noqa: E402
-from UNetSegmentationLib.metadata import ModelMetadata, Normalization, make_classes, out_channels_for  # noqa: E402
+from UNetSegmentationLib.backends import plan as acceleration
+
+from UNetSegmentationLib.backends import onnx_export as onnx_backend  # noqa: E402
+from UNetSegmentationLib.model.checkpoint import build_model, create_checkpoint, load_checkpoint  # noqa: E402
+from UNetSegmentationLib.inference.pipeline import PredictionOptions, SlicePredictor  # noqa: E402
+from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes, out_channels_for  # noqa: E402
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network  # noqa: E402
 
 BUNDLED = ROOT / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
@@ -397,7 +399,7 @@ def int8_predictor(checkpoint_path: Path, depth, threads: int, size: int, slices
     """The engine with ``--precision int8``: its ONNX export quantised as ``predict`` does, calibrated on
     ``slices`` random slices (random weights: the ranges do not change the speed; the label check
     that ``predict`` adds is left out, random networks' near-ties make it meaningless)."""
-    from UNetSegmentationLib.quantization import calibration_tiles, quantize_export
+    from UNetSegmentationLib.backends.int8 import calibration_tiles, quantize_export
 
     predictor = engine_predictor(checkpoint_path, depth, threads, precision="int8")
     session = predictor.inner
@@ -450,7 +452,7 @@ def head_to_head_section(sizes: List[int], threads: int, quick: bool) -> dict:
 
 def optimisation_variants(checkpoint_path: Path, depth, size: int, threads: int, native_bf16: bool, with_onnx: bool, batches=(1,)):
     """Name → predictor for each speed option alone and combined (same network, same input)."""
-    from UNetSegmentationLib.inference_network import fold_batchnorm
+    from UNetSegmentationLib.backends.torch_network import fold_batchnorm
 
     checkpoint = load_checkpoint(checkpoint_path)
     metadata = checkpoint.metadata
@@ -530,7 +532,7 @@ def optimisation_section(folder: Path, threads: int, quick: bool, native_bf16: b
 
 def compile_section(threads: int) -> dict:
     """torch.compile of the bundled model (folded, channels_last) at 512²: compile time against gain."""
-    from UNetSegmentationLib.inference_network import ProbabilityNetwork, fold_batchnorm
+    from UNetSegmentationLib.backends.torch_network import ProbabilityNetwork, fold_batchnorm
 
     checkpoint = load_checkpoint(BUNDLED)
     model = build_model(checkpoint)
@@ -567,9 +569,9 @@ def prefetch_section(threads: int, slices: int = 24) -> dict:
     """predict_volume on a 512×512×N volume with and without the preprocessing thread."""
     import SimpleITK as sitk
 
-    from UNetSegmentationLib.inference import predict_volume
-    from UNetSegmentationLib.normalization import fit_normalization
-    from UNetSegmentationLib.slicing import SliceGeometry
+    from UNetSegmentationLib.inference.pipeline import predict_volume
+    from UNetSegmentationLib.inference.normalization import fit_normalization
+    from UNetSegmentationLib.inference.slicing import SliceGeometry
 
     image = ct_volume(slices)
     volume = sitk.GetArrayViewFromImage(image)
@@ -600,11 +602,11 @@ def bf16_section(threads: int) -> dict:
     numerics) and int8 (ONNX Runtime, quantised for this CT as ``predict --precision int8`` does)."""
     import slicerio
 
-    from UNetSegmentationLib.quantization import quantize_for_volume
-    from UNetSegmentationLib.evaluation import dice_per_class, held_out_slices_of
-    from UNetSegmentationLib.inference import predict_volume
-    from UNetSegmentationLib.normalization import fit_normalization
-    from UNetSegmentationLib.slicing import SliceGeometry
+    from UNetSegmentationLib.backends.int8 import quantize_for_volume
+    from UNetSegmentationLib.evaluation.evaluate import dice_per_class, held_out_slices_of
+    from UNetSegmentationLib.inference.pipeline import predict_volume
+    from UNetSegmentationLib.inference.normalization import fit_normalization
+    from UNetSegmentationLib.inference.slicing import SliceGeometry
     from UNetSegmentationLib.training.data import Case, load_case, resolve_classes
 
     checkpoint = load_checkpoint(BUNDLED)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "UNetSegmentation"))
 
-from UNetSegmentationLib import onnx_backend  # noqa: E402
-from UNetSegmentationLib.checkpoint import load_checkpoint  # noqa: E402
-from UNetSegmentationLib.demo import bundled_model  # noqa: E402
-from UNetSegmentationLib.inference import resolve_depth  # noqa: E402
+from UNetSegmentationLib.backends import onnx_export as onnx_backend  # noqa: E402
+from UNetSegmentationLib.model.checkpoint import load_checkpoint  # noqa: E402
+from UNetSegmentationLib.cli.demo import bundled_model  # noqa: E402
+from UNetSegmentationLib.inference.pipeline import resolve_depth  # noqa: E402
 
 
 def main(argv) -> int:

@@ -8,8 +8,8 @@ segmentations (read with :mod:`slicerio`, whose voxels are ``[i, j, k]``; Simple
 grids that differ, and label values or segments outside the class list stop with one clear message.
 
 Volumes stay in their stored dtype; 2.5D inputs are gathered through the engine's
-:class:`~UNetSegmentationLib.slicing.SliceGeometry` view and normalised batch by batch with the
-checkpoint's :class:`~UNetSegmentationLib.normalization.IntensityMapping` — exactly as ``predict``
+:class:`~UNetSegmentationLib.inference.slicing.SliceGeometry` view and normalised batch by batch with the
+checkpoint's :class:`~UNetSegmentationLib.inference.normalization.IntensityMapping` — exactly as ``predict``
 does — so a model sees the same slices, in the same orientation and intensity scale, in training
 and in use.
 """
@@ -24,10 +24,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import DEFAULT_COLORS, ClassInfo, Normalization
-from UNetSegmentationLib.normalization import IntensityMapping, fit_normalization
-from UNetSegmentationLib.outputs import IMAGE_EXTENSIONS, split_extension
-from UNetSegmentationLib.slicing import SliceGeometry, gather_context
+from UNetSegmentationLib.model.metadata import DEFAULT_COLORS, ClassInfo, Normalization
+from UNetSegmentationLib.inference.normalization import IntensityMapping, fit_normalization
+from UNetSegmentationLib.io.outputs import IMAGE_EXTENSIONS, split_extension
+from UNetSegmentationLib.inference.slicing import SliceGeometry, gather_context
 
 #: file name endings recognised when pairing folders (compound ones first)
 VOLUME_EXTENSIONS = IMAGE_EXTENSIONS + (".mhd", ".nhdr")
@@ -197,7 +197,7 @@ def read_label(path, image, case: str = "") -> LabelVolume:
 def _read_label_map(path: Path, image, where: str) -> LabelVolume:
     import SimpleITK as sitk
 
-    from UNetSegmentationLib.volume_io import ijk_to_lps
+    from UNetSegmentationLib.io.volumes import ijk_to_lps
 
     try:
         label = sitk.ReadImage(str(path))
@@ -223,7 +223,7 @@ def _read_label_map(path: Path, image, where: str) -> LabelVolume:
 def _read_segmentation(path: Path, image, where: str) -> LabelVolume:
     import slicerio
 
-    from UNetSegmentationLib.volume_io import ijk_to_lps
+    from UNetSegmentationLib.io.volumes import ijk_to_lps
 
     try:
         segmentation = slicerio.read_segmentation(str(path))
@@ -408,7 +408,7 @@ def load_case(case: Case) -> LoadedCase:
     """Read the image, then its label on the image's grid (every problem is a :class:`UserError`)."""
     import SimpleITK as sitk
 
-    from UNetSegmentationLib.volume_io import check_finite, read_volume
+    from UNetSegmentationLib.io.volumes import check_finite, read_volume
 
     image = read_volume(case.image)
     volume = sitk.GetArrayFromImage(image)

@@ -39,12 +39,12 @@ def measure_ms_per_slice(
     repeats: int = 5,
 ) -> Dict[object, float]:
     """Network milliseconds per slice for each depth (``None``: the default forward), through the
-    engine's :class:`~UNetSegmentationLib.inference.SlicePredictor` on ``shape`` slices padded as
+    engine's :class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor` on ``shape`` slices padded as
     ``predict`` pads them. The minimum over ``repeats`` runs, after a warm-up, is reported: on a
     shared machine the minimum is the least disturbed measurement.
     """
-    from UNetSegmentationLib.inference import SlicePredictor
-    from UNetSegmentationLib.slicing import padding_for
+    from UNetSegmentationLib.inference.pipeline import SlicePredictor
+    from UNetSegmentationLib.inference.slicing import padding_for
 
     results = {}
     for depth in depths:
@@ -87,9 +87,9 @@ def export_depth(checkpoint_path, depth: int, output, overwrite: bool = False) -
 
     Returns ``(path, full_parameters, exported_parameters)``.
     """
-    from UNetSegmentationLib.checkpoint import _is_buffer, load_checkpoint, save_checkpoint
+    from UNetSegmentationLib.model.checkpoint import _is_buffer, load_checkpoint, save_checkpoint
     from UNetSegmentationLib.networks.registry import build_network
-    from UNetSegmentationLib.outputs import check_output_path
+    from UNetSegmentationLib.io.outputs import check_output_path
 
     output = check_output_path(Path(output), overwrite, what="checkpoint", extensions=(".safetensors",))
     checkpoint = load_checkpoint(checkpoint_path)

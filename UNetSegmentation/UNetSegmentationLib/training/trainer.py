@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import ModelMetadata, Normalization, out_channels_for
+from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, out_channels_for
 from UNetSegmentationLib.training.data import (
     AugmentOptions, Case, PreparedVolume, SliceSampler, held_out_blocks, load_case, prepare_volume, resolve_classes,
 )
@@ -197,14 +197,14 @@ def _schedule(kind: str, total_steps: int):
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    from UNetSegmentationLib.outputs import atomic_output
+    from UNetSegmentationLib.io.outputs import atomic_output
 
     with atomic_output([path], overwrite=True) as (temporary,):
         torch.save(obj, str(temporary))
 
 
 def _write_log(history: List[dict], path: Path) -> None:
-    from UNetSegmentationLib.outputs import atomic_output
+    from UNetSegmentationLib.io.outputs import atomic_output
 
     columns: List[str] = []
     for row in history:
@@ -261,7 +261,7 @@ class Trainer:
     # -- checks before any work --
 
     def _check_outputs(self) -> None:
-        from UNetSegmentationLib.outputs import check_output_path
+        from UNetSegmentationLib.io.outputs import check_output_path
 
         replace = self.overwrite or self.resume
         if self.resume and not self.state_path.is_file():
@@ -325,8 +325,8 @@ class Trainer:
 
     def _validate(self, model, metadata, volumes, device) -> Dict[Any, Tuple[Optional[float], np.ndarray]]:
         """Per depth: (mean Dice over classes, per-class Dice averaged over volumes) on the held-out slices."""
-        from UNetSegmentationLib.evaluation import dice_per_class, predict_slices
-        from UNetSegmentationLib.inference import SlicePredictor
+        from UNetSegmentationLib.evaluation.evaluate import dice_per_class, predict_slices
+        from UNetSegmentationLib.inference.pipeline import SlicePredictor
 
         class_count = len(metadata.classes)
         results = {}
@@ -364,8 +364,8 @@ class Trainer:
             self.progress.close()
 
     def _run(self) -> TrainResult:
-        from UNetSegmentationLib.checkpoint import build_model, load_checkpoint, save_checkpoint
-        from UNetSegmentationLib.inference import resolve_device
+        from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint, save_checkpoint
+        from UNetSegmentationLib.inference.pipeline import resolve_device
         from UNetSegmentationLib.networks.blocks import as_training_output
         from UNetSegmentationLib.networks.registry import build_network
         from UNetSegmentationLib.training.losses import SegmentationLoss, loss_kind
@@ -613,6 +613,6 @@ class Trainer:
 
 
 def read_metadata_or(path: Path, fallback: ModelMetadata) -> ModelMetadata:
-    from UNetSegmentationLib.checkpoint import read_metadata
+    from UNetSegmentationLib.model.checkpoint import read_metadata
 
     return read_metadata(path) if Path(path).is_file() else fallback

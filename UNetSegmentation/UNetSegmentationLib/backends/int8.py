@@ -37,7 +37,7 @@ from typing import List, Sequence, Set, Tuple
 
 import numpy as np
 
-from UNetSegmentationLib.slicing import normalised_batch, padding_for
+from UNetSegmentationLib.inference.slicing import normalised_batch, padding_for
 
 CALIBRATION_SLICES = 8
 #: calibration sees the slices in tiles of at most this many pixels a side (bounded memory)
@@ -231,8 +231,8 @@ class Int8Result:
 def quantize_for_volume(predictor, volume: np.ndarray, geometry, context: int, mapping) -> Int8Result:
     """Quantise ``predictor``'s ONNX export for ``volume`` and check it (see the module's docstring).
 
-    ``predictor``: :class:`~UNetSegmentationLib.acceleration.MicroBatched` around a float32
-    :class:`~UNetSegmentationLib.onnx_backend.OnnxSlicePredictor`; ``volume``, ``geometry``,
+    ``predictor``: :class:`~UNetSegmentationLib.backends.plan.MicroBatched` around a float32
+    :class:`~UNetSegmentationLib.backends.onnx_export.OnnxSlicePredictor`; ``volume``, ``geometry``,
     ``context`` and ``mapping``: what the prediction slices and normalises it with, so that the
     network is calibrated on exactly the inputs it will see. Returns the same wrapper around the
     int8 session, or around the float32 one if the check fails.

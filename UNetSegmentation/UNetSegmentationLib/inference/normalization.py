@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from UNetSegmentationLib.metadata import Normalization
+from UNetSegmentationLib.model.metadata import Normalization
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ ONNX_TOLERANCE = 1e-4
 
 class PlainCpuDevice:
     """``torch.device("cpu")`` as far as this package asks (``type``, ``index``, ``str``), without
-    importing PyTorch: what :func:`~UNetSegmentationLib.inference.resolve_device` gives where no GPU
+    importing PyTorch: what :func:`~UNetSegmentationLib.inference.pipeline.resolve_device` gives where no GPU
     can be present."""
 
     type = "cpu"
@@ -185,7 +185,7 @@ def resolve_precision(precision: Optional[str], device) -> str:
     changes by less than 0.001 (BENCHMARKS.md). ``fp32`` forces float32 everywhere. ``int8``: the
     ONNX export quantised for each volume (CPU only; :mod:`.quantization`), never chosen by
     ``auto``: it pays only for wide networks (measured 1.5-1.6× on UNet++ L4, no gain on the bundled model). ``None``: what
-    :class:`~UNetSegmentationLib.inference.SlicePredictor` always did (CUDA autocast, CPU fp32).
+    :class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor` always did (CUDA autocast, CPU fp32).
     """
     legacy = precision is None
     precision = parse_choice(precision, PRECISIONS, "--precision")
@@ -207,7 +207,7 @@ def resolve_precision(precision: Optional[str], device) -> str:
 
 def resolve_backend(backend: Optional[str], device, precision: str) -> str:
     """``torch`` or ``onnx`` for ``--backend`` (``auto``: ONNX Runtime on the CPU in fp32 when installed)."""
-    from UNetSegmentationLib import onnx_backend
+    from UNetSegmentationLib.backends import onnx_export as onnx_backend
 
     backend = parse_choice(backend, BACKENDS, "--backend")
     on_cpu = getattr(device, "type", str(device)) == "cpu"
@@ -234,7 +234,7 @@ def resolve_backend(backend: Optional[str], device, precision: str) -> str:
 def create_predictor(checkpoint, device, depth, options, notes: Optional[list] = None):
     """The predictor ``predict_file`` runs: backend, precision and threads from ``options``.
 
-    ``checkpoint``: a loaded :class:`~UNetSegmentationLib.checkpoint.Checkpoint`. For the ONNX backend
+    ``checkpoint``: a loaded :class:`~UNetSegmentationLib.model.checkpoint.Checkpoint`. For the ONNX backend
     a cached export of exactly this checkpoint, depth and classification guidance is used when there
     is one (the PyTorch network is then never built: no MONAI import), else it is exported, checked
     against PyTorch and cached. An export that fails or disagrees with PyTorch falls back to PyTorch
@@ -249,7 +249,7 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
     backend = resolve_backend(getattr(options, "backend", "auto"), device, precision)
     guidance = getattr(options, "classification_guidance", True)
     if backend == "onnx":
-        from UNetSegmentationLib import onnx_backend
+        from UNetSegmentationLib.backends import onnx_export as onnx_backend
 
         try:
             session = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, depth, guidance, threads)
@@ -265,8 +265,8 @@ def create_predictor(checkpoint, device, depth, options, notes: Optional[list] =
                 notes.append(f"ONNX Runtime cannot run this network ({error}); using PyTorch")
     import torch
 
-    from UNetSegmentationLib.checkpoint import build_model
-    from UNetSegmentationLib.inference import SlicePredictor
+    from UNetSegmentationLib.model.checkpoint import build_model
+    from UNetSegmentationLib.inference.pipeline import SlicePredictor
 
     configure_threads(requested)  # --threads: PyTorch's process-wide setting, as before
     device = torch.device(str(device))  # the resolved device may be the torch-free CPU stand-in

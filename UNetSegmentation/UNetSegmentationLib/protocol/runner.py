@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from UNetSegmentationLib.outputs import lock_path, temporary_path
+from UNetSegmentationLib.io.outputs import lock_path, temporary_path
 
 IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
@@ -32,7 +32,7 @@ FINISHED_STATES = (DONE, FAILED, CANCELLED)
 
 def package_parent() -> Path:
     """The folder that holds ``UNetSegmentationLib``: put on the child's PYTHONPATH."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def predict_arguments(

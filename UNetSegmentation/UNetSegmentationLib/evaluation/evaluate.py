@@ -8,8 +8,8 @@ a class absent from the prediction or the ground truth gives no HD95. Results go
 table), to CSV and JSON, and, for several depths, to a PNG plot of accuracy against measured
 ms/slice — the UNet++ paper's pruning figure (Zhou et al., IEEE TMI 2020, Fig. 7) for your data.
 
-Prediction is the engine's own: :func:`~UNetSegmentationLib.inference.predict_volume` through a
-:class:`~UNetSegmentationLib.inference.SlicePredictor`, exactly what ``unetseg predict`` runs.
+Prediction is the engine's own: :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` through a
+:class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor`, exactly what ``unetseg predict`` runs.
 """
 
 from __future__ import annotations
@@ -92,11 +92,11 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, class_count: int) 
 def predict_slices(predictor, slices: np.ndarray, mapping, indices: Sequence[int], batch_size: int = 4) -> np.ndarray:
     """Channel indices ``(n, rows, columns)`` for ``indices`` of a ``[slice, row, column]`` view.
 
-    :func:`~UNetSegmentationLib.inference.predict_volume` restricted to some slices (held-out slices
+    :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` restricted to some slices (held-out slices
     during training): the same gathering, normalisation, padding and label decision.
     """
-    from UNetSegmentationLib.inference import labels_from_probabilities
-    from UNetSegmentationLib.slicing import gather_context, padding_for
+    from UNetSegmentationLib.inference.pipeline import labels_from_probabilities
+    from UNetSegmentationLib.inference.slicing import gather_context, padding_for
 
     metadata = predictor.metadata
     rows, columns = slices.shape[1:]
@@ -188,11 +188,11 @@ def _depth_name(depth) -> str:
 
 def evaluate_cases(checkpoint_path, cases, options: EvaluationOptions, reporter=None) -> Evaluation:
     """Segment every case at every requested depth and measure it against its label."""
-    from UNetSegmentationLib.checkpoint import build_model, load_checkpoint
-    from UNetSegmentationLib.inference import SlicePredictor, predict_volume, resolve_depth, resolve_device
+    from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
+    from UNetSegmentationLib.inference.pipeline import SlicePredictor, predict_volume, resolve_depth, resolve_device
     from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
-    from UNetSegmentationLib.normalization import fit_normalization
-    from UNetSegmentationLib.slicing import SliceGeometry
+    from UNetSegmentationLib.inference.normalization import fit_normalization
+    from UNetSegmentationLib.inference.slicing import SliceGeometry
     from UNetSegmentationLib.training.data import load_case, resolve_classes
 
     checkpoint = load_checkpoint(checkpoint_path)
@@ -306,7 +306,7 @@ def write_csv(evaluation: Evaluation, path: Path) -> None:
 
 def plot_accuracy_vs_speed(summary: Dict[str, dict], path: Path, title: str = "") -> None:
     """Mean Dice against ms/slice per depth; marker area grows with the parameter count."""
-    from UNetSegmentationLib.plotting import pyplot
+    from UNetSegmentationLib.evaluation.plotting import pyplot
 
     plt = pyplot()
 

@@ -9,7 +9,7 @@
 The Slicer module does the Slicer parts (install packages, export the volume to
 :attr:`SegmentationRun.input_path`, load :attr:`output_path`), and calls this object between them;
 everything else lives here: the temporary folder and its removal in every outcome, the engine
-child process (:class:`~UNetSegmentationLib.runner.EngineProcess`), the log lines, and what the
+child process (:class:`~UNetSegmentationLib.protocol.runner.EngineProcess`), the log lines, and what the
 panel shows in each state (:meth:`SegmentationRun.view`: button text and enabled state, progress
 bar value and text). Torch-, numpy- and SimpleITK-free.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from UNetSegmentationLib import runner as runner_module
-from UNetSegmentationLib.runner import EngineProcess, predict_arguments
+from UNetSegmentationLib.protocol import runner as runner_module
+from UNetSegmentationLib.protocol.runner import EngineProcess, predict_arguments
 
 IDLE = "idle"
 INSTALLING = "installing"

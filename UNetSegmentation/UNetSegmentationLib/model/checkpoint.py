@@ -11,11 +11,11 @@ from typing import Dict, Mapping, Optional, TYPE_CHECKING
 if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
     import torch
 
-from UNetSegmentationLib.checkpoint_header import SAFETENSORS, checkpoint_kind, read_metadata
+from UNetSegmentationLib.model.header import SAFETENSORS, checkpoint_kind, read_metadata
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import METADATA_KEY, ModelMetadata
+from UNetSegmentationLib.model.metadata import METADATA_KEY, ModelMetadata
 from UNetSegmentationLib.networks.registry import build_network, get_architecture
-from UNetSegmentationLib.outputs import atomic_output
+from UNetSegmentationLib.io.outputs import atomic_output
 
 SAFETENSORS_SUFFIX = ".safetensors"
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from UNetSegmentationLib.checkpoint_header import SAFETENSORS, TORCH, checkpoint_kind, read_metadata
+from UNetSegmentationLib.model.header import SAFETENSORS, TORCH, checkpoint_kind, read_metadata
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import ModelMetadata
+from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, get_architecture, prune_depths_of
 
 #: file name of the bundled model (the same as ``demo.BUNDLED_MODEL_NAME``; demo imports numpy, so it is repeated here)
@@ -31,7 +31,7 @@ SLICE_AXES = ("auto", "i", "j", "k")
 
 def models_folder() -> Path:
     """``<module>/Resources/Models``: beside the Lib package in the source tree and in a Slicer install."""
-    return Path(__file__).resolve().parent.parent / "Resources" / "Models"
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def bundled_model_path() -> Path:

@@ -14,8 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import ClassInfo
-from UNetSegmentationLib.outputs import split_extension
+from UNetSegmentationLib.model.metadata import ClassInfo
+from UNetSegmentationLib.io.outputs import split_extension
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

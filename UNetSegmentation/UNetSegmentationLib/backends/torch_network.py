@@ -123,7 +123,7 @@ class LabelDecisionNetwork(ProbabilityNetwork):
     """``(B, C, H, W)`` → ``(B, 2, H, W)`` float32: channel :data:`DECISION_CHOSEN` the chosen channel
     of :class:`ProbabilityNetwork`'s probabilities (argmax over background + classes; for one class
     1 where p ≥ 0.5, else 0) as a float, channel :data:`DECISION_CONFIDENCE` its probability — what
-    :func:`~UNetSegmentationLib.inference.labels_from_probabilities` computes from the probabilities.
+    :func:`~UNetSegmentationLib.inference.pipeline.labels_from_probabilities` computes from the probabilities.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

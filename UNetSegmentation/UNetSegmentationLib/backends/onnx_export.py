@@ -4,7 +4,7 @@ Optional: needs ``onnxruntime`` and ``onnx`` (``pip install 'UNetSegmentationLib
 brings ``onnxscript`` for PyTorch's newer exporter). Without them :func:`available` is False and
 ``--backend auto`` uses PyTorch.
 
-What is exported is :class:`~UNetSegmentationLib.inference_network.LabelDecisionNetwork`: the network
+What is exported is :class:`~UNetSegmentationLib.backends.torch_network.LabelDecisionNetwork`: the network
 at the requested depth (UNet++ at depth L holds only the nodes i + j ≤ L and head L; ``accurate`` all
 heads and their mean), BatchNorm folded, softmax/sigmoid included, and the decision per pixel (chosen
 channel and its probability), with dynamic batch, rows and columns. The export is
@@ -18,7 +18,7 @@ channel and its probability), with dynamic batch, rows and columns. The export i
 - *checked*: before it is cached, ONNX Runtime and PyTorch run the same random inputs at two
   sizes (one different from the export example, to catch shapes frozen by tracing): the chosen
   channel's probability in PyTorch and the confidence must both be within
-  :data:`~UNetSegmentationLib.acceleration.ONNX_TOLERANCE` of PyTorch's largest probability, or the
+  :data:`~UNetSegmentationLib.backends.plan.ONNX_TOLERANCE` of PyTorch's largest probability, or the
   export is refused (:class:`ExportError`; ``auto`` then falls back to PyTorch).
 
 The TorchScript-based exporter is tried first (about 1 s for the bundled model; deprecated in
@@ -44,7 +44,7 @@ from typing import List, Union
 
 import numpy as np
 
-from UNetSegmentationLib.acceleration import CPU, ONNX_TOLERANCE
+from UNetSegmentationLib.backends.plan import CPU, ONNX_TOLERANCE
 
 EXPORT_VERSION = 2  # 2: the decision (chosen channel, confidence) instead of the probabilities
 OPSET = 18
@@ -132,8 +132,8 @@ def shipped_export(checkpoint, depth, guidance: bool = True, content=None) -> Pa
 
 
 def _network(checkpoint, depth, guidance: bool):
-    from UNetSegmentationLib.checkpoint import build_model
-    from UNetSegmentationLib.inference_network import LabelDecisionNetwork, fold_batchnorm
+    from UNetSegmentationLib.model.checkpoint import build_model
+    from UNetSegmentationLib.backends.torch_network import LabelDecisionNetwork, fold_batchnorm
 
     model = build_model(checkpoint)
     if hasattr(model, "classification_guidance"):
@@ -222,7 +222,7 @@ def _check(session, network, in_channels: int, multiple: int) -> float:
     Runtime chose, (b) ONNX Runtime's confidence. A tie broken the other way costs nothing."""
     import torch
 
-    from UNetSegmentationLib.inference_network import DECISION_CHOSEN, DECISION_CONFIDENCE, ProbabilityNetwork
+    from UNetSegmentationLib.backends.torch_network import DECISION_CHOSEN, DECISION_CONFIDENCE, ProbabilityNetwork
 
     probabilities_of = ProbabilityNetwork(network.model, network.depth, network.uses_softmax).eval()
     generator = torch.Generator().manual_seed(0)
@@ -330,10 +330,10 @@ def make_session(model: Union[Path, bytes], threads: int, quiet: bool = False):
 
 
 class OnnxSlicePredictor:
-    """:class:`~UNetSegmentationLib.inference.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
+    """:class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
 
     ``__call__(batch)``: ``(B, 2c+1, H, W)`` float32 numpy, normalised and padded → ``(B, 2, H, W)``
-    float32 numpy: the decision of :class:`~UNetSegmentationLib.inference_network.LabelDecisionNetwork`
+    float32 numpy: the decision of :class:`~UNetSegmentationLib.backends.torch_network.LabelDecisionNetwork`
     (``decides_labels``), not the probabilities. Needs no PyTorch.
     """
 

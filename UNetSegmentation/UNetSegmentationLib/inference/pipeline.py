@@ -18,18 +18,18 @@ import numpy as np
 if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
     import torch
 
-from UNetSegmentationLib.acceleration import CPU, create_predictor, cuda_is_impossible, prefetch
-from UNetSegmentationLib.checkpoint import Checkpoint, load_checkpoint
+from UNetSegmentationLib.backends.plan import CPU, create_predictor, cuda_is_impossible, prefetch
+from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import ModelMetadata
+from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
-from UNetSegmentationLib.normalization import IntensityMapping, fit_normalization
-from UNetSegmentationLib.memory import MemoryGuard
-from UNetSegmentationLib.outputs import atomic_output, check_output_path, claims_outputs
-from UNetSegmentationLib.postprocess import keep_largest_component
-from UNetSegmentationLib.progress import Reporter
-from UNetSegmentationLib.slicing import SliceGeometry, input_batches, padding_for
-from UNetSegmentationLib.volume_io import check_finite, check_slice_size, constant_value, label_dtype, read_volume, write_labels, write_scalar
+from UNetSegmentationLib.inference.normalization import IntensityMapping, fit_normalization
+from UNetSegmentationLib.backends.memory import MemoryGuard
+from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claims_outputs
+from UNetSegmentationLib.inference.postprocess import keep_largest_component
+from UNetSegmentationLib.protocol.reporters import Reporter
+from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, padding_for
+from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, label_dtype, read_volume, write_labels, write_scalar
 
 ACCURATE = "accurate"
 Depth = Union[int, str, None]
@@ -55,7 +55,7 @@ class PredictionOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UserError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
-        from UNetSegmentationLib.acceleration import BACKENDS, PRECISIONS, check_positive, parse_choice
+        from UNetSegmentationLib.backends.plan import BACKENDS, PRECISIONS, check_positive, parse_choice
 
         self.backend = parse_choice(self.backend, BACKENDS, "--backend")
         self.precision = parse_choice(self.precision, PRECISIONS, "--precision")
@@ -67,7 +67,7 @@ class PredictionOptions:
 def resolve_device(spec: str, plain_cpu: bool = False):
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``; an
     unavailable GPU is an error. ``plain_cpu``: where the answer is the CPU and PyTorch would have to
-    be imported only to say so, give :data:`~UNetSegmentationLib.acceleration.CPU` instead (``predict``
+    be imported only to say so, give :data:`~UNetSegmentationLib.backends.plan.CPU` instead (``predict``
     with a cached ONNX export then never imports PyTorch)."""
     spec = (spec or "auto").lower()
     if plain_cpu and (spec == "cpu" or (spec == "auto" and cuda_is_impossible())):
@@ -123,10 +123,10 @@ class SlicePredictor:
 
     ``precision``: None (as always: CUDA bf16 autocast, fp16 where bf16 is unsupported; CPU
     float32), ``auto`` (also bf16 on CPUs with native bf16), ``fp32`` or ``bf16`` (see
-    :func:`~UNetSegmentationLib.acceleration.resolve_precision`).
+    :func:`~UNetSegmentationLib.backends.plan.resolve_precision`).
     ``optimize``: fold BatchNorm into the convolutions (in place: ``model`` is changed) and use
     channels_last on the CPU where it pays (batch-normalised networks); off by default, on in
-    ``predict`` (:func:`~UNetSegmentationLib.acceleration.create_predictor`).
+    ``predict`` (:func:`~UNetSegmentationLib.backends.plan.create_predictor`).
     """
 
     backend = "torch"
@@ -144,8 +144,8 @@ class SlicePredictor:
     ) -> None:
         import torch
 
-        from UNetSegmentationLib.acceleration import resolve_precision
-        from UNetSegmentationLib.inference_network import fold_batchnorm, prefers_channels_last
+        from UNetSegmentationLib.backends.plan import resolve_precision
+        from UNetSegmentationLib.backends.torch_network import fold_batchnorm, prefers_channels_last
 
         self.metadata = metadata
         self.device = device
@@ -185,7 +185,7 @@ class SlicePredictor:
     def _predict(self, inputs: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        from UNetSegmentationLib.inference_network import autocast
+        from UNetSegmentationLib.backends.torch_network import autocast
 
         if self.cuda:
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
@@ -223,7 +223,7 @@ def labels_from_probabilities(probabilities: "torch.Tensor", label_values: np.nd
 def labels_from_decision(decision: np.ndarray, label_values: np.ndarray) -> tuple:
     """``(labels, confidence)`` from a predictor that decides the labels itself (``decides_labels``):
     ``(B, 2, H, W)`` float32, the chosen channel and its probability
-    (:class:`~UNetSegmentationLib.inference_network.LabelDecisionNetwork`)."""
+    (:class:`~UNetSegmentationLib.backends.torch_network.LabelDecisionNetwork`)."""
     chosen = decision[:, 0].astype(np.intp)  # small whole numbers, exact in float32
     return label_values[chosen], decision[:, 1]
 
@@ -359,7 +359,7 @@ def predict_file(
         reporter.warning(f"the input is constant (every voxel is {constant:g}): there is no structure to segment, expect an empty or meaningless result")
     quantize_s = 0.0
     if quantize_int8:  # after the start event: the progress bar is up while calibration runs (seconds to a minute)
-        from UNetSegmentationLib.quantization import quantize_for_volume
+        from UNetSegmentationLib.backends.int8 import quantize_for_volume
 
         quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
         predictor, quantize_s = quantized.predictor, quantized.seconds

@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Tuple
 
-from UNetSegmentationLib.checkpoint_header import read_metadata, read_safetensors_header
+from UNetSegmentationLib.model.header import read_metadata, read_safetensors_header
 from UNetSegmentationLib.errors import UserError
 
 if TYPE_CHECKING:  # numpy is imported where it is used, so importing this module stays light

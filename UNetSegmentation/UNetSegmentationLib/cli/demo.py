@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from UNetSegmentationLib.progress import Reporter
+from UNetSegmentationLib.protocol.reporters import Reporter
 
 #: the bundled model, shipped inside the Slicer module so the installed module offers it by default
 BUNDLED_MODEL_NAME = "chest-ct-unetplusplus.safetensors"
@@ -20,7 +20,7 @@ DEMO_CT = "CTChest4.nrrd"
 
 def models_folder() -> Path:
     """``UNetSegmentation/Resources/Models``: beside this package in the source tree and in a Slicer install."""
-    return Path(__file__).resolve().parent.parent / "Resources" / "Models"
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def bundled_model() -> Optional[Path]:
@@ -30,7 +30,7 @@ def bundled_model() -> Optional[Path]:
 
 def write_overlay_png(volume: np.ndarray, labels: np.ndarray, classes: Sequence, path: Path, slice_count: int = 4, window=(-1000.0, 1000.0)) -> None:
     """A row of slices ([slice, row, column] arrays) with each class drawn in its colour, and a legend."""
-    from UNetSegmentationLib.plotting import pyplot
+    from UNetSegmentationLib.evaluation.plotting import pyplot
 
     plt = pyplot()
 
@@ -54,7 +54,7 @@ def write_overlay_png(volume: np.ndarray, labels: np.ndarray, classes: Sequence,
 
 def untrained_metadata():
     """A small two-class UNet++ for running the pipeline before a trained model exists."""
-    from UNetSegmentationLib.metadata import ModelMetadata, Normalization, make_classes
+    from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes
 
     kwargs = {"in_channels": 3, "out_channels": 3, "features": [8, 16, 32, 64, 128], "deep_supervision": True}
     return ModelMetadata("unetplusplus", kwargs, context=1, normalization=Normalization("ct", window=(-1000.0, 1000.0)), classes=make_classes(["right lung", "left lung"]))
@@ -64,9 +64,9 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
     import SimpleITK as sitk
     import slicerio
 
-    from UNetSegmentationLib.checkpoint import create_checkpoint, read_metadata
-    from UNetSegmentationLib.slicing import SliceGeometry
-    from UNetSegmentationLib.inference import PredictionOptions, predict_file
+    from UNetSegmentationLib.model.checkpoint import create_checkpoint, read_metadata
+    from UNetSegmentationLib.inference.slicing import SliceGeometry
+    from UNetSegmentationLib.inference.pipeline import PredictionOptions, predict_file
 
     output_dir.mkdir(parents=True, exist_ok=True)
     ct = Path(slicerio.get_testdata_file(DEMO_CT))

@@ -3,7 +3,7 @@
 The Slicer panel shows a checkpoint's classes, architecture and per-depth metrics as soon as the
 user picks the file, before PyTorch is even installed. A safetensors file starts with an 8-byte
 little-endian header length followed by that many bytes of JSON; our metadata is the JSON string
-stored under ``header["__metadata__"]["unetseg"]`` (see :mod:`UNetSegmentationLib.checkpoint`).
+stored under ``header["__metadata__"]["unetseg"]`` (see :mod:`UNetSegmentationLib.model.checkpoint`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.metadata import METADATA_KEY, ModelMetadata
+from UNetSegmentationLib.model.metadata import METADATA_KEY, ModelMetadata
 
 SAFETENSORS, TORCH = "safetensors", "torch"
 #: safetensors itself refuses headers above 100 MB; ours are a few kB

@@ -1,6 +1,6 @@
 """Out of memory during inference: smaller batches first, then the CPU, and say so.
 
-:class:`MemoryGuard` wraps the predictor call of :func:`~UNetSegmentationLib.inference.predict_volume`.
+:class:`MemoryGuard` wraps the predictor call of :func:`~UNetSegmentationLib.inference.pipeline.predict_volume`.
 When a batch runs out of memory it frees the CUDA cache and retries the same slices in halves
 (batch size 4 → 2 → 1; the smaller size is kept for the rest of the volume). When one slice at a
 time still does not fit on the GPU, the network moves to the CPU and the run goes on there at the
@@ -41,7 +41,7 @@ def cpu_predictor(predictor):
     """The same network, depth and options as ``predictor``, on the CPU in float32."""
     import torch
 
-    from UNetSegmentationLib import inference
+    from UNetSegmentationLib.inference import pipeline as inference
 
     model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float()
     guidance = getattr(model, "classification_guidance", True)
@@ -53,7 +53,7 @@ class MemoryGuard:
 
     ``predictor`` takes ``(B, C, H, W)`` numpy float32 and returns ``(B, K, H, W)`` on the CPU; it
     has ``device``, ``model``, ``metadata`` and ``depth`` (a
-    :class:`~UNetSegmentationLib.inference.SlicePredictor`). ``guard.predictor`` is the one in use.
+    :class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor`). ``guard.predictor`` is the one in use.
     """
 
     def __init__(self, predictor, reporter=None) -> None:
@@ -70,7 +70,7 @@ class MemoryGuard:
         return getattr(device, "type", str(device)) == "cuda"
 
     def __call__(self, batch):
-        from UNetSegmentationLib.acceleration import concatenate
+        from UNetSegmentationLib.backends.plan import concatenate
 
         size = len(batch) if self.batch_limit is None else min(len(batch), self.batch_limit)
         while True:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from UNetSegmentationLib import training_commands
+from UNetSegmentationLib.cli import training as training_commands
 from UNetSegmentationLib.errors import EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
 from UNetSegmentationLib.networks.registry import ARCHITECTURES
 
@@ -41,7 +41,7 @@ def _add_model_options(parser: argparse.ArgumentParser, for_plain_torch: bool) -
 
 
 def _metadata_from_options(args: argparse.Namespace):
-    from UNetSegmentationLib.metadata import ModelMetadata, Normalization, make_classes, out_channels_for
+    from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes, out_channels_for
     from UNetSegmentationLib.networks.registry import get_architecture, resolve_features
 
     architecture = get_architecture(args.arch)
@@ -89,8 +89,8 @@ def command_archs(args: argparse.Namespace) -> int:
 
 
 def command_create(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.checkpoint import create_checkpoint
-    from UNetSegmentationLib.outputs import check_output_path
+    from UNetSegmentationLib.model.checkpoint import create_checkpoint
+    from UNetSegmentationLib.io.outputs import check_output_path
 
     metadata = _metadata_from_options(args)
     check_output_path(Path(args.output), args.overwrite, what="checkpoint", extensions=(".safetensors",))
@@ -101,7 +101,7 @@ def command_create(args: argparse.Namespace) -> int:
 
 
 def _parameter_counts(checkpoint) -> dict:
-    from UNetSegmentationLib.checkpoint import build_model
+    from UNetSegmentationLib.model.checkpoint import build_model
 
     model = build_model(checkpoint)
     counts = {"total": sum(p.numel() for p in model.parameters())}
@@ -111,7 +111,7 @@ def _parameter_counts(checkpoint) -> dict:
 
 
 def command_info(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.checkpoint import load_checkpoint
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint, _metadata_from_options(args) if args.arch else None)
     metadata = checkpoint.metadata
@@ -142,8 +142,8 @@ def command_info(args: argparse.Namespace) -> int:
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.inference import PredictionOptions, parse_depth, predict_file
-    from UNetSegmentationLib.slicing import parse_axis
+    from UNetSegmentationLib.inference.pipeline import PredictionOptions, parse_depth, predict_file
+    from UNetSegmentationLib.inference.slicing import parse_axis
 
     options = PredictionOptions(
         depth=parse_depth(args.depth),
@@ -165,7 +165,7 @@ def command_predict(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.demo import run_demo
+    from UNetSegmentationLib.cli.demo import run_demo
 
     return run_demo(Path(args.output_dir), args.reporter)
 
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from UNetSegmentationLib.progress import make_reporter
+    from UNetSegmentationLib.protocol.reporters import make_reporter
 
     args = build_parser().parse_args(argv)
     args.reporter = make_reporter(getattr(args, "progress", "none"))
@@ -267,7 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as error:  # a bug: say so, keep the traceback for the report
         import traceback
 
-        from UNetSegmentationLib.memory import is_out_of_memory
+        from UNetSegmentationLib.backends.memory import is_out_of_memory
 
         if is_out_of_memory(error):  # e.g. moving the model to a full GPU: not a bug, say what to do
             message = f"out of memory ({str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__}): try a smaller --batch-size or --device cpu"

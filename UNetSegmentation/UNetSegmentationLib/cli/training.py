@@ -1,6 +1,6 @@
 """Subcommands for training, evaluation and export (``train``, ``evaluate``, ``export``).
 
-Kept apart from :mod:`UNetSegmentationLib.cli` so the inference commands stay small; the parser
+Kept apart from :mod:`UNetSegmentationLib.cli.main` so the inference commands stay small; the parser
 calls :func:`add_commands`. As in ``cli``: problems with the user's input are raised as
 :class:`~UNetSegmentationLib.errors.UserError` (one line, exit 2), and heavy modules are imported
 inside the command functions.
@@ -117,7 +117,7 @@ def command_train(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not 0 <= value <= 1:
             raise UserError(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {value}")
-    from UNetSegmentationLib.slicing import parse_axis
+    from UNetSegmentationLib.inference.slicing import parse_axis
 
     config = TrainConfig(
         arch=architecture.name,
@@ -152,7 +152,7 @@ def command_train(args: argparse.Namespace) -> int:
         log=args.log,
         state=args.state,
     )
-    from UNetSegmentationLib.metadata import Normalization
+    from UNetSegmentationLib.model.metadata import Normalization
 
     Normalization.parse(args.norm)  # a bad --norm is reported before any file is read
     if args.val_slices is not None and not 0 < args.val_slices < 1:
@@ -216,12 +216,12 @@ def _add_train(commands) -> None:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.evaluation import (
+    from UNetSegmentationLib.evaluation.evaluate import (
         OUTPUT_FILES, EvaluationOptions, evaluate_cases, format_table, parse_slices, plot_accuracy_vs_speed, write_csv,
     )
-    from UNetSegmentationLib.inference import parse_depth
-    from UNetSegmentationLib.outputs import atomic_output, check_output_path
-    from UNetSegmentationLib.slicing import parse_axis
+    from UNetSegmentationLib.inference.pipeline import parse_depth
+    from UNetSegmentationLib.io.outputs import atomic_output, check_output_path
+    from UNetSegmentationLib.inference.slicing import parse_axis
 
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -284,7 +284,7 @@ def _add_evaluate(commands) -> None:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.inference import parse_depth
+    from UNetSegmentationLib.inference.pipeline import parse_depth
     from UNetSegmentationLib.training.selection import export_depth
 
     depth = parse_depth(args.depth)

@@ -1,0 +1,1 @@
+"""The ``unetseg`` command line: parsers and commands."""

@@ -1,0 +1,1 @@
+"""Accuracy and speed of a checkpoint on labelled volumes."""

@@ -1,0 +1,1 @@
+"""Volume in, labels out: slicing, normalisation, the streaming pipeline, post-processing."""

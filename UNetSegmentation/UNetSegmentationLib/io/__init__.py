@@ -1,0 +1,1 @@
+"""Volumes, label maps and segmentations read and written; atomic outputs and locks."""

@@ -27,7 +27,7 @@ import torch
 
 from conftest import assert_refused, create_checkpoint, leftovers, make_volume, process_group_alive, write_dicom_series
 from test_bad_input import rewrite_metadata
-from UNetSegmentationLib.inference import pipeline as inference
+from UNetSegmentationLib.inference import predict_file as inference
 from UNetSegmentationLib.io import outputs
 from UNetSegmentationLib.panel import run as slicer_run
 from UNetSegmentationLib.io import volumes as volume_io
@@ -37,6 +37,7 @@ from UNetSegmentationLib.io.outputs import lock_path, temporary_path
 from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, FAILED, EngineProcess, predict_arguments
 from UNetSegmentationLib.panel.run import RunOptions, SegmentationRun
 from UNetSegmentationLib.io.volumes import MAX_SLICE_PIXELS, check_slice_size
+from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
 
 POSIX = os.name != "nt"
 
@@ -590,7 +591,7 @@ class RecordingReporter:
         pass
 
 
-class PretendGpu(inference.SlicePredictor):
+class PretendGpu(SlicePredictor):
     """A real predictor (on the CPU) that claims to be on a GPU with room for ``fits`` slices per call."""
 
     def __init__(self, model, metadata, fits: int, depth=None) -> None:
@@ -618,7 +619,7 @@ def tiny_model(tmp_path_factory):
 def test_gpu_out_of_memory_retries_with_smaller_batches(tiny_model):
     model, metadata = tiny_model
     batch = np.random.default_rng(0).random((8, 3, 16, 16), dtype=np.float32)
-    expected = inference.SlicePredictor(model, metadata, torch.device("cpu"), None)(batch)
+    expected = SlicePredictor(model, metadata, torch.device("cpu"), None)(batch)
     reporter = RecordingReporter()
     predictor = PretendGpu(model, metadata, fits=2)
     guard = MemoryGuard(predictor, reporter)
@@ -636,7 +637,7 @@ def test_gpu_out_of_memory_retries_with_smaller_batches(tiny_model):
 def test_gpu_out_of_memory_with_one_slice_falls_back_to_the_cpu(tiny_model):
     model, metadata = tiny_model
     batch = np.random.default_rng(1).random((4, 3, 16, 16), dtype=np.float32)
-    expected = inference.SlicePredictor(model, metadata, torch.device("cpu"), None)(batch)
+    expected = SlicePredictor(model, metadata, torch.device("cpu"), None)(batch)
     reporter = RecordingReporter()
     guard = MemoryGuard(PretendGpu(model, metadata, fits=0), reporter)
     torch.testing.assert_close(guard(batch), expected)

@@ -9,13 +9,13 @@ import SimpleITK as sitk
 
 from UNetSegmentationLib.backends import plan as acceleration
 
-from UNetSegmentationLib.backends import onnx_export as onnx_backend
 
 from UNetSegmentationLib.backends import int8 as quantization
-from UNetSegmentationLib.backends.plan import CPU
+from UNetSegmentationLib.backends.device import CPU
 from UNetSegmentationLib.model.checkpoint import load_checkpoint
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference.pipeline import PredictionOptions
+from UNetSegmentationLib.inference.options import PredictionOptions
+from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
 
 from test_speed_paths import needs_onnx
 
@@ -68,7 +68,7 @@ def test_int8_is_refused_where_it_cannot_run(monkeypatch):
     assert acceleration.resolve_precision("int8", CPU) == "int8"
     with pytest.raises(UserError, match="ONNX Runtime"):
         acceleration.resolve_backend("torch", CPU, "int8")
-    monkeypatch.setattr(onnx_backend, "available", lambda: False)
+    monkeypatch.setattr(acceleration, "onnx_available", lambda: False)
     with pytest.raises(UserError, match=r"\[onnx\]"):
         acceleration.resolve_backend("auto", CPU, "int8")
     assert PredictionOptions(precision="INT8").precision == "int8"
@@ -79,7 +79,7 @@ def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path,
     import onnx
 
     checkpoint_path = bundled_copy
-    session = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(checkpoint_path), 3, True, 1)
+    session = onnx_predictor_for(load_checkpoint(checkpoint_path), 3, True, 1)
     model = onnx.load(str(session.path))
     kept = set(quantization.float_nodes(model))
     by_name = {node.name: node for node in model.graph.node}

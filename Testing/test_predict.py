@@ -13,6 +13,8 @@ from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, mak
 from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.slicing import SliceGeometry
 from UNetSegmentationLib.io.volumes import write_labels
+from UNetSegmentationLib.inference.predict_file import predict_file
+from UNetSegmentationLib.inference.options import PredictionOptions
 
 from conftest import make_volume, rotation_matrix, write_dicom_series
 
@@ -181,9 +183,9 @@ def test_dicom_series_folder_is_read(cli, chest_ct_path, small_unetpp, tmp_path)
 @pytest.mark.parametrize("largest_component", [False, True])
 def test_largest_component_option_removes_the_smaller_islands(monkeypatch, small_unet_one_class, tmp_path, largest_component):
     """Two bright blobs (27 and 1 voxels) labelled by the threshold stand-in; the option keeps the big one."""
-    from UNetSegmentationLib.inference import pipeline as inference
+    from UNetSegmentationLib.backends import torch_predictor
 
-    monkeypatch.setattr(inference, "SlicePredictor", lambda model, metadata, *args: ThresholdPredictor(metadata))
+    monkeypatch.setattr(torch_predictor, "SlicePredictor", lambda model, metadata, *args: ThresholdPredictor(metadata))
     image = make_volume(size=(20, 20, 10))
     array = np.full(sitk.GetArrayViewFromImage(image).shape, -1000, np.int16)
     array[2:5, 2:5, 2:5] = 1000
@@ -192,7 +194,7 @@ def test_largest_component_option_removes_the_smaller_islands(monkeypatch, small
     blobs.CopyInformation(image)
     source, output = tmp_path / "blobs.nrrd", tmp_path / "labels.nrrd"
     sitk.WriteImage(blobs, str(source))
-    options = inference.PredictionOptions(largest_component=largest_component, backend="torch")  # the stand-in replaces the PyTorch predictor
-    inference.predict_file(source, output, small_unet_one_class, options)
+    options = PredictionOptions(largest_component=largest_component, backend="torch")  # the stand-in replaces the PyTorch predictor
+    predict_file(source, output, small_unet_one_class, options)
     labelled = int(sitk.GetArrayFromImage(sitk.ReadImage(str(output))).astype(bool).sum())
     assert labelled == (27 if largest_component else 28)

@@ -115,7 +115,7 @@ def test_depth_choices_show_dice_speed_and_the_recommended_depth():
 
 
 def test_without_metrics_the_full_network_is_recommended_as_the_engine_does():
-    from UNetSegmentationLib.inference.pipeline import resolve_depth
+    from UNetSegmentationLib.model.depth import resolve_depth
 
     metadata = unetpp_metadata()
     choices = slicer_panel.depth_choices(metadata)

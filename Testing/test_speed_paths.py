@@ -25,17 +25,26 @@ from UNetSegmentationLib.backends import plan as acceleration
 
 from UNetSegmentationLib.backends import onnx_export as onnx_backend
 from UNetSegmentationLib.backends import torch_network as inference_network
-from UNetSegmentationLib.backends.plan import BF16_LABEL_AGREEMENT, ONNX_TOLERANCE, prefetch
+from UNetSegmentationLib.backends.plan import BF16_LABEL_AGREEMENT, ONNX_TOLERANCE
+from UNetSegmentationLib.inference.prefetch import prefetch
 from UNetSegmentationLib.backends.torch_network import ProbabilityNetwork, fold_batchnorm
 from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference.pipeline import PredictionOptions, SlicePredictor, labels_from_decision, labels_from_probabilities
+from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
+from UNetSegmentationLib.inference.options import PredictionOptions
+from UNetSegmentationLib.inference.pipeline import labels_from_decision, labels_from_probabilities
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
+from UNetSegmentationLib.backends.onnx_predictor import available as onnx_available
+from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
+from UNetSegmentationLib.backends.onnx_cache import shipped_export
+from UNetSegmentationLib.backends.micro_batch import MicroBatched
+from UNetSegmentationLib.backends.factory import create_predictor
+from UNetSegmentationLib.backends.device import cuda_is_impossible
 
 from conftest import create_checkpoint
 
 BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
-needs_onnx = pytest.mark.skipif(not onnx_backend.available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
+needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
 
 
 def small_kwargs(name: str) -> dict:
@@ -156,11 +165,11 @@ def test_precision_and_backend_resolution(monkeypatch):
         acceleration.resolve_precision("fp8", cpu)
     assert acceleration.resolve_backend("torch", cpu, "fp32") == "torch"
     assert acceleration.resolve_backend("auto", cpu, "bf16") == "torch"  # ONNX Runtime runs fp32 only
-    monkeypatch.setattr(onnx_backend, "available", lambda: False)
+    monkeypatch.setattr(acceleration, "onnx_available", lambda: False)
     assert acceleration.resolve_backend("auto", cpu, "fp32") == "torch"  # works without the [onnx] extra
     with pytest.raises(UserError, match=r"\[onnx\]"):
         acceleration.resolve_backend("onnx", cpu, "fp32")
-    monkeypatch.setattr(onnx_backend, "available", lambda: True)
+    monkeypatch.setattr(acceleration, "onnx_available", lambda: True)
     assert acceleration.resolve_backend("auto", cpu, "fp32") == "onnx"
     with pytest.raises(UserError):
         acceleration.resolve_backend("onnx", cpu, "bf16")
@@ -199,7 +208,7 @@ def test_micro_batched_workers_keep_the_order_and_run_concurrently():
         return torch.from_numpy(batch[:, :1] * 2)
 
     threads = torch.get_num_threads()
-    predictor = acceleration.MicroBatched(network, 1, workers=2, threads_per_worker=1, sets_torch_threads=True)
+    predictor = MicroBatched(network, 1, workers=2, threads_per_worker=1, sets_torch_threads=True)
     batch = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
     assert predictor(batch).flatten().tolist() == [0, 2, 4, 6, 8]
     assert most[0] == 2
@@ -213,7 +222,7 @@ def test_an_error_in_a_slice_worker_reaches_the_caller():
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
         return torch.from_numpy(batch)
 
-    predictor = acceleration.MicroBatched(network, 1, workers=2, threads_per_worker=1)
+    predictor = MicroBatched(network, 1, workers=2, threads_per_worker=1)
     with pytest.raises(RuntimeError, match="allocate"):
         predictor(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1))
 
@@ -293,7 +302,7 @@ def test_cli_and_runner_pass_the_speed_options(cli, chest_ct_path, small_unetpp,
 def test_onnx_export_matches_torch(tmp_path, depth):
     path = create_checkpoint(tmp_path / "m.safetensors")
     checkpoint = load_checkpoint(path)
-    predictor = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, depth, True, 1)
+    predictor = onnx_predictor_for(checkpoint, depth, True, 1)
     assert predictor.path.parent == tmp_path and predictor.path.suffix == ".onnx"  # cached next to the checkpoint
     assert predictor.checked_difference <= ONNX_TOLERANCE
     reference = SlicePredictor(build_model(checkpoint), checkpoint.metadata, torch.device("cpu"), depth)
@@ -317,7 +326,7 @@ def assert_decision_matches(decision: np.ndarray, probabilities: torch.Tensor) -
 def test_onnx_sigmoid_network_matches_torch(small_unet_one_class, tmp_path, monkeypatch):
     monkeypatch.setenv("UNETSEG_CACHE_DIR", str(tmp_path))
     checkpoint = load_checkpoint(small_unet_one_class)
-    predictor = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, None, True, 1)
+    predictor = onnx_predictor_for(checkpoint, None, True, 1)
     reference = SlicePredictor(build_model(checkpoint), checkpoint.metadata, torch.device("cpu"), None)
     batch = np.random.default_rng(2).random((1, 3, 32, 40), dtype=np.float32)
     assert_decision_matches(predictor(batch), reference(batch))
@@ -326,19 +335,19 @@ def test_onnx_sigmoid_network_matches_torch(small_unet_one_class, tmp_path, monk
 @needs_onnx
 def test_onnx_cache_is_reused_and_invalidated_by_a_changed_checkpoint(tmp_path, monkeypatch):
     path = create_checkpoint(tmp_path / "m.safetensors")
-    first = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 2, True, 1)
+    first = onnx_predictor_for(load_checkpoint(path), 2, True, 1)
 
     def no_export(*args, **kwargs):
         raise AssertionError("a cache hit must not build or export the network")
 
     monkeypatch.setattr(onnx_backend, "_network", no_export)
-    again = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 2, True, 1)
+    again = onnx_predictor_for(load_checkpoint(path), 2, True, 1)
     assert again.path == first.path
     monkeypatch.undo()
     create_checkpoint(path, extra=("--seed", "5", "--overwrite"))  # other weights, same file name
-    changed = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 2, True, 1)
+    changed = onnx_predictor_for(load_checkpoint(path), 2, True, 1)
     assert changed.path != first.path
-    other_depth = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 3, True, 1)
+    other_depth = onnx_predictor_for(load_checkpoint(path), 3, True, 1)
     assert other_depth.path != changed.path
 
 
@@ -356,7 +365,7 @@ def test_onnx_export_goes_to_the_cache_folder_when_the_checkpoint_folder_is_not_
         return real(checkpoint, depth, guidance, target, threads)
 
     monkeypatch.setattr(onnx_backend, "export_checked", read_only_models)
-    predictor = onnx_backend.OnnxSlicePredictor.for_checkpoint(load_checkpoint(path), 1, True, 1)
+    predictor = onnx_predictor_for(load_checkpoint(path), 1, True, 1)
     assert predictor.path.parent == cache / "onnx"
     assert not list(path.parent.glob("*.onnx"))
 
@@ -369,11 +378,11 @@ def test_an_export_that_disagrees_with_torch_falls_back_to_torch_under_auto(smal
     monkeypatch.setattr(onnx_backend, "EXPORTERS", onnx_backend.EXPORTERS[:1])  # (the slower exporter would be refused alike)
     checkpoint = load_checkpoint(checkpoint_path)
     notes = []
-    predictor = acceleration.create_predictor(checkpoint, torch.device("cpu"), 2, PredictionOptions(), notes)
+    predictor = create_predictor(checkpoint, torch.device("cpu"), 2, PredictionOptions(), notes)
     assert predictor.backend == "torch"
     assert notes and "differs from PyTorch" in notes[0]
     with pytest.raises(UserError, match="--backend onnx"):
-        acceleration.create_predictor(checkpoint, torch.device("cpu"), 2, PredictionOptions(backend="onnx"))
+        create_predictor(checkpoint, torch.device("cpu"), 2, PredictionOptions(backend="onnx"))
     assert not list(tmp_path.glob("*.onnx"))
 
 
@@ -425,7 +434,7 @@ def predict_in_fresh_process(*arguments, env=None) -> dict:
 
 
 @needs_onnx
-@pytest.mark.skipif(not acceleration.cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
+@pytest.mark.skipif(not cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
 def test_a_cached_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path, bundled_copy):
     """Start-up on a CPU-only machine: with the export cached, ``predict`` needs neither PyTorch nor MONAI."""
     import SimpleITK as sitk
@@ -441,7 +450,7 @@ def test_a_cached_onnx_export_segments_without_importing_torch_or_monai(chest_ct
 
 
 @needs_onnx
-@pytest.mark.skipif(not acceleration.cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
+@pytest.mark.skipif(not cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
 def test_the_bundled_model_ships_its_export_so_its_first_run_needs_no_pytorch(cli, chest_ct_path, tmp_path):
     """The export beside the bundled model (Resources/Tools/ship_onnx_export.py) belongs to the model
     as it is now, serves a run with an empty cache, and gives PyTorch's labels."""
@@ -450,7 +459,7 @@ def test_the_bundled_model_ships_its_export_so_its_first_run_needs_no_pytorch(cl
     import SimpleITK as sitk
 
     checkpoint = load_checkpoint(BUNDLED)
-    shipped = onnx_backend.shipped_export(checkpoint, checkpoint.metadata.recommended_depth)
+    shipped = shipped_export(checkpoint, checkpoint.metadata.recommended_depth)
     assert shipped.is_file(), f"{shipped.name} is missing: run python Resources/Tools/ship_onnx_export.py"
     models = tmp_path / "Models"  # the model and its shipped export alone (no export cached by earlier runs)
     models.mkdir()

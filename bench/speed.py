@@ -64,11 +64,15 @@ from architecture_table import count_flops  # noqa: E402
 
 from UNetSegmentationLib.backends import plan as acceleration
 
-from UNetSegmentationLib.backends import onnx_export as onnx_backend  # noqa: E402
 from UNetSegmentationLib.model.checkpoint import build_model, create_checkpoint, load_checkpoint  # noqa: E402
-from UNetSegmentationLib.inference.pipeline import PredictionOptions, SlicePredictor  # noqa: E402
+from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
+from UNetSegmentationLib.inference.options import PredictionOptions  # noqa: E402
 from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes, out_channels_for  # noqa: E402
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network  # noqa: E402
+from UNetSegmentationLib.backends.onnx_predictor import available as onnx_available  # noqa: E402
+from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for  # noqa: E402
+from UNetSegmentationLib.backends.factory import create_predictor  # noqa: E402
+from UNetSegmentationLib.backends import device  # noqa: E402
 
 BUNDLED = ROOT / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
 START, END = "<!-- speed-results:start -->", "<!-- speed-results:end -->"
@@ -203,7 +207,7 @@ def measure_peak(native_bf16: bool, quick: bool, threads: int) -> dict:
     na, nb = a.numpy(), b.numpy()
     gemms = {"torch (MKL)": lambda: torch.matmul(a, b), "numpy (OpenBLAS)": lambda: np.matmul(na, nb)}
     products = {name: 1 for name in gemms}
-    if onnx_backend.available():
+    if onnx_available():
         gemms["onnxruntime (MLAS)"] = _onnx_matmul(n, threads)
         products["onnxruntime (MLAS)"] = 1
         if threads > 1:  # the engine's way: one single-threaded product per thread, all at once
@@ -242,11 +246,11 @@ def make_checkpoint(folder: Path, name: str, arch: str, features=None) -> Path:
 
 
 def engine_predictor(checkpoint_path: Path, depth, threads: int, backend: str = "auto", precision: str = "auto", slice_workers=None):
-    """What ``unetseg predict`` builds (acceleration.create_predictor), on the CPU."""
+    """What ``unetseg predict`` builds (create_predictor), on the CPU."""
     checkpoint = load_checkpoint(checkpoint_path)
     options = PredictionOptions(backend=backend, precision=precision, threads=threads, slice_workers=slice_workers)
     notes: list = []
-    predictor = acceleration.create_predictor(checkpoint, torch.device("cpu"), depth, options, notes)
+    predictor = create_predictor(checkpoint, torch.device("cpu"), depth, options, notes)
     for note in notes:
         log(f"  note: {note}")
     return predictor
@@ -310,7 +314,7 @@ def architecture_section(folder: Path, sizes: List[int], threads: int, quick: bo
         plain = {label: plain_predictor(path, depth) for label, path, depth, arch in group}
         is_unetpp = group[0][3] == "unetplusplus"
         int8_rows = []  # (label, checkpoint, depth, arch) of the --precision int8 rows, UNet++ only
-        if is_unetpp and onnx_backend.available():
+        if is_unetpp and onnx_available():
             for label, path, depth, arch in group:
                 started = time.perf_counter()
                 predictors[f"{label} int8"] = int8_predictor(path, depth, threads, min(sizes))
@@ -419,7 +423,7 @@ def head_to_head(size: int, threads: int, repetitions: int) -> dict:
         os.environ["UNETSEG_CACHE_DIR"] = str(folder / "cache")
         path = make_checkpoint(folder, "unetplusplus", "unetplusplus")
         predictors = {"UNet++ L4": engine_predictor(path, 4, threads)}
-        if onnx_backend.available():
+        if onnx_available():
             predictors["UNet++ L4 int8"] = int8_predictor(path, 4, threads, size)
         _, monai_run = monai_unetpp()
         inputs = {count: np.random.default_rng(0).random((count, 3, size, size), dtype=np.float32) for count in (1, 2, threads)}
@@ -474,7 +478,7 @@ def optimisation_variants(checkpoint_path: Path, depth, size: int, threads: int,
         "+ fold BN + channels_last (torch backend)": torch_variant(True, True),
     }
     if with_onnx:
-        variants["ONNX Runtime (fold BN by export)"] = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, depth, True, threads)
+        variants["ONNX Runtime (fold BN by export)"] = onnx_predictor_for(checkpoint, depth, True, threads)
     if native_bf16:
         variants["+ fold BN + channels_last + bf16 autocast"] = torch_variant(True, True, "bf16")
     return variants
@@ -538,7 +542,7 @@ def compile_section(threads: int) -> dict:
     model = build_model(checkpoint)
     fold_batchnorm(model)
     network = ProbabilityNetwork(model, 3, True).eval().to(memory_format=torch.channels_last)
-    onnx = onnx_backend.OnnxSlicePredictor.for_checkpoint(checkpoint, 3, True, threads) if onnx_backend.available() else None
+    onnx = onnx_predictor_for(checkpoint, 3, True, threads) if onnx_available() else None
     x = torch.rand(1, 3, 512, 512).contiguous(memory_format=torch.channels_last)
     # cold: an empty inductor cache; warm: the same compilation again with its on-disk cache (a later run)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="unetseg-inductor-")
@@ -622,7 +626,7 @@ def bf16_section(threads: int) -> dict:
     value_to_channel = np.zeros(max(c.value for c in metadata.classes) + 1, dtype=np.uint8)
     for channel, c in enumerate(metadata.classes, 1):
         value_to_channel[c.value] = channel
-    out = {"classes": [c.name for c in metadata.classes], "precisions": ["bf16"] + (["int8"] if onnx_backend.available() else []), "depths": {}}
+    out = {"classes": [c.name for c in metadata.classes], "precisions": ["bf16"] + (["int8"] if onnx_available() else []), "depths": {}}
     for depth in (3, 4):
         labels = {}
         seconds = {}
@@ -751,7 +755,7 @@ def end_to_end_section(folder: Path, slice_counts: List[int], warm_runs: int, th
 
 
 def machine_info(threads: int, native_bf16: bool) -> dict:
-    flags = acceleration._cpu_flags()
+    flags = device._cpu_flags()
     model = ""
     try:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -997,8 +1001,8 @@ def main(argv=None) -> int:
         sections.discard("compile")
     started = time.perf_counter()
     threads = acceleration.configure_threads(args.threads)
-    native_bf16 = acceleration.cpu_has_native_bf16()
-    with_onnx = onnx_backend.available()
+    native_bf16 = device.cpu_has_native_bf16()
+    with_onnx = onnx_available()
     command = "python bench/speed.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
     if args.sections != parser.get_default("sections"):
         command += f" --sections {args.sections}"

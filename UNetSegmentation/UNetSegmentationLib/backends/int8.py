@@ -231,8 +231,8 @@ class Int8Result:
 def quantize_for_volume(predictor, volume: np.ndarray, geometry, context: int, mapping) -> Int8Result:
     """Quantise ``predictor``'s ONNX export for ``volume`` and check it (see the module's docstring).
 
-    ``predictor``: :class:`~UNetSegmentationLib.backends.plan.MicroBatched` around a float32
-    :class:`~UNetSegmentationLib.backends.onnx_export.OnnxSlicePredictor`; ``volume``, ``geometry``,
+    ``predictor``: :class:`~UNetSegmentationLib.backends.micro_batch.MicroBatched` around a float32
+    :class:`~UNetSegmentationLib.backends.onnx_predictor.OnnxSlicePredictor`; ``volume``, ``geometry``,
     ``context`` and ``mapping``: what the prediction slices and normalises it with, so that the
     network is calibrated on exactly the inputs it will see. Returns the same wrapper around the
     int8 session, or around the float32 one if the check fails.

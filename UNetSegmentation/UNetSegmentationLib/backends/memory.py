@@ -17,6 +17,7 @@ import sys
 from typing import Optional
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
 
 #: phrases of the RuntimeErrors that PyTorch and its allocators raise when memory runs out
 _MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate memory", "bad_alloc", "defaultcpuallocator")
@@ -41,11 +42,10 @@ def cpu_predictor(predictor):
     """The same network, depth and options as ``predictor``, on the CPU in float32."""
     import torch
 
-    from UNetSegmentationLib.inference import pipeline as inference
 
     model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float()
     guidance = getattr(model, "classification_guidance", True)
-    return inference.SlicePredictor(model, predictor.metadata, torch.device("cpu"), predictor.depth, guidance)
+    return SlicePredictor(model, predictor.metadata, torch.device("cpu"), predictor.depth, guidance)
 
 
 class MemoryGuard:
@@ -53,7 +53,7 @@ class MemoryGuard:
 
     ``predictor`` takes ``(B, C, H, W)`` numpy float32 and returns ``(B, K, H, W)`` on the CPU; it
     has ``device``, ``model``, ``metadata`` and ``depth`` (a
-    :class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor`). ``guard.predictor`` is the one in use.
+    :class:`~UNetSegmentationLib.backends.torch_predictor.SlicePredictor`). ``guard.predictor`` is the one in use.
     """
 
     def __init__(self, predictor, reporter=None) -> None:
@@ -70,7 +70,7 @@ class MemoryGuard:
         return getattr(device, "type", str(device)) == "cuda"
 
     def __call__(self, batch):
-        from UNetSegmentationLib.backends.plan import concatenate
+        from UNetSegmentationLib.backends.micro_batch import concatenate
 
         size = len(batch) if self.batch_limit is None else min(len(batch), self.batch_limit)
         while True:

@@ -28,104 +28,28 @@ PyTorch but present in 2.x), then the ``torch.export``-based one (needs ``onnxsc
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
 import importlib.util
 import io
-import json
 import os
 import sys
 import tempfile
 import time
 import warnings
-from copy import copy as shallow_copy
 from pathlib import Path
-from typing import List, Union
 
 import numpy as np
 
-from UNetSegmentationLib.backends.plan import CPU, ONNX_TOLERANCE
-
-EXPORT_VERSION = 2  # 2: the decision (chosen channel, confidence) instead of the probabilities
-OPSET = 18
-SUFFIX = ".onnx"
-SHIPPED_SUFFIX = ".shipped.onnx"
+from UNetSegmentationLib.backends.onnx_cache import OPSET, cache_key, cache_locations, content_digest, export_name, shipped_export, torch_version
+from UNetSegmentationLib.backends.onnx_predictor import OnnxSlicePredictor, make_session
+from UNetSegmentationLib.backends.plan import ONNX_TOLERANCE
+from UNetSegmentationLib.model.depth import depth_tag
 
 
 class ExportError(Exception):
     """The network could not be exported, or its export disagrees with PyTorch."""
 
 
-def available() -> bool:
-    """ONNX Runtime and ONNX are importable (checked without importing them)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
-
-
 # --- cache ---------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    if os.environ.get("UNETSEG_CACHE_DIR"):
-        return Path(os.environ["UNETSEG_CACHE_DIR"]) / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "unetseg" / "onnx"
-
-
-def _depth_tag(depth) -> str:
-    return "accurate" if depth == "accurate" else (f"L{depth}" if isinstance(depth, int) else "full")
-
-
-def content_digest(path: Path):
-    """A SHA-256 hash object fed with a checkpoint file's bytes (keys continue from copies of it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest
-
-
-def cache_key(checkpoint, depth, guidance: bool, portable: bool = False, content=None) -> str:
-    """The export's identity: the checkpoint's bytes (``content``: their :func:`content_digest`, when
-    already known) and metadata, depth, guidance, export format, opset and (unless ``portable``: a
-    shipped export, checked when it was made, serves every installation) the installed PyTorch's version."""
-    digest = (content if content is not None else content_digest(checkpoint.path)).copy()
-    identity = {"metadata": checkpoint.metadata.to_json(), "depth": depth, "guidance": bool(guidance), "export": EXPORT_VERSION, "opset": OPSET}
-    if not portable:
-        identity["torch"] = torch_version()
-    digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
-
-
-def torch_version() -> str:
-    """The installed PyTorch's version, read without importing it (the cache key needs it on every run)."""
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        import torch
-
-        return torch.__version__
-
-
-def export_name(checkpoint, depth, key: str) -> str:
-    stem = checkpoint.path.name
-    for suffix in (".safetensors", ".pth", ".pt"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return f"{stem}.{_depth_tag(depth)}.{key}{SUFFIX}"
-
-
-def cache_locations(checkpoint) -> List[Path]:
-    """Where an export of ``checkpoint`` may live, in the order they are tried."""
-    return [checkpoint.path.resolve().parent, cache_dir()]
-
-
-def shipped_export(checkpoint, depth, guidance: bool = True, content=None) -> Path:
-    """Where an export shipped with ``checkpoint`` lies: beside it, named by the portable key (the
-    bundled model ships its recommended depth, so the Slicer module's first run needs no export
-    and imports no PyTorch). Made by ``Resources/Tools/ship_onnx_export.py``."""
-    key = cache_key(checkpoint, depth, guidance, portable=True, content=content)
-    return checkpoint.path.resolve().parent / export_name(checkpoint, depth, key).replace(SUFFIX, SHIPPED_SUFFIX)
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -295,7 +219,7 @@ def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int
                     "unetseg.exporter": name,
                     "unetseg.export_seconds": f"{seconds:.2f}",
                     "unetseg.checkpoint": checkpoint.path.name,
-                    "unetseg.depth": _depth_tag(depth),
+                    "unetseg.depth": depth_tag(depth),
                     "unetseg.torch": torch_version(),
                 },
             )
@@ -313,75 +237,22 @@ def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int
 # --- running -------------------------------------------------------------------------------------
 
 
-def make_session(model: Union[Path, bytes], threads: int, quiet: bool = False):
-    """A CPU session for the model at a path (or serialised): ``threads`` intra-op threads, all graph
-    optimisations (BatchNorm/Conv fusion, the NCHWc blocked layout, int8 operator fusion),
-    sequential execution. ``quiet``: log nothing (the export check expects some exports to fail on
-    shapes frozen by tracing)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 4 if quiet else 3
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
-
-
-class OnnxSlicePredictor:
-    """:class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
-
-    ``__call__(batch)``: ``(B, 2c+1, H, W)`` float32 numpy, normalised and padded → ``(B, 2, H, W)``
-    float32 numpy: the decision of :class:`~UNetSegmentationLib.backends.torch_network.LabelDecisionNetwork`
-    (``decides_labels``), not the probabilities. Needs no PyTorch.
-    """
-
-    backend = "onnx"
-    precision = "fp32"
-    decides_labels = True
-
-    def __init__(self, path: Path, metadata, depth, threads: int) -> None:
-        self.path = Path(path)
-        self.metadata = metadata
-        self.depth = depth
-        self.threads_per_session = threads
-        self.device = CPU
-        self.model = None
-        self.session = make_session(self.path, threads)
-        self.input_name = self.session.get_inputs()[0].name
-        properties = self.session.get_modelmeta().custom_metadata_map
-        self.required_multiple = int(properties.get("unetseg.required_multiple", 1))
-        self.checked_difference = float(properties.get("unetseg.max_abs_difference", "nan"))
-
-    def with_model(self, model: bytes, precision: str) -> "OnnxSlicePredictor":
-        """The same predictor on another serialisation of this export (the int8 one: quantization.py)."""
-        other = shallow_copy(self)
-        other.session = make_session(model, self.threads_per_session)
-        other.precision = precision
-        return other
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run(None, {self.input_name: batch})[0]
-
-    @classmethod
-    def for_checkpoint(cls, checkpoint, depth, guidance: bool, threads: int) -> "OnnxSlicePredictor":
-        """The cached export of ``checkpoint`` at ``depth``, made (and checked) if there is none yet."""
-        content = content_digest(checkpoint.path)  # read once for both keys
-        name = export_name(checkpoint, depth, cache_key(checkpoint, depth, guidance, content=content))
-        for path in [folder / name for folder in cache_locations(checkpoint)] + [shipped_export(checkpoint, depth, guidance, content)]:
-            if path.is_file():
-                try:
-                    return cls(path, checkpoint.metadata, depth, threads)
-                except Exception:  # noqa: BLE001 - an unreadable cache entry: export again
-                    pass
-        problems = []
-        for folder in cache_locations(checkpoint):
+def onnx_predictor_for(checkpoint, depth, guidance: bool, threads: int) -> OnnxSlicePredictor:
+    """The cached export of ``checkpoint`` at ``depth``, made (and checked) if there is none yet."""
+    content = content_digest(checkpoint.path)  # read once for both keys
+    name = export_name(checkpoint, depth, cache_key(checkpoint, depth, guidance, content=content))
+    for path in [folder / name for folder in cache_locations(checkpoint)] + [shipped_export(checkpoint, depth, guidance, content)]:
+        if path.is_file():
             try:
-                path = export_checked(checkpoint, depth, guidance, folder / name, threads)
-            except OSError as error:  # not writable: the next location
-                problems.append(f"{folder}: {error.strerror or error}")
-                continue
-            return cls(path, checkpoint.metadata, depth, threads)
-        raise ExportError("cannot write the ONNX export anywhere (" + "; ".join(problems) + ")")
+                return OnnxSlicePredictor(path, checkpoint.metadata, depth, threads)
+            except Exception:  # noqa: BLE001 - an unreadable cache entry: export again
+                pass
+    problems = []
+    for folder in cache_locations(checkpoint):
+        try:
+            path = export_checked(checkpoint, depth, guidance, folder / name, threads)
+        except OSError as error:  # not writable: the next location
+            problems.append(f"{folder}: {error.strerror or error}")
+            continue
+        return OnnxSlicePredictor(path, checkpoint.metadata, depth, threads)
+    raise ExportError("cannot write the ONNX export anywhere (" + "; ".join(problems) + ")")

@@ -66,7 +66,8 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
 
     from UNetSegmentationLib.model.checkpoint import create_checkpoint, read_metadata
     from UNetSegmentationLib.inference.slicing import SliceGeometry
-    from UNetSegmentationLib.inference.pipeline import PredictionOptions, predict_file
+    from UNetSegmentationLib.inference.options import PredictionOptions
+    from UNetSegmentationLib.inference.predict_file import predict_file
 
     output_dir.mkdir(parents=True, exist_ok=True)
     ct = Path(slicerio.get_testdata_file(DEMO_CT))

@@ -142,7 +142,9 @@ def command_info(args: argparse.Namespace) -> int:
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.inference.pipeline import PredictionOptions, parse_depth, predict_file
+    from UNetSegmentationLib.inference.options import PredictionOptions
+    from UNetSegmentationLib.inference.predict_file import predict_file
+    from UNetSegmentationLib.model.depth import parse_depth
     from UNetSegmentationLib.inference.slicing import parse_axis
 
     options = PredictionOptions(

@@ -219,7 +219,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.evaluation.evaluate import (
         OUTPUT_FILES, EvaluationOptions, evaluate_cases, format_table, parse_slices, plot_accuracy_vs_speed, write_csv,
     )
-    from UNetSegmentationLib.inference.pipeline import parse_depth
+    from UNetSegmentationLib.model.depth import parse_depth
     from UNetSegmentationLib.io.outputs import atomic_output, check_output_path
     from UNetSegmentationLib.inference.slicing import parse_axis
 
@@ -284,7 +284,7 @@ def _add_evaluate(commands) -> None:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.inference.pipeline import parse_depth
+    from UNetSegmentationLib.model.depth import parse_depth
     from UNetSegmentationLib.training.selection import export_depth
 
     depth = parse_depth(args.depth)

@@ -9,7 +9,7 @@ table), to CSV and JSON, and, for several depths, to a PNG plot of accuracy agai
 ms/slice — the UNet++ paper's pruning figure (Zhou et al., IEEE TMI 2020, Fig. 7) for your data.
 
 Prediction is the engine's own: :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` through a
-:class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor`, exactly what ``unetseg predict`` runs.
+:class:`~UNetSegmentationLib.backends.torch_predictor.SlicePredictor`, exactly what ``unetseg predict`` runs.
 """
 
 from __future__ import annotations
@@ -189,7 +189,10 @@ def _depth_name(depth) -> str:
 def evaluate_cases(checkpoint_path, cases, options: EvaluationOptions, reporter=None) -> Evaluation:
     """Segment every case at every requested depth and measure it against its label."""
     from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
-    from UNetSegmentationLib.inference.pipeline import SlicePredictor, predict_volume, resolve_depth, resolve_device
+    from UNetSegmentationLib.backends.device import resolve_device
+    from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
+    from UNetSegmentationLib.inference.pipeline import predict_volume
+    from UNetSegmentationLib.model.depth import resolve_depth
     from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
     from UNetSegmentationLib.inference.normalization import fit_normalization
     from UNetSegmentationLib.inference.slicing import SliceGeometry

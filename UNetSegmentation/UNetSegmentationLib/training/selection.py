@@ -39,11 +39,11 @@ def measure_ms_per_slice(
     repeats: int = 5,
 ) -> Dict[object, float]:
     """Network milliseconds per slice for each depth (``None``: the default forward), through the
-    engine's :class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor` on ``shape`` slices padded as
+    engine's :class:`~UNetSegmentationLib.backends.torch_predictor.SlicePredictor` on ``shape`` slices padded as
     ``predict`` pads them. The minimum over ``repeats`` runs, after a warm-up, is reported: on a
     shared machine the minimum is the least disturbed measurement.
     """
-    from UNetSegmentationLib.inference.pipeline import SlicePredictor
+    from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
     from UNetSegmentationLib.inference.slicing import padding_for
 
     results = {}

@@ -326,7 +326,7 @@ class Trainer:
     def _validate(self, model, metadata, volumes, device) -> Dict[Any, Tuple[Optional[float], np.ndarray]]:
         """Per depth: (mean Dice over classes, per-class Dice averaged over volumes) on the held-out slices."""
         from UNetSegmentationLib.evaluation.evaluate import dice_per_class, predict_slices
-        from UNetSegmentationLib.inference.pipeline import SlicePredictor
+        from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
 
         class_count = len(metadata.classes)
         results = {}
@@ -365,7 +365,7 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint, save_checkpoint
-        from UNetSegmentationLib.inference.pipeline import resolve_device
+        from UNetSegmentationLib.backends.device import resolve_device
         from UNetSegmentationLib.networks.blocks import as_training_output
         from UNetSegmentationLib.networks.registry import build_network
         from UNetSegmentationLib.training.losses import SegmentationLoss, loss_kind

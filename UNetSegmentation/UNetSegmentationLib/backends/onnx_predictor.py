@@ -1,0 +1,70 @@
+"""ONNX Runtime sessions and the slice predictor that runs an export (CPU; needs no PyTorch)."""
+
+from __future__ import annotations
+
+import importlib.util
+from copy import copy as shallow_copy
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from UNetSegmentationLib.backends.device import CPU
+
+
+def available() -> bool:
+    """ONNX Runtime and ONNX are importable (checked without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+def make_session(model: Union[Path, bytes], threads: int, quiet: bool = False):
+    """A CPU session for the model at a path (or serialised): ``threads`` intra-op threads, all graph
+    optimisations (BatchNorm/Conv fusion, the NCHWc blocked layout, int8 operator fusion),
+    sequential execution. ``quiet``: log nothing (the export check expects some exports to fail on
+    shapes frozen by tracing)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 4 if quiet else 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxSlicePredictor:
+    """:class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
+
+    ``__call__(batch)``: ``(B, 2c+1, H, W)`` float32 numpy, normalised and padded → ``(B, 2, H, W)``
+    float32 numpy: the decision of :class:`~UNetSegmentationLib.backends.torch_network.LabelDecisionNetwork`
+    (``decides_labels``), not the probabilities. Needs no PyTorch.
+    """
+
+    backend = "onnx"
+    precision = "fp32"
+    decides_labels = True
+
+    def __init__(self, path: Path, metadata, depth, threads: int) -> None:
+        self.path = Path(path)
+        self.metadata = metadata
+        self.depth = depth
+        self.threads_per_session = threads
+        self.device = CPU
+        self.model = None
+        self.session = make_session(self.path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        properties = self.session.get_modelmeta().custom_metadata_map
+        self.required_multiple = int(properties.get("unetseg.required_multiple", 1))
+        self.checked_difference = float(properties.get("unetseg.max_abs_difference", "nan"))
+
+    def with_model(self, model: bytes, precision: str) -> "OnnxSlicePredictor":
+        """The same predictor on another serialisation of this export (the int8 one: quantization.py)."""
+        other = shallow_copy(self)
+        other.session = make_session(model, self.threads_per_session)
+        other.precision = precision
+        return other
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run(None, {self.input_name: batch})[0]

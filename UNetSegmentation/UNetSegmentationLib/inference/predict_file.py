@@ -1,0 +1,161 @@
+"""``unetseg predict``: one volume file in, one label file (and optionally a confidence map) out.
+
+Everything is checked before the first slice runs; outputs appear only when complete (:mod:`..io.outputs`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from UNetSegmentationLib.backends.device import resolve_device
+from UNetSegmentationLib.backends.factory import create_predictor
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.inference.normalization import fit_normalization
+from UNetSegmentationLib.inference.options import PredictionOptions
+from UNetSegmentationLib.inference.pipeline import predict_volume
+from UNetSegmentationLib.inference.postprocess import keep_largest_component
+from UNetSegmentationLib.inference.slicing import SliceGeometry
+from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claims_outputs
+from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, read_volume, write_labels, write_scalar
+from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
+from UNetSegmentationLib.model.depth import resolve_depth
+from UNetSegmentationLib.model.metadata import ModelMetadata
+from UNetSegmentationLib.protocol.reporters import Reporter
+
+
+def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) -> Optional[str]:
+    if not metadata.training_spacing:
+        return None
+    spacing = image.GetSpacing()
+    in_plane = (spacing[geometry.row_axis], spacing[geometry.column_axis])
+    trained = metadata.training_spacing[-2:]
+    ratios = [a / b for a, b in zip(in_plane, trained)]
+    if any(r < 0.5 or r > 2.0 for r in ratios):
+        return (
+            f"in-plane spacing {in_plane[0]:.2f}x{in_plane[1]:.2f} mm differs more than 2x from the training spacing "
+            f"{trained[0]:.2f}x{trained[1]:.2f} mm; results may be poor"
+        )
+    return None
+
+
+@claims_outputs  # a lock file per output while the run lasts: a second run on the same output is refused
+def predict_file(
+    input_path,
+    output_path,
+    checkpoint_path,
+    options: PredictionOptions,
+    reporter: Optional[Reporter] = None,
+    plain_torch_metadata: Optional[ModelMetadata] = None,
+) -> dict:
+    """``unetseg predict``: everything is checked before the first slice runs; outputs appear only when complete."""
+    reporter = reporter or Reporter()
+    t_start = time.perf_counter()
+    output_path = Path(output_path)
+    outputs = [check_output_path(output_path, options.overwrite)]
+    if options.probabilities is not None:
+        probabilities_path = check_output_path(Path(options.probabilities), options.overwrite, what="probability map", extensions=(".nrrd", ".nii.gz", ".nii", ".mha"))
+        if probabilities_path.resolve() == output_path.resolve():
+            raise UserError("--probabilities must name a different file than the output")
+        outputs.append(probabilities_path)
+    if Path(input_path).exists() and any(Path(input_path).resolve() == o.resolve() for o in outputs):
+        raise UserError("the output would overwrite the input; choose another output name")
+
+    # weights read when a network is built: a cached ONNX export of this very file needs only the metadata
+    checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
+    metadata = checkpoint.metadata
+    depth = resolve_depth(metadata, options.depth)
+    device = resolve_device(options.device, plain_cpu=True)
+    notes: list = []  # e.g. an ONNX fallback: reported after the start event
+    predictor = create_predictor(checkpoint, device, depth, options, notes)  # backend, precision, threads (acceleration.py)
+    t_model = time.perf_counter()
+
+    image = read_volume(input_path)
+    volume = _array_view(image)
+    check_finite(volume, source=str(input_path))
+    t_read = time.perf_counter()
+
+    geometry = SliceGeometry.from_direction(image.GetDirection(), options.axis)
+    check_slice_size(geometry.slices_view(volume).shape[1:], source=str(input_path))
+    mapping = fit_normalization(metadata.normalization, volume)
+    slice_count = geometry.slices_view(volume).shape[0]
+    quantize_int8 = getattr(predictor, "calibrate_int8", False)  # --precision int8: quantised for this volume, below
+    reporter.start(
+        slices=slice_count,
+        device=str(device),
+        arch=metadata.architecture,
+        depth=depth,
+        classes=[c.name for c in metadata.classes],
+        geometry=geometry.describe(),
+        backend=getattr(predictor, "backend", "torch"),
+        precision="int8" if quantize_int8 else getattr(predictor, "precision", "fp32"),
+        threads=getattr(predictor, "threads", None) or _torch_threads(),
+        workers=getattr(predictor, "workers", 1),
+    )
+    for note in notes:
+        reporter.warning(note)
+    warning = _spacing_warning(image, geometry, metadata)
+    if warning:
+        reporter.warning(warning)
+    constant = constant_value(volume)
+    if constant is not None:
+        reporter.warning(f"the input is constant (every voxel is {constant:g}): there is no structure to segment, expect an empty or meaningless result")
+    quantize_s = 0.0
+    if quantize_int8:  # after the start event: the progress bar is up while calibration runs (seconds to a minute)
+        from UNetSegmentationLib.backends.int8 import quantize_for_volume
+
+        quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
+        predictor, quantize_s = quantized.predictor, quantized.seconds
+        if quantized.warning:  # the int8 model disagreed with float32: the run goes on in float32
+            reporter.warning(quantized.warning)
+    t_prepared = time.perf_counter()
+
+    result = predict_volume(volume, geometry, predictor, mapping, options.batch_size, options.probabilities is not None, reporter)
+    if options.largest_component:
+        t_clean = time.perf_counter()
+        result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])
+        result.timings["postprocess_s"] += time.perf_counter() - t_clean
+    if not result.labels.any():
+        reporter.warning("no voxel was labelled: the model found none of its classes in this volume")
+    t_predicted = time.perf_counter()
+
+    with atomic_output(outputs, overwrite=options.overwrite) as temporaries:
+        write_labels(result.labels, image, temporaries[0], metadata.classes, final_name=outputs[0])
+        if result.confidence is not None:
+            write_scalar(result.confidence, image, temporaries[1], final_name=outputs[1])
+    t_written = time.perf_counter()
+
+    timings = {
+        "load_model_s": t_model - t_start,
+        "read_s": t_read - t_model,
+        "prepare_s": t_prepared - t_read - quantize_s,
+        **({"quantize_s": quantize_s} if quantize_s else {}),
+        **result.timings,
+        "write_s": t_written - t_predicted,
+        "total_s": t_written - t_start,
+    }
+    summary = {
+        "output": str(outputs[0]),
+        "probabilities": str(outputs[1]) if len(outputs) > 1 else None,
+        "depth": depth,
+        "precision": getattr(predictor, "precision", "fp32"),  # what computed the labels (int8 may have fallen back to fp32)
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    reporter.done(**summary)
+    return summary
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _array_view(image) -> np.ndarray:
+    """The voxels as a read-only [k, j, i] numpy view (no copy)."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayViewFromImage(image)

@@ -34,11 +34,12 @@ from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
 from UNetSegmentationLib.inference.options import PredictionOptions
 from UNetSegmentationLib.inference.pipeline import labels_from_decision, labels_from_probabilities
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
-from UNetSegmentationLib.backends.onnx_predictor import available as onnx_available
+from UNetSegmentationLib.backends.device import onnx_runtime_available as onnx_available
 from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
 from UNetSegmentationLib.backends.onnx_cache import shipped_export
 from UNetSegmentationLib.backends.micro_batch import MicroBatched
 from UNetSegmentationLib.backends.factory import create_predictor
+from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution
 from UNetSegmentationLib.backends.device import cuda_is_impossible
 
 from conftest import create_checkpoint
@@ -160,7 +161,6 @@ def test_precision_and_backend_resolution(monkeypatch):
     monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: True)
     assert acceleration.resolve_precision("auto", cpu) == "bf16"  # AVX512-BF16/AMX: within the label tolerance, faster
     assert acceleration.resolve_precision("fp32", cpu) == "fp32"
-    assert acceleration.resolve_precision(None, cpu) == "fp32"  # SlicePredictor's default: as before
     with pytest.raises(UserError):
         acceleration.resolve_precision("fp8", cpu)
     assert acceleration.resolve_backend("torch", cpu, "fp32") == "torch"
@@ -377,12 +377,11 @@ def test_an_export_that_disagrees_with_torch_falls_back_to_torch_under_auto(smal
     monkeypatch.setattr(onnx_backend, "_check", lambda *args: 1.0)  # as if tracing had frozen a shape
     monkeypatch.setattr(onnx_backend, "EXPORTERS", onnx_backend.EXPORTERS[:1])  # (the slower exporter would be refused alike)
     checkpoint = load_checkpoint(checkpoint_path)
-    notes = []
-    predictor = create_predictor(checkpoint, torch.device("cpu"), 2, PredictionOptions(), notes)
+    predictor, notes = create_predictor(checkpoint, plan_execution(ExecutionRequest("cpu", precision="fp32")), 2)
     assert predictor.backend == "torch"
     assert notes and "differs from PyTorch" in notes[0]
     with pytest.raises(UserError, match="--backend onnx"):
-        create_predictor(checkpoint, torch.device("cpu"), 2, PredictionOptions(backend="onnx"))
+        create_predictor(checkpoint, plan_execution(ExecutionRequest("cpu", backend="onnx", precision="fp32")), 2)
     assert not list(tmp_path.glob("*.onnx"))
 
 

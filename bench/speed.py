@@ -69,9 +69,10 @@ from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
 from UNetSegmentationLib.inference.options import PredictionOptions  # noqa: E402
 from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes, out_channels_for  # noqa: E402
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network  # noqa: E402
-from UNetSegmentationLib.backends.onnx_predictor import available as onnx_available  # noqa: E402
+from UNetSegmentationLib.backends.device import onnx_runtime_available as onnx_available  # noqa: E402
 from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for  # noqa: E402
-from UNetSegmentationLib.backends.factory import create_predictor  # noqa: E402
+from UNetSegmentationLib.backends.factory import create_predictor
+from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution  # noqa: E402
 from UNetSegmentationLib.backends import device  # noqa: E402
 
 BUNDLED = ROOT / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
@@ -248,9 +249,8 @@ def make_checkpoint(folder: Path, name: str, arch: str, features=None) -> Path:
 def engine_predictor(checkpoint_path: Path, depth, threads: int, backend: str = "auto", precision: str = "auto", slice_workers=None):
     """What ``unetseg predict`` builds (create_predictor), on the CPU."""
     checkpoint = load_checkpoint(checkpoint_path)
-    options = PredictionOptions(backend=backend, precision=precision, threads=threads, slice_workers=slice_workers)
-    notes: list = []
-    predictor = create_predictor(checkpoint, torch.device("cpu"), depth, options, notes)
+    plan = plan_execution(ExecutionRequest("cpu", backend, precision, threads, slice_workers))
+    predictor, notes = create_predictor(checkpoint, plan, depth)
     for note in notes:
         log(f"  note: {note}")
     return predictor

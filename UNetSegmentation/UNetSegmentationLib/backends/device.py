@@ -7,6 +7,7 @@ CPU-only run on a cached ONNX export never imports it.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -99,3 +100,8 @@ def resolve_device(spec: str, plain_cpu: bool = False):
             raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are present")
         return device
     raise UserError(f"--device must be auto, cpu, cuda or cuda:N; got {spec!r}")
+
+
+def onnx_runtime_available() -> bool:
+    """ONNX Runtime and ONNX are importable (checked without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))

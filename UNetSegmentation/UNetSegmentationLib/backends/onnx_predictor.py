@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from copy import copy as shallow_copy
 from pathlib import Path
 from typing import Union
@@ -10,11 +9,6 @@ from typing import Union
 import numpy as np
 
 from UNetSegmentationLib.backends.device import CPU
-
-
-def available() -> bool:
-    """ONNX Runtime and ONNX are importable (checked without importing them)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 def make_session(model: Union[Path, bytes], threads: int, quiet: bool = False):

@@ -27,11 +27,12 @@ ONNX export on a CPU-only machine, ``unetseg predict`` never imports torch (~2 s
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
 
-from UNetSegmentationLib.backends.device import cpu_has_native_bf16
+from UNetSegmentationLib.backends.device import cpu_has_native_bf16, resolve_device
+from UNetSegmentationLib.backends.device import onnx_runtime_available as onnx_available
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.backends.onnx_predictor import available as onnx_available
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -106,6 +107,52 @@ def split_threads(threads: int, workers: Optional[int] = None) -> Tuple[int, int
 # --- precision -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ExecutionRequest:
+    """What the user asked for: ``--device``, ``--backend``, ``--precision``, ``--threads``, ``--slice-workers``."""
+
+    device: str = "auto"
+    backend: str = "auto"
+    precision: str = "auto"
+    threads: Optional[int] = None
+    slice_workers: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """Where and how the network runs, every choice resolved: predictors take these values as they are.
+
+    ``device``: a ``torch.device`` or the torch-free :data:`~UNetSegmentationLib.backends.device.CPU`;
+    ``backend``: ``torch`` or ``onnx``; ``precision``: ``fp32``, ``bf16``, ``fp16`` (CUDA without bf16) or
+    ``int8`` (ONNX Runtime, quantised per volume); ``threads``: CPU threads in all, shared out as
+    ``workers`` slices at once on ``threads_per_worker`` threads each; ``backend_requested``: what the
+    user asked for (``auto`` allows falling back to PyTorch when the export fails).
+    """
+
+    device: Any
+    backend: str
+    precision: str
+    threads: int
+    workers: int
+    threads_per_worker: int
+    backend_requested: str = "auto"
+
+    @property
+    def on_cpu(self) -> bool:
+        return getattr(self.device, "type", str(self.device)) == "cpu"
+
+
+def plan_execution(request: ExecutionRequest) -> ExecutionPlan:
+    """The one place that decides device, precision, backend and threads for a run."""
+    device = resolve_device(request.device, plain_cpu=True)
+    precision = resolve_precision(request.precision, device)
+    backend = resolve_backend(request.backend, device, precision)
+    total = check_threads(request.threads) if request.threads is not None else default_threads()
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    workers, per_worker = split_threads(total, request.slice_workers) if on_cpu else (1, total)
+    return ExecutionPlan(device, backend, precision, total, workers, per_worker, parse_choice(request.backend, BACKENDS, "--backend"))
+
+
 def resolve_precision(precision: Optional[str], device) -> str:
     """``fp32``, ``bf16`` or ``fp16`` (CUDA without bf16) for ``--precision`` on ``device``.
 
@@ -115,10 +162,8 @@ def resolve_precision(precision: Optional[str], device) -> str:
     model and the slicerio chest CT, 99.96 % of the labels agree with fp32 and the mean Dice
     changes by less than 0.001 (BENCHMARKS.md). ``fp32`` forces float32 everywhere. ``int8``: the
     ONNX export quantised for each volume (CPU only; :mod:`.quantization`), never chosen by
-    ``auto``: it pays only for wide networks (measured 1.5-1.6× on UNet++ L4, no gain on the bundled model). ``None``: what
-    :class:`~UNetSegmentationLib.backends.torch_predictor.SlicePredictor` always did (CUDA autocast, CPU fp32).
+    ``auto``: it pays only for wide networks (measured 1.5-1.6× on UNet++ L4, no gain on the bundled model).
     """
-    legacy = precision is None
     precision = parse_choice(precision, PRECISIONS, "--precision")
     if getattr(device, "type", str(device)) == "cuda":
         if precision == "int8":
@@ -129,7 +174,7 @@ def resolve_precision(precision: Optional[str], device) -> str:
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "auto":
-        return "bf16" if not legacy and cpu_has_native_bf16() else "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     return precision
 
 

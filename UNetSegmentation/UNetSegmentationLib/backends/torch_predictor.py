@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +14,10 @@ if TYPE_CHECKING:  # only for annotations: torch is imported where it is used (a
     import torch
 
 
+#: what autocast can compute on the PyTorch backend (int8 is ONNX Runtime's)
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 class SlicePredictor:
     """Runs the network on batches of 2.5D inputs and returns class probabilities on the CPU.
 
@@ -21,9 +25,8 @@ class SlicePredictor:
     ``(B, K, H, W)`` float32: K = 1 (sigmoid foreground probability) for one class, else softmax over
     background + classes.
 
-    ``precision``: None (as always: CUDA bf16 autocast, fp16 where bf16 is unsupported; CPU
-    float32), ``auto`` (also bf16 on CPUs with native bf16), ``fp32`` or ``bf16`` (see
-    :func:`~UNetSegmentationLib.backends.plan.resolve_precision`).
+    ``precision``: ``fp32``, ``bf16`` or ``fp16`` as resolved by
+    :func:`~UNetSegmentationLib.backends.plan.plan_execution` (never resolved again here).
     ``optimize``: fold BatchNorm into the convolutions (in place: ``model`` is changed) and use
     channels_last on the CPU where it pays (batch-normalised networks); off by default, on in
     ``predict`` (:func:`~UNetSegmentationLib.backends.plan.create_predictor`).
@@ -39,21 +42,20 @@ class SlicePredictor:
         device: "torch.device",
         depth: Depth,
         classification_guidance: bool = True,
-        precision: Optional[str] = None,
+        precision: str = "fp32",
         optimize: bool = False,
     ) -> None:
         import torch
 
-        from UNetSegmentationLib.backends.plan import resolve_precision
         from UNetSegmentationLib.backends.torch_network import fold_batchnorm, prefers_channels_last
 
         self.metadata = metadata
         self.device = device
         self.depth = depth
         self.cuda = device.type == "cuda"
-        self.precision = resolve_precision(precision, device)
-        if self.precision == "int8":
-            raise UserError("--precision int8 runs on ONNX Runtime, not on the PyTorch backend")
+        if precision not in TORCH_PRECISIONS:
+            raise UserError(f"the PyTorch backend computes in {', '.join(TORCH_PRECISIONS)}, not {precision!r}")
+        self.precision = precision
         self.model = model.to(device).eval()
         if hasattr(self.model, "classification_guidance"):
             self.model.classification_guidance = classification_guidance

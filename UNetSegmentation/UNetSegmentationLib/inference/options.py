@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from UNetSegmentationLib.backends.plan import ExecutionRequest
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.depth import Depth
 
@@ -26,6 +27,10 @@ class PredictionOptions:
     precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16
     threads: Optional[int] = None  # CPU threads in all; None: one per core
     slice_workers: Optional[int] = None  # CPU: slices computed at once, threads // workers each; None: 2 (acceleration.py)
+
+    def execution_request(self) -> ExecutionRequest:
+        """The device, backend, precision and threads asked for (resolved by ``plan_execution``)."""
+        return ExecutionRequest(self.device, self.backend, self.precision, self.threads, self.slice_workers)
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from UNetSegmentationLib.backends.device import resolve_device
 from UNetSegmentationLib.backends.factory import create_predictor
+from UNetSegmentationLib.backends.plan import plan_execution
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.options import PredictionOptions
@@ -68,9 +68,8 @@ def predict_file(
     checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
     metadata = checkpoint.metadata
     depth = resolve_depth(metadata, options.depth)
-    device = resolve_device(options.device, plain_cpu=True)
-    notes: list = []  # e.g. an ONNX fallback: reported after the start event
-    predictor = create_predictor(checkpoint, device, depth, options, notes)  # backend, precision, threads (acceleration.py)
+    plan = plan_execution(options.execution_request())  # device, precision, backend, threads: decided once
+    predictor, notes = create_predictor(checkpoint, plan, depth, options.classification_guidance)  # notes: e.g. an ONNX fallback
     t_model = time.perf_counter()
 
     image = read_volume(input_path)
@@ -85,7 +84,7 @@ def predict_file(
     quantize_int8 = getattr(predictor, "calibrate_int8", False)  # --precision int8: quantised for this volume, below
     reporter.start(
         slices=slice_count,
-        device=str(device),
+        device=str(plan.device),
         arch=metadata.architecture,
         depth=depth,
         classes=[c.name for c in metadata.classes],

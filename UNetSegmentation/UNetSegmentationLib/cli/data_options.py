@@ -1,0 +1,74 @@
+"""Where training and evaluation data come from: ``--datalist``, ``--images/--labels`` or ``--image/--label``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from UNetSegmentationLib.errors import UserError
+
+
+def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> None:
+    group = parser.add_argument_group("data (one of --datalist, --images/--labels, --image/--label)")
+    group.add_argument("--datalist", metavar="JSON", help="MONAI decathlon-style datalist: 'training' (and 'validation') lists of {'image': ..., 'label': ...}")
+    group.add_argument("--data-root", metavar="DIR", help="folder the datalist's relative paths start from (default: the datalist's folder)")
+    if not for_training:
+        group.add_argument("--section", default="validation", help="datalist list to evaluate (default validation)")
+    group.add_argument("--images", metavar="DIR", help="folder of images; labels are matched by name in --labels")
+    group.add_argument("--labels", metavar="DIR", help="folder of label maps or .seg.nrrd segmentations")
+    group.add_argument("--image", metavar="FILE", help="a single image (with --label)")
+    group.add_argument("--label", metavar="FILE", help="its label map or .seg.nrrd segmentation")
+    if for_training:
+        group.add_argument("--val-images", metavar="DIR", help="validation images (with --val-labels), instead of a datalist's 'validation' list")
+        group.add_argument("--val-labels", metavar="DIR", help="validation labels, matched by name")
+        group.add_argument("--val-slices", type=float, metavar="FRACTION", help="hold out this fraction of every training volume's slices for validation, in contiguous blocks (e.g. 0.2)")
+        group.add_argument("--val-blocks", type=int, default=3, metavar="N", help="number of held-out blocks, spread along the volume (default 3)")
+        group.add_argument("--val-gap", type=int, metavar="N", help="slices next to each held-out block used for neither training nor validation (default: --context, so no training input sees a held-out slice)")
+    group.add_argument("--other-labels", choices=("error", "background"), default="error" if for_training else "background",
+                       help="segments/label values not among the classes: stop with an error, or treat them as background")
+
+
+def cases_from_options(args: argparse.Namespace, for_training: bool):
+    """``(primary cases, validation cases, description)`` from the data options."""
+    from UNetSegmentationLib.training.data import Case, case_name, cases_from_datalist, cases_from_folders, check_files
+
+    sources = [name for name, given in (("--datalist", args.datalist), ("--images", args.images or args.labels), ("--image", args.image or args.label)) if given]
+    if len(sources) != 1:
+        raise UserError("give the data as exactly one of --datalist JSON, --images DIR --labels DIR, or --image FILE --label FILE" + (f" (got {', '.join(sources)})" if sources else ""))
+    validation = []
+    if args.datalist:
+        section = "training" if for_training else args.section
+        cases = cases_from_datalist(args.datalist, section, args.data_root)
+        if for_training:
+            validation = cases_from_datalist(args.datalist, "validation", args.data_root, required=False)
+        description = {"source": "datalist", "datalist": Path(args.datalist).name}
+    elif args.images or args.labels:
+        if not (args.images and args.labels):
+            raise UserError("--images and --labels go together")
+        cases = cases_from_folders(args.images, args.labels)
+        description = {"source": "folders"}
+    else:
+        if not (args.image and args.label):
+            raise UserError("--image and --label go together")
+        cases = [Case(case_name(Path(args.image)), Path(args.image), Path(args.label))]
+        check_files(cases, "--image/--label")
+        description = {"source": "files"}
+    if for_training and (args.val_images or args.val_labels):
+        if not (args.val_images and args.val_labels):
+            raise UserError("--val-images and --val-labels go together")
+        if validation:
+            raise UserError("the datalist already has a 'validation' list; leave out --val-images/--val-labels")
+        validation = cases_from_folders(args.val_images, args.val_labels)
+    if not cases:
+        raise UserError("no cases to " + ("train on" if for_training else "evaluate"))
+    return cases, validation, description
+
+
+def int_list(text: str, what: str) -> list:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise UserError(f"{what} must be positive, got {text!r}")
+    return values

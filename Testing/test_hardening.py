@@ -134,7 +134,7 @@ def test_a_one_slice_volume_is_segmented(predict, tmp_path, extension):
     path = write(make_volume(size=(40, 36, 1)), tmp_path / f"one-slice{extension}")
     result, output = predict(path, progress="json")
     assert result.code == 0, result.stderr
-    assert result.events[0]["event"] == "start" and result.events[0]["slices"] == 1
+    assert result.events[0]["event"] == "start" and result.events[0]["total"] == 1
     assert_same_grid(sitk.ReadImage(str(path)), sitk.ReadImage(str(output)))
 
 

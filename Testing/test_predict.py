@@ -80,7 +80,7 @@ def test_json_progress_reports_start_progress_and_done_in_order(cli, chest_ct_pa
     assert [e["done"] for e in progress] == [8, 16, 24, 32, 34]
     assert all(e["total"] == 34 for e in progress)
     start = result.events[0]
-    assert start["slices"] == 34 and start["depth"] == 2 and start["device"] == "cpu" and start["arch"] == "unetplusplus"
+    assert start["total"] == 34 and start["unit"] == "slice" and start["version"] == 1 and start["command"] == "predict" and start["depth"] == 2 and start["device"] == "cpu" and start["arch"] == "unetplusplus"
     assert set(result.events[-1]["timings"]) >= {"read_s", "network_s", "write_s", "total_s"}
 
 

@@ -148,7 +148,7 @@ def test_arguments_follow_the_options(tmp_path):
 
 
 def test_event_log_lines():
-    assert describe_event({"event": "start", "slices": 34, "device": "cpu", "arch": "unetplusplus", "depth": 2, "geometry": "slices along k"}) == (
+    assert describe_event({"event": "start", "total": 34, "device": "cpu", "arch": "unetplusplus", "depth": 2, "geometry": "slices along k"}) == (
         "Segmenting 34 slices on cpu with unetplusplus at depth 2; slices along k"
     )
     assert describe_event({"event": "warning", "message": "spacing differs"}) == "Warning: spacing differs"
@@ -227,7 +227,7 @@ def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_
     kinds = [e["event"] for e in run.events if e["event"] not in ("log", "warning")]
     assert kinds[0] == "start" and kinds[-2:] == ["done", "exit"] and set(kinds[1:-2]) == {"progress"}
     done = [e["done"] for e in run.events if e["event"] == "progress"]
-    assert done == sorted(done) and done[-1] == run.start_event["slices"] == 10
+    assert done == sorted(done) and done[-1] == run.start_event["total"] == 10
     # the bar only rises, and the text counts slices while segmenting
     values = [v.progress_value for v in views]
     assert values == sorted(values), values

@@ -83,7 +83,9 @@ def predict_file(
     slice_count = geometry.slices_view(volume).shape[0]
     quantize_int8 = getattr(predictor, "calibrate_int8", False)  # --precision int8: quantised for this volume, below
     reporter.start(
-        slices=slice_count,
+        "predict",
+        slice_count,
+        "slice",
         device=str(plan.device),
         arch=metadata.architecture,
         depth=depth,

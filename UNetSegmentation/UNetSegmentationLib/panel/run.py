@@ -94,7 +94,7 @@ def describe_event(event: dict) -> Optional[str]:
         depth = event.get("depth")
         depth_text = f" at depth {depth}" if depth not in (None, "") else ""
         geometry = f"; {event['geometry']}" if event.get("geometry") else ""
-        return f"Segmenting {event.get('slices', '?')} slices on {event.get('device', '?')} with {event.get('arch', '?')}{depth_text}{geometry}"
+        return f"Segmenting {event.get('total', '?')} slices on {event.get('device', '?')} with {event.get('arch', '?')}{depth_text}{geometry}"
     if kind == "warning":
         return f"Warning: {event.get('message', '')}"
     if kind == "error":
@@ -369,9 +369,9 @@ class SegmentationRun:
         if state == SEGMENTING:
             if self.last_progress:
                 p = self.last_progress
-                return progress_text(int(p.get("done") or 0), int(p.get("total") or 0), p.get("slices_per_s"), p.get("eta_s"))
+                return progress_text(int(p.get("done") or 0), int(p.get("total") or 0), p.get("rate_per_s"), p.get("eta_s"))
             if self.start_event:
-                return f"Segmenting: 0 of {self.start_event.get('slices', '?')} slices, estimating time left"
+                return f"Segmenting: 0 of {self.start_event.get('total', '?')} slices, estimating time left"
             return "Starting the segmentation (loading the model)\u2026"
         if state == IMPORTING:
             return "Importing the segmentation\u2026"

@@ -1,45 +1,47 @@
-"""Progress of a long run: a terminal bar, JSON lines for the Slicer module, or nothing.
+"""Progress of a long run, as the user asked to see it: a terminal bar, JSON lines, or nothing.
 
-JSON-lines events (one object per line on stdout, flushed at once)::
-
-    {"event": "start", "slices": 120, "device": "cpu", "arch": "unetplusplus", "depth": 2, ...}
-    {"event": "progress", "done": 8, "total": 120, "slices_per_s": 31.2, "eta_s": 3.6}
-    {"event": "warning", "message": "..."}
-    {"event": "done", "output": "/path/out.seg.nrrd", "timings": {"read_s": 0.1, ...}}
-    {"event": "error", "message": "..."}
+Every command reports through one :class:`Reporter` interface; the JSON-lines reporter writes the
+schema of :mod:`.events` (the Slicer module reads it), the bar reporter draws a tqdm bar on stderr.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any, Optional, TextIO
+
+from UNetSegmentationLib.protocol.events import DONE, ERROR, LOG, PROGRESS, START, WARNING, encode, make_event
 
 PROGRESS_MODES = ("bar", "json", "none")
 
 
 class Reporter:
-    """Silent reporter; the base of the others. ``progress`` computes rate and ETA."""
+    """Silent reporter; the base of the others. ``progress`` computes rate and time left."""
 
     def __init__(self) -> None:
         self._started: Optional[float] = None
         self.total = 0
+        self.unit = "slice"
 
-    def start(self, slices: int, **info: Any) -> None:
-        self.total = slices
+    def start(self, command: str, total: int, unit: str = "slice", **info: Any) -> None:
+        """The run begins: ``total`` ``unit``s of work (see :mod:`.events` for what ``info`` holds)."""
+        self.total, self.unit = total, unit
         self._started = time.perf_counter()
 
-    def progress(self, done: int) -> dict:
+    def progress(self, done: int, **extra: Any) -> dict:
+        """``done`` of the total are finished; returns the ``progress`` event's fields."""
         elapsed = time.perf_counter() - (self._started or time.perf_counter())
         rate = done / elapsed if elapsed > 0 and done else 0.0
         eta = (self.total - done) / rate if rate else None
-        return {"done": done, "total": self.total, "slices_per_s": round(rate, 3), "eta_s": None if eta is None else round(eta, 2)}
+        return {"done": done, "total": self.total, "unit": self.unit, "rate_per_s": round(rate, 3), "eta_s": None if eta is None else round(eta, 2), **extra}
+
+    def log(self, message: str) -> None:
+        pass
 
     def warning(self, message: str) -> None:
         pass
 
-    def done(self, **info: Any) -> None:
+    def done(self, **summary: Any) -> None:
         pass
 
     def error(self, message: str) -> None:
@@ -47,52 +49,56 @@ class Reporter:
 
 
 class JsonLinesReporter(Reporter):
-    """One JSON object per line, for the process runner. Nothing else may be printed to this stream."""
+    """One JSON object per line (:mod:`.events`), for the process runner. Nothing else may be printed to this stream."""
 
-    def __init__(self, stream: TextIO = None) -> None:
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
         super().__init__()
         self.stream = stream or sys.stdout
 
-    def emit(self, event: str, **fields: Any) -> None:
-        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+    def emit(self, kind: str, **fields: Any) -> None:
+        self.stream.write(encode(make_event(kind, **fields)) + "\n")
         self.stream.flush()
 
-    def start(self, slices: int, **info: Any) -> None:
-        super().start(slices)
-        self.emit("start", slices=slices, **info)
+    def start(self, command: str, total: int, unit: str = "slice", **info: Any) -> None:
+        super().start(command, total, unit)
+        self.emit(START, command=command, total=total, unit=unit, **info)
 
-    def progress(self, done: int) -> dict:
-        fields = super().progress(done)
-        self.emit("progress", **fields)
+    def progress(self, done: int, **extra: Any) -> dict:
+        fields = super().progress(done, **extra)
+        self.emit(PROGRESS, **fields)
         return fields
 
-    def warning(self, message: str) -> None:
-        self.emit("warning", message=message)
+    def log(self, message: str) -> None:
+        self.emit(LOG, message=message)
 
-    def done(self, **info: Any) -> None:
-        self.emit("done", **info)
+    def warning(self, message: str) -> None:
+        self.emit(WARNING, message=message)
+
+    def done(self, **summary: Any) -> None:
+        self.emit(DONE, **summary)
 
     def error(self, message: str) -> None:
-        self.emit("error", message=message)
+        self.emit(ERROR, message=message)
 
 
 class BarReporter(Reporter):
-    """A tqdm progress bar on stderr; warnings and errors as lines on stderr."""
+    """A tqdm progress bar on stderr; log lines, warnings and errors as lines on stderr."""
 
-    def __init__(self, stream: TextIO = None) -> None:
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
         super().__init__()
         self.stream = stream or sys.stderr
         self._bar = None
 
-    def start(self, slices: int, **info: Any) -> None:
+    def start(self, command: str, total: int, unit: str = "slice", **info: Any) -> None:
         from tqdm import tqdm
 
-        super().start(slices)
+        super().start(command, total, unit)
         depth = f", depth {info['depth']}" if info.get("depth") is not None else ""
-        self._bar = tqdm(total=slices, unit="slice", file=self.stream, desc=f"{info.get('arch', 'segmenting')}{depth} on {info.get('device', '?')}")
+        where = f" on {info['device']}" if info.get("device") else ""
+        self._bar = tqdm(total=total, unit=unit, file=self.stream, desc=f"{info.get('arch', command)}{depth}{where}")
 
-    def progress(self, done: int) -> dict:
-        fields = super().progress(done)
+    def progress(self, done: int, **extra: Any) -> dict:
+        fields = super().progress(done, **extra)
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
         return fields
@@ -102,17 +108,28 @@ class BarReporter(Reporter):
             self._bar.close()
             self._bar = None
 
-    def warning(self, message: str) -> None:
-        (self._bar.write if self._bar is not None else lambda m: print(m, file=self.stream))(f"warning: {message}")
+    def _line(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream)
 
-    def done(self, **info: Any) -> None:
+    def log(self, message: str) -> None:
+        self._line(message)
+
+    def warning(self, message: str) -> None:
+        self._line(f"warning: {message}")
+
+    def done(self, **summary: Any) -> None:
         self._close()
-        outputs = ", ".join(str(info[k]) for k in ("output", "probabilities") if info.get(k))
-        print(f"wrote {outputs} in {info.get('timings', {}).get('total_s', 0):.1f} s", file=self.stream)
+        outputs = ", ".join(str(summary[k]) for k in ("output", "probabilities") if summary.get(k))
+        if outputs:
+            print(f"wrote {outputs} in {summary.get('timings', {}).get('total_s', 0):.1f} s", file=self.stream)
 
     def error(self, message: str) -> None:
         self._close()
 
 
-def make_reporter(mode: str) -> Reporter:
-    return {"bar": BarReporter, "json": JsonLinesReporter, "none": Reporter}[mode]()
+def make_reporter(mode: str, stream: Optional[TextIO] = None) -> Reporter:
+    """The reporter for ``--progress bar|json|none``."""
+    return {"bar": BarReporter, "json": JsonLinesReporter, "none": Reporter}[mode](*(() if mode == "none" else (stream,)))

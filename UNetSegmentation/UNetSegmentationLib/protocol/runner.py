@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import queue
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.io.outputs import lock_path, temporary_path
+from UNetSegmentationLib.protocol.events import parse_event
 
 IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
@@ -167,16 +167,9 @@ class EngineProcess:
     def _read_stdout(self) -> None:
         assert self._process and self._process.stdout
         for line in self._process.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-                if not isinstance(event, dict) or "event" not in event:
-                    raise ValueError
-            except ValueError:
-                event = {"event": "log", "message": line}
-            self._events.put(event)
+            event = parse_event(line)
+            if event is not None:
+                self._events.put(event)
         returncode = self._process.wait()
         self._threads[1].join(timeout=5)  # the stderr tail, for the failure message
         self._post_exit(returncode)

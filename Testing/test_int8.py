@@ -14,7 +14,7 @@ from UNetSegmentationLib.backends import int8 as quantization
 from UNetSegmentationLib.backends.device import CPU
 from UNetSegmentationLib.model.checkpoint import load_checkpoint
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference.options import PredictionOptions
+from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
 
 from test_speed_paths import needs_onnx
@@ -71,7 +71,7 @@ def test_int8_is_refused_where_it_cannot_run(monkeypatch):
     monkeypatch.setattr(acceleration, "onnx_available", lambda: False)
     with pytest.raises(UserError, match=r"\[onnx\]"):
         acceleration.resolve_backend("auto", CPU, "int8")
-    assert PredictionOptions(precision="INT8").precision == "int8"
+    assert SegmentationOptions(precision="INT8").precision == "int8"
 
 
 @needs_onnx

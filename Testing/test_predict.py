@@ -14,7 +14,7 @@ from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.slicing import SliceGeometry
 from UNetSegmentationLib.io.volumes import write_labels
 from UNetSegmentationLib.inference.predict_file import predict_file
-from UNetSegmentationLib.inference.options import PredictionOptions
+from UNetSegmentationLib.inference.options import SegmentationOptions
 
 from conftest import make_volume, rotation_matrix, write_dicom_series
 
@@ -194,7 +194,7 @@ def test_largest_component_option_removes_the_smaller_islands(monkeypatch, small
     blobs.CopyInformation(image)
     source, output = tmp_path / "blobs.nrrd", tmp_path / "labels.nrrd"
     sitk.WriteImage(blobs, str(source))
-    options = PredictionOptions(largest_component=largest_component, backend="torch")  # the stand-in replaces the PyTorch predictor
+    options = SegmentationOptions(largest_component=largest_component, backend="torch")  # the stand-in replaces the PyTorch predictor
     predict_file(source, output, small_unet_one_class, options)
     labelled = int(sitk.GetArrayFromImage(sitk.ReadImage(str(output))).astype(bool).sum())
     assert labelled == (27 if largest_component else 28)

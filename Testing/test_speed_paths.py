@@ -31,7 +31,7 @@ from UNetSegmentationLib.backends.torch_network import ProbabilityNetwork, fold_
 from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
-from UNetSegmentationLib.inference.options import PredictionOptions
+from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.pipeline import labels_from_decision, labels_from_probabilities
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
 from UNetSegmentationLib.backends.device import onnx_runtime_available as onnx_available
@@ -176,10 +176,10 @@ def test_precision_and_backend_resolution(monkeypatch):
 
 
 def test_prediction_options_check_speed_settings():
-    assert PredictionOptions(backend="TORCH").backend == "torch"
+    assert SegmentationOptions(backend="TORCH").backend == "torch"
     for bad in ({"backend": "tensorrt"}, {"precision": "fp8"}, {"threads": 0}, {"slice_workers": 0}):
         with pytest.raises(UserError):
-            PredictionOptions(**bad)
+            SegmentationOptions(**bad)
 
 
 def test_cpu_threads_are_shared_out_among_slice_workers():

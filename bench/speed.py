@@ -66,7 +66,7 @@ from UNetSegmentationLib.backends import plan as acceleration
 
 from UNetSegmentationLib.model.checkpoint import build_model, create_checkpoint, load_checkpoint  # noqa: E402
 from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
-from UNetSegmentationLib.inference.options import PredictionOptions  # noqa: E402
+from UNetSegmentationLib.inference.options import SegmentationOptions  # noqa: E402
 from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes, out_channels_for  # noqa: E402
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network  # noqa: E402
 from UNetSegmentationLib.backends.device import onnx_runtime_available as onnx_available  # noqa: E402
@@ -77,7 +77,7 @@ from UNetSegmentationLib.backends import device  # noqa: E402
 
 BUNDLED = ROOT / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
 START, END = "<!-- speed-results:start -->", "<!-- speed-results:end -->"
-PREDICT_BATCH = PredictionOptions().batch_size  # what predict gathers per step by default
+PREDICT_BATCH = SegmentationOptions().batch_size  # what predict gathers per step by default
 CLASSES = ["a", "b", "c"]  # "a few classes": softmax over background + 3
 PAPER_UNETPP = (32, 64, 128, 256, 512)
 

@@ -66,7 +66,7 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
 
     from UNetSegmentationLib.model.checkpoint import create_checkpoint, read_metadata
     from UNetSegmentationLib.inference.slicing import SliceGeometry
-    from UNetSegmentationLib.inference.options import PredictionOptions
+    from UNetSegmentationLib.inference.options import SegmentationOptions
     from UNetSegmentationLib.inference.predict_file import predict_file
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
             )
             create_checkpoint(model, untrained_metadata())
         segmentation = output_dir / "CTChest4.seg.nrrd"
-        summary = predict_file(ct, segmentation, model, PredictionOptions(overwrite=True), reporter)
+        summary = predict_file(ct, segmentation, model, SegmentationOptions(overwrite=True), reporter)
         metadata = read_metadata(model)
         image = sitk.ReadImage(str(ct))
         volume = sitk.GetArrayFromImage(image)

@@ -6,28 +6,14 @@ import argparse
 from pathlib import Path
 
 from UNetSegmentationLib.cli.models import add_model_options, metadata_from_options
+from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, SegmentationOptions, axis_name
+from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.inference.options import PredictionOptions
     from UNetSegmentationLib.inference.predict_file import predict_file
-    from UNetSegmentationLib.model.depth import parse_depth
-    from UNetSegmentationLib.inference.slicing import parse_axis
 
-    options = PredictionOptions(
-        depth=parse_depth(args.depth),
-        device=args.device,
-        batch_size=args.batch_size,
-        axis=parse_axis(args.axis),
-        probabilities=Path(args.probabilities) if args.probabilities else None,
-        overwrite=args.overwrite,
-        largest_component=args.largest_component,
-        classification_guidance=not args.no_cgm,
-        backend=args.backend,
-        precision=args.precision,
-        threads=args.threads,
-        slice_workers=args.slice_workers,
-    )
+    options = SegmentationOptions.from_namespace(args)
     plain_metadata = metadata_from_options(args) if args.arch else None
     predict_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata)
     return 0
@@ -44,25 +30,25 @@ def add_commands(commands) -> None:
     predict = commands.add_parser("predict", help="segment a volume")
     predict.add_argument("--checkpoint", required=True, metavar="CKPT", help=".safetensors checkpoint (or a .pt/.pth state dict with --arch ...)")
     predict.add_argument("--depth", help="UNet++: prune depth 1..4 (default: the checkpoint's recommended depth) or 'accurate' (mean of all heads)")
-    predict.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    predict.add_argument("--batch-size", type=int, default=4, help="slices per network call (default 4)")
-    predict.add_argument("--axis", default="auto", help="image axis to slice along: auto (closest to superior-inferior), i, j or k")
+    predict.add_argument("--device", default=DEFAULTS.device, help="auto (CUDA when available), cpu, cuda, cuda:N")
+    predict.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="slices per network call (default %(default)s)")
+    predict.add_argument("--axis", default=axis_name(DEFAULTS.axis), help="image axis to slice along: auto (closest to superior-inferior), i, j or k")
     predict.add_argument("--probabilities", metavar="PATH", help="also write the probability of the chosen label per voxel (.nrrd/.nii.gz/.mha)")
-    predict.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress bar on stderr, JSON lines on stdout, or nothing")
+    predict.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help="progress bar on stderr, JSON lines on stdout, or nothing")
     predict.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected component of each label")
     predict.add_argument("--no-cgm", action="store_true", help="UNet 3+: do not blank slices its classification-guided module judges empty")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     speed = predict.add_argument_group("speed (see BENCHMARKS.md)")
     speed.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnx"),
-        default="auto",
+        choices=BACKENDS,
+        default=DEFAULTS.backend,
         help="auto: ONNX Runtime on the CPU when installed (pip install 'UNetSegmentationLib[onnx]'; the export is cached next to the checkpoint), else PyTorch",
     )
     speed.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "int8"),
-        default="auto",
+        choices=PRECISIONS,
+        default=DEFAULTS.precision,
         help=(
             "auto: bf16 autocast where the hardware has it (CUDA; CPUs with AVX512-BF16/AMX), else float32; bf16 agrees with fp32 on >=99%% of labels. "
             "int8 (CPU, ONNX Runtime): the network quantised for each volume, calibrated on 8 of its slices and checked against float32 on 8 others "
@@ -83,5 +69,5 @@ def add_commands(commands) -> None:
 
     demo = commands.add_parser("demo", help="segment the chest CT shipped with slicerio using the bundled model")
     demo.add_argument("--output-dir", default="unetseg-demo", help="where to write the segmentation and the overlay PNG")
-    demo.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    demo.add_argument("--progress", choices=PROGRESS_MODES, default="bar")
     demo.set_defaults(run=command_demo)

@@ -1,44 +1,138 @@
-"""What a segmentation run lets the user choose, validated once."""
+"""What a segmentation run lets the user choose: declared, defaulted and validated here only.
+
+:class:`SegmentationOptions` is the one options object of ``unetseg predict``. The CLI parser takes
+its defaults and choices from here, builds the object with :meth:`SegmentationOptions.from_namespace`,
+and the Slicer panel writes the child's command line with :meth:`SegmentationOptions.to_arguments`,
+so a setting is spelt once from the panel's click to the engine's run. Torch-, numpy- and
+SimpleITK-free: the Slicer panel imports it in its GUI process.
+"""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence, Union
 
-from UNetSegmentationLib.backends.plan import ExecutionRequest
+from UNetSegmentationLib.backends.plan import BACKENDS, PRECISIONS, ExecutionRequest, check_positive, parse_choice
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.model.depth import Depth
+from UNetSegmentationLib.model.depth import Depth, parse_depth
+
+#: slices per network call that ``predict`` gathers (the CPU path computes them one at a time)
+DEFAULT_BATCH_SIZE = 4
+AUTO = "auto"
+#: ``--axis`` names of the image axes 0, 1, 2; ``auto`` picks the one closest to superior-inferior
+AXIS_NAMES = ("i", "j", "k")
+AXIS_CHOICES = (AUTO,) + AXIS_NAMES
 
 
-@dataclass
-class PredictionOptions:
-    """What ``unetseg predict`` and the Slicer module let the user choose."""
+def parse_axis(text: Union[str, int, None]) -> Optional[int]:
+    """``auto``/None → None (chosen from the direction matrix); ``i``/``j``/``k``, ``0``/``1``/``2`` or an int → image axis."""
+    if text is None or text == AUTO:
+        return None
+    value = str(text).lower()
+    if value in AXIS_NAMES:
+        return AXIS_NAMES.index(value)
+    if value in ("0", "1", "2"):
+        return int(value)
+    raise UserError(f"--axis must be auto, i, j or k (or 0, 1, 2); got {text!r}")
+
+
+def axis_name(axis: Optional[int]) -> str:
+    """The ``--axis`` text of an image axis (None: ``auto``)."""
+    return AUTO if axis is None else AXIS_NAMES[axis]
+
+
+#: ``unetseg predict`` options that take a value: (option, field, how the value is written)
+_VALUED_OPTIONS = (
+    ("--depth", "depth", str),
+    ("--device", "device", str),
+    ("--batch-size", "batch_size", str),
+    ("--axis", "axis", axis_name),
+    ("--probabilities", "probabilities", str),
+    ("--backend", "backend", str),
+    ("--precision", "precision", str),
+    ("--threads", "threads", str),
+    ("--slice-workers", "slice_workers", str),
+)
+
+
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """What ``unetseg predict`` and the Slicer module let the user choose; checked on construction.
+
+    Text forms are accepted and normalised: ``depth="2"`` becomes 2, ``axis="k"`` becomes 2,
+    ``backend="TORCH"`` becomes ``"torch"``. Every bad value raises one :class:`UserError` that
+    names the command-line option.
+    """
 
     depth: Depth = None  # None: the checkpoint's recommended depth (else the full network); "accurate": mean of heads
-    device: str = "auto"
-    batch_size: int = 4
+    device: str = AUTO  # auto (CUDA when available), cpu, cuda, cuda:N
+    batch_size: int = DEFAULT_BATCH_SIZE
     axis: Optional[int] = None  # image axis to slice along; None: the one closest to superior-inferior
-    probabilities: Optional[Path] = None
+    probabilities: Optional[Path] = None  # also write the probability of the chosen label per voxel here
     overwrite: bool = False
     largest_component: bool = False  # keep each label's largest 3D connected component
     classification_guidance: bool = True  # UNet 3+: empty result for slices its classifier judges empty
-    backend: str = "auto"  # auto (ONNX Runtime on the CPU when installed, else PyTorch), torch, onnx (acceleration.py)
-    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16
+    backend: str = AUTO  # auto, torch, onnx: resolved by backends.plan.plan_execution
+    precision: str = AUTO  # auto, fp32, bf16, int8: resolved by backends.plan.plan_execution
     threads: Optional[int] = None  # CPU threads in all; None: one per core
-    slice_workers: Optional[int] = None  # CPU: slices computed at once, threads // workers each; None: 2 (acceleration.py)
+    slice_workers: Optional[int] = None  # CPU: slices computed at once, threads // workers each; None: the plan's default
+
+    def __post_init__(self) -> None:
+        # frozen: normalised values are set through object.__setattr__, once, here
+        normalised = {
+            "depth": parse_depth(self.depth) if isinstance(self.depth, str) else self.depth,
+            "axis": parse_axis(self.axis),
+            "device": self.device or AUTO,
+            "probabilities": Path(self.probabilities) if self.probabilities not in (None, "") else None,
+            "backend": parse_choice(self.backend, BACKENDS, "--backend"),
+            "precision": parse_choice(self.precision, PRECISIONS, "--precision"),
+        }
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
+        check_positive(self.batch_size, "--batch-size")
+        for value, option in ((self.threads, "--threads"), (self.slice_workers, "--slice-workers")):
+            if value is not None:
+                check_positive(value, option)
 
     def execution_request(self) -> ExecutionRequest:
         """The device, backend, precision and threads asked for (resolved by ``plan_execution``)."""
         return ExecutionRequest(self.device, self.backend, self.precision, self.threads, self.slice_workers)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise UserError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
-        from UNetSegmentationLib.backends.plan import BACKENDS, PRECISIONS, check_positive, parse_choice
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> "SegmentationOptions":
+        """The options of a parsed ``unetseg predict`` command line (see ``cli/predict.py``)."""
+        return cls(
+            depth=args.depth,
+            device=args.device,
+            batch_size=args.batch_size,
+            axis=args.axis,
+            probabilities=args.probabilities,
+            overwrite=args.overwrite,
+            largest_component=args.largest_component,
+            classification_guidance=not args.no_cgm,
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            slice_workers=args.slice_workers,
+        )
 
-        self.backend = parse_choice(self.backend, BACKENDS, "--backend")
-        self.precision = parse_choice(self.precision, PRECISIONS, "--precision")
-        for value, option in ((self.threads, "--threads"), (self.slice_workers, "--slice-workers")):
-            if value is not None:
-                check_positive(value, option)
+    def to_arguments(self, input_path, output_path, checkpoint, extra: Sequence[str] = ()) -> List[str]:
+        """The ``unetseg predict`` command line of this run (the process runner adds ``--progress json``).
+
+        Only settings that differ from the defaults are written; ``extra`` (e.g. ``--arch`` and
+        ``--classes`` for a plain PyTorch file) goes before the input and output paths.
+        """
+        arguments = ["predict", "--checkpoint", str(checkpoint)]
+        for option, name, text in _VALUED_OPTIONS:
+            value = getattr(self, name)
+            if value != getattr(DEFAULTS, name):
+                arguments += [option, text(value)]
+        flags = (("--overwrite", self.overwrite), ("--largest-component", self.largest_component), ("--no-cgm", not self.classification_guidance))
+        arguments += [option for option, on in flags if on]
+        return arguments + list(extra) + [str(input_path), str(output_path)]
+
+
+#: every default of a run, for parsers and panels (which must not repeat them)
+DEFAULTS = SegmentationOptions()

@@ -17,7 +17,8 @@ import SimpleITK as sitk
 import torch
 
 from UNetSegmentationLib.networks.blocks import EMPTY_LOGIT, LearnedUpsample, TrainingOutput, as_training_output, blank_absent_slices
-from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network, get_architecture
+from UNetSegmentationLib.networks.contract import ClassificationGuided, PrunableNetwork, SegmentationNetwork
+from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network, get_architecture, prune_depths_of
 from UNetSegmentationLib.inference.slicing import padding_for
 
 NEW_ARCHITECTURES = ("unet3plus", "unetv2", "fcn8s", "deeplabv3plus")
@@ -88,6 +89,33 @@ def test_registry_imports_without_torch():
 
 
 # --- the network contract, for every architecture ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_KWARGS))
+def test_every_architecture_satisfies_the_network_contract_its_registry_entry_declares(name):
+    architecture, model = get_architecture(name), small_network(name)
+    assert isinstance(model, torch.nn.Module) and isinstance(model, SegmentationNetwork)
+    assert isinstance(model, PrunableNetwork) == architecture.prunable
+    assert isinstance(model, ClassificationGuided) == architecture.classification_head
+    multiple = model.required_multiple()
+    assert isinstance(multiple, int) and multiple >= 1 and multiple & (multiple - 1) == 0  # a power of two
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(SMALL_KWARGS) if get_architecture(name).prunable])
+def test_prunable_networks_keep_the_depth_contract(name):
+    model = small_network(name).eval()
+    kwargs = dict(get_architecture(name).default_kwargs, **SMALL_KWARGS[name])
+    assert model.depths == prune_depths_of(get_architecture(name), kwargs) == tuple(range(1, len(kwargs["features"])))
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        heads = model.forward_heads(x)
+        assert [tuple(h.shape) for h in heads] == [(2, 3, 32, 48)] * len(model.depths)
+        for depth in model.depths:
+            assert tuple(model.forward_depth(x, depth).shape) == (2, 3, 32, 48)
+            assert model.required_multiple(depth) == 2**depth
+    counts = [model.parameter_count(depth) for depth in model.depths]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert model.parameter_count(None) == parameter_count(model) > counts[-1]  # the shallower heads are extra
 
 
 @pytest.mark.parametrize("out_channels", [1, 3])

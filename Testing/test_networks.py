@@ -1,11 +1,19 @@
-"""U-Net and UNet++ as the UNet++ paper specifies them: sizes, heads, and exact pruning."""
+"""U-Net and UNet++ as the UNet++ paper specifies them: sizes, heads, and exact pruning; the one
+table of feature presets; the one naming of depths."""
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.model.depth import ACCURATE, depth_from_tag, depth_tag, parse_depth
+from UNetSegmentationLib.networks.presets import FEATURE_PRESETS, paper_features
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network, get_architecture
 from UNetSegmentationLib.networks.unet import UNet
 from UNetSegmentationLib.networks.unetplusplus import UNetPlusPlus
@@ -91,6 +99,21 @@ def test_wide_unet_preset_is_35_to_560():
     assert get_architecture("unet").feature_presets["wide"] == (35, 70, 140, 280, 560)
 
 
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_constructor_registry_and_presets_read_the_one_feature_table(name):
+    architecture = get_architecture(name)
+    constructor_default = inspect.signature(architecture.network_class().__init__).parameters["features"].default
+    assert tuple(constructor_default) == paper_features(name) == tuple(architecture.default_kwargs["features"])
+    assert architecture.feature_presets == FEATURE_PRESETS[name]
+    assert architecture.supports()["feature_presets"] == {k: list(v) for k, v in FEATURE_PRESETS[name].items()}
+
+
+def test_every_preset_has_as_many_levels_as_the_paper_configuration():
+    for name, presets in FEATURE_PRESETS.items():
+        assert name in ARCHITECTURES
+        assert {len(features) for features in presets.values()} == {len(paper_features(name))}, name
+
+
 def test_every_registered_architecture_builds_and_segments_at_its_multiple():
     for name, architecture in ARCHITECTURES.items():
         kwargs = dict(architecture.default_kwargs, in_channels=3, out_channels=2)
@@ -100,3 +123,48 @@ def test_every_registered_architecture_builds_and_segments_at_its_multiple():
         size = max(model.required_multiple(), 32)
         with torch.no_grad():
             assert model(torch.randn(1, 3, size, size)).shape == (1, 2, size, size), name
+
+
+# --- depth names: model/depth.py is the one place that spells them --------------------------------
+
+
+@pytest.mark.parametrize("depth, tag", [(1, "L1"), (3, "L3"), (np.int64(4), "L4"), (ACCURATE, "accurate"), (None, "full")])
+def test_every_depth_has_one_tag_and_the_tag_reads_back(depth, tag):
+    assert depth_tag(depth) == tag
+    assert depth_from_tag(tag) == depth
+
+
+def test_the_tag_older_reports_wrote_for_the_whole_network_still_reads_as_the_whole_network():
+    assert depth_from_tag("default") is None
+
+
+@pytest.mark.parametrize("not_a_depth", [0, -1, True, "2", "L2", "full"])
+def test_depth_tag_refuses_what_is_not_a_depth(not_a_depth):
+    with pytest.raises(ValueError):
+        depth_tag(not_a_depth)
+
+
+@pytest.mark.parametrize("not_a_tag", ["", "L", "L0", "2", "l2", "L2.5", "L²", "Full"])
+def test_depth_from_tag_refuses_what_is_not_a_tag(not_a_tag):
+    with pytest.raises(ValueError):
+        depth_from_tag(not_a_tag)
+
+
+@pytest.mark.parametrize("text, depth", [(None, None), ("accurate", ACCURATE), ("3", 3), ("L3", 3), ("l2", 2)])
+def test_the_depth_option_accepts_numbers_tags_and_accurate(text, depth):
+    assert parse_depth(text) == depth
+
+
+@pytest.mark.parametrize("text", ["full", "default", "deep", "-1"])
+def test_the_depth_option_refuses_anything_else_with_one_message(text):
+    with pytest.raises(UserError, match="--depth must be 1..4"):
+        parse_depth(text)
+
+
+def test_the_bundled_models_shipped_export_keeps_the_name_the_depth_tag_gives_it():
+    from UNetSegmentationLib.backends.onnx_cache import shipped_export
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
+
+    bundled = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+    shipped = shipped_export(load_checkpoint(bundled, weights=False), 3)
+    assert ".L3." in shipped.name and shipped.is_file(), f"{shipped.name} is not among {sorted(p.name for p in bundled.parent.iterdir())}"

@@ -1,21 +1,28 @@
 """Safe checkpoints: safetensors weights with JSON metadata; plain PyTorch state dicts only through
 ``torch.load(weights_only=True)``. Nothing here ever unpickles arbitrary objects.
+
+torch and safetensors are imported inside the functions that read or write tensors, not here:
+:func:`load_checkpoint` with ``weights=False`` (a run on a cached ONNX export, the Slicer panel)
+must work without PyTorch installed, and importing torch costs about 1.3 s of start-up here.
 """
 
 from __future__ import annotations
 
+import pickle
 import struct
 from pathlib import Path
-from typing import Dict, Mapping, Optional, TYPE_CHECKING
+from typing import TYPE_CHECKING, Dict, Mapping, Optional
 
-if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
-    import torch
-
-from UNetSegmentationLib.model.header import SAFETENSORS, checkpoint_kind, read_metadata
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.outputs import atomic_output
+from UNetSegmentationLib.model.header import SAFETENSORS, PathLike, checkpoint_kind, read_metadata
 from UNetSegmentationLib.model.metadata import METADATA_KEY, ModelMetadata
 from UNetSegmentationLib.networks.registry import build_network, get_architecture
-from UNetSegmentationLib.io.outputs import atomic_output
+
+if TYPE_CHECKING:  # annotations only (see the module docstring)
+    import torch
+
+    from UNetSegmentationLib.networks.contract import SegmentationNetwork
 
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -27,18 +34,20 @@ class Checkpoint:
     ``weights=False``): a cached ONNX export of the same file needs the metadata only.
     """
 
-    def __init__(self, path: Path, metadata: ModelMetadata, state_dict: Optional[Dict[str, "torch.Tensor"]] = None) -> None:
+    def __init__(self, path: PathLike, metadata: ModelMetadata, state_dict: Optional[Dict[str, "torch.Tensor"]] = None) -> None:
         self.path = Path(path)
         self.metadata = metadata
         self._state_dict = state_dict
 
     @property
     def state_dict(self) -> Dict[str, "torch.Tensor"]:
+        """Parameter and buffer name → tensor (on the CPU), read from the file on first use."""
         if self._state_dict is None:
             self._state_dict = _load_safetensors(self.path)
         return self._state_dict
 
     def parameter_count(self) -> int:
+        """Trainable parameters in the file (batch-norm statistics not counted)."""
         return sum(t.numel() for k, t in self.state_dict.items() if t.is_floating_point() and not _is_buffer(k))
 
 
@@ -47,6 +56,7 @@ def _is_buffer(key: str) -> bool:
 
 
 def _load_safetensors(path: Path) -> Dict[str, "torch.Tensor"]:
+    # lazy: safetensors.torch imports torch (see the module docstring)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -57,9 +67,7 @@ def _load_safetensors(path: Path) -> Dict[str, "torch.Tensor"]:
 
 
 def _load_torch_state_dict(path: Path) -> Dict[str, "torch.Tensor"]:
-    import pickle
-
-    import torch
+    import torch  # lazy: see the module docstring
 
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -84,7 +92,7 @@ def _load_torch_state_dict(path: Path) -> Dict[str, "torch.Tensor"]:
     return loaded
 
 
-def load_checkpoint(path, metadata_for_plain_torch: Optional[ModelMetadata] = None, weights: bool = True) -> Checkpoint:
+def load_checkpoint(path: PathLike, metadata_for_plain_torch: Optional[ModelMetadata] = None, weights: bool = True) -> Checkpoint:
     """Read and validate a checkpoint; a plain PyTorch file needs its metadata given separately.
 
     ``weights=False``: a safetensors file's tensors are read (with PyTorch) only when first used;
@@ -136,9 +144,9 @@ def _describe_mismatch(model: "torch.nn.Module", state_dict: Mapping[str, "torch
     )
 
 
-def build_model(checkpoint: Checkpoint) -> "torch.nn.Module":
+def build_model(checkpoint: Checkpoint) -> "SegmentationNetwork":
     """The network with the checkpoint's weights, in evaluation mode on the CPU."""
-    import torch
+    import torch  # lazy: see the module docstring
 
     metadata = checkpoint.metadata
     # First on the meta device (shapes only, no memory): metadata asking for a huge network cannot
@@ -153,9 +161,9 @@ def build_model(checkpoint: Checkpoint) -> "torch.nn.Module":
     return model.eval()
 
 
-def create_checkpoint(path, metadata: ModelMetadata, seed: int = 0, overwrite: bool = False) -> "torch.nn.Module":
+def create_checkpoint(path: PathLike, metadata: ModelMetadata, seed: int = 0, overwrite: bool = False) -> "SegmentationNetwork":
     """Write an untrained checkpoint (seeded initial weights) and return its network."""
-    import torch
+    import torch  # lazy: see the module docstring
 
     torch.manual_seed(seed)
     model = build_network(metadata.architecture, metadata.kwargs)
@@ -163,9 +171,9 @@ def create_checkpoint(path, metadata: ModelMetadata, seed: int = 0, overwrite: b
     return model
 
 
-def save_checkpoint(path, state_dict: Mapping[str, "torch.Tensor"], metadata: ModelMetadata, overwrite: bool = False) -> Path:
+def save_checkpoint(path: PathLike, state_dict: Mapping[str, "torch.Tensor"], metadata: ModelMetadata, overwrite: bool = False) -> Path:
     """Write weights and metadata as safetensors, atomically (temp file + rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # lazy: imports torch (see the module docstring)
 
     path = Path(path)
     if not path.name.endswith(SAFETENSORS_SUFFIX):

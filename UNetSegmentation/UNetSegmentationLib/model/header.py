@@ -12,7 +12,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.metadata import METADATA_KEY, ModelMetadata
@@ -23,8 +23,10 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_MARK = 0x80
 
+PathLike = Union[str, "os.PathLike[str]"]
 
-def checkpoint_kind(path) -> str:
+
+def checkpoint_kind(path: PathLike) -> str:
     """``"safetensors"`` or ``"torch"`` (a plain state dict), decided by the bytes; else a :class:`UserError`."""
     path = Path(path)
     try:
@@ -46,7 +48,7 @@ def checkpoint_kind(path) -> str:
     raise UserError(f"{path} is not a checkpoint: neither a safetensors file nor a PyTorch file (unknown magic bytes {head[:4]!r})")
 
 
-def read_safetensors_header(path) -> Dict[str, Any]:
+def read_safetensors_header(path: PathLike) -> Dict[str, Any]:
     """The JSON header of a safetensors file (tensor table plus ``__metadata__``), validated for size."""
     path = Path(path)
     if checkpoint_kind(path) != SAFETENSORS:
@@ -66,7 +68,7 @@ def read_safetensors_header(path) -> Dict[str, Any]:
     return header
 
 
-def read_metadata(path) -> ModelMetadata:
+def read_metadata(path: PathLike) -> ModelMetadata:
     """The validated :class:`ModelMetadata` of a safetensors checkpoint, without torch."""
     path = Path(path)
     header = read_safetensors_header(path)

@@ -102,14 +102,17 @@ class ModelMetadata:
 
     @property
     def in_channels(self) -> int:
+        """Input channels: the slice and ``context`` neighbours on each side (2.5D)."""
         return 2 * self.context + 1
 
     @property
     def out_channels(self) -> int:
+        """Logit channels: see :func:`out_channels_for`."""
         return out_channels_for(len(self.classes))
 
     @property
     def uses_softmax(self) -> bool:
+        """Softmax over background and classes (several classes); else one sigmoid channel."""
         return len(self.classes) > 1
 
     def to_json(self) -> Dict[str, Any]:
@@ -131,14 +134,17 @@ class ModelMetadata:
         return data
 
     def dumps(self) -> str:
+        """The JSON text stored in the checkpoint header (keys sorted: the same metadata, the same bytes)."""
         return json.dumps(self.to_json(), sort_keys=True)
 
     @staticmethod
     def from_json(data: Any, source: str = "checkpoint") -> "ModelMetadata":
+        """Validated metadata from parsed JSON; a :class:`UserError` naming ``source`` otherwise."""
         return _validated_metadata(data, source)
 
     @staticmethod
     def loads(text: str, source: str = "checkpoint") -> "ModelMetadata":
+        """Validated metadata from JSON text; a :class:`UserError` naming ``source`` otherwise."""
         try:
             data = json.loads(text)
         except (TypeError, ValueError, RecursionError) as error:

@@ -24,9 +24,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 from UNetSegmentationLib.networks.blocks import ConvNormAct, LayerSpec, SegmentationHead, layer_spec, resize_to
-
-PAPER_FEATURES = (64, 64, 128, 256, 512)
-SMALL_FEATURES = (16, 16, 32, 64, 128)
+from UNetSegmentationLib.networks.presets import paper_features
 
 
 class ResidualStage(nn.Sequential):
@@ -128,7 +126,7 @@ class DeepLabV3Plus(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        features: Sequence[int] = PAPER_FEATURES,
+        features: Sequence[int] = paper_features("deeplabv3plus"),
         blocks: int = 2,
         aspp_channels: int = 256,
         aspp_rates: Sequence[int] = (6, 12, 18),

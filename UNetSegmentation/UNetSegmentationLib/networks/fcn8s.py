@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from UNetSegmentationLib.networks.blocks import ConvEncoder, ConvNormAct, LayerSpec, LearnedUpsample, SegmentationHead
+from UNetSegmentationLib.networks.presets import paper_features
 
-PAPER_FEATURES = (64, 128, 256, 512, 512)
-SMALL_FEATURES = (16, 32, 64, 128, 128)
 VGG16_CONVS = (2, 2, 3, 3, 3)
 
 
@@ -62,7 +61,7 @@ class FCN8s(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        features: Sequence[int] = PAPER_FEATURES,
+        features: Sequence[int] = paper_features("fcn8s"),
         convs_per_stage: Union[int, Sequence[int]] = VGG16_CONVS,
         fc_features: Optional[int] = None,
         fc_kernel: int = 7,

@@ -3,16 +3,9 @@
 Importing this module is cheap (no torch): the Slicer panel fills its architecture list from it at
 start-up. :func:`build_network` imports the architecture's module only when a network is built.
 
-Contract every registered network follows (so the engine, training and the panel need no
-per-architecture code):
-
-- ``__init__(in_channels, out_channels, **kwargs)``; kwargs are JSON values (stored in checkpoints);
-- ``forward(x)`` with ``x`` of shape ``(B, in_channels, H, W)``: in evaluation mode the main logits
-  ``(B, out_channels, H, W)``; in training mode a tensor, a list of full-size head logits (coarsest
-  first, main last), or a :class:`~UNetSegmentationLib.networks.blocks.TrainingOutput`;
-- ``required_multiple(depth=None) -> int``: H and W must be divisible by it (the engine pads);
-- prunable networks also have ``depths``, ``forward_depth(x, depth)``, ``forward_heads(x)``,
-  ``parameter_count(depth)`` and ``modules_for_depth(depth)``.
+Every registered network follows :mod:`UNetSegmentationLib.networks.contract` (so the engine, training
+and the panel need no per-architecture code); its ``features`` presets live in
+:mod:`UNetSegmentationLib.networks.presets`.
 """
 
 from __future__ import annotations
@@ -20,9 +13,11 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.networks.contract import SegmentationNetwork
+from UNetSegmentationLib.networks.presets import Features, paper_features, presets_of
 
 
 @dataclass(frozen=True)
@@ -36,7 +31,6 @@ class Architecture:
         paper: the paper it follows.
         summary: one line on what it is good for.
         default_kwargs: constructor defaults that ``unetseg create`` stores explicitly.
-        feature_presets: named ``features`` tuples (``paper``, ``wide`` …).
         deep_supervision: has several supervised heads.
         prune_depths: depths it can be pruned to at inference (empty: not prunable).
         classification_head: has a slice-level "structure present" head.
@@ -49,16 +43,22 @@ class Architecture:
     paper: str
     summary: str
     default_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    feature_presets: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)
     deep_supervision: bool = False
     prune_depths: Tuple[int, ...] = ()
     classification_head: bool = False
 
     @property
     def prunable(self) -> bool:
+        """Whether its networks satisfy :class:`~.contract.PrunableNetwork`."""
         return bool(self.prune_depths)
 
+    @property
+    def feature_presets(self) -> Mapping[str, Features]:
+        """Named ``features`` tuples (``paper``, ``wide``, ``small``), from :data:`~.presets.FEATURE_PRESETS`."""
+        return presets_of(self.name)
+
     def network_class(self) -> type:
+        """The ``nn.Module`` class (imports its module, and with it torch)."""
         return getattr(importlib.import_module(self.module), self.class_name)
 
     def supports(self) -> Dict[str, Any]:
@@ -72,13 +72,11 @@ class Architecture:
         }
 
 
-_PAPER = (32, 64, 128, 256, 512)
-_WIDE = (35, 70, 140, 280, 560)
-
 ARCHITECTURES: Dict[str, Architecture] = {}
 
 
 def register(architecture: Architecture) -> Architecture:
+    """Add ``architecture`` to :data:`ARCHITECTURES` (names are unique)."""
     if architecture.name in ARCHITECTURES:
         raise ValueError(f"architecture {architecture.name!r} registered twice")
     ARCHITECTURES[architecture.name] = architecture
@@ -93,8 +91,7 @@ register(
         title="U-Net",
         paper="Ronneberger et al., MICCAI 2015 (configuration of Zhou et al., IEEE TMI 2020)",
         summary="The baseline encoder-decoder: robust, simple, a good first choice for large structures.",
-        default_kwargs={"features": list(_PAPER), "norm": "batch", "act": "relu", "dropout": 0.0},
-        feature_presets={"paper": _PAPER, "wide": _WIDE},
+        default_kwargs={"features": list(paper_features("unet")), "norm": "batch", "act": "relu", "dropout": 0.0},
     )
 )
 register(
@@ -106,13 +103,12 @@ register(
         paper="Zhou et al., DLMIA 2018 and IEEE TMI 2020",
         summary="Nested dense skips with deep supervision; prune to L1-L3 at inference to trade accuracy for speed.",
         default_kwargs={
-            "features": list(_PAPER),
+            "features": list(paper_features("unetplusplus")),
             "norm": "batch",
             "act": "relu",
             "dropout": 0.0,
             "deep_supervision": True,
         },
-        feature_presets={"paper": _PAPER, "wide": _WIDE},
         deep_supervision=True,
         prune_depths=(1, 2, 3, 4),
     )
@@ -126,7 +122,7 @@ register(
         paper="Huang et al., ICASSP 2020",
         summary="Full-scale skips and deep supervision; its classification-guided module blanks slices without the structure (fewer false positives).",
         default_kwargs={
-            "features": [64, 128, 256, 512, 1024],
+            "features": list(paper_features("unet3plus")),
             "cat_channels": None,
             "norm": "batch",
             "act": "relu",
@@ -135,7 +131,6 @@ register(
             "build_cgm": True,
             "cgm_dropout": 0.5,
         },
-        feature_presets={"paper": (64, 128, 256, 512, 1024), "small": (16, 32, 64, 128, 256)},
         deep_supervision=True,
         classification_head=True,
     )
@@ -149,14 +144,13 @@ register(
         paper="Peng et al., arXiv:2311.17791, 2023",
         summary="Semantics-and-detail-infusion skips (attention + multi-scale product) on a U-Net encoder: light, with sharp boundaries.",
         default_kwargs={
-            "features": list(_PAPER),
+            "features": list(paper_features("unetv2")),
             "skip_channels": 32,
             "norm": "batch",
             "act": "relu",
             "dropout": 0.0,
             "deep_supervision": True,
         },
-        feature_presets={"paper": _PAPER, "small": (16, 32, 64, 128, 256)},
         deep_supervision=True,
     )
 )
@@ -169,7 +163,7 @@ register(
         paper="Long et al., CVPR 2015",
         summary="The classic fully convolutional baseline (VGG-16-like encoder, stride-8 fusion): coarse boundaries, a reference point.",
         default_kwargs={
-            "features": [64, 128, 256, 512, 512],
+            "features": list(paper_features("fcn8s")),
             "convs_per_stage": [2, 2, 3, 3, 3],
             "fc_features": None,
             "fc_kernel": 7,
@@ -177,7 +171,6 @@ register(
             "act": "relu",
             "dropout": 0.5,
         },
-        feature_presets={"paper": (64, 128, 256, 512, 512), "small": (16, 32, 64, 128, 128)},
     )
 )
 register(
@@ -189,7 +182,7 @@ register(
         paper="Chen et al., ECCV 2018",
         summary="Atrous spatial pyramid pooling for multi-scale context plus a light decoder: structures of very different sizes.",
         default_kwargs={
-            "features": [64, 64, 128, 256, 512],
+            "features": list(paper_features("deeplabv3plus")),
             "blocks": 2,
             "aspp_channels": 256,
             "aspp_rates": [6, 12, 18],
@@ -199,23 +192,23 @@ register(
             "act": "relu",
             "dropout": 0.1,
         },
-        feature_presets={"paper": (64, 64, 128, 256, 512), "small": (16, 16, 32, 64, 128)},
     )
 )
 
 
 def get_architecture(name: str) -> Architecture:
+    """The registered architecture ``name``; a :class:`UserError` naming the known ones otherwise."""
     try:
         return ARCHITECTURES[name]
     except KeyError:
         raise UserError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
 
 
-def architecture_names() -> list:
+def architecture_names() -> List[str]:
     return list(ARCHITECTURES)
 
 
-def resolve_features(architecture: Architecture, features: str) -> list:
+def resolve_features(architecture: Architecture, features: str) -> List[int]:
     """``--features`` value → list of ints: a preset name or comma-separated integers."""
     if features in architecture.feature_presets:
         return list(architecture.feature_presets[features])
@@ -239,8 +232,12 @@ def prune_depths_of(architecture: Architecture, kwargs: Mapping[str, Any]) -> Tu
     return tuple(range(1, len(features))) if features else architecture.prune_depths
 
 
-def build_network(name: str, kwargs: Mapping[str, Any]):
-    """Construct the network ``name`` from JSON kwargs (including in/out channels), with clear errors."""
+def build_network(name: str, kwargs: Mapping[str, Any]) -> SegmentationNetwork:
+    """Construct the network ``name`` from JSON kwargs (including in/out channels), with clear errors.
+
+    The result satisfies :class:`~.contract.SegmentationNetwork` (and :class:`~.contract.PrunableNetwork`
+    when the architecture is prunable).
+    """
     architecture = get_architecture(name)
     cls = architecture.network_class()
     parameters = inspect.signature(cls.__init__).parameters

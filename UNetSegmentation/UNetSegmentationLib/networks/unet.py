@@ -14,9 +14,7 @@ import torch
 from torch import nn
 
 from UNetSegmentationLib.networks.blocks import DoubleConv, LayerSpec, SegmentationHead, UpConv
-
-PAPER_FEATURES = (32, 64, 128, 256, 512)
-WIDE_FEATURES = (35, 70, 140, 280, 560)
+from UNetSegmentationLib.networks.presets import paper_features
 
 
 class UNet(nn.Module):
@@ -37,7 +35,7 @@ class UNet(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        features: Sequence[int] = PAPER_FEATURES,
+        features: Sequence[int] = paper_features("unet"),
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         dropout: float = 0.0,

@@ -34,9 +34,7 @@ from UNetSegmentationLib.networks.blocks import (
     UpsampledHead,
     blank_absent_slices,
 )
-
-PAPER_FEATURES = (64, 128, 256, 512, 1024)
-SMALL_FEATURES = (16, 32, 64, 128, 256)
+from UNetSegmentationLib.networks.presets import paper_features
 
 
 class FullScaleSkip(nn.Module):
@@ -142,7 +140,7 @@ class UNet3Plus(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        features: Sequence[int] = PAPER_FEATURES,
+        features: Sequence[int] = paper_features("unet3plus"),
         cat_channels: Optional[int] = None,
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from UNetSegmentationLib.networks.blocks import DoubleConv, LayerSpec, SegmentationHead, UpConv
-from UNetSegmentationLib.networks.unet import PAPER_FEATURES
+from UNetSegmentationLib.networks.presets import paper_features
 
 
 def _key(i: int, j: int) -> str:
@@ -51,7 +51,7 @@ class UNetPlusPlus(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        features: Sequence[int] = PAPER_FEATURES,
+        features: Sequence[int] = paper_features("unetplusplus"),
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         dropout: float = 0.0,

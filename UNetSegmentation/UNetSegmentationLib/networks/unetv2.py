@@ -33,9 +33,7 @@ from UNetSegmentationLib.networks.blocks import (
     SpatialAttention,
     UpsampledHead,
 )
-from UNetSegmentationLib.networks.unet import PAPER_FEATURES
-
-SMALL_FEATURES = (16, 32, 64, 128, 256)
+from UNetSegmentationLib.networks.presets import paper_features
 
 
 class AttentionProjection(nn.Module):
@@ -107,7 +105,7 @@ class UNetV2(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        features: Sequence[int] = PAPER_FEATURES,
+        features: Sequence[int] = paper_features("unetv2"),
         skip_channels: int = 32,
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",

@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from UNetSegmentationLib.backends import plan as acceleration
-
-
+from fake_capabilities import FakeMachine
 from UNetSegmentationLib.backends import int8 as quantization
-from UNetSegmentationLib.backends.device import CPU
-from UNetSegmentationLib.model.checkpoint import load_checkpoint
+from UNetSegmentationLib.backends.device import onnx_runtime_available
+from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
+from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import SegmentationOptions
-from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
+from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
-from test_speed_paths import needs_onnx
+needs_onnx = pytest.mark.skipif(not onnx_runtime_available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
 
 
 def labels_of(path) -> np.ndarray:
@@ -59,18 +58,15 @@ def test_agreement_counts_the_foreground_apart_from_the_background():
     assert quantization.compare_decisions(reference, reference).acceptable
 
 
-def test_int8_is_refused_where_it_cannot_run(monkeypatch):
-    class Cuda:
-        type = "cuda"
-
+def test_int8_is_refused_where_it_cannot_run():
     with pytest.raises(UserError, match="CPU"):
-        acceleration.resolve_precision("int8", Cuda())
-    assert acceleration.resolve_precision("int8", CPU) == "int8"
+        plan_execution(ExecutionRequest("cuda", precision="int8"), FakeMachine(gpus=1))
+    plan = plan_execution(ExecutionRequest("cpu", precision="int8"), FakeMachine())
+    assert (plan.precision, plan.backend, plan.quantizes_per_volume) == ("int8", "onnx", True)
     with pytest.raises(UserError, match="ONNX Runtime"):
-        acceleration.resolve_backend("torch", CPU, "int8")
-    monkeypatch.setattr(acceleration, "onnx_available", lambda: False)
+        plan_execution(ExecutionRequest("cpu", "torch", "int8"), FakeMachine())
     with pytest.raises(UserError, match=r"\[onnx\]"):
-        acceleration.resolve_backend("auto", CPU, "int8")
+        plan_execution(ExecutionRequest("cpu", precision="int8"), FakeMachine(onnx=False))
     assert SegmentationOptions(precision="INT8").precision == "int8"
 
 

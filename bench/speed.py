@@ -38,6 +38,7 @@ FLOPs: 2 × multiply-accumulates of convolutions and matrix products (as ``archi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -467,8 +468,8 @@ def optimisation_variants(checkpoint_path: Path, depth, size: int, threads: int,
         if fold:
             fold_batchnorm(predictor.model)
         if channels_last:
-            predictor.model = predictor.model.to(memory_format=torch.channels_last)
-            predictor.channels_last = True
+            predictor.model.to(memory_format=torch.channels_last)  # in place: the predictor's network holds this module
+            predictor.settings = dataclasses.replace(predictor.settings, channels_last=True)
         return predictor
 
     variants = {

@@ -1,7 +1,19 @@
-"""Where the network runs: the CPU or a CUDA GPU, and what the hardware can compute.
+"""What the hardware can do, asked through one seam, and which device a ``--device`` value names.
 
-Decided without importing PyTorch where the answer cannot be a GPU (:func:`cuda_is_impossible`), so a
-CPU-only run on a cached ONNX export never imports it.
+Decides: which device ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) means here, and whether
+that device exists (:func:`device_for`). Everything else the plan decides
+(:mod:`~UNetSegmentationLib.backends.plan`) from the answers of a :class:`Capabilities` object:
+
+- :class:`Capabilities`: the questions the decisions ask (CUDA present, how many GPUs, native bf16
+  on a GPU, its free and total memory, native bf16 on the CPU, ONNX Runtime installed). Tests pass a
+  fake one; nothing else in the decisions looks at the machine.
+- :class:`SystemCapabilities` (:data:`SYSTEM`): the real answers. PyTorch is imported only where the
+  answer can be a GPU (:func:`cuda_is_impossible` says when it cannot, without importing it), so a
+  CPU-only run on a cached ONNX export never imports PyTorch (~2 s of start-up saved).
+- :class:`PlainDevice`: ``torch.device`` as far as the plan needs it (``type``, ``index``, ``str``),
+  without importing PyTorch; :data:`CPU` is the CPU.
+
+No numpy or torch import at module level: the Slicer panel imports the options, which import the plan.
 """
 
 from __future__ import annotations
@@ -10,25 +22,50 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional, Protocol, Tuple
 
 from UNetSegmentationLib.errors import UserError
 
 
-class PlainCpuDevice:
-    """``torch.device("cpu")`` as far as this package asks (``type``, ``index``, ``str``), without
-    importing PyTorch: what :func:`~UNetSegmentationLib.inference.pipeline.resolve_device` gives where no GPU
-    can be present."""
+@dataclass(frozen=True)
+class PlainDevice:
+    """A device as the plan names it: ``type`` ``"cpu"`` or ``"cuda"``, ``index`` None or the GPU's
+    number; ``str()`` is what ``torch.device`` accepts (``cpu``, ``cuda``, ``cuda:1``)."""
 
-    type = "cpu"
-    index = None
+    type: str
+    index: Optional[int] = None
 
     def __str__(self) -> str:
-        return "cpu"
+        return self.type if self.index is None else f"{self.type}:{self.index}"
 
     __repr__ = __str__
 
 
-CPU = PlainCpuDevice()
+#: the CPU, without importing PyTorch
+CPU = PlainDevice("cpu")
+
+
+class Capabilities(Protocol):
+    """The hardware questions the execution plan asks, and nothing more."""
+
+    def cuda_available(self) -> bool:
+        """A CUDA GPU can be used by this PyTorch build."""
+
+    def cuda_device_count(self) -> int:
+        """How many CUDA GPUs are visible (0 without CUDA)."""
+
+    def cuda_bf16_supported(self, index: int) -> bool:
+        """GPU ``index`` computes bfloat16 natively (compute capability 8.0 or newer; ROCm)."""
+
+    def cuda_memory(self, index: int) -> Tuple[int, int]:
+        """``(free, total)`` bytes of GPU ``index``."""
+
+    def cpu_native_bf16(self) -> bool:
+        """The CPU computes bfloat16 in hardware (AVX512-BF16 or AMX)."""
+
+    def onnx_runtime_installed(self) -> bool:
+        """ONNX Runtime and ONNX are importable."""
 
 
 def cuda_is_impossible() -> bool:
@@ -48,25 +85,6 @@ def cuda_is_impossible() -> bool:
     return False
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX).
-
-    Without it oneDNN emulates bf16 and a bf16 convolution runs far slower than float32
-    (100× slower measured on an AVX2-only EPYC), so bf16 is never chosen automatically there.
-    Where ``/proc/cpuinfo`` lists the CPU's flags and they have neither, PyTorch is not asked (nor
-    imported).
-    """
-    flags = _cpu_flags()
-    if flags and not flags & {"avx512_bf16", "amx_bf16"}:
-        return False
-    try:
-        import torch
-
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError, ImportError):
-        return False
-
-
 def _cpu_flags() -> set:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
@@ -78,30 +96,95 @@ def _cpu_flags() -> set:
     return set()
 
 
-def resolve_device(spec: str, plain_cpu: bool = False):
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``; an
-    unavailable GPU is an error. ``plain_cpu``: where the answer is the CPU and PyTorch would have to
-    be imported only to say so, give :data:`~UNetSegmentationLib.backends.plan.CPU` instead (``predict``
-    with a cached ONNX export then never imports PyTorch)."""
-    spec = (spec or "auto").lower()
-    if plain_cpu and (spec == "cpu" or (spec == "auto" and cuda_is_impossible())):
-        return CPU
-    import torch
+class SystemCapabilities:
+    """:class:`Capabilities` of this machine. PyTorch is imported only by the CUDA questions, and only
+    where :func:`cuda_is_impossible` cannot rule a GPU out."""
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    def cuda_available(self) -> bool:
+        if cuda_is_impossible():
+            return False
+        import torch  # only here can the answer be a GPU
+
+        return bool(torch.cuda.is_available())
+
+    def cuda_device_count(self) -> int:
+        if not self.cuda_available():
+            return 0
+        import torch
+
+        return int(torch.cuda.device_count())
+
+    def cuda_bf16_supported(self, index: int) -> bool:
+        import torch
+
+        if torch.version.hip:  # every ROCm GPU PyTorch supports computes bf16
+            return True
+        # native only: torch.cuda.is_bf16_supported() also says yes where bf16 is emulated (pre-Ampere), far slower than fp16
+        return torch.cuda.get_device_capability(index)[0] >= 8
+
+    def cuda_memory(self, index: int) -> Tuple[int, int]:
+        import torch
+
+        free, total = torch.cuda.mem_get_info(index)
+        return int(free), int(total)
+
+    def cpu_native_bf16(self) -> bool:
+        """Without native bf16 oneDNN emulates it and a bf16 convolution runs far slower than float32
+        (100× slower measured on an AVX2-only EPYC). Where ``/proc/cpuinfo`` lists the CPU's flags and
+        they have neither AVX512-BF16 nor AMX, PyTorch is not asked (nor imported)."""
+        flags = _cpu_flags()
+        if flags and not flags & {"avx512_bf16", "amx_bf16"}:
+            return False
+        try:
+            import torch
+
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError, ImportError):
+            return False
+
+    def onnx_runtime_installed(self) -> bool:
+        return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+#: the real machine: what :func:`~UNetSegmentationLib.backends.plan.plan_execution` asks unless told otherwise
+SYSTEM: Capabilities = SystemCapabilities()
+
+
+def device_for(spec: Optional[str], capabilities: Capabilities = SYSTEM) -> PlainDevice:
+    """The device ``--device spec`` names: ``auto`` (the first CUDA GPU when there is one, else the
+    CPU), ``cpu``, ``cuda`` or ``cuda:N``. A GPU that is not there is a :class:`UserError`."""
+    spec = (spec or "auto").lower()
     if spec == "cpu":
-        return torch.device("cpu")
+        return CPU
+    if spec == "auto":
+        return PlainDevice("cuda") if capabilities.cuda_available() else CPU
     if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        if not torch.cuda.is_available():
+        if not capabilities.cuda_available():
             raise UserError(f"--device {spec}: no CUDA GPU is available to this PyTorch build; use --device cpu or auto")
-        device = torch.device(spec)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are present")
-        return device
+        index = int(spec[5:]) if ":" in spec else None
+        count = capabilities.cuda_device_count()
+        if index is not None and index >= count:
+            raise UserError(f"--device {spec}: only {count} CUDA device(s) are present")
+        return PlainDevice("cuda", index)
     raise UserError(f"--device must be auto, cpu, cuda or cuda:N; got {spec!r}")
 
 
+def resolve_device(spec: Optional[str], plain_cpu: bool = False, capabilities: Capabilities = SYSTEM):
+    """:func:`device_for` as a ``torch.device`` (for training and evaluation, which run PyTorch
+    anyway); ``plain_cpu``: the CPU as :data:`CPU`, so that saying "CPU" imports no PyTorch."""
+    device = device_for(spec, capabilities)
+    if plain_cpu and device.type == "cpu":
+        return CPU
+    import torch
+
+    return torch.device(str(device))
+
+
+def cpu_has_native_bf16() -> bool:
+    """This machine's CPU computes bfloat16 in hardware (:meth:`SystemCapabilities.cpu_native_bf16`)."""
+    return SYSTEM.cpu_native_bf16()
+
+
 def onnx_runtime_available() -> bool:
-    """ONNX Runtime and ONNX are importable (checked without importing them)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    """ONNX Runtime and ONNX are importable here (checked without importing them)."""
+    return SYSTEM.onnx_runtime_installed()

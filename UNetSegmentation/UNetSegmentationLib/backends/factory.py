@@ -1,10 +1,15 @@
-"""The predictor a run uses, built from its resolved :class:`~UNetSegmentationLib.backends.plan.ExecutionPlan`."""
+"""The predictor a run uses, built from its resolved :class:`~UNetSegmentationLib.backends.plan.ExecutionPlan`.
+
+Decides only what the plan cannot know beforehand: whether the network can be exported to ONNX
+(an export that fails or disagrees with PyTorch falls back to PyTorch under ``--backend auto``).
+Every other value (device, precision, threads, slices per call) is the plan's, used as it is.
+"""
 
 from __future__ import annotations
 
 from typing import List, Tuple
 
-from UNetSegmentationLib.backends.micro_batch import CPU_MICRO_BATCH, MicroBatched
+from UNetSegmentationLib.backends.micro_batch import MicroBatched
 from UNetSegmentationLib.backends.onnx_export import ExportError, onnx_predictor_for
 from UNetSegmentationLib.backends.plan import ExecutionPlan, configure_threads
 from UNetSegmentationLib.errors import UserError
@@ -18,30 +23,29 @@ def create_predictor(checkpoint, plan: ExecutionPlan, depth, classification_guid
     is one (the PyTorch network is then never built: no MONAI import), else it is exported, checked
     against PyTorch and cached. An export that fails or disagrees with PyTorch falls back to PyTorch
     when the backend was ``auto`` (the reason goes into ``notes``, which ``predict`` reports as a
-    warning), and is an error when ``onnx`` or ``int8`` was asked for.
+    warning), and is an error when ``onnx`` or ``int8`` was asked for. With ``--precision int8`` the
+    float32 export is returned: it is quantised once the volume is read (``plan.quantizes_per_volume``,
+    :func:`~UNetSegmentationLib.backends.int8.quantize_for_volume`).
     """
     notes: List[str] = []
     if plan.backend == "onnx":
         try:
             session = onnx_predictor_for(checkpoint, depth, classification_guidance, plan.threads_per_worker)
-            predictor = MicroBatched(session, CPU_MICRO_BATCH, plan.workers, plan.threads_per_worker)
-            # int8: quantised once the volume is read, calibrated on its slices (int8.py)
-            predictor.calibrate_int8 = plan.precision == "int8"
-            return predictor, notes
+            return MicroBatched(session, plan.slices_per_call or 1, plan.workers, plan.threads_per_worker), notes
         except ExportError as error:
-            if plan.precision == "int8" or plan.backend_requested == "onnx":
-                asked = "--precision int8" if plan.precision == "int8" else "--backend onnx"
+            if plan.quantizes_per_volume or plan.backend_requested == "onnx":
+                asked = "--precision int8" if plan.quantizes_per_volume else "--backend onnx"
                 raise UserError(f"{asked}: {error}") from None
             notes.append(f"ONNX Runtime cannot run this network ({error}); using PyTorch")
-    import torch
+    import torch  # the PyTorch backend only: a cached ONNX export runs without it
 
     from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
     from UNetSegmentationLib.model.checkpoint import build_model
 
     configure_threads(plan.threads)  # PyTorch's process-wide setting
-    device = torch.device(str(plan.device))  # the plan's device may be the torch-free CPU stand-in
+    device = torch.device(str(plan.device))  # the plan's device is torch-free
     # positional: tests stand in for SlicePredictor with simpler callables
     predictor = SlicePredictor(build_model(checkpoint), checkpoint.metadata, device, depth, classification_guidance, plan.precision, True)
-    if plan.on_cpu:
-        return MicroBatched(predictor, CPU_MICRO_BATCH, plan.workers, plan.threads_per_worker, sets_torch_threads=True), notes
+    if plan.slices_per_call is not None:
+        return MicroBatched(predictor, plan.slices_per_call, plan.workers, plan.threads_per_worker, sets_torch_threads=True), notes
     return predictor, notes

@@ -1,5 +1,9 @@
 """int8 inference on the CPU (``--precision int8``): the ONNX export quantised for the volume at hand.
 
+Decides which nodes stay float32 and whether the quantised model may compute the labels (its
+decisions checked against float32's); whether int8 runs at all is the plan's decision
+(``ExecutionPlan.quantizes_per_volume``).
+
 Static int8 quantisation (ONNX Runtime's ``quantize_static``: QDQ format, per-channel symmetric int8
 weights, asymmetric uint8 activations with min/max ranges) needs activation ranges measured on real
 inputs. A checkpoint carries no data, so the ranges are measured on the volume being segmented:

@@ -1,5 +1,8 @@
 """Out of memory during inference: smaller batches first, then the CPU, and say so.
 
+Decides only the reaction to running out of memory at run time; the plan's precision and device are
+not resolved again (the CPU fallback computes in float32, which every CPU can).
+
 :class:`MemoryGuard` wraps the predictor call of :func:`~UNetSegmentationLib.inference.pipeline.predict_volume`.
 When a batch runs out of memory it frees the CUDA cache and retries the same slices in halves
 (batch size 4 → 2 → 1; the smaller size is kept for the rest of the volume). When one slice at a
@@ -16,8 +19,9 @@ import gc
 import sys
 from typing import Optional
 
-from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.backends.micro_batch import concatenate
 from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
+from UNetSegmentationLib.errors import UserError
 
 #: phrases of the RuntimeErrors that PyTorch and its allocators raise when memory runs out
 _MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate memory", "bad_alloc", "defaultcpuallocator")
@@ -40,12 +44,11 @@ def free_cuda_memory() -> None:
 
 def cpu_predictor(predictor):
     """The same network, depth and options as ``predictor``, on the CPU in float32."""
-    import torch
-
+    import torch  # only after an out-of-memory error of the PyTorch backend (a GPU): torch is loaded
 
     model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float()
     guidance = getattr(model, "classification_guidance", True)
-    return SlicePredictor(model, predictor.metadata, torch.device("cpu"), predictor.depth, guidance)
+    return SlicePredictor(model, predictor.metadata, torch.device("cpu"), predictor.depth, guidance, "fp32")
 
 
 class MemoryGuard:
@@ -70,8 +73,6 @@ class MemoryGuard:
         return getattr(device, "type", str(device)) == "cuda"
 
     def __call__(self, batch):
-        from UNetSegmentationLib.backends.micro_batch import concatenate
-
         size = len(batch) if self.batch_limit is None else min(len(batch), self.batch_limit)
         while True:
             try:

@@ -1,4 +1,8 @@
-"""Slices per network call on the CPU, and several calls at once on a thread pool."""
+"""Running a batch as several smaller network calls, some of them at the same time.
+
+Decides nothing: how many slices per call and how many calls at once come from the plan
+(:data:`~UNetSegmentationLib.backends.plan.CPU_MICRO_BATCH`, ``ExecutionPlan.workers``).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
-
-
-#: slices per network call on the CPU, whatever --batch-size gathers: measured (BENCHMARKS.md), larger
-#: batches are no faster per slice on the CPU and need proportionally more memory for activations
-CPU_MICRO_BATCH = 1
 
 
 def concatenate(parts):

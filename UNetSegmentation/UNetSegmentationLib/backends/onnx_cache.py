@@ -1,4 +1,8 @@
-"""Where ONNX exports of a checkpoint are kept, and the key that binds an export to its checkpoint."""
+"""Where ONNX exports of a checkpoint are kept, and the key that binds an export to its checkpoint.
+
+Decides which file an export of a checkpoint, depth and guidance is (its name and cache key) and
+where it may live (beside the checkpoint, then the cache folder; a shipped export beside the model).
+"""
 
 from __future__ import annotations
 

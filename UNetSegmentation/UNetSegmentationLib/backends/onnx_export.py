@@ -1,7 +1,11 @@
 """ONNX Runtime backend: the pruned network exported once, cached, checked against PyTorch.
 
+Decides whether an export can serve a run: a cached one of exactly this checkpoint, depth and
+guidance, else a fresh one that agrees with PyTorch (:class:`ExportError` otherwise).
+
 Optional: needs ``onnxruntime`` and ``onnx`` (``pip install 'UNetSegmentationLib[onnx]'``, which also
-brings ``onnxscript`` for PyTorch's newer exporter). Without them :func:`available` is False and
+brings ``onnxscript`` for PyTorch's newer exporter). Without them the plan's capability query says so
+(:meth:`~UNetSegmentationLib.backends.device.Capabilities.onnx_runtime_installed`) and
 ``--backend auto`` uses PyTorch.
 
 What is exported is :class:`~UNetSegmentationLib.backends.torch_network.LabelDecisionNetwork`: the network
@@ -47,9 +51,6 @@ from UNetSegmentationLib.model.depth import depth_tag
 
 class ExportError(Exception):
     """The network could not be exported, or its export disagrees with PyTorch."""
-
-
-# --- cache ---------------------------------------------------------------------------------------
 
 
 # --- export --------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""ONNX Runtime sessions and the slice predictor that runs an export (CPU; needs no PyTorch)."""
+"""ONNX Runtime sessions and the slice predictor that runs an export (CPU; needs no PyTorch).
+
+Decides how a session is configured (threads from the plan, every graph optimisation, sequential
+execution); which export runs and in which precision is decided elsewhere (:mod:`.onnx_export`, :mod:`.plan`).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def make_session(model: Union[Path, bytes], threads: int, quiet: bool = False):
 
 
 class OnnxSlicePredictor:
-    """:class:`~UNetSegmentationLib.inference.pipeline.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
+    """:class:`~UNetSegmentationLib.backends.torch_predictor.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
 
     ``__call__(batch)``: ``(B, 2c+1, H, W)`` float32 numpy, normalised and padded → ``(B, 2, H, W)``
     float32 numpy: the decision of :class:`~UNetSegmentationLib.backends.torch_network.LabelDecisionNetwork`
@@ -53,7 +57,7 @@ class OnnxSlicePredictor:
         self.checked_difference = float(properties.get("unetseg.max_abs_difference", "nan"))
 
     def with_model(self, model: bytes, precision: str) -> "OnnxSlicePredictor":
-        """The same predictor on another serialisation of this export (the int8 one: quantization.py)."""
+        """The same predictor on another serialisation of this export (the int8 one: :mod:`.int8`)."""
         other = shallow_copy(self)
         other.session = make_session(model, self.threads_per_session)
         other.precision = precision

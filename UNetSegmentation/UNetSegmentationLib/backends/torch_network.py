@@ -1,4 +1,7 @@
-"""The PyTorch network prepared for inference (imports torch; :mod:`.acceleration` chooses among these).
+"""The PyTorch network prepared for inference (imports torch): what the PyTorch predictor runs and the ONNX export contains.
+
+Decides nothing about the run (the plan does, :mod:`.plan`); it holds the transformations both
+backends share, so that PyTorch and ONNX Runtime compute the same probabilities:
 
 - :func:`fold_batchnorm`: BatchNorm after a convolution folded into the convolution's weights
   (exact up to float32 rounding, ~1e-6): one pass over memory less per layer.
@@ -10,15 +13,18 @@
 - :class:`LabelDecisionNetwork`: the same, followed by the decision per pixel (the chosen channel and
   its probability): what the ONNX backend exports, so that ONNX Runtime also does the argmax (in the
   slice worker, faster than NumPy or PyTorch on the probabilities afterwards).
-- :func:`autocast`: the autocast context of a precision.
+- :func:`autocast`: the autocast context of a dtype (:class:`~.torch_predictor.TorchSettings` says which).
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 from torch import nn
+
+from UNetSegmentationLib.model.depth import ACCURATE
 
 
 def _fold_into(conv, bn) -> bool:
@@ -99,7 +105,7 @@ class ProbabilityNetwork(nn.Module):
         return torch.softmax(logits, dim=1) if self.uses_softmax else torch.sigmoid(logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.depth == "accurate":
+        if self.depth == ACCURATE:
             heads = self.model.forward_heads(x)
             return torch.stack([self._activate(h) for h in heads]).mean(0)
         if isinstance(self.depth, int):
@@ -107,12 +113,12 @@ class ProbabilityNetwork(nn.Module):
         return self._activate(self.model(x))
 
 
-def autocast(device, precision: str):
-    """The autocast context for ``precision`` on ``device`` (a null context for fp32)."""
-    if precision == "fp32":
+def autocast(device_type: str, dtype: Optional[str]):
+    """The autocast context computing in ``dtype`` (a ``torch`` dtype name such as ``"bfloat16"``;
+    None: float32, a null context) on ``device_type`` (``cpu``/``cuda``)."""
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(getattr(device, "type", str(device)), dtype=dtype)
+    return torch.autocast(device_type, dtype=getattr(torch, dtype))
 
 
 #: channels of :class:`LabelDecisionNetwork`'s output

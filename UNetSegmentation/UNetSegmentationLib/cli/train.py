@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options, int_list
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.networks.registry import ARCHITECTURES
+from UNetSegmentationLib.inference.slicing import parse_axis
+from UNetSegmentationLib.model.metadata import Normalization
+from UNetSegmentationLib.networks.registry import ARCHITECTURES, get_architecture, resolve_features
+from UNetSegmentationLib.protocol.reporters import make_reporter
 
-
-# --- shared ----------------------------------------------------------------------------------------------
-
-
-# --- train -----------------------------------------------------------------------------------------------
+if TYPE_CHECKING:  # the real import is in train_config: MONAI and torch stay out of the parser
+    from UNetSegmentationLib.training.config import TrainConfig
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.networks.registry import get_architecture, resolve_features
-    from UNetSegmentationLib.training.data import AugmentOptions
-    from UNetSegmentationLib.training.trainer import Trainer, TrainConfig, TrainingProgress
+    """``unetseg train``: check the options, list the cases, train."""
+    from UNetSegmentationLib.training.trainer import Trainer  # torch and MONAI: only once a run is asked for
+
+    config = train_config(args)
+    cases, validation, description = cases_from_options(args, for_training=True)
+    # main() made the reporter for --progress (it reports errors through it too); a direct call makes its own
+    reporter = getattr(args, "reporter", None) or make_reporter(args.progress)
+    trainer = Trainer(config, cases, validation, Path(args.output), resume=args.resume, overwrite=args.overwrite,
+                      reporter=reporter, data_description=description)
+    trainer.run()
+    return 0
+
+
+def train_config(args: argparse.Namespace) -> "TrainConfig":
+    """The run's :class:`~UNetSegmentationLib.training.config.TrainConfig` from the parsed options; a bad
+    option stops here, before any file is read."""
+    from UNetSegmentationLib.training.config import TrainConfig  # imports MONAI (the augmentations), hence torch
+    from UNetSegmentationLib.training.sampling import AugmentOptions
 
     if args.init:
         given = [f"--{name}" for name in ("arch", "features", "classes", "context", "norm") if getattr(args, name) is not None]
@@ -30,65 +46,47 @@ def command_train(args: argparse.Namespace) -> int:
     args.norm = args.norm or "ct:-1000,1000"
     if not 0 <= args.context <= 16:
         raise UserError(f"--context must be in 0..16, got {args.context}")
-    crop = int_list(args.crop, "--crop")
-    if len(crop) == 1:
-        crop = crop * 2
-    if len(crop) != 2:
-        raise UserError(f"--crop must be one size or ROWS,COLUMNS; got {args.crop!r}")
-    classes = None
-    if args.classes:
-        classes = [n.strip() for n in args.classes.split(",")]
-        if any(not n for n in classes):
-            raise UserError("--classes needs non-empty names separated by commas")
+    crop, classes = _crop(args.crop), _classes(args.classes)
     for name in ("flip", "augment_prob"):
         value = getattr(args, name)
         if not 0 <= value <= 1:
             raise UserError(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {value}")
-    from UNetSegmentationLib.inference.slicing import parse_axis
-
     config = TrainConfig(
-        arch=architecture.name,
-        features=resolve_features(architecture, args.features) if args.features else None,
-        context=args.context,
-        norm=args.norm,
-        classes=classes,
-        init=args.init,
-        other_labels=args.other_labels,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        crop=tuple(crop),
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        loss=args.loss,
+        arch=architecture.name, features=resolve_features(architecture, args.features) if args.features else None,
+        context=args.context, norm=args.norm, classes=classes, init=args.init, other_labels=args.other_labels,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, crop=crop,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, loss=args.loss,
         foreground=args.foreground,
         augment=AugmentOptions(flip=args.flip, rotate=args.rotate, scale=args.scale, intensity=args.intensity, prob=args.augment_prob),
-        seed=args.seed,
-        device=args.device,
-        amp=not args.no_amp,
-        val_every=args.val_every,
-        val_slices=args.val_slices,
-        val_blocks=args.val_blocks,
-        val_gap=args.val_gap,
-        depth_tolerance=args.depth_tolerance,
-        axis=parse_axis(args.axis),
-        threads=args.threads,
-        stop_after=args.stop_after,
-        log=args.log,
-        state=args.state,
+        seed=args.seed, device=args.device, amp=not args.no_amp,
+        val_every=args.val_every, val_slices=args.val_slices, val_blocks=args.val_blocks, val_gap=args.val_gap,
+        depth_tolerance=args.depth_tolerance, axis=parse_axis(args.axis), threads=args.threads,
+        stop_after=args.stop_after, log=args.log, state=args.state,
     )
-    from UNetSegmentationLib.model.metadata import Normalization
-
     Normalization.parse(args.norm)  # a bad --norm is reported before any file is read
     if args.val_slices is not None and not 0 < args.val_slices < 1:
         raise UserError(f"--val-slices must be a fraction between 0 and 1, got {args.val_slices}")
-    cases, validation, description = cases_from_options(args, for_training=True)
-    trainer = Trainer(config, cases, validation, Path(args.output), resume=args.resume, overwrite=args.overwrite,
-                      progress=TrainingProgress(args.progress), data_description=description)
-    trainer.run()
-    return 0
+    return config
+
+
+def _crop(text: str) -> Tuple[int, int]:
+    """``--crop N`` or ``ROWS,COLUMNS``."""
+    crop = int_list(text, "--crop")
+    if len(crop) == 1:
+        crop = crop * 2
+    if len(crop) != 2:
+        raise UserError(f"--crop must be one size or ROWS,COLUMNS; got {text!r}")
+    return tuple(crop)
+
+
+def _classes(text: Optional[str]) -> Optional[List[str]]:
+    """``--classes`` as a list of names (``None`` when not given)."""
+    if not text:
+        return None
+    classes = [n.strip() for n in text.split(",")]
+    if any(not n for n in classes):
+        raise UserError("--classes needs non-empty names separated by commas")
+    return classes
 
 
 def add_commands(commands) -> None:

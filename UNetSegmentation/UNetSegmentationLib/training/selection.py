@@ -12,12 +12,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.inference.slicing import padding_for
+from UNetSegmentationLib.io.outputs import check_output_path
+from UNetSegmentationLib.model.checkpoint import _is_buffer, load_checkpoint, save_checkpoint
+from UNetSegmentationLib.networks.registry import build_network, get_architecture, prune_depths_of
 
 
 def select_depth(dice_by_depth: Mapping[int, float], tolerance: float = 0.01) -> Optional[int]:
@@ -27,6 +32,23 @@ def select_depth(dice_by_depth: Mapping[int, float], tolerance: float = 0.01) ->
         return None
     best = max(finite.values())
     return min(d for d, v in finite.items() if v >= best - tolerance)
+
+
+def depth_metrics_of(validation: Optional[Mapping[str, Any]], ms_per_slice: Optional[Mapping[int, float]], tolerance: float) -> Tuple[Dict[int, dict], Optional[int]]:
+    """``(metadata.depth_metrics, metadata.recommended_depth)`` of a prunable network from the best
+    validation record (its ``by_depth`` entries ``L<d>``) and the measured ms/slice of each depth."""
+    depth_metrics: Dict[int, dict] = {}
+    if not validation:
+        return depth_metrics, None
+    for depth_name, entry in validation["by_depth"].items():
+        if entry["dice"] is None:
+            continue
+        depth = int(depth_name[1:])
+        metrics = {"dice": entry["dice"]}
+        if ms_per_slice and depth in ms_per_slice:
+            metrics["ms_per_slice"] = round(ms_per_slice[depth], 4)
+        depth_metrics[depth] = metrics
+    return depth_metrics, select_depth({d: m["dice"] for d, m in depth_metrics.items()}, tolerance)
 
 
 def measure_ms_per_slice(
@@ -43,9 +65,6 @@ def measure_ms_per_slice(
     ``predict`` pads them. The minimum over ``repeats`` runs, after a warm-up, is reported: on a
     shared machine the minimum is the least disturbed measurement.
     """
-    from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
-    from UNetSegmentationLib.inference.slicing import padding_for
-
     results = {}
     for depth in depths:
         predictor = SlicePredictor(model, metadata, device, depth)
@@ -63,8 +82,6 @@ def measure_ms_per_slice(
 
 def sub_network_kwargs(metadata, depth: int) -> dict:
     """Constructor arguments of the depth-``depth`` sub-network: a UNet++ with ``features[:depth + 1]``."""
-    from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
-
     architecture = get_architecture(metadata.architecture)
     depths = prune_depths_of(architecture, metadata.kwargs)
     if not depths:
@@ -87,10 +104,6 @@ def export_depth(checkpoint_path, depth: int, output, overwrite: bool = False) -
 
     Returns ``(path, full_parameters, exported_parameters)``.
     """
-    from UNetSegmentationLib.model.checkpoint import _is_buffer, load_checkpoint, save_checkpoint
-    from UNetSegmentationLib.networks.registry import build_network
-    from UNetSegmentationLib.io.outputs import check_output_path
-
     output = check_output_path(Path(output), overwrite, what="checkpoint", extensions=(".safetensors",))
     checkpoint = load_checkpoint(checkpoint_path)
     if output.exists() and output.resolve() == Path(checkpoint_path).resolve():
@@ -118,7 +131,3 @@ def export_depth(checkpoint_path, depth: int, output, overwrite: bool = False) -
     count = lambda sd: sum(t.numel() for k, t in sd.items() if t.is_floating_point() and not _is_buffer(k))  # noqa: E731
     return output, count(checkpoint.state_dict), count(state)
 
-
-def depth_list(model: torch.nn.Module) -> Iterable:
-    """Depths to validate: every prune depth of a prunable network, else ``[None]`` (the default output)."""
-    return list(getattr(model, "depths", ())) or [None]

@@ -1,4 +1,4 @@
-"""``unetseg train`` as a specification.
+"""``unetseg train`` runs as a specification (data checks: test_training_data.py; losses: test_training_losses.py).
 
 - A short run on the real chest CT shipped in slicerio (7 classes from a Slicer .seg.nrrd) lowers
   the loss and beats trivial baselines on held-out slices.
@@ -7,7 +7,8 @@
   and ms/slice of every UNet++ depth, and the recommended depth (the shallowest within tolerance).
 - Runs are repeatable from ``--seed``; ``--resume`` continues from the saved step and ends where an
   uninterrupted run ends.
-- Bad data stops with one clear message before any training.
+- Progress speaks the one event schema: ``start`` (command train, total steps), a ``progress`` event
+  per step of the whole run, a ``log`` line per epoch, ``done`` with the summary.
 - Every registered architecture trains through the same command (losses via ``as_training_output``).
 """
 
@@ -18,10 +19,8 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
-from conftest import make_volume
 from synthetic_cases import write_tiny_case
 from UNetSegmentationLib.networks.registry import ARCHITECTURES
 
@@ -54,7 +53,9 @@ def chest_run(tmp_path_factory, chest_ct_path, chest_segmentation_path):
 
 def held_out_truth(chest_ct_path, chest_segmentation_path, slices):
     """Channel indices of the held-out slices (slices along k for this axial CT)."""
-    from UNetSegmentationLib.training.data import load_case, resolve_classes, Case
+    from UNetSegmentationLib.training.cases import Case
+    from UNetSegmentationLib.training.labels import resolve_classes
+    from UNetSegmentationLib.training.volumes import load_case
 
     loaded = load_case(Case("chest", chest_ct_path, chest_segmentation_path))
     _, (lookup,) = resolve_classes([("chest", loaded.label)])
@@ -124,31 +125,16 @@ def test_predict_uses_the_recommended_depth_and_evaluate_reproduces_the_held_out
     result = cli("predict", "--checkpoint", chest_run, "--progress", "json", "--device", "cpu", chest_ct_path, tmp_path / "out.seg.nrrd")
     assert result.code == 0, result.stderr
     assert result.events[0]["depth"] == metadata.recommended_depth
-    # evaluate on the recorded held-out slices: the same Dice the training measured, for every depth
+    # evaluate on the recorded held-out slices, run as training validates (PyTorch, float32): the same Dice, for every depth
     result = cli("evaluate", "--checkpoint", chest_run, "--image", chest_ct_path, "--label", chest_segmentation_path,
-                 "--slices", "checkpoint", "--output-dir", tmp_path / "eval", "--progress", "none", "--device", "cpu")
+                 "--slices", "checkpoint", "--output-dir", tmp_path / "eval", "--progress", "none", "--device", "cpu",
+                 "--backend", "torch", "--precision", "fp32")
     assert result.code == 0, result.stderr
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     for depth, metrics in metadata.depth_metrics.items():
         rows = [r for r in report["rows"] if r["depth"] == f"L{depth}" and r["dice"] is not None]
         assert np.mean([r["dice"] for r in rows]) == pytest.approx(metrics["dice"], abs=1e-4)
     assert (tmp_path / "eval" / "accuracy-vs-speed.png").is_file()
-
-
-# --- held-out slices ---------------------------------------------------------------------------------------
-
-
-def test_held_out_slices_are_contiguous_blocks_with_a_gap():
-    from UNetSegmentationLib.training.data import held_out_blocks
-
-    train, val = held_out_blocks(34, 0.2, blocks=3, gap=1)
-    assert len(val) == 7 and not set(train) & set(val)
-    runs = np.split(val, np.flatnonzero(np.diff(val) > 1) + 1)
-    assert len(runs) == 3 and val.min() > 0 and val.max() < 33  # spread along the volume
-    for run in runs:  # the neighbours of a block are in neither set
-        assert run[0] - 1 not in train and run[-1] + 1 not in train
-    train, val = held_out_blocks(10, 0.3, blocks=1, gap=0)
-    assert list(val) == [3, 4, 5] and len(train) == 7
 
 
 # --- repeatability and resume ---------------------------------------------------------------------------------
@@ -195,8 +181,11 @@ def test_resume_continues_from_the_saved_step_and_ends_where_an_uninterrupted_ru
                   "--features", "4,8", "--crop", "32", "--batch-size", "2", "--steps-per-epoch", "3", "--seed", "7",
                   "--threads", "1", "--device", "cpu", "--progress", "json", "--epochs", "3", "--resume", tmp_path / "split.safetensors")
     assert resumed.code == 0, resumed.stderr
-    assert any(e.get("message") == "resuming after epoch 2 (step 6)" for e in resumed.events)
-    assert [e["step"] for e in resumed.events if e["event"] == "epoch"] == [9]
+    logs = [e["message"] for e in resumed.events if e["event"] == "log"]
+    assert "resuming after epoch 2 (step 6)" in logs
+    # the resumed run reports the steps of the whole run from step 7 on, and one epoch line: epoch 3, ending at step 9
+    assert [(e["done"], e["total"], e["epoch"]) for e in resumed.events if e["event"] == "progress"] == [(7, 9, 3), (8, 9, 3), (9, 9, 3)]
+    assert [m.split()[:4] for m in logs if m.startswith("epoch")] == [["epoch", "3", "step", "9"]]
     log, reference = read_log(tmp_path / "split.csv"), read_log(tmp_path / "straight.csv")
     assert [int(r["step"]) for r in log] == [3, 6, 9]
     assert [r["loss"] for r in log] == [r["loss"] for r in reference]
@@ -205,93 +194,42 @@ def test_resume_continues_from_the_saved_step_and_ends_where_an_uninterrupted_ru
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_training_progress_speaks_the_one_event_schema(cli, tiny_data, tmp_path):
+    from UNetSegmentationLib.protocol.events import KINDS, VERSION
+
+    result = tiny_train(cli, tiny_data, tmp_path / "m.safetensors", "--epochs", "2", "--progress", "json")
+    assert result.code == 0, result.stderr
+    events = result.events
+    assert {e["event"] for e in events} <= set(KINDS)
+    start, done = events[0], events[-1]
+    assert start["event"] == "start" and start["version"] == VERSION and start["command"] == "train"
+    assert (start["total"], start["unit"], start["epochs"], start["steps_per_epoch"]) == (6, "step", 2, 3)
+    # one progress event per step of the whole run, with the time left for all of it
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [(e["done"], e["total"], e["unit"], e["epoch"], e["epochs"]) for e in progress] == [(s, 6, "step", 1 + (s - 1) // 3, 2) for s in range(1, 7)]
+    assert all(e["loss"] > 0 and e["lr"] > 0 for e in progress)
+    assert progress[0]["eta_s"] > 0 and progress[-1]["eta_s"] == 0
+    epoch_lines = [e["message"] for e in events if e["event"] == "log" and e["message"].startswith("epoch")]
+    assert [m.split()[:4] for m in epoch_lines] == [["epoch", "1", "step", "3"], ["epoch", "2", "step", "6"]]
+    assert all("val_dice" in m for m in epoch_lines)
+    assert done["event"] == "done" and done["checkpoint"] == str(tmp_path / "m.safetensors") and done["best_epoch"] in (1, 2)
+
+
+def test_the_progress_bar_counts_the_whole_run_and_tells_each_epoch_on_stderr(cli, tiny_data, tmp_path):
+    result = tiny_train(cli, tiny_data, tmp_path / "m.safetensors", "--epochs", "2", "--progress", "bar")
+    assert result.code == 0, result.stderr
+    assert result.stdout == ""
+    assert "epoch   1  step      3" in result.stderr and "epoch   2  step      6" in result.stderr
+    assert "6/6" in result.stderr  # the bar counts the steps of the whole run
+    assert f"wrote {tmp_path / 'm.safetensors'} (best epoch" in result.stderr
+
+
 def test_resume_refuses_a_changed_configuration(cli, tiny_data, tmp_path):
     assert tiny_train(cli, tiny_data, tmp_path / "m.safetensors", "--epochs", "2", "--stop-after", "1").code == 0
     changed = tiny_train(cli, tiny_data, tmp_path / "m.safetensors", "--epochs", "2", "--resume", "--lr", "0.1")
     assert changed.code == 2 and "lr" in changed.stderr
     missing = tiny_train(cli, tiny_data, tmp_path / "other.safetensors", "--epochs", "2", "--resume")
     assert missing.code == 2 and "no resume state" in missing.stderr
-
-
-# --- bad data stops before training -----------------------------------------------------------------------------
-
-
-def write_datalist(folder, items, extra=None):
-    path = folder / "list.json"
-    path.write_text(json.dumps({"training": items, **(extra or {})}))
-    return path
-
-
-def bad_train(cli, datalist, out, *extra):
-    return cli("train", "--datalist", datalist, "--features", "4,8", "--epochs", "1", "--steps-per-epoch", "1", *FAST, *extra, out)
-
-
-def assert_stopped(result, out, *words):
-    assert result.code == 2, result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("unetseg: error:") and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for word in words:
-        assert word in line, line
-    assert not out.exists()
-
-
-def test_missing_files_stop_with_the_case_and_path(cli, tiny_data, tmp_path):
-    datalist = write_datalist(tmp_path, [{"image": str(tiny_data / "case.nrrd"), "label": str(tiny_data / "case_label.nrrd")},
-                                          {"image": "nowhere.nrrd", "label": str(tiny_data / "case_label.nrrd")}])
-    out = tmp_path / "m.safetensors"
-    assert_stopped(bad_train(cli, datalist, out, "--classes", "body,bone"), out, "image of case 'nowhere' not found", "nowhere.nrrd")
-
-
-def test_image_and_label_of_different_geometry_stop(cli, tiny_data, tmp_path):
-    other = make_volume(size=(40, 36, 10))
-    sitk.WriteImage(sitk.Cast(other > 0, sitk.sitkUInt8), str(tmp_path / "short_label.nrrd"))
-    datalist = write_datalist(tmp_path, [{"image": str(tiny_data / "case.nrrd"), "label": "short_label.nrrd"}])
-    out = tmp_path / "m.safetensors"
-    assert_stopped(bad_train(cli, datalist, out, "--classes", "body"), out, "different geometry", "40x36x10", "40x36x12")
-    shifted = make_volume(origin=(0.0, 0.0, 0.0))
-    sitk.WriteImage(sitk.Cast(shifted > 0, sitk.sitkUInt8), str(tmp_path / "shifted_label.nrrd"))
-    datalist = write_datalist(tmp_path, [{"image": str(tiny_data / "case.nrrd"), "label": "shifted_label.nrrd"}])
-    assert_stopped(bad_train(cli, datalist, out, "--classes", "body"), out, "different geometry", "origin")
-
-
-def test_label_values_outside_the_class_list_stop(cli, tiny_data, tmp_path):
-    datalist = write_datalist(tmp_path, [{"image": str(tiny_data / "case.nrrd"), "label": str(tiny_data / "case_label.nrrd")}])
-    out = tmp_path / "m.safetensors"
-    assert_stopped(bad_train(cli, datalist, out, "--classes", "body"), out, "outside the class list", "2", "1=body")
-
-
-def test_segments_outside_the_class_list_stop(cli, chest_ct_path, chest_segmentation_path, tmp_path):
-    datalist = write_datalist(tmp_path, [{"image": str(chest_ct_path), "label": str(chest_segmentation_path)}])
-    out = tmp_path / "m.safetensors"
-    assert_stopped(bad_train(cli, datalist, out, "--classes", "right lung,left lung"), out, "outside the class list", "ribs", "--other-labels background")
-
-
-def test_malformed_datalists_stop(cli, tmp_path):
-    out = tmp_path / "m.safetensors"
-    (tmp_path / "broken.json").write_text("{not json")
-    assert_stopped(bad_train(cli, tmp_path / "broken.json", out), out, "not valid JSON")
-    no_training = write_datalist(tmp_path, [])
-    no_training.write_text(json.dumps({"validation": []}))
-    assert_stopped(bad_train(cli, no_training, out), out, "no 'training' list")
-    no_label = write_datalist(tmp_path, [{"image": "a.nrrd"}])
-    assert_stopped(bad_train(cli, no_label, out), out, "needs an 'image' and a 'label'")
-
-
-def test_folders_are_paired_by_name(tiny_data, tmp_path):
-    from UNetSegmentationLib.errors import UserError
-    from UNetSegmentationLib.training.data import cases_from_folders
-
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir(), labels.mkdir()
-    for name in ("ct01", "ct02"):
-        (images / f"{name}.nrrd").write_bytes((tiny_data / "case.nrrd").read_bytes())
-    (labels / "ct01.seg.nrrd").write_bytes(b"x")
-    (labels / "ct02_label.nrrd").write_bytes(b"x")
-    cases = cases_from_folders(images, labels)
-    assert [(c.name, c.label.name) for c in cases] == [("ct01", "ct01.seg.nrrd"), ("ct02", "ct02_label.nrrd")]
-    (images / "ct03.nii.gz").write_bytes(b"x")
-    with pytest.raises(UserError, match="no label .* ct03.nii.gz"):
-        cases_from_folders(images, labels)
 
 
 # --- every architecture, the same command -----------------------------------------------------------------------
@@ -345,63 +283,3 @@ def test_training_can_start_from_a_created_checkpoint(cli, tiny_data, tmp_path):
     assert not all(torch.equal(tuned.state_dict[k], initial.state_dict[k]) for k in initial.state_dict)
     clash = cli("train", "--datalist", tiny_data / "datalist.json", "--init", start, "--features", "4,8", *FAST, tmp_path / "x.safetensors")
     assert clash.code == 2 and "leave out --features" in clash.stderr
-
-
-# --- losses ---------------------------------------------------------------------------------------------------------
-
-
-def test_each_architecture_is_trained_with_its_papers_loss():
-    from UNetSegmentationLib.training.losses import loss_kind
-
-    assert loss_kind("unetplusplus") == "unetplusplus"  # ½ CE + Dice per head
-    assert loss_kind("unet3plus") == "unet3plus"  # focal + MS-SSIM + IoU per head, BCE on the classifier
-    assert {loss_kind(name) for name in ARCHITECTURES if name not in ("unetplusplus", "unet3plus")} == {"dice-ce"}
-    assert loss_kind("unet3plus", "dice-ce") == "dice-ce"  # --loss overrides
-
-
-def logits_for(target: torch.Tensor, channels: int, confidence: float = 12.0) -> torch.Tensor:
-    """Logits that are (almost) certain of ``target``."""
-    if channels == 1:
-        return (target[:, None].float() * 2 - 1) * confidence
-    return torch.nn.functional.one_hot(target, channels).permute(0, 3, 1, 2).float() * 2 * confidence - confidence
-
-
-@pytest.mark.parametrize("kind", ["unetplusplus", "unet3plus", "dice-ce"])
-@pytest.mark.parametrize("channels", [1, 3])
-def test_losses_vanish_for_perfect_heads_and_average_the_heads_equally(kind, channels):
-    from UNetSegmentationLib.networks.blocks import TrainingOutput
-    from UNetSegmentationLib.training.losses import SegmentationLoss
-
-    generator = torch.Generator().manual_seed(0)
-    target = torch.randint(0, channels if channels > 1 else 2, (2, 64, 64), generator=generator)
-    target[:, :32] = 0  # some background-only area
-    loss = SegmentationLoss(kind, channels, crop=(64, 64))
-    perfect, _ = loss(TrainingOutput([logits_for(target, channels)] * 3), target)
-    assert float(perfect) < 0.01
-    a, b = (torch.randn(2, channels, 64, 64, generator=generator) for _ in range(2))
-    both, _ = loss([a, b], target)
-    assert float(both) == pytest.approx((float(loss([a], target)[0]) + float(loss([b], target)[0])) / 2, rel=1e-5)
-
-
-def test_unet3plus_loss_has_its_three_terms_and_trains_the_classification_head():
-    from UNetSegmentationLib.networks.blocks import TrainingOutput
-    from UNetSegmentationLib.training.losses import SegmentationLoss
-
-    target = torch.zeros(2, 64, 64, dtype=torch.long)
-    target[0, 20:40, 20:40] = 1  # slice 0 holds the structure, slice 1 does not
-    heads = [torch.randn(2, 2, 64, 64, requires_grad=True) for _ in range(5)]
-    classification = torch.zeros(2, 1, requires_grad=True)
-    total, parts = SegmentationLoss("unet3plus", 2, crop=(64, 64))(TrainingOutput(heads, classification), target)
-    assert set(parts) == {"focal", "ms_ssim", "iou", "classification"}
-    assert parts["classification"] == pytest.approx(float(torch.log(torch.tensor(2.0))))  # BCE of logit 0
-    total.backward()
-    assert classification.grad[0, 0] < 0 < classification.grad[1, 0]  # pushed towards "present" for slice 0 only
-    assert all(h.grad.abs().sum() > 0 for h in heads)
-
-
-def test_ms_ssim_uses_as_many_scales_as_the_crop_allows():
-    from UNetSegmentationLib.training.losses import ms_ssim_settings
-
-    kernel, weights = ms_ssim_settings((96, 96))
-    assert kernel == 7 and len(weights) == 4 and sum(weights) == pytest.approx(1.0)
-    assert len(ms_ssim_settings((32, 32))[1]) == 3 and len(ms_ssim_settings((256, 256))[1]) == 5

@@ -1,0 +1,97 @@
+"""The data of one training run: every case read and checked, the classes decided, the model's
+metadata made, and each volume prepared and split into training and held-out slices.
+
+Training cases give their training slices (all of them, or all but ``--val-slices`` held out in
+blocks with a gap of ``--val-gap`` slices, default the context); validation cases are held out whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.model.metadata import ClassInfo, ModelMetadata, Normalization, out_channels_for
+from UNetSegmentationLib.networks.registry import get_architecture
+from UNetSegmentationLib.training.cases import Case
+from UNetSegmentationLib.training.config import TrainConfig
+from UNetSegmentationLib.training.labels import resolve_classes
+from UNetSegmentationLib.training.volumes import PreparedVolume, held_out_blocks, load_case, prepare_volume
+
+
+@dataclass
+class TrainingData:
+    """The model's metadata and the prepared volumes: the ``training_count`` training cases first, then the validation cases."""
+
+    metadata: ModelMetadata
+    volumes: List[PreparedVolume]
+    training_count: int
+
+    @property
+    def has_validation(self) -> bool:
+        return any(v.val_slices.size for v in self.volumes)
+
+    @property
+    def training_slices(self) -> int:
+        return int(sum(v.train_slices.size for v in self.volumes))
+
+    @property
+    def validation_slices(self) -> int:
+        return int(sum(v.val_slices.size for v in self.volumes))
+
+    def description(self, extra: Dict[str, Any]) -> Dict[str, Any]:
+        """What the checkpoint records about the data (``metadata.training["data"]``): ``extra`` (where
+        the cases came from), the training and validation cases, and the held-out slices of each training case."""
+        training, validation = self.volumes[: self.training_count], self.volumes[self.training_count:]
+        return {
+            **extra,
+            "training": [{"case": v.name, "image": v.image_path.name, "train_slices": int(v.train_slices.size)} for v in training],
+            "validation": [{"case": v.name, "image": v.image_path.name} for v in validation],
+            "held_out_slices": [{"case": v.name, "image": v.image_path.name, "slices": [int(s) for s in v.val_slices]} for v in training if v.val_slices.size],
+        }
+
+
+def model_metadata(config: TrainConfig, classes: Sequence[ClassInfo], init_metadata: Optional[ModelMetadata]) -> ModelMetadata:
+    """The metadata of the model to train: the ``--init`` checkpoint's (without its measurements), else a new one from ``config``."""
+    if init_metadata is not None:
+        return dataclasses.replace(init_metadata, depth_metrics={}, recommended_depth=None, training={})
+    architecture = get_architecture(config.arch)
+    kwargs = dict(architecture.default_kwargs)
+    if config.features:
+        kwargs["features"] = list(config.features)
+    kwargs.update(in_channels=2 * config.context + 1, out_channels=out_channels_for(len(classes)))
+    return ModelMetadata(config.arch, kwargs, config.context, Normalization.parse(config.norm), list(classes))
+
+
+def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], init_metadata: Optional[ModelMetadata]) -> TrainingData:
+    """Read every case, decide the classes, prepare and split the volumes; sets ``metadata.training_spacing``
+    (the median in-plane spacing of the training volumes)."""
+    loaded_train = [load_case(case) for case in train_cases]
+    loaded_val = [load_case(case) for case in val_cases]
+    everything = loaded_train + loaded_val
+    classes, lookups = resolve_classes(
+        [(item.case.name, item.label) for item in everything],
+        names=config.classes,
+        declared=init_metadata.classes if init_metadata else None,
+        other_labels=config.other_labels,
+    )
+    metadata = model_metadata(config, classes, init_metadata)
+    gap = metadata.context if config.val_gap is None else config.val_gap
+    volumes: List[PreparedVolume] = []
+    for index, (item, lookup) in enumerate(zip(everything, lookups)):
+        volume = prepare_volume(item, metadata.normalization, config.axis, lookup)
+        if index >= len(loaded_train):
+            volume.val_slices = np.arange(volume.slice_count)
+        elif config.val_slices:
+            volume.train_slices, volume.val_slices = held_out_blocks(volume.slice_count, config.val_slices, config.val_blocks, gap)
+        else:
+            volume.train_slices = np.arange(volume.slice_count)
+        volumes.append(volume)
+    train_volumes = [v for v in volumes if v.train_slices.size]
+    if not train_volumes:
+        raise UserError("no training slices: give training cases (the validation cases are not trained on)")
+    metadata.training_spacing = [float(np.median([v.spacing[1] for v in train_volumes])), float(np.median([v.spacing[2] for v in train_volumes]))]
+    return TrainingData(metadata, volumes, len(loaded_train))

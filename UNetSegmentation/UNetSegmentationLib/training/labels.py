@@ -1,0 +1,248 @@
+"""Ground truth for training and evaluation: label maps and Slicer ``.seg.nrrd`` segmentations on the
+image's grid, and the classes they stand for.
+
+Label maps are read with SimpleITK (arrays ``[k, j, i]``), segmentations with :mod:`slicerio` (voxels
+``[i, j, k]``). A grid that differs from the image's (other than a segmentation cropped to its
+extent) is an error. :func:`resolve_classes` decides the model's classes and maps every label
+volume's values to channel indices; values or segments outside the class list stop with one message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import slicerio
+
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.volumes import ijk_to_lps
+from UNetSegmentationLib.model.metadata import DEFAULT_COLORS, ClassInfo
+
+
+# --- reading labels -------------------------------------------------------------------------------
+
+
+@dataclass
+class Segment:
+    """A named segment of a ``.seg.nrrd`` (its voxels carry ``value`` in :attr:`LabelVolume.array`)."""
+
+    value: int
+    name: str
+    color: Optional[Tuple[float, float, float]] = None
+    terminology: Optional[dict] = None
+
+
+@dataclass
+class LabelVolume:
+    """Ground truth on the image's grid: ``array`` is ``[k, j, i]``; for a segmentation, ``segments``
+    says which array value is which named segment (``None`` for a plain label map)."""
+
+    path: Path
+    array: np.ndarray
+    segments: Optional[List[Segment]] = None
+
+
+def is_segmentation_file(path) -> bool:
+    """Whether ``path`` is a Slicer segmentation (``.seg.nrrd``)."""
+    return Path(path).name.lower().endswith(".seg.nrrd")
+
+
+def _describe(size, matrix) -> str:
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    return (
+        f"size {'x'.join(str(int(s)) for s in size)}, spacing {'x'.join(f'{s:.4g}' for s in spacing)} mm, "
+        f"origin ({', '.join(f'{v:.4g}' for v in matrix[:3, 3])})"
+    )
+
+
+def _same_geometry(size_a, matrix_a, size_b, matrix_b) -> bool:
+    spacing = np.linalg.norm(np.asarray(matrix_a)[:3, :3], axis=0)
+    return (
+        tuple(int(s) for s in size_a) == tuple(int(s) for s in size_b)
+        and np.allclose(matrix_a[:3, :3], matrix_b[:3, :3], rtol=1e-4, atol=1e-4 * float(spacing.max()))
+        and np.allclose(matrix_a[:3, 3], matrix_b[:3, 3], rtol=0, atol=1e-3 * float(spacing.min()) + 1e-4)
+    )
+
+
+def read_label(path, image, case: str = "") -> LabelVolume:
+    """The ground truth of ``image`` (a SimpleITK image) from a label map or a ``.seg.nrrd``.
+
+    A segmentation stored on a cropped grid (same voxel size and axes, integer offset) is placed on
+    the image grid; any other difference in grid is an error.
+    """
+    path = Path(path)
+    where = f"case {case!r}: " if case else ""
+    if is_segmentation_file(path):
+        return _read_segmentation(path, image, where)
+    return _read_label_map(path, image, where)
+
+
+def _read_label_map(path: Path, image, where: str) -> LabelVolume:
+    try:
+        label = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise UserError(f"{where}cannot read label {path}: {str(error).strip().splitlines()[-1][:200]}") from None
+    if label.GetDimension() != 3 or label.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"{where}label {path} must be a 3D scalar label map (got {label.GetDimension()}D, {label.GetNumberOfComponentsPerPixel()} component(s))")
+    if not _same_geometry(label.GetSize(), ijk_to_lps(label), image.GetSize(), ijk_to_lps(image)):
+        raise UserError(
+            f"{where}image and label have different geometry: label {path.name} has {_describe(label.GetSize(), ijk_to_lps(label))}, "
+            f"the image {_describe(image.GetSize(), ijk_to_lps(image))}; resample the label onto the image grid"
+        )
+    array = sitk.GetArrayFromImage(label)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise UserError(f"{where}label {path} has non-integer values: a label map must hold integer label values")
+        array = array.astype(np.int64)
+    if array.min() < 0:
+        raise UserError(f"{where}label {path} has negative values (min {array.min()}); label values must be 0 (background) or positive")
+    return LabelVolume(path, array)
+
+
+def _read_segmentation(path: Path, image, where: str) -> LabelVolume:
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except Exception as error:  # slicerio/pynrrd raise many types for a bad file
+        raise UserError(f"{where}cannot read segmentation {path}: {error}") from None
+    voxels = segmentation.get("voxels")
+    if voxels is None or voxels.ndim not in (3, 4):
+        raise UserError(f"{where}segmentation {path} has no 3D voxel data")
+    shape = voxels.shape[-3:]
+    values, segments = _segment_values(segmentation, shape)
+    seg_matrix = np.asarray(segmentation["ijkToLPS"], dtype=float)
+    image_matrix = ijk_to_lps(image)
+    size = image.GetSize()
+    if _same_geometry(shape, seg_matrix, size, image_matrix):
+        return LabelVolume(path, values.transpose(2, 1, 0).copy(), segments)
+    placed = _place_cropped(values, seg_matrix, image_matrix, size)
+    if placed is not None:
+        return LabelVolume(path, placed.transpose(2, 1, 0).copy(), segments)
+    raise UserError(
+        f"{where}image and label have different geometry: segmentation {path.name} has {_describe(shape, seg_matrix)}, "
+        f"the image {_describe(size, image_matrix)}; export the segmentation with the image as reference geometry"
+    )
+
+
+def _segment_values(segmentation: dict, shape: Tuple[int, int, int]) -> Tuple[np.ndarray, List[Segment]]:
+    """One ``[i, j, k]`` array holding value ``index + 1`` for each segment, and the segments.
+
+    Overlapping segments: the later one wins, as ``slicerio.extract_segments`` does.
+    """
+    segments_info = segmentation.get("segments") or []
+    dtype = np.uint8 if len(segments_info) < 255 else np.uint16
+    values = np.zeros(shape, dtype=dtype)
+    segments = []
+    for index, info in enumerate(segments_info):
+        mask = slicerio.segment_mask(segmentation, info)
+        values[mask] = index + 1
+        color = info.get("color")
+        segments.append(
+            Segment(index + 1, str(info.get("name") or info.get("id") or f"Segment_{index + 1}"), tuple(float(c) for c in color) if color and len(color) == 3 else None, info.get("terminology"))
+        )
+    return values, segments
+
+
+def _place_cropped(values: np.ndarray, seg_matrix: np.ndarray, image_matrix: np.ndarray, size: Sequence[int]) -> Optional[np.ndarray]:
+    """``values`` (``[i, j, k]``, a segmentation cropped to its extent) placed on the image grid of
+    ``size``; ``None`` unless it has the image's axes and voxel size at an integer offset and no
+    labelled voxel falls outside the image."""
+    offset = np.linalg.solve(image_matrix[:3, :3], seg_matrix[:3, 3] - image_matrix[:3, 3])
+    rounded = np.round(offset).astype(int)
+    aligned = np.allclose(seg_matrix[:3, :3], image_matrix[:3, :3], rtol=1e-4, atol=1e-4) and np.allclose(offset, rounded, atol=1e-3)
+    if not aligned:
+        return None
+    placed = np.zeros(tuple(size), dtype=values.dtype)  # [i, j, k]
+    lo = np.maximum(rounded, 0)
+    hi = np.minimum(rounded + np.array(values.shape), np.array(size))
+    if np.all(hi > lo):
+        source = values[tuple(slice(a - r, b - r) for a, b, r in zip(lo, hi, rounded))]
+        placed[tuple(slice(a, b) for a, b in zip(lo, hi))] = source
+    if int(np.count_nonzero(placed)) != int(np.count_nonzero(values)):
+        return None
+    return placed
+
+
+# --- classes ------------------------------------------------------------------------------------------
+
+
+def _key(name: str) -> str:
+    return " ".join(name.strip().lower().split())
+
+
+def resolve_classes(
+    labels: Sequence[Tuple[str, LabelVolume]],
+    names: Optional[Sequence[str]] = None,
+    declared: Optional[Sequence[ClassInfo]] = None,
+    other_labels: str = "error",
+) -> Tuple[List[ClassInfo], List[np.ndarray]]:
+    """The model's classes and, per label volume, a lookup from its array values to channel indices.
+
+    Classes come from ``declared`` (a checkpoint's), else ``names`` (``--classes``), else the
+    segments of the ``.seg.nrrd`` labels (names, colours and terminology, in order of first
+    appearance), else the distinct values of the label maps. Segments are matched to classes by
+    name (case-insensitive); label-map values by class value. Anything else is an error unless
+    ``other_labels == "background"``.
+    """
+    classes = _classes(labels, names, declared)
+    lookups = [_channel_lookup(case, label, classes, other_labels) for case, label in labels]
+    return classes, lookups
+
+
+def _classes(labels: Sequence[Tuple[str, LabelVolume]], names: Optional[Sequence[str]], declared: Optional[Sequence[ClassInfo]]) -> List[ClassInfo]:
+    """The class list (see :func:`resolve_classes`); named classes take colour and terminology from a segment of that name."""
+    segment_source: Dict[str, Segment] = {}
+    for _, label in labels:
+        for segment in label.segments or []:
+            segment_source.setdefault(_key(segment.name), segment)
+
+    def from_segment(value: int, name: str) -> ClassInfo:
+        source = segment_source.get(_key(name))
+        color = source.color if source and source.color else DEFAULT_COLORS[(value - 1) % len(DEFAULT_COLORS)]
+        return ClassInfo(value, name.strip(), tuple(color), source.terminology if source else None)
+
+    if declared:
+        return list(declared)
+    if names:
+        return [from_segment(i, n) for i, n in enumerate(names, 1)]
+    if segment_source:
+        return [from_segment(i, s.name) for i, s in enumerate(segment_source.values(), 1)]
+    values = sorted({int(v) for _, label in labels for v in np.unique(label.array) if v != 0})
+    if not values:
+        raise UserError("the labels contain no foreground voxels at all: nothing to learn")
+    return [ClassInfo(v, f"label {v}", DEFAULT_COLORS[(i) % len(DEFAULT_COLORS)]) for i, v in enumerate(values)]
+
+
+def _channel_lookup(case: str, label: LabelVolume, classes: Sequence[ClassInfo], other_labels: str) -> np.ndarray:
+    """``lookup[value]`` = the channel (1-based; 0 background) of each array value of ``label``."""
+    class_list = ", ".join(f"{c.value}={c.name}" for c in classes)
+    present = np.unique(label.array)
+    lookup = np.zeros(int(present.max()) + 1, dtype=np.uint8)
+    if label.segments is not None:
+        by_name = {_key(c.name): channel for channel, c in enumerate(classes, 1)}
+        unknown = []
+        for segment in label.segments:
+            channel = by_name.get(_key(segment.name))
+            if channel is None:
+                unknown.append(segment.name)
+            elif segment.value < lookup.size:
+                lookup[segment.value] = channel
+        if unknown and other_labels != "background":
+            raise UserError(
+                f"case {case!r}: label {label.path.name} has segment(s) outside the class list: {', '.join(unknown)} "
+                f"(classes: {class_list}); add them to --classes or pass --other-labels background"
+            )
+        return lookup
+    by_value = {c.value: channel for channel, c in enumerate(classes, 1)}
+    unknown_values = [int(v) for v in present if v != 0 and int(v) not in by_value]
+    if unknown_values and other_labels != "background":
+        raise UserError(
+            f"case {case!r}: label {label.path.name} has value(s) outside the class list: {', '.join(map(str, unknown_values[:10]))} "
+            f"(classes: {class_list}); fix the labels, add classes, or pass --other-labels background"
+        )
+    for value, channel in by_value.items():
+        if value < lookup.size:
+            lookup[value] = channel
+    return lookup

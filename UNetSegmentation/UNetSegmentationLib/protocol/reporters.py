@@ -13,6 +13,8 @@ from typing import Any, Optional, TextIO
 from UNetSegmentationLib.protocol.events import DONE, ERROR, LOG, PROGRESS, START, WARNING, encode, make_event
 
 PROGRESS_MODES = ("bar", "json", "none")
+#: progress fields shown beside the terminal bar when a command sends them
+BAR_FIELDS = ("epoch", "loss", "val_dice", "case", "depth")
 
 
 class Reporter:
@@ -22,16 +24,20 @@ class Reporter:
         self._started: Optional[float] = None
         self.total = 0
         self.unit = "slice"
+        self.initial = 0
 
-    def start(self, command: str, total: int, unit: str = "slice", **info: Any) -> None:
-        """The run begins: ``total`` ``unit``s of work (see :mod:`.events` for what ``info`` holds)."""
-        self.total, self.unit = total, unit
+    def start(self, command: str, total: int, unit: str = "slice", initial: int = 0, **info: Any) -> None:
+        """The run begins: ``total`` ``unit``s of work, ``initial`` of them done before this process
+        (a resumed training), so that the rate and the time left count only this process's work
+        (see :mod:`.events` for what ``info`` holds)."""
+        self.total, self.unit, self.initial = total, unit, initial
         self._started = time.perf_counter()
 
     def progress(self, done: int, **extra: Any) -> dict:
         """``done`` of the total are finished; returns the ``progress`` event's fields."""
         elapsed = time.perf_counter() - (self._started or time.perf_counter())
-        rate = done / elapsed if elapsed > 0 and done else 0.0
+        worked = done - self.initial
+        rate = worked / elapsed if elapsed > 0 and worked > 0 else 0.0
         eta = (self.total - done) / rate if rate else None
         return {"done": done, "total": self.total, "unit": self.unit, "rate_per_s": round(rate, 3), "eta_s": None if eta is None else round(eta, 2), **extra}
 
@@ -59,9 +65,9 @@ class JsonLinesReporter(Reporter):
         self.stream.write(encode(make_event(kind, **fields)) + "\n")
         self.stream.flush()
 
-    def start(self, command: str, total: int, unit: str = "slice", **info: Any) -> None:
-        super().start(command, total, unit)
-        self.emit(START, command=command, total=total, unit=unit, **info)
+    def start(self, command: str, total: int, unit: str = "slice", initial: int = 0, **info: Any) -> None:
+        super().start(command, total, unit, initial)
+        self.emit(START, command=command, total=total, unit=unit, **({"initial": initial} if initial else {}), **info)
 
     def progress(self, done: int, **extra: Any) -> dict:
         fields = super().progress(done, **extra)
@@ -89,17 +95,20 @@ class BarReporter(Reporter):
         self.stream = stream or sys.stderr
         self._bar = None
 
-    def start(self, command: str, total: int, unit: str = "slice", **info: Any) -> None:
+    def start(self, command: str, total: int, unit: str = "slice", initial: int = 0, **info: Any) -> None:
         from tqdm import tqdm
 
-        super().start(command, total, unit)
+        super().start(command, total, unit, initial)
         depth = f", depth {info['depth']}" if info.get("depth") is not None else ""
         where = f" on {info['device']}" if info.get("device") else ""
-        self._bar = tqdm(total=total, unit=unit, file=self.stream, desc=f"{info.get('arch', command)}{depth}{where}")
+        self._bar = tqdm(total=total, initial=initial, unit=unit, file=self.stream, desc=f"{info.get('arch', command)}{depth}{where}")
 
     def progress(self, done: int, **extra: Any) -> dict:
         fields = super().progress(done, **extra)
         if self._bar is not None:
+            shown = {k: v for k, v in extra.items() if isinstance(v, (int, float, str)) and k in BAR_FIELDS}
+            if shown:  # e.g. training's loss and epoch beside the bar
+                self._bar.set_postfix(shown, refresh=False)
             self._bar.update(done - self._bar.n)
         return fields
 

@@ -156,7 +156,7 @@ class Trainer:
     def _report_start(self, setup: TrainingSetup, state: RunState) -> None:
         config, metadata = setup.config, setup.metadata
         self.reporter.start(
-            "train", config.total_steps, "step",
+            "train", config.total_steps, "step", state.step,
             arch=metadata.architecture, classes=[c.name for c in metadata.classes], parameters=sum(p.numel() for p in setup.model.parameters()),
             device=str(setup.device), epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, crop=list(setup.crop), loss=setup.loss_kind,
             training_slices=setup.data.training_slices, validation_slices=setup.data.validation_slices,

@@ -87,3 +87,83 @@ def test_demo_segments_the_slicerio_ct_and_draws_an_overlay(cli, tmp_path):
     assert result.code == 0, result.stderr
     assert (tmp_path / "CTChest4.seg.nrrd").exists()
     assert (tmp_path / "CTChest4-overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- one options object for a segmentation run --------------------------------------------------------
+
+
+def predict_namespace(arguments):
+    from UNetSegmentationLib.cli.main import build_parser
+
+    return build_parser().parse_args(arguments)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"depth": 2, "device": "cpu", "batch_size": 3, "axis": 2, "largest_component": True},
+        {"depth": "accurate", "probabilities": "conf.nrrd", "overwrite": True, "classification_guidance": False},
+        {"backend": "onnx", "precision": "int8", "threads": 3, "slice_workers": 1, "axis": 0},
+    ],
+)
+def test_options_round_trip_through_the_predict_command_line(changes):
+    from UNetSegmentationLib.inference.options import SegmentationOptions
+
+    options = SegmentationOptions(**changes)
+    args = predict_namespace(options.to_arguments("in.nrrd", "out.seg.nrrd", "m.safetensors", ["--arch", "unet"]))
+    assert SegmentationOptions.from_namespace(args) == options
+    assert (args.input, args.output, args.checkpoint, args.arch) == ("in.nrrd", "out.seg.nrrd", "m.safetensors", "unet")
+
+
+def test_the_cli_the_runner_and_the_panel_get_identical_defaults():
+    from UNetSegmentationLib.inference.options import DEFAULTS, SegmentationOptions
+    from UNetSegmentationLib.panel.run import RunOptions, SegmentationRun
+
+    cli_defaults = SegmentationOptions.from_namespace(predict_namespace(["predict", "--checkpoint", "m.safetensors", "in.nrrd", "out.nrrd"]))
+    assert cli_defaults == DEFAULTS == SegmentationOptions()
+    # the runner's command line of a default run carries no setting: the child uses the same defaults
+    assert DEFAULTS.to_arguments("in.nrrd", "out.nrrd", "m.safetensors") == ["predict", "--checkpoint", "m.safetensors", "in.nrrd", "out.nrrd"]
+    run = SegmentationRun(RunOptions("m.safetensors"))
+    assert run.options.segmentation == DEFAULTS
+    assert run.arguments()[:3] == ["predict", "--checkpoint", "m.safetensors"] and len(run.arguments()) == 5
+    run.cleanup()
+    # the Slicer panel's parameter node takes its defaults from the same object
+    from UNetSegmentationSlicer import parameters
+
+    assert parameters.run_options("m.safetensors").segmentation == DEFAULTS
+    assert (parameters.DEFAULT_BATCH_SIZE, parameters.DEFAULT_DEVICE, parameters.DEFAULT_SLICE_AXIS) == (DEFAULTS.batch_size, DEFAULTS.device, "auto")
+
+
+def test_the_default_batch_size_is_written_once():
+    """The issue's example of a repeated default: on the predict path (CLI, runner, panel, Slicer module)
+    it is declared in inference/options.py only."""
+    import re
+    from pathlib import Path
+
+    module = Path(__file__).resolve().parent.parent / "UNetSegmentation"
+    files = [module / "UNetSegmentation.py", *(module / "UNetSegmentationSlicer").glob("*.py"), *(module / "UNetSegmentationLib" / "panel").glob("*.py")]
+    files += [module / "UNetSegmentationLib" / name for name in ("inference/options.py", "cli/predict.py", "protocol/runner.py")]
+    declarations = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        declarations += [(path.name, m.group(0)) for m in re.finditer(r"(batch_?[sS]ize\b[^=\n(]*=\s*\d+|default=\d+.*batch|DEFAULT_BATCH_SIZE\s*=\s*\d+)", text)]
+    assert declarations == [("options.py", "DEFAULT_BATCH_SIZE = 4")], declarations
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "--batch-size must be a positive integer"),
+        ({"axis": "z"}, "--axis must be auto, i, j or k"),
+        ({"depth": "deep"}, "--depth must be 1..4"),
+        ({"backend": "tensorrt"}, "--backend must be one of"),
+        ({"threads": 0}, "--threads must be a positive integer"),
+    ],
+)
+def test_bad_options_are_refused_on_construction_naming_the_option(changes, message):
+    from UNetSegmentationLib.errors import UserError
+    from UNetSegmentationLib.inference.options import SegmentationOptions
+
+    with pytest.raises(UserError, match=message):
+        SegmentationOptions(**changes)

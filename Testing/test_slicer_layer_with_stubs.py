@@ -161,7 +161,7 @@ class FakeNode:
         self.name, self.scene, self.path = name, scene, path
         self.transform_id = None
         self.storage = object()
-        self.reference_volume = None
+        self.reference_volume = self.reference_transform = None
         self.closed_surface = False
         self.display = types.SimpleNamespace(color=None, window=None, SetAndObserveColorNodeID=self._color, AutoWindowLevelOff=lambda: None, SetWindowLevelMinMax=self._window)
         scene.nodes.append(self)
@@ -200,7 +200,8 @@ class FakeSegmentationNode(FakeNode):
         return self.segmentation
 
     def SetReferenceImageGeometryParameterFromVolumeNode(self, volume):
-        self.reference_volume = volume
+        # real Slicer records the geometry through the node's transform at this moment
+        self.reference_volume, self.reference_transform = volume, self.transform_id
 
     def CreateClosedSurfaceRepresentation(self):
         self.closed_surface = True
@@ -404,7 +405,7 @@ def slicer_env(tmp_path, monkeypatch):
                          "slicer.parameterNodeWrapper": wrapper, "qt": qt, "vtk": vtk, "PyTorchUtils": pytorch_utils}.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.syspath_prepend(str(MODULE_DIR))
-    monkeypatch.delitem(sys.modules, "UNetSegmentation", raising=False)
+    forget_slicer_layer()  # its modules bind ``slicer`` at import: import them again against these stand-ins
     module = importlib.import_module("UNetSegmentation")
     scene.parameter_node = None
     env = types.SimpleNamespace(module=module, slicer=slicer, scene=scene, calls=calls, temp=temp, settings=settings, volumes=exported_volumes)
@@ -417,7 +418,12 @@ def slicer_env(tmp_path, monkeypatch):
 
     env.add_volume = add_volume
     yield env
-    sys.modules.pop("UNetSegmentation", None)
+    forget_slicer_layer()
+
+
+def forget_slicer_layer() -> None:
+    for name in [n for n in sys.modules if n == "UNetSegmentation" or n.split(".")[0] == "UNetSegmentationSlicer"]:
+        del sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -447,7 +453,7 @@ def test_process_imports_a_named_coloured_segmentation_on_the_input_geometry(sli
     volume = slicer_env.add_volume("oblique", oblique_volume(tmp_path / "oblique.nrrd"))
     volume.transform_id = "vtkMRMLLinearTransformNode4"
     logic = slicer_env.module.UNetSegmentationLogic()
-    node = logic.process(volume, checkpoint=every_voxel_a, batchSize=4, largestComponent=True, confidenceMap=True, show3D=True, timeoutSec=180)
+    node = logic.process(volume, checkpoint=every_voxel_a, batchSize=2, largestComponent=True, confidenceMap=True, show3D=True, timeoutSec=180)
 
     assert node.GetName() == "oblique segmentation"
     segmentation = node.GetSegmentation()
@@ -455,7 +461,8 @@ def test_process_imports_a_named_coloured_segmentation_on_the_input_geometry(sli
     for info in read_metadata(every_voxel_a).classes:
         assert segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(info.name)).GetColor() == info.color
     assert (node.voxels == 1).all()
-    assert node.reference_volume is volume and node.transform_id == volume.transform_id and node.closed_surface
+    assert node.transform_id == volume.transform_id and node.closed_surface
+    assert (node.reference_volume, node.reference_transform) == (volume, volume.transform_id), "the transform is set before the reference geometry"
     assert node.storage in slicer_env.scene.removed, "the storage node of the deleted temporary file must go"
     confidence = next(n for n in slicer_env.scene.nodes if n.name == "oblique segmentation confidence")
     assert confidence.voxels.shape == (10, 28, 32) and confidence.display.window == (0.0, 1.0)
@@ -482,20 +489,28 @@ def test_process_raises_with_the_engines_own_message(slicer_env, every_voxel_a, 
     assert not [n for n in slicer_env.scene.nodes if isinstance(n, FakeSegmentationNode)]
 
 
-def test_missing_packages_are_installed_with_no_deps(slicer_env, monkeypatch):
-    from UNetSegmentationLib.panel import choices as slicer_panel
+def test_missing_packages_are_installed_with_no_deps_after_asking(slicer_env):
+    from UNetSegmentationLib.panel.requirements import REQUIREMENTS
+    from UNetSegmentationSlicer import dependencies
 
-    missing = [slicer_panel.REQUIREMENTS[0]]
-    states = iter([missing, []])
-    monkeypatch.setattr(slicer_panel, "missing_requirements", lambda: next(states))
-    logic = slicer_env.module.UNetSegmentationLogic()
-    asked = []
-    assert logic.ensureDependencies(confirm=lambda text: asked.append(text) or True) is True
-    assert "monai>=1.3" in asked[0]
-    assert [c[1] for c in slicer_env.calls.calls if c[0] == "pip_install"] == [("--no-deps monai>=1.3",)]
-    monkeypatch.setattr(slicer_panel, "missing_requirements", lambda: missing)
+    installed = {r.module for r in REQUIREMENTS} - {"monai"}
+    pip_calls, asked = [], []
+
+    def pip_install(arguments):
+        pip_calls.append(arguments)
+        installed.add("monai")
+
+    def find_spec(name):
+        return object() if name in installed else None
+
+    torch_utils = slicer_env.module.dependencies.pytorch_utils_logic()  # the PyTorch extension's stand-in: torch present
+    assert dependencies.ensure_dependencies(confirm=lambda text: asked.append(text) or True, torch_utils=torch_utils, pip_install=pip_install, find_spec=find_spec)
+    assert "monai>=1.3" in asked[0] and pip_calls == ["--no-deps monai>=1.3"]
+    installed.discard("monai")
     with pytest.raises(RuntimeError, match="declined"):
-        logic.ensureDependencies(confirm=lambda text: False)
+        dependencies.ensure_dependencies(confirm=lambda text: False, torch_utils=torch_utils, pip_install=pip_install, find_spec=find_spec)
+    assert pip_calls == ["--no-deps monai>=1.3"]
+    assert dependencies.ensure_dependencies(torch_utils=torch_utils, find_spec=lambda name: object()) is False  # nothing missing: nothing asked
 
 
 def test_without_the_pytorch_extension_the_user_is_told_to_install_it(slicer_env, monkeypatch):
@@ -524,8 +539,11 @@ def test_widget_setup_fills_the_panel_and_a_click_segments(slicer_env, every_vox
     ui = widget.ui
     parameters = widget._parameterNode
 
-    # defaults: the first volume, the last checkpoint used; architecture and depths from its metadata
+    # defaults: the first volume, the last checkpoint used, the engine's own settings; architecture and depths from its metadata
     assert parameters.inputVolume is volume and parameters.checkpoint == every_voxel_a
+    from UNetSegmentationLib.inference.options import DEFAULTS
+
+    assert (parameters.batchSize, parameters.device, parameters.sliceAxis, parameters.largestComponent) == (DEFAULTS.batch_size, DEFAULTS.device, "auto", DEFAULTS.largest_component)
     assert ui.modelInfoLabel.text.startswith("UNet++, 2 segments: a, b")
     assert ui.architectureComboBox.itemData(ui.architectureComboBox.currentIndex) == "unetplusplus" and not ui.architectureComboBox.enabled
     assert [d for _, d in ui.depthComboBox.items] == ["1", "2", "3", "4", "accurate"] and ui.depthComboBox.visible

@@ -3,9 +3,11 @@
 - the CMake SCRIPTS/RESOURCES lists name existing files and cover every file of the module;
 - every ``self.ui.<name>`` exists in the .ui, every widget class there is a known Qt/CTK/MRML class,
   and every ``SlicerParameterName`` binding fits a parameter of the right type;
-- ``UNetSegmentation.py`` parses as Python 3.9 and imports nothing heavy at module level or in
-  ``setup()`` (directly or through the Lib modules it imports);
-- every ``slicer.util`` and segmentation API name it uses is in the shared Slicer reference;
+- ``UNetSegmentation.py`` (and every module it loads) parses as Python 3.9 and imports nothing heavy at
+  module level or in ``setup()`` (directly or through the Lib and ``UNetSegmentationSlicer`` modules it
+  imports); it stays the Slicer wiring (at most 550 lines);
+- every ``slicer.util`` and segmentation API name the Slicer layer (the module file and
+  ``UNetSegmentationSlicer``) uses is in the shared Slicer reference;
 - the catalogue entry ``UNetSegmentation.json`` has exactly the allowed fields and matches CMake.
 """
 
@@ -25,6 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MODULE_DIR = REPO / "UNetSegmentation"
 MODULE_FILE = MODULE_DIR / "UNetSegmentation.py"
+SLICER_PACKAGE = MODULE_DIR / "UNetSegmentationSlicer"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "UNetSegmentation.ui"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = REPO / "CMakeLists.txt"
@@ -56,6 +59,19 @@ def module_source() -> str:
 
 def module_tree() -> ast.Module:
     return ast.parse(module_source(), filename=str(MODULE_FILE))
+
+
+def slicer_layer_files() -> list:
+    """The module file and the files of its Slicer-side package: everything that may call Slicer."""
+    return [MODULE_FILE] + sorted(SLICER_PACKAGE.glob("*.py"))
+
+
+def slicer_layer_source() -> str:
+    return "\n".join(path.read_text(encoding="utf-8") for path in slicer_layer_files())
+
+
+def slicer_layer_trees() -> list:
+    return [ast.parse(path.read_text(encoding="utf-8"), filename=str(path)) for path in slicer_layer_files()]
 
 
 def class_node(tree: ast.Module, name: str) -> ast.ClassDef:
@@ -180,7 +196,7 @@ def ui_widgets() -> dict:
 
 def test_every_widget_the_code_uses_exists_in_the_ui():
     names = set(ui_widgets())
-    used = set(re.findall(r"self\.ui\.(\w+)", module_source()))
+    used = set(re.findall(r"\bui\.(\w+)", slicer_layer_source()))
     assert used, "the module uses no widget?"
     assert not sorted(used - names), f"self.ui.<name> used but not in {UI_FILE.name}: {sorted(used - names)}"
 
@@ -294,27 +310,75 @@ def methods_reached_from(cls: ast.ClassDef, start: str) -> list:
     return [methods[name] for name in reached]
 
 
-def test_module_imports_nothing_heavy_at_module_level_or_in_setup():
-    tree = module_tree()
-    top_level = imports_in([n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))], descend_functions=False)
-    assert not [m for m in top_level if is_heavy(m)], f"heavy imports at module level: {[m for m in top_level if is_heavy(m)]}"
-    widget = class_node(tree, "UNetSegmentationWidget")
+#: imports UNetSegmentation.py with stand-ins for qt, vtk and slicer (any attribute is a class that
+#: accepts anything) and prints the modules it loaded
+LOAD_WITH_STAND_INS = """
+import json, sys, types
+class Anything:
+    def __init__(self, *args, **kwargs): pass
+class StandIn(types.ModuleType):
+    __path__ = []
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return type(name, (Anything,), {})
+for name in ("qt", "vtk", "slicer", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"):
+    sys.modules[name] = StandIn(name)
+sys.path.insert(0, sys.argv[1])
+import UNetSegmentation
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.fixture(scope="module")
+def modules_loaded_with_the_module() -> list:
+    result = subprocess.run([sys.executable, "-c", LOAD_WITH_STAND_INS, str(MODULE_DIR)], capture_output=True, text=True, cwd=str(MODULE_DIR))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_loading_the_module_imports_nothing_heavy(modules_loaded_with_the_module):
+    heavy = [m for m in modules_loaded_with_the_module if is_heavy(m)]
+    assert not heavy, f"loading UNetSegmentation.py imports {heavy}"
+    assert "UNetSegmentationSlicer.parameters" in modules_loaded_with_the_module
+
+
+def test_every_module_the_module_loads_parses_as_python_3_9(modules_loaded_with_the_module):
+    """Slicer 5.8 (Python 3.9) loads the module at start-up: a 3.10-only syntax anywhere in what it loads
+    would replace the "needs Slicer 5.10" message with a SyntaxError."""
+    ours = [m for m in modules_loaded_with_the_module if m.split(".")[0] in ("UNetSegmentationLib", "UNetSegmentationSlicer")]
+    for name in ours:
+        path = MODULE_DIR / Path(*name.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+
+def test_nothing_heavy_is_imported_in_setup():
+    widget = class_node(module_tree(), "UNetSegmentationWidget")
     reached = methods_reached_from(widget, "setup")
     assert {"setup", "initializeParameterNode", "_refreshCheckpointInfo", "_showView"} <= {m.name for m in reached}
     in_setup = imports_in(reached, descend_functions=True)
     assert not [m for m in in_setup if is_heavy(m)], f"heavy imports reached from setup(): {[m for m in in_setup if is_heavy(m)]}"
-    # the Lib modules setup() imports must themselves be light
-    lib_modules = sorted(m for m in in_setup if m.startswith("UNetSegmentationLib"))
-    assert lib_modules, "setup() is expected to use the Lib's panel helpers"
-    assert_light_imports(lib_modules)
+    assert_light_imports(sorted(m for m in in_setup if m.startswith("UNetSegmentationLib")))
+
+
+def test_the_slicer_layer_imports_nothing_heavy_at_module_level():
+    for path, tree in zip(slicer_layer_files(), slicer_layer_trees()):
+        top_level = imports_in([n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))], descend_functions=False)
+        assert not [m for m in top_level if is_heavy(m)], f"{path.name}: heavy imports at module level: {[m for m in top_level if is_heavy(m)]}"
 
 
 def test_every_lib_module_the_slicer_layer_imports_is_light():
-    """Whatever UNetSegmentation.py imports from the Lib (anywhere) must not pull torch, numpy or SimpleITK into Slicer's GUI process."""
-    everywhere = imports_in(module_tree().body, descend_functions=True)
+    """Whatever the Slicer layer imports from the Lib (anywhere) must not pull torch, numpy or SimpleITK into Slicer's GUI process."""
+    everywhere = set().union(*(imports_in(tree.body, descend_functions=True) for tree in slicer_layer_trees()))
     lib_modules = sorted(m for m in everywhere if m.startswith("UNetSegmentationLib"))
-    assert "UNetSegmentationLib.panel.run" in lib_modules and "UNetSegmentationLib.panel.choices" in lib_modules
+    assert "UNetSegmentationLib.panel.run" in lib_modules and "UNetSegmentationLib.panel.checkpoints" in lib_modules
     assert_light_imports(lib_modules)
+
+
+def test_the_module_file_stays_the_slicer_wiring():
+    lines = len(module_source().splitlines())
+    assert lines <= 550, f"UNetSegmentation.py has {lines} lines: move what is not Slicer wiring into UNetSegmentationSlicer"
 
 
 def assert_light_imports(modules) -> None:
@@ -376,9 +440,9 @@ SEGMENTATION_API = re.compile(r"(Segment|Segmentation|ReferenceImageGeometry|Lab
 
 
 def test_every_slicer_util_name_is_in_the_reference(reference_text):
-    source = module_source()
+    source = slicer_layer_source()
     used = set(re.findall(r"slicer\.util\.(\w+)", source))
-    for node in ast.walk(module_tree()):
+    for node in (n for tree in slicer_layer_trees() for n in ast.walk(tree)):
         if isinstance(node, ast.ImportFrom) and node.module == "slicer.util":
             used |= {alias.name for alias in node.names}
     assert used
@@ -388,7 +452,7 @@ def test_every_slicer_util_name_is_in_the_reference(reference_text):
 
 def test_every_segmentation_api_name_is_in_the_reference(reference_text):
     called = set()
-    for node in ast.walk(module_tree()):
+    for node in (n for tree in slicer_layer_trees() for n in ast.walk(tree)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             called.add(node.func.attr)
     segmentation_calls = {name for name in called if SEGMENTATION_API.search(name) and name[0].isupper()}
@@ -398,7 +462,7 @@ def test_every_segmentation_api_name_is_in_the_reference(reference_text):
 
 
 def test_other_slicer_facts_used_are_in_the_reference(reference_text):
-    source = module_source()
+    source = slicer_layer_source()
     for name in ("PyTorchUtilsLogic", "torchInstalled", "installTorch", "parameterNodeWrapper", "connectGui", "WithinRange", "Choice",
                  "ScriptedLoadableModuleTest", "resourcePath", "getParameterNode", "PythonSlicer", "delayDisplay"):
         if name in source:
@@ -410,10 +474,13 @@ def test_other_slicer_facts_used_are_in_the_reference(reference_text):
 
 
 def test_dependencies_are_installed_without_replacing_slicers_packages():
-    calls = [ast.unparse(node.args[0]) for node in ast.walk(module_tree())
-             if isinstance(node, ast.Call) and ast.unparse(node.func) == "slicer.util.pip_install"]
-    assert calls == ["pip_install_arguments(requirements)"], calls
-    from UNetSegmentationLib.panel.choices import REQUIREMENTS, pip_install_arguments
+    references = [path.name for path, tree in zip(slicer_layer_files(), slicer_layer_trees()) for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and ast.unparse(node) == "slicer.util.pip_install"]
+    assert references == ["dependencies.py"], "pip is reached through UNetSegmentationSlicer.dependencies only"
+    tree = ast.parse((SLICER_PACKAGE / "dependencies.py").read_text(encoding="utf-8"))
+    install_calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and ast.unparse(node.func) == "install"]
+    assert [ast.unparse(call.args[0]) for call in install_calls] == ["pip_install_arguments(requirements)"]
+    from UNetSegmentationLib.panel.requirements import REQUIREMENTS, pip_install_arguments
 
     arguments = pip_install_arguments(REQUIREMENTS).split(" ")
     assert arguments[0] == "--no-deps"

@@ -14,21 +14,14 @@ import pytest
 
 from UNetSegmentationLib.model import header as checkpoint_header
 
-from UNetSegmentationLib.panel import choices as slicer_panel
+from UNetSegmentationLib.panel import checkpoints, devices, requirements
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes
 from UNetSegmentationLib.networks.registry import ARCHITECTURES
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
-from UNetSegmentationLib.panel.choices import (
-    CheckpointInfo,
-    DeviceInfo,
-    describe_checkpoint,
-    device_choices,
-    missing_requirements,
-    parse_probe_output,
-    pip_install_arguments,
-    readiness,
-)
+from UNetSegmentationLib.panel.checkpoints import CheckpointInfo, describe_checkpoint, readiness
+from UNetSegmentationLib.panel.devices import DeviceInfo, device_choices, parse_probe_output
+from UNetSegmentationLib.panel.requirements import missing_requirements, pip_install_arguments
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,34 +99,34 @@ def test_depth_choices_show_dice_speed_and_the_recommended_depth():
         depth_metrics={1: {"dice": 0.81, "ms_per_slice": 1.2}, 2: {"dice": 0.873, "ms_per_slice": 2.5}, 3: {"dice": 0.88, "ms_per_slice": 4.0}, 4: {"dice": 0.882, "ms_per_slice": 7.25}},
         recommended_depth=2,
     )
-    choices = slicer_panel.depth_choices(metadata)
+    choices = checkpoints.depth_choices(metadata)
     assert [c.value for c in choices] == ["1", "2", "3", "4", "accurate"]
     assert choices[1].label == "L2 \u2014 Dice 0.873, 2.5 ms/slice  \u2605 recommended" and choices[1].recommended
     assert choices[3].label == "L4 (full network) \u2014 Dice 0.882, 7.2 ms/slice"
     assert [c.recommended for c in choices].count(True) == 1
-    assert slicer_panel.default_depth(choices) == "2"
+    assert checkpoints.default_depth(choices) == "2"
 
 
 def test_without_metrics_the_full_network_is_recommended_as_the_engine_does():
     from UNetSegmentationLib.model.depth import resolve_depth
 
     metadata = unetpp_metadata()
-    choices = slicer_panel.depth_choices(metadata)
+    choices = checkpoints.depth_choices(metadata)
     assert [c.label for c in choices[:4]] == ["L1", "L2", "L3", "L4 (full network)  \u2605 recommended"]
-    assert slicer_panel.default_depth(choices) == str(resolve_depth(metadata, None))
+    assert checkpoints.default_depth(choices) == str(resolve_depth(metadata, None))
     shallow = unetpp_metadata(kwargs={"in_channels": 3, "out_channels": 3, "features": [4, 8, 16], "deep_supervision": True}, recommended_depth=4)
-    assert [c.value for c in slicer_panel.depth_choices(shallow)] == ["1", "2", "accurate"]
-    assert slicer_panel.default_depth(slicer_panel.depth_choices(shallow)) == str(resolve_depth(shallow, None))
+    assert [c.value for c in checkpoints.depth_choices(shallow)] == ["1", "2", "accurate"]
+    assert checkpoints.default_depth(checkpoints.depth_choices(shallow)) == str(resolve_depth(shallow, None))
 
 
 def test_networks_that_cannot_prune_get_no_depth_combo():
     for name, architecture in ARCHITECTURES.items():
-        assert slicer_panel.architecture_can_prune(name) == architecture.prunable
+        assert checkpoints.architecture_can_prune(name) == architecture.prunable
         if not architecture.prunable:
             metadata = unetpp_metadata(architecture=name)
-            assert slicer_panel.depth_choices(metadata) == []
-    assert slicer_panel.depth_choices(unetpp_metadata(architecture="no-such-net")) == []
-    assert slicer_panel.architecture_choices() == [(a.name, a.title) for a in ARCHITECTURES.values()]
+            assert checkpoints.depth_choices(metadata) == []
+    assert checkpoints.depth_choices(unetpp_metadata(architecture="no-such-net")) == []
+    assert checkpoints.architecture_choices() == [(a.name, a.title) for a in ARCHITECTURES.values()]
 
 
 # --- devices ------------------------------------------------------------------------------------------
@@ -152,12 +145,12 @@ def test_device_choices_say_what_is_available():
 def test_probe_output_is_parsed_and_a_real_probe_runs_in_a_child():
     assert parse_probe_output('noise\n{"torch_version": "2.1.0", "cuda": true, "gpu_names": ["X"]}\n') == DeviceInfo("2.1.0", True, ["X"], None)
     assert parse_probe_output("").error
-    probe = slicer_panel.DeviceProbe(sys.executable).start()
+    probe = devices.DeviceProbe(sys.executable).start()
     info = probe.wait(timeout_s=120)
     import torch  # the test process may import it; the panel never does
 
     assert info.torch_version == torch.__version__ and info.cuda == torch.cuda.is_available() and info.error is None
-    missing = slicer_panel.DeviceProbe("/no/such/python").start()
+    missing = devices.DeviceProbe("/no/such/python").start()
     assert missing.poll().error.startswith("cannot run /no/such/python")
 
 
@@ -179,8 +172,8 @@ def test_install_list_is_closed_under_dependencies_and_spares_slicers_packages()
 
     from packaging.requirements import Requirement
 
-    listed = {r.pip.split(">")[0].split("=")[0].lower().replace("_", "-") for r in slicer_panel.REQUIREMENTS}
-    protected = {p.lower() for p in slicer_panel.PROTECTED_PACKAGES}
+    listed = {r.pip.split(">")[0].split("=")[0].lower().replace("_", "-") for r in requirements.REQUIREMENTS}
+    protected = {p.lower() for p in requirements.PROTECTED_PACKAGES}
     assert not listed & protected
     for name in list(listed):
         for requirement in map(Requirement, requires(name) or []):
@@ -193,28 +186,27 @@ def test_install_list_is_closed_under_dependencies_and_spares_slicers_packages()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     for requirement in map(Requirement, project["dependencies"]):
         assert requirement.name.lower() in listed | protected, requirement.name
-    text = slicer_panel.install_confirmation_text(slicer_panel.REQUIREMENTS[:2], torch_missing=True)
+    text = requirements.install_confirmation_text(requirements.REQUIREMENTS[:2], torch_missing=True)
     assert "PyTorch" in text and "monai>=1.3" in text and "not touched" in text
 
 
 # --- defaults and readiness -------------------------------------------------------------------------
 
 
-def test_bundled_model_location_matches_the_engine():
+def test_the_bundled_model_is_where_the_module_and_the_demo_look():
     from UNetSegmentationLib.cli import demo
 
-    assert slicer_panel.BUNDLED_MODEL_NAME == demo.BUNDLED_MODEL_NAME
-    assert slicer_panel.models_folder() == demo.models_folder()
-    assert slicer_panel.models_folder() == REPO / "UNetSegmentation" / "Resources" / "Models"
+    assert checkpoints.bundled_model_path() == REPO / "UNetSegmentation" / "Resources" / "Models" / checkpoints.BUNDLED_MODEL_NAME
+    assert demo.bundled_model() in (checkpoints.bundled_model_path(), None)
 
 
-def test_default_checkpoint_prefers_the_last_one_used(tmp_path, small_unetpp, monkeypatch):
-    assert slicer_panel.default_checkpoint(str(small_unetpp)) == small_unetpp
-    monkeypatch.setattr(slicer_panel, "bundled_model_path", lambda: tmp_path / "bundled.safetensors")
-    assert slicer_panel.default_checkpoint(str(tmp_path / "deleted.safetensors")) is None
-    (tmp_path / "bundled.safetensors").write_bytes(b"x")
-    assert slicer_panel.default_checkpoint(None) == tmp_path / "bundled.safetensors"
-    assert slicer_panel.default_checkpoint(str(tmp_path / "deleted.safetensors")) == tmp_path / "bundled.safetensors"
+def test_default_checkpoint_prefers_the_last_one_used(tmp_path, small_unetpp):
+    bundled = tmp_path / "bundled.safetensors"
+    assert checkpoints.default_checkpoint(str(small_unetpp), bundled=bundled) == small_unetpp
+    assert checkpoints.default_checkpoint(str(tmp_path / "deleted.safetensors"), bundled=bundled) is None
+    bundled.write_bytes(b"x")
+    assert checkpoints.default_checkpoint(None, bundled=bundled) == bundled
+    assert checkpoints.default_checkpoint(str(tmp_path / "deleted.safetensors"), bundled=bundled) == bundled
 
 
 def test_readiness_explains_what_is_missing(small_unetpp, tmp_path):
@@ -227,8 +219,30 @@ def test_readiness_explains_what_is_missing(small_unetpp, tmp_path):
     assert readiness(True, plain, "", None)[0] is False
     assert readiness(True, plain, "liver,", "unet")[1].startswith("Type the segment names")
     assert readiness(True, plain, "liver, spleen", "unet") == (True, "")
-    assert slicer_panel.output_segmentation_name("CTChest") == "CTChest segmentation"
-    assert slicer_panel.segment_id(3) == "Segment_3"
+    assert checkpoints.output_segmentation_name("CTChest") == "CTChest segmentation"
+    assert checkpoints.segment_id(3) == "Segment_3"
+
+
+# --- the panel's settings onto the engine's options ----------------------------------------------------
+
+
+def test_the_panel_settings_map_onto_the_engine_options(small_unetpp, tmp_path):
+    from types import SimpleNamespace
+
+    from UNetSegmentationLib.inference.options import DEFAULTS, SegmentationOptions
+    from UNetSegmentationSlicer.parameters import run_options, run_options_from_parameters
+
+    settings = SimpleNamespace(depth="2", device="cpu", batchSize=2, sliceAxis="k", largestComponent=True, confidenceMap=True, architecture="unet", classNames="x")
+    options = run_options_from_parameters(settings, describe_checkpoint(small_unetpp))
+    assert options.checkpoint == small_unetpp and options.confidence_map
+    assert options.segmentation == SegmentationOptions(depth=2, device="cpu", batch_size=2, axis=2, largest_component=True)
+    assert (options.architecture, options.classes) == (None, None), "a safetensors checkpoint names its own model"
+    plain = run_options_from_parameters(settings, CheckpointInfo(tmp_path / "w.pt", kind="torch"))
+    assert plain.segmentation.depth is None, "a plain network has no depth choice"
+    assert (plain.architecture, plain.classes) == ("unet", "x")
+    assert run_options("m.safetensors", depth="", sliceAxis="auto").segmentation == DEFAULTS
+    with pytest.raises(UserError, match="--batch-size must be a positive integer"):
+        run_options("m.safetensors", batchSize=0)
 
 
 # --- largest connected component ------------------------------------------------------------------------

@@ -17,9 +17,11 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import process_group_alive
+from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.panel import run as slicer_run
-from UNetSegmentationLib.panel.choices import segment_id
+from UNetSegmentationLib.panel.checkpoints import segment_id
 from UNetSegmentationLib.panel.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
+from UNetSegmentationLib.protocol.runner import RUNNING, EngineProcess
 from UNetSegmentationLib.panel.run import (
     APPLY_TEXT,
     CANCEL_TEXT,
@@ -130,16 +132,16 @@ def test_transitions_outside_the_diagram_are_refused(tmp_path):
 
 
 def test_arguments_follow_the_options(tmp_path):
-    options = RunOptions(checkpoint=tmp_path / "m.safetensors", depth="2", device="cpu", batch_size=3, axis="k", largest_component=True, confidence_map=True)
-    run = SegmentationRun(options, temp_root=tmp_path)
+    segmentation = SegmentationOptions(depth="2", device="cpu", batch_size=3, axis="k", largest_component=True)
+    run = SegmentationRun(RunOptions(tmp_path / "m.safetensors", segmentation, confidence_map=True), temp_root=tmp_path)
     arguments = run.arguments()
-    assert arguments[:2] == ["predict", "--checkpoint"]
+    assert arguments[:3] == ["predict", "--checkpoint", str(tmp_path / "m.safetensors")]
     for flag, value in (("--depth", "2"), ("--device", "cpu"), ("--batch-size", "3"), ("--axis", "k"), ("--probabilities", str(run.confidence_path))):
         assert arguments[arguments.index(flag) + 1] == value
     assert "--largest-component" in arguments
     assert arguments[-2:] == [str(run.input_path), str(run.output_path)]
     assert run.output_path.name.endswith(".seg.nrrd") and run.input_path.parent == run.output_path.parent
-    plain = SegmentationRun(RunOptions(checkpoint=tmp_path / "w.pt", axis="auto", architecture="unet", classes="liver, spleen"), temp_root=tmp_path)
+    plain = SegmentationRun(RunOptions(tmp_path / "w.pt", architecture="unet", classes="liver, spleen"), temp_root=tmp_path)
     arguments = plain.arguments()
     assert "--axis" not in arguments and "--depth" not in arguments and "--probabilities" not in arguments and "--largest-component" not in arguments
     assert arguments[arguments.index("--arch") + 1] == "unet" and arguments[arguments.index("--classes") + 1] == "liver, spleen"
@@ -148,13 +150,26 @@ def test_arguments_follow_the_options(tmp_path):
 
 
 def test_event_log_lines():
-    assert describe_event({"event": "start", "total": 34, "device": "cpu", "arch": "unetplusplus", "depth": 2, "geometry": "slices along k"}) == (
+    assert describe_event({"event": "start", "version": 1, "command": "predict", "total": 34, "unit": "slice", "device": "cpu", "arch": "unetplusplus", "depth": 2, "geometry": "slices along k"}) == (
         "Segmenting 34 slices on cpu with unetplusplus at depth 2; slices along k"
     )
     assert describe_event({"event": "warning", "message": "spacing differs"}) == "Warning: spacing differs"
-    assert describe_event({"event": "progress", "done": 1, "total": 2}) is None
+    assert describe_event({"event": "progress", "done": 1, "total": 2, "unit": "slice", "rate_per_s": 1.0, "eta_s": 1.0}) is None
     assert describe_event({"event": "done", "timings": {"network_s": 1.25, "total_s": 2.0}}) == "Segmentation computed in 2.0 s (network 1.2 s)"
-    assert describe_event({"event": "log", "message": "plain line"}) == "plain line"
+    assert describe_event({"event": "log", "message": "exporting the network to ONNX (first run)"}) == "exporting the network to ONNX (first run)"
+
+
+@pytest.mark.parametrize(
+    "event, line",
+    [
+        ({"event": "start", "version": 1, "command": "train", "total": 300, "unit": "step", "device": "cuda", "arch": "unet"}, "Training 300 steps on cuda with unet"),
+        ({"event": "start", "version": 1, "command": "evaluate", "total": 1, "unit": "case"}, "Evaluating 1 case"),
+        ({"event": "start", "version": 2, "command": "export", "total": 4, "unit": "depth"}, "Running export: 4 depths"),
+        ({"event": "start"}, "Segmenting slices"),
+    ],
+)
+def test_start_events_of_any_command_get_a_line(event, line):
+    assert describe_event(event) == line
 
 
 def test_slicer_python_is_found_on_the_path():
@@ -175,26 +190,29 @@ def every_voxel_a(tmp_path_factory) -> Path:
     return constant_checkpoint(untrained, folder / "every-voxel-a.safetensors", label_value=1)
 
 
-def deliver_one_event_per_poll(engine) -> None:
-    """Make ``engine.poll()`` hand over one event per call (the child's state follows the last one).
+class OneEventPerPoll(EngineProcess):
+    """The engine child, handing over one event per ``poll()`` (its state follows the last one handed over).
 
     The engine on a cached ONNX export segments these 10 small slices in a fraction of a second, so
-    a real poll often sees every event at once; this makes the test independent of that speed.
+    a real poll often sees every event at once; this makes the test independent of that speed, as a
+    GUI timer that fires between any two of the child's events.
     """
-    from UNetSegmentationLib.protocol import runner
 
-    real_poll, backlog = engine.poll, []
+    def __init__(self, *arguments, **options) -> None:
+        super().__init__(*arguments, **options)
+        self._backlog = []
 
-    def poll():
-        events, state = real_poll()
-        backlog.extend(events)
-        if len(backlog) > 1:
-            return [backlog.pop(0)], runner.RUNNING
-        delivered = backlog[:]
-        backlog.clear()
+    def poll(self):
+        events, state = super().poll()
+        self._backlog.extend(events)
+        if len(self._backlog) > 1:
+            return [self._backlog.pop(0)], RUNNING
+        delivered, self._backlog = self._backlog, []
         return delivered, state
 
-    engine.poll = poll
+
+def one_event_per_poll(arguments, outputs, python, idle_timeout_s) -> EngineProcess:
+    return OneEventPerPoll(arguments, outputs=outputs, python=python, idle_timeout_s=idle_timeout_s)
 
 
 def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_path):
@@ -205,16 +223,15 @@ def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_
     volume = tmp_path / "oblique.nrrd"
     ijk_to_ras = write_oblique_volume(volume)
     lines = []
-    options = RunOptions(checkpoint=every_voxel_a, batch_size=2, largest_component=True, confidence_map=True)
-    run = SegmentationRun(options, temp_root=tmp_path, on_log=lines.append)
+    options = RunOptions(every_voxel_a, SegmentationOptions(batch_size=2, largest_component=True), confidence_map=True)
+    run = SegmentationRun(options, temp_root=tmp_path, on_log=lines.append, engine_factory=one_event_per_poll)
     views = [run.view()]
     run.begin_installing()  # as after a confirmed installation
     views.append(run.view())
     export(run, volume)
     views.append(run.view())
     run.start_segmenting()
-    assert run.state == SEGMENTING and run.engine is not None and run.engine.pid
-    deliver_one_event_per_poll(run.engine)  # as a GUI timer that fires between any two of the child's events
+    assert run.state == SEGMENTING and isinstance(run.engine, OneEventPerPoll) and run.engine.pid
     deadline = time.monotonic() + 180
     while run.state == SEGMENTING and time.monotonic() < deadline:
         run.poll()
@@ -263,7 +280,7 @@ def test_cancel_mid_run_leaves_no_child_and_no_output(small_unetpp, tmp_path):
     volume = tmp_path / "long.nrrd"
     image = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 300, (160, 48, 48)).astype(np.int16))
     sitk.WriteImage(image, str(volume))
-    run = SegmentationRun(RunOptions(checkpoint=small_unetpp, batch_size=1, confidence_map=True), temp_root=tmp_path / "temp")
+    run = SegmentationRun(RunOptions(small_unetpp, SegmentationOptions(batch_size=1), confidence_map=True), temp_root=tmp_path / "temp")
     (tmp_path / "temp").mkdir()
     export(run, volume)
     run.start_segmenting()

@@ -3,7 +3,7 @@
 The .ui is loaded with PySide6 (``pip install PySide6-Essentials``), with plain Qt widgets standing
 in for the CTK/MRML ones (ctkCollapsibleButton → QGroupBox, qMRMLNodeComboBox → QComboBox,
 ctkPathLineEdit → QLineEdit). Everything shown comes from the real code: the checkpoint summary and
-depth list from UNetSegmentationLib.panel.choices, the device list from a real device probe, and the
+depth list from UNetSegmentationLib.panel.checkpoints, the device list from a real device probe, and the
 button, progress bar, state text and log from a real SegmentationRun of the engine on the chest CT
 shipped in slicerio, captured half-way and then cancelled.
 
@@ -50,10 +50,11 @@ def capture_run(checkpoint: Path, work: Path):
     """A real run on the slicerio chest CT, stopped once about half of the slices are done."""
     import slicerio
 
+    from UNetSegmentationLib.inference.options import SegmentationOptions
     from UNetSegmentationLib.panel.run import SEGMENTING, RunOptions, SegmentationRun
 
     volume = Path(slicerio.get_testdata_file("CTChest4.nrrd"))
-    run = SegmentationRun(RunOptions(checkpoint=checkpoint, batch_size=1), temp_root=work)
+    run = SegmentationRun(RunOptions(checkpoint, SegmentationOptions(batch_size=1)), temp_root=work)
     shutil.copyfile(volume, run.begin_exporting())
     run.start_segmenting()
     deadline = time.monotonic() + 300
@@ -82,7 +83,8 @@ def main() -> int:
     from PySide6.QtUiTools import QUiLoader
     from PySide6.QtWidgets import QApplication, QComboBox, QWidget
 
-    from UNetSegmentationLib.panel.choices import DeviceProbe, architecture_choices, describe_checkpoint, device_choices, default_depth
+    from UNetSegmentationLib.panel.checkpoints import architecture_choices, default_depth, describe_checkpoint
+    from UNetSegmentationLib.panel.devices import DeviceProbe, device_choices
 
     info = describe_checkpoint(args.checkpoint)
     if not info.usable:

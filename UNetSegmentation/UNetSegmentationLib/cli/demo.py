@@ -11,20 +11,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from UNetSegmentationLib.inference.options import SegmentationOptions
+from UNetSegmentationLib.panel.checkpoints import bundled_model_path
 from UNetSegmentationLib.protocol.reporters import Reporter
 
-#: the bundled model, shipped inside the Slicer module so the installed module offers it by default
-BUNDLED_MODEL_NAME = "chest-ct-unetplusplus.safetensors"
 DEMO_CT = "CTChest4.nrrd"
 
 
-def models_folder() -> Path:
-    """``UNetSegmentation/Resources/Models``: beside this package in the source tree and in a Slicer install."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
-
-
 def bundled_model() -> Optional[Path]:
-    path = models_folder() / BUNDLED_MODEL_NAME
+    """The model the Slicer module offers by default (shipped in its Resources/Models), if present."""
+    path = bundled_model_path()
     return path if path.is_file() else None
 
 
@@ -66,7 +62,6 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
 
     from UNetSegmentationLib.model.checkpoint import create_checkpoint, read_metadata
     from UNetSegmentationLib.inference.slicing import SliceGeometry
-    from UNetSegmentationLib.inference.options import SegmentationOptions
     from UNetSegmentationLib.inference.predict_file import predict_file
 
     output_dir.mkdir(parents=True, exist_ok=True)

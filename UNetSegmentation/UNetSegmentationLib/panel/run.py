@@ -19,12 +19,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
+from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.protocol import runner as runner_module
-from UNetSegmentationLib.protocol.runner import EngineProcess, predict_arguments
+from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
+from UNetSegmentationLib.protocol.events import ERROR, LOG, PROGRESS, START, WARNING, Event
+from UNetSegmentationLib.protocol.runner import EngineProcess
 
 IDLE = "idle"
 INSTALLING = "installing"
@@ -87,42 +90,74 @@ def slicer_python(which: Callable[[str], Optional[str]] = shutil.which) -> Optio
     return which("PythonSlicer")
 
 
-def describe_event(event: dict) -> Optional[str]:
+#: how the log names each command's work (``start`` events of other commands are described too)
+COMMAND_VERBS = {"predict": "Segmenting", "train": "Training", "evaluate": "Evaluating"}
+
+
+def describe_start(event: Event) -> str:
+    """``"Segmenting 34 slices on cpu with unetplusplus at depth 2; slices along k"``, or the same for
+    any command (``"Training 300 steps on cuda"``); missing fields are left out."""
+    command = str(event.get("command") or "predict")
+    verb = COMMAND_VERBS.get(command, f"Running {command}:")
+    unit = str(event.get("unit") or "slice")
+    total = event.get("total")
+    amount = f"{total} {unit}{'' if total == 1 else 's'}" if total is not None else f"{unit}s"
+    depth = event.get("depth")
+    parts = [
+        f"{verb} {amount}",
+        f" on {event['device']}" if event.get("device") else "",
+        f" with {event['arch']}" if event.get("arch") else "",
+        f" at depth {depth}" if depth not in (None, "") else "",
+        f"; {event['geometry']}" if event.get("geometry") else "",
+    ]
+    return "".join(parts)
+
+
+def describe_event(event: Event) -> Optional[str]:
     """The log line for an engine event (None for events not worth a line, such as progress)."""
     kind = event.get("event")
-    if kind == "start":
-        depth = event.get("depth")
-        depth_text = f" at depth {depth}" if depth not in (None, "") else ""
-        geometry = f"; {event['geometry']}" if event.get("geometry") else ""
-        return f"Segmenting {event.get('total', '?')} slices on {event.get('device', '?')} with {event.get('arch', '?')}{depth_text}{geometry}"
-    if kind == "warning":
+    if kind == START:
+        return describe_start(event)
+    if kind == WARNING:
         return f"Warning: {event.get('message', '')}"
-    if kind == "error":
+    if kind == ERROR:
         return f"Error: {event.get('message', '')}"
-    if kind == "done":
+    if kind == DONE_EVENT:
         timings = event.get("timings") or {}
         parts = [f"{name[:-2].replace('_', ' ')} {value:.1f} s" for name, value in timings.items() if name.endswith("_s") and name != "total_s" and isinstance(value, (int, float))]
         total = timings.get("total_s")
         head = f"Segmentation computed in {total:.1f} s" if isinstance(total, (int, float)) else "Segmentation computed"
         return head + (f" ({', '.join(parts)})" if parts else "")
-    if kind == "log":
+    if kind == LOG:
         return str(event.get("message", ""))
     return None
 
 
 @dataclass
 class RunOptions:
-    """What the panel asks for (see ``unetseg predict --help``)."""
+    """What the panel asks for: the engine's :class:`SegmentationOptions` plus what only the panel decides.
+
+    ``segmentation.probabilities`` is ignored: the run writes the confidence map into its temporary
+    folder when ``confidence_map`` is set.
+    """
 
     checkpoint: Path
-    depth: Optional[str] = None  # None: the checkpoint's recommended depth; "1".."4" or "accurate"
-    device: str = "auto"
-    batch_size: int = 4
-    axis: Optional[str] = None  # None or "auto": the axis closest to superior-inferior
-    largest_component: bool = False
+    segmentation: SegmentationOptions = field(default_factory=SegmentationOptions)
     confidence_map: bool = False
     architecture: Optional[str] = None  # only for a plain PyTorch checkpoint (no metadata)
     classes: Optional[str] = None  # only for a plain PyTorch checkpoint, comma-separated names
+
+    def model_arguments(self) -> List[str]:
+        """``--arch``/``--classes`` of a plain PyTorch checkpoint (empty for a safetensors file)."""
+        return (["--arch", self.architecture] if self.architecture else []) + (["--classes", self.classes] if self.classes else [])
+
+
+#: builds the engine child of a run: ``(arguments, outputs, python, idle_timeout_s)`` → a not yet started process
+EngineFactory = Callable[[Sequence[str], Sequence[Path], Optional[str], Optional[float]], EngineProcess]
+
+
+def engine_process(arguments: Sequence[str], outputs: Sequence[Path], python: Optional[str], idle_timeout_s: Optional[float]) -> EngineProcess:
+    return EngineProcess(arguments, outputs=outputs, python=python, idle_timeout_s=idle_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -149,6 +184,7 @@ class SegmentationRun:
         temp_root: where the temporary folder goes (default: the system's).
         idle_timeout_s: fail when the child prints no event for this long.
         on_log: called with each new log line.
+        engine_factory: builds the child process (tests pass one that delivers events their own way).
     """
 
     def __init__(
@@ -158,8 +194,10 @@ class SegmentationRun:
         temp_root=None,
         idle_timeout_s: Optional[float] = 900.0,
         on_log: Optional[Callable[[str], None]] = None,
+        engine_factory: EngineFactory = engine_process,
     ) -> None:
         self.options = options
+        self.engine_factory = engine_factory
         self.python = python
         self.temp_root = temp_root
         self.idle_timeout_s = idle_timeout_s
@@ -168,11 +206,11 @@ class SegmentationRun:
         self.message = ""
         self.log: List[str] = []
         self.warnings: List[str] = []
-        self.events: List[dict] = []
+        self.events: List[Event] = []
         self.engine: Optional[EngineProcess] = None
-        self.start_event: Optional[dict] = None
-        self.last_progress: Optional[dict] = None
-        self.done_event: Optional[dict] = None
+        self.start_event: Optional[Event] = None
+        self.last_progress: Optional[Event] = None
+        self.done_event: Optional[Event] = None
         self.folder: Optional[Path] = None
         self.started_at = time.monotonic()
         self.finished_at: Optional[float] = None
@@ -230,26 +268,9 @@ class SegmentationRun:
         return self.input_path
 
     def arguments(self) -> List[str]:
-        """The ``unetseg`` arguments of this run."""
-        options = self.options
-        extra: List[str] = []
-        if options.architecture:
-            extra += ["--arch", options.architecture]
-        if options.classes:
-            extra += ["--classes", options.classes]
-        axis = options.axis if options.axis not in (None, "", "auto") else None
-        return predict_arguments(
-            self.input_path,
-            self.output_path,
-            options.checkpoint,
-            depth=options.depth or None,
-            device=options.device or "auto",
-            batch_size=int(options.batch_size),
-            axis=axis,
-            probabilities=self.confidence_path,
-            largest_component=bool(options.largest_component),
-            extra=extra,
-        )
+        """The ``unetseg predict`` arguments of this run: its options, with this run's files."""
+        options = replace(self.options.segmentation, probabilities=self.confidence_path)
+        return options.to_arguments(self.input_path, self.output_path, self.options.checkpoint, self.options.model_arguments())
 
     def start_segmenting(self) -> None:
         """Start the engine child on the exported volume (the state becomes ``segmenting`` or ``failed``)."""
@@ -258,13 +279,13 @@ class SegmentationRun:
             self.fail("the volume was not exported (no input file was written)")
             return
         outputs = [self.output_path] + ([self.confidence_path] if self.confidence_path else [])
-        self.engine = EngineProcess(self.arguments(), outputs=outputs, python=self.python, idle_timeout_s=self.idle_timeout_s)
+        self.engine = self.engine_factory(self.arguments(), outputs, self.python, self.idle_timeout_s)
         try:
             self.engine.start()
         except OSError as error:
             self.fail(f"cannot start the segmentation process ({self.engine.python}): {error}")
 
-    def poll(self) -> List[dict]:
+    def poll(self) -> List[Event]:
         """Read the child's new events (never blocks); moves to ``importing`` or ``failed`` when it ends."""
         if self.state != SEGMENTING or self.engine is None:
             return []
@@ -272,17 +293,17 @@ class SegmentationRun:
         for event in events:
             self.events.append(event)
             kind = event.get("event")
-            if kind == "start":
+            if kind == START:
                 self.start_event = event
-            elif kind == "progress":
+            elif kind == PROGRESS:
                 self.last_progress = event
                 total = max(1, int(event.get("total") or 1))
                 done = min(total, int(event.get("done") or 0))
                 span = PROGRESS_AT[IMPORTING] - PROGRESS_AT[SEGMENTING]
                 self._value = max(self._value, PROGRESS_AT[SEGMENTING] + (span * done) // total)
-            elif kind == "warning":
+            elif kind == WARNING:
                 self.warnings.append(str(event.get("message", "")))
-            elif kind == "done":
+            elif kind == DONE_EVENT:
                 self.done_event = event
             line = describe_event(event)
             if line:

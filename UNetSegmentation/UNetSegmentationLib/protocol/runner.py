@@ -1,8 +1,8 @@
 """Run the engine in a child process and follow it: the process runner the Slicer module drives.
 
 The child is ``PYTHON -m UNetSegmentationLib <command> ... --progress json``: a files-in/files-out
-script that prints one JSON event per line on stdout (see :mod:`.progress`). Threads read its
-stdout and stderr into a queue, so the GUI thread only calls :meth:`EngineProcess.poll` from a
+script that prints one JSON event per line on stdout (the schema of :mod:`.events`, read here with
+:func:`~.events.parse_event` only). Threads read its stdout and stderr into a queue, so the GUI thread only calls :meth:`EngineProcess.poll` from a
 timer and never blocks. :meth:`EngineProcess.cancel` terminates the whole process tree (the
 child runs in its own process group / session, so launchers such as ``PythonSlicer`` and any
 workers go too), then kills what is left. After a cancel or a failure no output file of the run
@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.io.outputs import lock_path, temporary_path
-from UNetSegmentationLib.protocol.events import parse_event
+from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
+from UNetSegmentationLib.protocol.events import ERROR, PROGRESS, Event, make_event, parse_event
 
 IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
+#: the runner's own last event of a run, after the child's: ``{"event": "exit", "returncode": N}``
+EXIT = "exit"
 
 
 def package_parent() -> Path:
@@ -35,51 +38,11 @@ def package_parent() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def predict_arguments(
-    input_path,
-    output_path,
-    checkpoint,
-    depth=None,
-    device: str = "auto",
-    batch_size: int = 4,
-    axis: Optional[str] = None,
-    probabilities=None,
-    overwrite: bool = False,
-    largest_component: bool = False,
-    classification_guidance: bool = True,
-    extra: Sequence[str] = (),
-    backend: Optional[str] = None,
-    precision: Optional[str] = None,
-    threads: Optional[int] = None,
-) -> List[str]:
-    """Command-line arguments of ``unetseg predict`` for the runner (``--progress json`` is added by it)."""
-    arguments = ["predict", "--checkpoint", str(checkpoint), "--device", device, "--batch-size", str(batch_size)]
-    if depth is not None:
-        arguments += ["--depth", str(depth)]
-    if axis is not None:
-        arguments += ["--axis", str(axis)]
-    if probabilities is not None:
-        arguments += ["--probabilities", str(probabilities)]
-    if overwrite:
-        arguments.append("--overwrite")
-    if largest_component:
-        arguments.append("--largest-component")
-    if not classification_guidance:
-        arguments.append("--no-cgm")
-    if backend is not None:  # auto/torch/onnx (None: the engine's default, auto)
-        arguments += ["--backend", str(backend)]
-    if precision is not None:  # auto/fp32/bf16
-        arguments += ["--precision", str(precision)]
-    if threads is not None:
-        arguments += ["--threads", str(int(threads))]
-    return arguments + list(extra) + [str(input_path), str(output_path)]
-
-
 class EngineProcess:
     """One run of an ``unetseg`` command in a child process.
 
     Args:
-        arguments: the command's arguments (e.g. from :func:`predict_arguments`).
+        arguments: the command's arguments (e.g. ``SegmentationOptions.to_arguments(...)``).
         outputs: files the run writes; removed after a failure or cancel (unless they existed
             before the run and were left untouched).
         python: the interpreter (``PythonSlicer`` inside Slicer; ``sys.executable`` by default).
@@ -103,10 +66,10 @@ class EngineProcess:
         self.state = IDLE
         self.error_message: Optional[str] = None
         self.returncode: Optional[int] = None
-        self.last_progress: Optional[dict] = None
-        self.done_event: Optional[dict] = None
+        self.last_progress: Optional[Event] = None
+        self.done_event: Optional[Event] = None
         self._process: Optional[subprocess.Popen] = None
-        self._events: "queue.Queue[dict]" = queue.Queue()
+        self._events: "queue.Queue[Event]" = queue.Queue()
         self._stderr_tail: collections.deque = collections.deque(maxlen=40)
         self._error_event: Optional[str] = None
         self._before: Dict[Path, Optional[Tuple[int, int]]] = {}
@@ -190,7 +153,7 @@ class EngineProcess:
             if self._exit_posted:
                 return
             self._exit_posted = True
-        self._events.put({"event": "exit", "returncode": returncode})
+        self._events.put(exit_event(returncode))
 
     def _read_stderr(self) -> None:
         assert self._process and self._process.stderr
@@ -201,7 +164,7 @@ class EngineProcess:
 
     # -- driving (GUI thread) ----------------------------------------------------------------------
 
-    def poll(self) -> Tuple[List[dict], str]:
+    def poll(self) -> Tuple[List[Event], str]:
         """New events since the last call and the current state; never blocks."""
         events = []
         while True:
@@ -218,19 +181,19 @@ class EngineProcess:
         ):
             self._terminate_tree()
             self._finish(FAILED, f"the segmentation process stopped responding (no progress for {self.idle_timeout_s:g} s) and was stopped")
-            events.append({"event": "error", "message": self.error_message})
+            events.append(make_event(ERROR, message=self.error_message))
         return events, self.state
 
-    def _handle(self, event: dict) -> None:
+    def _handle(self, event: Event) -> None:
         self._last_event_time = time.monotonic()
         kind = event.get("event")
-        if kind == "progress":
+        if kind == PROGRESS:
             self.last_progress = event
-        elif kind == "done":
+        elif kind == DONE_EVENT:
             self.done_event = event
-        elif kind == "error":
+        elif kind == ERROR:
             self._error_event = str(event.get("message", "unknown error"))
-        elif kind == "exit" and self.state == RUNNING:
+        elif kind == EXIT and self.state == RUNNING:
             self.returncode = event["returncode"]
             if self.returncode == 0 and self.done_event is not None:
                 self._finish(DONE)
@@ -309,6 +272,11 @@ class EngineProcess:
             if path.exists() and _signature(path) != self._before.get(path):
                 with contextlib.suppress(OSError):
                     path.unlink()
+
+
+def exit_event(returncode: int) -> Event:
+    """The runner's own event after the child ended (not part of the child's schema)."""
+    return {"event": EXIT, "returncode": returncode}
 
 
 def _signature(path: Path) -> Optional[Tuple[int, int]]:

@@ -1,0 +1,194 @@
+"""What the Slicer panel shows about models: the default checkpoint, a checkpoint's summary, the
+architecture and prune-depth combo boxes, and whether the inputs allow a run.
+
+Torch-, numpy- and SimpleITK-free (checkpoints are read with the header reader), so the Slicer module
+can call it from ``setup()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.model.depth import ACCURATE
+from UNetSegmentationLib.model.header import SAFETENSORS, TORCH, checkpoint_kind, read_metadata
+from UNetSegmentationLib.model.metadata import ModelMetadata
+from UNetSegmentationLib.networks.registry import ARCHITECTURES, get_architecture, prune_depths_of
+
+#: file name of the bundled model, shipped in the module's Resources/Models (``unetseg demo`` runs it too)
+BUNDLED_MODEL_NAME = "chest-ct-unetplusplus.safetensors"
+#: the id the engine gives the segment of label value v in the .seg.nrrd it writes
+SEGMENT_ID_FORMAT = "Segment_{value}"
+
+
+def models_folder() -> Path:
+    """``<module>/Resources/Models``: beside the Lib package in the source tree and in a Slicer install."""
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+def bundled_model_path() -> Path:
+    """Where the bundled model is (it may be missing in a development checkout)."""
+    return models_folder() / BUNDLED_MODEL_NAME
+
+
+def default_checkpoint(last_used: Optional[str] = None, bundled: Optional[Path] = None) -> Optional[Path]:
+    """The checkpoint to offer: the last one used if it still exists, else the bundled model (``bundled``,
+    default :func:`bundled_model_path`) if present, else None."""
+    if last_used:
+        path = Path(last_used)
+        if path.is_file():
+            return path
+    bundled = bundled_model_path() if bundled is None else Path(bundled)
+    return bundled if bundled.is_file() else None
+
+
+def architecture_choices() -> List[Tuple[str, str]]:
+    """``(name, title)`` of every registered architecture, in registry order."""
+    return [(a.name, a.title) for a in ARCHITECTURES.values()]
+
+
+def architecture_can_prune(name: Optional[str]) -> bool:
+    architecture = ARCHITECTURES.get(name or "")
+    return bool(architecture and architecture.prunable)
+
+
+@dataclass(frozen=True)
+class DepthChoice:
+    """One entry of the prune-depth combo box: ``value`` goes to ``--depth``."""
+
+    value: str
+    label: str
+    recommended: bool = False
+
+
+def depth_choices(metadata: ModelMetadata) -> List[DepthChoice]:
+    """Depths this checkpoint's network can run at, each with its validation Dice and speed when known.
+
+    Empty for architectures that cannot be pruned (the panel hides the combo box then).
+    """
+    try:
+        architecture = get_architecture(metadata.architecture)
+    except UserError:
+        return []
+    depths = prune_depths_of(architecture, metadata.kwargs)
+    if not depths:
+        return []
+    recommended = metadata.recommended_depth if metadata.recommended_depth in depths else max(depths)
+    choices = []
+    for depth in depths:
+        metrics = metadata.depth_metrics.get(depth, {})
+        parts = []
+        if "dice" in metrics:
+            parts.append(f"Dice {metrics['dice']:.3f}")
+        if "ms_per_slice" in metrics:
+            parts.append(f"{metrics['ms_per_slice']:.1f} ms/slice")
+        label = f"L{depth}" + (" (full network)" if depth == max(depths) else "")
+        if parts:
+            label += " \u2014 " + ", ".join(parts)
+        if depth == recommended:
+            label += "  \u2605 recommended"
+        choices.append(DepthChoice(str(depth), label, depth == recommended))
+    choices.append(DepthChoice(ACCURATE, "Accurate \u2014 average of all depths (slowest)"))
+    return choices
+
+
+def default_depth(choices: Sequence[DepthChoice]) -> Optional[str]:
+    for choice in choices:
+        if choice.recommended:
+            return choice.value
+    return None
+
+
+@dataclass
+class CheckpointInfo:
+    """What the panel shows about a checkpoint file. ``error`` is set instead of raising."""
+
+    path: Optional[Path]
+    kind: Optional[str] = None
+    metadata: Optional[ModelMetadata] = None
+    error: Optional[str] = None
+
+    @property
+    def usable(self) -> bool:
+        """True when a run can start: metadata read, or a plain PyTorch file (the user gives the model)."""
+        return self.error is None and self.kind in (SAFETENSORS, TORCH)
+
+    @property
+    def needs_model_options(self) -> bool:
+        """A plain PyTorch state dict has no metadata: architecture and classes come from the panel."""
+        return self.kind == TORCH
+
+    @property
+    def architecture(self) -> Optional[str]:
+        return self.metadata.architecture if self.metadata else None
+
+    def depth_choices(self) -> List[DepthChoice]:
+        return depth_choices(self.metadata) if self.metadata else []
+
+    def class_names(self) -> List[str]:
+        return [c.name for c in self.metadata.classes] if self.metadata else []
+
+    def summary(self) -> str:
+        """One or two lines for the panel."""
+        if self.error:
+            return self.error
+        if self.kind == TORCH:
+            return "Plain PyTorch weights without metadata: choose the architecture and type the class names."
+        metadata = self.metadata
+        if metadata is None:
+            return "No checkpoint selected."
+        architecture = ARCHITECTURES.get(metadata.architecture)
+        title = architecture.title if architecture else metadata.architecture
+        names = ", ".join(c.name for c in metadata.classes)
+        count = len(metadata.classes)
+        normalization = metadata.normalization
+        if normalization.kind == "ct":
+            low, high = normalization.window
+            modality = f"CT (window {low:g} to {high:g} HU)"
+        else:
+            modality = "MR (intensities standardised per volume)"
+        trained = "" if (metadata.training or metadata.depth_metrics) else " \u2014 no training record (untrained weights?)"
+        return f"{title}, {count} segment{'s' if count != 1 else ''}: {names}\nFor {modality}{trained}"
+
+
+def describe_checkpoint(path) -> CheckpointInfo:
+    """Read a checkpoint's metadata (torch-free); never raises."""
+    if path is None or str(path) in ("", "."):
+        return CheckpointInfo(None, error="Choose a checkpoint file (.safetensors).")
+    path = Path(path)
+    try:
+        kind = checkpoint_kind(path)
+        if kind == TORCH:
+            return CheckpointInfo(path, kind=TORCH)
+        return CheckpointInfo(path, kind=SAFETENSORS, metadata=read_metadata(path))
+    except UserError as error:
+        return CheckpointInfo(path, error=str(error))
+    except OSError as error:  # pragma: no cover - races with the file system
+        return CheckpointInfo(path, error=f"cannot read {path}: {error}")
+
+
+def output_segmentation_name(volume_name: str) -> str:
+    return f"{volume_name} segmentation" if volume_name else "Segmentation"
+
+
+def segment_id(label_value: int) -> str:
+    return SEGMENT_ID_FORMAT.format(value=int(label_value))
+
+
+def readiness(volume_selected: bool, info: CheckpointInfo, class_names: str = "", architecture: Optional[str] = None) -> Tuple[bool, str]:
+    """``(ready, reason)``: whether "Segment this volume" can be pressed, and why not."""
+    if not volume_selected:
+        return False, "Select an input volume."
+    if info.path is None:
+        return False, "Choose a model file (.safetensors)."
+    if not info.usable:
+        return False, info.error or "The model file cannot be used."
+    if info.needs_model_options:
+        if not architecture:
+            return False, "Choose the architecture of this plain PyTorch file."
+        names = [n.strip() for n in (class_names or "").split(",")]
+        if not class_names or any(not n for n in names):
+            return False, "Type the segment names of this plain PyTorch file, separated by commas."
+    return True, ""

@@ -1,0 +1,69 @@
+"""The Python packages the engine needs inside Slicer, and how they are installed there without
+touching Slicer's own numpy, SimpleITK or VTK (torch comes from the PyTorch extension).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from typing import Callable, List, Sequence
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A package the engine needs besides torch: the module to import and what to give pip."""
+
+    module: str
+    pip: str
+
+
+#: installed with ``--no-deps`` so pip never replaces Slicer's own numpy, SimpleITK or VTK; the list
+#: is closed over these packages' dependencies (monai → numpy, torch; slicerio → numpy, pynrrd,
+#: requests; pynrrd → numpy, typing_extensions; tqdm → colorama on Windows), except for the
+#: packages Slicer ships (PROTECTED_PACKAGES)
+REQUIREMENTS = (
+    Requirement("monai", "monai>=1.3"),
+    Requirement("safetensors", "safetensors>=0.4"),
+    Requirement("slicerio", "slicerio>=1.0"),
+    Requirement("nrrd", "pynrrd>=1.0"),
+    Requirement("typing_extensions", "typing_extensions>=4.0"),
+    Requirement("tqdm", "tqdm>=4.60"),
+) + ((Requirement("colorama", "colorama"),) if sys.platform == "win32" else ())
+#: never installed or upgraded by the extension: Slicer ships them (torch comes from the PyTorch extension)
+PROTECTED_PACKAGES = ("numpy", "SimpleITK", "vtk", "requests", "torch", "torchvision")
+TORCH_VERSION_REQUIREMENT = ">=2.1"
+
+
+def missing_requirements(find_spec: Callable[[str], object] = importlib.util.find_spec) -> List[Requirement]:
+    """Requirements whose module cannot be imported (checked without importing them)."""
+    missing = []
+    for requirement in REQUIREMENTS:
+        try:
+            found = find_spec(requirement.module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(requirement)
+    return missing
+
+
+def pip_install_arguments(requirements: Sequence[Requirement]) -> str:
+    """One string for ``slicer.util.pip_install`` (it splits on spaces): ``--no-deps`` plus the packages."""
+    if not requirements:
+        return ""
+    return " ".join(["--no-deps"] + [r.pip for r in requirements])
+
+
+def install_confirmation_text(requirements: Sequence[Requirement], torch_missing: bool) -> str:
+    """What the confirmation dialog says before anything is installed."""
+    items = []
+    if torch_missing:
+        items.append("PyTorch (through the PyTorch extension; about 1\u20133 GB, GPU build when a GPU is present)")
+    items += [r.pip for r in requirements]
+    return (
+        "UNet Segmentation needs these Python packages, which are not installed yet:\n\n  \u2022 "
+        + "\n  \u2022 ".join(items)
+        + "\n\nThey are installed once into Slicer's Python (Slicer's own numpy, SimpleITK and VTK are not touched). "
+        "This can take several minutes and needs an internet connection. Install now?"
+    )

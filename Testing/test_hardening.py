@@ -27,15 +27,17 @@ import torch
 
 from conftest import assert_refused, create_checkpoint, leftovers, make_volume, process_group_alive, write_dicom_series
 from test_bad_input import rewrite_metadata
-from UNetSegmentationLib.inference import predict_file as inference
+from UNetSegmentationLib.inference.options import SegmentationOptions
+from UNetSegmentationLib.inference.predict_file import predict_file
 from UNetSegmentationLib.io import outputs
 from UNetSegmentationLib.panel import run as slicer_run
 from UNetSegmentationLib.io import volumes as volume_io
 from UNetSegmentationLib.errors import EXIT_USER_ERROR, UserError
 from UNetSegmentationLib.backends.memory import MemoryGuard, is_out_of_memory
 from UNetSegmentationLib.io.outputs import lock_path, temporary_path
-from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, FAILED, EngineProcess, predict_arguments
+from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, FAILED, EngineProcess
 from UNetSegmentationLib.panel.run import RunOptions, SegmentationRun
+from UNetSegmentationLib.protocol.reporters import Reporter
 from UNetSegmentationLib.io.volumes import MAX_SLICE_PIXELS, check_slice_size
 from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
 
@@ -83,14 +85,15 @@ def alive(pid: int, settle_s: float = 3.0) -> bool:
         time.sleep(0.05)
 
 
-def wait_for(run: EngineProcess, kind: str, timeout_s: float = 120) -> list:
-    """Poll until an event of ``kind`` arrives (returns all events so far); fails if the run ends first."""
+def wait_for(run: EngineProcess, kind: str, timeout_s: float = 120, starting: str = "") -> list:
+    """Poll until an event of ``kind`` arrives (with a ``message`` starting with ``starting``, when given);
+    returns all events so far; fails if the run ends first."""
     events = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         new, state = run.poll()
         events += new
-        if any(e.get("event") == kind for e in new):
+        if any(e.get("event") == kind and str(e.get("message", "")).startswith(starting) for e in new):
             return events
         assert state == "running", (state, run.error_message, events)
         time.sleep(0.02)
@@ -174,14 +177,31 @@ def test_a_volume_with_infinite_voxels_is_refused(predict, tmp_path):
     assert_refused(*predict(write(with_array(array, like), tmp_path / "inf.nrrd")), "NaN or infinite", "2 Inf")
 
 
-def test_slices_above_the_size_limit_are_refused_before_any_network_call(predict, tmp_path, monkeypatch):
+class NetworkMustNotRun:
+    """A predictor stand-in that fails the test when any slice reaches it."""
+
+    required_multiple = 16
+
+    def __init__(self, metadata) -> None:
+        self.metadata = metadata
+
+    def __call__(self, batch):
+        raise AssertionError(f"the network ran on a batch of shape {batch.shape}")
+
+
+def network_must_not_run(checkpoint, plan, depth, classification_guidance):
+    """A predictor factory (``predict_file``'s seam) whose predictor must never be called."""
+    return NetworkMustNotRun(checkpoint.metadata), []
+
+
+def test_slices_above_the_size_limit_are_refused_before_any_network_call(small_unet_one_class, tmp_path):
     path = write(sitk.Image([2049, 2048, 1], sitk.sitkUInt8), tmp_path / "huge.nrrd")  # 4.2 million pixels + one row
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("the network ran on a slice above the limit")
-
-    monkeypatch.setattr(inference, "predict_volume", no_network)
-    assert_refused(*predict(path), "2048x2049 pixels", "more than the 4.2 million (2048x2048)", "resample", "UNETSEG_MAX_SLICE_PIXELS")
+    output = tmp_path / "labels.nrrd"
+    with pytest.raises(UserError) as refused:
+        predict_file(path, output, small_unet_one_class, SegmentationOptions(), predictor_factory=network_must_not_run)
+    for phrase in ("2048x2049 pixels", "more than the 4.2 million (2048x2048)", "resample", "UNETSEG_MAX_SLICE_PIXELS"):
+        assert phrase in str(refused.value)
+    assert not output.exists() and leftovers(tmp_path) == []
 
 
 def test_the_slice_size_limit_is_2048_squared_and_can_be_raised(monkeypatch):
@@ -275,7 +295,7 @@ def test_paths_with_spaces_and_non_ascii_characters_work(cli, small_unet_one_cla
 
 def test_the_child_process_gets_non_ascii_paths_intact(small_unet_one_class, tmp_path):
     volume, checkpoint, output, _ = unusual_files(tmp_path, small_unet_one_class)
-    run = EngineProcess(predict_arguments(volume, output, checkpoint), outputs=[output]).start()
+    run = EngineProcess(SegmentationOptions().to_arguments(volume, output, checkpoint), outputs=[output]).start()
     assert run.wait(timeout=180) == DONE, run.error_message
     assert run.done_event["output"] == str(output) and output.is_file()
 
@@ -355,7 +375,8 @@ def test_metadata_asking_for_a_huge_network_is_refused_without_building_it(predi
 # --- runs: outputs -------------------------------------------------------------------------------------
 
 
-def test_an_output_folder_without_write_permission_is_refused_before_any_work(predict, oblique_volume_path, monkeypatch):
+def test_an_output_folder_without_write_permission_is_refused_before_any_work(predict, tmp_path, monkeypatch):
+    """Neither the input nor the checkpoint exists: a run that looked at either first would name them instead."""
     real_access = os.access
     denied = []
 
@@ -365,12 +386,8 @@ def test_an_output_folder_without_write_permission_is_refused_before_any_work(pr
             return False
         return real_access(path, mode, *args, **kwargs)
 
-    def no_work(*args, **kwargs):
-        raise AssertionError("the checkpoint was loaded before the output was checked")
-
-    monkeypatch.setattr(os, "access", access)
-    monkeypatch.setattr(inference, "load_checkpoint", no_work)
-    result, output = predict(oblique_volume_path)
+    monkeypatch.setattr(os, "access", access)  # the operating system's answer (tests run as root, who may write anywhere)
+    result, output = predict(tmp_path / "no such input.nrrd", checkpoint=tmp_path / "no such checkpoint.safetensors")
     assert_refused(result, output, "cannot write output", "no permission to write in")
     assert denied
 
@@ -421,7 +438,15 @@ def test_a_full_disk_during_the_write_keeps_the_old_output_and_leaves_no_tempora
 
 def test_a_full_disk_on_the_second_output_leaves_neither(cli, small_unet_one_class, oblique_volume_path, tmp_path, monkeypatch):
     output, confidence = tmp_path / "labels.nrrd", tmp_path / "confidence.nrrd"
-    monkeypatch.setattr(inference, "write_scalar", lambda volume, reference, path, **kwargs: half_written_then_disk_full(path))
+    real_write = sitk.WriteImage
+
+    def disk_full_on_the_confidence_map(image, path, *args, **kwargs):  # the labels are written, then the disk is full
+        if "confidence" not in Path(path).name:
+            return real_write(image, path, *args, **kwargs)
+        Path(path).write_bytes(b"half")
+        raise RuntimeError(f"Exception thrown in SimpleITK WriteImage: ...\nitk::ERROR: could not write {path}: No space left on device")
+
+    monkeypatch.setattr(sitk, "WriteImage", disk_full_on_the_confidence_map)
     result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--probabilities", confidence, oblique_volume_path, output)
     assert result.code == EXIT_USER_ERROR and "No space left on device" in result.stderr, result.stderr
     assert not output.exists() and not confidence.exists() and leftovers(tmp_path) == []
@@ -438,7 +463,7 @@ def test_an_output_that_would_replace_the_input_is_refused(cli, small_unet_one_c
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(cli, small_unetpp, long_volume, tmp_path):
     output = tmp_path / "out" / "labels.nrrd"
     output.parent.mkdir()
-    first = EngineProcess(predict_arguments(long_volume, output, small_unetpp, batch_size=1), outputs=[output]).start()
+    first = EngineProcess(SegmentationOptions(batch_size=1).to_arguments(long_volume, output, small_unetpp), outputs=[output]).start()
     try:
         wait_for(first, "progress")
         assert lock_path(output).is_file()
@@ -481,7 +506,7 @@ def test_a_child_killed_mid_run_is_reported_with_the_signal_and_leaves_nothing(s
     folder = tmp_path / "out"
     folder.mkdir()
     output, confidence = folder / "labels.seg.nrrd", folder / "confidence.nrrd"
-    arguments = predict_arguments(long_volume, output, small_unetpp, batch_size=1, probabilities=confidence)
+    arguments = SegmentationOptions(batch_size=1, probabilities=confidence).to_arguments(long_volume, output, small_unetpp)
     run = EngineProcess(arguments, outputs=[output, confidence]).start()
     wait_for(run, "progress")
     assert sorted(os.listdir(folder)) == sorted([lock_path(output).name, lock_path(confidence).name])
@@ -571,24 +596,37 @@ def test_cancel_or_failure_in_every_state_of_the_panel_run_ends_cleanly(tmp_path
 # --- runs: out of memory -----------------------------------------------------------------------------------
 
 
-class RecordingReporter:
+class RecordingReporter(Reporter):
+    """A reporter that keeps every event it is given, as ``(kind, fields)``."""
+
     def __init__(self) -> None:
-        self.warnings = []
+        super().__init__()
+        self.events = []
 
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
+    @property
+    def warnings(self) -> list:
+        return [fields["message"] for kind, fields in self.events if kind == "warning"]
 
-    def start(self, slices, **info):
-        pass
+    def start(self, command, total, unit="slice", **info) -> None:
+        super().start(command, total, unit, **info)
+        self.events.append(("start", {"command": command, "total": total, "unit": unit, **info}))
 
-    def progress(self, done):
-        return {}
+    def progress(self, done, **extra) -> dict:
+        fields = super().progress(done, **extra)
+        self.events.append(("progress", fields))
+        return fields
 
-    def done(self, **info):
-        pass
+    def log(self, message) -> None:
+        self.events.append(("log", {"message": message}))
 
-    def error(self, message):
-        pass
+    def warning(self, message) -> None:
+        self.events.append(("warning", {"message": message}))
+
+    def done(self, **summary) -> None:
+        self.events.append(("done", summary))
+
+    def error(self, message) -> None:
+        self.events.append(("error", {"message": message}))
 
 
 class PretendGpu(SlicePredictor):
@@ -665,45 +703,45 @@ def test_errors_other_than_out_of_memory_are_not_swallowed():
     assert not is_out_of_memory(ValueError("out of memory"))
 
 
-def test_predict_survives_gpu_out_of_memory_and_says_so(cli, small_unet_one_class, oblique_volume_path, tmp_path, monkeypatch):
-    """``predict`` end to end, its network swapped for a PyTorch one on a pretend GPU (whatever backend
-    ``predict`` chose): first with room for every batch (the reference), then with room for none."""
-    from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
+def test_predict_survives_gpu_out_of_memory_and_says_so(small_unet_one_class, oblique_volume_path, tmp_path):
+    """``predict_file`` end to end with a PyTorch predictor on a pretend GPU (its predictor factory):
+    first with room for every batch (the reference), then with room for none."""
+    from UNetSegmentationLib.model.checkpoint import build_model
 
-    checkpoint = load_checkpoint(small_unet_one_class)
-    real_predict_volume = inference.predict_volume
     made = []
 
     def on_pretend_gpu(fits):
-        def predict_volume(volume, geometry, predictor, *args, **kwargs):
-            made.append(PretendGpu(build_model(checkpoint), checkpoint.metadata, fits=fits, depth=predictor.depth))
-            return real_predict_volume(volume, geometry, made[-1], *args, **kwargs)
+        def factory(checkpoint, plan, depth, classification_guidance):
+            made.append(PretendGpu(build_model(checkpoint), checkpoint.metadata, fits=fits, depth=depth))
+            return made[-1], []
 
-        return predict_volume
+        return factory
 
     outputs = {}
     for fits in (64, 0):
-        monkeypatch.setattr(inference, "predict_volume", on_pretend_gpu(fits))
         outputs[fits] = tmp_path / f"labels-{fits}.nrrd"
-        result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "json", "--batch-size", "4", oblique_volume_path, outputs[fits])
-        assert result.code == 0, result.stderr
-    warnings = [e["message"] for e in result.events if e["event"] == "warning"]
-    assert "the GPU ran out of memory with a batch of 4 slices; continuing with batches of 2 (as --batch-size 2)" in warnings
-    assert "the GPU ran out of memory with a batch of 2 slices; continuing with batches of 1 (as --batch-size 1)" in warnings
-    assert "the GPU ran out of memory even with one slice at a time; continuing on the CPU (slower)" in warnings
+        reporter = RecordingReporter()
+        predict_file(oblique_volume_path, outputs[fits], small_unet_one_class, SegmentationOptions(batch_size=4), reporter, predictor_factory=on_pretend_gpu(fits))
+    assert reporter.warnings == [
+        "the GPU ran out of memory with a batch of 4 slices; continuing with batches of 2 (as --batch-size 2)",
+        "the GPU ran out of memory with a batch of 2 slices; continuing with batches of 1 (as --batch-size 1)",
+        "the GPU ran out of memory even with one slice at a time; continuing on the CPU (slower)",
+    ]
     assert made[1].calls[:3] == [4, 2, 1], "4, 2 and 1 slices tried on the GPU before the CPU"
+    assert reporter.events[-1][0] == "done"
     reference, survived = (sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[fits]))) for fits in (64, 0))
     np.testing.assert_array_equal(survived, reference)
 
 
 def test_out_of_memory_outside_the_batches_is_a_message_not_a_traceback(predict, oblique_volume_path, monkeypatch):
-    """E.g. moving the model to a full GPU, or any allocation outside the guarded network call."""
+    """E.g. moving the model to a full GPU, or any allocation outside the guarded network call: PyTorch
+    raises it as it would on a full GPU."""
 
-    def full_gpu(*args, **kwargs):
+    def full_gpu(module, *args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
-    monkeypatch.setattr(inference, "predict_volume", full_gpu)
-    assert_refused(*predict(oblique_volume_path), "out of memory (CUDA out of memory. Tried to allocate 20.00 MiB)", "--batch-size", "--device cpu")
+    monkeypatch.setattr(torch.nn.Module, "to", full_gpu)
+    assert_refused(*predict(oblique_volume_path, "--backend", "torch"), "out of memory (CUDA out of memory. Tried to allocate 20.00 MiB)", "--batch-size", "--device cpu")
 
 
 # --- training --------------------------------------------------------------------------------------------
@@ -721,7 +759,7 @@ def test_a_training_run_killed_mid_run_resumes_to_the_same_weights(cli, tmp_path
     killed = tmp_path / "killed"
     killed.mkdir()
     run = EngineProcess(["train", *common, str(killed / "m.safetensors")]).start()
-    wait_for(run, "epoch", timeout_s=180)
+    wait_for(run, "log", timeout_s=180, starting="epoch")  # the first epoch is over: its checkpoint can be resumed
     os.kill(run.pid, signal.SIGKILL)
     assert run.wait(timeout=60) == FAILED and "SIGKILL" in run.error_message
     assert [p.name for p in killed.iterdir() if ".partial" in p.name] == []

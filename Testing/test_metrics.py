@@ -1,6 +1,7 @@
-"""Evaluation metrics (MONAI's, through ``evaluation.class_metrics``) match values computed by hand on
-synthetic masks — including HD95 in millimetres with anisotropic spacing — and ``unetseg evaluate``
-writes the table, CSV, JSON and the accuracy-vs-speed plot."""
+"""Evaluation metrics (MONAI's, through ``evaluation.metrics.class_metrics``) match values computed by
+hand on synthetic masks — including HD95 in millimetres with anisotropic spacing — and ``unetseg
+evaluate`` runs what ``predict`` runs (its plan, its predictor, its batches, timed after a warm-up),
+reports progress in the one event schema and writes the table, CSV, JSON and the accuracy-vs-speed plot."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import math
 import numpy as np
 import pytest
 
+import SimpleITK as sitk
+
+from conftest import create_checkpoint
 from synthetic_cases import write_tiny_case
-from UNetSegmentationLib.evaluation.evaluate import class_metrics, dice_per_class, parse_slices
+from UNetSegmentationLib.backends.factory import create_predictor
+from UNetSegmentationLib.backends.plan import ExecutionRequest
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.evaluation.evaluate import EvaluationOptions, LabelledVolume, evaluate_cases, parse_slices
+from UNetSegmentationLib.evaluation.metrics import class_metrics, dice_per_class
+from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
 
 def cube(shape=(12, 12, 12), start=(3, 3, 3), size=3) -> np.ndarray:
@@ -119,8 +127,6 @@ def synthetic_case(tmp_path_factory):
 
 
 def test_evaluate_writes_table_csv_json_and_plot_for_every_depth(cli, synthetic_case, tmp_path):
-    from conftest import create_checkpoint
-
     checkpoint = create_checkpoint(tmp_path / "untrained.safetensors", classes="body,bone", features="4,8,16")
     out = tmp_path / "results"
     result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
@@ -143,16 +149,90 @@ def test_evaluate_writes_table_csv_json_and_plot_for_every_depth(cli, synthetic_
 
 
 def test_evaluate_restricted_to_slices_scores_only_those(cli, synthetic_case, tmp_path):
-    from conftest import create_checkpoint
-
     checkpoint = create_checkpoint(tmp_path / "u.safetensors", arch="unet", classes="body,bone", features="4,8")
     out = tmp_path / "r"
     result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
                  "--slices", "2-4", "--output-dir", out, "--progress", "none")
     assert result.code == 0, result.stderr
     rows = list(csv.DictReader(open(out / "evaluation.csv")))
-    assert {r["depth"] for r in rows} == {"default"} and {r["slices"] for r in rows} == {"3"}
+    assert {r["depth"] for r in rows} == {"full"} and {r["slices"] for r in rows} == {"3"}  # a network that cannot be pruned: depth_tag(None)
     assert not (out / "accuracy-vs-speed.png").exists()  # one depth: no trade-off to plot
     bad = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
               "--slices", "10-40", "--output-dir", tmp_path / "r2", "--progress", "none")
     assert bad.code == 2 and "12 slices" in bad.stderr
+
+
+def test_evaluate_scores_exactly_the_labels_predict_writes(cli, synthetic_case, tmp_path):
+    """predict's output as the ground truth: evaluate, on the same plan and depth, finds every voxel."""
+    checkpoint = create_checkpoint(tmp_path / "untrained.safetensors", classes="body,bone", features="4,8,16")
+    predicted = tmp_path / "predicted.nrrd"
+    same_run = ["--depth", "2", "--precision", "fp32", "--backend", "torch", "--device", "cpu", "--batch-size", "3"]
+    assert cli("predict", "--checkpoint", checkpoint, "--progress", "none", *same_run, synthetic_case / "case.nrrd", predicted).code == 0
+    result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", predicted,
+                 "--output-dir", tmp_path / "results", "--progress", "none", *same_run)
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "results" / "evaluation.json").read_text())
+    assert report["execution"]["backend"] == "torch" and report["execution"]["precision"] == "fp32"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(predicted)))
+    for row in report["rows"]:
+        value = report["classes"].index(row["class"]) + 1
+        assert row["truth_voxels"] == row["predicted_voxels"] == int((labels == value).sum())
+        assert row["dice"] == (1.0 if row["truth_voxels"] else None)
+
+
+def test_evaluate_reports_progress_in_the_one_event_schema(cli, synthetic_case, tmp_path):
+    checkpoint = create_checkpoint(tmp_path / "untrained.safetensors", classes="body,bone", features="4,8,16")
+    out = tmp_path / "results"
+    result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
+                 "--output-dir", out, "--progress", "json", "--device", "cpu")
+    assert result.code == 0, result.stderr
+    events = result.events  # every stdout line is an event: no table in JSON mode
+    start, *progress, done = events
+    assert start["event"] == "start" and start["version"] == 1 and start["command"] == "evaluate"
+    assert start["total"] == 2 and start["unit"] == "case" and start["depths"] == ["L1", "L2"] and start["cases"] == ["case"]
+    assert [(e["event"], e["done"], e["total"], e["case"], e["depth"]) for e in progress] == [("progress", 1, 2, "case", "L1"), ("progress", 2, 2, "case", "L2")]
+    assert done["event"] == "done" and set(done["summary"]) == {"L1", "L2"}
+    assert done["outputs"] == [str(out / "evaluation.csv"), str(out / "evaluation.json"), str(out / "accuracy-vs-speed.png")]
+
+
+class RecordingPredictor:
+    """Wraps the engine's predictor and records the batch sizes it is called with."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, batch):
+        self.calls.append(len(batch))
+        return self.inner(batch)
+
+
+def test_evaluate_runs_predicts_plan_and_predictor_and_warms_up_before_timing(synthetic_case, tmp_path):
+    """The predictor comes from predict's factory with the plan of --device/--backend/--precision/--threads,
+    once per depth; each volume gets one untimed warm-up batch, then predict's batches."""
+    checkpoint = load_checkpoint(create_checkpoint(tmp_path / "untrained.safetensors", classes="body,bone", features="4,8,16"))
+    made = []
+
+    def recording_factory(checkpoint, plan, depth, classification_guidance):
+        predictor, notes = create_predictor(checkpoint, plan, depth, classification_guidance)
+        made.append((plan, depth, RecordingPredictor(predictor)))
+        return made[-1][2], notes
+
+    image = sitk.ReadImage(str(synthetic_case / "case.nrrd"))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(synthetic_case / "case_label.nrrd")))
+    volume = LabelledVolume("case", synthetic_case / "case.nrrd", sitk.GetArrayFromImage(image), image.GetDirection(), image.GetSpacing(), truth)
+    options = EvaluationOptions(execution=ExecutionRequest("cpu", "torch", "fp32", threads=1), batch_size=5)
+    evaluation = evaluate_cases(checkpoint, [volume, volume], options, predictor_factory=recording_factory)
+    assert [(plan.backend, plan.precision, plan.threads, str(plan.device), depth) for plan, depth, _ in made] == [("torch", "fp32", 1, "cpu", 1), ("torch", "fp32", 1, "cpu", 2)]
+    for _, _, predictor in made:  # 12 slices in batches of 5: a warm-up batch, then 5, 5, 2 — for each of the two volumes
+        assert predictor.calls == [5, 5, 5, 2] * 2
+    assert evaluation.execution == {"backend": "torch", "precision": "fp32", "threads": 1, "workers": 1}
+    assert all(evaluation.speed[tag]["ms_per_slice"] > 0 for tag in ("L1", "L2"))
+
+
+def test_evaluate_options_refuse_a_batch_size_below_one():
+    with pytest.raises(UserError, match="--batch-size must be a positive integer"):
+        EvaluationOptions(batch_size=0)

@@ -8,11 +8,11 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
-from UNetSegmentationLib.inference.pipeline import labels_from_probabilities, predict_volume
+from UNetSegmentationLib.inference.pipeline import labels_from_probabilities, predict_slices, predict_volume
 from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes
 from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.slicing import SliceGeometry
-from UNetSegmentationLib.io.volumes import write_labels
+from UNetSegmentationLib.io.segmentations import write_labels
 from UNetSegmentationLib.inference.predict_file import predict_file
 from UNetSegmentationLib.inference.options import SegmentationOptions
 
@@ -154,6 +154,23 @@ def test_a_marker_voxel_comes_back_at_the_same_physical_point(tmp_path, directio
     )
 
 
+def test_predicting_chosen_slices_gives_what_the_whole_volume_gives_on_them(chest_ct_path):
+    """Training validates on held-out slices with ``predict_slices``: predict_volume's batches and decision, as channel numbers."""
+    image = sitk.ReadImage(str(chest_ct_path))
+    volume = sitk.GetArrayViewFromImage(image)
+    classes = make_classes(["bright"])
+    classes[0] = type(classes[0])(7, "bright", (1.0, 0.0, 0.0))  # label value 7, channel 1
+    metadata = ModelMetadata("unet", {"in_channels": 3, "out_channels": 1}, 1, Normalization("ct", window=(-1000.0, 1000.0)), classes)
+    geometry = SliceGeometry.from_direction(image.GetDirection())
+    mapping = fit_normalization(metadata.normalization, volume)
+    whole = geometry.slices_view(predict_volume(volume, geometry, ThresholdPredictor(metadata), mapping, batch_size=4).labels)
+    chosen = [0, 5, 6, 7, 20, 33]
+    channels = predict_slices(ThresholdPredictor(metadata), geometry.slices_view(volume), mapping, chosen, batch_size=4)
+    assert channels.dtype == np.uint8 and channels.shape == (len(chosen),) + whole.shape[1:]
+    assert channels.any()
+    np.testing.assert_array_equal(channels, (whole[chosen] == 7).astype(np.uint8))
+
+
 def test_predict_keeps_the_grid_of_an_oblique_anisotropic_volume(cli, oblique_volume_path, small_unetpp, tmp_path):
     output = tmp_path / "oblique-labels.nrrd"
     result = cli("predict", "--checkpoint", small_unetpp, "--progress", "none", "--depth", "accurate", oblique_volume_path, output)
@@ -181,11 +198,12 @@ def test_dicom_series_folder_is_read(cli, chest_ct_path, small_unetpp, tmp_path)
 
 
 @pytest.mark.parametrize("largest_component", [False, True])
-def test_largest_component_option_removes_the_smaller_islands(monkeypatch, small_unet_one_class, tmp_path, largest_component):
+def test_largest_component_option_removes_the_smaller_islands(small_unet_one_class, tmp_path, largest_component):
     """Two bright blobs (27 and 1 voxels) labelled by the threshold stand-in; the option keeps the big one."""
-    from UNetSegmentationLib.backends import torch_predictor
 
-    monkeypatch.setattr(torch_predictor, "SlicePredictor", lambda model, metadata, *args: ThresholdPredictor(metadata))
+    def threshold_factory(checkpoint, plan, depth, classification_guidance):
+        return ThresholdPredictor(checkpoint.metadata), []
+
     image = make_volume(size=(20, 20, 10))
     array = np.full(sitk.GetArrayViewFromImage(image).shape, -1000, np.int16)
     array[2:5, 2:5, 2:5] = 1000
@@ -194,7 +212,6 @@ def test_largest_component_option_removes_the_smaller_islands(monkeypatch, small
     blobs.CopyInformation(image)
     source, output = tmp_path / "blobs.nrrd", tmp_path / "labels.nrrd"
     sitk.WriteImage(blobs, str(source))
-    options = SegmentationOptions(largest_component=largest_component, backend="torch")  # the stand-in replaces the PyTorch predictor
-    predict_file(source, output, small_unet_one_class, options)
+    predict_file(source, output, small_unet_one_class, SegmentationOptions(largest_component=largest_component), predictor_factory=threshold_factory)
     labelled = int(sitk.GetArrayFromImage(sitk.ReadImage(str(output))).astype(bool).sum())
     assert labelled == (27 if largest_component else 28)

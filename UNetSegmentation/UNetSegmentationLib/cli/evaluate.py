@@ -1,23 +1,26 @@
-"""``unetseg evaluate``: segment labelled volumes and score them (every UNet++ depth)."""
+"""``unetseg evaluate``: segment labelled volumes as ``predict`` does and score them (every UNet++ depth)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+from typing import List, Sequence
 
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, axis_name
+from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.evaluation.evaluate import (
-        OUTPUT_FILES, EvaluationOptions, evaluate_cases, format_table, parse_slices, plot_accuracy_vs_speed, write_csv,
-    )
-    from UNetSegmentationLib.model.depth import parse_depth
+    from UNetSegmentationLib.backends.plan import ExecutionRequest
+    from UNetSegmentationLib.evaluation.evaluate import EvaluationOptions, evaluate_cases, parse_slices
+    from UNetSegmentationLib.evaluation.report import OUTPUT_FILES, format_table, plot_accuracy_vs_speed, write_csv, write_json
+    from UNetSegmentationLib.inference.options import parse_axis
     from UNetSegmentationLib.io.outputs import atomic_output, check_output_path
-    from UNetSegmentationLib.inference.slicing import parse_axis
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
+    from UNetSegmentationLib.model.depth import parse_depth
 
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -25,53 +28,79 @@ def command_evaluate(args: argparse.Namespace) -> int:
     depths = None
     if args.depth and args.depth != "all":
         depths = [parse_depth(d.strip()) for d in args.depth.split(",")]
-    options = EvaluationOptions(depths=depths, device=args.device, batch_size=args.batch_size, axis=parse_axis(args.axis),
-                                slices=parse_slices(args.slices), other_labels=args.other_labels)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    options = EvaluationOptions(
+        depths=depths,
+        execution=ExecutionRequest(args.device, args.backend, args.precision, args.threads),
+        batch_size=args.batch_size,
+        axis=parse_axis(args.axis),
+        slices=parse_slices(args.slices),
+        other_labels=args.other_labels,
+    )
     cases, _, _ = cases_from_options(args, for_training=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {key: output_dir / name for key, name in OUTPUT_FILES.items()}
     for key, path in paths.items():
         check_output_path(path, args.overwrite, what=f"evaluation {key}", extensions=(path.suffix,))
 
-    def report(volume: str, depth: str) -> None:
-        if args.progress == "json":
-            print(json.dumps({"event": "progress", "volume": volume, "depth": depth}), flush=True)
-        elif args.progress == "bar":
-            print(f"evaluated {volume} at depth {depth}", file=sys.stderr)
-
-    evaluation = evaluate_cases(args.checkpoint, cases, options, report)
+    checkpoint = load_checkpoint(args.checkpoint)
+    volumes = labelled_volumes(cases, checkpoint.metadata.classes, args.other_labels)
+    evaluation = evaluate_cases(checkpoint, volumes, options, args.reporter)
     summary = evaluation.summary()
     written = [paths["csv"], paths["json"]]
     with atomic_output([paths["csv"]], overwrite=args.overwrite) as (temporary,):
         write_csv(evaluation, temporary)
     with atomic_output([paths["json"]], overwrite=args.overwrite) as (temporary,):
-        temporary.write_text(json.dumps(evaluation.to_json(), indent=2))
+        write_json(evaluation, temporary)
     if len(summary) > 1:
         with atomic_output([paths["plot"]], overwrite=args.overwrite) as (temporary,):
             plot_accuracy_vs_speed(summary, temporary, title=f"{Path(args.checkpoint).name}: mean Dice vs speed per depth")
         written.append(paths["plot"])
-    if args.progress == "json":
-        print(json.dumps({"event": "done", "summary": summary, "outputs": [str(p) for p in written]}), flush=True)
-    else:
+    args.reporter.done(summary=summary, outputs=[str(p) for p in written])
+    if args.progress != "json":  # stdout carries only events in JSON mode
         print(format_table(evaluation), end="")
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
 
 
+def labelled_volumes(cases: Sequence, classes, other_labels: str) -> List:
+    """Every case read and checked (before the first prediction), its label mapped to the checkpoint's classes.
+
+    ``other_labels``: ``background`` (segments and values not among ``classes`` count as background)
+    or ``error``. Returns :class:`~UNetSegmentationLib.evaluation.evaluate.LabelledVolume` s.
+    """
+    import numpy as np
+
+    from UNetSegmentationLib.evaluation.evaluate import LabelledVolume
+    from UNetSegmentationLib.training.data import load_case, resolve_classes
+
+    loaded = [load_case(case) for case in cases]
+    _, lookups = resolve_classes([(item.case.name, item.label) for item in loaded], declared=classes, other_labels=other_labels)
+    volumes = []
+    for item, lookup in zip(loaded, lookups):  # lookup: the label's values → channel numbers
+        values = item.label.array
+        truth = lookup[np.minimum(values, lookup.size - 1)]
+        truth[values >= lookup.size] = 0
+        volumes.append(LabelledVolume(item.case.name, Path(item.case.image), item.volume, tuple(item.direction), tuple(item.spacing), truth))
+    return volumes
+
+
 def add_commands(commands) -> None:
     """Register this subcommand on the ``unetseg`` parser."""
-    evaluate = commands.add_parser("evaluate", help="segment volumes and compare with ground truth (Dice, IoU, HD95, precision, recall, F1; every UNet++ depth)")
+    evaluate = commands.add_parser("evaluate", help="segment volumes as predict does and compare with ground truth (Dice, IoU, HD95, precision, recall, F1; every UNet++ depth)")
     evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help=".safetensors checkpoint")
     add_data_options(evaluate, for_training=False)
     evaluate.add_argument("--depth", default="all", help="UNet++ depths to evaluate: all (default), a list like 2,4, or 'accurate'")
     evaluate.add_argument("--slices", default="all",
                           help="slices along the slice axis to score: all (default), 'checkpoint' (the held-out slices recorded when the model was trained), or e.g. 4-6,16,17")
-    evaluate.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    evaluate.add_argument("--batch-size", type=int, default=4, help="slices per network call (default 4)")
-    evaluate.add_argument("--axis", default="auto", help="image axis to slice along: auto, i, j or k")
+    evaluate.add_argument("--device", default=DEFAULTS.device, help="auto (CUDA when available), cpu, cuda, cuda:N")
+    evaluate.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="slices per network call (default %(default)s)")
+    evaluate.add_argument("--axis", default=axis_name(DEFAULTS.axis), help="image axis to slice along: auto, i, j or k")
     evaluate.add_argument("--output-dir", default="unetseg-evaluation", help="where evaluation.csv, evaluation.json and accuracy-vs-speed.png go")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
-    evaluate.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    evaluate.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help="progress bar on stderr, JSON lines on stdout, or nothing")
+    speed = evaluate.add_argument_group("speed: as for predict, so that ms/slice is what predict takes (see BENCHMARKS.md)")
+    speed.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend, help="auto: ONNX Runtime on the CPU in float32 when installed, else PyTorch")
+    speed.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+                       help="auto: bf16 where the hardware has it (CUDA; CPUs with AVX512-BF16/AMX), else float32; fp32 for the float32 numbers; int8: quantised per volume (CPU)")
+    speed.add_argument("--threads", type=int, default=DEFAULTS.threads, help="CPU threads for the network in all (default: one per core)")
     evaluate.set_defaults(run=command_evaluate)

@@ -1,120 +1,58 @@
-"""``unetseg evaluate``: segment volumes with a checkpoint and compare with their ground truth.
+"""``unetseg evaluate``: segment labelled volumes with a checkpoint and score them against their ground truth.
 
-Per volume, per class (and, for a prunable network such as UNet++, per depth): Dice, IoU, HD95 in
-millimetres (the 95th percentile of symmetric surface distances, with the volume's anisotropic
-spacing), precision, recall and F1 — computed with MONAI's metric functions on the volume's own
-grid. A class absent from the ground truth gives no Dice/IoU/recall (``null``, left out of means);
-a class absent from the prediction or the ground truth gives no HD95. Results go to the screen (a
-table), to CSV and JSON, and, for several depths, to a PNG plot of accuracy against measured
-ms/slice — the UNet++ paper's pruning figure (Zhou et al., IEEE TMI 2020, Fig. 7) for your data.
+Evaluation runs what ``unetseg predict`` runs, so its numbers are the numbers a user gets:
 
-Prediction is the engine's own: :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` through a
-:class:`~UNetSegmentationLib.backends.torch_predictor.SlicePredictor`, exactly what ``unetseg predict`` runs.
+- the same plan: :func:`~UNetSegmentationLib.backends.plan.plan_execution` on an
+  :class:`~UNetSegmentationLib.backends.plan.ExecutionRequest` made of ``--device``, ``--backend``,
+  ``--precision`` and ``--threads`` (predict's options, defaults and choices);
+- the same predictor: :func:`~UNetSegmentationLib.backends.factory.create_predictor` on the checkpoint,
+  once per depth (with ``--precision int8`` quantised for each volume, as predict does);
+- the same batches: :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` on the whole volume;
+  the slices to score (``--slices``) are selected from its labels afterwards.
+
+ms/slice is the wall-clock time of that ``predict_volume`` call (batches gathered and normalised,
+network, label decision: the path predict takes between reading and writing) divided by the volume's
+slice count, summed over volumes per depth. It is measured after a warm-up: one batch of the same
+volume through the same predictor, untimed, so no depth is charged for first-call set-up.
+
+Per volume, per depth and per class: the metrics of :mod:`.metrics` on the volume's own grid. The
+run reports ``start("evaluate", cases × depths, "case", ...)`` and ``progress(done, case=..., depth=...)``
+after each volume at each depth; the caller reports ``done`` once the results are written
+(:mod:`.report` writes the table, CSV, JSON and plot).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import warnings
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from UNetSegmentationLib.backends.factory import create_predictor
+from UNetSegmentationLib.backends.plan import ExecutionPlan, ExecutionRequest, check_positive, plan_execution
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.evaluation.metrics import METRICS, class_metrics, dice_per_class
+from UNetSegmentationLib.inference.normalization import IntensityMapping, fit_normalization
+from UNetSegmentationLib.inference.options import DEFAULTS
+from UNetSegmentationLib.inference.pipeline import predict_slices, predict_volume
+from UNetSegmentationLib.inference.predict_file import PredictorFactory, quantized_for_volume
+from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, padding_for
+from UNetSegmentationLib.model.checkpoint import Checkpoint
+from UNetSegmentationLib.model.depth import Depth, depth_tag, resolve_depth
+from UNetSegmentationLib.model.metadata import ModelMetadata
+from UNetSegmentationLib.protocol.reporters import Reporter
 
-METRICS = ("dice", "iou", "hd95_mm", "precision", "recall", "f1")
-OUTPUT_FILES = {"csv": "evaluation.csv", "json": "evaluation.json", "plot": "accuracy-vs-speed.png"}
-
-
-# --- metrics ------------------------------------------------------------------------------------------
-
-
-def _finite(value) -> Optional[float]:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def class_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> Dict[str, Optional[float]]:
-    """Metrics of one binary mask against another (same shape; ``spacing`` in mm per array axis).
-
-    Dice, IoU, recall: ``None`` when the truth is empty. Precision: ``None`` when the prediction is
-    empty. F1: ``None`` when both are. HD95: ``None`` when either is empty.
-    """
-    import torch
-    from monai.metrics import compute_confusion_matrix_metric, compute_dice, compute_hausdorff_distance, compute_iou, get_confusion_matrix
-
-    if prediction.shape != truth.shape:
-        raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
-    y_pred = torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None, None]
-    y = torch.from_numpy(np.ascontiguousarray(truth, dtype=np.float32))[None, None]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # MONAI warns about empty masks; they become None below
-        confusion = get_confusion_matrix(y_pred, y, include_background=True)
-        result = {
-            "dice": _finite(compute_dice(y_pred, y, include_background=True, ignore_empty=True)[0, 0]),
-            "iou": _finite(compute_iou(y_pred, y, include_background=True, ignore_empty=True)[0, 0]),
-            "hd95_mm": None,
-            "precision": _finite(compute_confusion_matrix_metric("precision", confusion)[0, 0]),
-            "recall": _finite(compute_confusion_matrix_metric("recall", confusion)[0, 0]),
-            "f1": _finite(compute_confusion_matrix_metric("f1 score", confusion)[0, 0]),
-        }
-        if prediction.any() and truth.any():
-            spacing = [float(s) for s in spacing]
-            result["hd95_mm"] = _finite(compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)[0, 0])
-    if not truth.any():
-        result["f1"] = None if not prediction.any() else result["f1"]
-    return result
+# dice_per_class and predict_slices are re-exported for training/validation.py, which imports them
+# from here; their homes are .metrics and inference.pipeline
+__all__ = [
+    "EvaluationOptions", "Evaluation", "LabelledVolume", "evaluate_cases", "held_out_slices_of", "parse_slices",
+    "dice_per_class", "predict_slices",
+]
 
 
-def dice_per_class(prediction: np.ndarray, truth: np.ndarray, class_count: int) -> np.ndarray:
-    """Dice of channels 1..class_count between two channel-index arrays (NaN where the truth lacks the class).
-
-    The quick form used by validation during training, with MONAI's Dice.
-    """
-    import torch
-    from monai.metrics import compute_dice
-
-    channels = np.arange(1, class_count + 1).reshape((-1,) + (1,) * prediction.ndim)
-    y_pred = torch.from_numpy(prediction[None] == channels).float()[None]
-    y = torch.from_numpy(truth[None] == channels).float()[None]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return compute_dice(y_pred, y, include_background=True, ignore_empty=True)[0].numpy().astype(float)
-
-
-# --- prediction of chosen slices ----------------------------------------------------------------------
-
-
-def predict_slices(predictor, slices: np.ndarray, mapping, indices: Sequence[int], batch_size: int = 4) -> np.ndarray:
-    """Channel indices ``(n, rows, columns)`` for ``indices`` of a ``[slice, row, column]`` view.
-
-    :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` restricted to some slices (held-out slices
-    during training): the same gathering, normalisation, padding and label decision.
-    """
-    from UNetSegmentationLib.inference.pipeline import labels_from_probabilities
-    from UNetSegmentationLib.inference.slicing import gather_context, padding_for
-
-    metadata = predictor.metadata
-    rows, columns = slices.shape[1:]
-    pad_rows, pad_columns = padding_for((rows, columns), predictor.required_multiple)
-    channel_values = np.arange(metadata.out_channels if metadata.uses_softmax else 2)
-    out = np.zeros((len(indices), rows, columns), dtype=np.uint8)
-    indices = np.asarray(indices, dtype=int)
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        batch = mapping(gather_context(slices, chunk, metadata.context))
-        if pad_rows or pad_columns:
-            batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_rows), (0, pad_columns)))
-        probabilities = predictor(batch)[:, :, :rows, :columns]
-        out[start:start + len(chunk)] = labels_from_probabilities(probabilities, channel_values)[0]
-    return out
-
-
-# --- slices to evaluate --------------------------------------------------------------------------------
+# --- slices to score -----------------------------------------------------------------------------------
 
 
 def parse_slices(text: Optional[str]) -> Optional[object]:
@@ -136,7 +74,7 @@ def parse_slices(text: Optional[str]) -> Optional[object]:
     return np.array(sorted(indices), dtype=int)
 
 
-def held_out_slices_of(metadata, image_path: Path) -> np.ndarray:
+def held_out_slices_of(metadata: ModelMetadata, image_path: Path) -> np.ndarray:
     """The held-out slices the checkpoint's training recorded for an image of this file name."""
     entries = (metadata.training.get("data") or {}).get("held_out_slices") or []
     matches = [e for e in entries if isinstance(e, dict) and e.get("image") == Path(image_path).name]
@@ -146,17 +84,47 @@ def held_out_slices_of(metadata, image_path: Path) -> np.ndarray:
     return np.array(sorted({int(s) for e in matches for s in e.get("slices", [])}), dtype=int)
 
 
-# --- evaluate ------------------------------------------------------------------------------------------
+def _scored_slices(slice_count: int, slices: Optional[object], metadata: ModelMetadata, volume: "LabelledVolume") -> np.ndarray:
+    """``(slice_count,)`` bool: the slices along the slice axis that are scored."""
+    selected = np.ones(slice_count, dtype=bool)
+    if slices is None:
+        return selected
+    indices = held_out_slices_of(metadata, volume.image) if isinstance(slices, str) else slices
+    if indices.size and indices.max() >= slice_count:
+        raise UserError(f"--slices: {volume.name} has {slice_count} slices (0..{slice_count - 1}); got index {indices.max()}")
+    selected[:] = False
+    selected[indices] = True
+    return selected
 
 
-@dataclass
+# --- the run -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelledVolume:
+    """A volume to segment and its ground truth on the same grid."""
+
+    name: str  # the case's name in reports
+    image: Path  # the image file (``--slices checkpoint`` looks its held-out slices up by file name)
+    volume: np.ndarray  # [k, j, i] voxels
+    direction: Tuple[float, ...]  # the image's direction matrix, row-major
+    spacing: Tuple[float, float, float]  # mm along i, j, k
+    truth: np.ndarray  # [k, j, i] channel numbers: 0 background, c the c-th class of the checkpoint
+
+
+@dataclass(frozen=True)
 class EvaluationOptions:
-    depths: Optional[List] = None  # None: every depth of a prunable network, else the default output
-    device: str = "auto"
-    batch_size: int = 4
-    axis: Optional[int] = None
+    """What ``unetseg evaluate`` lets the user choose; ``execution`` is resolved exactly as predict's."""
+
+    depths: Optional[List[Depth]] = None  # None: every depth of a prunable network, else the whole network
+    execution: ExecutionRequest = ExecutionRequest()  # --device, --backend, --precision, --threads
+    batch_size: int = DEFAULTS.batch_size
+    axis: Optional[int] = None  # image axis to slice along; None: the one closest to superior-inferior
     slices: Optional[object] = None  # None, "checkpoint" or an index array
     other_labels: str = "background"
+
+    def __post_init__(self) -> None:
+        check_positive(self.batch_size, "--batch-size")
 
 
 @dataclass
@@ -164,7 +132,8 @@ class Evaluation:
     checkpoint: str
     classes: List[str]
     rows: List[dict] = field(default_factory=list)  # one per volume × depth × class
-    speed: Dict[str, Dict[str, float]] = field(default_factory=dict)  # depth → {"ms_per_slice", "parameters"}
+    speed: Dict[str, Dict[str, float]] = field(default_factory=dict)  # depth tag → {"ms_per_slice", "parameters"}
+    execution: Dict[str, Any] = field(default_factory=dict)  # what ran: device, backend, precision, threads
 
     def summary(self) -> Dict[str, dict]:
         """Per depth: mean of each metric over volumes and classes (ignoring ``None``), ms/slice, parameters."""
@@ -179,155 +148,140 @@ class Evaluation:
         return out
 
     def to_json(self) -> dict:
-        return {"checkpoint": self.checkpoint, "classes": self.classes, "summary": self.summary(), "rows": self.rows}
+        return {"checkpoint": self.checkpoint, "classes": self.classes, "execution": self.execution, "summary": self.summary(), "rows": self.rows}
 
 
-def _depth_name(depth) -> str:
-    return "default" if depth is None else (depth if isinstance(depth, str) else f"L{depth}")
+class _WarningsTo(Reporter):
+    """Hands the warnings and log lines of one ``predict_volume`` (e.g. out of memory, smaller batches)
+    to the run's reporter; its per-slice progress is not the run's (the run counts cases)."""
+
+    def __init__(self, run_reporter: Reporter) -> None:
+        super().__init__()
+        self.run_reporter = run_reporter
+
+    def log(self, message: str) -> None:
+        self.run_reporter.log(message)
+
+    def warning(self, message: str) -> None:
+        self.run_reporter.warning(message)
 
 
-def evaluate_cases(checkpoint_path, cases, options: EvaluationOptions, reporter=None) -> Evaluation:
-    """Segment every case at every requested depth and measure it against its label."""
-    from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
-    from UNetSegmentationLib.backends.device import resolve_device
-    from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
-    from UNetSegmentationLib.inference.pipeline import predict_volume
-    from UNetSegmentationLib.model.depth import resolve_depth
-    from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
-    from UNetSegmentationLib.inference.normalization import fit_normalization
-    from UNetSegmentationLib.inference.slicing import SliceGeometry
-    from UNetSegmentationLib.training.data import load_case, resolve_classes
+def evaluate_cases(
+    checkpoint: Checkpoint,
+    volumes: Sequence[LabelledVolume],
+    options: EvaluationOptions,
+    reporter: Optional[Reporter] = None,
+    predictor_factory: PredictorFactory = create_predictor,
+) -> Evaluation:
+    """Segment every volume at every requested depth as predict does, and score it against its truth.
 
-    checkpoint = load_checkpoint(checkpoint_path)
+    ``predictor_factory``: as for :func:`~UNetSegmentationLib.inference.predict_file.predict_file`.
+    """
+    reporter = reporter or Reporter()
     metadata = checkpoint.metadata
-    architecture = get_architecture(metadata.architecture)
-    depths = options.depths
-    if depths is None:
-        depths = list(prune_depths_of(architecture, metadata.kwargs)) or [None]
-    else:
-        depths = [resolve_depth(metadata, d) for d in depths]
-    device = resolve_device(options.device)
-    model = build_model(checkpoint)
-    parameters = {}
-    for depth in depths:
-        if isinstance(depth, int) and hasattr(model, "parameter_count"):
-            parameters[_depth_name(depth)] = int(model.parameter_count(depth))
-        else:
-            parameters[_depth_name(depth)] = int(sum(p.numel() for p in model.parameters()))
-    value_to_channel = {c.value: channel for channel, c in enumerate(metadata.classes, 1)}
-    evaluation = Evaluation(str(checkpoint_path), [c.name for c in metadata.classes])
-    network_time = {_depth_name(d): [0.0, 0] for d in depths}
-
-    loaded = [load_case(case) for case in cases]  # every file checked before the first prediction
-    _, lookups = resolve_classes([(l.case.name, l.label) for l in loaded], declared=metadata.classes, other_labels=options.other_labels)
-    for item, lookup in zip(loaded, lookups):
-        truth = lookup[np.minimum(item.label.array, lookup.size - 1)]
-        truth[item.label.array >= lookup.size] = 0
-        geometry = SliceGeometry.from_direction(item.direction, options.axis)
-        selected = np.ones(geometry.slices_view(item.volume).shape[0], dtype=bool)
-        if options.slices is not None:
-            indices = held_out_slices_of(metadata, item.case.image) if isinstance(options.slices, str) else options.slices
-            if indices.size and indices.max() >= selected.size:
-                raise UserError(f"--slices: {item.case.name} has {selected.size} slices (0..{selected.size - 1}); got index {indices.max()}")
-            selected[:] = False
-            selected[indices] = True
-        mask = np.zeros(item.volume.shape, dtype=bool)
-        geometry.slices_view(mask)[selected] = True
-        truth = np.where(mask, truth, 0)
-        spacing = tuple(float(s) for s in reversed(item.spacing))  # [k, j, i] axes
-        mapping = fit_normalization(metadata.normalization, item.volume)
-        for depth in depths:
-            name = _depth_name(depth)
-            predictor = SlicePredictor(model, metadata, device, depth)
-            predictor(np.zeros((1, metadata.in_channels, predictor.required_multiple, predictor.required_multiple), dtype=np.float32))  # warm-up
-            result = predict_volume(item.volume, geometry, predictor, mapping, options.batch_size)
-            network_time[name][0] += result.timings["network_s"]
-            network_time[name][1] += geometry.slices_view(item.volume).shape[0]
-            predicted = np.zeros(item.volume.shape, dtype=np.uint8)
-            for value, channel in value_to_channel.items():
-                predicted[result.labels == value] = channel
-            predicted[~mask] = 0
-            for channel, info in enumerate(metadata.classes, 1):
-                metrics = class_metrics(predicted == channel, truth == channel, spacing)
-                evaluation.rows.append(
-                    {
-                        "volume": item.case.name,
-                        "depth": name,
-                        "class": info.name,
-                        **metrics,
-                        "truth_voxels": int((truth == channel).sum()),
-                        "predicted_voxels": int((predicted == channel).sum()),
-                        "slices": int(selected.sum()),
-                    }
-                )
-            if reporter is not None:
-                reporter(item.case.name, name)
-    for name, (seconds, count) in network_time.items():
-        evaluation.speed[name] = {"ms_per_slice": 1000.0 * seconds / max(count, 1), "parameters": parameters[name]}
+    depths = _depths_to_evaluate(metadata, options.depths)
+    plan = plan_execution(options.execution)  # device, precision, backend, threads: decided as for predict
+    predictors = {depth_tag(d): predictor_factory(checkpoint, plan, d, DEFAULTS.classification_guidance) for d in depths}
+    evaluation = Evaluation(str(checkpoint.path), [c.name for c in metadata.classes], execution=_execution(plan, predictors))
+    reporter.start("evaluate", len(volumes) * len(depths), "case", arch=metadata.architecture, device=str(plan.device),
+                   depths=list(predictors), cases=[v.name for v in volumes], **evaluation.execution)
+    for _, notes in predictors.values():  # e.g. an ONNX export that fell back to PyTorch
+        for note in notes:
+            reporter.warning(note)
+    seconds = {tag: [0.0, 0] for tag in predictors}  # depth tag → [seconds, slices predicted]
+    done = 0
+    for volume in volumes:
+        geometry = SliceGeometry.from_direction(volume.direction, options.axis)
+        selected = _scored_slices(geometry.slices_view(volume.volume).shape[0], options.slices, metadata, volume)
+        scored = np.zeros(volume.volume.shape, dtype=bool)
+        geometry.slices_view(scored)[selected] = True
+        truth = np.where(scored, volume.truth, 0)
+        spacing = tuple(float(s) for s in reversed(volume.spacing))  # [k, j, i] axes
+        mapping = fit_normalization(metadata.normalization, volume.volume)
+        for tag, (predictor, _) in predictors.items():
+            if plan.quantizes_per_volume:  # --precision int8: quantised for this volume, as predict does
+                predictor, _ = quantized_for_volume(predictor, volume.volume, geometry, metadata, mapping, reporter)
+            labels, elapsed = _timed_prediction(predictor, volume.volume, geometry, mapping, options.batch_size, reporter)
+            seconds[tag][0] += elapsed
+            seconds[tag][1] += selected.size
+            predicted = _channels(labels, metadata)
+            predicted[~scored] = 0
+            evaluation.rows += _class_rows(volume.name, tag, predicted, truth, spacing, metadata, int(selected.sum()))
+            done += 1
+            reporter.progress(done, case=volume.name, depth=tag)
+    parameters = _parameter_counts(checkpoint, depths)
+    for tag, (total_s, count) in seconds.items():
+        evaluation.speed[tag] = {"ms_per_slice": 1000.0 * total_s / max(count, 1), "parameters": parameters[tag]}
     return evaluation
 
 
-# --- output ---------------------------------------------------------------------------------------------
+def _depths_to_evaluate(metadata: ModelMetadata, requested: Optional[List[Depth]]) -> List[Depth]:
+    """The requested depths, checked; None: every depth of a prunable network, else the whole network."""
+    from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
+
+    if requested is None:
+        return list(prune_depths_of(get_architecture(metadata.architecture), metadata.kwargs)) or [None]
+    return [resolve_depth(metadata, d) for d in requested]
 
 
-def _cell(value, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) >= 100 else f"{value:.{digits - 1}f}"
-    return str(value)
+def _execution(plan: ExecutionPlan, predictors: Dict[str, Tuple[Any, List[str]]]) -> Dict[str, Any]:
+    """What computes the labels, as predict's ``start`` event says it (the backend after any fallback)."""
+    first = next(iter(predictors.values()))[0]
+    backends = dict.fromkeys(getattr(p, "backend", "torch") for p, _ in predictors.values())
+    return {
+        "backend": ", ".join(backends),
+        "precision": "int8" if plan.quantizes_per_volume else getattr(first, "precision", "fp32"),
+        "threads": plan.threads,
+        "workers": getattr(first, "workers", 1),
+    }
 
 
-def format_table(evaluation: Evaluation) -> str:
-    """The per-volume/per-class table and the per-depth summary, as plain text."""
-    header = ["volume", "depth", "class", "dice", "iou", "hd95 mm", "precision", "recall", "f1"]
-    lines = [[r["volume"], r["depth"], r["class"]] + [_cell(r[m]) for m in METRICS] for r in evaluation.rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
-    text = io.StringIO()
-    for line in [header] + lines:
-        text.write("  ".join(str(x).ljust(w) if i < 3 else str(x).rjust(w) for i, (x, w) in enumerate(zip(line, widths))).rstrip() + "\n")
-    text.write("\nper depth (means over volumes and classes)\n")
-    summary_header = ["depth", "dice", "iou", "hd95 mm", "precision", "recall", "ms/slice", "parameters"]
-    summary_lines = [
-        [depth, _cell(s["mean_dice"]), _cell(s["mean_iou"]), _cell(s["mean_hd95_mm"]), _cell(s["mean_precision"]), _cell(s["mean_recall"]), _cell(s.get("ms_per_slice")), str(s.get("parameters", ""))]
-        for depth, s in evaluation.summary().items()
-    ]
-    widths = [max(len(str(x)) for x in column) for column in zip(summary_header, *summary_lines)]
-    for line in [summary_header] + summary_lines:
-        text.write("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(line, widths))).rstrip() + "\n")
-    return text.getvalue()
+def _timed_prediction(predictor, volume: np.ndarray, geometry: SliceGeometry, mapping: IntensityMapping, batch_size: int, reporter: Reporter) -> Tuple[np.ndarray, float]:
+    """``(labels, seconds)``: predict's :func:`predict_volume` on the whole volume, timed after one untimed warm-up batch."""
+    slices = geometry.slices_view(volume)
+    padding = padding_for(slices.shape[1:], predictor.required_multiple)
+    _, warm_up = next(input_batches(slices, batch_size, predictor.metadata.context, mapping, padding))
+    predictor(warm_up)  # first calls set up kernels and thread pools for this shape: not what a slice costs
+    start = time.perf_counter()
+    result = predict_volume(volume, geometry, predictor, mapping, batch_size, reporter=_WarningsTo(reporter))
+    return result.labels, time.perf_counter() - start
 
 
-def write_csv(evaluation: Evaluation, path: Path) -> None:
-    columns = ["volume", "depth", "class", *METRICS, "truth_voxels", "predicted_voxels", "slices", "ms_per_slice"]
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        for row in evaluation.rows:
-            writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "ms_per_slice": evaluation.speed.get(row["depth"], {}).get("ms_per_slice", "")})
+def _channels(labels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """Label values → channel numbers (0 background, c the c-th class), uint8."""
+    channels = np.zeros(labels.shape, dtype=np.uint8)
+    for channel, info in enumerate(metadata.classes, 1):
+        channels[labels == info.value] = channel
+    return channels
 
 
-def plot_accuracy_vs_speed(summary: Dict[str, dict], path: Path, title: str = "") -> None:
-    """Mean Dice against ms/slice per depth; marker area grows with the parameter count."""
-    from UNetSegmentationLib.evaluation.plotting import pyplot
+def _class_rows(volume: str, tag: str, predicted: np.ndarray, truth: np.ndarray, spacing, metadata: ModelMetadata, slices: int) -> List[dict]:
+    """One row per class: its metrics and voxel counts on the scored slices."""
+    rows = []
+    for channel, info in enumerate(metadata.classes, 1):
+        rows.append(
+            {
+                "volume": volume,
+                "depth": tag,
+                "class": info.name,
+                **class_metrics(predicted == channel, truth == channel, spacing),
+                "truth_voxels": int((truth == channel).sum()),
+                "predicted_voxels": int((predicted == channel).sum()),
+                "slices": slices,
+            }
+        )
+    return rows
 
-    plt = pyplot()
 
-    names = [d for d, s in summary.items() if s.get("mean_dice") is not None and s.get("ms_per_slice") is not None]
-    x = [summary[d]["ms_per_slice"] for d in names]
-    y = [summary[d]["mean_dice"] for d in names]
-    params = np.array([summary[d].get("parameters", 0) for d in names], dtype=float)
-    sizes = 40 + 400 * np.sqrt(params / params.max()) if params.size and params.max() > 0 else 80
-    figure, axis = plt.subplots(figsize=(5.5, 4.2))
-    axis.plot(x, y, color="0.6", zorder=1)
-    axis.scatter(x, y, s=sizes, c=range(len(names)), cmap="viridis", zorder=2, edgecolors="black")
-    for name, xi, yi, p in zip(names, x, y, params):
-        axis.annotate(f"{name} ({p / 1e6:.2f}M)", (xi, yi), textcoords="offset points", xytext=(8, -12), fontsize=9)
-    axis.margins(x=0.2, y=0.1)
-    axis.set_xlabel("inference time (ms per slice)")
-    axis.set_ylabel("mean Dice")
-    axis.set_title(title or "accuracy vs speed per prune depth", fontsize=10)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+def _parameter_counts(checkpoint: Checkpoint, depths: List[Depth]) -> Dict[str, int]:
+    """Depth tag → parameters of the sub-network that runs at that depth (the whole network otherwise)."""
+    from UNetSegmentationLib.model.checkpoint import build_model
+
+    model = build_model(checkpoint)
+    counts = {}
+    for depth in depths:
+        if isinstance(depth, int) and hasattr(model, "parameter_count"):
+            counts[depth_tag(depth)] = int(model.parameter_count(depth))
+        else:
+            counts[depth_tag(depth)] = int(sum(p.numel() for p in model.parameters()))
+    return counts

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, TYPE_CHECKING
+from typing import Callable, Dict, Optional, Sequence, TYPE_CHECKING
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from UNetSegmentationLib.backends.memory import MemoryGuard
 from UNetSegmentationLib.inference.normalization import IntensityMapping
 from UNetSegmentationLib.inference.prefetch import prefetch
 from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, padding_for
-from UNetSegmentationLib.io.volumes import label_dtype
+from UNetSegmentationLib.io.segmentations import label_dtype
 from UNetSegmentationLib.protocol.reporters import Reporter
 
 if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
@@ -53,6 +53,12 @@ def labels_from_decision(decision: np.ndarray, label_values: np.ndarray) -> tupl
     return label_values[chosen], decision[:, 1]
 
 
+def label_decision(predictor) -> Callable[[object, np.ndarray], tuple]:
+    """How ``predictor``'s output becomes ``(labels, confidence)``: :func:`labels_from_decision` for a
+    predictor that decides the labels itself, else :func:`labels_from_probabilities`."""
+    return labels_from_decision if getattr(predictor, "decides_labels", False) else labels_from_probabilities
+
+
 @dataclass
 class PredictionResult:
     labels: np.ndarray  # [k, j, i], the input's grid
@@ -73,7 +79,7 @@ def predict_volume(
     metadata = predictor.metadata
     reporter = reporter or Reporter()
     slices = geometry.slices_view(volume)
-    slice_count, rows, columns = slices.shape
+    rows, columns = slices.shape[1:]
     label_values = np.array([0] + [c.value for c in metadata.classes], dtype=label_dtype(max(c.value for c in metadata.classes)))
     if not metadata.uses_softmax:
         label_values = label_values[:2]
@@ -81,20 +87,19 @@ def predict_volume(
     label_slices = geometry.slices_view(labels)
     confidence = np.zeros(volume.shape, dtype=np.float32) if want_confidence else None
     confidence_slices = geometry.slices_view(confidence) if want_confidence else None
-    pad_rows, pad_columns = padding_for((rows, columns), predictor.required_multiple)
+    padding = padding_for((rows, columns), predictor.required_multiple)
     timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0}
-    guarded = MemoryGuard(predictor, reporter)  # out of memory: smaller batches, then the CPU (memory.py)
-    # the next batch is gathered, normalised and padded on a thread while the network runs (acceleration.py)
-    batches = prefetch(input_batches(slices, batch_size, metadata.context, mapping, (pad_rows, pad_columns)))
+    guarded = MemoryGuard(predictor, reporter)  # out of memory: smaller batches, then the CPU (backends/memory.py)
+    # the next batch is gathered, normalised and padded on a thread while the network runs (prefetch.py)
+    batches = prefetch(input_batches(slices, batch_size, metadata.context, mapping, padding))
 
-    for start in range(0, slice_count, batch_size):
+    for _ in range(0, slices.shape[0], batch_size):
         t0 = time.perf_counter()
         indices, batch = next(batches)  # padding: zero in normalised units, at the far edges; cropped off below
         t1 = time.perf_counter()
         output = guarded(batch)[:, :, :rows, :columns]  # probabilities, or the decision of a predictor that makes it
         t2 = time.perf_counter()
-        decide = labels_from_decision if getattr(guarded.predictor, "decides_labels", False) else labels_from_probabilities
-        batch_labels, batch_confidence = decide(output, label_values)
+        batch_labels, batch_confidence = label_decision(guarded.predictor)(output, label_values)
         label_slices[indices] = batch_labels
         if confidence_slices is not None:
             confidence_slices[indices] = batch_confidence
@@ -106,3 +111,21 @@ def predict_volume(
     return PredictionResult(labels, confidence, timings)
 
 
+def predict_slices(predictor: SlicePredictor, slices: np.ndarray, mapping: IntensityMapping, indices: Sequence[int], batch_size: int = 4) -> np.ndarray:
+    """Channel numbers ``(len(indices), rows, columns)`` uint8 (0 background, c the c-th class) for
+    ``indices`` of a [slice, row, column] view: the held-out slices that training validates on.
+
+    The batches of :func:`predict_volume` (:func:`~UNetSegmentationLib.inference.slicing.input_batches`,
+    restricted to ``indices``) and its label decision, with channel numbers in place of label values.
+    """
+    metadata = predictor.metadata
+    rows, columns = slices.shape[1:]
+    padding = padding_for((rows, columns), predictor.required_multiple)
+    channels = np.arange(metadata.out_channels if metadata.uses_softmax else 2)
+    decide = label_decision(predictor)
+    out = np.zeros((len(indices), rows, columns), dtype=np.uint8)
+    done = 0
+    for batch_indices, batch in input_batches(slices, batch_size, metadata.context, mapping, padding, indices):
+        out[done:done + len(batch_indices)] = decide(predictor(batch)[:, :, :rows, :columns], channels)[0]
+        done += len(batch_indices)
+    return out

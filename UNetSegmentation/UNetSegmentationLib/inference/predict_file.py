@@ -7,24 +7,38 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
 from UNetSegmentationLib.backends.factory import create_predictor
-from UNetSegmentationLib.backends.plan import plan_execution
+from UNetSegmentationLib.backends.plan import ExecutionPlan, plan_execution
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.normalization import fit_normalization
-from UNetSegmentationLib.inference.options import PredictionOptions
-from UNetSegmentationLib.inference.pipeline import predict_volume
+from UNetSegmentationLib.inference.options import SegmentationOptions
+from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
 from UNetSegmentationLib.inference.slicing import SliceGeometry
 from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claims_outputs
-from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, read_volume, write_labels, write_scalar
+from UNetSegmentationLib.io.segmentations import write_labels, write_scalar
+from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, read_volume
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
-from UNetSegmentationLib.model.depth import resolve_depth
+from UNetSegmentationLib.model.depth import Depth, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.protocol.reporters import Reporter
+
+
+class PredictorFactory(Protocol):
+    """Builds the predictor of a run: ``(predictor, notes)``, ``notes`` being what could not be done as
+    planned (reported as warnings, e.g. an ONNX export that fell back to PyTorch).
+
+    The predictor is what :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` runs: it has
+    ``metadata`` and ``required_multiple`` and maps a ``(B, 2c+1, H, W)`` float32 batch to probabilities
+    (or to the decision, with ``decides_labels``). :func:`~UNetSegmentationLib.backends.factory.create_predictor`
+    is the engine's; tests pass stand-ins.
+    """
+
+    def __call__(self, checkpoint: Checkpoint, plan: ExecutionPlan, depth: Depth, classification_guidance: bool) -> Tuple[Any, List[str]]: ...
 
 
 def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) -> Optional[str]:
@@ -42,19 +56,8 @@ def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) ->
     return None
 
 
-@claims_outputs  # a lock file per output while the run lasts: a second run on the same output is refused
-def predict_file(
-    input_path,
-    output_path,
-    checkpoint_path,
-    options: PredictionOptions,
-    reporter: Optional[Reporter] = None,
-    plain_torch_metadata: Optional[ModelMetadata] = None,
-) -> dict:
-    """``unetseg predict``: everything is checked before the first slice runs; outputs appear only when complete."""
-    reporter = reporter or Reporter()
-    t_start = time.perf_counter()
-    output_path = Path(output_path)
+def _checked_outputs(input_path, output_path: Path, options: SegmentationOptions) -> List[Path]:
+    """The label output, and the probability map when asked for: each checked (and claimed) before any work."""
     outputs = [check_output_path(output_path, options.overwrite)]
     if options.probabilities is not None:
         probabilities_path = check_output_path(Path(options.probabilities), options.overwrite, what="probability map", extensions=(".nrrd", ".nii.gz", ".nii", ".mha"))
@@ -63,13 +66,46 @@ def predict_file(
         outputs.append(probabilities_path)
     if Path(input_path).exists() and any(Path(input_path).resolve() == o.resolve() for o in outputs):
         raise UserError("the output would overwrite the input; choose another output name")
+    return outputs
+
+
+def _input_warnings(image, volume: np.ndarray, geometry: SliceGeometry, metadata: ModelMetadata) -> List[str]:
+    """What the user should know about this input before trusting the result (the run goes on)."""
+    warnings = []
+    spacing = _spacing_warning(image, geometry, metadata)
+    if spacing:
+        warnings.append(spacing)
+    constant = constant_value(volume)
+    if constant is not None:
+        warnings.append(f"the input is constant (every voxel is {constant:g}): there is no structure to segment, expect an empty or meaningless result")
+    return warnings
+
+
+@claims_outputs  # a lock file per output while the run lasts: a second run on the same output is refused
+def predict_file(
+    input_path,
+    output_path,
+    checkpoint_path,
+    options: SegmentationOptions,
+    reporter: Optional[Reporter] = None,
+    plain_torch_metadata: Optional[ModelMetadata] = None,
+    predictor_factory: PredictorFactory = create_predictor,
+) -> dict:
+    """``unetseg predict``: everything is checked before the first slice runs; outputs appear only when complete.
+
+    ``predictor_factory`` builds the predictor from the checkpoint and the resolved plan (default: the
+    engine's :func:`~UNetSegmentationLib.backends.factory.create_predictor`). Returns the ``done`` summary.
+    """
+    reporter = reporter or Reporter()
+    t_start = time.perf_counter()
+    outputs = _checked_outputs(input_path, Path(output_path), options)  # before any work
 
     # weights read when a network is built: a cached ONNX export of this very file needs only the metadata
     checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
     metadata = checkpoint.metadata
     depth = resolve_depth(metadata, options.depth)
     plan = plan_execution(options.execution_request())  # device, precision, backend, threads: decided once
-    predictor, notes = create_predictor(checkpoint, plan, depth, options.classification_guidance)  # notes: e.g. an ONNX fallback
+    predictor, notes = predictor_factory(checkpoint, plan, depth, options.classification_guidance)  # notes: e.g. an ONNX fallback
     t_model = time.perf_counter()
 
     image = read_volume(input_path)
@@ -81,7 +117,7 @@ def predict_file(
     check_slice_size(geometry.slices_view(volume).shape[1:], source=str(input_path))
     mapping = fit_normalization(metadata.normalization, volume)
     slice_count = geometry.slices_view(volume).shape[0]
-    quantize_int8 = getattr(predictor, "calibrate_int8", False)  # --precision int8: quantised for this volume, below
+    quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
     reporter.start(
         "predict",
         slice_count,
@@ -96,22 +132,11 @@ def predict_file(
         threads=getattr(predictor, "threads", None) or _torch_threads(),
         workers=getattr(predictor, "workers", 1),
     )
-    for note in notes:
-        reporter.warning(note)
-    warning = _spacing_warning(image, geometry, metadata)
-    if warning:
+    for warning in [*notes, *_input_warnings(image, volume, geometry, metadata)]:
         reporter.warning(warning)
-    constant = constant_value(volume)
-    if constant is not None:
-        reporter.warning(f"the input is constant (every voxel is {constant:g}): there is no structure to segment, expect an empty or meaningless result")
     quantize_s = 0.0
     if quantize_int8:  # after the start event: the progress bar is up while calibration runs (seconds to a minute)
-        from UNetSegmentationLib.backends.int8 import quantize_for_volume
-
-        quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
-        predictor, quantize_s = quantized.predictor, quantized.seconds
-        if quantized.warning:  # the int8 model disagreed with float32: the run goes on in float32
-            reporter.warning(quantized.warning)
+        predictor, quantize_s = quantized_for_volume(predictor, volume, geometry, metadata, mapping, reporter)
     t_prepared = time.perf_counter()
 
     result = predict_volume(volume, geometry, predictor, mapping, options.batch_size, options.probabilities is not None, reporter)
@@ -123,10 +148,7 @@ def predict_file(
         reporter.warning("no voxel was labelled: the model found none of its classes in this volume")
     t_predicted = time.perf_counter()
 
-    with atomic_output(outputs, overwrite=options.overwrite) as temporaries:
-        write_labels(result.labels, image, temporaries[0], metadata.classes, final_name=outputs[0])
-        if result.confidence is not None:
-            write_scalar(result.confidence, image, temporaries[1], final_name=outputs[1])
+    _write_outputs(result, image, outputs, metadata, options.overwrite)
     t_written = time.perf_counter()
 
     timings = {
@@ -138,15 +160,42 @@ def predict_file(
         "write_s": t_written - t_predicted,
         "total_s": t_written - t_start,
     }
-    summary = {
+    summary = _summary(outputs, depth, predictor, timings)
+    reporter.done(**summary)
+    return summary
+
+
+def _write_outputs(result: PredictionResult, image, outputs: List[Path], metadata: ModelMetadata, overwrite: bool) -> None:
+    """The labels (and the confidence map) on the input's grid, all renamed into place only when every one is complete."""
+    with atomic_output(outputs, overwrite=overwrite) as temporaries:
+        write_labels(result.labels, image, temporaries[0], metadata.classes, final_name=outputs[0])
+        if result.confidence is not None:
+            write_scalar(result.confidence, image, temporaries[1], final_name=outputs[1])
+
+
+def _summary(outputs: List[Path], depth: Depth, predictor, timings: Dict[str, float]) -> dict:
+    """The ``done`` event's fields: outputs, depth, the precision that computed the labels, timings in seconds."""
+    return {
         "output": str(outputs[0]),
         "probabilities": str(outputs[1]) if len(outputs) > 1 else None,
         "depth": depth,
         "precision": getattr(predictor, "precision", "fp32"),  # what computed the labels (int8 may have fallen back to fp32)
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
-    reporter.done(**summary)
-    return summary
+
+
+def quantized_for_volume(predictor, volume: np.ndarray, geometry: SliceGeometry, metadata: ModelMetadata, mapping, reporter: Reporter) -> Tuple[Any, float]:
+    """``--precision int8``: ``(predictor quantised for this [k, j, i] volume, seconds it took)``.
+
+    Calibrated on some of the volume's slices and checked against float32 on others; when the int8
+    model disagrees, the float32 predictor comes back and ``reporter`` gets a warning saying so.
+    """
+    from UNetSegmentationLib.backends.int8 import quantize_for_volume  # ONNX Runtime's quantisation: only int8 runs need it
+
+    quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
+    if quantized.warning:  # the int8 model disagreed with float32: the run goes on in float32
+        reporter.warning(quantized.warning)
+    return quantized.predictor, quantized.seconds
 
 
 def _torch_threads() -> int:

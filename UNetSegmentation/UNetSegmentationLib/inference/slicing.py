@@ -93,14 +93,21 @@ def padding_for(shape: Tuple[int, int], multiple: int) -> Tuple[int, int]:
     return tuple((-size) % multiple for size in shape)
 
 
-def input_batches(slices: np.ndarray, batch_size: int, context: int, mapping: Callable[[np.ndarray], np.ndarray], padding: Tuple[int, int] = (0, 0)) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """``(indices, batch)`` for consecutive batches of a [slice, row, column] view: ``batch`` is
-    ``(B, 2c+1, rows + padding[0], columns + padding[1])`` float32, normalised by ``mapping`` and
-    zero-padded (in normalised units) at the far edges."""
-    slice_count = slices.shape[0]
-    for start in range(0, slice_count, batch_size):
-        indices = np.arange(start, min(start + batch_size, slice_count))
-        yield indices, normalised_batch(slices, indices, context, mapping, padding)
+def input_batches(
+    slices: np.ndarray,
+    batch_size: int,
+    context: int,
+    mapping: Callable[[np.ndarray], np.ndarray],
+    padding: Tuple[int, int] = (0, 0),
+    indices: Optional[Sequence[int]] = None,
+) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """``(indices, batch)`` for consecutive batches of ``indices`` (default: every slice, in order) of a
+    [slice, row, column] view: ``batch`` is ``(B, 2c+1, rows + padding[0], columns + padding[1])``
+    float32, normalised by ``mapping`` and zero-padded (in normalised units) at the far edges."""
+    chosen = np.arange(slices.shape[0]) if indices is None else np.asarray(indices, dtype=int)
+    for start in range(0, len(chosen), batch_size):
+        batch_indices = chosen[start:start + batch_size]
+        yield batch_indices, normalised_batch(slices, batch_indices, context, mapping, padding)
 
 
 def normalised_batch(slices: np.ndarray, indices: np.ndarray, context: int, mapping: Callable[[np.ndarray], np.ndarray], padding: Tuple[int, int] = (0, 0)) -> np.ndarray:

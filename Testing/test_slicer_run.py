@@ -21,6 +21,7 @@ from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.panel import run as slicer_run
 from UNetSegmentationLib.panel.checkpoints import segment_id
 from UNetSegmentationLib.panel.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
+from UNetSegmentationLib.protocol import runner
 from UNetSegmentationLib.protocol.runner import RUNNING, EngineProcess
 from UNetSegmentationLib.panel.run import (
     APPLY_TEXT,
@@ -175,6 +176,69 @@ def test_start_events_of_any_command_get_a_line(event, line):
 def test_slicer_python_is_found_on_the_path():
     assert slicer_run.slicer_python(lambda name: f"/opt/Slicer/bin/{name}") == "/opt/Slicer/bin/PythonSlicer"
     assert slicer_run.slicer_python(lambda name: None) is None
+
+
+# --- with a scripted engine (the Engine seam) ------------------------------------------------------------
+
+
+class ScriptedEngine:
+    """An engine child that hands over prepared events, one batch per poll, then ends in ``final_state``."""
+
+    python = "scripted-python"
+
+    def __init__(self, batches, final_state=runner.DONE, final_message=None):
+        self.batches, self.final_state, self.final_message = list(batches), final_state, final_message
+        self.state, self.error_message, self.cancelled = runner.IDLE, None, False
+
+    def start(self):
+        self.state = runner.RUNNING
+        return self
+
+    def poll(self):
+        events = self.batches.pop(0) if self.batches else []
+        if not self.batches and self.state == runner.RUNNING:
+            self.state, self.error_message = self.final_state, self.final_message
+        return events, self.state
+
+    def cancel(self, grace_s=5.0):
+        self.cancelled, self.state = True, runner.CANCELLED
+
+
+def scripted_run(tmp_path, engine, lines):
+    run = SegmentationRun(RunOptions(tmp_path / "m.safetensors"), temp_root=tmp_path, on_log=lines.append, engine_factory=lambda *spec: engine)
+    run.begin_exporting().write_bytes(b"volume")
+    run.start_segmenting()
+    return run
+
+
+def test_log_events_of_the_engine_reach_the_panel_log(tmp_path):
+    start = {"event": "start", "version": 1, "command": "predict", "total": 4, "unit": "slice", "device": "cpu", "arch": "unet"}
+    log = {"event": "log", "message": "exporting the network to ONNX (first run, about 10 s)"}
+    progress = {"event": "progress", "done": 2, "total": 4, "unit": "slice", "rate_per_s": 2.0, "eta_s": 1.0}
+    done = {"event": "done", "timings": {"total_s": 3.0}}
+    lines = []
+    run = scripted_run(tmp_path, ScriptedEngine([[start, log], [progress], [done, {"event": "exit", "returncode": 0}]]), lines)
+    while run.state == SEGMENTING:
+        run.poll()
+        if run.last_progress and run.state == SEGMENTING:
+            assert run.view().progress_text == "Segmenting: 2 of 4 slices, about 1 s left (2.0 slices/s)"
+    assert run.state == IMPORTING
+    assert lines == ["Segmenting 4 slices on cpu with unet", "exporting the network to ONNX (first run, about 10 s)", "Segmentation computed in 3.0 s"]
+    run.cleanup()
+
+
+def test_a_failing_engine_fails_the_run_with_its_message_and_cancel_reaches_the_engine(tmp_path):
+    message = "out of memory: try a smaller --batch-size"
+    failing = ScriptedEngine([[{"event": "error", "message": message}]], final_state=runner.FAILED, final_message=message)
+    lines = []
+    run = scripted_run(tmp_path, failing, lines)
+    run.poll()
+    assert run.state == FAILED and run.message == message
+    assert lines == [f"Error: {message}", f"Failed: {message}"]
+    endless = ScriptedEngine([[], [], []])
+    run = scripted_run(tmp_path, endless, [])
+    run.cancel()
+    assert endless.cancelled and run.state == CANCELLED and not run.folder.exists()
 
 
 # --- with a real engine child ----------------------------------------------------------------------------

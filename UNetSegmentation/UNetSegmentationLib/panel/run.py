@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.protocol import runner as runner_module
@@ -152,11 +152,27 @@ class RunOptions:
         return (["--arch", self.architecture] if self.architecture else []) + (["--classes", self.classes] if self.classes else [])
 
 
-#: builds the engine child of a run: ``(arguments, outputs, python, idle_timeout_s)`` → a not yet started process
-EngineFactory = Callable[[Sequence[str], Sequence[Path], Optional[str], Optional[float]], EngineProcess]
+class Engine(Protocol):
+    """What a run needs of its engine child (:class:`~UNetSegmentationLib.protocol.runner.EngineProcess`
+    is the real one): start it, poll its events and state without blocking, cancel it."""
+
+    python: str
+    state: str
+    error_message: Optional[str]
+
+    def start(self) -> "Engine": ...
+
+    def poll(self) -> Tuple[List[Event], str]: ...
+
+    def cancel(self, grace_s: float = 5.0) -> None: ...
 
 
-def engine_process(arguments: Sequence[str], outputs: Sequence[Path], python: Optional[str], idle_timeout_s: Optional[float]) -> EngineProcess:
+#: builds the engine child of a run: ``(arguments, outputs, python, idle_timeout_s)`` → a not yet started engine
+EngineFactory = Callable[[Sequence[str], Sequence[Path], Optional[str], Optional[float]], Engine]
+
+
+def engine_process(arguments: Sequence[str], outputs: Sequence[Path], python: Optional[str], idle_timeout_s: Optional[float]) -> Engine:
+    """The real engine child: ``python -m UNetSegmentationLib ARGUMENTS --progress json``."""
     return EngineProcess(arguments, outputs=outputs, python=python, idle_timeout_s=idle_timeout_s)
 
 
@@ -207,7 +223,7 @@ class SegmentationRun:
         self.log: List[str] = []
         self.warnings: List[str] = []
         self.events: List[Event] = []
-        self.engine: Optional[EngineProcess] = None
+        self.engine: Optional[Engine] = None
         self.start_event: Optional[Event] = None
         self.last_progress: Optional[Event] = None
         self.done_event: Optional[Event] = None

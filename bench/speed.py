@@ -611,7 +611,7 @@ def bf16_section(threads: int) -> dict:
     from UNetSegmentationLib.evaluation.evaluate import dice_per_class, held_out_slices_of
     from UNetSegmentationLib.inference.pipeline import predict_volume
     from UNetSegmentationLib.inference.normalization import fit_normalization
-    from UNetSegmentationLib.inference.slicing import SliceGeometry
+    from UNetSegmentationLib.inference.slicing import SliceGeometry, normalised_batch, padding_for
     from UNetSegmentationLib.training.data import Case, load_case, resolve_classes
 
     checkpoint = load_checkpoint(BUNDLED)
@@ -635,7 +635,9 @@ def bf16_section(threads: int) -> dict:
             started = time.perf_counter()
             if precision == "int8":  # as predict does it: calibrated on 8 slices of this CT, checked on 8 others
                 predictor = engine_predictor(BUNDLED, depth, threads, precision="int8")
-                quantized = quantize_for_volume(predictor, loaded.volume, geometry, metadata.context, mapping)
+                slices = geometry.slices_view(loaded.volume)
+                padding = padding_for(slices.shape[1:], predictor.required_multiple)
+                quantized = quantize_for_volume(predictor, len(slices), lambda k: normalised_batch(slices, k, metadata.context, mapping, padding))
                 predictor = quantized.predictor
                 out.setdefault("int8_check", {})[f"L{depth}"] = {"precision": quantized.precision, "agreement": quantized.agreement.describe(), "seconds": quantized.seconds}
             else:

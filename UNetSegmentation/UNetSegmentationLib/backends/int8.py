@@ -37,11 +37,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Set, Tuple
+from typing import Callable, List, Sequence, Set, Tuple
 
 import numpy as np
-
-from UNetSegmentationLib.inference.slicing import normalised_batch, padding_for
 
 CALIBRATION_SLICES = 8
 #: calibration sees the slices in tiles of at most this many pixels a side (bounded memory)
@@ -232,24 +230,19 @@ class Int8Result:
     warning: str = ""
 
 
-def quantize_for_volume(predictor, volume: np.ndarray, geometry, context: int, mapping) -> Int8Result:
-    """Quantise ``predictor``'s ONNX export for ``volume`` and check it (see the module's docstring).
+def quantize_for_volume(predictor, slice_count: int, batch_of: Callable[[np.ndarray], np.ndarray]) -> Int8Result:
+    """Quantise ``predictor``'s ONNX export for a volume of ``slice_count`` slices and check it (see
+    the module's docstring).
 
     ``predictor``: :class:`~UNetSegmentationLib.backends.micro_batch.MicroBatched` around a float32
-    :class:`~UNetSegmentationLib.backends.onnx_predictor.OnnxSlicePredictor`; ``volume``, ``geometry``,
-    ``context`` and ``mapping``: what the prediction slices and normalises it with, so that the
-    network is calibrated on exactly the inputs it will see. Returns the same wrapper around the
-    int8 session, or around the float32 one if the check fails.
+    :class:`~UNetSegmentationLib.backends.onnx_predictor.OnnxSlicePredictor`; ``batch_of(indices)``:
+    the network input of those slices, ``(B, 2c+1, H, W)`` float32, normalised and padded exactly as
+    the prediction will see them (the caller slices the volume: backends know no volumes). Returns
+    the same wrapper around the int8 session, or around the float32 one if the check fails.
     """
     started = time.perf_counter()
-    slices = geometry.slices_view(volume)
-    padding = padding_for(slices.shape[1:], predictor.required_multiple)
-
-    def batch_of(indices: np.ndarray) -> np.ndarray:
-        return normalised_batch(slices, indices, context, mapping, padding)
-
     session = predictor.inner
-    calibration, check = sample_slices(slices.shape[0])
+    calibration, check = sample_slices(slice_count)
     tiles = [tile for k in calibration for tile in calibration_tiles(batch_of(np.array([k])), predictor.required_multiple)]
     quantized = quantize_export(session.path, session.input_name, tiles)
     int8_predictor = predictor.with_inner(session.with_model(quantized, precision="int8"))

@@ -18,7 +18,7 @@ from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
-from UNetSegmentationLib.inference.slicing import SliceGeometry
+from UNetSegmentationLib.inference.slicing import SliceGeometry, normalised_batch, padding_for
 from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claims_outputs
 from UNetSegmentationLib.io.segmentations import write_labels, write_scalar
 from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, read_volume
@@ -192,7 +192,9 @@ def quantized_for_volume(predictor, volume: np.ndarray, geometry: SliceGeometry,
     """
     from UNetSegmentationLib.backends.int8 import quantize_for_volume  # ONNX Runtime's quantisation: only int8 runs need it
 
-    quantized = quantize_for_volume(predictor, volume, geometry, metadata.context, mapping)
+    slices = geometry.slices_view(volume)
+    padding = padding_for(slices.shape[1:], predictor.required_multiple)
+    quantized = quantize_for_volume(predictor, len(slices), lambda indices: normalised_batch(slices, indices, metadata.context, mapping, padding))
     if quantized.warning:  # the int8 model disagreed with float32: the run goes on in float32
         reporter.warning(quantized.warning)
     return quantized.predictor, quantized.seconds

@@ -195,9 +195,11 @@ def test_install_list_is_closed_under_dependencies_and_spares_slicers_packages()
 
 def test_the_bundled_model_is_where_the_module_and_the_demo_look():
     from UNetSegmentationLib.cli import demo
+    from UNetSegmentationLib.model import bundled
 
-    assert checkpoints.bundled_model_path() == REPO / "UNetSegmentation" / "Resources" / "Models" / checkpoints.BUNDLED_MODEL_NAME
-    assert demo.bundled_model() in (checkpoints.bundled_model_path(), None)
+    assert bundled.bundled_model_path() == REPO / "UNetSegmentation" / "Resources" / "Models" / bundled.BUNDLED_MODEL_NAME
+    assert checkpoints.bundled_model_path is bundled.bundled_model_path
+    assert demo.bundled_model() in (bundled.bundled_model_path(), None)
 
 
 def test_default_checkpoint_prefers_the_last_one_used(tmp_path, small_unetpp):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference.slicing import SliceGeometry, context_indices, gather_context, padding_for, parse_axis
+from UNetSegmentationLib.inference.options import parse_axis
+from UNetSegmentationLib.inference.slicing import SliceGeometry, context_indices, gather_context, padding_for
 
 from conftest import rotation_matrix
 

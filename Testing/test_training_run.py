@@ -71,7 +71,7 @@ def test_training_lowers_the_loss(chest_run):
 
 def test_held_out_dice_beats_trivial_baselines(chest_run, chest_ct_path, chest_segmentation_path):
     from UNetSegmentationLib.model.checkpoint import read_metadata
-    from UNetSegmentationLib.evaluation.evaluate import dice_per_class
+    from UNetSegmentationLib.evaluation.metrics import dice_per_class
 
     metadata = read_metadata(chest_run)
     (held_out,) = metadata.training["data"]["held_out_slices"]

@@ -608,11 +608,14 @@ def bf16_section(threads: int) -> dict:
     import slicerio
 
     from UNetSegmentationLib.backends.int8 import quantize_for_volume
-    from UNetSegmentationLib.evaluation.evaluate import dice_per_class, held_out_slices_of
+    from UNetSegmentationLib.evaluation.evaluate import held_out_slices_of
+    from UNetSegmentationLib.evaluation.metrics import dice_per_class
     from UNetSegmentationLib.inference.pipeline import predict_volume
     from UNetSegmentationLib.inference.normalization import fit_normalization
     from UNetSegmentationLib.inference.slicing import SliceGeometry, normalised_batch, padding_for
-    from UNetSegmentationLib.training.data import Case, load_case, resolve_classes
+    from UNetSegmentationLib.training.cases import Case
+    from UNetSegmentationLib.training.labels import resolve_classes
+    from UNetSegmentationLib.training.volumes import load_case
 
     checkpoint = load_checkpoint(BUNDLED)
     metadata = checkpoint.metadata

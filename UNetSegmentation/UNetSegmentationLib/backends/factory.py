@@ -7,12 +7,29 @@ Every other value (device, precision, threads, slices per call) is the plan's, u
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import TYPE_CHECKING, Any, List, Protocol, Tuple
 
 from UNetSegmentationLib.backends.micro_batch import MicroBatched
 from UNetSegmentationLib.backends.onnx_export import ExportError, onnx_predictor_for
 from UNetSegmentationLib.backends.plan import ExecutionPlan, configure_threads
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.model.depth import Depth
+
+if TYPE_CHECKING:  # annotations only: loading a checkpoint is the caller's business
+    from UNetSegmentationLib.model.checkpoint import Checkpoint
+
+
+class PredictorFactory(Protocol):
+    """Builds the predictor of a run: ``(predictor, notes)``, ``notes`` being what could not be done as
+    planned (reported as warnings, e.g. an ONNX export that fell back to PyTorch).
+
+    The predictor is what :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` runs: it has
+    ``metadata`` and ``required_multiple`` and maps a ``(B, 2c+1, H, W)`` float32 batch to probabilities
+    (or to the decision, with ``decides_labels``). :func:`~UNetSegmentationLib.backends.factory.create_predictor`
+    is the engine's; tests pass stand-ins.
+    """
+
+    def __call__(self, checkpoint: Checkpoint, plan: ExecutionPlan, depth: Depth, classification_guidance: bool) -> Tuple[Any, List[str]]: ...
 
 
 def create_predictor(checkpoint, plan: ExecutionPlan, depth, classification_guidance: bool = True) -> Tuple[object, List[str]]:

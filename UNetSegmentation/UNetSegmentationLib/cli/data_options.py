@@ -30,7 +30,7 @@ def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> Non
 
 def cases_from_options(args: argparse.Namespace, for_training: bool):
     """``(primary cases, validation cases, description)`` from the data options."""
-    from UNetSegmentationLib.training.data import Case, case_name, cases_from_datalist, cases_from_folders, check_files
+    from UNetSegmentationLib.training.cases import Case, case_name, cases_from_datalist, cases_from_folders, check_files
 
     sources = [name for name, given in (("--datalist", args.datalist), ("--images", args.images or args.labels), ("--image", args.image or args.label)) if given]
     if len(sources) != 1:

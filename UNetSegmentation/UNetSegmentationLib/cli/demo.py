@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from UNetSegmentationLib.inference.options import SegmentationOptions
-from UNetSegmentationLib.panel.checkpoints import bundled_model_path
+from UNetSegmentationLib.model.depth import depth_tag
+from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.protocol.reporters import Reporter
 
 DEMO_CT = "CTChest4.nrrd"
@@ -102,7 +103,7 @@ def _trained_on_this_ct_note(metadata) -> Optional[str]:
     validation = metadata.training.get("validation") or {}
     depth = metadata.recommended_depth
     by_depth = validation.get("by_depth") or {}
-    dice = (by_depth.get(f"L{depth}") or {}).get("dice") if depth else validation.get("dice")
+    dice = (by_depth.get(depth_tag(depth)) or {}).get("dice") if depth else validation.get("dice")
     measured = f"; on its held-out slices the mean Dice is {dice:.2f}" + (f" at depth L{depth}" if depth else "") if dice is not None else ""
     return (
         f"note: the model was trained on the other slices of this same CT{measured}. The demo shows the pipeline working; "

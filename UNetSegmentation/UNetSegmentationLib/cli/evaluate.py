@@ -71,7 +71,8 @@ def labelled_volumes(cases: Sequence, classes, other_labels: str) -> List:
     import numpy as np
 
     from UNetSegmentationLib.evaluation.evaluate import LabelledVolume
-    from UNetSegmentationLib.training.data import load_case, resolve_classes
+    from UNetSegmentationLib.training.labels import resolve_classes
+    from UNetSegmentationLib.training.volumes import load_case
 
     loaded = [load_case(case) for case in cases]
     _, lookups = resolve_classes([(item.case.name, item.label) for item in loaded], declared=classes, other_labels=other_labels)

@@ -14,7 +14,7 @@ from UNetSegmentationLib.networks.registry import ARCHITECTURES
 
 def command_export(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.model.depth import parse_depth
-    from UNetSegmentationLib.training.selection import export_depth
+    from UNetSegmentationLib.model.subnetwork import export_depth
 
     depth = parse_depth(args.depth)
     if not isinstance(depth, int):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options, int_list
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference.slicing import parse_axis
+from UNetSegmentationLib.inference.options import parse_axis
 from UNetSegmentationLib.model.metadata import Normalization
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, get_architecture, resolve_features
 from UNetSegmentationLib.protocol.reporters import make_reporter

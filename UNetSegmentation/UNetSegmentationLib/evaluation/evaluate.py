@@ -33,11 +33,12 @@ import numpy as np
 from UNetSegmentationLib.backends.factory import create_predictor
 from UNetSegmentationLib.backends.plan import ExecutionPlan, ExecutionRequest, check_positive, plan_execution
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.evaluation.metrics import METRICS, class_metrics, dice_per_class
+from UNetSegmentationLib.evaluation.metrics import METRICS, class_metrics
 from UNetSegmentationLib.inference.normalization import IntensityMapping, fit_normalization
 from UNetSegmentationLib.inference.options import DEFAULTS
-from UNetSegmentationLib.inference.pipeline import predict_slices, predict_volume
-from UNetSegmentationLib.inference.predict_file import PredictorFactory, quantized_for_volume
+from UNetSegmentationLib.inference.pipeline import predict_volume
+from UNetSegmentationLib.backends.factory import PredictorFactory
+from UNetSegmentationLib.inference.predict_file import quantized_for_volume
 from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, padding_for
 from UNetSegmentationLib.model.checkpoint import Checkpoint
 from UNetSegmentationLib.model.depth import Depth, depth_tag, resolve_depth
@@ -46,10 +47,6 @@ from UNetSegmentationLib.protocol.reporters import Reporter
 
 # dice_per_class and predict_slices are re-exported for training/validation.py, which imports them
 # from here; their homes are .metrics and inference.pipeline
-__all__ = [
-    "EvaluationOptions", "Evaluation", "LabelledVolume", "evaluate_cases", "held_out_slices_of", "parse_slices",
-    "dice_per_class", "predict_slices",
-]
 
 
 # --- slices to score -----------------------------------------------------------------------------------

@@ -97,8 +97,8 @@ class SegmentationOptions:
                 check_positive(value, option)
 
     def execution_request(self) -> ExecutionRequest:
-        """The device, backend, precision and threads asked for (resolved by ``plan_execution``)."""
-        return ExecutionRequest(self.device, self.backend, self.precision, self.threads, self.slice_workers)
+        """The device, backend, precision, threads and batch size asked for (resolved by ``plan_execution``)."""
+        return ExecutionRequest(self.device, self.backend, self.precision, self.threads, self.slice_workers, self.batch_size)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "SegmentationOptions":

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from UNetSegmentationLib.backends.factory import create_predictor
+from UNetSegmentationLib.backends.factory import PredictorFactory, create_predictor
 from UNetSegmentationLib.backends.plan import ExecutionPlan, plan_execution
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.normalization import fit_normalization
@@ -26,19 +26,6 @@ from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.protocol.reporters import Reporter
-
-
-class PredictorFactory(Protocol):
-    """Builds the predictor of a run: ``(predictor, notes)``, ``notes`` being what could not be done as
-    planned (reported as warnings, e.g. an ONNX export that fell back to PyTorch).
-
-    The predictor is what :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` runs: it has
-    ``metadata`` and ``required_multiple`` and maps a ``(B, 2c+1, H, W)`` float32 batch to probabilities
-    (or to the decision, with ``decides_labels``). :func:`~UNetSegmentationLib.backends.factory.create_predictor`
-    is the engine's; tests pass stand-ins.
-    """
-
-    def __call__(self, checkpoint: Checkpoint, plan: ExecutionPlan, depth: Depth, classification_guidance: bool) -> Tuple[Any, List[str]]: ...
 
 
 def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) -> Optional[str]:
@@ -118,20 +105,7 @@ def predict_file(
     mapping = fit_normalization(metadata.normalization, volume)
     slice_count = geometry.slices_view(volume).shape[0]
     quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
-    reporter.start(
-        "predict",
-        slice_count,
-        "slice",
-        device=str(plan.device),
-        arch=metadata.architecture,
-        depth=depth,
-        classes=[c.name for c in metadata.classes],
-        geometry=geometry.describe(),
-        backend=getattr(predictor, "backend", "torch"),
-        precision="int8" if quantize_int8 else getattr(predictor, "precision", "fp32"),
-        threads=getattr(predictor, "threads", None) or _torch_threads(),
-        workers=getattr(predictor, "workers", 1),
-    )
+    _report_start(reporter, plan, predictor, metadata, depth, geometry, slice_count)
     for warning in [*notes, *_input_warnings(image, volume, geometry, metadata)]:
         reporter.warning(warning)
     quantize_s = 0.0
@@ -139,7 +113,7 @@ def predict_file(
         predictor, quantize_s = quantized_for_volume(predictor, volume, geometry, metadata, mapping, reporter)
     t_prepared = time.perf_counter()
 
-    result = predict_volume(volume, geometry, predictor, mapping, options.batch_size, options.probabilities is not None, reporter)
+    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter)
     if options.largest_component:
         t_clean = time.perf_counter()
         result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])
@@ -163,6 +137,24 @@ def predict_file(
     summary = _summary(outputs, depth, predictor, timings)
     reporter.done(**summary)
     return summary
+
+
+def _report_start(reporter: Reporter, plan: ExecutionPlan, predictor, metadata: ModelMetadata, depth: Depth, geometry: SliceGeometry, slice_count: int) -> None:
+    """The ``start`` event: what runs, where, on what (see :mod:`~UNetSegmentationLib.protocol.events`)."""
+    reporter.start(
+        "predict",
+        slice_count,
+        "slice",
+        device=str(plan.device),
+        arch=metadata.architecture,
+        depth=depth,
+        classes=[c.name for c in metadata.classes],
+        geometry=geometry.describe(),
+        backend=getattr(predictor, "backend", "torch"),
+        precision="int8" if plan.quantizes_per_volume else getattr(predictor, "precision", "fp32"),
+        threads=getattr(predictor, "threads", None) or _torch_threads(),
+        workers=getattr(predictor, "workers", 1),
+    )
 
 
 def _write_outputs(result: PredictionResult, image, outputs: List[Path], metadata: ModelMetadata, overwrite: bool) -> None:

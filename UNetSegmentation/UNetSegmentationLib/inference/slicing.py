@@ -12,22 +12,11 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from UNetSegmentationLib.errors import UserError
 
 AXIS_NAMES = {"i": 0, "j": 1, "k": 2, "0": 0, "1": 1, "2": 2}
 # LPS unit vectors: the slice axis is the image axis closest to superior-inferior; in the slice,
 # rows run toward posterior and columns toward the patient's left (radiological axial view).
 _LEFT, _POSTERIOR, _SUPERIOR = 0, 1, 2
-
-
-def parse_axis(text: Optional[str]) -> Optional[int]:
-    """``auto``/None → None (choose from the direction matrix); ``i``/``j``/``k`` or ``0``/``1``/``2`` → image axis."""
-    if text is None or text == "auto":
-        return None
-    try:
-        return AXIS_NAMES[str(text).lower()]
-    except KeyError:
-        raise UserError(f"--axis must be auto, i, j or k (or 0, 1, 2); got {text!r}") from None
 
 
 @dataclass(frozen=True)

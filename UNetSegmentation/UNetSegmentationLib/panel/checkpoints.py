@@ -12,25 +12,14 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.model.depth import ACCURATE
 from UNetSegmentationLib.model.header import SAFETENSORS, TORCH, checkpoint_kind, read_metadata
 from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, get_architecture, prune_depths_of
 
-#: file name of the bundled model, shipped in the module's Resources/Models (``unetseg demo`` runs it too)
-BUNDLED_MODEL_NAME = "chest-ct-unetplusplus.safetensors"
 #: the id the engine gives the segment of label value v in the .seg.nrrd it writes
 SEGMENT_ID_FORMAT = "Segment_{value}"
-
-
-def models_folder() -> Path:
-    """``<module>/Resources/Models``: beside the Lib package in the source tree and in a Slicer install."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
-
-
-def bundled_model_path() -> Path:
-    """Where the bundled model is (it may be missing in a development checkout)."""
-    return models_folder() / BUNDLED_MODEL_NAME
 
 
 def default_checkpoint(last_used: Optional[str] = None, bundled: Optional[Path] = None) -> Optional[Path]:

@@ -17,6 +17,7 @@ import torch
 from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
 from UNetSegmentationLib.evaluation.metrics import dice_per_class
 from UNetSegmentationLib.inference.pipeline import predict_slices
+from UNetSegmentationLib.model.depth import depth_tag
 from UNetSegmentationLib.model.metadata import ClassInfo, ModelMetadata
 from UNetSegmentationLib.networks.registry import get_architecture, prune_depths_of
 from UNetSegmentationLib.training.volumes import PreparedVolume
@@ -57,17 +58,17 @@ class Validation:
         fields = {"val_dice": self.score}
         for depth, (dice, _) in self.by_depth.items():
             if depth is not None:
-                fields[f"val_dice_L{depth}"] = dice
+                fields[f"val_dice_{depth_tag(depth)}"] = dice
         return fields
 
     def record(self, classes: Sequence[ClassInfo]) -> Dict[str, Any]:
         """The JSON record stored in the checkpoint: ``dice``, ``main_depth`` and per depth (``default``
-        or ``L<d>``) the Dice and the per-class Dice by class name."""
+        or ``L<d>``, :func:`~UNetSegmentationLib.model.depth.depth_tag`) the Dice and the per-class Dice by class name."""
         return {
             "dice": self.score,
             "main_depth": self.main_depth,
             "by_depth": {
-                ("default" if d is None else f"L{d}"): {"dice": dice, "per_class": {c.name: (None if not np.isfinite(v) else float(v)) for c, v in zip(classes, per_class)}}
+                depth_tag(d): {"dice": dice, "per_class": {c.name: (None if not np.isfinite(v) else float(v)) for c, v in zip(classes, per_class)}}
                 for d, (dice, per_class) in self.by_depth.items()
             },
         }

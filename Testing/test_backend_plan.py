@@ -1,14 +1,14 @@
 """The execution plan on the CPU (UNetSegmentationLib/backends/plan.py): precision, backend, threads
 and slices per call, each decided once from what the user asked and what the machine can do.
 
-The machine is a :class:`~fake_capabilities.FakeMachine`; the CUDA decisions are in test_cuda_decisions.py.
+The machine is a :class:`~support.FakeMachine`; the CUDA decisions are in test_cuda_decisions.py.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from fake_capabilities import FakeMachine
+from support import FakeMachine
 from UNetSegmentationLib.backends.device import CPU
 from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution, split_threads
 from UNetSegmentationLib.errors import UserError

@@ -14,7 +14,7 @@ import torch
 from UNetSegmentationLib.errors import EXIT_USER_ERROR
 from UNetSegmentationLib.networks.unet import UNet
 
-from conftest import assert_refused, make_volume
+from support import assert_refused, make_volume
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Every decision the engine makes for a CUDA GPU, tested without one (issue 18).
 
-Only the hardware questions are faked: a :class:`~fake_capabilities.FakeMachine` answers the plan's
+Only the hardware questions are faked: a :class:`~support.FakeMachine` answers the plan's
 capability queries (GPUs present, native bf16, free memory), and for running out of memory a real
 predictor on the CPU that says it is on a GPU raises PyTorch's out-of-memory errors on chosen calls.
 Everything else is the engine's own code: the plan, the predictor, the memory guard, the pipeline,
@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from fake_capabilities import GIB, H200, T4, FakeMachine
+from support import GIB, H200, T4, FakeMachine
 from UNetSegmentationLib.backends.device import CPU, PlainDevice
 from UNetSegmentationLib.backends.factory import create_predictor
 from UNetSegmentationLib.backends.plan import GPU_MAX_BATCH, GPU_MIN_BATCH, ExecutionRequest, plan_execution
@@ -172,7 +172,7 @@ def test_planning_for_a_gpu_asks_the_capabilities_and_imports_nothing_heavy():
     code = (
         "import json, sys\n"
         f"sys.path[:0] = {[str(Path(__file__).parent), str(BUNDLED.parents[2])]!r}\n"
-        "from fake_capabilities import FakeMachine, H200\n"
+        "from support import FakeMachine, H200\n"
         "from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution\n"
         "plan = plan_execution(ExecutionRequest(), FakeMachine(**H200))\n"
         "print(json.dumps([str(plan.device), plan.precision, 'torch' in sys.modules, 'numpy' in sys.modules]))\n"

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from synthetic_cases import write_tiny_case
+from support import write_tiny_case
 
 FAST = ("--threads", "1", "--progress", "none", "--device", "cpu")
 
@@ -25,7 +25,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data):
     """A briefly trained UNet++ of depth 3 with per-depth validation metrics."""
-    from conftest import run_cli
+    from support import run_cli
 
     out = tmp_path_factory.mktemp("export") / "full.safetensors"
     result = run_cli("train", "--datalist", data / "datalist.json", "--classes", "body,bone", "--val-slices", "0.25",
@@ -69,7 +69,7 @@ def test_export_keeps_only_the_sub_network_and_its_metrics(cli, trained, tmp_pat
 
 
 def test_export_refuses_what_it_cannot_do(cli, trained, tmp_path):
-    from conftest import create_checkpoint
+    from support import create_checkpoint
 
     too_deep = cli("export", "--depth", "4", trained, tmp_path / "x.safetensors")
     assert too_deep.code == 2 and "depths 1, 2, 3" in too_deep.stderr

@@ -25,7 +25,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import assert_refused, create_checkpoint, leftovers, make_volume, process_group_alive, write_dicom_series
+from support import assert_refused, create_checkpoint, leftovers, make_volume, process_group_alive, write_dicom_series
 from test_bad_input import rewrite_metadata
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.predict_file import predict_file
@@ -749,7 +749,7 @@ def test_out_of_memory_outside_the_batches_is_a_message_not_a_traceback(predict,
 
 @pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
 def test_a_training_run_killed_mid_run_resumes_to_the_same_weights(cli, tmp_path):
-    from synthetic_cases import write_tiny_case
+    from support import write_tiny_case
     from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
     data = write_tiny_case(tmp_path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fake_capabilities import FakeMachine
+from support import FakeMachine
 from UNetSegmentationLib.backends import int8 as quantization
 from UNetSegmentationLib.backends.device import onnx_runtime_available
 from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for

@@ -14,8 +14,8 @@ import pytest
 
 import SimpleITK as sitk
 
-from conftest import create_checkpoint
-from synthetic_cases import write_tiny_case
+from support import create_checkpoint
+from support import write_tiny_case
 from UNetSegmentationLib.backends.factory import create_predictor
 from UNetSegmentationLib.backends.plan import ExecutionRequest
 from UNetSegmentationLib.errors import UserError

@@ -19,8 +19,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import create_checkpoint
-from fake_capabilities import FakeMachine
+from support import create_checkpoint
+from support import FakeMachine
 from UNetSegmentationLib.backends import onnx_export
 from UNetSegmentationLib.backends.device import cuda_is_impossible, onnx_runtime_available
 from UNetSegmentationLib.backends.factory import create_predictor

@@ -16,7 +16,7 @@ from UNetSegmentationLib.io.segmentations import write_labels
 from UNetSegmentationLib.inference.predict_file import predict_file
 from UNetSegmentationLib.inference.options import SegmentationOptions
 
-from conftest import make_volume, rotation_matrix, write_dicom_series
+from support import make_volume, rotation_matrix, write_dicom_series
 
 
 def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:

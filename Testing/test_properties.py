@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import create_checkpoint
+from support import create_checkpoint
 from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.model.header import read_metadata
 from UNetSegmentationLib.errors import UserError

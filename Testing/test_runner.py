@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import process_group_alive
+from support import process_group_alive
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
 from UNetSegmentationLib.protocol.events import LOG, PROGRESS, START, VERSION, WARNING

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import process_group_alive
+from support import process_group_alive
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.panel import run as slicer_run
 from UNetSegmentationLib.panel.checkpoints import segment_id
@@ -247,7 +247,7 @@ def test_a_failing_engine_fails_the_run_with_its_message_and_cancel_reaches_the_
 @pytest.fixture(scope="module")
 def every_voxel_a(tmp_path_factory) -> Path:
     """A checkpoint made by ``unetseg create`` whose heads always choose class "a" (label 1)."""
-    from conftest import create_checkpoint
+    from support import create_checkpoint
 
     folder = tmp_path_factory.mktemp("run-ckpt")
     untrained = create_checkpoint(folder / "untrained.safetensors", classes="a,b")

@@ -9,7 +9,7 @@ from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import parse_axis
 from UNetSegmentationLib.inference.slicing import SliceGeometry, context_indices, gather_context, padding_for
 
-from conftest import rotation_matrix
+from support import rotation_matrix
 
 
 def numbered_slices(count=5, rows=3, columns=4) -> np.ndarray:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_volume
-from synthetic_cases import write_tiny_case
+from support import make_volume
+from support import write_tiny_case
 
 FAST = ("--threads", "1", "--progress", "none", "--device", "cpu")
 

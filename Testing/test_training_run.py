@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_cases import write_tiny_case
+from support import write_tiny_case
 from UNetSegmentationLib.networks.registry import ARCHITECTURES
 
 FAST = ("--threads", "1", "--progress", "none", "--device", "cpu")
@@ -38,7 +38,7 @@ def read_log(path):
 def chest_run(tmp_path_factory, chest_ct_path, chest_segmentation_path):
     """100 steps of a small UNet++ (features 8..64, depth 3) on whole slices of the chest CT (a crop
     must show both lungs to tell left from right), 20 % of the slices held out."""
-    from conftest import run_cli
+    from support import run_cli
 
     folder = tmp_path_factory.mktemp("chest")
     checkpoint = folder / "chest.safetensors"
@@ -269,7 +269,7 @@ def test_the_bundled_model_is_small_trained_and_used_by_the_demo(cli, tmp_path):
 
 
 def test_training_can_start_from_a_created_checkpoint(cli, tiny_data, tmp_path):
-    from conftest import create_checkpoint
+    from support import create_checkpoint
     from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
     start = create_checkpoint(tmp_path / "start.safetensors", classes="body,bone", features="4,8,16")

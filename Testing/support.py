@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,22 @@ if TYPE_CHECKING:  # annotations only: NumPy and SimpleITK are imported by the h
     # that FakeMachine can be imported where a test proves the plan imports nothing heavy
     import numpy as np
     import SimpleITK as sitk
+
+from hypothesis import HealthCheck, settings
+
+
+# --- property-based tests: bounded by default, a fuzzing run on request --------------------------------
+# UNETSEG_FUZZ_EXAMPLES=5000 turns the fixed-seed default run (a few dozen examples per property) into a
+# long random one (docs/hardening.md).
+
+FUZZ_EXAMPLES = os.environ.get("UNETSEG_FUZZ_EXAMPLES")
+EXAMPLES = int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 60
+BOUNDED = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # the machine may be shared: no per-example time limit
+    derandomize=FUZZ_EXAMPLES is None,  # the default run is the same every time; a fuzzing run explores
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
 
 # --- running unetseg in-process ----------------------------------------------------------------------

@@ -1,15 +1,20 @@
-"""Slices, neighbours and orientation: how a volume becomes 2.5D network input."""
+"""Slices, neighbours and orientation: how a volume becomes 2.5D network input (examples, then
+properties over every axis-aligned storage order, with hypothesis)."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import parse_axis
 from UNetSegmentationLib.inference.slicing import SliceGeometry, context_indices, gather_context, padding_for
 
-from support import rotation_matrix
+from support import BOUNDED, rotation_matrix
 
 
 def numbered_slices(count=5, rows=3, columns=4) -> np.ndarray:
@@ -95,3 +100,50 @@ def test_axis_option_names_image_axes(text, axis):
 def test_unknown_axis_is_a_clear_error():
     with pytest.raises(UserError, match="--axis"):
         parse_axis("z")
+
+
+# --- the 2.5D slice assembly ----------------------------------------------------------------------------
+
+SIGNED_PERMUTATIONS = [
+    tuple((np.eye(3)[list(order)].T * np.array(signs)).ravel())
+    for order in itertools.permutations(range(3))
+    for signs in itertools.product((1, -1), repeat=3)
+]
+
+
+@BOUNDED
+@given(slice_count=st.integers(1, 40), context=st.integers(0, 6), data=st.data())
+def test_context_indices_are_the_neighbours_clipped_at_the_ends(slice_count, context, data):
+    indices = data.draw(st.lists(st.integers(0, slice_count - 1), min_size=1, max_size=12))
+    result = context_indices(np.array(indices), context, slice_count)
+    assert result.shape == (len(indices), 2 * context + 1)
+    assert (result[:, context] == indices).all(), "the centre channel is the slice itself"
+    offsets = np.arange(-context, context + 1)
+    expected = np.clip(np.array(indices)[:, None] + offsets, 0, slice_count - 1)
+    assert (result == expected).all()
+    assert result.min() >= 0 and result.max() <= slice_count - 1
+    assert (np.diff(result, axis=1) >= 0).all() and (np.diff(result, axis=1) <= 1).all(), "neighbours in order, edge slice repeated"
+
+
+@BOUNDED
+@given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 6), st.integers(1, 6)),
+    direction=st.sampled_from(SIGNED_PERMUTATIONS),
+    context=st.integers(0, 4),
+    data=st.data(),
+)
+def test_gathered_batches_hold_each_slice_and_its_clipped_neighbours(shape, direction, context, data):
+    volume = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)  # [k, j, i], every voxel distinct
+    geometry = SliceGeometry.from_direction(direction)
+    slices = geometry.slices_view(volume)
+    assert np.shares_memory(slices, volume), "slices are a view, never a copy of the volume"
+    assert sorted(slices.ravel().tolist()) == sorted(volume.ravel().tolist()), "every voxel once"
+    count = slices.shape[0]
+    indices = data.draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=6))
+    batch = gather_context(slices, np.array(indices), context)
+    assert batch.shape == (len(indices), 2 * context + 1) + slices.shape[1:]
+    assert np.array_equal(batch[:, context], slices[indices])
+    for b, k in enumerate(indices):
+        for channel in range(2 * context + 1):
+            neighbour = min(max(k + channel - context, 0), count - 1)
+            assert np.array_equal(batch[b, channel], slices[neighbour])

@@ -1,47 +1,33 @@
-"""Property-based tests and a fuzzing run (hypothesis).
+"""Checkpoints under arbitrary input: property-based tests and a fuzzing run (hypothesis).
 
 - The metadata parser: any JSON value (or any text) either parses into valid metadata that survives
   a round trip, or raises UserError — never another exception.
-- The 2.5D slice assembly: shapes, clipping at both ends, the centre channel is the slice itself,
-  for every axis-aligned storage order.
 - The checkpoint loader under byte- and JSON-level mutations of a real small checkpoint:
   ``read_metadata``, ``load_checkpoint`` and ``build_model`` only ever succeed or raise UserError.
 
 Bounded by default (a fixed seed and a few dozen examples per property: the file runs in seconds).
 A longer, random fuzzing run (see docs/hardening.md)::
 
-    UNETSEG_FUZZ_EXAMPLES=5000 python -m pytest Testing/test_properties.py -q
+    UNETSEG_FUZZ_EXAMPLES=5000 python -m pytest Testing/test_checkpoint_fuzzing.py -q
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import json
-import os
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from support import create_checkpoint
+from support import BOUNDED, create_checkpoint
 from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.model.header import read_metadata
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.metadata import ModelMetadata
-from UNetSegmentationLib.inference.slicing import SliceGeometry, context_indices, gather_context
 
-FUZZ_EXAMPLES = os.environ.get("UNETSEG_FUZZ_EXAMPLES")
-EXAMPLES = int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 60
-BOUNDED = settings(
-    max_examples=EXAMPLES,
-    deadline=None,  # the machine may be shared: no per-example time limit
-    derandomize=FUZZ_EXAMPLES is None,  # the default run is the same every time; a fuzzing run explores
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
 
 
 # --- strategies ------------------------------------------------------------------------------------------
@@ -153,53 +139,6 @@ def test_any_text_parses_or_is_refused(text):
 def test_deeply_nested_json_is_refused_not_a_crash():
     with pytest.raises(UserError):
         ModelMetadata.loads("[" * 100_000 + "]" * 100_000)
-
-
-# --- the 2.5D slice assembly ----------------------------------------------------------------------------
-
-SIGNED_PERMUTATIONS = [
-    tuple((np.eye(3)[list(order)].T * np.array(signs)).ravel())
-    for order in itertools.permutations(range(3))
-    for signs in itertools.product((1, -1), repeat=3)
-]
-
-
-@BOUNDED
-@given(slice_count=st.integers(1, 40), context=st.integers(0, 6), data=st.data())
-def test_context_indices_are_the_neighbours_clipped_at_the_ends(slice_count, context, data):
-    indices = data.draw(st.lists(st.integers(0, slice_count - 1), min_size=1, max_size=12))
-    result = context_indices(np.array(indices), context, slice_count)
-    assert result.shape == (len(indices), 2 * context + 1)
-    assert (result[:, context] == indices).all(), "the centre channel is the slice itself"
-    offsets = np.arange(-context, context + 1)
-    expected = np.clip(np.array(indices)[:, None] + offsets, 0, slice_count - 1)
-    assert (result == expected).all()
-    assert result.min() >= 0 and result.max() <= slice_count - 1
-    assert (np.diff(result, axis=1) >= 0).all() and (np.diff(result, axis=1) <= 1).all(), "neighbours in order, edge slice repeated"
-
-
-@BOUNDED
-@given(
-    shape=st.tuples(st.integers(1, 9), st.integers(1, 6), st.integers(1, 6)),
-    direction=st.sampled_from(SIGNED_PERMUTATIONS),
-    context=st.integers(0, 4),
-    data=st.data(),
-)
-def test_gathered_batches_hold_each_slice_and_its_clipped_neighbours(shape, direction, context, data):
-    volume = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)  # [k, j, i], every voxel distinct
-    geometry = SliceGeometry.from_direction(direction)
-    slices = geometry.slices_view(volume)
-    assert np.shares_memory(slices, volume), "slices are a view, never a copy of the volume"
-    assert sorted(slices.ravel().tolist()) == sorted(volume.ravel().tolist()), "every voxel once"
-    count = slices.shape[0]
-    indices = data.draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=6))
-    batch = gather_context(slices, np.array(indices), context)
-    assert batch.shape == (len(indices), 2 * context + 1) + slices.shape[1:]
-    assert np.array_equal(batch[:, context], slices[indices])
-    for b, k in enumerate(indices):
-        for channel in range(2 * context + 1):
-            neighbour = min(max(k + channel - context, 0), count - 1)
-            assert np.array_equal(batch[b, channel], slices[neighbour])
 
 
 # --- fuzzing the checkpoint loader --------------------------------------------------------------------------

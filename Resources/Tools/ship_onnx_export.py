@@ -6,7 +6,7 @@ recommended depth), so that its first run neither exports nor imports PyTorch or
 The export is made and checked against PyTorch exactly as ``predict`` does it
 (``onnx_backend.export_checked``) and named by the checkpoint's portable key
 (``shipped_export``): a changed checkpoint no longer finds it, and
-``Testing/test_cpu_execution.py`` fails until it is made again. Add the new file to
+``Testing/test_onnx_backend.py`` fails until it is made again. Add the new file to
 ``UNetSegmentation/CMakeLists.txt`` and remove the old one.
 """
 

@@ -5,7 +5,8 @@ that device exists (:func:`device_for`). Everything else the plan decides
 (:mod:`~UNetSegmentationLib.backends.plan`) from the answers of a :class:`Capabilities` object:
 
 - :class:`Capabilities`: the questions the decisions ask (CUDA present, how many GPUs, native bf16
-  on a GPU, its free and total memory, native bf16 on the CPU, ONNX Runtime installed). Tests pass a
+  on a GPU, its free and total memory, native bf16 on the CPU, ONNX Runtime installed, and optionally
+  how many CPUs the process may use). Tests pass a
   fake one; nothing else in the decisions looks at the machine.
 - :class:`SystemCapabilities` (:data:`SYSTEM`): the real answers. PyTorch is imported only where the
   answer can be a GPU (:func:`cuda_is_impossible` says when it cannot, without importing it), so a
@@ -67,6 +68,9 @@ class Capabilities(Protocol):
     def onnx_runtime_installed(self) -> bool:
         """ONNX Runtime and ONNX are importable."""
 
+    # Optional (a Capabilities without it sets no cap on --threads): how many CPUs this process may use.
+    # def usable_cpus(self) -> int: ...
+
 
 def cuda_is_impossible() -> bool:
     """True where no CUDA GPU can be used, decided without importing PyTorch: a CPU-only PyTorch
@@ -94,6 +98,27 @@ def _cpu_flags() -> set:
     except OSError:
         pass
     return set()
+
+
+def usable_cpu_count() -> int:
+    """CPUs this process may use: its affinity where the OS tells it, fewer where a cgroup v2 CPU
+    quota (a container's ``--cpus``) allows less."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(count, quota) if quota else count)
+
+
+def _cgroup_cpu_quota() -> Optional[int]:
+    """CPUs a cgroup v2 quota allows (``cpu.max``: quota and period, rounded up); None without one."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as file:
+            quota, period = file.read().split()[:2]
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
 
 
 class SystemCapabilities:
@@ -141,6 +166,9 @@ class SystemCapabilities:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError, ImportError):
             return False
+
+    def usable_cpus(self) -> int:
+        return usable_cpu_count()
 
     def onnx_runtime_installed(self) -> bool:
         return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))

@@ -7,7 +7,7 @@ Every other value (device, precision, threads, slices per call) is the plan's, u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Tuple
 
 from UNetSegmentationLib.backends.micro_batch import MicroBatched
 from UNetSegmentationLib.backends.onnx_export import ExportError, onnx_predictor_for
@@ -32,7 +32,9 @@ class PredictorFactory(Protocol):
     def __call__(self, checkpoint: Checkpoint, plan: ExecutionPlan, depth: Depth, classification_guidance: bool) -> Tuple[Any, List[str]]: ...
 
 
-def create_predictor(checkpoint, plan: ExecutionPlan, depth, classification_guidance: bool = True) -> Tuple[object, List[str]]:
+def create_predictor(
+    checkpoint, plan: ExecutionPlan, depth, classification_guidance: bool = True, log: Optional[Callable[[str], None]] = None,
+) -> Tuple[object, List[str]]:
     """``(predictor, notes)``: the predictor ``predict_file`` runs, and what it could not do as planned.
 
     ``checkpoint``: a loaded :class:`~UNetSegmentationLib.model.checkpoint.Checkpoint`. For the ONNX backend
@@ -43,11 +45,15 @@ def create_predictor(checkpoint, plan: ExecutionPlan, depth, classification_guid
     warning), and is an error when ``onnx`` or ``int8`` was asked for. With ``--precision int8`` the
     float32 export is returned: it is quantised once the volume is read (``plan.quantizes_per_volume``,
     :func:`~UNetSegmentationLib.backends.int8.quantize_for_volume`).
+
+    ``log`` (e.g. a reporter's ``log``) hears of a step that takes long before it starts: the first
+    run with a checkpoint and depth exports the network (seconds to a minute), and a cached export
+    that does not verify is made again. ``notes`` start with the plan's own (e.g. ``--threads`` lowered).
     """
-    notes: List[str] = []
+    notes: List[str] = list(plan.notes)
     if plan.backend == "onnx":
         try:
-            session = onnx_predictor_for(checkpoint, depth, classification_guidance, plan.threads_per_worker)
+            session = onnx_predictor_for(checkpoint, depth, classification_guidance, plan.threads_per_worker, log=log)
             return MicroBatched(session, plan.slices_per_call or 1, plan.workers, plan.threads_per_worker), notes
         except ExportError as error:
             if plan.quantizes_per_volume or plan.backend_requested == "onnx":

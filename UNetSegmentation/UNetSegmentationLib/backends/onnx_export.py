@@ -17,8 +17,11 @@ channel and its probability), with dynamic batch, rows and columns. The export i
   (``$UNETSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/unetseg`` or ``~/.cache/unetseg``, subfolder
   ``onnx``) when that folder is not writable. ``key`` hashes the checkpoint's bytes, its metadata,
   the depth, the classification guidance, the exporter version and PyTorch's version, so a changed
-  checkpoint is never served a stale export. A cache hit imports neither PyTorch nor MONAI:
-  start-up is the ONNX Runtime session only.
+  checkpoint is never served a stale export. The export stores the whole binding in its metadata and
+  is used only when it verifies (:mod:`.onnx_cache`): anything else (another model's export copied
+  over it, a damaged file) is said in a ``log`` line and exported again. A cache hit imports neither
+  PyTorch nor MONAI: start-up is the ONNX Runtime session only. A first export is announced before
+  it starts (the ``log`` callback), since it takes seconds to a minute.
 - *checked*: before it is cached, ONNX Runtime and PyTorch run the same random inputs at two
   sizes (one different from the export example, to catch shapes frozen by tracing): the chosen
   channel's probability in PyTorch and the confidence must both be within
@@ -36,14 +39,17 @@ import importlib.util
 import io
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
-from UNetSegmentationLib.backends.onnx_cache import OPSET, cache_key, cache_locations, content_digest, export_name, shipped_export, torch_version
+from UNetSegmentationLib.backends.onnx_cache import (
+    BINDING, CHECKED_DIFFERENCE, OPSET, PORTABLE_BINDING, REQUIRED_MULTIPLE, cache_locations, content_digest, export_binding, export_name,
+    export_problem, partial_export, remove_abandoned_partials, shipped_export, torch_version,
+)
 from UNetSegmentationLib.backends.onnx_predictor import OnnxSlicePredictor, make_session
 from UNetSegmentationLib.backends.plan import ONNX_TOLERANCE
 from UNetSegmentationLib.model.depth import depth_tag
@@ -168,7 +174,10 @@ def _check(session, network, in_channels: int, multiple: int) -> float:
             return float("inf")
         top = probabilities.max(axis=1)
         of_chosen = np.take_along_axis(probabilities, chosen[:, None], axis=1)[:, 0]
-        worst = max(worst, float((top - of_chosen).max()), float(np.abs(got[:, DECISION_CONFIDENCE] - top).max()))
+        gaps = (float((top - of_chosen).max()), float(np.abs(got[:, DECISION_CONFIDENCE] - top).max()))
+        if not all(np.isfinite(gaps)):  # NaN anywhere (NaN weights): max() would drop it and pass the check
+            return float("inf")
+        worst = max(worst, *gaps)
     return worst
 
 
@@ -183,7 +192,10 @@ def _add_metadata(path: Path, properties: dict) -> None:
 
 
 def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int) -> Path:
-    """Export, check against PyTorch and write ``target`` atomically; :class:`ExportError` if impossible."""
+    """Export, check against PyTorch and write ``target`` atomically, bound to ``checkpoint`` (both
+    bindings of :mod:`.onnx_cache` in its metadata); :class:`ExportError` if impossible. The
+    temporary file is created with ordinary permissions and locked while written (:func:`partial_export`)."""
+    bindings = {BINDING: export_binding(checkpoint, depth, guidance), PORTABLE_BINDING: export_binding(checkpoint, depth, guidance, portable=True)}
     network = _network(checkpoint, depth, guidance)
     multiple = _required_multiple(network, depth)
     in_channels = int(checkpoint.metadata.in_channels)
@@ -192,62 +204,75 @@ def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int
 
     example = torch.rand(1, in_channels, side, side, generator=torch.Generator().manual_seed(1))
     problems = []
-    target.parent.mkdir(parents=True, exist_ok=True)
     for name, exporter in EXPORTERS:
         if name == "dynamo" and importlib.util.find_spec("onnxscript") is None:
             problems.append("dynamo: onnxscript is not installed")
             continue
-        handle, temporary = tempfile.mkstemp(prefix=target.name + ".", suffix=".partial.onnx", dir=target.parent)
-        os.close(handle)
-        temporary = Path(temporary)
-        try:
-            started = time.perf_counter()
-            with _silenced(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-                warnings.simplefilter("ignore")
-                exporter(network, example, temporary)
-            seconds = time.perf_counter() - started
-            session = make_session(temporary, threads, quiet=True)
-            difference = _check(session, network, in_channels, multiple)
-            if not difference <= ONNX_TOLERANCE:
-                problems.append(f"{name}: ONNX Runtime differs from PyTorch by {difference:.2g} (> {ONNX_TOLERANCE:g})")
-                continue
-            del session
-            _add_metadata(
-                temporary,
-                {
-                    "unetseg.required_multiple": multiple,
-                    "unetseg.max_abs_difference": f"{difference:.3g}",
+        with partial_export(target) as temporary:
+            try:
+                started = time.perf_counter()
+                with _silenced(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    exporter(network, example, temporary)
+                seconds = time.perf_counter() - started
+                session = make_session(temporary, threads, quiet=True)
+                difference = _check(session, network, in_channels, multiple)
+                if not difference <= ONNX_TOLERANCE:
+                    problems.append(f"{name}: ONNX Runtime differs from PyTorch by {difference:.2g} (> {ONNX_TOLERANCE:g})")
+                    continue
+                del session
+                _add_metadata(temporary, {
+                    **bindings,
+                    REQUIRED_MULTIPLE: multiple,
+                    CHECKED_DIFFERENCE: f"{difference:.3g}",
                     "unetseg.exporter": name,
                     "unetseg.export_seconds": f"{seconds:.2f}",
                     "unetseg.checkpoint": checkpoint.path.name,
                     "unetseg.depth": depth_tag(depth),
                     "unetseg.torch": torch_version(),
-                },
-            )
-            os.replace(temporary, target)
-            return target
-        except Exception as error:  # noqa: BLE001 - any exporter failure: try the next, then report
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            problems.append(f"{name}: {type(error).__name__}: {first_line[:200]}")
-        finally:
-            if temporary.exists():
-                temporary.unlink()
+                })
+                os.replace(temporary, target)
+                return target
+            except OSError:  # the folder is not writable (or full): the caller tries the next location
+                raise
+            except Exception as error:  # noqa: BLE001 - any exporter failure: try the next, then report
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                problems.append(f"{name}: {type(error).__name__}: {first_line[:200]}")
     raise ExportError("; ".join(problems))
 
 
 # --- running -------------------------------------------------------------------------------------
 
 
-def onnx_predictor_for(checkpoint, depth, guidance: bool, threads: int) -> OnnxSlicePredictor:
-    """The cached export of ``checkpoint`` at ``depth``, made (and checked) if there is none yet."""
-    content = content_digest(checkpoint.path)  # read once for both keys
-    name = export_name(checkpoint, depth, cache_key(checkpoint, depth, guidance, content=content))
-    for path in [folder / name for folder in cache_locations(checkpoint)] + [shipped_export(checkpoint, depth, guidance, content)]:
-        if path.is_file():
-            try:
-                return OnnxSlicePredictor(path, checkpoint.metadata, depth, threads)
-            except Exception:  # noqa: BLE001 - an unreadable cache entry: export again
-                pass
+def onnx_predictor_for(checkpoint, depth, guidance: bool, threads: int, log: Optional[Callable[[str], None]] = None) -> OnnxSlicePredictor:
+    """The cached export of ``checkpoint`` at ``depth`` that verifies (:func:`.onnx_cache.export_problem`),
+    made (and checked) if there is none. ``log`` hears, before it starts, that an export is made
+    (seconds to a minute), and why a cached export found was not used."""
+    say = log or (lambda message: None)
+    content = content_digest(checkpoint.path)  # read once for every binding
+    binding = export_binding(checkpoint, depth, guidance, content=content)
+    name = export_name(checkpoint, depth, binding[:16])
+    for folder in cache_locations(checkpoint):
+        remove_abandoned_partials(folder)  # left by runs killed while they exported
+    candidates = [(folder / name, BINDING, binding) for folder in cache_locations(checkpoint)]
+    candidates.append((shipped_export(checkpoint, depth, guidance, content), PORTABLE_BINDING, export_binding(checkpoint, depth, guidance, portable=True, content=content)))
+    rejected = None
+    for path, binding_property, expected in candidates:
+        if not path.is_file():
+            continue
+        try:
+            predictor = OnnxSlicePredictor(path, checkpoint.metadata, depth, threads)
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime cannot load it: a damaged file
+            problem = f"ONNX Runtime cannot load it ({type(error).__name__})"
+        else:
+            problem = export_problem(predictor.properties, expected, binding_property)
+            if problem is None:
+                return predictor
+            del predictor
+        rejected = f"the cached ONNX export {path} is not used: {problem}"
+        say(rejected)
+    say(f"exporting the network to ONNX for depth {depth_tag(depth)} ({'again' if rejected else 'first run with this checkpoint and depth'}): "
+        "this takes a few seconds to a minute; later runs reuse the export")
     problems = []
     for folder in cache_locations(checkpoint):
         try:

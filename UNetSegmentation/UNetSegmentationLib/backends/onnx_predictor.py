@@ -8,11 +8,20 @@ from __future__ import annotations
 
 from copy import copy as shallow_copy
 from pathlib import Path
-from typing import Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from UNetSegmentationLib.backends.device import CPU
+from UNetSegmentationLib.backends.onnx_cache import CHECKED_DIFFERENCE, REQUIRED_MULTIPLE
+
+
+def _number(text: Optional[str], kind: Callable[[str], Any], otherwise: Any) -> Any:
+    """``kind(text)``, or ``otherwise`` for a property that is missing or holds no such number."""
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        return otherwise
 
 
 def make_session(model: Union[Path, bytes], threads: int, quiet: bool = False):
@@ -52,9 +61,10 @@ class OnnxSlicePredictor:
         self.model = None
         self.session = make_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
-        properties = self.session.get_modelmeta().custom_metadata_map
-        self.required_multiple = int(properties.get("unetseg.required_multiple", 1))
-        self.checked_difference = float(properties.get("unetseg.max_abs_difference", "nan"))
+        #: the export's own metadata: whether it may serve a run is decided from it (:func:`.onnx_cache.export_problem`)
+        self.properties = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.required_multiple = _number(self.properties.get(REQUIRED_MULTIPLE), int, 0)
+        self.checked_difference = _number(self.properties.get(CHECKED_DIFFERENCE), float, float("nan"))
 
     def with_model(self, model: bytes, precision: str) -> "OnnxSlicePredictor":
         """The same predictor on another serialisation of this export (the int8 one: :mod:`.int8`)."""

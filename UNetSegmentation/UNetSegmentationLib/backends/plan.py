@@ -14,8 +14,8 @@ one in tests), so each decision below can be tested without a GPU.
   volume and checks it against float32 (:mod:`.int8`).
 - backend (:func:`resolve_backend`): ``auto`` uses ONNX Runtime on the CPU in float32 when it is
   installed (the ``[onnx]`` extra), else PyTorch.
-- threads (:func:`split_threads`): ``--threads`` CPU threads (default: one per CPU this process may
-  use) are shared out as ``workers`` slices computed at the same time, each on
+- threads (:func:`cap_threads`, :func:`split_threads`): ``--threads`` CPU threads (default, and at
+  most: one per CPU this process may use; a larger request is lowered with a note) are shared out as ``workers`` slices computed at the same time, each on
   ``threads // workers`` intra-op threads. Two one-thread slices at once beat one slice on two
   threads (1.1-1.5× measured here: no synchronisation between the threads inside every small layer).
 - batches (:func:`plan_batch_size`): on the CPU the network sees one slice per call
@@ -23,17 +23,16 @@ one in tests), so each decision below can be tested without a GPU.
   whose size (when the request leaves it open) follows the GPU's free memory.
 
 Every speed path keeps results within a stated tolerance of the plain float32 PyTorch path
-(``Testing/test_speed_paths.py``). No PyTorch or numpy import here: with a cached ONNX export on a
+(``Testing/test_cpu_execution.py``). No PyTorch or numpy import here: with a cached ONNX export on a
 CPU-only machine ``unetseg predict`` never imports torch, and the Slicer panel imports this module.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from UNetSegmentationLib.backends.device import SYSTEM, Capabilities, PlainDevice, device_for
+from UNetSegmentationLib.backends.device import SYSTEM, Capabilities, PlainDevice, device_for, usable_cpu_count
 from UNetSegmentationLib.errors import UserError
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -84,11 +83,20 @@ def check_threads(threads) -> int:
 
 
 def default_threads() -> int:
-    """One thread per CPU this process may run on (its affinity where the OS tells it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """One thread per CPU this process may use (:func:`~UNetSegmentationLib.backends.device.usable_cpu_count`)."""
+    return usable_cpu_count()
+
+
+def cap_threads(requested: Optional[int], usable: int) -> Tuple[int, Optional[str]]:
+    """``(threads, note)``: ``--threads`` (None: one per usable CPU), at most the ``usable`` CPUs: more
+    threads than CPUs only slow every one of them down (``--threads 1000`` started 505 threads and
+    slowed the machine for everyone); ``note`` says so when the request was lowered."""
+    if requested is None:
+        return usable, None
+    check_threads(requested)
+    if requested <= usable:
+        return requested, None
+    return usable, f"--threads {requested} is more than the {usable} CPU(s) this process may use; using {usable}"
 
 
 def configure_threads(threads: Optional[int] = None) -> int:
@@ -143,7 +151,9 @@ class ExecutionPlan:
     threads each; ``backend_requested``: what the user asked for (``auto`` allows falling back to
     PyTorch when the export fails); ``slices_per_call``: slices per network call (None: the whole
     batch); ``batch_size``: slices gathered per step when the plan chose it (the request's, or on a
-    CUDA GPU one that fits its free memory), None where the caller's ``--batch-size`` stands.
+    CUDA GPU one that fits its free memory), None where the caller's ``--batch-size`` stands;
+    ``notes``: what the plan changed from the request (e.g. ``--threads`` lowered to the usable
+    CPUs), reported as warnings.
     """
 
     device: Any
@@ -155,6 +165,7 @@ class ExecutionPlan:
     backend_requested: str = "auto"
     slices_per_call: Optional[int] = None
     batch_size: Optional[int] = None
+    notes: Tuple[str, ...] = ()
 
     @property
     def on_cpu(self) -> bool:
@@ -172,7 +183,11 @@ def plan_execution(request: ExecutionRequest, capabilities: Capabilities = SYSTE
     device = device_for(request.device, capabilities)
     precision = resolve_precision(request.precision, device, capabilities)
     backend = resolve_backend(request.backend, device, precision, capabilities)
-    total = check_threads(request.threads) if request.threads is not None else default_threads()
+    usable = capabilities.usable_cpus() if hasattr(capabilities, "usable_cpus") else None  # optional question
+    if usable is None:
+        total, threads_note = (check_threads(request.threads) if request.threads is not None else default_threads()), None
+    else:
+        total, threads_note = cap_threads(request.threads, usable)
     on_cpu = device.type == "cpu"
     workers, per_worker = split_threads(total, request.slice_workers) if on_cpu else (1, total)
     return ExecutionPlan(
@@ -185,6 +200,7 @@ def plan_execution(request: ExecutionRequest, capabilities: Capabilities = SYSTE
         parse_choice(request.backend, BACKENDS, "--backend"),
         slices_per_call=CPU_MICRO_BATCH if on_cpu else None,
         batch_size=plan_batch_size(request.batch_size, device, capabilities),
+        notes=(threads_note,) if threads_note else (),
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options
+from UNetSegmentationLib.cli.needs import check_needs
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, axis_name
 from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
@@ -22,6 +23,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.model.checkpoint import load_checkpoint
     from UNetSegmentationLib.model.depth import parse_depth
 
+    skipped = {need.module for need in check_needs("evaluate", args.reporter.warning)}  # before any work
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output-dir {output_dir} is a file, not a folder")
@@ -51,7 +53,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         write_csv(evaluation, temporary)
     with atomic_output([paths["json"]], overwrite=args.overwrite) as (temporary,):
         write_json(evaluation, temporary)
-    if len(summary) > 1:
+    if len(summary) > 1 and "matplotlib" not in skipped:
         with atomic_output([paths["plot"]], overwrite=args.overwrite) as (temporary,):
             plot_accuracy_vs_speed(summary, temporary, title=f"{Path(args.checkpoint).name}: mean Dice vs speed per depth")
         written.append(paths["plot"])

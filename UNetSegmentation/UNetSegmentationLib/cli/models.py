@@ -113,6 +113,7 @@ def _parameter_counts(checkpoint) -> dict:
 
 def command_info(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.model.checkpoint import load_checkpoint
+    from UNetSegmentationLib.model.training_record import describe_training_data
 
     checkpoint = load_checkpoint(args.checkpoint, metadata_from_options(args) if args.arch else None)
     metadata = checkpoint.metadata
@@ -132,6 +133,8 @@ def command_info(args: argparse.Namespace) -> int:
         print(f"  {c.value:>3}  {c.name:<30} {colour}{'  (terminology)' if c.terminology else ''}")
     if metadata.training_spacing:
         print(f"training spacing {' x '.join(f'{s:g}' for s in metadata.training_spacing)} mm")
+    for line in describe_training_data(metadata.training):  # per case: slice axis, slices trained and held out
+        print(line)
     parameters = info["parameters"]
     print(f"parameters     {parameters['total'] / 1e6:.3f}M")
     for depth, count in parameters.get("per_depth", {}).items():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -178,6 +179,8 @@ def evaluate_cases(
     metadata = checkpoint.metadata
     depths = _depths_to_evaluate(metadata, options.depths)
     plan = plan_execution(options.execution)  # device, precision, backend, threads: decided as for predict
+    if predictor_factory is create_predictor:  # the engine's own factory announces a first-run ONNX export before it starts
+        predictor_factory = partial(create_predictor, log=reporter.log)
     predictors = {depth_tag(d): predictor_factory(checkpoint, plan, d, DEFAULTS.classification_guidance) for d in depths}
     evaluation = Evaluation(str(checkpoint.path), [c.name for c in metadata.classes], execution=_execution(plan, predictors))
     reporter.start("evaluate", len(volumes) * len(depths), "case", arch=metadata.architecture, device=str(plan.device),

@@ -6,6 +6,7 @@ Everything is checked before the first slice runs; outputs appear only when comp
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -92,6 +93,8 @@ def predict_file(
     metadata = checkpoint.metadata
     depth = resolve_depth(metadata, options.depth)
     plan = plan_execution(options.execution_request())  # device, precision, backend, threads: decided once
+    if predictor_factory is create_predictor:  # the engine's own factory announces a first-run ONNX export before it starts
+        predictor_factory = partial(create_predictor, log=reporter.log)
     predictor, notes = predictor_factory(checkpoint, plan, depth, options.classification_guidance)  # notes: e.g. an ONNX fallback
     t_model = time.perf_counter()
 

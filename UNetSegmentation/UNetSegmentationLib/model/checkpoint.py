@@ -55,15 +55,44 @@ def _is_buffer(key: str) -> bool:
     return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
+#: tensors that hold counts, not weights (BatchNorm's), and may be integers
+_INTEGER_KEYS = ("num_batches_tracked",)
+
+
+def checked_weights(path: PathLike, state_dict: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:
+    """``state_dict`` if every weight can be right: floating point (integer or boolean weights would be
+    cast silently into a different network) and finite (a NaN weight makes every output NaN, which
+    reads as "nothing found"); else a :class:`UserError` naming the first bad tensors."""
+    import torch  # lazy: see the module docstring
+
+    not_float, not_finite = [], []
+    for key, tensor in state_dict.items():
+        if key.endswith(_INTEGER_KEYS):
+            continue
+        if not tensor.is_floating_point():
+            not_float.append(f"{key} ({str(tensor.dtype).replace('torch.', '')})")
+        elif tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            not_finite.append(f"{key} ({bad} of {tensor.numel()})")
+    if not_float:
+        raise UserError(f"checkpoint {path} holds weights that are not floating-point numbers: {', '.join(not_float[:3])}"
+                        f"{f' and {len(not_float) - 3} more' if len(not_float) > 3 else ''}; a network's weights are float32/float16/bfloat16")
+    if not_finite:
+        raise UserError(f"checkpoint {path} holds NaN or infinite weights in {len(not_finite)} tensor(s), e.g. {', '.join(not_finite[:3])}; "
+                        "the training diverged or the file is damaged: use an earlier checkpoint")
+    return state_dict
+
+
 def _load_safetensors(path: Path) -> Dict[str, "torch.Tensor"]:
     # lazy: safetensors.torch imports torch (see the module docstring)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        weights = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise UserError(f"checkpoint {path} is corrupt or truncated: {error}") from None
+    return checked_weights(path, weights)
 
 
 def _load_torch_state_dict(path: Path) -> Dict[str, "torch.Tensor"]:
@@ -89,7 +118,7 @@ def _load_torch_state_dict(path: Path) -> Dict[str, "torch.Tensor"]:
     prefix = "module."  # saved from DataParallel / DistributedDataParallel
     if all(k.startswith(prefix) for k in loaded):
         loaded = {k[len(prefix):]: v for k, v in loaded.items()}
-    return loaded
+    return checked_weights(path, loaded)
 
 
 def load_checkpoint(path: PathLike, metadata_for_plain_torch: Optional[ModelMetadata] = None, weights: bool = True) -> Checkpoint:
@@ -178,6 +207,7 @@ def save_checkpoint(path: PathLike, state_dict: Mapping[str, "torch.Tensor"], me
     path = Path(path)
     if not path.name.endswith(SAFETENSORS_SUFFIX):
         raise UserError(f"checkpoints are written as safetensors: the file name must end in {SAFETENSORS_SUFFIX} (got {path.name})")
+    metadata = metadata.checked(f"metadata for {path.name}")  # never write what could not be loaded
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     with atomic_output([path], overwrite=overwrite) as (temporary,):
         save_file(tensors, str(temporary), metadata={METADATA_KEY: metadata.dumps()})

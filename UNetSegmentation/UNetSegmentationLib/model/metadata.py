@@ -14,6 +14,13 @@ Example::
      "training_spacing": [0.78, 0.78],
      "depth_metrics": {"1": {"dice": 0.81, "ms_per_slice": 3.1}, ...},
      "recommended_depth": 2}
+
+Every field is validated when a checkpoint is loaded (:meth:`ModelMetadata.loads`), before any work:
+class names and terminology must be what a ``.seg.nrrd`` header can hold
+(:mod:`~UNetSegmentationLib.io.segment_fields`: no line breaks or other control characters, so a name
+cannot inject header fields; non-ASCII text is fine), colours three numbers in [0, 1], label values
+1..65535, a CT window a real one (within ±:data:`CT_WINDOW_LIMIT` HU, at least
+:data:`CT_WINDOW_MIN_WIDTH` HU wide).
 """
 
 from __future__ import annotations
@@ -24,9 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.segment_fields import terminology_problem, text_problem
 
 FORMAT_VERSION = 1
 METADATA_KEY = "unetseg"
+#: a CT window (HU) must lie within ±this: the Hounsfield scale of real scanners (extended scales
+#: included) stays far inside it; beyond it the window cannot be meant as one
+CT_WINDOW_LIMIT = 100_000.0
+#: ... and be at least this wide: a narrower window turns every voxel into 0 or 1 (or divides by ~0)
+CT_WINDOW_MIN_WIDTH = 1.0
 
 # Distinct, colour-blind-friendlier defaults for classes created without colours (0..1 RGB).
 DEFAULT_COLORS: Tuple[Tuple[float, float, float], ...] = (
@@ -137,6 +150,11 @@ class ModelMetadata:
         """The JSON text stored in the checkpoint header (keys sorted: the same metadata, the same bytes)."""
         return json.dumps(self.to_json(), sort_keys=True)
 
+    def checked(self, source: str) -> "ModelMetadata":
+        """This metadata as a checkpoint would give it back: validated as on loading (a :class:`UserError`
+        naming ``source`` otherwise), so nothing is written or trained that could not be loaded."""
+        return ModelMetadata.loads(self.dumps(), source)
+
     @staticmethod
     def from_json(data: Any, source: str = "checkpoint") -> "ModelMetadata":
         """Validated metadata from parsed JSON; a :class:`UserError` naming ``source`` otherwise."""
@@ -190,6 +208,12 @@ def _validated_normalization(data: Any, source: str = "--norm") -> Normalization
         raise _fail(source, f"normalization {key} must be two increasing finite numbers, got {pair!r}")
     if key == "percentiles" and not (0 <= pair[0] and pair[1] <= 100):
         raise _fail(source, f"normalization percentiles must lie in [0, 100], got {pair!r}")
+    if key == "window" and not (-CT_WINDOW_LIMIT <= pair[0] and pair[1] <= CT_WINDOW_LIMIT and pair[1] - pair[0] >= CT_WINDOW_MIN_WIDTH):
+        raise _fail(
+            source,
+            f"normalization window {pair!r} cannot be a CT window: it must lie within ±{CT_WINDOW_LIMIT:g} HU and be at least "
+            f"{CT_WINDOW_MIN_WIDTH:g} HU wide (e.g. [-1000, 1000])",
+        )
     return Normalization(data["kind"], **{key: (float(pair[0]), float(pair[1]))})
 
 
@@ -206,11 +230,15 @@ def _validated_classes(data: Any, source: str) -> List[ClassInfo]:
             raise _fail(source, f"{where}: label value must be an integer in 1..65535, got {value!r}")
         if not isinstance(name, str) or not name.strip():
             raise _fail(source, f"{where}: name must be a non-empty string, got {name!r}")
+        problem = text_problem(name)  # what a .seg.nrrd header can hold (a line break would inject header fields)
+        if problem:
+            raise _fail(source, f"{where}: name {name!r} {problem}"[:400])
         if not (isinstance(color, list) and len(color) == 3 and all(_is_number(c) and 0 <= c <= 1 for c in color)):
             raise _fail(source, f"{where} ({name}): color must be three numbers in [0, 1], got {color!r}")
         terminology = item.get("terminology")
-        if terminology is not None and not isinstance(terminology, dict):
-            raise _fail(source, f"{where} ({name}): terminology must be an object")
+        problem = None if terminology is None or terminology == {} else terminology_problem(terminology)
+        if problem:
+            raise _fail(source, f"{where} ({name}): terminology {problem}"[:400])
         classes.append(ClassInfo(value, name.strip(), tuple(float(c) for c in color), terminology or None))
     for attribute in ("name", "value"):
         seen = [getattr(c, attribute) for c in classes]

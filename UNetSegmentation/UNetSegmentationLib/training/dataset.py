@@ -15,6 +15,7 @@ import numpy as np
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.metadata import ClassInfo, ModelMetadata, Normalization, out_channels_for
+from UNetSegmentationLib.model.training_record import slice_ranges
 from UNetSegmentationLib.networks.registry import get_architecture
 from UNetSegmentationLib.training.cases import Case
 from UNetSegmentationLib.training.config import TrainConfig
@@ -48,10 +49,40 @@ class TrainingData:
         training, validation = self.volumes[: self.training_count], self.volumes[self.training_count:]
         return {
             **extra,
-            "training": [{"case": v.name, "image": v.image_path.name, "train_slices": int(v.train_slices.size)} for v in training],
-            "validation": [{"case": v.name, "image": v.image_path.name} for v in validation],
-            "held_out_slices": [{"case": v.name, "image": v.image_path.name, "slices": [int(s) for s in v.val_slices]} for v in training if v.val_slices.size],
+            "training": [{"case": v.name, "image": v.image_path.name, "slice_axis": v.axis_name, "train_slices": int(v.train_slices.size)} for v in training],
+            "validation": [{"case": v.name, "image": v.image_path.name, "slice_axis": v.axis_name} for v in validation],
+            "held_out_slices": [
+                {"case": v.name, "image": v.image_path.name, "slice_axis": v.axis_name, "slices": [int(s) for s in v.val_slices]}
+                for v in training if v.val_slices.size
+            ],
         }
+
+    def slicing_lines(self, axis_requested: bool) -> List[str]:
+        """What the run says before its first step: per case, the axis it is sliced along (and whether
+        ``--axis`` chose it) and which slices train and which are held out (as ``info`` prints them)."""
+        how = "as --axis asked" if axis_requested else "auto: the axis closest to head-feet"
+        lines = []
+        for index, volume in enumerate(self.volumes):
+            if index >= self.training_count:
+                use = f"all {volume.slice_count} held out for validation"
+            else:
+                use = f"{volume.train_slices.size} train" + (f", held out {slice_ranges(volume.val_slices)}" if volume.val_slices.size else "")
+            lines.append(f"case {volume.name!r}: {volume.slice_count} slices along {volume.axis_name} ({how}); {use}")
+        return lines
+
+
+def check_crop(crop: Sequence[int], volumes: Sequence[PreparedVolume]) -> None:
+    """Refuse a crop far larger than every training slice: a crop is cut from one slice, so beyond the
+    slice it is only padding, and a huge one exhausts memory before the first step (it is the
+    crop, not the machine, that is wrong). Up to twice the slice is allowed (small slices padded for
+    a network's or a loss's minimum size)."""
+    trained = [v for v in volumes if v.train_slices.size] or list(volumes)
+    largest = (max(v.slices.shape[1] for v in trained), max(v.slices.shape[2] for v in trained))
+    if any(int(c) > 2 * side for c, side in zip(crop, largest)):
+        raise UserError(
+            f"--crop {crop[0]}x{crop[1]} is far larger than every training slice (the largest is {largest[0]}x{largest[1]} pixels): "
+            f"a crop is cut from one slice, and beyond it holds only padding; use --crop {largest[0]},{largest[1]} or less"
+        )
 
 
 def model_metadata(config: TrainConfig, classes: Sequence[ClassInfo], init_metadata: Optional[ModelMetadata]) -> ModelMetadata:
@@ -78,7 +109,8 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
         declared=init_metadata.classes if init_metadata else None,
         other_labels=config.other_labels,
     )
-    metadata = model_metadata(config, classes, init_metadata)
+    # checked as a checkpoint is on loading: names from the labels' segments must fit a .seg.nrrd header
+    metadata = model_metadata(config, classes, init_metadata).checked("the model to train")
     gap = metadata.context if config.val_gap is None else config.val_gap
     volumes: List[PreparedVolume] = []
     for index, (item, lookup) in enumerate(zip(everything, lookups)):
@@ -93,5 +125,6 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     train_volumes = [v for v in volumes if v.train_slices.size]
     if not train_volumes:
         raise UserError("no training slices: give training cases (the validation cases are not trained on)")
+    check_crop(config.crop, volumes)
     metadata.training_spacing = [float(np.median([v.spacing[1] for v in train_volumes])), float(np.median([v.spacing[2] for v in train_volumes]))]
     return TrainingData(metadata, volumes, len(loaded_train))

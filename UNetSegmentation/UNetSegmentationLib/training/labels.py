@@ -50,12 +50,37 @@ def is_segmentation_file(path) -> bool:
     return Path(path).name.lower().endswith(".seg.nrrd")
 
 
-def _describe(size, matrix) -> str:
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    return (
-        f"size {'x'.join(str(int(s)) for s in size)}, spacing {'x'.join(f'{s:.4g}' for s in spacing)} mm, "
-        f"origin ({', '.join(f'{v:.4g}' for v in matrix[:3, 3])})"
-    )
+def _distinct(a: Sequence[float], b: Sequence[float], separator: str) -> Tuple[str, str]:
+    """``a`` and ``b`` written with as few significant digits as make them read differently (up to 17)."""
+    for digits in (4, 6, 8, 10, 17):
+        text_a, text_b = (separator.join(f"{float(v):.{digits}g}" for v in values) for values in (a, b))
+        if text_a != text_b:
+            break
+    return text_a, text_b
+
+
+def _geometry_difference(label: str, size_a, matrix_a, size_b, matrix_b) -> str:
+    """What differs between the grid of ``label`` (``size_a``, ijk→LPS ``matrix_a``) and the image's:
+    size, spacing, the direction of each axis, origin; each with both values, so none reads the same."""
+    matrix_a, matrix_b = np.asarray(matrix_a, dtype=float), np.asarray(matrix_b, dtype=float)
+    spacing_a, spacing_b = np.linalg.norm(matrix_a[:3, :3], axis=0), np.linalg.norm(matrix_b[:3, :3], axis=0)
+    differences = []
+    if tuple(int(s) for s in size_a) != tuple(int(s) for s in size_b):
+        differences.append(("size", "x".join(str(int(s)) for s in size_a), "x".join(str(int(s)) for s in size_b), ""))
+    if not np.allclose(spacing_a, spacing_b, rtol=1e-4, atol=0):
+        differences.append(("spacing", *_distinct(spacing_a, spacing_b, "x"), " mm"))
+    directions_a, directions_b = matrix_a[:3, :3] / spacing_a, matrix_b[:3, :3] / spacing_b
+    for axis in range(3):
+        if not np.allclose(directions_a[:, axis], directions_b[:, axis], atol=1e-4):
+            a, b = _distinct(directions_a[:, axis], directions_b[:, axis], ", ")
+            differences.append((f"axis {'ijk'[axis]} along", f"({a})", f"({b})", " (LPS)"))
+    if not np.allclose(matrix_a[:3, 3], matrix_b[:3, 3], rtol=0, atol=1e-3 * float(spacing_a.min()) + 1e-4):
+        a, b = _distinct(matrix_a[:3, 3], matrix_b[:3, 3], ", ")
+        differences.append(("origin", f"({a})", f"({b})", " mm"))
+    if not differences:  # only within the tolerances above, yet beyond the grid check's
+        a, b = _distinct(matrix_a[:3].ravel(), matrix_b[:3].ravel(), ", ")
+        differences.append(("the ijk-to-LPS matrix", f"[{a}]", f"[{b}]", ""))
+    return "; ".join(f"{label} has {what} {a}{unit}, the image {b}{unit}" for what, a, b, unit in differences)
 
 
 def _same_geometry(size_a, matrix_a, size_b, matrix_b) -> bool:
@@ -89,8 +114,9 @@ def _read_label_map(path: Path, image, where: str) -> LabelVolume:
         raise UserError(f"{where}label {path} must be a 3D scalar label map (got {label.GetDimension()}D, {label.GetNumberOfComponentsPerPixel()} component(s))")
     if not _same_geometry(label.GetSize(), ijk_to_lps(label), image.GetSize(), ijk_to_lps(image)):
         raise UserError(
-            f"{where}image and label have different geometry: label {path.name} has {_describe(label.GetSize(), ijk_to_lps(label))}, "
-            f"the image {_describe(image.GetSize(), ijk_to_lps(image))}; resample the label onto the image grid"
+            f"{where}image and label have different geometry: "
+            f"{_geometry_difference(f'label {path.name}', label.GetSize(), ijk_to_lps(label), image.GetSize(), ijk_to_lps(image))}; "
+            "resample the label onto the image grid"
         )
     array = sitk.GetArrayFromImage(label)
     if not np.issubdtype(array.dtype, np.integer):
@@ -107,6 +133,7 @@ def _read_segmentation(path: Path, image, where: str) -> LabelVolume:
         segmentation = slicerio.read_segmentation(str(path))
     except Exception as error:  # slicerio/pynrrd raise many types for a bad file
         raise UserError(f"{where}cannot read segmentation {path}: {error}") from None
+    _restore_non_ascii_names(path, segmentation)
     voxels = segmentation.get("voxels")
     if voxels is None or voxels.ndim not in (3, 4):
         raise UserError(f"{where}segmentation {path} has no 3D voxel data")
@@ -121,9 +148,28 @@ def _read_segmentation(path: Path, image, where: str) -> LabelVolume:
     if placed is not None:
         return LabelVolume(path, placed.transpose(2, 1, 0).copy(), segments)
     raise UserError(
-        f"{where}image and label have different geometry: segmentation {path.name} has {_describe(shape, seg_matrix)}, "
-        f"the image {_describe(size, image_matrix)}; export the segmentation with the image as reference geometry"
+        f"{where}image and label have different geometry: {_geometry_difference(f'segmentation {path.name}', shape, seg_matrix, size, image_matrix)}; "
+        "export the segmentation with the image as reference geometry"
     )
+
+
+def _restore_non_ascii_names(path: Path, segmentation: dict) -> None:
+    """Segment names as Slicer wrote them: slicerio's NRRD reader (pynrrd) drops every non-ASCII byte of
+    the header (``右肺`` would read as an empty name), ITK's reads the UTF-8 text Slicer writes."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:  # slicerio read it; keep its names
+        return
+    keys = set(reader.GetMetaDataKeys())
+    names = {
+        reader.GetMetaData(key): reader.GetMetaData(key[: -len("ID")] + "Name")
+        for key in keys if key.startswith("Segment") and key.endswith("_ID") and key[: -len("ID")] + "Name" in keys
+    }
+    for info in segmentation.get("segments") or []:
+        if info.get("id") in names:
+            info["name"] = names[info["id"]]
 
 
 def _segment_values(segmentation: dict, shape: Tuple[int, int, int]) -> Tuple[np.ndarray, List[Segment]]:

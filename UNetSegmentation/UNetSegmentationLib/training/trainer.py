@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from monai.data.meta_obj import get_track_meta, set_track_meta
 
-from UNetSegmentationLib.backends.device import resolve_device
+from UNetSegmentationLib.backends.device import resolve_device, usable_cpu_count
+from UNetSegmentationLib.backends.plan import cap_threads
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from UNetSegmentationLib.model.metadata import ModelMetadata
@@ -108,7 +109,10 @@ class Trainer:
         previous_track_meta = get_track_meta()
         try:
             if self.config.threads:
-                torch.set_num_threads(self.config.threads)
+                threads, note = cap_threads(self.config.threads, usable_cpu_count())  # no more threads than CPUs
+                if note:
+                    self.reporter.warning(note)
+                torch.set_num_threads(threads)
             set_track_meta(False)  # plain tensors out of the MONAI transforms: faster, nothing needs the metadata
             return self._run()
         finally:
@@ -161,6 +165,8 @@ class Trainer:
             device=str(setup.device), epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, crop=list(setup.crop), loss=setup.loss_kind,
             training_slices=setup.data.training_slices, validation_slices=setup.data.validation_slices,
         )
+        for line in setup.data.slicing_lines(axis_requested=config.axis is not None):  # recorded in the checkpoint too ('unetseg info')
+            self.reporter.log(line)
         for channel in setup.sampler.missing_classes:
             self.reporter.warning(f"class {metadata.classes[channel - 1].name!r} appears in no training slice: the model cannot learn it")
         if not setup.data.has_validation:

@@ -43,6 +43,11 @@ class PreparedVolume:
     def slice_count(self) -> int:
         return int(self.slices.shape[0])
 
+    @property
+    def axis_name(self) -> str:
+        """The image axis the slices run along: ``i``, ``j`` or ``k``."""
+        return "ijk"[self.geometry.slice_axis]
+
 
 def held_out_blocks(slice_count: int, fraction: float, blocks: int = 3, gap: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """``(train, held_out)`` slice indices: ``fraction`` of the slices held out in ``blocks`` contiguous

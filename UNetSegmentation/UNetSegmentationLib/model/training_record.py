@@ -1,0 +1,72 @@
+"""What a checkpoint records about the data it was trained on, read back for people (``unetseg info``).
+
+``unetseg train`` stores under ``metadata.training["data"]`` the training cases (image file name,
+the image axis the slices ran along, how many slices were trained on), the validation cases, and
+the slices of each training case held out for validation (``held_out_slices``; ``unetseg evaluate
+--slices checkpoint`` scores exactly those). Checkpoints from before the slice axis was recorded say
+so instead of guessing. Pure Python: the record is JSON that came from a file, so nothing here
+trusts its types, and text is shown without control characters.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any, Dict, Iterable, List
+
+
+def slice_ranges(slices: Iterable[int]) -> str:
+    """``[4, 5, 6, 16, 17]`` → ``"4-6, 16-17"``: slice indices along the slice axis, as ranges."""
+    runs: List[List[int]] = []
+    for index in sorted(int(s) for s in slices):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def printable(value: Any, limit: int = 120) -> str:
+    """``value`` as one line of text: control characters shown as ``?``, at most ``limit`` characters."""
+    text = "".join("?" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _entries(data: Dict[str, Any], key: str) -> List[Dict[str, Any]]:
+    entries = data.get(key)
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def _held_out(entry: Dict[str, Any]) -> str:
+    slices = entry.get("slices")
+    if not isinstance(slices, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in slices):
+        return "(unreadable)"
+    return slice_ranges(slices) or "none"
+
+
+def describe_training_data(training: Any) -> List[str]:
+    """One line per case of a checkpoint's training record: the image, the axis its slices ran along,
+    the slices trained on and those held out for validation (empty when nothing was recorded)."""
+    data = training.get("data") if isinstance(training, dict) else None
+    if not isinstance(data, dict):
+        return []
+    config = training.get("config") if isinstance(training.get("config"), dict) else {}
+    requested = config.get("axis")
+    held = {printable(e.get("case")): e for e in _entries(data, "held_out_slices")}
+    lines = []
+    for role, key in (("training", "training"), ("validation", "validation")):
+        for entry in _entries(data, key):
+            case = printable(entry.get("case"))
+            axis = entry.get("slice_axis")
+            if axis in ("i", "j", "k"):
+                along = f"along {axis}" + (" (--axis)" if requested is not None else " (auto)")
+            else:
+                along = "slice axis not recorded" + (" (auto)" if requested is None else f" (--axis {printable(requested, 8)})")
+            if role == "validation":
+                use = "all slices held out"
+            else:
+                count = entry.get("train_slices")
+                use = f"{count} slices trained" if isinstance(count, int) else "slices trained"
+                if case in held:
+                    use += f", held out {_held_out(held[case])}"
+            lines.append(f"{role:<10} {printable(entry.get('image'))} (case {case!r}): {along}; {use}")
+    return lines

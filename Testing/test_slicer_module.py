@@ -458,7 +458,13 @@ def test_every_segmentation_api_name_is_in_the_reference(reference_text):
     segmentation_calls = {name for name in called if SEGMENTATION_API.search(name) and name[0].isupper()}
     assert {"SetReferenceImageGeometryParameterFromVolumeNode", "GetSegmentation"} <= segmentation_calls
     missing = sorted(name for name in segmentation_calls if name not in reference_text)
-    assert not missing, f"segmentation API names not in {REFERENCE.name}: {missing}"
+    if missing:  # a name the reference does not list must be one of Slicer's own (slicer-core; the test_mrml_* tests run them)
+        from mrml_support import import_slicer_core
+
+        slicer = import_slicer_core()
+        classes = [getattr(slicer, name) for name in dir(slicer) if name.startswith("vtk")]
+        missing = [name for name in missing if not any(hasattr(cls, name) for cls in classes)]
+    assert not missing, f"segmentation API names neither in {REFERENCE.name} nor in Slicer's classes: {missing}"
 
 
 def test_other_slicer_facts_used_are_in_the_reference(reference_text):

@@ -158,7 +158,7 @@ def test_probe_output_is_parsed_and_a_real_probe_runs_in_a_child():
 
 
 def test_missing_requirements_are_found_without_importing_them():
-    present = {"monai", "safetensors", "tqdm", "typing_extensions", "colorama"}
+    present = {"monai", "safetensors", "tqdm", "typing_extensions", "colorama", "onnxruntime", "onnx", "ml_dtypes", "google.protobuf", "flatbuffers", "packaging"}
     missing = missing_requirements(lambda name: object() if name in present else None)
     assert [r.module for r in missing] == ["slicerio", "nrrd"]
     assert pip_install_arguments(missing) == "--no-deps slicerio>=1.0 pynrrd>=1.0"

@@ -424,7 +424,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 node = self.logic.importResult(run, context["volumeNode"], context["outputNode"], context["metadata"], show3D=context["show3D"])
                 if context["outputNode"] is not None and self._parameterNode is not None:
-                    self._parameterNode.outputSegmentation = node  # the replaced node's successor
+                    self._parameterNode.outputSegmentation = node  # the same node, refilled (a new one if it was deleted meanwhile)
             except Exception as error:
                 logging.exception("UNetSegmentation: import failed")
                 run.fail("the result could not be loaded into Slicer: %s" % error)
@@ -536,9 +536,9 @@ class UNetSegmentationTest(ScriptedLoadableModuleTest):
         self.test_BundledModelOnSampleCT()
 
     def test_ObliqueVolume(self):
-        """A small checkpoint made by the engine, on an oblique volume with anisotropic spacing."""
+        """A small checkpoint made by the engine, on an oblique, anisotropic volume under a transform."""
         selftest.check_oblique_volume(self, UNetSegmentationLogic())
 
     def test_BundledModelOnSampleCT(self):
-        """The bundled model on a CT from SampleData (skipped when either is not available)."""
-        selftest.check_bundled_model_on_sample_ct(self, UNetSegmentationLogic())
+        """The bundled model on the chest CT shipped in slicerio (skipped when the model is not installed)."""
+        selftest.check_bundled_model_on_chest_ct(self, UNetSegmentationLogic())

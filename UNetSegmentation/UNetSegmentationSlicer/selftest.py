@@ -1,21 +1,33 @@
-"""The bodies of the module's self-test, run inside Slicer by ``UNetSegmentationTest`` (``Slicer --testing``).
+"""The bodies of the module's self-test, run inside Slicer by ``UNetSegmentationTest`` (``Slicer --testing``)
+and, on the MRML of the ``slicer-core`` package, by the test suite (``Testing/test_mrml_selftest.py``).
 
-Each check takes the test case (for its assertions and ``delayDisplay``) and the module's logic.
-numpy and slicerio are imported inside the checks: this file is imported only when the test runs.
+Each check takes the test case (for its assertions and ``delayDisplay``) and the module's logic, and
+reaches the scene only through MRML and ``slicer.util`` calls that need no Qt; of ``slicer.app`` it
+uses ``temporaryPath`` only. numpy and slicerio are imported inside the checks: this file is imported
+only when the test runs.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
+import tempfile
 from typing import Sequence
 
 import slicer
-import vtk
 
 from UNetSegmentationLib.panel.checkpoints import bundled_model_path
 from UNetSegmentationLib.protocol.runner import package_parent
+from UNetSegmentationSlicer import inspection, scene
+
+#: the parent transform the oblique volume is put under (a rotation and a 25 mm shift), to check that
+#: the result follows the volume's transform without its geometry being shifted by it
+PARENT_TRANSFORM_ANGLES_RAD = (0.0, 0.0, 0.3)
+PARENT_TRANSFORM_SHIFT_MM = (25.0, -12.0, 7.5)
+#: how far geometry may differ from the volume's (mm, and unitless for the direction x spacing part)
+GEOMETRY_TOLERANCE = 1e-4
 
 
 def run_engine(test, python: str, arguments: Sequence) -> None:
@@ -26,92 +38,119 @@ def run_engine(test, python: str, arguments: Sequence) -> None:
     test.assertEqual(result.returncode, 0, result.stderr)
 
 
-def volume_from_array(array, ijk_to_ras, name: str):
-    """A scalar volume node holding ``array`` ([k, j, i]) with the 4x4 ``ijk_to_ras`` geometry."""
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, ijk_to_ras[row, column])
-    return slicer.util.addVolumeFromArray(array, ijkToRAS=matrix, name=name)
+def temporary_folder() -> pathlib.Path:
+    """A new folder in Slicer's temporary folder (removed by the check that asked for it)."""
+    return pathlib.Path(tempfile.mkdtemp(prefix="UNetSegmentationTest-", dir=slicer.app.temporaryPath))
+
+
+def add_parent_transform(volume_node):
+    """Put ``volume_node`` under a new linear transform (PARENT_TRANSFORM_*); returns the transform node."""
+    import numpy as np
+
+    from UNetSegmentationLib.panel.selftest_support import rotation
+
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation(PARENT_TRANSFORM_ANGLES_RAD)
+    matrix[:3, 3] = PARENT_TRANSFORM_SHIFT_MM
+    transform_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "UNetSegmentationTest transform")
+    transform_node.SetMatrixTransformToParent(inspection.matrix_from_array(matrix))
+    volume_node.SetAndObserveTransformNodeID(transform_node.GetID())
+    return transform_node
 
 
 def check_oblique_volume(test, logic) -> None:
     """A small checkpoint made by the engine that labels every voxel "a", on an oblique volume with
-    anisotropic spacing: named, coloured segments that cover the volume voxel for voxel."""
+    anisotropic spacing under a parent transform: named, coloured segments under the volume's transform,
+    on its geometry, covering it voxel for voxel."""
     from UNetSegmentationLib.model.header import read_metadata
     from UNetSegmentationLib.panel.selftest_support import constant_checkpoint, oblique_ijk_to_ras, sample_volume_array
 
-    test.delayDisplay("Oblique, anisotropic volume with a small checkpoint")
+    test.delayDisplay("Oblique, anisotropic volume under a transform, with a small checkpoint")
     logic.ensureDependencies()  # the engine below needs torch; installs without asking
+    folder = temporary_folder()
+    try:
+        untrained = folder / "untrained.safetensors"
+        checkpoint = folder / "every-voxel-is-a.safetensors"
+        run_engine(test, logic.enginePython(), ["create", "--arch", "unetplusplus", "--classes", "a,b", "--features", "4,8,16,32,64", "--overwrite", untrained])
+        constant_checkpoint(untrained, checkpoint, label_value=1)  # every voxel becomes segment "a"
+        metadata = read_metadata(checkpoint)
 
-    folder = pathlib.Path(slicer.util.tempDirectory("UNetSegmentationTest"))
-    untrained = folder / "untrained.safetensors"
-    checkpoint = folder / "every-voxel-is-a.safetensors"
-    run_engine(test, logic.enginePython(), ["create", "--arch", "unetplusplus", "--classes", "a,b", "--features", "4,8,16,32,64", "--overwrite", untrained])
-    constant_checkpoint(untrained, checkpoint, label_value=1)  # every voxel becomes segment "a"
-    metadata = read_metadata(checkpoint)
+        array = sample_volume_array((10, 28, 32))
+        volume_node = slicer.util.addVolumeFromArray(array, ijkToRAS=oblique_ijk_to_ras(), name="oblique")
+        add_parent_transform(volume_node)
+        segmentation_node = logic.process(volume_node, checkpoint=checkpoint, timeoutSec=600)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
-    ijk_to_ras = oblique_ijk_to_ras()
-    array = sample_volume_array((10, 28, 32))
-    volume_node = volume_from_array(array, ijk_to_ras, "oblique")
-
-    segmentation_node = logic.process(volume_node, checkpoint=checkpoint, timeoutSec=600)
-
-    test.assertIsNotNone(segmentation_node)
     test.assertEqual(segmentation_node.GetName(), "oblique segmentation")
+    test.assertEqual(segmentation_node.GetTransformNodeID(), volume_node.GetTransformNodeID())
     segmentation = segmentation_node.GetSegmentation()
     test.assertEqual(segmentation.GetNumberOfSegments(), 2)
     for info in metadata.classes:
-        segment_id = segmentation.GetSegmentIdBySegmentName(info.name)
-        test.assertTrue(segment_id, "segment %s missing" % info.name)
-        color = segmentation.GetSegment(segment_id).GetColor()
-        for got, expected in zip(color, info.color):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(info.name))
+        test.assertIsNotNone(segment, "segment %s missing" % info.name)
+        test.assertEqual(segment.GetLabelValue(), info.value)
+        for got, expected in zip(segment.GetColor(), info.color):
             test.assertAlmostEqual(got, expected, places=3)
-    check_geometry(test, segmentation_node, ijk_to_ras, array.shape, folder / "exported.seg.nrrd")
+    check_geometry(test, segmentation_node, volume_node)
+    labels = inspection.labels_on_volume(segmentation_node, volume_node)
+    test.assertEqual(labels.shape, array.shape)
+    test.assertTrue((labels == 1).all(), "every voxel of the volume must be in segment a")
     test.delayDisplay("Oblique volume test passed")
 
 
-def check_geometry(test, segmentation_node, ijk_to_ras, shape_kji, exported: pathlib.Path) -> None:
-    """Write the segmentation back to a file and compare it with the volume: segment "a" covers every
-    voxel, along the same axes and spacing, starting where the volume's first voxel is."""
-    import numpy as np  # only when the self-test runs
+def check_geometry(test, segmentation_node, volume_node) -> None:
+    """The segmentation's reference geometry and every segment's labelmap lie on the volume's IJK-to-RAS
+    grid (the reference geometry's extent being the volume's)."""
+    import numpy as np
+
+    expected = inspection.ijk_to_ras(volume_node)
+    reference, extent = inspection.reference_geometry(segmentation_node)
+    test.assertTrue(np.allclose(reference, expected, atol=GEOMETRY_TOLERANCE), "reference geometry %s differs from the volume's %s" % (reference.tolist(), expected.tolist()))
+    dimensions = volume_node.GetImageData().GetDimensions()
+    test.assertEqual(extent, (0, dimensions[0] - 1, 0, dimensions[1] - 1, 0, dimensions[2] - 1))
+    for identifier, geometry in inspection.labelmap_geometries(segmentation_node).items():
+        test.assertTrue(np.allclose(geometry, expected, atol=GEOMETRY_TOLERANCE), "segment %s: labelmap geometry differs from the volume's" % identifier)
+
+
+def chest_ct_path() -> pathlib.Path:
+    """The chest CT shipped inside slicerio (128x128x34; installed with the extension's packages)."""
     import slicerio
 
-    from UNetSegmentationLib.panel.selftest_support import lps_from_ras
-
-    slicer.util.exportNode(segmentation_node, str(exported))
-    test.assertTrue(exported.is_file(), "the segmentation could not be exported")
-    written = slicerio.read_segmentation(str(exported))
-    segments = {s["name"]: s for s in written["segments"]}
-    test.assertEqual(set(segments), {"a", "b"})
-    voxels = np.asarray(written["voxels"])  # [i, j, k]
-    labelled = np.argwhere(voxels == segments["a"]["labelValue"])
-    test.assertEqual(len(labelled), int(np.prod(shape_kji)), "every voxel of the volume must be in segment a")
-    test.assertEqual(tuple(labelled.max(axis=0) - labelled.min(axis=0) + 1), tuple(shape_kji)[::-1])
-    volume_ijk_to_lps = lps_from_ras(ijk_to_ras)
-    segmentation_ijk_to_lps = np.asarray(written["ijkToLPS"], dtype=float)
-    corner = segmentation_ijk_to_lps[:3, :3] @ labelled.min(axis=0) + segmentation_ijk_to_lps[:3, 3]
-    np.testing.assert_allclose(segmentation_ijk_to_lps[:3, :3], volume_ijk_to_lps[:3, :3], atol=1e-4)
-    np.testing.assert_allclose(corner, volume_ijk_to_lps[:3, 3], atol=1e-3)
+    return pathlib.Path(slicerio.get_testdata_file("CTChest4.nrrd"))
 
 
-def check_bundled_model_on_sample_ct(test, logic) -> None:
-    """The bundled model on the CTChest sample: segments named by the model (skipped when the model or SampleData is missing)."""
-    if not bundled_model_path().is_file():
+def check_bundled_model_on_chest_ct(test, logic, checkpoint=None) -> None:
+    """The bundled model (or ``checkpoint``, a copy of it) on the chest CT shipped in slicerio: the model's
+    segments, on the CT's geometry, beside the CT in its study, with the body-wide "tissue" segment
+    translucent in 3D (skipped when the bundled model is missing)."""
+    checkpoint = pathlib.Path(checkpoint) if checkpoint else bundled_model_path()
+    if not checkpoint.is_file():
         test.delayDisplay("Bundled model not present: test skipped")
         return
-    try:
-        import SampleData  # a Slicer module; absent in some custom builds
-    except ImportError:
-        test.delayDisplay("SampleData module not available: test skipped")
-        return
-    test.delayDisplay("Bundled model on the CTChest sample")
-    volume_node = SampleData.SampleDataLogic().downloadSample("CTChest")
-    test.assertIsNotNone(volume_node)
-    segmentation_node = logic.process(volume_node, largestComponent=True, timeoutSec=1800)
+    from UNetSegmentationLib.model.header import read_metadata
+
+    test.delayDisplay("Bundled model on the chest CT")
+    logic.ensureDependencies()  # slicerio comes with the extension's packages
+    volume_node = scene.load_volume(chest_ct_path(), "CTChest")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "UNetSegmentationTest patient"), "UNetSegmentationTest study")
+    volume_item = hierarchy.GetItemByDataNode(volume_node)
+    if volume_item:
+        hierarchy.SetItemParent(volume_item, study)
+    else:
+        hierarchy.CreateItem(study, volume_node)
+    segmentation_node = logic.process(volume_node, checkpoint=checkpoint, largestComponent=True, show3D=True, timeoutSec=1800)
+
+    classes = read_metadata(checkpoint).classes
     segmentation = segmentation_node.GetSegmentation()
-    test.assertGreater(segmentation.GetNumberOfSegments(), 0)
-    for index in range(segmentation.GetNumberOfSegments()):
-        name = segmentation.GetSegment(segmentation.GetNthSegmentID(index)).GetName()
-        test.assertFalse(name.startswith("Segment_"), "segment names must come from the model, got %s" % name)
+    names = [segmentation.GetNthSegment(index).GetName() for index in range(segmentation.GetNumberOfSegments())]
+    test.assertEqual(names, [info.name for info in classes], "segment names must come from the model")
+    check_geometry(test, segmentation_node, volume_node)
+    labels = inspection.labels_on_volume(segmentation_node, volume_node)
+    test.assertGreaterEqual(len(set(labels.ravel().tolist()) - {0}), 4, "the model finds most of its structures in the chest CT")
+    test.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation_node)), study, "the result belongs to the CT's study")
+    opacities = inspection.opacities_3d(segmentation_node)
+    test.assertLess(opacities["tissue"], 1.0, "the body-wide tissue segment must not hide the others in 3D")
+    test.assertEqual(opacities["left lung"], 1.0)
     test.delayDisplay("Bundled model test passed")

@@ -20,15 +20,24 @@ class Requirement:
 
 #: installed with ``--no-deps`` so pip never replaces Slicer's own numpy, SimpleITK or VTK; the list
 #: is closed over these packages' dependencies (monai → numpy, torch; slicerio → numpy, pynrrd,
-#: requests; pynrrd → numpy, typing_extensions; tqdm → colorama on Windows), except for the
-#: packages Slicer ships (PROTECTED_PACKAGES)
+#: requests; pynrrd → numpy, typing_extensions; tqdm → colorama on Windows; onnxruntime → numpy,
+#: flatbuffers, packaging, protobuf; onnx → numpy, protobuf, typing_extensions, ml_dtypes), except for
+#: the packages Slicer ships (PROTECTED_PACKAGES). ONNX Runtime is the engine's fast CPU backend (what
+#: ``--backend auto`` picks on the CPU, and what runs the bundled model's shipped export without
+#: PyTorch); ml_dtypes stays below 0.6, whose wheels need numpy 2 (0.5.x works with numpy 1.26 and 2).
 REQUIREMENTS = (
     Requirement("monai", "monai>=1.3"),
     Requirement("safetensors", "safetensors>=0.4"),
     Requirement("slicerio", "slicerio>=1.0"),
     Requirement("nrrd", "pynrrd>=1.0"),
-    Requirement("typing_extensions", "typing_extensions>=4.0"),
+    Requirement("typing_extensions", "typing_extensions>=4.7"),
     Requirement("tqdm", "tqdm>=4.60"),
+    Requirement("onnxruntime", "onnxruntime>=1.17"),
+    Requirement("onnx", "onnx>=1.15"),
+    Requirement("ml_dtypes", "ml_dtypes>=0.5.4,<0.6"),
+    Requirement("google.protobuf", "protobuf>=4.25"),
+    Requirement("flatbuffers", "flatbuffers"),
+    Requirement("packaging", "packaging"),
 ) + ((Requirement("colorama", "colorama"),) if sys.platform == "win32" else ())
 #: never installed or upgraded by the extension: Slicer ships them (torch comes from the PyTorch extension)
 PROTECTED_PACKAGES = ("numpy", "SimpleITK", "vtk", "requests", "torch", "torchvision")

@@ -95,7 +95,7 @@ COMMAND_VERBS = {"predict": "Segmenting", "train": "Training", "evaluate": "Eval
 
 
 def describe_start(event: Event) -> str:
-    """``"Segmenting 34 slices on cpu with unetplusplus at depth 2; slices along k"``, or the same for
+    """``"Segmenting 34 slices on cpu with unetplusplus at depth 2 (onnx backend, fp32 precision); slices along k"``, or the same for
     any command (``"Training 300 steps on cuda"``); missing fields are left out."""
     command = str(event.get("command") or "predict")
     verb = COMMAND_VERBS.get(command, f"Running {command}:")
@@ -108,6 +108,7 @@ def describe_start(event: Event) -> str:
         f" on {event['device']}" if event.get("device") else "",
         f" with {event['arch']}" if event.get("arch") else "",
         f" at depth {depth}" if depth not in (None, "") else "",
+        f" ({event['backend']} backend, {event.get('precision') or 'default'} precision)" if event.get("backend") else "",
         f"; {event['geometry']}" if event.get("geometry") else "",
     ]
     return "".join(parts)

@@ -9,6 +9,8 @@ are those of ``Resources/Tools/render_slicer_views.py``, which draws the README'
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -23,8 +25,35 @@ mrml = mrml_support.mrml
 RED, BLUE = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)
 
 
+#: renders one offscreen frame the way the views do; run in a child, since a machine without OpenGL may crash VTK
+RENDER_PROBE = """
+import os
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+import vtk
+window = vtk.vtkRenderWindow()
+window.SetOffScreenRendering(1)
+window.SetSize(8, 8)
+window.AddRenderer(vtk.vtkRenderer())
+window.Render()
+print(window.GetClassName())
+"""
+
+
+@pytest.fixture(scope="module")
+def offscreen_rendering():
+    """The name of VTK's offscreen render window here; the tests are skipped (failed with
+    UNETSEG_REQUIRE_MRML=1) where VTK cannot render offscreen (no EGL/OpenGL)."""
+    result = subprocess.run([sys.executable, "-c", RENDER_PROBE], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        message = f"VTK cannot render offscreen here (exit {result.returncode}): {result.stderr.strip()[-300:]}"
+        if os.environ.get(mrml_support.REQUIRE_MRML_VARIABLE) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return result.stdout.strip()
+
+
 @pytest.fixture
-def views(mrml, monkeypatch):
+def views(mrml, offscreen_rendering, monkeypatch):
     """``Resources/Tools/render_slicer_views.py`` as a module (it needs slicer-core, which ``mrml`` checked)."""
     spec = importlib.util.spec_from_file_location("render_slicer_views", REPO / "Resources" / "Tools" / "render_slicer_views.py")
     module = importlib.util.module_from_spec(spec)

@@ -36,12 +36,9 @@ from UNetSegmentationLib.panel.run import (
     SEGMENTING,
     RunOptions,
     SegmentationRun,
-    describe_event,
-    format_duration,
-    format_eta,
     panel_view,
-    progress_text,
 )
+from UNetSegmentationLib.panel.log_lines import describe_event, format_duration, format_eta, progress_text
 
 
 def write_oblique_volume(path: Path, shape_kji=(10, 28, 32)) -> np.ndarray:

@@ -39,7 +39,8 @@ from UNetSegmentationLib.panel.checkpoints import (
     readiness,
 )
 from UNetSegmentationLib.panel.devices import DeviceProbe, device_choices
-from UNetSegmentationLib.panel.run import SegmentationRun, format_duration, panel_view, slicer_python
+from UNetSegmentationLib.panel.log_lines import format_duration
+from UNetSegmentationLib.panel.run import SegmentationRun, panel_view, slicer_python
 from UNetSegmentationSlicer import dependencies, parameters, scene, selftest, widgets
 
 #: Slicer 5.8 (Python 3.9) cannot run the engine; 5.10 and later ship Python 3.12

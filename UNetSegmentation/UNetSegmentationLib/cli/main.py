@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from UNetSegmentationLib.cli import evaluate, models, predict, train
 from UNetSegmentationLib.errors import EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
+from UNetSegmentationLib.io.memory_budget import machine_memory_note
 
 
 class Cancelled(BaseException):
@@ -57,8 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.reporter.error("cancelled")
         print("unetseg: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
-    except MemoryError:
-        message = "out of memory: try a smaller --batch-size"
+    except MemoryError:  # memory ran out outside the batches (those shrink on their own): reading, writing, post-processing
+        message = f"out of memory ({machine_memory_note()}): close other programs, or crop or resample the input to fewer voxels"
         args.reporter.error(message)
         print(f"unetseg: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -10,6 +10,7 @@ SimpleITK-free: the Slicer panel imports it in its GUI process.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -80,6 +81,8 @@ class SegmentationOptions:
     slice_workers: Optional[int] = None  # CPU: slices computed at once, threads // workers each; None: the plan's default
 
     def __post_init__(self) -> None:
+        if isinstance(self.probabilities, str) and self.probabilities.endswith(("/", os.sep)):  # Path() would drop the '/'
+            raise UserError(f"--probabilities {self.probabilities} ends in '{self.probabilities[-1]}', so it names a folder; give a file name (e.g. {Path(self.probabilities) / 'confidence.nrrd'})")
         # frozen: normalised values are set through object.__setattr__, once, here
         normalised = {
             "depth": parse_depth(self.depth) if isinstance(self.depth, str) else self.depth,

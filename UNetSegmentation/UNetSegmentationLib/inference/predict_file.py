@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -20,9 +20,12 @@ from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
 from UNetSegmentationLib.inference.slicing import SliceGeometry, normalised_batch, padding_for
-from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claims_outputs
-from UNetSegmentationLib.io.segmentations import write_labels, write_scalar
-from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, read_volume
+from UNetSegmentationLib.io.input_header import InputHeader
+from UNetSegmentationLib.io.native_messages import quiet_itk
+from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
+from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claim_outputs, claiming_outputs
+from UNetSegmentationLib.io.segmentations import label_dtype, write_labels, write_scalar
+from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, inspect_input, read_volume
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
@@ -44,12 +47,13 @@ def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) ->
     return None
 
 
-def _checked_outputs(input_path, output_path: Path, options: SegmentationOptions) -> List[Path]:
-    """The label output, and the probability map when asked for: each checked (and claimed) before any work."""
+def _checked_outputs(input_path, output_path, options: SegmentationOptions) -> List[Path]:
+    """The label output (``output_path`` as typed: a trailing '/' names a folder), and the probability map when
+    asked for: each checked before any work (claimed later, once the input is known to be safe to open)."""
     outputs = [check_output_path(output_path, options.overwrite)]
     if options.probabilities is not None:
         probabilities_path = check_output_path(Path(options.probabilities), options.overwrite, what="probability map", extensions=(".nrrd", ".nii.gz", ".nii", ".mha"))
-        if probabilities_path.resolve() == output_path.resolve():
+        if probabilities_path.resolve() == outputs[0].resolve():
             raise UserError("--probabilities must name a different file than the output")
         outputs.append(probabilities_path)
     if Path(input_path).exists() and any(Path(input_path).resolve() == o.resolve() for o in outputs):
@@ -69,7 +73,6 @@ def _input_warnings(image, volume: np.ndarray, geometry: SliceGeometry, metadata
     return warnings
 
 
-@claims_outputs  # a lock file per output while the run lasts: a second run on the same output is refused
 def predict_file(
     input_path,
     output_path,
@@ -78,38 +81,56 @@ def predict_file(
     reporter: Optional[Reporter] = None,
     plain_torch_metadata: Optional[ModelMetadata] = None,
     predictor_factory: PredictorFactory = create_predictor,
+    memory_available: Callable[[], Optional[int]] = available_memory,
 ) -> dict:
     """``unetseg predict``: everything is checked before the first slice runs; outputs appear only when complete.
 
     ``predictor_factory`` builds the predictor from the checkpoint and the resolved plan (default: the
-    engine's :func:`~UNetSegmentationLib.backends.factory.create_predictor`). Returns the ``done`` summary.
+    engine's :func:`~UNetSegmentationLib.backends.factory.create_predictor`); ``memory_available`` says how
+    many bytes the run may allocate (default: what the machine says). Returns the ``done`` summary.
     """
-    reporter = reporter or Reporter()
     t_start = time.perf_counter()
-    outputs = _checked_outputs(input_path, Path(output_path), options)  # before any work
+    outputs = _checked_outputs(input_path, output_path, options)  # before any work
+    header = inspect_input(input_path)  # a regular file or a DICOM folder, complete, from its header: before any lock
+    with claiming_outputs():  # a lock per output while the run lasts: a second run on the same output is refused
+        claim_outputs(outputs)
+        return _segment(header, outputs, checkpoint_path, options, reporter or Reporter(), plain_torch_metadata, predictor_factory, memory_available, t_start)
 
+
+def _segment(
+    header: InputHeader,
+    outputs: List[Path],
+    checkpoint_path,
+    options: SegmentationOptions,
+    reporter: Reporter,
+    plain_torch_metadata: Optional[ModelMetadata],
+    predictor_factory: PredictorFactory,
+    memory_available: Callable[[], Optional[int]],
+    t_start: float,
+) -> dict:
+    """The run of :func:`predict_file` once its input and outputs are checked and its outputs claimed."""
     # weights read when a network is built: a cached ONNX export of this very file needs only the metadata
     checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
     metadata = checkpoint.metadata
     depth = resolve_depth(metadata, options.depth)
+    _check_memory(header, metadata, options, memory_available())  # from the header: before PyTorch or any voxel is allocated
     plan = plan_execution(options.execution_request())  # device, precision, backend, threads: decided once
     if predictor_factory is create_predictor:  # the engine's own factory announces a first-run ONNX export before it starts
         predictor_factory = partial(create_predictor, log=reporter.log)
     predictor, notes = predictor_factory(checkpoint, plan, depth, options.classification_guidance)  # notes: e.g. an ONNX fallback
     t_model = time.perf_counter()
 
-    image = read_volume(input_path)
+    image = read_volume(header.path, header)
     volume = _array_view(image)
-    check_finite(volume, source=str(input_path))
+    check_finite(volume, source=str(header.path))
     t_read = time.perf_counter()
 
     geometry = SliceGeometry.from_direction(image.GetDirection(), options.axis)
-    check_slice_size(geometry.slices_view(volume).shape[1:], source=str(input_path))
     mapping = fit_normalization(metadata.normalization, volume)
     slice_count = geometry.slices_view(volume).shape[0]
     quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
     _report_start(reporter, plan, predictor, metadata, depth, geometry, slice_count)
-    for warning in [*notes, *_input_warnings(image, volume, geometry, metadata)]:
+    for warning in [*notes, *header.warnings, *_input_warnings(image, volume, geometry, metadata)]:
         reporter.warning(warning)
     quantize_s = 0.0
     if quantize_int8:  # after the start event: the progress bar is up while calibration runs (seconds to a minute)
@@ -142,6 +163,24 @@ def predict_file(
     return summary
 
 
+def _check_memory(header: InputHeader, metadata: ModelMetadata, options: SegmentationOptions, available: Optional[int]) -> None:
+    """Refuse, from the input's header, slices too large for one network call and a run too large for the memory left."""
+    geometry = SliceGeometry.from_direction(header.direction, options.axis)
+    rows, columns = header.size[geometry.row_axis], header.size[geometry.column_axis]
+    check_slice_size((rows, columns), source=str(header.path))
+    estimate = estimate_prediction_memory(
+        voxels=header.voxels,
+        input_bytes_per_voxel=header.bytes_per_voxel,
+        reader_copies=header.reader_copies,
+        label_bytes_per_voxel=label_dtype(max(c.value for c in metadata.classes)).itemsize,
+        batch_bytes=options.batch_size * (2 * metadata.context + 1) * rows * columns * 4,  # float32 network inputs
+        volume_statistics=metadata.normalization.kind != "ct",  # MR: percentiles of the whole volume copy it once
+        confidence=options.probabilities is not None,
+        largest_component=options.largest_component,
+    )
+    check_memory(estimate, available, str(header.path))
+
+
 def _report_start(reporter: Reporter, plan: ExecutionPlan, predictor, metadata: ModelMetadata, depth: Depth, geometry: SliceGeometry, slice_count: int) -> None:
     """The ``start`` event: what runs, where, on what (see :mod:`~UNetSegmentationLib.protocol.events`)."""
     reporter.start(
@@ -162,7 +201,7 @@ def _report_start(reporter: Reporter, plan: ExecutionPlan, predictor, metadata: 
 
 def _write_outputs(result: PredictionResult, image, outputs: List[Path], metadata: ModelMetadata, overwrite: bool) -> None:
     """The labels (and the confidence map) on the input's grid, all renamed into place only when every one is complete."""
-    with atomic_output(outputs, overwrite=overwrite) as temporaries:
+    with quiet_itk(), atomic_output(outputs, overwrite=overwrite) as temporaries:  # ITK's own complaints: the check before the rename words them
         write_labels(result.labels, image, temporaries[0], metadata.classes, final_name=outputs[0])
         if result.confidence is not None:
             write_scalar(result.confidence, image, temporaries[1], final_name=outputs[1])

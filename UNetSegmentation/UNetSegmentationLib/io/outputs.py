@@ -3,12 +3,13 @@
 A run that fails or is cancelled leaves no partial file and never touches an existing file unless
 the user asked for ``--overwrite``. Temporary names are predictable from the writer's process id
 (``.NAME.unetseg-PID.partial.EXT``) so the process runner can remove them after killing a child.
+Before the rename every file is flushed to the disk and, for volume formats, checked to hold all
+the voxel data its header announces (:mod:`.verified_write`): a disk that fills up mid-write is a
+message, never a cut file under the final name.
 
 Two runs never write the same output at once: inside :func:`claiming_outputs` (``unetseg predict``),
-:func:`check_output_path` also creates an exclusive lock file ``.NAME.unetseg-lock`` next to the
-output (``O_CREAT | O_EXCL``, holding the writer's process id and host). A second run naming the
-same output is refused with a message; a lock left by a process that no longer exists (killed) is
-taken over. Locks are removed when the run ends, whatever the outcome.
+:func:`check_output_path` also takes an operating-system lock on ``.NAME.unetseg-lock`` next to the
+output (:mod:`.locks`), released when the run ends, however it ends.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import socket
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Sequence, Union
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.locks import claim_output, lock_path, release_output
+from UNetSegmentationLib.io.verified_write import check_room, flush_folder, verify_written
+
+__all__ = ["lock_path"]  # the lock file's name, for the process runner's tidying up
 
 #: compound extensions first, so ".seg.nrrd" wins over ".nrrd"
 IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha")
@@ -44,11 +48,22 @@ def temporary_path(path: Path, pid: int | None = None) -> Path:
     return path.with_name(f".{stem}.unetseg-{os.getpid() if pid is None else pid}.partial{extension}")
 
 
-def check_output_path(path: Path, overwrite: bool, what: str = "output", extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Path:
-    """Refuse, before any work, an output we could not or should not write."""
+def check_output_path(path: Union[str, Path], overwrite: bool, what: str = "output", extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Path:
+    """Refuse, before any work, an output we could not or should not write.
+
+    ``path`` as the user typed it: a trailing ``/`` names a folder, even one that does not exist yet.
+    The extension is matched whole (``x.seg.nrrd`` is a segmentation, never a ``.nrrd`` scalar map).
+    """
+    text = os.fspath(path)
     path = Path(path)
-    if extensions and not split_extension(path, extensions)[1]:
-        raise UserError(f"{what} {path}: unsupported file type; use one of {', '.join(extensions)}")
+    if text.endswith(("/", os.sep)) and text.strip("/" + os.sep):
+        raise UserError(f"{what} {text} ends in '{text[-1]}', so it names a folder; give a file name (e.g. {path / ('labels' + extensions[0]) if extensions else path})")
+    if extensions:
+        extension = split_extension(path, tuple(IMAGE_EXTENSIONS) + tuple(extensions))[1]
+        if extension.lower() == ".seg.nrrd" and ".seg.nrrd" not in extensions:
+            raise UserError(f"{what} {path}: .seg.nrrd is a Slicer segmentation name, but a {what} is no segmentation; use one of {', '.join(extensions)}")
+        if extension.lower() not in [e.lower() for e in extensions]:
+            raise UserError(f"{what} {path}: unsupported file type; use one of {', '.join(extensions)}")
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file name")
     if path.exists() and not overwrite:
@@ -58,86 +73,26 @@ def check_output_path(path: Path, overwrite: bool, what: str = "output", extensi
         raise UserError(f"cannot write {what} {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {what} {path}: no permission to write in {parent}")
+    check_room(path, what)
     if _claim_scopes:
         claim_output(path, what)
         _claim_scopes[-1].append(path)
     return path
 
 
-# --- one writer per output ----------------------------------------------------------------------------
+# --- one writer per output (:mod:`.locks`) ---------------------------------------------------------------
 
-#: lock files this process holds: output path → lock path
-_held_locks: Dict[Path, Path] = {}
 #: open :func:`claiming_outputs` blocks, innermost last, each with the outputs it claimed
 _claim_scopes: List[List[Path]] = []
 
 
-def lock_path(path: Path) -> Path:
-    """The lock file of output ``path``: ``.NAME.unetseg-lock`` in the same folder."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.unetseg-lock")
-
-
-def lock_holder(lock: Path) -> Optional[str]:
-    """Who holds ``lock`` (``"process N"`` or ``"process N on HOST"``), or None when it is stale.
-
-    Stale: no such file, or written by this process, or by a process of this host that no longer
-    exists. A lock from another host, or one being written this instant, counts as held.
-    """
-    try:
-        text = Path(lock).read_text(encoding="utf-8", errors="replace").split()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return "an unknown process"
-    if len(text) < 2 or not text[0].isdigit():
-        return "an unknown process"
-    pid, host = int(text[0]), text[1]
-    if host != socket.gethostname():
-        return f"process {pid} on {host}"
-    if pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except (PermissionError, OverflowError, ValueError):
-        pass
-    return f"process {pid}"
-
-
-def claim_output(path: Path, what: str = "output") -> None:
-    """Create ``path``'s lock file exclusively, or refuse: another run is writing ``path``."""
-    path = Path(path)
-    lock = lock_path(path)
-    for _ in range(3):
-        try:
-            descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            holder = lock_holder(lock)
-            if holder is None:  # left behind by a killed run: take it over
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-                continue
-            raise UserError(
-                f"{what} {path} is being written by another unetseg run ({holder}); wait for it to finish or choose "
-                f"another output name (if no run is active, delete {lock})"
-            ) from None
-        except OSError as error:
-            raise UserError(f"cannot write {what} {path}: {error.strerror or error}") from None
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(f"{os.getpid()} {socket.gethostname()}\n")
-        _held_locks[path] = lock
-        return
-    raise UserError(f"cannot claim {what} {path}: its lock file {lock} keeps reappearing; is another run starting?")
-
-
-def release_output(path: Path) -> None:
-    """Remove ``path``'s lock file if this process holds it."""
-    lock = _held_locks.pop(Path(path), None)
-    if lock is not None and lock_holder(lock) is None:
-        with contextlib.suppress(OSError):
-            lock.unlink()
+def claim_outputs(paths: Sequence[Path], what: str = "output") -> None:
+    """Claim ``paths`` (already checked) inside the innermost :func:`claiming_outputs` block."""
+    if not _claim_scopes:
+        raise RuntimeError("claim_outputs outside a claiming_outputs block")
+    for path in paths:
+        claim_output(Path(path), what)
+        _claim_scopes[-1].append(Path(path))
 
 
 @contextlib.contextmanager
@@ -164,7 +119,8 @@ def claims_outputs(function):
 
 @contextlib.contextmanager
 def atomic_output(paths: Sequence[Path], overwrite: bool = False) -> Iterator[List[Path]]:
-    """Yield temporary paths for ``paths``; rename them all into place only if the block succeeds.
+    """Yield temporary paths for ``paths``; rename them all into place only if the block succeeds and
+    every file is verified complete (:func:`~.verified_write.verify_written`).
 
     On any exception (including cancellation) the temporary files are removed and the final paths
     are untouched.
@@ -176,13 +132,16 @@ def atomic_output(paths: Sequence[Path], overwrite: bool = False) -> Iterator[Li
     temporaries = [temporary_path(p) for p in paths]
     try:
         yield temporaries
-        for temporary in temporaries:
+        for temporary, path in zip(temporaries, paths):
             if not temporary.exists():
                 raise RuntimeError(f"writer did not create {temporary}")
+            verify_written(temporary, path, volume=bool(split_extension(path)[1]))
         permissions = _default_file_permissions()
         for temporary, path in zip(temporaries, paths):
             os.chmod(temporary, permissions)  # some writers (safetensors) create 0600 files
             os.replace(temporary, path)
+        for folder in {path.parent for path in paths}:
+            flush_folder(folder)
     except OSError as error:
         _remove(temporaries)
         raise UserError(f"cannot write {', '.join(map(str, paths))}: {error.strerror or error}") from None

@@ -1,12 +1,17 @@
-"""Input volumes: reading 3D scalar images and refusing what the engine cannot segment.
+"""Input volumes: checked from their header first, then read; refused when the engine cannot segment them.
 
-SimpleITK reads NRRD, NIfTI, MHA/MHD and DICOM series. Every refusal is a :class:`UserError` that
-says why (not 3D, vector pixels, no voxels, NaN/Inf voxels, slices too large, no read permission).
-Writing results on a volume's grid is :mod:`.segmentations`.
+SimpleITK reads NRRD, NIfTI, MHA/MHD and DICOM series. :func:`inspect_input` decides from the
+file system and the header alone, before anything is allocated or opened in a way that could block:
+only a regular file or a folder holding one DICOM series is an input (a FIFO, ``/dev/zero`` or a
+socket is refused before any lock is taken), a 3D scalar volume with voxels, whose voxel data is all
+there (:mod:`.payload`), on a grid the reader does not silently change (:mod:`.geometry_checks`).
+:func:`read_volume` then reads it. Every refusal is a :class:`UserError` that says why. Writing
+results on a volume's grid is :mod:`.segmentations`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Optional, Tuple
@@ -15,34 +20,97 @@ import numpy as np
 import SimpleITK as sitk
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.dicom_series import check_stack, series_files, special_file_kind
+from UNetSegmentationLib.io.input_header import SUPPORTED, InputHeader, read_header
+from UNetSegmentationLib.io.native_messages import quiet_itk
+from UNetSegmentationLib.io.payload import describe_payload, format_bytes, missing_data
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise UserError(f"{folder} is a folder without a DICOM series; give a volume file or a folder holding one DICOM series")
-    if len(series) > 1:
-        raise UserError(
-            f"{folder} holds {len(series)} DICOM series ({', '.join(series)}); put the series to segment in a folder of its own"
-        )
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return reader.Execute()
-
-
-def read_volume(path) -> sitk.Image:
-    """A 3D scalar image, or a :class:`UserError` that says why not."""
+def inspect_input(path) -> InputHeader:
+    """The header of input ``path`` once everything that can be known without reading the voxels is
+    right, or a :class:`UserError` that says what is not."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"input not found: {path}")
+    mode = _stat_mode(path)
+    kind = special_file_kind(mode)
+    if kind:
+        raise UserError(f"input {path} is {kind}, not a volume file; give a regular file (.nrrd, .nii, .nii.gz, .mha) or a DICOM series folder")
     _check_readable(path)
+    if os.path.isdir(path):
+        files = series_files(path)
+        header = read_header(path, files)
+    else:
+        header = read_header(path)
+    validate_header(header)
+    if header.dicom_files:
+        check_stack(path, header.dicom_files)
+    else:
+        _check_payload(path, decode=False)  # sizes only: compressed data is decoded once the run is known to fit in memory
+    return header
+
+
+def _stat_mode(path: Path) -> int:
+    """``os.stat`` of the input (following links), with each failure named for what it is."""
     try:
-        image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UserError(f"input {path} is a symbolic link to {os.readlink(path)}, which does not exist") from None
+        raise UserError(f"input not found: {path}") from None
+    except PermissionError:
+        raise UserError(f"cannot read {path}: permission denied (on a folder of its path); ask for access or copy it to a folder you can read") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UserError(f"input {path} is a symbolic link loop (following its links leads back to them); point it at the volume file") from None
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _check_payload(path: Path, decode: bool) -> None:
+    """Refuse a file cut short or corrupt: less voxel data than its header announces (see :mod:`.payload`);
+    ``decode``: count what compressed data decodes to (else only what its length can hold at most)."""
+    payload = describe_payload(path)
+    problem = missing_data(payload, decode=decode) if payload is not None else None
+    if problem:
+        raise UserError(f"{path} is truncated or corrupt: {problem}; copy or export it again")
+
+
+def validate_header(header: InputHeader) -> None:
+    """Refuse from the header what the engine cannot segment: not 3D, vector/RGB voxels, or no voxels."""
+    _refuse_shape(header.path, header.dimension, header.size, header.components, header.pixel_type)
+
+
+def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
+    """A 3D scalar image, or a :class:`UserError` that says why not (``header``: from :func:`inspect_input`).
+
+    Compressed voxel data is decoded and counted first (1 MiB at a time, nothing kept): a stream cut short
+    is refused instead of read with zeros in place of the missing voxels."""
+    header = header or inspect_input(path)
+    if not header.dicom_files:
+        _check_payload(header.path, decode=True)
+    try:
+        with quiet_itk():
+            if header.dicom_files:
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(list(header.dicom_files))
+                image = reader.Execute()
+            else:
+                image = sitk.ReadImage(str(header.path))
+    except MemoryError:
+        raise UserError(_out_of_memory_reading(header)) from None
     except RuntimeError as error:
+        if "allocate" in str(error).lower() or "bad_alloc" in str(error).lower():
+            raise UserError(_out_of_memory_reading(header)) from None
         detail = str(error).strip().splitlines()[-1][:200] if str(error).strip() else ""
-        raise UserError(f"cannot read {path} as an image (supported: NRRD, NIfTI, MHA/MHD, a DICOM series folder): {detail}") from None
-    validate_volume(image, path)
+        raise UserError(f"cannot read {header.path} as an image ({SUPPORTED}): {detail}") from None
+    validate_volume(image, header.path)
     return image
+
+
+def _out_of_memory_reading(header: InputHeader) -> str:
+    size = "x".join(map(str, header.size))
+    return (
+        f"out of memory while reading {header.path} ({size} voxels of {header.pixel_type}, {format_bytes(header.voxels * header.bytes_per_voxel)}): "
+        "close other programs, or crop or resample the volume to fewer voxels"
+    )
 
 
 def _check_readable(path: Path) -> None:
@@ -61,16 +129,16 @@ def _check_readable(path: Path) -> None:
 
 def validate_volume(image: sitk.Image, source="input") -> None:
     """Refuse what the engine cannot segment: not 3D, vector/RGB pixels, or no voxels."""
-    dimension = image.GetDimension()
+    _refuse_shape(source, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetPixelIDTypeAsString())
+
+
+def _refuse_shape(source, dimension: int, size, components: int, pixel_type: str) -> None:
     if dimension != 3:
-        raise UserError(f"{source} is a {dimension}D image ({'x'.join(map(str, image.GetSize()))}); a 3D volume is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(
-            f"{source} has {image.GetNumberOfComponentsPerPixel()} components per voxel ({image.GetPixelIDTypeAsString()}); "
-            "a scalar (grey-value) volume is needed"
-        )
-    if 0 in image.GetSize():
-        raise UserError(f"{source} is empty (size {image.GetSize()})")
+        raise UserError(f"{source} is a {dimension}D image ({'x'.join(map(str, size))}); a 3D volume is needed")
+    if components != 1:
+        raise UserError(f"{source} has {components} components per voxel ({pixel_type}); a scalar (grey-value) volume is needed")
+    if 0 in tuple(size):
+        raise UserError(f"{source} is empty (size {tuple(size)})")
 
 
 def check_finite(volume: np.ndarray, source="input", chunk: int = 16) -> None:
@@ -101,8 +169,13 @@ MAX_SLICE_PIXELS = 2048 * 2048
 
 
 def max_slice_pixels() -> int:
-    text = os.environ.get("UNETSEG_MAX_SLICE_PIXELS", "")
-    return int(text) if text.strip().isdigit() and int(text) > 0 else MAX_SLICE_PIXELS
+    """The slice size limit: ``UNETSEG_MAX_SLICE_PIXELS`` when set (a positive whole number), else :data:`MAX_SLICE_PIXELS`."""
+    text = os.environ.get("UNETSEG_MAX_SLICE_PIXELS", "").strip()
+    if not text:
+        return MAX_SLICE_PIXELS
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise UserError(f"UNETSEG_MAX_SLICE_PIXELS must be a positive whole number of pixels per slice (e.g. {MAX_SLICE_PIXELS}), got {text!r}")
+    return int(text)
 
 
 def check_slice_size(shape: Tuple[int, int], source="input") -> None:

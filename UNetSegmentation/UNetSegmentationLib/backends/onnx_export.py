@@ -271,7 +271,8 @@ def onnx_predictor_for(checkpoint, depth, guidance: bool, threads: int, log: Opt
             del predictor
         rejected = f"the cached ONNX export {path} is not used: {problem}"
         say(rejected)
-    say(f"exporting the network to ONNX for depth {depth_tag(depth)} ({'again' if rejected else 'first run with this checkpoint and depth'}): "
+    what = "the full network" if depth is None else f"the network at depth {depth_tag(depth)}"
+    say(f"exporting {what} to ONNX ({'again' if rejected else 'first run with this checkpoint and depth'}): "
         "this takes a few seconds to a minute; later runs reuse the export")
     problems = []
     for folder in cache_locations(checkpoint):

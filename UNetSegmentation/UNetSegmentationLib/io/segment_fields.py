@@ -80,6 +80,21 @@ def terminology_problem(terminology: Any) -> Optional[str]:
     return None
 
 
+def canonical_terminology(terminology: Dict[str, Any]) -> Dict[str, Any]:
+    """A checked terminology as readers give it back from a header: every part without surrounding
+    whitespace (a reader strips it at a tag's end), optional fields that are empty (``""``, a code of
+    three empty parts) left out, and a region modifier only with its region."""
+    def cleaned(value):
+        return value.strip() if isinstance(value, str) else [part.strip() for part in value]
+
+    canonical = {"contextName": cleaned(terminology.get("contextName", "")), "category": cleaned(terminology["category"]), "type": cleaned(terminology["type"])}
+    for key in ("typeModifier", "anatomicContextName", "anatomicRegion", "anatomicRegionModifier"):
+        value = cleaned(terminology.get(key) or "")
+        if value and (isinstance(value, str) or any(value)) and (key != "anatomicRegionModifier" or "anatomicRegion" in canonical):
+            canonical[key] = value
+    return canonical
+
+
 def terminology_entry(terminology: Dict[str, Any]) -> str:
     """The TerminologyEntry tag value of a checked terminology dict (as slicerio and Slicer write it)."""
     def code(key: str) -> str:

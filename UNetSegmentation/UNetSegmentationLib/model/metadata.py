@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.io.segment_fields import terminology_problem, text_problem
+from UNetSegmentationLib.io.segment_fields import canonical_terminology, terminology_problem, text_problem
 
 FORMAT_VERSION = 1
 METADATA_KEY = "unetseg"
@@ -239,7 +239,8 @@ def _validated_classes(data: Any, source: str) -> List[ClassInfo]:
         problem = None if terminology is None or terminology == {} else terminology_problem(terminology)
         if problem:
             raise _fail(source, f"{where} ({name}): terminology {problem}"[:400])
-        classes.append(ClassInfo(value, name.strip(), tuple(float(c) for c in color), terminology or None))
+        canonical = canonical_terminology(terminology) if terminology else None  # as a reader of the .seg.nrrd gives it back
+        classes.append(ClassInfo(value, name.strip(), tuple(float(c) for c in color), canonical))
     for attribute in ("name", "value"):
         seen = [getattr(c, attribute) for c in classes]
         duplicates = sorted({str(v) for v in seen if seen.count(v) > 1})

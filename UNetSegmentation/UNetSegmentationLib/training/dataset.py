@@ -71,14 +71,18 @@ class TrainingData:
         return lines
 
 
+#: a crop may hold at most this many times the pixels of the largest training slice (the rest padding,
+#: as small slices need to reach a network's or a loss's minimum size); beyond it the crop is a mistake
+MAX_CROP_TO_SLICE_AREA = 4
+
+
 def check_crop(crop: Sequence[int], volumes: Sequence[PreparedVolume]) -> None:
     """Refuse a crop far larger than every training slice: a crop is cut from one slice, so beyond the
-    slice it is only padding, and a huge one exhausts memory before the first step (it is the
-    crop, not the machine, that is wrong). Up to twice the slice is allowed (small slices padded for
-    a network's or a loss's minimum size)."""
+    slice it holds only padding, and a huge one exhausts memory before the first step (it is the
+    crop, not the machine, that is wrong)."""
     trained = [v for v in volumes if v.train_slices.size] or list(volumes)
-    largest = (max(v.slices.shape[1] for v in trained), max(v.slices.shape[2] for v in trained))
-    if any(int(c) > 2 * side for c, side in zip(crop, largest)):
+    largest = max((v.slices.shape[1:] for v in trained), key=lambda shape: shape[0] * shape[1])
+    if int(crop[0]) * int(crop[1]) > MAX_CROP_TO_SLICE_AREA * largest[0] * largest[1]:
         raise UserError(
             f"--crop {crop[0]}x{crop[1]} is far larger than every training slice (the largest is {largest[0]}x{largest[1]} pixels): "
             f"a crop is cut from one slice, and beyond it holds only padding; use --crop {largest[0]},{largest[1]} or less"

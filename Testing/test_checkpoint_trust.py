@@ -220,3 +220,21 @@ def test_a_degenerate_or_absurd_ct_window_is_refused(cli, two_class_unet, tmp_pa
 @pytest.mark.parametrize("window", [[-1000, 1000], [-160, 240], [-1024, 3071], [0, 1]])
 def test_real_ct_windows_are_accepted(cli, tmp_path, window):
     assert cli("create", "--arch", "unet", "--classes", "a", "--features", "4,8", "--norm", f"ct:{window[0]},{window[1]}", tmp_path / "m.safetensors").code == 0
+
+
+def test_info_shows_a_hostile_training_record_without_control_characters(cli, two_class_unet, tmp_path):
+    """``info`` prints what the checkpoint says about its training data; a record of any shape is
+    printed or skipped, never a traceback, and no terminal control sequence reaches the screen."""
+    def change(metadata):
+        metadata["training"] = {"config": {"axis": None}, "data": {
+            "training": [{"case": "\x1b[2Jct", "image": 5, "slice_axis": "q", "train_slices": "many"}, "not a case", {"case": "b", "slice_axis": "j"}],
+            "validation": {"not": "a list"},
+            "held_out_slices": [{"case": "\x1b[2Jct", "slices": [3, 4, "x"]}, {"case": "b", "slices": [9, 1, 2]}],
+        }}
+
+    checkpoint = rewritten(two_class_unet, tmp_path / "record.safetensors", change)
+    result = cli("info", checkpoint)
+    assert result.code == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    assert "training   5 (case '?[2Jct'): slice axis not recorded (auto); slices trained, held out (unreadable)" in result.stdout
+    assert "training   None (case 'b'): along j (auto); slices trained, held out 1-2, 9" in result.stdout

@@ -201,3 +201,25 @@ def test_cache_files_get_the_permissions_of_any_new_file(small_unet_one_class, t
     finally:
         os.umask(previous)
     assert stat.S_IMODE(predictor.path.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("how", ["writable by every user", "owned by another user"])
+def test_a_cached_export_anyone_could_have_planted_is_not_used(cli, small_unet_one_class, oblique_volume_path, tmp_path, how):
+    """Anyone who may write a cache file could craft one that carries the right binding: a cached export
+    every user may write, or another user's, is made again (a shipped one belongs to the installation)."""
+    checkpoint = tmp_path / "m.safetensors"
+    checkpoint.write_bytes(small_unet_one_class.read_bytes())
+    assert cli("predict", "--checkpoint", checkpoint, *FP32_JSON, oblique_volume_path, tmp_path / "first.nrrd").code == 0
+    (cached,) = exports_of(checkpoint)
+    if how == "writable by every user":
+        cached.chmod(0o666)
+        reason = "every user may write it"
+    else:
+        if os.getuid() != 0:
+            pytest.skip("changing a file's owner needs root")
+        os.chown(cached, 54321, -1)
+        reason = "belongs to another user (uid 54321)"
+    again = cli("predict", "--checkpoint", checkpoint, *FP32_JSON, oblique_volume_path, tmp_path / "again.nrrd")
+    assert again.code == 0, again.stderr
+    assert any(str(cached) in m and reason in m for m in logs(again)), logs(again)
+    assert cached.stat().st_uid == os.getuid() and not cached.stat().st_mode & 0o002  # made again, by this user

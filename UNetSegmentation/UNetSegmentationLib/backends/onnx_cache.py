@@ -10,6 +10,8 @@ whether a file found there may serve a run:
   prefix of it; before an export is used, its stored binding must equal the one computed from the
   checkpoint (:func:`export_problem`), so another model's export copied over a cached one, a file
   without the binding, or one with nonsense in its properties is never trusted: it is made again.
+  A cached file another user owns, or that every user may write, is not trusted either
+  (:func:`foreign_export_problem`).
 - *written safely*: an export is written under a temporary name (:func:`partial_export`), created
   with the ordinary permissions (0666 less the umask, like any file the user makes) and locked
   (``flock``) while it is written; a later run removes the partial files whose writer is gone
@@ -147,6 +149,20 @@ def export_problem(properties: Mapping[str, str], binding: str, binding_property
         difference = float("nan")
     if not 0 <= difference <= ONNX_TOLERANCE:
         return f"its recorded difference from PyTorch {properties.get(CHECKED_DIFFERENCE, '')[:40]!r} is not within {ONNX_TOLERANCE:g}"
+    return None
+
+
+def foreign_export_problem(path: Path) -> Optional[str]:
+    """Why a cached export at ``path`` cannot be trusted whatever it holds (None: it can be): a file
+    another user owns, or one every user may write (anyone could have put a crafted export there).
+    Where the system has no owners (Windows) nothing is refused here."""
+    if not hasattr(os, "getuid"):
+        return None
+    status = path.stat()
+    if status.st_uid != os.getuid():
+        return f"it belongs to another user (uid {status.st_uid})"
+    if status.st_mode & 0o002:
+        return "every user may write it"
     return None
 
 

@@ -48,7 +48,7 @@ import numpy as np
 
 from UNetSegmentationLib.backends.onnx_cache import (
     BINDING, CHECKED_DIFFERENCE, OPSET, PORTABLE_BINDING, REQUIRED_MULTIPLE, cache_locations, content_digest, export_binding, export_name,
-    export_problem, partial_export, remove_abandoned_partials, shipped_export, torch_version,
+    export_problem, foreign_export_problem, partial_export, remove_abandoned_partials, shipped_export, torch_version,
 )
 from UNetSegmentationLib.backends.onnx_predictor import OnnxSlicePredictor, make_session
 from UNetSegmentationLib.backends.plan import ONNX_TOLERANCE
@@ -244,6 +244,16 @@ def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int
 # --- running -------------------------------------------------------------------------------------
 
 
+def _verified(path: Path, checkpoint, depth, threads: int, binding_property: str, expected: str):
+    """``(predictor, None)`` for an export that verifies, else ``(None, why not)``."""
+    try:
+        predictor = OnnxSlicePredictor(path, checkpoint.metadata, depth, threads)
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime cannot load it: a damaged file
+        return None, f"ONNX Runtime cannot load it ({type(error).__name__})"
+    problem = export_problem(predictor.properties, expected, binding_property)
+    return (predictor, None) if problem is None else (None, problem)
+
+
 def onnx_predictor_for(checkpoint, depth, guidance: bool, threads: int, log: Optional[Callable[[str], None]] = None) -> OnnxSlicePredictor:
     """The cached export of ``checkpoint`` at ``depth`` that verifies (:func:`.onnx_cache.export_problem`),
     made (and checked) if there is none. ``log`` hears, before it starts, that an export is made
@@ -260,15 +270,11 @@ def onnx_predictor_for(checkpoint, depth, guidance: bool, threads: int, log: Opt
     for path, binding_property, expected in candidates:
         if not path.is_file():
             continue
-        try:
-            predictor = OnnxSlicePredictor(path, checkpoint.metadata, depth, threads)
-        except Exception as error:  # noqa: BLE001 - ONNX Runtime cannot load it: a damaged file
-            problem = f"ONNX Runtime cannot load it ({type(error).__name__})"
-        else:
-            problem = export_problem(predictor.properties, expected, binding_property)
-            if problem is None:
+        problem = foreign_export_problem(path) if binding_property == BINDING else None  # a shipped one belongs to the installation
+        if problem is None:
+            predictor, problem = _verified(path, checkpoint, depth, threads, binding_property, expected)
+            if predictor is not None:
                 return predictor
-            del predictor
         rejected = f"the cached ONNX export {path} is not used: {problem}"
         say(rejected)
     what = "the full network" if depth is None else f"the network at depth {depth_tag(depth)}"

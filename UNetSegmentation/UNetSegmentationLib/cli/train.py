@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options, int_list
+from UNetSegmentationLib.cli.needs import check_needs
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import parse_axis
 from UNetSegmentationLib.model.metadata import Normalization
@@ -19,12 +20,13 @@ if TYPE_CHECKING:  # the real import is in train_config: MONAI and torch stay ou
 
 def command_train(args: argparse.Namespace) -> int:
     """``unetseg train``: check the options, list the cases, train."""
+    # main() made the reporter for --progress (it reports errors through it too); a direct call makes its own
+    reporter = getattr(args, "reporter", None) or make_reporter(args.progress)
+    check_needs("train", reporter.warning)  # what the core install brings (cli/needs.py), before any work
     from UNetSegmentationLib.training.trainer import Trainer  # torch and MONAI: only once a run is asked for
 
     config = train_config(args)
     cases, validation, description = cases_from_options(args, for_training=True)
-    # main() made the reporter for --progress (it reports errors through it too); a direct call makes its own
-    reporter = getattr(args, "reporter", None) or make_reporter(args.progress)
     trainer = Trainer(config, cases, validation, Path(args.output), resume=args.resume, overwrite=args.overwrite,
                       reporter=reporter, data_description=description)
     trainer.run()
@@ -123,7 +125,7 @@ def add_commands(commands) -> None:
     fit.add_argument("--seed", type=int, default=0, help="random seed: the same seed, data and device give the same run")
     fit.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     fit.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    fit.add_argument("--threads", type=int, help="CPU threads for torch during this run")
+    fit.add_argument("--threads", type=int, help="CPU threads for torch during this run (at most the CPUs this process may use)")
     fit.add_argument("--axis", default="auto", help="image axis to slice along: auto (closest to superior-inferior), i, j or k")
     val = train.add_argument_group("validation and depth selection")
     val.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default 1)")

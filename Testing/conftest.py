@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from support import create_checkpoint, make_volume, rotation_matrix, run_cli
+from UNetSegmentationLib.backends.device import onnx_runtime_available
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +75,14 @@ def oblique_volume_path(tmp_path) -> Path:
     return path
 
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``onnx`` are skipped where ONNX Runtime is not installed (the ``[onnx]`` extra; the
+    ``[test]`` extra brings it, so the README's test command runs them)."""
+    if onnx_runtime_available():
+        return
+    skip = pytest.mark.skip(reason="onnxruntime/onnx not installed (the [onnx] extra)")
+    for item in items:
+        if item.get_closest_marker("onnx"):
+            item.add_marker(skip)

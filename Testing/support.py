@@ -48,6 +48,11 @@ class CliResult:
     def events(self) -> list:
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
+    @property
+    def start(self) -> dict:
+        """The run's ``start`` event (``log`` events, e.g. a first-run export, may come before it)."""
+        return next(e for e in self.events if e["event"] == "start")
+
 
 def run_cli(*args) -> CliResult:
     """Run ``unetseg ARGS`` in this process; SystemExit from argparse becomes the exit code."""

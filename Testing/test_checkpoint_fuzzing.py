@@ -52,7 +52,7 @@ VALID = {
     "context": 1,
     "normalization": {"kind": "ct", "window": [-1000, 1000]},
     "classes": [
-        {"value": 1, "name": "lung", "color": [0.1, 0.8, 0.3], "terminology": {"category": {"CodeValue": "123037004"}}},
+        {"value": 1, "name": "lung", "color": [0.1, 0.8, 0.3], "terminology": {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "39607008", "Lung"]}},
         {"value": 2, "name": "bone", "color": [1, 1, 0.8]},
     ],
     "training_spacing": [0.8, 0.8],

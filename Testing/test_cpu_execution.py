@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 
-from UNetSegmentationLib.backends.device import onnx_runtime_available
 from UNetSegmentationLib.backends.micro_batch import MicroBatched
 from UNetSegmentationLib.backends.plan import BF16_LABEL_AGREEMENT
 from UNetSegmentationLib.backends.torch_network import fold_batchnorm, prefers_channels_last
@@ -33,7 +32,6 @@ from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
 
 BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
-needs_onnx = pytest.mark.skipif(not onnx_runtime_available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
 
 
 def small_kwargs(name: str) -> dict:
@@ -174,7 +172,7 @@ def test_an_error_in_a_slice_worker_reaches_the_caller():
         predictor(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1))
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=needs_onnx)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=pytest.mark.onnx)])
 def test_slice_workers_give_the_labels_of_one_slice_at_a_time(cli, chest_ct_path, tmp_path, backend, bundled_copy):
     """In float32 for both backends (ONNX Runtime computes float32; auto is bf16 on CPUs with native bf16)."""
     import SimpleITK as sitk
@@ -185,7 +183,7 @@ def test_slice_workers_give_the_labels_of_one_slice_at_a_time(cli, chest_ct_path
         result = cli("predict", "--checkpoint", bundled_copy, "--backend", backend, "--precision", "fp32", "--threads", "2",
                      "--slice-workers", str(workers), "--progress", "json", chest_ct_path, output)
         assert result.code == 0, result.stderr
-        assert (result.events[0]["workers"], result.events[0]["threads"], result.events[0]["backend"]) == (workers, 2, backend)
+        assert (result.start["workers"], result.start["threads"], result.start["backend"]) == (workers, 2, backend)
         labels[workers] = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
     assert labels[1].any()
     assert (labels[1] == labels[2]).mean() >= 0.9999
@@ -235,6 +233,6 @@ def test_the_command_line_carries_the_speed_options_to_the_run(cli, chest_ct_pat
     finally:
         torch.set_num_threads(threads)
     assert result.code == 0, result.stderr
-    start = result.events[0]
+    start = result.start
     assert (start["backend"], start["precision"], start["threads"]) == ("torch", "fp32", 1)
     assert cli("predict", "--checkpoint", small_unetpp, "--backend", "tensorrt", chest_ct_path, tmp_path / "p.nrrd").code == 2

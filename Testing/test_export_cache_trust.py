@@ -25,13 +25,12 @@ import pytest
 import SimpleITK as sitk
 
 from support import create_checkpoint, leftovers
-from UNetSegmentationLib.backends.device import onnx_runtime_available
 from UNetSegmentationLib.backends.onnx_cache import BINDING, CHECKED_DIFFERENCE, PARTIAL_SUFFIX, REQUIRED_MULTIPLE, export_binding, remove_abandoned_partials, shipped_export
 from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
 from UNetSegmentationLib.backends.onnx_predictor import OnnxSlicePredictor
 from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.skipif(not onnx_runtime_available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
+pytestmark = pytest.mark.onnx
 FP32_JSON = ("--precision", "fp32", "--progress", "json")
 
 

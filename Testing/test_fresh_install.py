@@ -5,9 +5,8 @@ README's set-up line run as it is written (with the venv's ``python3`` first on 
 this checkout, then every command once: ``archs``, ``create``, ``info``, ``predict``, ``train`` (tiny),
 ``evaluate`` (which needs scipy, a core dependency since issue 13), ``export`` and ``demo`` (the
 README line itself runs it). Slow (about 1 minute to install where the torch wheel is local, 1-2 more
-for the commands) and needs the package index, so it runs only when asked::
-
-    UNETSEG_SLOW=1 python3 -m pytest Testing/test_fresh_install.py -q -s
+for the commands) and needs the package index: marked ``slow``, so the whole suite (the README's test
+command, CI) runs it and the quick loop ``python3 -m pytest -m "not slow"`` leaves it out.
 """
 
 from __future__ import annotations
@@ -24,10 +23,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("UNETSEG_SLOW") != "1", reason="slow (installs into a fresh venv): set UNETSEG_SLOW=1"),
-]
+pytestmark = pytest.mark.slow
 
 
 def readme_setup_line() -> str:

@@ -9,14 +9,12 @@ import SimpleITK as sitk
 
 from support import FakeMachine
 from UNetSegmentationLib.backends import int8 as quantization
-from UNetSegmentationLib.backends.device import onnx_runtime_available
 from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
 from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
-needs_onnx = pytest.mark.skipif(not onnx_runtime_available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
 
 
 def labels_of(path) -> np.ndarray:
@@ -70,7 +68,7 @@ def test_int8_is_refused_where_it_cannot_run():
     assert SegmentationOptions(precision="INT8").precision == "int8"
 
 
-@needs_onnx
+@pytest.mark.onnx
 def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path, bundled_copy):
     import onnx
 
@@ -95,7 +93,7 @@ def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path,
     assert quantized.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
-@needs_onnx
+@pytest.mark.onnx
 def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_path, bundled_copy):
     checkpoint = bundled_copy
     runs = {}
@@ -104,7 +102,7 @@ def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_p
         result = cli("predict", "--checkpoint", checkpoint, "--precision", precision, "--progress", "json", chest_ct_path, output)
         assert result.code == 0, result.stderr
         runs[precision] = result.events
-        assert result.events[0]["precision"] == result.events[-1]["precision"] == precision and result.events[0]["backend"] == "onnx"
+        assert result.start["precision"] == result.events[-1]["precision"] == precision and result.start["backend"] == "onnx"
         assert not [e for e in result.events if e["event"] == "warning"]
     assert runs["int8"][-1]["timings"]["quantize_s"] > 0
     float32, int8 = labels_of(tmp_path / "fp32.nrrd"), labels_of(tmp_path / "int8.nrrd")
@@ -115,7 +113,7 @@ def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_p
     assert sitk.ReadImage(str(tmp_path / "int8.nrrd")).GetDirection() == sitk.ReadImage(str(chest_ct_path)).GetDirection()
 
 
-@needs_onnx
+@pytest.mark.onnx
 def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, monkeypatch, bundled_copy):
     """The check refuses the quantised model: the run goes on in float32, says so, and gives float32's labels."""
     checkpoint = bundled_copy
@@ -124,13 +122,13 @@ def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, 
     monkeypatch.setattr(quantization, "INT8_LABEL_AGREEMENT", 1.01)  # nothing can agree this well
     result = cli("predict", "--checkpoint", checkpoint, "--precision", "int8", "--progress", "json", chest_ct_path, tmp_path / "fallback.nrrd")
     assert result.code == 0, result.stderr
-    assert result.events[0]["precision"] == "int8" and result.events[-1]["precision"] == "fp32"  # asked, then used
+    assert result.start["precision"] == "int8" and result.events[-1]["precision"] == "fp32"  # asked, then used
     warnings = [e["message"] for e in result.events if e["event"] == "warning"]
     assert len(warnings) == 1 and "int8 was not used" in warnings[0] and "computing in float32" in warnings[0]
     assert (labels_of(tmp_path / "fp32.nrrd") == labels_of(tmp_path / "fallback.nrrd")).all()
 
 
-@needs_onnx
+@pytest.mark.onnx
 def test_an_attention_sigmoid_inside_the_network_is_quantised_like_any_layer():
     """Only the probabilities that reach the output without another layer count as the decision:
     a sigmoid gate inside the network (U-Net v2's attention) is followed by more convolutions."""

@@ -22,7 +22,7 @@ import torch
 from support import create_checkpoint
 from support import FakeMachine
 from UNetSegmentationLib.backends import onnx_export
-from UNetSegmentationLib.backends.device import cuda_is_impossible, onnx_runtime_available
+from UNetSegmentationLib.backends.device import cuda_is_impossible
 from UNetSegmentationLib.backends.factory import create_predictor
 from UNetSegmentationLib.backends.onnx_cache import shipped_export
 from UNetSegmentationLib.backends.onnx_export import onnx_predictor_for
@@ -33,7 +33,7 @@ from UNetSegmentationLib.inference.pipeline import labels_from_decision, labels_
 from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 
 BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
-pytestmark = pytest.mark.skipif(not onnx_runtime_available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
+pytestmark = pytest.mark.onnx
 #: a CPU-only machine: the plan can say "CPU" without asking PyTorch
 torch_free_startup = pytest.mark.skipif(not cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
 
@@ -131,7 +131,7 @@ def test_predict_with_onnx_and_torch_backends_agree_on_the_real_ct(cli, chest_ct
         outputs[backend] = tmp_path / f"{backend}.nrrd"
         result = cli("predict", "--checkpoint", bundled_copy, "--backend", backend, "--precision", "fp32", "--progress", "json", chest_ct_path, outputs[backend])
         assert result.code == 0, result.stderr
-        assert (result.events[0]["backend"], result.events[0]["precision"]) == (backend, "fp32")
+        assert (result.start["backend"], result.start["precision"]) == (backend, "fp32")
     onnx_labels, torch_labels = labels_of(outputs["onnx"]), labels_of(outputs["torch"])
     assert torch_labels.any()
     assert (onnx_labels == torch_labels).mean() >= 0.9999

@@ -23,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 
 from support import create_checkpoint, make_volume, rotation_matrix, write_tiny_case
-from UNetSegmentationLib.backends.device import onnx_runtime_available, usable_cpu_count
+from UNetSegmentationLib.backends.device import usable_cpu_count
 from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution
 from UNetSegmentationLib.cli.needs import COMMAND_NEEDS, check_needs
 from UNetSegmentationLib.errors import UserError
@@ -32,7 +32,6 @@ from UNetSegmentationLib.model.header import read_metadata
 REPOSITORY = Path(__file__).resolve().parent.parent
 TINY_TRAIN = ("--classes", "body,bone", "--features", "4,8", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--crop", "32",
               "--device", "cpu", "--progress", "json")
-needs_onnx = pytest.mark.skipif(not onnx_runtime_available(), reason="onnxruntime/onnx not installed (the [onnx] extra)")
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +161,7 @@ def test_evaluate_without_matplotlib_warns_first_and_skips_only_the_plot(tiny_da
 # --- class 13: long steps are announced and recorded -----------------------------------------------------------------
 
 
-@needs_onnx
+@pytest.mark.onnx
 def test_a_first_export_is_announced_before_it_starts(cli, tiny_data, tmp_path):
     """Issue 13: the first predict with a new checkpoint or depth exported for 9-36 s without a word."""
     checkpoint = create_checkpoint(tmp_path / "m.safetensors", features="4,8,16,32")  # no recommended depth: the deepest, L3

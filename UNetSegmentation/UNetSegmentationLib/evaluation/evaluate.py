@@ -185,9 +185,9 @@ def evaluate_cases(
     evaluation = Evaluation(str(checkpoint.path), [c.name for c in metadata.classes], execution=_execution(plan, predictors))
     reporter.start("evaluate", len(volumes) * len(depths), "case", arch=metadata.architecture, device=str(plan.device),
                    depths=list(predictors), cases=[v.name for v in volumes], **evaluation.execution)
-    for _, notes in predictors.values():  # e.g. an ONNX export that fell back to PyTorch
-        for note in notes:
-            reporter.warning(note)
+    # e.g. an ONNX export that fell back to PyTorch; the plan's own notes (a capped --threads) come with every depth: once each
+    for note in dict.fromkeys(note for _, notes in predictors.values() for note in notes):
+        reporter.warning(note)
     seconds = {tag: [0.0, 0] for tag in predictors}  # depth tag → [seconds, slices predicted]
     done = 0
     for volume in volumes:

@@ -40,7 +40,7 @@ REQUIREMENTS = (
     Requirement("packaging", "packaging"),
 ) + ((Requirement("colorama", "colorama"),) if sys.platform == "win32" else ())
 #: never installed or upgraded by the extension: Slicer ships them (torch comes from the PyTorch extension)
-PROTECTED_PACKAGES = ("numpy", "SimpleITK", "vtk", "requests", "torch", "torchvision")
+PROTECTED_PACKAGES = ("numpy", "scipy", "SimpleITK", "vtk", "requests", "torch", "torchvision")
 TORCH_VERSION_REQUIREMENT = ">=2.1"
 
 

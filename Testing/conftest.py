@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from support import create_checkpoint, make_volume, rotation_matrix, run_cli
+from support import create_checkpoint, make_volume, rotation_matrix, run_cli, write
 from UNetSegmentationLib.backends.device import onnx_runtime_available
 
 
@@ -76,6 +77,26 @@ def oblique_volume_path(tmp_path) -> Path:
 
 
 
+
+
+@pytest.fixture
+def predict(cli, small_unet_one_class, tmp_path):
+    """``unetseg predict`` into ``tmp_path/out/labels.nrrd`` with the small one-class U-Net."""
+    output = tmp_path / "out" / "labels.nrrd"
+    output.parent.mkdir()
+
+    def run(input_path, *extra, checkpoint=small_unet_one_class, progress="none"):
+        return cli("predict", "--checkpoint", checkpoint, "--progress", progress, *extra, input_path, output), output
+
+    return run
+
+
+@pytest.fixture
+def long_volume(tmp_path) -> Path:
+    """60 slices of 48x48: long enough, at batch size 1, to act on a child while it runs."""
+    path = tmp_path / "long.nrrd"
+    write(sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 300, (60, 48, 48)).astype(np.int16)), path)
+    return path
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``onnx`` are skipped where ONNX Runtime is not installed (the ``[onnx]`` extra; the

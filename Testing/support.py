@@ -5,9 +5,13 @@ pretend machine for the execution plan (:class:`FakeMachine`)."""
 
 from __future__ import annotations
 
+import builtins
+import errno
 import io
 import json
 import os
+import shutil
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +21,8 @@ if TYPE_CHECKING:  # annotations only: NumPy and SimpleITK are imported by the h
     # that FakeMachine can be imported where a test proves the plan imports nothing heavy
     import numpy as np
     import SimpleITK as sitk
+
+    from UNetSegmentationLib.protocol.runner import EngineProcess
 
 from hypothesis import HealthCheck, settings
 
@@ -155,6 +161,99 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, prefix:
         slice_.SetMetaData("0008|0060", "CT")
         writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
         writer.Execute(slice_)
+
+
+# --- files, grids and processes of the failure matrix -------------------------------------------------
+
+
+POSIX = os.name != "nt"
+
+
+def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
+    """Same size, origin, spacing and direction (to 1e-6)."""
+    import numpy as np
+
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def write(image: sitk.Image, path: Path) -> Path:
+    import SimpleITK as sitk
+
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def with_array(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    """``array`` as an image on ``like``'s grid."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(like)
+    return image
+
+
+def alive(pid: int, settle_s: float = 3.0) -> bool:
+    """Whether process ``pid`` still runs (zombies count as gone), after ``settle_s`` for the system to reap it."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                running = file.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            running = False
+        except OSError:
+            try:
+                os.kill(pid, 0)
+                running = True
+            except ProcessLookupError:
+                running = False
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.05)
+
+
+def wait_for(run: EngineProcess, kind: str, timeout_s: float = 120, starting: str = "") -> list:
+    """Poll until an event of ``kind`` arrives (with a ``message`` starting with ``starting``, when given);
+    returns all events so far; fails if the run ends first."""
+    events = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        new, state = run.poll()
+        events += new
+        if any(e.get("event") == kind and str(e.get("message", "")).startswith(starting) for e in new):
+            return events
+        assert state == "running", (state, run.error_message, events)
+        time.sleep(0.02)
+    raise AssertionError(f"no {kind} event within {timeout_s} s")
+
+
+def deny_reading(monkeypatch, module, path: Path) -> None:
+    """``open`` in ``module`` refuses ``path`` as the operating system does for a file without read
+    permission (tests run as root, who reads any file)."""
+    real_open = builtins.open
+
+    def denying_open(file, *args, **kwargs):
+        if Path(file) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(module, "open", denying_open, raising=False)
+
+
+UNUSUAL = "Patient Müller – 患者 ø"
+
+
+def unusual_files(folder: Path, checkpoint: Path) -> tuple:
+    """Volume, checkpoint, outputs in a folder whose path has spaces and non-ASCII characters."""
+    folder = folder / UNUSUAL
+    folder.mkdir()
+    volume = write(make_volume(size=(24, 20, 3)), folder / "CT Thorax ü.nrrd")
+    copy = folder / "Modell ß.safetensors"
+    shutil.copyfile(checkpoint, copy)
+    return volume, copy, folder / "Ergebnis é.seg.nrrd", folder / "Konfidenz ñ.nii.gz"
 
 
 # --- a tiny labelled training case ---------------------------------------------------------------------

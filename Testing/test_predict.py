@@ -8,15 +8,16 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
-from UNetSegmentationLib.inference.pipeline import labels_from_probabilities, predict_slices, predict_volume
-from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes
+from support import make_volume, rotation_matrix, write_dicom_series
+
+from UNetSegmentationLib.errors import EXIT_USER_ERROR
 from UNetSegmentationLib.inference.normalization import fit_normalization
+from UNetSegmentationLib.inference.options import SegmentationOptions
+from UNetSegmentationLib.inference.pipeline import labels_from_probabilities, predict_slices, predict_volume
+from UNetSegmentationLib.inference.predict_file import predict_file
 from UNetSegmentationLib.inference.slicing import SliceGeometry
 from UNetSegmentationLib.io.segmentations import write_labels
-from UNetSegmentationLib.inference.predict_file import predict_file
-from UNetSegmentationLib.inference.options import SegmentationOptions
-
-from support import make_volume, rotation_matrix, write_dicom_series
+from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes
 
 
 def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
@@ -215,3 +216,15 @@ def test_largest_component_option_removes_the_smaller_islands(small_unet_one_cla
     predict_file(source, output, small_unet_one_class, SegmentationOptions(largest_component=largest_component), predictor_factory=threshold_factory)
     labelled = int(sitk.GetArrayFromImage(sitk.ReadImage(str(output))).astype(bool).sum())
     assert labelled == (27 if largest_component else 28)
+
+
+def test_depth_on_a_network_that_cannot_be_pruned_is_refused(cli, small_unet_one_class, oblique_volume_path, tmp_path):
+    result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--depth", "2", oblique_volume_path, tmp_path / "o.nrrd")
+    assert result.code == EXIT_USER_ERROR and "cannot be pruned" in result.stderr
+
+
+def test_a_gpu_that_is_not_there_is_named(cli, small_unetpp, oblique_volume_path, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = cli("predict", "--checkpoint", small_unetpp, "--progress", "none", "--device", "cuda", oblique_volume_path, tmp_path / "o.nrrd")
+    assert result.code == EXIT_USER_ERROR and "no CUDA GPU" in result.stderr

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
 
-from support import process_group_alive
+from support import alive, POSIX, process_group_alive, unusual_files, wait_for
+
 from UNetSegmentationLib.inference.options import SegmentationOptions
+from UNetSegmentationLib.io.outputs import lock_path, temporary_path
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
 from UNetSegmentationLib.protocol.events import LOG, PROGRESS, START, VERSION, WARNING
-from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, EXIT, FAILED, EngineProcess
+from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, FAILED, EngineProcess
+from UNetSegmentationLib.protocol.runner import EXIT
 
 
 def test_a_run_reports_start_progress_and_done_in_order(chest_ct_path, small_unetpp, tmp_path):
@@ -99,3 +103,50 @@ def test_the_runner_reads_any_line_through_the_event_parser(tmp_path):
         {"event": DONE_EVENT},
         {"event": EXIT, "returncode": 0},
     ]
+
+
+def test_the_child_process_gets_non_ascii_paths_intact(small_unet_one_class, tmp_path):
+    volume, checkpoint, output, _ = unusual_files(tmp_path, small_unet_one_class)
+    run = EngineProcess(SegmentationOptions().to_arguments(volume, output, checkpoint), outputs=[output]).start()
+    assert run.wait(timeout=180) == DONE, run.error_message
+    assert run.done_event["output"] == str(output) and output.is_file()
+
+
+@pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
+def test_a_child_killed_mid_run_is_reported_with_the_signal_and_leaves_nothing(small_unetpp, long_volume, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    output, confidence = folder / "labels.seg.nrrd", folder / "confidence.nrrd"
+    arguments = SegmentationOptions(batch_size=1, probabilities=confidence).to_arguments(long_volume, output, small_unetpp)
+    run = EngineProcess(arguments, outputs=[output, confidence]).start()
+    wait_for(run, "progress")
+    assert sorted(os.listdir(folder)) == sorted([lock_path(output).name, lock_path(confidence).name])
+    os.kill(run.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    temporary_path(output, run.pid).write_bytes(b"half a file")  # as if it died while writing
+    assert run.wait(timeout=60) == FAILED
+    assert run.error_message == "the segmentation process was killed by SIGKILL; the machine may have run out of memory"
+    assert os.listdir(folder) == [], "temporary file and locks of the killed child must be removed"
+    assert not process_group_alive(run.pid)
+
+
+@pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
+def test_a_killed_child_leaves_no_orphan_grandchild(tmp_path):
+    package = tmp_path / "UNetSegmentationLib"  # a fake engine that starts a worker and is then killed
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import json, os, signal, subprocess, sys, time\n"
+        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(json.dumps({'event': 'log', 'message': str(worker.pid)}), flush=True)\n"
+        "time.sleep(0.3)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    run = EngineProcess(["predict"], env={"PYTHONPATH": str(tmp_path)}).start()
+    events = []
+    deadline = time.monotonic() + 60
+    while run.state == "running" and time.monotonic() < deadline:
+        events += run.poll()[0]
+        time.sleep(0.02)
+    worker = int(next(e["message"] for e in events if e["event"] == "log"))
+    assert run.state == FAILED and "SIGKILL" in run.error_message
+    assert not alive(worker), "the child's worker must not outlive it"

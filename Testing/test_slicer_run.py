@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from support import process_group_alive
+from support import make_volume, POSIX, process_group_alive, write
+
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.panel import run as slicer_run
 from UNetSegmentationLib.panel.checkpoints import segment_id
-from UNetSegmentationLib.panel.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
-from UNetSegmentationLib.protocol import runner
-from UNetSegmentationLib.protocol.runner import RUNNING, EngineProcess
+from UNetSegmentationLib.panel.log_lines import describe_event, format_duration, format_eta, progress_text
 from UNetSegmentationLib.panel.run import (
     APPLY_TEXT,
     CANCEL_TEXT,
@@ -38,7 +37,10 @@ from UNetSegmentationLib.panel.run import (
     SegmentationRun,
     panel_view,
 )
-from UNetSegmentationLib.panel.log_lines import describe_event, format_duration, format_eta, progress_text
+from UNetSegmentationLib.panel.selftest_support import constant_checkpoint, lps_from_ras, oblique_ijk_to_ras, sample_volume_array
+from UNetSegmentationLib.protocol import runner
+from UNetSegmentationLib.protocol.runner import EngineProcess
+from UNetSegmentationLib.protocol.runner import RUNNING
 
 
 def write_oblique_volume(path: Path, shape_kji=(10, 28, 32)) -> np.ndarray:
@@ -411,3 +413,55 @@ def test_wait_with_a_timeout_stops_a_hung_child(tmp_path):
     assert run.wait(timeout_s=0.5, interval_s=0.05, on_poll=lambda: polled.append(1)) == FAILED
     assert run.message.startswith("the segmentation did not finish within") and run.message.endswith("and was stopped")
     assert polled and not process_group_alive(pid) and not run.folder.exists()
+
+
+@pytest.mark.skipif(not POSIX, reason="uses scripts with a #! line as the interpreter")
+@pytest.mark.parametrize("how", ["cancel", "fail"])
+@pytest.mark.parametrize("state", [slicer_run.IDLE, slicer_run.INSTALLING, slicer_run.EXPORTING, slicer_run.SEGMENTING, slicer_run.IMPORTING])
+def test_cancel_or_failure_in_every_state_of_the_panel_run_ends_cleanly(tmp_path, state, how):
+    """The state machine of the panel: in every state, cancel (or a failure) stops any child, removes
+    the temporary folder, and leaves the panel ready for the next run."""
+    hung = tmp_path / "hung-python"  # a child that never answers (segmenting)
+    hung.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    finished = tmp_path / "finished-python"  # a child that reports a result at once (then: importing)
+    finished.write_text(f"#!{sys.executable}\nimport json\nprint(json.dumps({{'event': 'done', 'output': 'x'}}))\n")
+    for script in (hung, finished):
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    volume = write(make_volume(size=(8, 8, 2)), tmp_path / "v.nrrd")
+    temp_root = tmp_path / "temp"
+    temp_root.mkdir()
+    run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), python=str(hung if state == slicer_run.SEGMENTING else finished), temp_root=temp_root)
+
+    order = [slicer_run.INSTALLING, slicer_run.EXPORTING, slicer_run.SEGMENTING, slicer_run.IMPORTING]
+    for step in order[: order.index(state) + 1] if state != slicer_run.IDLE else []:
+        if step == slicer_run.INSTALLING:
+            run.begin_installing()
+        elif step == slicer_run.EXPORTING:
+            shutil.copyfile(volume, run.begin_exporting())
+        elif step == slicer_run.SEGMENTING:
+            run.start_segmenting()
+        else:
+            while run.state == slicer_run.SEGMENTING:
+                run.poll()
+                time.sleep(0.02)
+            run.output_path.write_bytes(b"result being imported")
+    assert run.state == state, run.message
+    pid = run.engine.pid if run.engine else None
+
+    if how == "cancel":
+        run.cancel()
+        assert run.state == CANCELLED and run.message == "Cancelled"
+        expected_text = "Cancelled"
+    else:
+        run.fail("the import failed: no segmentation in the file")
+        assert run.state == FAILED
+        expected_text = "Failed: the import failed: no segmentation in the file"
+    view = run.view()
+    assert (view.button_text, view.button_enabled, view.settings_enabled, view.running) == (slicer_run.APPLY_TEXT, True, True, False)
+    assert view.progress_text == expected_text
+    assert list(temp_root.iterdir()) == [], "the temporary folder must go in every outcome"
+    if pid is not None:
+        assert not process_group_alive(pid)
+    final = run.state
+    run.cancel()  # a second cancel (or a late poll) changes nothing
+    assert run.poll() == [] and run.state == final

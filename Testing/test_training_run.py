@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from support import write_tiny_case
+from support import POSIX, wait_for, write_tiny_case
+
 from UNetSegmentationLib.networks.registry import ARCHITECTURES
+from UNetSegmentationLib.protocol.runner import FAILED, EngineProcess
 
 FAST = ("--threads", "1", "--progress", "none", "--device", "cpu")
 
@@ -283,3 +287,29 @@ def test_training_can_start_from_a_created_checkpoint(cli, tiny_data, tmp_path):
     assert not all(torch.equal(tuned.state_dict[k], initial.state_dict[k]) for k in initial.state_dict)
     clash = cli("train", "--datalist", tiny_data / "datalist.json", "--init", start, "--features", "4,8", *FAST, tmp_path / "x.safetensors")
     assert clash.code == 2 and "leave out --features" in clash.stderr
+
+
+@pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
+def test_a_training_run_killed_mid_run_resumes_to_the_same_weights(cli, tmp_path):
+    from support import write_tiny_case
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
+
+    data = write_tiny_case(tmp_path)
+    common = ["--datalist", str(data / "datalist.json"), "--classes", "body,bone", "--val-slices", "0.25", "--val-blocks", "1",
+              "--features", "4,8", "--crop", "32", "--batch-size", "2", "--steps-per-epoch", "3", "--seed", "7",
+              "--threads", "1", "--device", "cpu", "--epochs", "4"]
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    run = EngineProcess(["train", *common, str(killed / "m.safetensors")]).start()
+    wait_for(run, "log", timeout_s=180, starting="epoch")  # the first epoch is over: its checkpoint can be resumed
+    os.kill(run.pid, signal.SIGKILL)
+    assert run.wait(timeout=60) == FAILED and "SIGKILL" in run.error_message
+    assert [p.name for p in killed.iterdir() if ".partial" in p.name] == []
+    resumed = cli("train", *common, "--progress", "none", "--resume", killed / "m.safetensors")
+    assert resumed.code == 0, resumed.stderr
+    straight = cli("train", *common, "--progress", "none", tmp_path / "straight.safetensors")
+    assert straight.code == 0, straight.stderr
+    a, b = load_checkpoint(killed / "m.safetensors").state_dict, load_checkpoint(tmp_path / "straight.safetensors").state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with open(killed / "m.csv") as log:
+        assert [int(row["step"]) for row in csv.DictReader(log)] == [3, 6, 9, 12]

@@ -81,6 +81,7 @@ def test_new_architectures_declare_paper_presets_json_defaults_and_are_not_pruna
     assert architecture.deep_supervision == (name in ("unet3plus", "unetv2"))
 
 
+@pytest.mark.child_process
 def test_registry_imports_without_torch():
     code = "import sys; sys.modules['torch'] = None; from UNetSegmentationLib.networks.registry import ARCHITECTURES; print(','.join(ARCHITECTURES))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

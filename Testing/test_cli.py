@@ -77,6 +77,7 @@ def test_info_shows_metadata_and_parameters_per_depth(cli, small_unetpp):
     assert text.code == 0 and "L4" in text.stdout and "softmax over background + 2 classes" in text.stdout
 
 
+@pytest.mark.child_process
 def test_the_installed_console_command_runs():
     result = subprocess.run([sys.executable, "-m", "UNetSegmentationLib", "archs"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "unetplusplus" in result.stdout

@@ -172,6 +172,7 @@ def test_an_error_in_a_slice_worker_reaches_the_caller():
         predictor(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=pytest.mark.onnx)])
 def test_slice_workers_give_the_labels_of_one_slice_at_a_time(cli, chest_ct_path, tmp_path, backend, bundled_copy):
     """In float32 for both backends (ONNX Runtime computes float32; auto is bf16 on CPUs with native bf16)."""

@@ -166,6 +166,7 @@ def test_auto_means_the_gpu_when_there_is_one():
     assert (no_gpu.device, no_gpu.precision, no_gpu.backend) == (CPU, "fp32", "onnx")
 
 
+@pytest.mark.child_process
 def test_planning_for_a_gpu_asks_the_capabilities_and_imports_nothing_heavy():
     """The plan asks its Capabilities object and nothing else: with a fake one it imports neither
     PyTorch nor NumPy, even when the answer is a GPU (the Slicer panel imports the plan)."""
@@ -265,6 +266,7 @@ class cuda:
 '''
 
 
+@pytest.mark.child_process
 @pytest.mark.parametrize("count", [0, 1, 2])
 def test_the_panel_lists_the_gpus_its_probe_finds(tmp_path, count):
     """The panel's probe (a child ``python -c PROBE_CODE``) against a PyTorch that reports ``count`` GPUs."""

@@ -167,6 +167,7 @@ def hold_lock(lock: Path, seconds: float = 120) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.child_process
 def test_a_lock_file_naming_a_live_process_that_holds_no_lock_blocks_nobody(predict, tmp_path):
     """The process id in a lock file left by a killed run now belongs to another, unrelated process."""
     result, output = predict()

@@ -166,6 +166,7 @@ def test_partial_exports_whose_writer_is_gone_are_removed_and_live_ones_kept(tmp
     assert paths["live"].exists() and paths["young"].exists() and other.exists() and not paths["abandoned"].exists()
 
 
+@pytest.mark.child_process
 def test_a_run_killed_while_exporting_leaves_a_partial_that_the_next_run_removes(cli, oblique_volume_path, tmp_path):
     checkpoint = create_checkpoint(tmp_path / "m.safetensors", arch="unetplusplus", classes="lung,bone", features="16,32,64,128,256")
     command = [sys.executable, "-m", "UNetSegmentationLib", "predict", "--checkpoint", str(checkpoint), "--precision", "fp32", "--progress", "none",

@@ -64,6 +64,7 @@ def run(command, cwd: Path, environment: dict, timeout: int = 900) -> subprocess
     return finished
 
 
+@pytest.mark.child_process
 def test_the_readme_install_runs_every_command(tmp_path):
     repository = checkout_copy(tmp_path / "UNetSegmentation")
     environment = fresh_environment(tmp_path / "venv")

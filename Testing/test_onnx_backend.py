@@ -154,6 +154,8 @@ def predict_in_fresh_process(*arguments, env=None) -> dict:
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 @torch_free_startup
 def test_a_cached_fp32_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path, bundled_copy):
     """Start-up on a CPU-only machine on the float32 ONNX path (``--precision fp32``; ``auto`` is the
@@ -169,6 +171,7 @@ def test_a_cached_fp32_onnx_export_segments_without_importing_torch_or_monai(che
     assert first.any() and (first == cached).all()
 
 
+@pytest.mark.child_process
 @torch_free_startup
 def test_the_bundled_model_ships_its_export_so_its_first_fp32_run_needs_no_pytorch(cli, chest_ct_path, tmp_path):
     """The export beside the bundled model (Resources/Tools/ship_onnx_export.py) belongs to the model

@@ -115,6 +115,8 @@ def test_an_output_that_would_replace_the_input_is_refused(cli, small_unet_one_c
     assert result.code == EXIT_USER_ERROR and "would overwrite the input" in result.stderr
     assert oblique_volume_path.read_bytes() == before
 
+@pytest.mark.child_process
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="process groups are POSIX")
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(cli, small_unetpp, long_volume, tmp_path):
     output = tmp_path / "out" / "labels.nrrd"
@@ -135,6 +137,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(cli, sm
     assert third.code == 0, third.stderr
     assert os.listdir(output.parent) == ["labels.nrrd"]
 
+@pytest.mark.child_process
 def test_a_lock_left_by_a_dead_run_is_taken_over_and_a_live_one_is_respected(predict, oblique_volume_path, tmp_path):
     host = socket.gethostname()
     output = tmp_path / "out" / "labels.nrrd"

@@ -18,6 +18,8 @@ from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, FAILED, EngineP
 from UNetSegmentationLib.protocol.runner import EXIT
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 def test_a_run_reports_start_progress_and_done_in_order(chest_ct_path, small_unetpp, tmp_path):
     output = tmp_path / "labels.seg.nrrd"
     run = EngineProcess(SegmentationOptions(batch_size=8).to_arguments(chest_ct_path, output, small_unetpp), outputs=[output]).start()
@@ -37,6 +39,8 @@ def test_a_run_reports_start_progress_and_done_in_order(chest_ct_path, small_une
     assert output.exists() and run.done_event["output"] == str(output)
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
 def test_cancel_mid_run_leaves_no_child_and_no_output(chest_ct_path, small_unetpp, tmp_path):
     output, probabilities = tmp_path / "labels.nrrd", tmp_path / "confidence.nrrd"
@@ -55,6 +59,8 @@ def test_cancel_mid_run_leaves_no_child_and_no_output(chest_ct_path, small_unetp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 def test_a_failing_child_reports_its_own_message_and_leaves_no_output(small_unetpp, tmp_path):
     output = tmp_path / "labels.nrrd"
     run = EngineProcess(SegmentationOptions().to_arguments(tmp_path / "missing.nrrd", output, small_unetpp), outputs=[output]).start()
@@ -63,12 +69,14 @@ def test_a_failing_child_reports_its_own_message_and_leaves_no_output(small_unet
     assert run.returncode == 2 and not output.exists()
 
 
+@pytest.mark.child_process
 def test_a_child_that_crashes_without_an_event_is_explained_from_its_stderr(tmp_path):
     run = EngineProcess(["no-such-command"]).start()
     assert run.wait(timeout=60) == FAILED
     assert "invalid choice" in run.error_message
 
 
+@pytest.mark.child_process
 def test_a_hung_child_is_stopped_after_the_idle_timeout(tmp_path):
     script = tmp_path / "UNetSegmentationLib"  # a fake package whose __main__ sleeps forever
     script.mkdir()
@@ -81,6 +89,7 @@ def test_a_hung_child_is_stopped_after_the_idle_timeout(tmp_path):
     assert not process_group_alive(run.pid)
 
 
+@pytest.mark.child_process
 def test_the_runner_reads_any_line_through_the_event_parser(tmp_path):
     """A child that prints a stray line and a log event: both arrive as log events, then the exit."""
     package = tmp_path / "UNetSegmentationLib"
@@ -105,6 +114,8 @@ def test_the_runner_reads_any_line_through_the_event_parser(tmp_path):
     ]
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 def test_the_child_process_gets_non_ascii_paths_intact(small_unet_one_class, tmp_path):
     volume, checkpoint, output, _ = unusual_files(tmp_path, small_unet_one_class)
     run = EngineProcess(SegmentationOptions().to_arguments(volume, output, checkpoint), outputs=[output]).start()
@@ -112,6 +123,8 @@ def test_the_child_process_gets_non_ascii_paths_intact(small_unet_one_class, tmp
     assert run.done_event["output"] == str(output) and output.is_file()
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
 def test_a_child_killed_mid_run_is_reported_with_the_signal_and_leaves_nothing(small_unetpp, long_volume, tmp_path):
     folder = tmp_path / "out"
@@ -129,6 +142,7 @@ def test_a_child_killed_mid_run_is_reported_with_the_signal_and_leaves_nothing(s
     assert not process_group_alive(run.pid)
 
 
+@pytest.mark.child_process
 @pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
 def test_a_killed_child_leaves_no_orphan_grandchild(tmp_path):
     package = tmp_path / "UNetSegmentationLib"  # a fake engine that starts a worker and is then killed

@@ -417,6 +417,7 @@ def test_module_metadata_and_classes():
     assert {"process", "ensureDependencies", "startRun", "importResult"} <= logic_methods
 
 
+@pytest.mark.child_process
 def test_setup_opens_no_dialog_and_starts_no_process():
     """WITH_GENERIC_TESTS calls setup(): no dialog, no network, no dependency installation there."""
     widget = class_node(module_tree(), "UNetSegmentationWidget")

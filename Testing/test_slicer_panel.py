@@ -142,6 +142,7 @@ def test_device_choices_say_what_is_available():
     assert gpus[2].label == "GPU: NVIDIA RTX A4000 (+1 more)" and gpus[2].enabled
 
 
+@pytest.mark.child_process
 def test_probe_output_is_parsed_and_a_real_probe_runs_in_a_child():
     assert parse_probe_output('noise\n{"torch_version": "2.1.0", "cuda": true, "gpu_names": ["X"]}\n') == DeviceInfo("2.1.0", True, ["X"], None)
     assert parse_probe_output("").error

@@ -278,6 +278,8 @@ def one_event_per_poll(arguments, outputs, python, idle_timeout_s) -> EngineProc
     return OneEventPerPoll(arguments, outputs=outputs, python=python, idle_timeout_s=idle_timeout_s)
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_path):
     import slicerio
 
@@ -338,6 +340,8 @@ def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_
     assert not folder.exists(), "temporary files must be removed after a run"
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
 def test_cancel_mid_run_leaves_no_child_and_no_output(small_unetpp, tmp_path):
     volume = tmp_path / "long.nrrd"
@@ -364,6 +368,7 @@ def test_cancel_mid_run_leaves_no_child_and_no_output(small_unetpp, tmp_path):
     assert run.poll() == []  # nothing more happens
 
 
+@pytest.mark.child_process
 def test_a_failing_child_shows_its_own_message(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"this is not a checkpoint at all")
@@ -380,6 +385,7 @@ def test_a_failing_child_shows_its_own_message(tmp_path):
     assert not run.folder.exists()
 
 
+@pytest.mark.child_process
 def test_no_exported_volume_fails_before_starting_a_child(tmp_path):
     run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), temp_root=tmp_path)
     run.begin_exporting()  # the export wrote nothing
@@ -388,6 +394,7 @@ def test_no_exported_volume_fails_before_starting_a_child(tmp_path):
     assert run.message == "the volume was not exported (no input file was written)"
 
 
+@pytest.mark.child_process
 def test_an_interpreter_that_cannot_start_is_reported(tmp_path):
     volume = tmp_path / "v.nrrd"
     write_oblique_volume(volume, (4, 16, 16))
@@ -398,6 +405,7 @@ def test_an_interpreter_that_cannot_start_is_reported(tmp_path):
     assert not run.folder.exists()
 
 
+@pytest.mark.child_process
 @pytest.mark.skipif(os.name == "nt", reason="uses a script with a #! line as the interpreter")
 def test_wait_with_a_timeout_stops_a_hung_child(tmp_path):
     hung = tmp_path / "hung-python"
@@ -415,6 +423,7 @@ def test_wait_with_a_timeout_stops_a_hung_child(tmp_path):
     assert polled and not process_group_alive(pid) and not run.folder.exists()
 
 
+@pytest.mark.child_process
 @pytest.mark.skipif(not POSIX, reason="uses scripts with a #! line as the interpreter")
 @pytest.mark.parametrize("how", ["cancel", "fail"])
 @pytest.mark.parametrize("state", [slicer_run.IDLE, slicer_run.INSTALLING, slicer_run.EXPORTING, slicer_run.SEGMENTING, slicer_run.IMPORTING])

@@ -41,6 +41,7 @@ def test_losses_vanish_for_perfect_heads_and_average_the_heads_equally(kind, cha
     assert float(both) == pytest.approx((float(loss([a], target)[0]) + float(loss([b], target)[0])) / 2, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_unet3plus_loss_has_its_three_terms_and_trains_the_classification_head():
     from UNetSegmentationLib.networks.blocks import TrainingOutput
     from UNetSegmentationLib.training.losses import SegmentationLoss

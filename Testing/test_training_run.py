@@ -66,6 +66,7 @@ def held_out_truth(chest_ct_path, chest_segmentation_path, slices):
     return lookup[loaded.label.array][slices]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(chest_run):
     log = read_log(chest_run.with_suffix(".csv"))
     assert [int(r["epoch"]) for r in log] == [1, 2, 3, 4]
@@ -122,6 +123,7 @@ def test_depth_selection_picks_the_shallowest_depth_within_tolerance():
     assert select_depth({1: float("nan"), 2: 0.5}) == 2 and select_depth({}) is None
 
 
+@pytest.mark.slow
 def test_predict_uses_the_recommended_depth_and_evaluate_reproduces_the_held_out_dice(cli, chest_run, chest_ct_path, chest_segmentation_path, tmp_path):
     from UNetSegmentationLib.model.checkpoint import read_metadata
 
@@ -289,6 +291,8 @@ def test_training_can_start_from_a_created_checkpoint(cli, tiny_data, tmp_path):
     assert clash.code == 2 and "leave out --features" in clash.stderr
 
 
+@pytest.mark.child_process
+@pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="signals and process groups are POSIX")
 def test_a_training_run_killed_mid_run_resumes_to_the_same_weights(cli, tmp_path):
     from support import write_tiny_case

@@ -1,0 +1,54 @@
+"""The README's map of the engine ("How the engine is layered") matches the code: every engine file is
+named in it, under its folder, and every file it names exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("UNetSegmentationLib", "UNetSegmentationSlicer")
+
+
+def map_block() -> str:
+    """The code block of the README's "How the engine is layered" section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## How the engine is layered", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1]
+
+
+def files_named_in_the_map() -> set:
+    """``folder/file.py`` for every file the map names: a line's folder is the last ``name/`` that opens
+    a line above it (``UNetSegmentationLib/`` itself is the package root); ``folder/file.py`` written
+    out names that file wherever it stands."""
+    named, folder = set(), ""
+    for line in map_block().splitlines():
+        heading = re.match(r"^(\s*)([A-Za-z_]+)/", line)
+        if heading:
+            folder = "" if heading.group(2) == "UNetSegmentationLib" else heading.group(2)
+        for explicit, name in re.findall(r"(?:\b([A-Za-z_]+)/)?\b([a-z_0-9]+\.py)\b", line):
+            where = explicit or folder
+            named.add(f"{where}/{name}" if where else name)
+    return named
+
+
+def engine_files() -> set:
+    files = set()
+    for package in PACKAGES:
+        root = REPO / "UNetSegmentation" / package
+        for path in root.rglob("*.py"):
+            if path.name in ("__init__.py", "__main__.py") or "__pycache__" in path.parts:
+                continue
+            relative = path.relative_to(root)
+            files.add(relative.as_posix() if package == "UNetSegmentationLib" else f"{package}/{path.name}")
+    return files
+
+
+def test_every_engine_file_is_on_the_readme_map():
+    missing = sorted(engine_files() - files_named_in_the_map())
+    assert not missing, f"README.md's 'How the engine is layered' does not name: {missing}"
+
+
+def test_every_file_on_the_readme_map_exists():
+    stale = sorted(files_named_in_the_map() - engine_files())
+    assert not stale, f"README.md's 'How the engine is layered' names files that do not exist: {stale}"

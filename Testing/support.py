@@ -256,6 +256,16 @@ def unusual_files(folder: Path, checkpoint: Path) -> tuple:
     return volume, copy, folder / "Ergebnis é.seg.nrrd", folder / "Konfidenz ñ.nii.gz"
 
 
+def events_until_finished(run: EngineProcess, timeout_s: float = 60) -> list:
+    """Poll ``run`` until it leaves ``running`` (or ``timeout_s`` passes); returns every event it gave."""
+    events = []
+    deadline = time.monotonic() + timeout_s
+    while run.state == "running" and time.monotonic() < deadline:
+        events += run.poll()[0]
+        time.sleep(0.02)
+    return events
+
+
 # --- a tiny labelled training case ---------------------------------------------------------------------
 
 

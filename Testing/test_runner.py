@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from support import alive, POSIX, process_group_alive, unusual_files, wait_for
+from support import alive, events_until_finished, POSIX, process_group_alive, unusual_files, wait_for
 
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.io.outputs import lock_path, temporary_path
@@ -100,11 +100,7 @@ def test_the_runner_reads_any_line_through_the_event_parser(tmp_path):
         "print(json.dumps({'event': 'done'}))\n"
     )
     run = EngineProcess(["predict"], env={"PYTHONPATH": str(tmp_path)}).start()
-    events = []
-    deadline = time.monotonic() + 60
-    while run.state == "running" and time.monotonic() < deadline:
-        events += run.poll()[0]
-        time.sleep(0.02)
+    events = events_until_finished(run)
     assert run.state == DONE
     assert events == [
         {"event": LOG, "message": "a stray print"},
@@ -156,11 +152,7 @@ def test_a_killed_child_leaves_no_orphan_grandchild(tmp_path):
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     run = EngineProcess(["predict"], env={"PYTHONPATH": str(tmp_path)}).start()
-    events = []
-    deadline = time.monotonic() + 60
-    while run.state == "running" and time.monotonic() < deadline:
-        events += run.poll()[0]
-        time.sleep(0.02)
+    events = events_until_finished(run)
     worker = int(next(e["message"] for e in events if e["event"] == "log"))
     assert run.state == FAILED and "SIGKILL" in run.error_message
     assert not alive(worker), "the child's worker must not outlive it"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.packages import module_is_installed
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,7 @@ COMMAND_NEEDS: Dict[str, Tuple[Need, ...]] = {
 
 def missing_needs(command: str, find_spec: Callable[[str], object] = importlib.util.find_spec) -> List[Need]:
     """The needs of ``command`` whose module cannot be found (looked up without importing it)."""
-    missing = []
-    for need in COMMAND_NEEDS.get(command, ()):
-        try:
-            found = find_spec(need.module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(need)
-    return missing
+    return [need for need in COMMAND_NEEDS.get(command, ()) if not module_is_installed(need.module, find_spec)]
 
 
 def check_needs(command: str, warn: Callable[[str], None], find_spec: Callable[[str], object] = importlib.util.find_spec) -> List[Need]:

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from typing import Callable, List, Sequence
+from UNetSegmentationLib.packages import module_is_installed
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,7 @@ TORCH_VERSION_REQUIREMENT = ">=2.1"
 
 def missing_requirements(find_spec: Callable[[str], object] = importlib.util.find_spec) -> List[Requirement]:
     """Requirements whose module cannot be imported (checked without importing them)."""
-    missing = []
-    for requirement in REQUIREMENTS:
-        try:
-            found = find_spec(requirement.module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(requirement)
-    return missing
+    return [requirement for requirement in REQUIREMENTS if not module_is_installed(requirement.module, find_spec)]
 
 
 def pip_install_arguments(requirements: Sequence[Requirement]) -> str:

@@ -66,8 +66,11 @@ def corner_distance(first: np.ndarray, second: np.ndarray, size: Sequence[int]) 
 
 def shear_degrees(matrix: np.ndarray) -> float:
     """How far (degrees) the most skewed pair of a transform's axes is from a right angle (0: no shear)."""
-    axes = [matrix[:3, a] / (np.linalg.norm(matrix[:3, a]) or 1.0) for a in range(3)]
-    cosines = [abs(float(np.dot(axes[x], axes[y]))) for x, y in ((0, 1), (0, 2), (1, 2))]
+    if not np.isfinite(matrix[:3, :3]).all() or np.abs(matrix[:3, :3]).max() > 1e12:
+        return 0.0  # not a transform anything could follow: nothing to measure
+    with np.errstate(all="ignore"):
+        axes = [matrix[:3, a] / (np.linalg.norm(matrix[:3, a]) or 1.0) for a in range(3)]
+        cosines = [abs(float(np.dot(axes[x], axes[y]))) for x, y in ((0, 1), (0, 2), (1, 2))]
     return max(90.0 - math.degrees(math.acos(min(c, 1.0))) for c in cosines)
 
 
@@ -75,11 +78,11 @@ def nifti_transform_warning(source: str, header: NiftiHeader, size: Sequence[int
     """A warning when a transform the NIfTI file sets (code > 0) differs from the grid ITK read (``used``,
     voxel → RAS), naming the transform ITK followed and the difference in mm; None when they agree."""
     makers = (("qform", header.qform_code, qform_matrix), ("sform", header.sform_code, sform_matrix))
-    forms = {name: make(header) for name, code, make in makers if code > 0}
-    if not all(np.isfinite(m).all() for m in forms.values()):
-        return None
-    tolerance = 0.1 * max(min(np.linalg.norm(used[:3, a]) for a in range(3)), 1e-3)  # a tenth of the finest voxel step
-    differing = {name: corner_distance(matrix, used, size) for name, matrix in forms.items()}
+    with np.errstate(all="ignore"):  # a header may hold NaN, Inf or 1e38: such a transform is not compared
+        forms = {name: make(header) for name, code, make in makers if code > 0}
+        forms = {name: matrix for name, matrix in forms.items() if np.isfinite(matrix).all() and np.abs(matrix).max() < 1e12}
+        tolerance = 0.1 * max(min(np.linalg.norm(used[:3, a]) for a in range(3)), 1e-3)  # a tenth of the finest voxel step
+        differing = {name: corner_distance(matrix, used, size) for name, matrix in forms.items()}
     differing = {name: distance for name, distance in differing.items() if distance > tolerance}
     if not differing:
         return None

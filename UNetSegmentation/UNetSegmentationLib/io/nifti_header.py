@@ -28,7 +28,7 @@ class NiftiHeader:
     """What the engine needs from a NIfTI header (spatial transforms map voxel (i, j, k) to RAS mm)."""
 
     version: int  # 1 or 2
-    single_file: bool  # "n+1"/"n+2": header and data in one file; "ni1"/"ni2": a .hdr/.img pair
+    single_file: bool  # header and data in one file; False for the "ni1"/"ni2" magic of a .hdr/.img pair
     dimensions: Tuple[int, ...]  # dim[1..dim[0]]
     datatype: int
     voxel_offset: int  # where the voxels start in the data file (vox_offset, at least the header's size for one file)
@@ -46,9 +46,9 @@ class NiftiHeader:
     @property
     def data_bytes(self) -> Optional[int]:
         """Bytes of voxel data the header announces (None: a datatype no reader knows)."""
-        if self.bytes_per_voxel is None or any(d < 0 for d in self.dimensions):
+        if self.bytes_per_voxel is None:
             return None
-        return math.prod(max(d, 1) for d in self.dimensions) * self.bytes_per_voxel
+        return math.prod(max(d, 1) for d in self.dimensions) * self.bytes_per_voxel  # niftilib reads a size <= 0 as 1
 
 
 def read_nifti_header(path: Path) -> Optional[NiftiHeader]:
@@ -73,11 +73,9 @@ def parse_nifti_header(raw: bytes) -> Optional[NiftiHeader]:
 
 
 def _parse_nifti1(raw: bytes, e: str) -> Optional[NiftiHeader]:
-    magic = raw[344:348]
-    if magic not in (b"n+1\x00", b"ni1\x00"):
-        return None
+    # any magic: readers take a 348-byte header with an unknown magic for ANALYZE 7.5 and still use its fields
     dim = struct.unpack(e + "8h", raw[40:56])
-    single = magic == b"n+1\x00"
+    single = raw[344:348] != b"ni1\x00"
     vox_offset = struct.unpack(e + "f", raw[108:112])[0]
     offset = int(vox_offset) if math.isfinite(vox_offset) else 0
     return NiftiHeader(
@@ -96,11 +94,8 @@ def _parse_nifti1(raw: bytes, e: str) -> Optional[NiftiHeader]:
 
 
 def _parse_nifti2(raw: bytes, e: str) -> Optional[NiftiHeader]:
-    magic = raw[4:12]
-    if magic[:3] not in (b"n+2", b"ni2"):
-        return None
     dim = struct.unpack(e + "8q", raw[16:80])
-    single = magic[:3] == b"n+2"
+    single = raw[4:7] != b"ni2"
     offset = struct.unpack(e + "q", raw[168:176])[0]
     return NiftiHeader(
         version=2,

@@ -55,6 +55,7 @@ class Payload:
     encoding: str  # RAW, DEFLATE (gzip or zlib), TEXT, HEX
     expected_bytes: int  # decoded bytes the header announces (voxels × bytes per voxel, plus a decoded byte skip)
     compressed_bytes: Optional[int] = None  # the encoded length the header states (MetaImage's CompressedDataSize)
+    value_bytes: int = 1  # bytes per voxel component: TEXT data holds expected_bytes / value_bytes numbers
 
 
 def format_bytes(count: float) -> str:
@@ -104,8 +105,8 @@ def missing_data(payload: Payload, decode: bool = True) -> Optional[str]:
     if payload.encoding == RAW:
         return None if held >= expected else f"{announced} but the file holds {format_bytes(held)}"
     if payload.encoding in (TEXT, HEX):
-        least = 2 * expected - 1 if payload.encoding == TEXT else 2 * expected  # a digit and a separator per value; two digits per byte
-        return None if held >= least else f"{announced} as {payload.encoding}, which needs at least {format_bytes(least)}, but the file holds {format_bytes(held)}"
+        least = 2 * (expected // max(payload.value_bytes, 1)) - 1 if payload.encoding == TEXT else 2 * expected  # a digit and a separator per number; two digits per byte
+        return None if held >= least else f"{announced}, written as {payload.encoding} that needs at least {format_bytes(least)}, but the file holds {format_bytes(held)}"
     if payload.compressed_bytes is not None:
         held = min(held, max(payload.compressed_bytes, 0))
     if expected > MAX_DEFLATE_RATIO * held + 1024:
@@ -149,7 +150,7 @@ def decoded_length(file: BinaryIO, length: int) -> Tuple[int, bool, Optional[str
 # --- the formats' headers ----------------------------------------------------------------------------
 
 
-def _text_header(path: Path, stop) -> Tuple[List[str], int, str]:
+def text_header(path: Path, stop) -> Tuple[List[str], int, str]:
     """Header lines of a text-headed format before the line where ``stop(line)`` is true, the offset after
     that line, and the line itself ("" when the file ended first)."""
     lines, offset = [], 0
@@ -167,7 +168,7 @@ def _text_header(path: Path, stop) -> Tuple[List[str], int, str]:
 
 
 def _nrrd_payload(path: Path) -> Optional[Payload]:
-    lines, offset, _ = _text_header(path, lambda line: line == "")
+    lines, offset, _ = text_header(path, lambda line: line == "")
     fields: Dict[str, str] = {}
     for line in lines[1:]:
         if line.startswith("#") or ":=" in line or ":" not in line:
@@ -192,9 +193,9 @@ def _nrrd_payload(path: Path) -> Optional[Payload]:
     expected = math.prod(sizes) * element
     if encoding == RAW:
         offset = -1 if byte_skip == -1 else offset + max(byte_skip, 0)
-    elif byte_skip > 0:
+    elif encoding == DEFLATE and byte_skip > 0:
         expected += byte_skip  # skipped after decoding
-    return Payload("NRRD", data_file, offset, encoding, expected)
+    return Payload("NRRD", data_file, offset, encoding, expected, value_bytes=element)
 
 
 def _after_lines(path: Path, offset: int, count: int) -> int:
@@ -229,7 +230,7 @@ def _nifti_payload(path: Path) -> Optional[Payload]:
 
 
 def _meta_payload(path: Path) -> Optional[Payload]:
-    lines, offset, last = _text_header(path, lambda line: line.split("=")[0].strip().lower() == "elementdatafile")
+    lines, offset, last = text_header(path, lambda line: line.split("=")[0].strip().lower() == "elementdatafile")
     fields = {line.split("=", 1)[0].strip().lower(): line.split("=", 1)[1].strip() for line in lines if "=" in line}
     if not last:
         return None
@@ -248,7 +249,7 @@ def _meta_payload(path: Path) -> Optional[Payload]:
         data_file = path
     encoding = DEFLATE if compressed else (RAW if binary else TEXT)
     compressed_size = _integer(fields.get("compresseddatasize", "")) if compressed else None
-    return Payload("MetaImage", data_file, offset, encoding, expected, compressed_size)
+    return Payload("MetaImage", data_file, offset, encoding, expected, compressed_size, element)
 
 
 def _integers(text: str) -> List[int]:

@@ -12,6 +12,7 @@ results on a volume's grid is :mod:`.segmentations`.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from pathlib import Path
 from typing import Optional, Tuple
@@ -24,6 +25,7 @@ from UNetSegmentationLib.io.dicom_series import check_stack, series_files, speci
 from UNetSegmentationLib.io.input_header import SUPPORTED, InputHeader, read_header
 from UNetSegmentationLib.io.native_messages import quiet_itk
 from UNetSegmentationLib.io.payload import describe_payload, format_bytes, missing_data
+from UNetSegmentationLib.io.reader_hazards import reader_hazard
 
 
 def inspect_input(path) -> InputHeader:
@@ -39,6 +41,9 @@ def inspect_input(path) -> InputHeader:
         files = series_files(path)
         header = read_header(path, files)
     else:
+        hazard = reader_hazard(path)  # a header ITK's reader would crash or hang on: it never sees it
+        if hazard:
+            raise UserError(f"cannot read {path}: {hazard}")
         header = read_header(path)
     validate_header(header)
     if header.dicom_files:
@@ -74,8 +79,10 @@ def _check_payload(path: Path, decode: bool) -> None:
 
 
 def validate_header(header: InputHeader) -> None:
-    """Refuse from the header what the engine cannot segment: not 3D, vector/RGB voxels, or no voxels."""
+    """Refuse from the header what the engine cannot segment: not 3D, vector/RGB voxels, no voxels, or a grid
+    that places them nowhere (spacing not finite and positive, origin or direction not finite)."""
     _refuse_shape(header.path, header.dimension, header.size, header.components, header.pixel_type)
+    _refuse_grid(header.path, header.spacing, header.origin, header.direction)
 
 
 def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
@@ -130,6 +137,13 @@ def _check_readable(path: Path) -> None:
 def validate_volume(image: sitk.Image, source="input") -> None:
     """Refuse what the engine cannot segment: not 3D, vector/RGB pixels, or no voxels."""
     _refuse_shape(source, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetPixelIDTypeAsString())
+
+
+def _refuse_grid(source, spacing, origin, direction) -> None:
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise UserError(f"{source} has voxel spacings of {tuple(spacing)} mm; a volume needs finite, positive spacings")
+    if not all(math.isfinite(v) for v in tuple(origin) + tuple(direction)):
+        raise UserError(f"{source} has an origin {tuple(origin)} or direction {tuple(direction)} that is not finite; it is placed nowhere")
 
 
 def _refuse_shape(source, dimension: int, size, components: int, pixel_type: str) -> None:

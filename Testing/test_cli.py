@@ -168,3 +168,16 @@ def test_bad_options_are_refused_on_construction_naming_the_option(changes, mess
 
     with pytest.raises(UserError, match=message):
         SegmentationOptions(**changes)
+
+
+@pytest.mark.child_process
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`unetseg archs | head -1`: when the reader of stdout closes it, no traceback, the status a shell gives (141)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "UNetSegmentationLib", "archs", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before the first line
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr

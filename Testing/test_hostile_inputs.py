@@ -28,18 +28,6 @@ MB = 1_000_000
 BOMB_PEAK_LIMIT = 200 * MB
 
 
-@pytest.fixture
-def predict(cli, small_unet_one_class, tmp_path):
-    """``unetseg predict`` into ``tmp_path/out/labels.nrrd`` with the small one-class U-Net."""
-    output = tmp_path / "out" / "labels.nrrd"
-    output.parent.mkdir()
-
-    def run(input_path, *extra, checkpoint=small_unet_one_class, progress="none"):
-        return cli("predict", "--checkpoint", checkpoint, "--progress", progress, *extra, input_path, output), output
-
-    return run
-
-
 def nrrd_header(sizes, type_="short", encoding="raw", extra="") -> bytes:
     return (
         f"NRRD0004\ntype: {type_}\ndimension: {len(sizes)}\nspace: left-posterior-superior\nsizes: {' '.join(map(str, sizes))}\n"

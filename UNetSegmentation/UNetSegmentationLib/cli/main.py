@@ -7,6 +7,7 @@ Every command exits 0 on success and, on a problem with its input, prints one li
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import List, Optional
@@ -31,6 +32,20 @@ def _on_terminate(signum, frame):  # pragma: no cover - exercised through the ru
 
 
 # --- parser and entry point ------------------------------------------------------------------------
+
+
+#: exit status when the reader of stdout went away, as shells report a process ended by SIGPIPE
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's own flush at exit finds no broken pipe either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +73,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.reporter.error("cancelled")
         print("unetseg: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:  # the reader of our output went away (`unetseg archs | head -2`): nothing left to say
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except MemoryError:  # memory ran out outside the batches (those shrink on their own): reading, writing, post-processing
         message = f"out of memory ({machine_memory_note()}): close other programs, or crop or resample the input to fewer voxels"
         args.reporter.error(message)

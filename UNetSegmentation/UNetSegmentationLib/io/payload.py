@@ -66,14 +66,21 @@ def format_bytes(count: float) -> str:
     return f"{int(count)} bytes"
 
 
+def file_start(path: Path, count: int = 8) -> Optional[bytes]:
+    """The first ``count`` bytes of ``path`` (a format's magic), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(count)
+    except OSError:
+        return None
+
+
 def describe_payload(path: Path) -> Optional[Payload]:
     """The payload of the NRRD, NIfTI or MetaImage file ``path``; None for other formats, or when the header
     does not say enough (multi-file data, an unknown voxel type): the reader then decides alone."""
     path = Path(path)
-    try:
-        with open(path, "rb") as file:
-            start = file.read(8)
-    except OSError:
+    start = file_start(path)
+    if start is None:
         return None
     if start.startswith(b"NRRD000"):
         return _nrrd_payload(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from UNetSegmentationLib.io.nifti_header import NiftiHeader, read_nifti_header
-from UNetSegmentationLib.io.payload import text_header
+from UNetSegmentationLib.io.payload import file_start, text_header
 
 #: the longest NRRD header field line (and ``data file: LIST`` line) handed to NrrdIO; it crashes from about 980
 NRRD_LINE_LIMIT = 900
@@ -26,10 +26,8 @@ NRRD_LINE_LIMIT = 900
 
 def reader_hazard(path: Path) -> Optional[str]:
     """Why ``path`` must not be given to ITK's reader (a known crash or hang), as a phrase; None when it may."""
-    try:
-        with open(path, "rb") as file:
-            start = file.read(8)
-    except OSError:
+    start = file_start(path)
+    if start is None:
         return None
     if start.startswith(b"NRRD000"):
         return _nrrd_hazard(path)

@@ -82,7 +82,7 @@ class SegmentationOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.probabilities, str) and self.probabilities.endswith(("/", os.sep)):  # Path() would drop the '/'
-            raise UserError(f"--probabilities {self.probabilities} ends in '{self.probabilities[-1]}', so it names a folder; give a file name (e.g. {Path(self.probabilities) / 'confidence.nrrd'})")
+            raise UserError(f"--probabilities {self.probabilities} ends in '{self.probabilities[-1]}', so it names a folder; give a file name, e.g. {Path(self.probabilities) / 'confidence.nrrd'}")
         # frozen: normalised values are set through object.__setattr__, once, here
         normalised = {
             "depth": parse_depth(self.depth) if isinstance(self.depth, str) else self.depth,

@@ -25,7 +25,7 @@ from UNetSegmentationLib.io.native_messages import quiet_itk
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
 from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claim_outputs, claiming_outputs
 from UNetSegmentationLib.io.segmentations import label_dtype, write_labels, write_scalar
-from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, inspect_input, read_volume
+from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, inspect_input, read_volume, verify_data
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
@@ -114,6 +114,7 @@ def _segment(
     metadata = checkpoint.metadata
     depth = resolve_depth(metadata, options.depth)
     _check_memory(header, metadata, options, memory_available())  # from the header: before PyTorch or any voxel is allocated
+    header = verify_data(header)  # compressed voxel data decoded and counted: a cut or corrupt stream is refused before the model loads
     plan = plan_execution(options.execution_request())  # device, precision, backend, threads: decided once
     if predictor_factory is create_predictor:  # the engine's own factory announces a first-run ONNX export before it starts
         predictor_factory = partial(create_predictor, log=reporter.log)

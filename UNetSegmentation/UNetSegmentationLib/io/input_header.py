@@ -9,6 +9,7 @@ allocated nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class InputHeader:
     dicom_files: Tuple[str, ...] = ()  # the series' files in slice order (a DICOM folder), else ()
     reader_copies: int = 1  # voxel buffers the reader holds at once (ITK's NIfTI reader copies once: 2)
     warnings: Tuple[str, ...] = ()  # what the reader changes that the user should know (e.g. a NIfTI's other transform)
+    data_verified: bool = False  # all the voxel data the header announces was found (compressed data decoded and counted)
 
     @property
     def voxels(self) -> int:
@@ -86,9 +88,7 @@ def read_header(path: Path, dicom_files: Sequence[str] = ()) -> InputHeader:
 
 
 def _with_warning(header: InputHeader, warning: str) -> InputHeader:
-    fields = dict(header.__dict__)
-    fields["warnings"] = header.warnings + (warning,)
-    return InputHeader(**fields)
+    return dataclasses.replace(header, warnings=header.warnings + (warning,))
 
 
 def _component_bytes(pixel_id: int) -> int:

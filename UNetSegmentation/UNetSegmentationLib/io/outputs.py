@@ -57,7 +57,8 @@ def check_output_path(path: Union[str, Path], overwrite: bool, what: str = "outp
     text = os.fspath(path)
     path = Path(path)
     if text.endswith(("/", os.sep)) and text.strip("/" + os.sep):
-        raise UserError(f"{what} {text} ends in '{text[-1]}', so it names a folder; give a file name (e.g. {path / ('labels' + extensions[0]) if extensions else path})")
+        meant = path if split_extension(path, tuple(extensions))[1] else path / f"labels{extensions[0] if extensions else ''}"
+        raise UserError(f"{what} {text} ends in '{text[-1]}', so it names a folder; give a file name, e.g. {meant}")
     if extensions:
         extension = split_extension(path, tuple(IMAGE_EXTENSIONS) + tuple(extensions))[1]
         if extension.lower() == ".seg.nrrd" and ".seg.nrrd" not in extensions:

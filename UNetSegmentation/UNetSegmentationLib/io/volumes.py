@@ -11,6 +11,7 @@ results on a volume's grid is :mod:`.segmentations`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import os
@@ -69,6 +70,15 @@ def _stat_mode(path: Path) -> int:
         raise UserError(f"cannot read {path}: {error.strerror or error}") from None
 
 
+def verify_data(header: InputHeader) -> InputHeader:
+    """``header`` once all the voxel data it announces is found: compressed data is decoded and counted (1 MiB
+    at a time, nothing kept), so a stream cut short or corrupt is refused instead of read with zeros in place of
+    the missing voxels. Run it after the memory check: decoding a large volume takes a while."""
+    if not header.dicom_files and not header.data_verified:
+        _check_payload(header.path, decode=True)
+    return dataclasses.replace(header, data_verified=True)
+
+
 def _check_payload(path: Path, decode: bool) -> None:
     """Refuse a file cut short or corrupt: less voxel data than its header announces (see :mod:`.payload`);
     ``decode``: count what compressed data decodes to (else only what its length can hold at most)."""
@@ -86,13 +96,9 @@ def validate_header(header: InputHeader) -> None:
 
 
 def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
-    """A 3D scalar image, or a :class:`UserError` that says why not (``header``: from :func:`inspect_input`).
-
-    Compressed voxel data is decoded and counted first (1 MiB at a time, nothing kept): a stream cut short
-    is refused instead of read with zeros in place of the missing voxels."""
-    header = header or inspect_input(path)
-    if not header.dicom_files:
-        _check_payload(header.path, decode=True)
+    """A 3D scalar image, or a :class:`UserError` that says why not (``header``: from :func:`inspect_input`,
+    its data verified by :func:`verify_data` here unless it was already)."""
+    header = verify_data(header or inspect_input(path))
     try:
         with quiet_itk():
             if header.dicom_files:

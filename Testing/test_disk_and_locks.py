@@ -12,7 +12,6 @@ blocks nobody.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import socket
@@ -216,6 +215,7 @@ def test_a_live_holder_is_respected_and_once_killed_its_lock_blocks_nobody(predi
 
 
 def test_a_run_holds_its_lock_with_the_operating_system_and_removes_the_file_when_done(tmp_path):
+    fcntl = pytest.importorskip("fcntl")  # POSIX: the lock is flock
     from UNetSegmentationLib.io.locks import claim_output, lock_path, release_output
 
     output = tmp_path / "labels.nrrd"

@@ -46,8 +46,12 @@ EXAMPLE_TIMEOUT_S = 60
 
 _WORKER = textwrap.dedent(
     """
-    import contextlib, io, json, os, resource, sys, tempfile, traceback
-    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # a bug that allocates what a header claims cannot take the machine
+    import contextlib, io, json, os, sys, tempfile, traceback
+    try:  # a bug that allocates what a header claims cannot take the machine (POSIX)
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+    except ImportError:
+        pass
     from UNetSegmentationLib.cli.main import main
     for line in sys.stdin:
         argv = json.loads(line)

@@ -136,7 +136,7 @@ def test_a_flush_the_disk_refuses_is_a_message_naming_the_final_file(tmp_path, m
 
 
 @pytest.fixture
-def predict(cli, small_unet_one_class, oblique_volume_path, tmp_path):
+def predict_oblique(cli, small_unet_one_class, oblique_volume_path, tmp_path):
     """``unetseg predict`` of the oblique volume into ``tmp_path/out/labels.nrrd``."""
     output = tmp_path / "out" / "labels.nrrd"
     output.parent.mkdir()
@@ -167,14 +167,14 @@ def hold_lock(lock: Path, seconds: float = 120) -> subprocess.Popen:
 
 
 @pytest.mark.child_process
-def test_a_lock_file_naming_a_live_process_that_holds_no_lock_blocks_nobody(predict, tmp_path):
+def test_a_lock_file_naming_a_live_process_that_holds_no_lock_blocks_nobody(predict_oblique, tmp_path):
     """The process id in a lock file left by a killed run now belongs to another, unrelated process."""
-    result, output = predict()
+    result, output = predict_oblique()
     assert result.code == 0
     unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (output.parent / LOCK_NAME).write_text(f"{unrelated.pid} {socket.gethostname()}\n")
-        again, _ = predict("--overwrite")
+        again, _ = predict_oblique("--overwrite")
         assert again.code == 0, again.stderr
         assert os.listdir(output.parent) == ["labels.nrrd"], "the left-over lock file is tidied away"
     finally:
@@ -183,23 +183,23 @@ def test_a_lock_file_naming_a_live_process_that_holds_no_lock_blocks_nobody(pred
 
 
 @pytest.mark.skipif(os.name != "posix", reason="zombies are POSIX")
-def test_a_lock_held_by_a_run_that_is_now_a_zombie_blocks_nobody(predict, tmp_path):
+def test_a_lock_held_by_a_run_that_is_now_a_zombie_blocks_nobody(predict_oblique, tmp_path):
     lock = tmp_path / "out" / LOCK_NAME
     holder = hold_lock(lock, seconds=0)
     try:
         os.waitid(os.P_PID, holder.pid, os.WEXITED | os.WNOWAIT)  # it has ended but is not reaped: a zombie
-        result, output = predict()
+        result, output = predict_oblique()
         assert result.code == 0, result.stderr
         assert os.listdir(output.parent) == ["labels.nrrd"]
     finally:
         holder.wait()
 
 
-def test_a_live_holder_is_respected_and_once_killed_its_lock_blocks_nobody(predict, tmp_path):
+def test_a_live_holder_is_respected_and_once_killed_its_lock_blocks_nobody(predict_oblique, tmp_path):
     lock = tmp_path / "out" / LOCK_NAME
     holder = hold_lock(lock)
     try:
-        result, output = predict()
+        result, output = predict_oblique()
         assert result.code == 2 and result.stderr.count("\n") == 1, result.stderr
         for phrase in ("is being written by another unetseg run", f"(process {holder.pid}); wait for it to finish", str(lock)):
             assert phrase in result.stderr
@@ -209,7 +209,7 @@ def test_a_live_holder_is_respected_and_once_killed_its_lock_blocks_nobody(predi
         holder.send_signal(signal.SIGKILL)  # as the out-of-memory killer would: the lock file stays behind
         holder.wait()
     assert lock.exists()
-    result, output = predict()
+    result, output = predict_oblique()
     assert result.code == 0, result.stderr
     assert os.listdir(output.parent) == ["labels.nrrd"]
 

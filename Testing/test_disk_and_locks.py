@@ -249,3 +249,31 @@ def test_a_probability_map_under_a_segmentation_name_is_refused(cli, small_unet_
     result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--probabilities", tmp_path / "confidence.seg.nrrd", oblique_volume_path, output)
     assert_refused(result, output, "confidence.seg.nrrd", ".seg.nrrd is a Slicer segmentation name", "use one of .nrrd")
     assert not (tmp_path / "confidence.seg.nrrd").exists()
+
+
+@pytest.mark.child_process
+def test_the_runner_removes_a_killed_runs_lock_file_but_never_one_a_run_holds(tmp_path):
+    """A killed child's lock file is tidied away by the runner; a lock file some run holds now (it has
+    just claimed the output) is left alone, even when it names the killed child."""
+    import subprocess
+    import sys
+
+    from UNetSegmentationLib.io.locks import lock_path, remove_abandoned_lock
+
+    output = tmp_path / "labels.nrrd"
+    lock = lock_path(output)
+    lock.write_text("12345 host\n")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not remove_abandoned_lock(output, 12345) and lock.exists(), "a held lock is not ours to remove"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not remove_abandoned_lock(output, 999) and lock.exists(), "a lock file another process wrote stays"
+    assert remove_abandoned_lock(output, 12345) and not lock.exists()

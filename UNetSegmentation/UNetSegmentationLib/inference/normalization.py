@@ -25,7 +25,9 @@ class IntensityMapping:
     scale: float
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
-        out = np.asarray(values, dtype=np.float32)
+        # float inputs beyond float32's range (e.g. 1e300) become ±inf in the cast, which the clip then bounds: no warning
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.asarray(values, dtype=np.float32)
         if out is values:
             out = out.copy()
         np.clip(out, self.low, self.high, out=out)

@@ -125,6 +125,28 @@ def release_output(path: Path) -> None:
         os.close(descriptor)
 
 
+def remove_abandoned_lock(path: Path, pid: int) -> bool:
+    """Remove ``path``'s lock file if process ``pid`` wrote it and no process holds its lock now (a killed
+    run's leftover); the lock is taken first, so a run that has just claimed the file is never robbed of it."""
+    lock = lock_path(path)
+    try:
+        descriptor = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        if not _try_lock(descriptor) or not _same_file(descriptor, lock):
+            return False
+        text = os.pread(descriptor, 200, 0).decode("utf-8", "replace").split() if hasattr(os, "pread") else []
+        if not text or text[0] != str(pid):
+            return False
+        lock.unlink()
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
 def holds(path: Path) -> bool:
     """Whether this process holds ``path``'s lock."""
     return Path(path) in _held

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from UNetSegmentationLib.io.outputs import lock_path, temporary_path
+from UNetSegmentationLib.io.locks import remove_abandoned_lock
+from UNetSegmentationLib.io.outputs import temporary_path
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
 from UNetSegmentationLib.protocol.events import ERROR, PROGRESS, Event, make_event, parse_event
 
@@ -288,11 +289,9 @@ def _signature(path: Path) -> Optional[Tuple[int, int]]:
 
 
 def _remove_lock_of(path: Path, pid: int) -> None:
-    """Remove the output lock (see :mod:`.outputs`) that the child ``pid`` left when it was killed."""
-    lock = lock_path(path)
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        if int(lock.read_text(encoding="utf-8").split()[0]) == pid:
-            lock.unlink()
+    """Remove the output lock file that the child ``pid`` left when it was killed (tidiness: an abandoned
+    ``flock`` lock blocks nobody), never one another run holds now (:func:`~UNetSegmentationLib.io.locks.remove_abandoned_lock`)."""
+    remove_abandoned_lock(path, pid)
 
 
 def _signal_group(pid: int, signum: int) -> None:

@@ -15,7 +15,7 @@ from support import assert_refused, assert_same_grid, create_checkpoint, deny_re
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.predict_file import predict_file
-from UNetSegmentationLib.io import volumes as volume_io
+from UNetSegmentationLib.io import volumes
 from UNetSegmentationLib.io.volumes import MAX_SLICE_PIXELS, check_slice_size
 
 
@@ -141,7 +141,7 @@ def test_the_slice_size_limit_is_2048_squared_and_can_be_raised(monkeypatch):
 def test_an_unreadable_input_is_named_as_a_permission_problem(predict, tmp_path, monkeypatch):
     """Tests run as root, who reads any file: the refusal of the operating system is simulated."""
     path = write(make_volume(size=(16, 16, 2)), tmp_path / "secret.nrrd")
-    deny_reading(monkeypatch, volume_io, path)
+    deny_reading(monkeypatch, volumes, path)
     assert_refused(*predict(path), "cannot read", "secret.nrrd", "permission denied", "read access")
 
 @pytest.mark.skipif(not POSIX or os.geteuid() == 0, reason="root reads any file (the simulated test covers it)")

@@ -1,5 +1,5 @@
 """The README's map of the engine ("How the engine is layered") matches the code: every engine file is
-named in it, under its folder, and every file it names exists."""
+named in it, under its folder, and every file it names exists; and every test the documents cite exists."""
 
 from __future__ import annotations
 
@@ -52,3 +52,21 @@ def test_every_engine_file_is_on_the_readme_map():
 def test_every_file_on_the_readme_map_exists():
     stale = sorted(files_named_in_the_map() - engine_files())
     assert not stale, f"README.md's 'How the engine is layered' names files that do not exist: {stale}"
+
+
+def test_every_test_the_documents_name_exists_in_the_file_they_name():
+    """docs/hardening.md, README.md and BENCHMARKS.md cite tests as ``test_file.py::test_name``: each must be there."""
+    import ast
+
+    defined = {
+        path.name: {node.name for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(node, ast.FunctionDef)}
+        for path in (REPO / "Testing").glob("test_*.py")
+    }
+    cited = [
+        (document, file, name)
+        for document in ("docs/hardening.md", "README.md", "BENCHMARKS.md")
+        for file, name in re.findall(r"(test_[a-z_0-9]+\.py)::(test_[A-Za-z_0-9]+)", (REPO / document).read_text(encoding="utf-8"))
+    ]
+    assert len(cited) > 100
+    missing = [c for c in cited if c[2] not in defined.get(c[1], ())]
+    assert not missing, f"documents cite tests that do not exist: {missing}"

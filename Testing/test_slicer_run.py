@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from support import make_volume, POSIX, process_group_alive, write
 
 from UNetSegmentationLib.inference.options import SegmentationOptions
-from UNetSegmentationLib.panel import run as slicer_run
+from UNetSegmentationLib.panel import run as panel_run
 from UNetSegmentationLib.panel.checkpoints import segment_id
 from UNetSegmentationLib.panel.log_lines import describe_event, format_duration, format_eta, progress_text
 from UNetSegmentationLib.panel.run import (
@@ -111,7 +111,7 @@ def test_state_texts_say_what_happens(tmp_path):
     run.begin_exporting()
     assert run.view().progress_text == "Exporting the volume\u2026"
     values = [run.view().progress_value]
-    assert values[0] == slicer_run.PROGRESS_AT[EXPORTING]
+    assert values[0] == panel_run.PROGRESS_AT[EXPORTING]
     run.cancel()
     assert run.view().progress_text == "Cancelled" and run.view().progress_value == 0
 
@@ -173,8 +173,8 @@ def test_start_events_of_any_command_get_a_line(event, line):
 
 
 def test_slicer_python_is_found_on_the_path():
-    assert slicer_run.slicer_python(lambda name: f"/opt/Slicer/bin/{name}") == "/opt/Slicer/bin/PythonSlicer"
-    assert slicer_run.slicer_python(lambda name: None) is None
+    assert panel_run.slicer_python(lambda name: f"/opt/Slicer/bin/{name}") == "/opt/Slicer/bin/PythonSlicer"
+    assert panel_run.slicer_python(lambda name: None) is None
 
 
 # --- with a scripted engine (the Engine seam) ------------------------------------------------------------
@@ -313,7 +313,7 @@ def test_a_run_goes_through_every_state_with_rising_progress(every_voxel_a, tmp_
     # the bar only rises, and the text counts slices while segmenting
     values = [v.progress_value for v in views]
     assert values == sorted(values), values
-    assert any(slicer_run.PROGRESS_AT[SEGMENTING] < v < slicer_run.PROGRESS_AT[IMPORTING] for v in values)
+    assert any(panel_run.PROGRESS_AT[SEGMENTING] < v < panel_run.PROGRESS_AT[IMPORTING] for v in values)
     assert any(v.progress_text.startswith("Segmenting: ") and " of 10 slices" in v.progress_text for v in views)
     assert [v.button_text for v in views if v.state == SEGMENTING][0] == CANCEL_TEXT
     assert views[-1].state == IMPORTING and views[-1].progress_text == "Importing the segmentation\u2026"
@@ -426,7 +426,7 @@ def test_wait_with_a_timeout_stops_a_hung_child(tmp_path):
 @pytest.mark.child_process
 @pytest.mark.skipif(not POSIX, reason="uses scripts with a #! line as the interpreter")
 @pytest.mark.parametrize("how", ["cancel", "fail"])
-@pytest.mark.parametrize("state", [slicer_run.IDLE, slicer_run.INSTALLING, slicer_run.EXPORTING, slicer_run.SEGMENTING, slicer_run.IMPORTING])
+@pytest.mark.parametrize("state", [panel_run.IDLE, panel_run.INSTALLING, panel_run.EXPORTING, panel_run.SEGMENTING, panel_run.IMPORTING])
 def test_cancel_or_failure_in_every_state_of_the_panel_run_ends_cleanly(tmp_path, state, how):
     """The state machine of the panel: in every state, cancel (or a failure) stops any child, removes
     the temporary folder, and leaves the panel ready for the next run."""
@@ -439,18 +439,18 @@ def test_cancel_or_failure_in_every_state_of_the_panel_run_ends_cleanly(tmp_path
     volume = write(make_volume(size=(8, 8, 2)), tmp_path / "v.nrrd")
     temp_root = tmp_path / "temp"
     temp_root.mkdir()
-    run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), python=str(hung if state == slicer_run.SEGMENTING else finished), temp_root=temp_root)
+    run = SegmentationRun(RunOptions(checkpoint=tmp_path / "c.safetensors"), python=str(hung if state == panel_run.SEGMENTING else finished), temp_root=temp_root)
 
-    order = [slicer_run.INSTALLING, slicer_run.EXPORTING, slicer_run.SEGMENTING, slicer_run.IMPORTING]
-    for step in order[: order.index(state) + 1] if state != slicer_run.IDLE else []:
-        if step == slicer_run.INSTALLING:
+    order = [panel_run.INSTALLING, panel_run.EXPORTING, panel_run.SEGMENTING, panel_run.IMPORTING]
+    for step in order[: order.index(state) + 1] if state != panel_run.IDLE else []:
+        if step == panel_run.INSTALLING:
             run.begin_installing()
-        elif step == slicer_run.EXPORTING:
+        elif step == panel_run.EXPORTING:
             shutil.copyfile(volume, run.begin_exporting())
-        elif step == slicer_run.SEGMENTING:
+        elif step == panel_run.SEGMENTING:
             run.start_segmenting()
         else:
-            while run.state == slicer_run.SEGMENTING:
+            while run.state == panel_run.SEGMENTING:
                 run.poll()
                 time.sleep(0.02)
             run.output_path.write_bytes(b"result being imported")
@@ -466,7 +466,7 @@ def test_cancel_or_failure_in_every_state_of_the_panel_run_ends_cleanly(tmp_path
         assert run.state == FAILED
         expected_text = "Failed: the import failed: no segmentation in the file"
     view = run.view()
-    assert (view.button_text, view.button_enabled, view.settings_enabled, view.running) == (slicer_run.APPLY_TEXT, True, True, False)
+    assert (view.button_text, view.button_enabled, view.settings_enabled, view.running) == (panel_run.APPLY_TEXT, True, True, False)
     assert view.progress_text == expected_text
     assert list(temp_root.iterdir()) == [], "the temporary folder must go in every outcome"
     if pid is not None:

@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from architecture_table import count_flops  # noqa: E402
 
-from UNetSegmentationLib.backends import plan as acceleration
+from UNetSegmentationLib.backends.plan import configure_threads  # noqa: E402
 
 from UNetSegmentationLib.model.checkpoint import build_model, create_checkpoint, load_checkpoint  # noqa: E402
 from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
@@ -526,7 +526,7 @@ def optimisation_section(folder: Path, threads: int, quick: bool, native_bf16: b
             if with_onnx:
                 ways[f"{threads} slices at once, int8 (`--precision int8`)"] = int8_predictor(path, depth, threads, size)
             measured = interleaved({name: (lambda p=p: p(xw)) for name, p in ways.items()}, repetitions)
-            acceleration.configure_threads(threads)
+            configure_threads(threads)
             for name in ways:
                 s = summary(measured[name]["times"], per=threads)
                 entry["variants"].append({"name": f"engine ({engine.backend}), {name}", **s, "speedup_vs_plain": plain * 1000 / s["median_ms"], "peak_rss_mb": measured[name]["peak_rss"] / 2**20})
@@ -1000,13 +1000,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repetitions", type=int, default=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.head_to_head:
-        print(json.dumps(head_to_head(args.head_to_head, acceleration.configure_threads(args.threads), args.repetitions)))
+        print(json.dumps(head_to_head(args.head_to_head, configure_threads(args.threads), args.repetitions)))
         return 0
     sections = set(args.sections.split(","))
     if args.quick:
         sections.discard("compile")
     started = time.perf_counter()
-    threads = acceleration.configure_threads(args.threads)
+    threads = configure_threads(args.threads)
     native_bf16 = device.cpu_has_native_bf16()
     with_onnx = onnx_available()
     command = "python bench/speed.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")

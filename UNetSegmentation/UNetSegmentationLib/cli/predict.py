@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from UNetSegmentationLib.cli.models import add_model_options, metadata_from_options
-from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, SegmentationOptions, axis_name
+from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, SPACING_CHOICES, SegmentationOptions, axis_name
 from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
 
 
@@ -38,6 +38,14 @@ def add_commands(commands) -> None:
     predict.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected component of each label")
     predict.add_argument("--no-cgm", action="store_true", help="UNet 3+: do not blank slices its classification-guided module judges empty")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    predict.add_argument(
+        "--spacing",
+        choices=SPACING_CHOICES,
+        default=DEFAULTS.spacing,
+        help="model: segment each slice at the model's in-plane spacing (resampled there, probabilities resampled back onto the input's grid) with 2.5D neighbours at the model's slice distance in mm; native: on the input's voxel grid as it is",
+    )
+    predict.add_argument("--no-crop", action="store_true", help="run the network on whole slices, not only on the body's bounding box")
+    predict.add_argument("--review-list", metavar="FILE", help="write every slice ranked by the model's uncertainty, most uncertain first (.json or .csv)")
     speed = predict.add_argument_group("speed (see BENCHMARKS.md)")
     speed.add_argument(
         "--backend",

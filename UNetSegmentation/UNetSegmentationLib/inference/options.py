@@ -25,6 +25,10 @@ AUTO = "auto"
 #: ``--axis`` names of the image axes 0, 1, 2; ``auto`` picks the one closest to superior-inferior
 AXIS_NAMES = ("i", "j", "k")
 AXIS_CHOICES = (AUTO,) + AXIS_NAMES
+#: ``--spacing``: ``model`` segments each slice at the model's in-plane spacing (resampled there and
+#: back) with its 2.5D neighbours at the model's slice distance; ``native`` runs on the voxel grid as given
+SPACING_MODEL, SPACING_NATIVE = "model", "native"
+SPACING_CHOICES = (SPACING_MODEL, SPACING_NATIVE)
 
 
 def parse_axis(text: Union[str, int, None]) -> Optional[int]:
@@ -55,6 +59,8 @@ _VALUED_OPTIONS = (
     ("--precision", "precision", str),
     ("--threads", "threads", str),
     ("--slice-workers", "slice_workers", str),
+    ("--spacing", "spacing", str),
+    ("--review-list", "review_list", str),
 )
 
 
@@ -79,6 +85,9 @@ class SegmentationOptions:
     precision: str = AUTO  # auto, fp32, bf16, int8: resolved by backends.plan.plan_execution
     threads: Optional[int] = None  # CPU threads in all; None: one per core
     slice_workers: Optional[int] = None  # CPU: slices computed at once, threads // workers each; None: the plan's default
+    spacing: str = SPACING_MODEL  # model: at the model's spacing and slice distance; native: on the input's voxel grid
+    crop: bool = True  # run the network only on the body's bounding box (inference/body.py)
+    review_list: Optional[Path] = None  # write every slice ranked by uncertainty here (JSON or CSV)
 
     def __post_init__(self) -> None:
         if isinstance(self.probabilities, str) and self.probabilities.endswith(("/", os.sep)):  # Path() would drop the '/'
@@ -89,6 +98,8 @@ class SegmentationOptions:
             "axis": parse_axis(self.axis),
             "device": self.device or AUTO,
             "probabilities": Path(self.probabilities) if self.probabilities not in (None, "") else None,
+            "review_list": Path(self.review_list) if self.review_list not in (None, "") else None,
+            "spacing": parse_choice(self.spacing or SPACING_MODEL, SPACING_CHOICES, "--spacing"),
             "backend": parse_choice(self.backend, BACKENDS, "--backend"),
             "precision": parse_choice(self.precision, PRECISIONS, "--precision"),
         }
@@ -119,6 +130,9 @@ class SegmentationOptions:
             precision=args.precision,
             threads=args.threads,
             slice_workers=args.slice_workers,
+            spacing=getattr(args, "spacing", SPACING_MODEL),
+            crop=not getattr(args, "no_crop", False),
+            review_list=getattr(args, "review_list", None),
         )
 
     def to_arguments(self, input_path, output_path, checkpoint, extra: Sequence[str] = ()) -> List[str]:
@@ -132,7 +146,7 @@ class SegmentationOptions:
             value = getattr(self, name)
             if value != getattr(DEFAULTS, name):
                 arguments += [option, text(value)]
-        flags = (("--overwrite", self.overwrite), ("--largest-component", self.largest_component), ("--no-cgm", not self.classification_guidance))
+        flags = (("--overwrite", self.overwrite), ("--largest-component", self.largest_component), ("--no-cgm", not self.classification_guidance), ("--no-crop", not self.crop))
         arguments += [option for option, on in flags if on]
         return arguments + list(extra) + [str(input_path), str(output_path)]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, TYPE_CHECKING
+from typing import Callable, Dict, Optional, Protocol, Sequence, TYPE_CHECKING
 
 import numpy as np
 
@@ -59,6 +59,14 @@ def label_decision(predictor) -> Callable[[object, np.ndarray], tuple]:
     return labels_from_decision if getattr(predictor, "decides_labels", False) else labels_from_probabilities
 
 
+class SliceObserver(Protocol):
+    """Sees each batch's result as it is decided (e.g. the review ranking of :mod:`.review`):
+    ``indices`` of the slices (along the slice axis), their ``(B, rows, columns)`` labels and the
+    probability of each chosen label, on the input's grid in the slice view's orientation."""
+
+    def observe(self, indices: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> None: ...
+
+
 @dataclass
 class PredictionResult:
     labels: np.ndarray  # [k, j, i], the input's grid
@@ -74,8 +82,10 @@ def predict_volume(
     batch_size: int,
     want_confidence: bool = False,
     reporter: Optional[Reporter] = None,
+    observers: Sequence[SliceObserver] = (),
 ) -> PredictionResult:
-    """Segment a [k, j, i] volume slice by slice; returns labels on the same grid."""
+    """Segment a [k, j, i] volume slice by slice; returns labels on the same grid. Each of
+    ``observers`` sees every batch's labels and confidence."""
     metadata = predictor.metadata
     reporter = reporter or Reporter()
     slices = geometry.slices_view(volume)
@@ -103,6 +113,8 @@ def predict_volume(
         label_slices[indices] = batch_labels
         if confidence_slices is not None:
             confidence_slices[indices] = batch_confidence
+        for observer in observers:
+            observer.observe(indices, batch_labels, batch_confidence)
         t3 = time.perf_counter()
         timings["preprocess_s"] += t1 - t0
         timings["network_s"] += t2 - t1

@@ -6,6 +6,7 @@ Everything is checked before the first slice runs; outputs appear only when comp
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -19,6 +20,7 @@ from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
+from UNetSegmentationLib.inference.review import review_ranking
 from UNetSegmentationLib.inference.slicing import SliceGeometry, normalised_batch, padding_for
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.native_messages import quiet_itk
@@ -47,7 +49,7 @@ def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) ->
     return None
 
 
-def _checked_outputs(input_path, output_path, options: SegmentationOptions) -> List[Path]:
+def checked_outputs(input_path, output_path, options: SegmentationOptions) -> List[Path]:
     """The label output (``output_path`` as typed: a trailing '/' names a folder), and the probability map when
     asked for: each checked before any work (claimed later, once the input is known to be safe to open)."""
     outputs = [check_output_path(output_path, options.overwrite)]
@@ -73,6 +75,40 @@ def _input_warnings(image, volume: np.ndarray, geometry: SliceGeometry, metadata
     return warnings
 
 
+@dataclass
+class SegmentationModel:
+    """The model of a run, made ready once and then used for every volume of the run (``predict`` on
+    one file, a cohort on many): the checkpoint, the depth it runs at, the resolved execution plan,
+    the predictor, and what could not be done as planned (``notes``, reported as warnings)."""
+
+    checkpoint: Checkpoint
+    depth: Depth
+    plan: ExecutionPlan
+    predictor: Any
+    notes: List[str]
+    seconds: float
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self.checkpoint.metadata
+
+
+def open_model(
+    checkpoint: Checkpoint,
+    options: SegmentationOptions,
+    reporter: Reporter,
+    predictor_factory: PredictorFactory = create_predictor,
+) -> SegmentationModel:
+    """Plan the execution (device, precision, backend, threads: decided once) and build the predictor."""
+    t0 = time.perf_counter()
+    depth = resolve_depth(checkpoint.metadata, options.depth)
+    plan = plan_execution(options.execution_request())
+    if predictor_factory is create_predictor:  # the engine's own factory announces a first-run ONNX export before it starts
+        predictor_factory = partial(create_predictor, log=reporter.log)
+    predictor, notes = predictor_factory(checkpoint, plan, depth, options.classification_guidance)  # notes: e.g. an ONNX fallback
+    return SegmentationModel(checkpoint, depth, plan, predictor, list(notes), time.perf_counter() - t0)
+
+
 def predict_file(
     input_path,
     output_path,
@@ -90,35 +126,33 @@ def predict_file(
     many bytes the run may allocate (default: what the machine says). Returns the ``done`` summary.
     """
     t_start = time.perf_counter()
-    outputs = _checked_outputs(input_path, output_path, options)  # before any work
+    reporter = reporter or Reporter()
+    outputs = checked_outputs(input_path, output_path, options)  # before any work
     header = inspect_input(input_path)  # a regular file or a DICOM folder, complete, from its header: before any lock
     with claiming_outputs():  # a lock per output while the run lasts: a second run on the same output is refused
         claim_outputs(outputs)
-        return _segment(header, outputs, checkpoint_path, options, reporter or Reporter(), plain_torch_metadata, predictor_factory, memory_available, t_start)
+        # weights read when a network is built: a cached ONNX export of this very file needs only the metadata
+        checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
+        resolve_depth(checkpoint.metadata, options.depth)  # a --depth this network cannot run at: before any voxel is decoded
+        header = checked_input(header, checkpoint.metadata, options, memory_available)  # before PyTorch or the model loads
+        model = open_model(checkpoint, options, reporter, predictor_factory)
+        return segment_volume(header, outputs, model, options, reporter, t_start)
 
 
-def _segment(
-    header: InputHeader,
-    outputs: List[Path],
-    checkpoint_path,
-    options: SegmentationOptions,
-    reporter: Reporter,
-    plain_torch_metadata: Optional[ModelMetadata],
-    predictor_factory: PredictorFactory,
-    memory_available: Callable[[], Optional[int]],
-    t_start: float,
-) -> dict:
-    """The run of :func:`predict_file` once its input and outputs are checked and its outputs claimed."""
-    # weights read when a network is built: a cached ONNX export of this very file needs only the metadata
-    checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
-    metadata = checkpoint.metadata
-    depth = resolve_depth(metadata, options.depth)
-    _check_memory(header, metadata, options, memory_available())  # from the header: before PyTorch or any voxel is allocated
-    header = verify_data(header)  # compressed voxel data decoded and counted: a cut or corrupt stream is refused before the model loads
-    plan = plan_execution(options.execution_request())  # device, precision, backend, threads: decided once
-    if predictor_factory is create_predictor:  # the engine's own factory announces a first-run ONNX export before it starts
-        predictor_factory = partial(create_predictor, log=reporter.log)
-    predictor, notes = predictor_factory(checkpoint, plan, depth, options.classification_guidance)  # notes: e.g. an ONNX fallback
+def checked_input(header: InputHeader, metadata: ModelMetadata, options: SegmentationOptions, memory_available: Callable[[], Optional[int]] = available_memory) -> InputHeader:
+    """The input's header once the run is known to fit in memory (from the header: before any voxel is
+    allocated) and its compressed voxel data decoded and counted (a cut or corrupt stream is refused)."""
+    _check_memory(header, metadata, options, memory_available())
+    return verify_data(header)
+
+
+def segment_volume(header: InputHeader, outputs: List[Path], model: SegmentationModel, options: SegmentationOptions, reporter: Reporter, t_start: Optional[float] = None) -> dict:
+    """Segment one checked input (:func:`checked_input`) with an opened model and write ``outputs``
+    (checked by :func:`checked_outputs` and claimed by the caller). Returns the ``done`` summary, also
+    reported."""
+    t_start = time.perf_counter() - model.seconds if t_start is None else t_start
+    metadata, plan, depth = model.metadata, model.plan, model.depth
+    predictor = model.predictor
     t_model = time.perf_counter()
 
     image = read_volume(header.path, header)
@@ -131,14 +165,15 @@ def _segment(
     slice_count = geometry.slices_view(volume).shape[0]
     quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
     _report_start(reporter, plan, predictor, metadata, depth, geometry, slice_count)
-    for warning in [*notes, *header.warnings, *_input_warnings(image, volume, geometry, metadata)]:
+    for warning in [*model.notes, *header.warnings, *_input_warnings(image, volume, geometry, metadata)]:
         reporter.warning(warning)
     quantize_s = 0.0
     if quantize_int8:  # after the start event: the progress bar is up while calibration runs (seconds to a minute)
         predictor, quantize_s = quantized_for_volume(predictor, volume, geometry, metadata, mapping, reporter)
     t_prepared = time.perf_counter()
 
-    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter)
+    review = review_ranking(options, geometry, metadata)  # review: the slices ranked by uncertainty (inference/review.py)
+    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[review] if review else ())
     if options.largest_component:
         t_clean = time.perf_counter()
         result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])
@@ -160,6 +195,8 @@ def _segment(
         "total_s": t_written - t_start,
     }
     summary = _summary(outputs, depth, predictor, timings)
+    if review:  # review: the most uncertain slices in the done event, all of them in --review-list
+        summary.update(review.finish(options.review_list))
     reporter.done(**summary)
     return summary
 

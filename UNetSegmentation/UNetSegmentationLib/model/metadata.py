@@ -12,6 +12,7 @@ Example::
      "classes": [{"value": 1, "name": "right lung", "color": [0.09, 0.77, 0.28],
                   "terminology": {...slicerio terminology dict...}}],
      "training_spacing": [0.78, 0.78],
+     "slice_distance": 2.5,
      "depth_metrics": {"1": {"dice": 0.81, "ms_per_slice": 3.1}, ...},
      "recommended_depth": 2}
 
@@ -107,7 +108,8 @@ class ModelMetadata:
     context: int
     normalization: Normalization
     classes: List[ClassInfo]
-    training_spacing: Optional[List[float]] = None
+    training_spacing: Optional[List[float]] = None  # mm: the in-plane (row, column) spacing it trained at (last two numbers)
+    slice_distance: Optional[float] = None  # mm between the slice and each 2.5D neighbour channel in training
     depth_metrics: Dict[int, Dict[str, float]] = field(default_factory=dict)
     recommended_depth: Optional[int] = None
     training: Dict[str, Any] = field(default_factory=dict)
@@ -124,6 +126,21 @@ class ModelMetadata:
         return out_channels_for(len(self.classes))
 
     @property
+    def in_plane_spacing(self) -> Optional[Tuple[float, float]]:
+        """The (row, column) spacing in mm the network learned at, or None where the checkpoint does not say."""
+        return None if not self.training_spacing else (float(self.training_spacing[-2]), float(self.training_spacing[-1]))
+
+    @property
+    def context_distance(self) -> Optional[float]:
+        """mm between a slice and its 2.5D neighbours in training: :attr:`slice_distance`, else (a checkpoint
+        made before it was recorded) the first of three recorded training spacings; None where unknown."""
+        if self.slice_distance is not None:
+            return self.slice_distance
+        if self.training_spacing and len(self.training_spacing) == 3:
+            return float(self.training_spacing[0])
+        return None
+
+    @property
     def uses_softmax(self) -> bool:
         """Softmax over background and classes (several classes); else one sigmoid channel."""
         return len(self.classes) > 1
@@ -138,6 +155,8 @@ class ModelMetadata:
         }
         if self.training_spacing is not None:
             data["training_spacing"] = list(self.training_spacing)
+        if self.slice_distance is not None:
+            data["slice_distance"] = self.slice_distance
         if self.depth_metrics:
             data["depth_metrics"] = {str(k): v for k, v in sorted(self.depth_metrics.items())}
         if self.recommended_depth is not None:
@@ -282,6 +301,11 @@ def _validated_metadata(data: Any, source: str) -> ModelMetadata:
         if not (isinstance(spacing, list) and len(spacing) in (2, 3) and all(_is_number(s) and s > 0 for s in spacing)):
             raise _fail(source, f"training_spacing must be 2 or 3 positive numbers, got {spacing!r}")
         metadata.training_spacing = [float(s) for s in spacing]
+    distance = data.get("slice_distance")
+    if distance is not None:
+        if not (_is_number(distance) and 0 < distance <= 1000):
+            raise _fail(source, f"slice_distance must be a positive number of mm (at most 1000), got {distance!r}")
+        metadata.slice_distance = float(distance)
     metrics = data.get("depth_metrics", {})
     if not isinstance(metrics, dict):
         raise _fail(source, "depth_metrics must be an object keyed by depth")

@@ -20,7 +20,7 @@ from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
-from UNetSegmentationLib.inference.review import review_ranking
+from UNetSegmentationLib.inference.review import check_review_list, review_ranking  # review:
 from UNetSegmentationLib.inference.slicing import SliceGeometry, normalised_batch, padding_for
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.native_messages import quiet_itk
@@ -60,6 +60,7 @@ def checked_outputs(input_path, output_path, options: SegmentationOptions) -> Li
         outputs.append(probabilities_path)
     if Path(input_path).exists() and any(Path(input_path).resolve() == o.resolve() for o in outputs):
         raise UserError("the output would overwrite the input; choose another output name")
+    check_review_list(options.review_list, options.overwrite, [Path(input_path), *outputs])  # review: --review-list checked before any work too
     return outputs
 
 

@@ -37,12 +37,17 @@ def train_config(args: argparse.Namespace) -> "TrainConfig":
     """The run's :class:`~UNetSegmentationLib.training.config.TrainConfig` from the parsed options; a bad
     option stops here, before any file is read."""
     from UNetSegmentationLib.training.config import TrainConfig  # imports MONAI (the augmentations), hence torch
+    from UNetSegmentationLib.training.finetuning import apply_defaults, parse_label_map, parse_partial_classes, parse_slice_spec
     from UNetSegmentationLib.training.sampling import AugmentOptions
+    from UNetSegmentationLib.training.spacing import parse_spacing
 
     if args.init:
-        given = [f"--{name}" for name in ("arch", "features", "classes", "context", "norm") if getattr(args, name) is not None]
+        given = [f"--{name}" for name in ("arch", "features", "classes", "context", "norm", "spacing") if getattr(args, name) is not None]
         if given:
-            raise UserError(f"--init takes the architecture, features, classes, context and normalisation from the checkpoint; leave out {', '.join(given)}")
+            raise UserError(f"--init takes the architecture, features, classes, context, normalisation and spacing from the checkpoint; leave out {', '.join(given)}")
+    elif args.freeze_encoder:
+        raise UserError("--freeze-encoder fine-tunes a checkpoint: it needs --init")
+    apply_defaults(args)
     architecture = get_architecture(args.arch or "unetplusplus")
     args.context = 1 if args.context is None else args.context
     args.norm = args.norm or "ct:-1000,1000"
@@ -61,6 +66,9 @@ def train_config(args: argparse.Namespace) -> "TrainConfig":
         foreground=args.foreground,
         augment=AugmentOptions(flip=args.flip, rotate=args.rotate, scale=args.scale, intensity=args.intensity, prob=args.augment_prob),
         seed=args.seed, device=args.device, amp=not args.no_amp,
+        spacing=parse_spacing(args.spacing), label_map=parse_label_map(args.label_map) if args.label_map else None,
+        train_slices=parse_slice_spec(args.train_slices) if args.train_slices else None,
+        partial_classes=parse_partial_classes(args.partial_classes), freeze_encoder=args.freeze_encoder, freeze_norm=bool(args.init),
         val_every=args.val_every, val_slices=args.val_slices, val_blocks=args.val_blocks, val_gap=args.val_gap,
         depth_tolerance=args.depth_tolerance, axis=parse_axis(args.axis), threads=args.threads,
         stop_after=args.stop_after, log=args.log, state=args.state,
@@ -104,14 +112,24 @@ def add_commands(commands) -> None:
     model.add_argument("--context", type=int, help="neighbour slices on each side: 2c+1 input channels (default 1)")
     model.add_argument("--norm", help="intensity normalisation: ct:LO,HI or mr[:PLO,PHI] (default ct:-1000,1000)")
     model.add_argument("--classes", help="class names, comma-separated (default: the segments of the .seg.nrrd labels, or label values)")
-    model.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights, architecture, classes and normalisation (e.g. one from 'unetseg create')")
+    model.add_argument("--spacing", metavar="MM", help="in-plane spacing to train at, ROW[,COLUMN] mm, or 'native' (the voxel grids as given); "
+                       "default: the median in-plane spacing of the training images (recorded in the checkpoint: predict segments at it)")
+    tune = train.add_argument_group("fine-tuning (--init)")
+    tune.add_argument("--init", metavar="CKPT", help="fine-tune this checkpoint: its weights, architecture, classes, context, normalisation and spacing; "
+                      "writes a new checkpoint whose model card records the base, its SHA-256 and the Dice before and after")
+    tune.add_argument("--label-map", metavar="MAP", help="the labels' values or segment names → the model's classes (names or values), e.g. \"3:left lung,5:ribs\" "
+                      "(default: segments by name, label values by class value)")
+    tune.add_argument("--train-slices", metavar="SPEC", help="train only on these slices (numbers from 0 along the slice axis), e.g. 12-18,40: the ones corrected")
+    tune.add_argument("--partial-classes", metavar="CLASSES", help="classes the labels do not cover, trained with a marginal loss instead of as background: "
+                      "auto (default: those no training label holds), none, or names")
+    tune.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and heads (UNet++, U-Net)")
     fit = train.add_argument_group("training")
-    fit.add_argument("--epochs", type=int, default=50, help="epochs (default 50)")
-    fit.add_argument("--steps-per-epoch", type=int, default=50, help="optimiser steps per epoch (default 50)")
-    fit.add_argument("--batch-size", type=int, default=8, help="crops per step (default 8)")
-    fit.add_argument("--crop", default="96", help="in-plane crop size, N or ROWS,COLUMNS, rounded up to the network's multiple (default 96)")
+    fit.add_argument("--epochs", type=int, help="epochs (default 50; fine-tuning 4)")
+    fit.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default 50; fine-tuning 25)")
+    fit.add_argument("--batch-size", type=int, help="crops per step (default 8)")
+    fit.add_argument("--crop", help="in-plane crop size, N or ROWS,COLUMNS, rounded up to the network's multiple (default 96; fine-tuning 128)")
     fit.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
-    fit.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
+    fit.add_argument("--lr", type=float, help="initial learning rate (default 1e-3; fine-tuning 3e-4)")
     fit.add_argument("--weight-decay", type=float, default=1e-4)
     fit.add_argument("--schedule", choices=("poly", "cosine", "constant"), default="poly", help="learning-rate schedule over all steps (default poly, power 0.9)")
     fit.add_argument("--loss", choices=("auto", "unetplusplus", "unet3plus", "dice-ce"), default="auto",
@@ -124,7 +142,7 @@ def add_commands(commands) -> None:
     fit.add_argument("--augment-prob", type=float, default=0.5, help="probability of each random transform (default 0.5)")
     fit.add_argument("--seed", type=int, default=0, help="random seed: the same seed, data and device give the same run")
     fit.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    fit.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    fit.add_argument("--no-amp", action="store_true", help="no mixed precision (CUDA; bf16 on a CPU that computes it natively)")
     fit.add_argument("--threads", type=int, help="CPU threads for torch during this run (at most the CPUs this process may use)")
     fit.add_argument("--axis", default="auto", help="image axis to slice along: auto (closest to superior-inferior), i, j or k")
     val = train.add_argument_group("validation and depth selection")

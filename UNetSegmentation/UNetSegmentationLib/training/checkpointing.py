@@ -87,6 +87,7 @@ class RunState:
     history: List[Dict[str, Any]] = field(default_factory=list)
     best: Best = field(default_factory=Best)
     best_weights: Optional[Weights] = None
+    baseline: Optional[Dict[str, Any]] = None  # fine-tuning: the base model's validation record, before the first step
 
 
 def cpu_weights(model: torch.nn.Module) -> Weights:
@@ -121,6 +122,7 @@ def save_resume_state(path: Path, model: torch.nn.Module, optimization: Optimiza
         "step": state.step,
         "history": json.dumps(state.history),
         "best": state.best.to_json(),
+        "baseline": json.dumps(state.baseline),
         "fingerprint": json.dumps(fingerprint),
     }
     with atomic_output([path], overwrite=True) as (temporary,):
@@ -134,7 +136,8 @@ def restore_run(files: RunFiles, fingerprint: Dict[str, Any], model: torch.nn.Mo
     _check_fingerprint(json.loads(saved["fingerprint"]), fingerprint)
     model.load_state_dict(saved["model"])
     optimization.load_state_dict(saved)
-    state = RunState(int(saved["epoch"]), int(saved["step"]), json.loads(saved["history"]), Best.from_json(saved["best"]))
+    state = RunState(int(saved["epoch"]), int(saved["step"]), json.loads(saved["history"]), Best.from_json(saved["best"]),
+                     baseline=json.loads(saved.get("baseline", "null")))
     if files.checkpoint.is_file() and state.best.epoch is not None:
         state.best_weights = load_checkpoint(files.checkpoint).state_dict
     return state

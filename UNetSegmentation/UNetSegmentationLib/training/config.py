@@ -27,6 +27,12 @@ class TrainConfig:
     classes: Optional[List[str]] = None
     init: Optional[str] = None
     other_labels: str = "error"
+    spacing: Optional[Any] = None  # None: the median in-plane spacing of the training images; "native"; [row, column] mm
+    label_map: Optional[Dict[str, str]] = None  # the user's label value or segment name -> the model's class (name or value)
+    train_slices: Optional[List[int]] = None  # train only on these slices (along the slice axis) of every training case
+    partial_classes: Any = "auto"  # "auto": classes no training label holds are unlabelled, not background; "none"; or class names
+    freeze_encoder: bool = False
+    freeze_norm: bool = False  # BatchNorm statistics kept as the --init checkpoint has them
     epochs: int = 50
     steps_per_epoch: int = 50
     batch_size: int = 8

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +19,9 @@ from UNetSegmentationLib.model.training_record import slice_ranges
 from UNetSegmentationLib.networks.registry import get_architecture
 from UNetSegmentationLib.training.cases import Case
 from UNetSegmentationLib.training.config import TrainConfig
-from UNetSegmentationLib.training.labels import resolve_classes
+from UNetSegmentationLib.training.labels import labelled_channels, resolve_classes
+from UNetSegmentationLib.training.partial_labels import unlabelled_channels
+from UNetSegmentationLib.training.spacing import median_slice_spacing, recorded_spacing, resample_volume, target_spacing
 from UNetSegmentationLib.training.volumes import PreparedVolume, held_out_blocks, load_case, prepare_volume
 
 
@@ -30,6 +32,8 @@ class TrainingData:
     metadata: ModelMetadata
     volumes: List[PreparedVolume]
     training_count: int
+    spacing: Optional[Tuple[float, float]] = None  # (row, column) mm every volume was resampled to; None: as given
+    unlabelled: List[int] = dataclasses.field(default_factory=list)  # channels no training label holds (training/partial_labels.py)
 
     @property
     def has_validation(self) -> bool:
@@ -49,7 +53,10 @@ class TrainingData:
         training, validation = self.volumes[: self.training_count], self.volumes[self.training_count:]
         return {
             **extra,
-            "training": [{"case": v.name, "image": v.image_path.name, "slice_axis": v.axis_name, "train_slices": int(v.train_slices.size)} for v in training],
+            "training": [
+                {"case": v.name, "image": v.image_path.name, "slice_axis": v.axis_name, "train_slices": int(v.train_slices.size), "spacing": list(v.source_spacing or v.spacing)}
+                for v in training
+            ],
             "validation": [{"case": v.name, "image": v.image_path.name, "slice_axis": v.axis_name} for v in validation],
             "held_out_slices": [
                 {"case": v.name, "image": v.image_path.name, "slice_axis": v.axis_name, "slices": [int(s) for s in v.val_slices]}
@@ -67,8 +74,17 @@ class TrainingData:
                 use = f"all {volume.slice_count} held out for validation"
             else:
                 use = f"{volume.train_slices.size} train" + (f", held out {slice_ranges(volume.val_slices)}" if volume.val_slices.size else "")
-            lines.append(f"case {volume.name!r}: {volume.slice_count} slices along {volume.axis_name} ({how}); {use}")
+            lines.append(f"case {volume.name!r}: {volume.slice_count} slices along {volume.axis_name} ({how}); {use}{_resampling(volume)}")
         return lines
+
+
+def _resampling(volume: PreparedVolume) -> str:
+    """``; resampled in-plane from 0.78x0.78 mm (512x512) to 3.05x3.05 mm (131x131)``, or nothing."""
+    if volume.source_spacing is None:
+        return ""
+    rows, columns = volume.slices.shape[1:]
+    return (f"; resampled in-plane from {volume.source_spacing[1]:.3g}x{volume.source_spacing[2]:.3g} mm ({volume.source_shape[0]}x{volume.source_shape[1]}) "
+            f"to {volume.spacing[1]:.3g}x{volume.spacing[2]:.3g} mm ({rows}x{columns})")
 
 
 #: a crop may hold at most this many times the pixels of the largest training slice (the rest padding,
@@ -102,8 +118,9 @@ def model_metadata(config: TrainConfig, classes: Sequence[ClassInfo], init_metad
 
 
 def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], init_metadata: Optional[ModelMetadata]) -> TrainingData:
-    """Read every case, decide the classes, prepare and split the volumes; sets ``metadata.training_spacing``
-    (the median in-plane spacing of the training volumes)."""
+    """Read every case, decide the classes, prepare, resample in-plane to the run's spacing
+    (:mod:`.spacing`) and split the volumes; sets ``metadata.training_spacing`` (that spacing) and
+    ``metadata.slice_distance`` (the median slice spacing of the training volumes)."""
     loaded_train = [load_case(case) for case in train_cases]
     loaded_val = [load_case(case) for case in val_cases]
     everything = loaded_train + loaded_val
@@ -112,7 +129,9 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
         names=config.classes,
         declared=init_metadata.classes if init_metadata else None,
         other_labels=config.other_labels,
+        label_map=config.label_map,
     )
+    labelled = set().union(*(labelled_channels(item.label, lookup) for item, lookup in zip(loaded_train, lookups)))
     # checked as a checkpoint is on loading: names from the labels' segments must fit a .seg.nrrd header
     metadata = model_metadata(config, classes, init_metadata).checked("the model to train")
     gap = metadata.context if config.val_gap is None else config.val_gap
@@ -125,10 +144,29 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
             volume.train_slices, volume.val_slices = held_out_blocks(volume.slice_count, config.val_slices, config.val_blocks, gap)
         else:
             volume.train_slices = np.arange(volume.slice_count)
+        if index < len(loaded_train) and config.train_slices is not None:
+            volume.train_slices = marked_slices(volume, config.train_slices)
         volumes.append(volume)
+    del everything, loaded_train, loaded_val, item  # each volume's voxels now live in its prepared views only
     train_volumes = [v for v in volumes if v.train_slices.size]
     if not train_volumes:
         raise UserError("no training slices: give training cases (the validation cases are not trained on)")
+    base_spacing = init_metadata.in_plane_spacing if init_metadata is not None else None
+    target = target_spacing(config.spacing, train_volumes, base_spacing)
+    metadata.training_spacing = recorded_spacing(target, train_volumes)
+    metadata.slice_distance = init_metadata.context_distance if init_metadata is not None and init_metadata.context_distance else median_slice_spacing(train_volumes)
+    volumes = [resample_volume(volume, target, len(metadata.classes) + 1) for volume in volumes]
     check_crop(config.crop, volumes)
-    metadata.training_spacing = [float(np.median([v.spacing[1] for v in train_volumes])), float(np.median([v.spacing[2] for v in train_volumes]))]
-    return TrainingData(metadata, volumes, len(loaded_train))
+    unlabelled = unlabelled_channels(config.partial_classes, metadata.classes, labelled) if metadata.uses_softmax else []
+    return TrainingData(metadata, volumes, len(train_cases), target, unlabelled)
+
+
+def marked_slices(volume: PreparedVolume, marked: Sequence[int]) -> np.ndarray:
+    """``--train-slices``: the volume's training slices among those marked (indices along its slice axis)."""
+    beyond = [s for s in marked if s >= volume.slice_count]
+    if beyond:
+        raise UserError(f"--train-slices: case {volume.name!r} has {volume.slice_count} slices along {volume.axis_name} (0-{volume.slice_count - 1}); no slice {beyond[0]}")
+    chosen = np.intersect1d(volume.train_slices, np.asarray(marked, dtype=int))
+    if not chosen.size:
+        raise UserError(f"--train-slices: every marked slice of case {volume.name!r} is held out for validation; mark others or change --val-slices")
+    return chosen

@@ -223,18 +223,47 @@ def resolve_classes(
     names: Optional[Sequence[str]] = None,
     declared: Optional[Sequence[ClassInfo]] = None,
     other_labels: str = "error",
+    label_map: Optional[Dict[str, str]] = None,
 ) -> Tuple[List[ClassInfo], List[np.ndarray]]:
     """The model's classes and, per label volume, a lookup from its array values to channel indices.
 
     Classes come from ``declared`` (a checkpoint's), else ``names`` (``--classes``), else the
     segments of the ``.seg.nrrd`` labels (names, colours and terminology, in order of first
     appearance), else the distinct values of the label maps. Segments are matched to classes by
-    name (case-insensitive); label-map values by class value. Anything else is an error unless
-    ``other_labels == "background"``.
+    name (case-insensitive); label-map values by class value. ``label_map`` (``--label-map``, with
+    ``declared`` classes) maps the user's label values or segment names to classes (by name or value)
+    first; with it, label-map values it does not name are not matched by value. Anything else is an
+    error unless ``other_labels == "background"``.
     """
     classes = _classes(labels, names, declared)
-    lookups = [_channel_lookup(case, label, classes, other_labels) for case, label in labels]
+    mapped = _mapped_channels(label_map, classes) if label_map else None
+    lookups = [_channel_lookup(case, label, classes, other_labels, mapped) for case, label in labels]
     return classes, lookups
+
+
+def _mapped_channels(label_map: Dict[str, str], classes: Sequence[ClassInfo]) -> Dict[str, int]:
+    """``--label-map``: the user's key (label value, or segment name in :func:`_key` form) → channel."""
+    by_name = {_key(c.name): channel for channel, c in enumerate(classes, 1)}
+    by_value = {str(c.value): channel for channel, c in enumerate(classes, 1)}
+    mapped = {}
+    for user, model in label_map.items():
+        channel = by_name.get(_key(model), by_value.get(model.strip()))
+        if channel is None:
+            listed = ", ".join(f"{c.value}={c.name}" for c in classes)
+            raise UserError(f"--label-map: the model has no class {model!r} (its classes: {listed})")
+        mapped[_key(user)] = channel
+    return mapped
+
+
+def labelled_channels(label: LabelVolume, lookup: np.ndarray) -> set:
+    """The channels (1-based) ``label`` says anything about: those of its segments (an empty segment
+    still says "none here"), or of the values present in a label map."""
+    if label.segments is not None:
+        values = [s.value for s in label.segments if s.value < lookup.size]
+    else:
+        counts = np.bincount(np.asarray(label.array).ravel(), minlength=lookup.size)
+        values = [v for v in np.flatnonzero(counts) if v < lookup.size]
+    return {int(lookup[v]) for v in values} - {0}
 
 
 def _classes(labels: Sequence[Tuple[str, LabelVolume]], names: Optional[Sequence[str]], declared: Optional[Sequence[ClassInfo]]) -> List[ClassInfo]:
@@ -261,13 +290,15 @@ def _classes(labels: Sequence[Tuple[str, LabelVolume]], names: Optional[Sequence
     return [ClassInfo(v, f"label {v}", DEFAULT_COLORS[(i) % len(DEFAULT_COLORS)]) for i, v in enumerate(values)]
 
 
-def _channel_lookup(case: str, label: LabelVolume, classes: Sequence[ClassInfo], other_labels: str) -> np.ndarray:
-    """``lookup[value]`` = the channel (1-based; 0 background) of each array value of ``label``."""
+def _channel_lookup(case: str, label: LabelVolume, classes: Sequence[ClassInfo], other_labels: str, mapped: Optional[Dict[str, int]] = None) -> np.ndarray:
+    """``lookup[value]`` = the channel (1-based; 0 background) of each array value of ``label``
+    (``mapped``: the ``--label-map`` keys → channels, tried first)."""
     class_list = ", ".join(f"{c.value}={c.name}" for c in classes)
     present = np.unique(label.array)
-    lookup = np.zeros(int(present.max()) + 1, dtype=np.uint8)
+    largest = max([int(present.max())] + [s.value for s in label.segments or []])  # an empty segment has a value too
+    lookup = np.zeros(largest + 1, dtype=np.uint8)
     if label.segments is not None:
-        by_name = {_key(c.name): channel for channel, c in enumerate(classes, 1)}
+        by_name = {**{_key(c.name): channel for channel, c in enumerate(classes, 1)}, **(mapped or {})}
         unknown = []
         for segment in label.segments:
             channel = by_name.get(_key(segment.name))
@@ -278,15 +309,17 @@ def _channel_lookup(case: str, label: LabelVolume, classes: Sequence[ClassInfo],
         if unknown and other_labels != "background":
             raise UserError(
                 f"case {case!r}: label {label.path.name} has segment(s) outside the class list: {', '.join(unknown)} "
-                f"(classes: {class_list}); add them to --classes or pass --other-labels background"
+                f"(classes: {class_list}); add them to --classes, map them with --label-map, or pass --other-labels background"
             )
         return lookup
     by_value = {c.value: channel for channel, c in enumerate(classes, 1)}
+    if mapped is not None:  # the user's values, as --label-map names them (keys that are no number name segments)
+        by_value = {int(k): channel for k, channel in mapped.items() if k.isdigit()}
     unknown_values = [int(v) for v in present if v != 0 and int(v) not in by_value]
     if unknown_values and other_labels != "background":
         raise UserError(
             f"case {case!r}: label {label.path.name} has value(s) outside the class list: {', '.join(map(str, unknown_values[:10]))} "
-            f"(classes: {class_list}); fix the labels, add classes, or pass --other-labels background"
+            f"(classes: {class_list}); fix the labels, add classes, map them with --label-map, or pass --other-labels background"
         )
     for value, channel in by_value.items():
         if value < lookup.size:

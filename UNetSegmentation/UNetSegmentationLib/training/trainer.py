@@ -27,6 +27,7 @@ step's ``lr``), a ``log`` line per epoch, warnings, and ``done`` with the summar
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,11 @@ from UNetSegmentationLib.training.checkpointing import (
 )
 from UNetSegmentationLib.training.config import TrainConfig, TrainResult, round_crop
 from UNetSegmentationLib.training.dataset import TrainingData, load_training_data
+from UNetSegmentationLib.training.finetuning import check_new_output, freeze, keep_frozen_norms, lineage
 from UNetSegmentationLib.training.history import epoch_line, write_log
 from UNetSegmentationLib.training.losses import SegmentationLoss, loss_kind
 from UNetSegmentationLib.training.optimization import Optimization
+from UNetSegmentationLib.training.partial_labels import MarginalLoss
 from UNetSegmentationLib.training.sampling import SliceSampler
 from UNetSegmentationLib.training.selection import depth_metrics_of, measure_ms_per_slice
 from UNetSegmentationLib.training.validation import validate, validated_depths
@@ -74,6 +77,7 @@ class TrainingSetup:
     fingerprint: Dict[str, Any]
     data_info: Dict[str, Any]
     started: float
+    base: Optional[Checkpoint] = None  # the --init checkpoint of a fine-tuning run
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -121,6 +125,8 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         started = time.perf_counter()
+        if self.config.init:
+            check_new_output(self.files.checkpoint, self.config.init)
         self.files.check(self.resume, self.overwrite)
         self.config.check()
         device = resolve_device(self.config.device)
@@ -131,6 +137,9 @@ class Trainer:
         setup = self._setup(data, init, device, started)
         state = restore_run(self.files, setup.fingerprint, setup.model, setup.optimization) if self.resume else RunState()
         self._report_start(setup, state)
+        if init is not None and not self.resume and data.has_validation:  # the base model's Dice, for the model card
+            state.baseline = validate(setup.model, setup.metadata, data.volumes, device, self.config.val_batch_size, data.unlabelled).record(setup.metadata.classes)
+            self.reporter.log(f"the base model's validation Dice: {state.baseline['dice']:.4f}" if state.baseline["dice"] is not None else "the base model has no validation Dice")
         config = self.config
         last_epoch = config.epochs if config.stop_after is None else min(config.epochs, state.epoch + config.stop_after)
         while state.epoch < last_epoch:
@@ -148,14 +157,15 @@ class Trainer:
         config, metadata = self.config, data.metadata
         torch.manual_seed(config.seed)
         model = build_model(init) if init is not None else build_network(metadata.architecture, metadata.kwargs)
-        model = model.to(device).train()
+        model = model.to(device, memory_format=torch.channels_last).train()
+        freeze(model, metadata.architecture, config.freeze_encoder, config.freeze_norm and init is not None)
         crop = round_crop(config.crop, model.required_multiple(None))
         kind = loss_kind(metadata.architecture, config.loss)
-        criterion = SegmentationLoss(kind, metadata.out_channels, crop)
+        criterion = MarginalLoss(kind, metadata.out_channels, data.unlabelled, crop) if data.unlabelled else SegmentationLoss(kind, metadata.out_channels, crop)
         sampler = SliceSampler(data.volumes, metadata.context, crop, len(metadata.classes), config.foreground, config.augment)
         optimization = Optimization.build(config, model, device)
         fingerprint = run_fingerprint(config, self.train_cases + self.val_cases)
-        return TrainingSetup(config, device, data, model, crop, kind, criterion, sampler, optimization, fingerprint, data.description(self.data_description), started)
+        return TrainingSetup(config, device, data, model, crop, kind, criterion, sampler, optimization, fingerprint, data.description(self.data_description), started, init)
 
     def _report_start(self, setup: TrainingSetup, state: RunState) -> None:
         config, metadata = setup.config, setup.metadata
@@ -164,11 +174,18 @@ class Trainer:
             arch=metadata.architecture, classes=[c.name for c in metadata.classes], parameters=sum(p.numel() for p in setup.model.parameters()),
             device=str(setup.device), epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, crop=list(setup.crop), loss=setup.loss_kind,
             training_slices=setup.data.training_slices, validation_slices=setup.data.validation_slices,
+            spacing=None if setup.data.spacing is None else list(setup.data.spacing), slice_distance=metadata.slice_distance,
+            amp=str(setup.optimization.amp_dtype).replace("torch.", "") if setup.optimization.amp_dtype else None,
+            base=config.init, unlabelled_classes=[metadata.classes[c - 1].name for c in setup.data.unlabelled],
         )
         for line in setup.data.slicing_lines(axis_requested=config.axis is not None):  # recorded in the checkpoint too ('unetseg info')
             self.reporter.log(line)
+        if setup.data.unlabelled:
+            names = ", ".join(metadata.classes[c - 1].name for c in setup.data.unlabelled)
+            self.reporter.log(f"not in the labels, so not taught as background (marginal loss{', kept as the base model has them' if setup.base else ''}): {names}")
         for channel in setup.sampler.missing_classes:
-            self.reporter.warning(f"class {metadata.classes[channel - 1].name!r} appears in no training slice: the model cannot learn it")
+            if channel not in setup.data.unlabelled:
+                self.reporter.warning(f"class {metadata.classes[channel - 1].name!r} appears in no training slice: the model cannot learn it")
         if not setup.data.has_validation:
             self.reporter.warning("no validation data (give a 'validation' list, --val-images/--val-labels, or --val-slices): the last epoch is kept and no depth is recommended")
         if self.resume and state.epoch >= config.epochs:
@@ -201,6 +218,7 @@ class Trainer:
         torch.manual_seed(epoch_seed)
         setup.sampler.set_random_state(epoch_seed)
         setup.model.train()
+        keep_frozen_norms(setup.model)
         losses, parts_sum = [], {}
         for _ in range(config.steps_per_epoch):
             loss, parts = self._step(setup, state)
@@ -219,7 +237,7 @@ class Trainer:
         """One optimiser step on a fresh batch; returns the loss and its terms."""
         config, device = setup.config, setup.device
         inputs, targets = setup.sampler.batch(config.batch_size)
-        inputs = torch.from_numpy(inputs).to(device, non_blocking=True)
+        inputs = torch.from_numpy(inputs).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = torch.from_numpy(targets).to(device, non_blocking=True)
         with setup.optimization.autocast():
             output = as_training_output(setup.model(inputs))
@@ -230,7 +248,8 @@ class Trainer:
         setup.optimization.step(loss)
         state.step += 1
         value = float(loss.detach())
-        self.reporter.progress(state.step, epoch=state.epoch, epochs=config.epochs, loss=round(value, 5), lr=lr)
+        dice = {} if state.best.validation is None or state.best.validation.get("dice") is None else {"val_dice": round(state.best.validation["dice"], 5)}
+        self.reporter.progress(state.step, epoch=state.epoch, epochs=config.epochs, loss=round(value, 5), lr=lr, **dice)
         return value, parts
 
     def _validate_epoch(self, setup: TrainingSetup, state: RunState, row: Dict[str, Any]) -> bool:
@@ -242,7 +261,7 @@ class Trainer:
             return True
         if state.epoch % config.val_every != 0 and state.epoch != config.epochs:
             return False
-        validation = validate(setup.model, setup.metadata, setup.data.volumes, setup.device, config.val_batch_size)
+        validation = validate(setup.model, setup.metadata, setup.data.volumes, setup.device, config.val_batch_size, setup.data.unlabelled)
         row.update(validation.log_fields())
         score = validation.score
         if score is None or not score > state.best.score:
@@ -267,9 +286,25 @@ class Trainer:
             "validation": state.best.validation,
             "seconds": round(time.perf_counter() - setup.started, 1),
             "device": str(setup.device),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
         }
+        if setup.base is not None:
+            training["fine_tuning"] = self._lineage(setup, state)
+            if recommended is None:  # nothing validated: the base's choice stands
+                recommended = setup.base.metadata.recommended_depth
         return dataclasses.replace(setup.metadata, depth_metrics=depth_metrics, recommended_depth=recommended, training=training)
+
+    def _lineage(self, setup: TrainingSetup, state: RunState) -> Dict[str, Any]:
+        """``training["fine_tuning"]``: the base model (path, SHA-256), what the labels covered, the Dice before and after."""
+        classes = setup.metadata.classes
+        unlabelled = [classes[c - 1].name for c in setup.data.unlabelled]
+        record = lineage(setup.config.init, [c.name for c in classes if c.name not in unlabelled], unlabelled, setup.config.train_slices,
+                         {"freeze_encoder": setup.config.freeze_encoder, "freeze_norm": setup.config.freeze_norm})
+        before, after = state.baseline, state.best.validation
+        record.update(validation_before=before, validation_after=after,
+                      dice_before=None if before is None else before["dice"], dice_after=None if after is None else after["dice"])
+        return record
 
     def _measure_depths(self, setup: TrainingSetup) -> Optional[Dict[int, float]]:
         """ms/slice of every prune depth on a held-out slice's size (``None``: nothing to measure)."""

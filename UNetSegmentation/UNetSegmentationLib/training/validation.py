@@ -74,8 +74,10 @@ class Validation:
         }
 
 
-def validate(model: torch.nn.Module, metadata: ModelMetadata, volumes: Sequence[PreparedVolume], device: torch.device, batch_size: int) -> Validation:
-    """Per depth: the Dice of the held-out slices of ``volumes``; leaves ``model`` in training mode."""
+def validate(model: torch.nn.Module, metadata: ModelMetadata, volumes: Sequence[PreparedVolume], device: torch.device, batch_size: int,
+             unlabelled: Sequence[int] = ()) -> Validation:
+    """Per depth: the Dice of the held-out slices of ``volumes``; leaves ``model`` in training mode.
+    ``unlabelled`` channels (absent from the labels: :mod:`.partial_labels`) are not scored (NaN)."""
     class_count = len(metadata.classes)
     results = {}
     for depth in validated_depths(metadata):
@@ -86,7 +88,9 @@ def validate(model: torch.nn.Module, metadata: ModelMetadata, volumes: Sequence[
                 continue
             predicted = predict_slices(predictor, volume.slices, volume.mapping, volume.val_slices, batch_size)
             truth = np.asarray(volume.targets[volume.val_slices])
-            per_volume.append(dice_per_class(predicted, truth, class_count))
+            dice = np.asarray(dice_per_class(predicted, truth, class_count), dtype=float)
+            dice[[c - 1 for c in unlabelled]] = np.nan
+            per_volume.append(dice)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a class absent from every held-out slice: NaN, left out of the mean
             per_class = np.nanmean(np.stack(per_volume), axis=0)

@@ -1,0 +1,151 @@
+"""Fine-tuning from a checkpoint (``unetseg train --init CKPT``): its defaults, the options only it has,
+the files it must never write over, what is frozen, and the lineage its model card records.
+
+A fine-tuning run inherits the base model's architecture, classes, context, normalisation and
+in-plane spacing; it writes a new checkpoint (never the ``--init`` file, never the bundled model)
+whose ``training["fine_tuning"]`` record names the base (path and SHA-256), the cases and slices
+trained on, the classes the labels held, steps, date, and the validation Dice of the base before
+training and of the result after.
+
+:data:`FINE_TUNING_DEFAULTS` were chosen by ``bench/finetune_demo.py --sweep`` (BENCHMARKS.md,
+"Training"): on the slicerio CT, the best lower-half Dice after fine-tuning a model trained on the
+upper half, within about a minute on 2 CPU cores for the 34 slices (a 100-slice volume at the model's
+spacing stays well under 5 minutes: the run time is set by the steps, not the volume).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.model.bundled import bundled_model_path
+
+#: what ``--init`` changes when the user did not set it (a from-scratch run keeps the parser's defaults)
+FINE_TUNING_DEFAULTS: Dict[str, Any] = {"epochs": 4, "steps_per_epoch": 25, "lr": 3e-4, "batch_size": 8, "crop": "128"}
+#: ... and a run from scratch
+TRAINING_DEFAULTS: Dict[str, Any] = {"epochs": 50, "steps_per_epoch": 50, "lr": 1e-3, "batch_size": 8, "crop": "96"}
+
+
+def apply_defaults(args: Any) -> None:
+    """Fill the options the user left unset (None) with the fine-tuning or the training defaults."""
+    defaults = FINE_TUNING_DEFAULTS if getattr(args, "init", None) else TRAINING_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
+def parse_slice_spec(text: str) -> List[int]:
+    """``--train-slices 12-18,40`` → ``[12, …, 18, 40]``: slice indices (from 0) along the slice axis."""
+    slices = set()
+    for part in text.split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high) if dash else int(low)
+        except ValueError:
+            raise UserError(f"--train-slices must be slice numbers and ranges from 0, e.g. 12-18,40; got {text!r}") from None
+        if first < 0 or last < first:
+            raise UserError(f"--train-slices: {part!r} is no range of slice numbers from 0 (write FIRST-LAST with FIRST <= LAST)")
+        slices.update(range(first, last + 1))
+    return sorted(slices)
+
+
+def parse_label_map(text: str) -> Dict[str, str]:
+    """``--label-map "3:left lung,7:ribs"`` → ``{"3": "left lung", "7": "ribs"}``: the user's label value
+    (or segment name) → the model's class (name or value)."""
+    mapping: Dict[str, str] = {}
+    for part in text.split(","):
+        user, colon, model = part.rpartition(":")
+        if not colon or not user.strip() or not model.strip():
+            raise UserError(f"--label-map must be USERVALUE:CLASS pairs separated by commas, e.g. \"3:left lung,7:ribs\"; got {part.strip()!r}")
+        if user.strip() in mapping:
+            raise UserError(f"--label-map maps {user.strip()!r} twice")
+        mapping[user.strip()] = model.strip()
+    return mapping
+
+
+def parse_partial_classes(text: Optional[str]) -> Any:
+    """``--partial-classes``: ``auto`` (default), ``none``, or class names separated by commas."""
+    if text is None or text.strip().lower() == "auto":
+        return "auto"
+    if text.strip().lower() == "none":
+        return "none"
+    names = [n.strip() for n in text.split(",")]
+    if any(not n for n in names):
+        raise UserError("--partial-classes needs auto, none, or class names separated by commas")
+    return names
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_new_output(output: Path, init: Optional[str]) -> None:
+    """Fine-tuning writes a new checkpoint: refuse the ``--init`` file itself and the bundled model."""
+    output = Path(output)
+    if init and _same_file(output, Path(init)):
+        raise UserError(f"{output} is the --init checkpoint: fine-tuning writes a new checkpoint and never replaces its base; give another output name")
+    if _same_file(output, bundled_model_path()):
+        raise UserError(f"{output} is the bundled model: it is never replaced; give another output name, e.g. in your own models folder")
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: per architecture, whether a parameter (by its state-dict name) belongs to the encoder
+ENCODER_PARAMETERS = {
+    "unetplusplus": lambda name: name.startswith("nodes.x") and name.split(".")[1].endswith("0"),
+    "unet": lambda name: name.startswith("encoder."),
+}
+
+
+def freeze(model: torch.nn.Module, architecture: str, encoder: bool, norm_statistics: bool) -> int:
+    """Freeze the encoder's weights (``encoder``) and keep BatchNorm statistics as they are
+    (``norm_statistics``: its layers stay in evaluation mode; see :func:`keep_frozen_norms`).
+    Returns the number of trainable parameters left."""
+    if encoder:
+        chosen = ENCODER_PARAMETERS.get(architecture)
+        if chosen is None:
+            raise UserError(f"--freeze-encoder is available for {', '.join(sorted(ENCODER_PARAMETERS))}, not {architecture!r}")
+        for name, parameter in model.named_parameters():
+            if chosen(name):
+                parameter.requires_grad_(False)
+    model.frozen_norms = norm_statistics  # read by keep_frozen_norms after every model.train()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def keep_frozen_norms(model: torch.nn.Module) -> None:
+    """After ``model.train()``: BatchNorm layers back in evaluation mode where their statistics are frozen
+    (a few fine-tuning slices in small batches would otherwise pull the statistics toward themselves)."""
+    if getattr(model, "frozen_norms", False):
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def lineage(init: str, classes_labelled: Sequence[str], classes_kept: Sequence[str], train_slices: Optional[Sequence[int]], frozen: Dict[str, bool]) -> Dict[str, Any]:
+    """The start of ``training["fine_tuning"]``: the base model and what the labels covered."""
+    path = Path(init)
+    return {
+        "base": {"path": str(path.resolve()), "name": path.name, "sha256": sha256_of(path)},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "classes_labelled": list(classes_labelled),
+        "classes_not_labelled": list(classes_kept),
+        "train_slices": None if train_slices is None else [int(s) for s in train_slices],
+        **frozen,
+    }

@@ -1,22 +1,40 @@
-"""``unetseg predict`` (one volume) and ``unetseg demo`` (the bundled model on the slicerio chest CT)."""
+"""``unetseg predict`` (one volume, or a cohort with ``--output-dir``: :mod:`.cohort`) and ``unetseg demo`` (the bundled model on the slicerio chest CT)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from UNetSegmentationLib.cli.cohort import add_cohort_options, check_single_volume_options, predict_cohort
 from UNetSegmentationLib.cli.models import add_model_options, metadata_from_options
 from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, SPACING_CHOICES, SegmentationOptions, axis_name
 from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from UNetSegmentationLib.inference.predict_file import predict_file
-
+    if args.output_dir is not None or len(args.paths) != 2:  # a cohort: several inputs, a folder, a glob, a datalist or a CSV
+        return predict_cohort(args)
+    check_single_volume_options(args)
     options = SegmentationOptions.from_namespace(args)
     plain_metadata = metadata_from_options(args) if args.arch else None
+    if args.series or str(args.output).lower().endswith(".dcm"):  # a series chosen in a DICOM folder, or a DICOM SEG out
+        from UNetSegmentationLib.cohort.single import predict_case_file
+
+        predict_case_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata, args.series)
+        return 0
+    from UNetSegmentationLib.inference.predict_file import predict_file
+
     predict_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata)
     return 0
+
+
+class _InputsAndOutput(argparse.Action):
+    """``INPUT OUTPUT`` (one volume: ``input`` and ``output``) or ``INPUT... --output-dir DIR`` (a cohort: ``paths``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.paths = list(values)
+        namespace.input = values[0]
+        namespace.output = values[1] if len(values) == 2 else None
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -27,7 +45,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     """Register these subcommands on the ``unetseg`` parser."""
-    predict = commands.add_parser("predict", help="segment a volume")
+    predict = commands.add_parser("predict", help="segment a volume, or a cohort of volumes (--output-dir)")
     predict.add_argument("--checkpoint", required=True, metavar="CKPT", help=".safetensors checkpoint (or a .pt/.pth state dict with --arch ...)")
     predict.add_argument("--depth", help="UNet++: prune depth 1..4 (default: the checkpoint's recommended depth) or 'accurate' (mean of all heads)")
     predict.add_argument("--device", default=DEFAULTS.device, help="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -71,8 +89,18 @@ def add_commands(commands) -> None:
         help="CPU: slices computed at the same time, each on threads/N threads (default 2: faster than one slice on all threads)",
     )
     add_model_options(predict, for_plain_torch=True)
-    predict.add_argument("input", metavar="INPUT", help="volume file (.nrrd, .nii, .nii.gz, .mha, .mhd) or DICOM series folder")
-    predict.add_argument("output", metavar="OUTPUT", help="label map (.nrrd, .nii, .nii.gz, .mha) or Slicer segmentation (.seg.nrrd)")
+    predict.add_argument("--series", metavar="UID", help="the DICOM series to segment in a folder holding several (they are listed when it is ambiguous)")
+    add_cohort_options(predict)
+    predict.add_argument(
+        "paths",
+        nargs="+",
+        action=_InputsAndOutput,
+        metavar="PATH",
+        help=(
+            "INPUT OUTPUT: a volume file (.nrrd, .nii, .nii.gz, .mha, .mhd) or DICOM series folder, and its label map (.nrrd, .nii, .nii.gz, .mha), "
+            "Slicer segmentation (.seg.nrrd) or, for a DICOM series, DICOM SEG (.dcm); or INPUT... --output-dir DIR: a cohort (folders, globs, datalists, CSVs)"
+        ),
+    )
     predict.set_defaults(run=command_predict)
 
     demo = commands.add_parser("demo", help="segment the chest CT shipped with slicerio using the bundled model")

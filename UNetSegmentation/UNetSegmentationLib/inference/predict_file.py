@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -147,10 +147,10 @@ def checked_input(header: InputHeader, metadata: ModelMetadata, options: Segment
     return verify_data(header)
 
 
-def segment_volume(header: InputHeader, outputs: List[Path], model: SegmentationModel, options: SegmentationOptions, reporter: Reporter, t_start: Optional[float] = None) -> dict:
+def segment_volume(header: InputHeader, outputs: List[Path], model: SegmentationModel, options: SegmentationOptions, reporter: Reporter, t_start: Optional[float] = None, observers: Sequence = ()) -> dict:  # cohort: observers
     """Segment one checked input (:func:`checked_input`) with an opened model and write ``outputs``
     (checked by :func:`checked_outputs` and claimed by the caller). Returns the ``done`` summary, also
-    reported."""
+    reported. ``observers`` (:class:`~.pipeline.SliceObserver`) see every batch's labels and confidence."""
     t_start = time.perf_counter() - model.seconds if t_start is None else t_start
     metadata, plan, depth = model.metadata, model.plan, model.depth
     predictor = model.predictor
@@ -174,7 +174,7 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
     t_prepared = time.perf_counter()
 
     review = review_ranking(options, geometry, metadata)  # review: the slices ranked by uncertainty (inference/review.py)
-    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[review] if review else ())
+    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[*([review] if review else []), *observers])  # cohort: the batch's confidence observer
     if options.largest_component:
         t_clean = time.perf_counter()
         result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
@@ -48,18 +48,34 @@ def check_folder_entries(folder: Path) -> None:
             raise UserError(f"{folder} holds {entry.name}, which is {kind}; a DICOM series folder may hold only files")
 
 
-def series_files(folder: Path) -> Tuple[str, ...]:
-    """The files of the one DICOM series in ``folder``, in GDCM's slice order, or a :class:`UserError`."""
+def series_in_folder(folder: Path) -> Tuple[str, ...]:
+    """The UIDs of the DICOM series in ``folder`` (not its subfolders), as GDCM finds them (none: ``()``)."""
     check_folder_entries(folder)
-    reader = sitk.ImageSeriesReader()
     with quiet_itk():
-        series = reader.GetGDCMSeriesIDs(str(folder))
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def series_files(folder: Path, series_uid: Optional[str] = None) -> Tuple[str, ...]:
+    """The files of the one DICOM series in ``folder`` (or of series ``series_uid``, ``--series``), in
+    GDCM's slice order, or a :class:`UserError` that lists the series when the choice is ambiguous."""
+    series = series_in_folder(folder)
     if not series:
         raise UserError(f"{folder} is a folder without a DICOM series; give a volume file or a folder holding one DICOM series")
-    if len(series) > 1:
-        raise UserError(f"{folder} holds {len(series)} DICOM series ({', '.join(series)}); put the series to segment in a folder of its own")
+    if series_uid is not None and series_uid not in series:
+        raise UserError(f"{folder} holds no DICOM series {series_uid}; it holds {_listed(folder, series)}")
+    if series_uid is None and len(series) > 1:
+        raise UserError(
+            f"{folder} holds {len(series)} DICOM series ({_listed(folder, series)}); choose one with --series UID, "
+            "or put the series to segment in a folder of its own"
+        )
     with quiet_itk():
-        return tuple(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid or series[0]))
+
+
+def _listed(folder: Path, series: Sequence[str]) -> str:
+    """``UID (N files), ...``: the series of a folder as the user chooses among them."""
+    with quiet_itk():
+        return ", ".join(f"{uid} ({len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))} files)" for uid in series)
 
 
 def check_stack(folder: Path, names: Tuple[str, ...]) -> None:

@@ -1,0 +1,1 @@
+"""Cohorts: many volumes in one ``unetseg predict`` run, resumable through a manifest, with a QC report."""

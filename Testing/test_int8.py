@@ -44,11 +44,17 @@ def test_calibration_tiles_cover_the_slice_in_bounded_pieces_the_network_accepts
     assert quantization.calibration_tiles(np.zeros((1, 3, 128, 128), np.float32), 16)[0].shape == (1, 3, 128, 128)
 
 
+def one_hot_probabilities(chosen: np.ndarray, channels: int = 4) -> np.ndarray:
+    """``(B, channels, H, W)`` probabilities that decide ``chosen`` (B, H, W)."""
+    return np.moveaxis(np.eye(channels, dtype=np.float32)[chosen], -1, 1)
+
+
 def test_agreement_counts_the_foreground_apart_from_the_background():
-    reference = np.zeros((1, 2, 10, 10), dtype=np.float32)
-    reference[0, 0, :2] = 3  # 20 foreground pixels
-    candidate = reference.copy()
-    candidate[0, 0, 0, :5] = 1  # 5 of them relabelled
+    chosen = np.zeros((1, 10, 10), dtype=int)
+    chosen[0, :2] = 3  # 20 foreground pixels
+    relabelled = chosen.copy()
+    relabelled[0, 0, :5] = 1  # 5 of them relabelled
+    reference, candidate = one_hot_probabilities(chosen), one_hot_probabilities(relabelled)
     agreement = quantization.compare_decisions(reference, candidate)
     assert agreement.labels == pytest.approx(0.95)
     assert agreement.foreground == pytest.approx(15 / 20)
@@ -69,7 +75,7 @@ def test_int8_is_refused_where_it_cannot_run():
 
 
 @pytest.mark.onnx
-def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path, bundled_copy):
+def test_int8_keeps_the_input_convolutions_and_the_probabilities_in_float32(tmp_path, bundled_copy):
     import onnx
 
     checkpoint_path = bundled_copy
@@ -78,10 +84,10 @@ def test_int8_keeps_the_input_convolutions_and_the_decision_in_float32(tmp_path,
     kept = set(quantization.float_nodes(model))
     by_name = {node.name: node for node in model.graph.node}
     kept_types = sorted(by_name[name].op_type for name in kept)
-    # the first convolution, the head's 1×1 convolution, and softmax → argmax/max → the decision
+    # the first convolution, the head's 1×1 convolution, and the softmax that gives the probabilities
     assert kept_types.count("Conv") == 2
-    assert {"Softmax", "ArgMax", "ReduceMax"} <= set(kept_types)
-    assert any("decision" in by_name[name].output for name in kept)
+    assert "Softmax" in kept_types
+    assert any("probabilities" in by_name[name].output for name in kept)
     convolutions = [node for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")]
     assert len(convolutions) > 10  # ... and all the others are quantised
 
@@ -146,13 +152,13 @@ def test_an_attention_sigmoid_inside_the_network_is_quantised_like_any_layer():
         helper.make_node("Conv", ["gated", "w_mid"], ["middle"], name="middle_conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["middle"], ["middle_activated"], name="middle_relu"),
         helper.make_node("Conv", ["middle_activated", "w_head"], ["logits"], name="head_conv"),
-        helper.make_node("Softmax", ["logits"], ["decision"], name="softmax", axis=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
     ]
     graph = helper.make_graph(
         nodes,
         "attention",
         [helper.make_tensor_value_info("slices", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("decision", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 2, 8, 8])],
         [weight("w_in", (4, 3, 3, 3)), weight("w_gate", (4, 4, 1, 1)), weight("w_mid", (4, 4, 3, 3)), weight("w_head", (2, 4, 1, 1))],
     )
     assert quantization.float_nodes(helper.make_model(graph)) == ["head_conv", "input_conv", "softmax"]

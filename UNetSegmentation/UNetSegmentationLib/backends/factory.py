@@ -25,7 +25,7 @@ class PredictorFactory(Protocol):
 
     The predictor is what :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` runs: it has
     ``metadata`` and ``required_multiple`` and maps a ``(B, 2c+1, H, W)`` float32 batch to probabilities
-    (or to the decision, with ``decides_labels``). :func:`~UNetSegmentationLib.backends.factory.create_predictor`
+    :func:`~UNetSegmentationLib.backends.factory.create_predictor`
     is the engine's; tests pass stand-ins.
     """
 

@@ -16,7 +16,7 @@ inputs. A checkpoint carries no data, so the ranges are measured on the volume b
    result depends on the volume, and the same volume always gives the same model). What is *not*
    quantised (:func:`float_nodes`): the convolutions that read the input (cheap: 2c+1 channels; the
    CT's fine intensity steps survive) and everything from the last activation to the output (the
-   logits, their upsampling, softmax/sigmoid and the decision: a quantised logit or class index
+   logits, their upsampling and the softmax/sigmoid: a quantised logit or probability
    would change labels);
 3. :func:`compare_decisions`: on the check slices the int8 labels must agree with float32's on
    :data:`INT8_LABEL_AGREEMENT` of the pixels and on :data:`INT8_FOREGROUND_AGREEMENT` of the pixels
@@ -95,7 +95,7 @@ def float_nodes(model) -> List[str]:
     for node in graph.node:  # the convolutions that read the slices themselves
         if node.op_type in ("Conv", "ConvTranspose") and graph_inputs & set(node.input):
             kept.add(node.name)
-    # everything downstream of a softmax/sigmoid over the classes: the probabilities and the decision
+    # everything downstream of a softmax/sigmoid over the classes: the probabilities
     probabilities = [node for node in graph.node if node.op_type in _PROBABILITY_OPERATORS and _feeds_output(node, consumers, graph)]
     pending = list(probabilities)
     while pending:
@@ -211,9 +211,17 @@ class DecisionAgreement:
         return f"labels agree with float32 on {self.labels:.2%} of the check slices' pixels, {self.foreground:.2%} of their foreground"
 
 
+def chosen_channels(probabilities: np.ndarray) -> np.ndarray:
+    """``(B, H, W)`` chosen channel (0 = background) of ``(B, K, H, W)`` probabilities: the largest, or
+    for one sigmoid channel 1 where p ≥ 0.5."""
+    if probabilities.shape[1] == 1:
+        return (probabilities[:, 0] >= 0.5).astype(np.intp)
+    return probabilities.argmax(axis=1)
+
+
 def compare_decisions(reference: np.ndarray, candidate: np.ndarray) -> DecisionAgreement:
-    """Agreement of two ``(B, 2, H, W)`` decisions (channel 0: the chosen class, 0 = background)."""
-    chosen_reference, chosen_candidate = reference[:, 0], candidate[:, 0]
+    """Agreement of the labels two ``(B, K, H, W)`` probability outputs decide on."""
+    chosen_reference, chosen_candidate = chosen_channels(reference), chosen_channels(candidate)
     same = chosen_reference == chosen_candidate
     foreground = (chosen_reference > 0) | (chosen_candidate > 0)
     return DecisionAgreement(float(same.mean()), float(same[foreground].mean()) if foreground.any() else 1.0)

@@ -38,7 +38,7 @@ except ImportError:  # Windows: partial exports are judged by their age alone
 from UNetSegmentationLib.model.depth import depth_tag
 
 
-EXPORT_VERSION = 2  # 2: the decision (chosen channel, confidence) instead of the probabilities
+EXPORT_VERSION = 3  # 3: the probabilities again (resampled onto the input grid before the decision); 2 was the decision
 
 
 OPSET = 18

@@ -44,13 +44,12 @@ class OnnxSlicePredictor:
     """:class:`~UNetSegmentationLib.backends.torch_predictor.SlicePredictor`'s interface on ONNX Runtime (CPU, float32).
 
     ``__call__(batch)``: ``(B, 2c+1, H, W)`` float32 numpy, normalised and padded → ``(B, 2, H, W)``
-    float32 numpy: the decision of :class:`~UNetSegmentationLib.backends.torch_network.LabelDecisionNetwork`
-    (``decides_labels``), not the probabilities. Needs no PyTorch.
+    float32 numpy: the class probabilities of :class:`~UNetSegmentationLib.backends.torch_network.ProbabilityNetwork`
+    (K = 1: the sigmoid foreground; else softmax over background + classes). Needs no PyTorch.
     """
 
     backend = "onnx"
     precision = "fp32"
-    decides_labels = True
 
     def __init__(self, path: Path, metadata, depth, threads: int) -> None:
         self.path = Path(path)

@@ -9,10 +9,8 @@ backends share, so that PyTorch and ONNX Runtime compute the same probabilities:
   no per-sample statistics (batch norm, folded or not); InstanceNorm/GroupNorm networks run slower
   in it on the CPU, so they stay contiguous.
 - :class:`ProbabilityNetwork`: the network pruned to what inference needs (UNet++ at depth L: only
-  the nodes i + j ≤ L and head L) with the softmax/sigmoid inside, so one call gives probabilities.
-- :class:`LabelDecisionNetwork`: the same, followed by the decision per pixel (the chosen channel and
-  its probability): what the ONNX backend exports, so that ONNX Runtime also does the argmax (in the
-  slice worker, faster than NumPy or PyTorch on the probabilities afterwards).
+  the nodes i + j ≤ L and head L) with the softmax/sigmoid inside, so one call gives probabilities
+  (what the ONNX backend exports, too).
 - :func:`autocast`: the autocast context of a dtype (:class:`~.torch_predictor.TorchSettings` says which).
 """
 
@@ -119,26 +117,3 @@ def autocast(device_type: str, dtype: Optional[str]):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=getattr(torch, dtype))
-
-
-#: channels of :class:`LabelDecisionNetwork`'s output
-DECISION_CHOSEN, DECISION_CONFIDENCE = 0, 1
-
-
-class LabelDecisionNetwork(ProbabilityNetwork):
-    """``(B, C, H, W)`` → ``(B, 2, H, W)`` float32: channel :data:`DECISION_CHOSEN` the chosen channel
-    of :class:`ProbabilityNetwork`'s probabilities (argmax over background + classes; for one class
-    1 where p ≥ 0.5, else 0) as a float, channel :data:`DECISION_CONFIDENCE` its probability — what
-    :func:`~UNetSegmentationLib.inference.pipeline.labels_from_probabilities` computes from the probabilities.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probabilities = super().forward(x)
-        if self.uses_softmax:
-            confidence, chosen = probabilities.max(dim=1)
-            chosen = chosen.to(probabilities.dtype)
-        else:
-            foreground = probabilities[:, 0]
-            chosen = (foreground >= 0.5).to(probabilities.dtype)
-            confidence = chosen * foreground + (1 - chosen) * (1 - foreground)
-        return torch.stack([chosen, confidence], dim=1)

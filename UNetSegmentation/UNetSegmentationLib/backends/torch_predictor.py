@@ -79,7 +79,6 @@ class SlicePredictor:
     """
 
     backend = "torch"
-    decides_labels = False
 
     def __init__(
         self,

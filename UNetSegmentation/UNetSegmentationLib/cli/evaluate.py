@@ -10,7 +10,7 @@ from typing import List, Sequence
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options
 from UNetSegmentationLib.cli.needs import check_needs
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, axis_name
+from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, SPACING_CHOICES, axis_name
 from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
 
 
@@ -37,6 +37,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
         axis=parse_axis(args.axis),
         slices=parse_slices(args.slices),
         other_labels=args.other_labels,
+        spacing=args.spacing,
+        crop=not args.no_crop,
     )
     cases, _, _ = cases_from_options(args, for_training=False)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,8 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--output-dir", default="unetseg-evaluation", help="where evaluation.csv, evaluation.json and accuracy-vs-speed.png go")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
     evaluate.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help="progress bar on stderr, JSON lines on stdout, or nothing")
+    evaluate.add_argument("--spacing", choices=SPACING_CHOICES, default=DEFAULTS.spacing, help="as for predict: model (default) or native")
+    evaluate.add_argument("--no-crop", action="store_true", help="as for predict: the network on whole slices, not only the body's box")
     speed = evaluate.add_argument_group("speed: as for predict, so that ms/slice is what predict takes (see BENCHMARKS.md)")
     speed.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend, help="auto: ONNX Runtime on the CPU in float32 when installed, else PyTorch")
     speed.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,

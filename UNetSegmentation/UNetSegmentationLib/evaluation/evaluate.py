@@ -7,6 +7,8 @@ Evaluation runs what ``unetseg predict`` runs, so its numbers are the numbers a 
   ``--precision`` and ``--threads`` (predict's options, defaults and choices);
 - the same predictor: :func:`~UNetSegmentationLib.backends.factory.create_predictor` on the checkpoint,
   once per depth (with ``--precision int8`` quantised for each volume, as predict does);
+- the same layout: :func:`~UNetSegmentationLib.inference.layout.layout_volume` (the model's spacing and
+  slice distance unless ``--spacing native``, the body crop unless ``--no-crop``: predict's defaults);
 - the same batches: :func:`~UNetSegmentationLib.inference.pipeline.predict_volume` on the whole volume;
   the slices to score (``--slices``) are selected from its labels afterwards.
 
@@ -36,11 +38,12 @@ from UNetSegmentationLib.backends.plan import ExecutionPlan, ExecutionRequest, c
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.evaluation.metrics import METRICS, class_metrics
 from UNetSegmentationLib.inference.normalization import IntensityMapping, fit_normalization
-from UNetSegmentationLib.inference.options import DEFAULTS
+from UNetSegmentationLib.inference.options import DEFAULTS, SPACING_MODEL
 from UNetSegmentationLib.inference.pipeline import predict_volume
 from UNetSegmentationLib.backends.factory import PredictorFactory
 from UNetSegmentationLib.inference.predict_file import quantized_for_volume
-from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, padding_for
+from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume
+from UNetSegmentationLib.inference.slicing import SliceGeometry, model_batches
 from UNetSegmentationLib.model.checkpoint import Checkpoint
 from UNetSegmentationLib.model.depth import Depth, depth_tag, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
@@ -120,6 +123,8 @@ class EvaluationOptions:
     axis: Optional[int] = None  # image axis to slice along; None: the one closest to superior-inferior
     slices: Optional[object] = None  # None, "checkpoint" or an index array
     other_labels: str = "background"
+    spacing: str = DEFAULTS.spacing  # model or native, as for predict
+    crop: bool = DEFAULTS.crop  # the body crop, as for predict
 
     def __post_init__(self) -> None:
         check_positive(self.batch_size, "--batch-size")
@@ -198,10 +203,11 @@ def evaluate_cases(
         truth = np.where(scored, volume.truth, 0)
         spacing = tuple(float(s) for s in reversed(volume.spacing))  # [k, j, i] axes
         mapping = fit_normalization(metadata.normalization, volume.volume)
+        layout = layout_volume(volume.volume, geometry, volume.spacing, metadata, options.spacing == SPACING_MODEL, options.crop)
         for tag, (predictor, _) in predictors.items():
             if plan.quantizes_per_volume:  # --precision int8: quantised for this volume, as predict does
-                predictor, _ = quantized_for_volume(predictor, volume.volume, geometry, metadata, mapping, reporter)
-            labels, elapsed = _timed_prediction(predictor, volume.volume, geometry, mapping, options.batch_size, reporter)
+                predictor, _ = quantized_for_volume(predictor, volume.volume, geometry, metadata, mapping, reporter, layout)
+            labels, elapsed = _timed_prediction(predictor, volume.volume, geometry, mapping, options.batch_size, reporter, layout)
             seconds[tag][0] += elapsed
             seconds[tag][1] += selected.size
             predicted = _channels(labels, metadata)
@@ -236,14 +242,14 @@ def _execution(plan: ExecutionPlan, predictors: Dict[str, Tuple[Any, List[str]]]
     }
 
 
-def _timed_prediction(predictor, volume: np.ndarray, geometry: SliceGeometry, mapping: IntensityMapping, batch_size: int, reporter: Reporter) -> Tuple[np.ndarray, float]:
+def _timed_prediction(predictor, volume: np.ndarray, geometry: SliceGeometry, mapping: IntensityMapping, batch_size: int, reporter: Reporter, layout: VolumeLayout) -> Tuple[np.ndarray, float]:
     """``(labels, seconds)``: predict's :func:`predict_volume` on the whole volume, timed after one untimed warm-up batch."""
     slices = geometry.slices_view(volume)
-    padding = padding_for(slices.shape[1:], predictor.required_multiple)
-    _, warm_up = next(input_batches(slices, batch_size, predictor.metadata.context, mapping, padding))
-    predictor(warm_up)  # first calls set up kernels and thread pools for this shape: not what a slice costs
+    warm_up = next(model_batches(slices, batch_size, predictor.metadata.context, mapping, layout.grid, layout.bodies, predictor.required_multiple), None)
+    if warm_up is not None:
+        predictor(warm_up.inputs)  # first calls set up kernels and thread pools for this shape: not what a slice costs
     start = time.perf_counter()
-    result = predict_volume(volume, geometry, predictor, mapping, batch_size, reporter=_WarningsTo(reporter))
+    result = predict_volume(volume, geometry, predictor, mapping, batch_size, reporter=_WarningsTo(reporter), grid=layout.grid, bodies=layout.bodies)
     return result.labels, time.perf_counter() - start
 
 

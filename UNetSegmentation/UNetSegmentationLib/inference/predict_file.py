@@ -17,11 +17,13 @@ from UNetSegmentationLib.backends.factory import PredictorFactory, create_predic
 from UNetSegmentationLib.backends.plan import ExecutionPlan, plan_execution
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.normalization import fit_normalization
-from UNetSegmentationLib.inference.options import SegmentationOptions
+from UNetSegmentationLib.inference.options import SPACING_MODEL, SPACING_NATIVE, SegmentationOptions
 from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
 from UNetSegmentationLib.inference.review import check_review_list, review_ranking  # review:
-from UNetSegmentationLib.inference.slicing import SliceGeometry, normalised_batch, padding_for
+from UNetSegmentationLib.inference.body import Box
+from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume
+from UNetSegmentationLib.inference.slicing import SliceGeometry, model_batch
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.native_messages import quiet_itk
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
@@ -34,17 +36,17 @@ from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.protocol.reporters import Reporter
 
 
-def _spacing_warning(image, geometry: SliceGeometry, metadata: ModelMetadata) -> Optional[str]:
-    if not metadata.training_spacing:
+def _spacing_note(layout: VolumeLayout, metadata: ModelMetadata, options: SegmentationOptions) -> Optional[str]:
+    """A warning when the network runs on the input's grid although it learned at a very different spacing."""
+    trained = metadata.in_plane_spacing
+    if trained is None or layout.grid.model_spacing is not None:
         return None
-    spacing = image.GetSpacing()
-    in_plane = (spacing[geometry.row_axis], spacing[geometry.column_axis])
-    trained = metadata.training_spacing[-2:]
-    ratios = [a / b for a, b in zip(in_plane, trained)]
-    if any(r < 0.5 or r > 2.0 for r in ratios):
+    in_plane = layout.grid.input_spacing
+    if any(not 0.5 <= have / want <= 2.0 for have, want in zip(in_plane, trained)):
+        how = "--spacing native was asked for" if options.spacing == SPACING_NATIVE else "the checkpoint records no spacing"
         return (
             f"in-plane spacing {in_plane[0]:.2f}x{in_plane[1]:.2f} mm differs more than 2x from the training spacing "
-            f"{trained[0]:.2f}x{trained[1]:.2f} mm; results may be poor"
+            f"{trained[0]:.2f}x{trained[1]:.2f} mm and {how}; results may be poor"
         )
     return None
 
@@ -64,10 +66,10 @@ def checked_outputs(input_path, output_path, options: SegmentationOptions) -> Li
     return outputs
 
 
-def _input_warnings(image, volume: np.ndarray, geometry: SliceGeometry, metadata: ModelMetadata) -> List[str]:
+def _input_warnings(volume: np.ndarray, layout: VolumeLayout, metadata: ModelMetadata, options: SegmentationOptions) -> List[str]:
     """What the user should know about this input before trusting the result (the run goes on)."""
     warnings = []
-    spacing = _spacing_warning(image, geometry, metadata)
+    spacing = _spacing_note(layout, metadata, options)
     if spacing:
         warnings.append(spacing)
     constant = constant_value(volume)
@@ -165,16 +167,17 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
     mapping = fit_normalization(metadata.normalization, volume)
     slice_count = geometry.slices_view(volume).shape[0]
     quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
-    _report_start(reporter, plan, predictor, metadata, depth, geometry, slice_count)
-    for warning in [*model.notes, *header.warnings, *_input_warnings(image, volume, geometry, metadata)]:
+    layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, options.spacing == SPACING_MODEL, options.crop)
+    _report_start(reporter, plan, predictor, metadata, depth, geometry, slice_count, layout)
+    for warning in [*model.notes, *header.warnings, *_input_warnings(volume, layout, metadata, options)]:
         reporter.warning(warning)
     quantize_s = 0.0
     if quantize_int8:  # after the start event: the progress bar is up while calibration runs (seconds to a minute)
-        predictor, quantize_s = quantized_for_volume(predictor, volume, geometry, metadata, mapping, reporter)
+        predictor, quantize_s = quantized_for_volume(predictor, volume, geometry, metadata, mapping, reporter, layout)
     t_prepared = time.perf_counter()
 
     review = review_ranking(options, geometry, metadata)  # review: the slices ranked by uncertainty (inference/review.py)
-    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[*([review] if review else []), *observers])  # cohort: the batch's confidence observer
+    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[*([review] if review else []), *observers], grid=layout.grid, bodies=layout.bodies)  # cohort: the batch's confidence observer
     if options.largest_component:
         t_clean = time.perf_counter()
         result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])
@@ -189,7 +192,8 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
     timings = {
         "load_model_s": t_model - t_start,
         "read_s": t_read - t_model,
-        "prepare_s": t_prepared - t_read - quantize_s,
+        "prepare_s": t_prepared - t_read - quantize_s - layout.body_s,
+        "body_s": layout.body_s,
         **({"quantize_s": quantize_s} if quantize_s else {}),
         **result.timings,
         "write_s": t_written - t_predicted,
@@ -212,7 +216,8 @@ def _check_memory(header: InputHeader, metadata: ModelMetadata, options: Segment
         input_bytes_per_voxel=header.bytes_per_voxel,
         reader_copies=header.reader_copies,
         label_bytes_per_voxel=label_dtype(max(c.value for c in metadata.classes)).itemsize,
-        batch_bytes=options.batch_size * (2 * metadata.context + 1) * rows * columns * 4,  # float32 network inputs
+        # float32 2.5D inputs gathered on the input's grid, and the probabilities resampled back onto it
+        batch_bytes=options.batch_size * (2 * metadata.context + 1 + metadata.out_channels) * rows * columns * 4,
         volume_statistics=metadata.normalization.kind != "ct",  # MR: percentiles of the whole volume copy it once
         confidence=options.probabilities is not None,
         largest_component=options.largest_component,
@@ -220,7 +225,7 @@ def _check_memory(header: InputHeader, metadata: ModelMetadata, options: Segment
     check_memory(estimate, available, str(header.path))
 
 
-def _report_start(reporter: Reporter, plan: ExecutionPlan, predictor, metadata: ModelMetadata, depth: Depth, geometry: SliceGeometry, slice_count: int) -> None:
+def _report_start(reporter: Reporter, plan: ExecutionPlan, predictor, metadata: ModelMetadata, depth: Depth, geometry: SliceGeometry, slice_count: int, layout: VolumeLayout) -> None:
     """The ``start`` event: what runs, where, on what (see :mod:`~UNetSegmentationLib.protocol.events`)."""
     reporter.start(
         "predict",
@@ -235,6 +240,7 @@ def _report_start(reporter: Reporter, plan: ExecutionPlan, predictor, metadata: 
         precision="int8" if plan.quantizes_per_volume else getattr(predictor, "precision", "fp32"),
         threads=getattr(predictor, "threads", None) or _torch_threads(),
         workers=getattr(predictor, "workers", 1),
+        **layout.describe(),
     )
 
 
@@ -257,17 +263,23 @@ def _summary(outputs: List[Path], depth: Depth, predictor, timings: Dict[str, fl
     }
 
 
-def quantized_for_volume(predictor, volume: np.ndarray, geometry: SliceGeometry, metadata: ModelMetadata, mapping, reporter: Reporter) -> Tuple[Any, float]:
+def quantized_for_volume(predictor, volume: np.ndarray, geometry: SliceGeometry, metadata: ModelMetadata, mapping, reporter: Reporter, layout: VolumeLayout) -> Tuple[Any, float]:
     """``--precision int8``: ``(predictor quantised for this [k, j, i] volume, seconds it took)``.
 
-    Calibrated on some of the volume's slices and checked against float32 on others; when the int8
+    Calibrated on some of the volume's slices, as the run will see them (``layout``: on the model's grid,
+    cut to the body), and checked against float32 on others; when the int8
     model disagrees, the float32 predictor comes back and ``reporter`` gets a warning saying so.
     """
     from UNetSegmentationLib.backends.int8 import quantize_for_volume  # ONNX Runtime's quantisation: only int8 runs need it
 
     slices = geometry.slices_view(volume)
-    padding = padding_for(slices.shape[1:], predictor.required_multiple)
-    quantized = quantize_for_volume(predictor, len(slices), lambda indices: normalised_batch(slices, indices, metadata.context, mapping, padding))
+    whole: Box = (0, slices.shape[1], 0, slices.shape[2])
+
+    def batch_of(indices: np.ndarray) -> np.ndarray:
+        box = layout.bodies.union(indices) or whole
+        return model_batch(slices, indices, metadata.context, mapping, layout.grid, box, predictor.required_multiple).inputs
+
+    quantized = quantize_for_volume(predictor, len(slices), batch_of)
     if quantized.warning:  # the int8 model disagreed with float32: the run goes on in float32
         reporter.warning(quantized.warning)
     return quantized.predictor, quantized.seconds

@@ -63,12 +63,19 @@ def resample_images(batch: np.ndarray, size: Size) -> np.ndarray:
         return _interpolated(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)), size).numpy()
 
 
-def resample_probabilities(probabilities: "torch.Tensor", size: Size) -> "torch.Tensor":
-    """``(B, K, h, w)`` class probabilities on the model grid → ``(B, K, rows, columns)`` on the input grid
-    (float32, on the tensor's device: a GPU run resamples on the GPU)."""
+def resample_probabilities(probabilities, size: Size):
+    """``(B, K, h, w)`` class probabilities on the model grid → ``(B, K, rows, columns)`` on the input grid.
+
+    ``probabilities`` as the predictor gives them: a tensor (resampled on its device: a GPU run resamples
+    on the GPU) or ONNX Runtime's numpy array. Already of ``size``: returned as they are (a run that
+    needs no resampling imports no PyTorch on the ONNX path)."""
     if tuple(probabilities.shape[-2:]) == tuple(size):
-        return probabilities.float()
-    return _interpolated(probabilities.float(), size)
+        return probabilities
+    import torch
+
+    tensor = probabilities if isinstance(probabilities, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(probabilities))
+    with torch.inference_mode():
+        return _interpolated(tensor.float(), size)
 
 
 def resample_labels(labels: np.ndarray, size: Size, channel_count: int) -> np.ndarray:
@@ -104,6 +111,12 @@ class ModelGrid:
         if self.model_spacing is None:
             return int(shape[0]), int(shape[1])
         return model_grid_size(shape, self.input_spacing, self.model_spacing)
+
+    def input_pixels_per_model_pixel(self) -> Tuple[float, float]:
+        """How many input pixels one model pixel spans, along rows and columns."""
+        if self.model_spacing is None:
+            return 1.0, 1.0
+        return self.model_spacing[0] / self.input_spacing[0], self.model_spacing[1] / self.input_spacing[1]
 
     @property
     def resamples(self) -> bool:

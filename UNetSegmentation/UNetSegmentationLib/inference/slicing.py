@@ -1,5 +1,5 @@
 """From a volume to 2.5D network inputs and back: slice axis, canonical in-plane orientation,
-neighbour-slice channels, padding.
+neighbour-slice channels (at the model's slice distance), the body's box, the model's grid, padding.
 
 Everything here works on *views* of the volume (transposes and reversed strides): nothing copies
 the whole volume. Only the batch being assembled is materialised.
@@ -7,10 +7,14 @@ the whole volume. Only the batch being assembled is materialised.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
+
+from UNetSegmentationLib.inference.body import Box, BodyBoxes
+from UNetSegmentationLib.inference.resolution import ModelGrid, Size, resample_images
 
 
 AXIS_NAMES = {"i": 0, "j": 1, "k": 2, "0": 0, "1": 1, "2": 2}
@@ -65,16 +69,41 @@ class SliceGeometry:
         return f"slices along {names[self.slice_axis]}, rows along {'-' if self.flip_rows else '+'}{names[self.row_axis]}, columns along {'-' if self.flip_columns else '+'}{names[self.column_axis]}"
 
 
+def context_positions(slice_indices: np.ndarray, context: int, slice_count: int, step: float = 1.0) -> np.ndarray:
+    """``(B, 2c+1)`` positions (in slices) of the neighbours k - c·step … k + c·step of each slice k,
+    held at the first and last slice beyond the ends (the edge slice repeated, as in training)."""
+    offsets = np.arange(-context, context + 1, dtype=np.float64) * step
+    return np.clip(np.asarray(slice_indices, dtype=np.float64)[:, None] + offsets[None, :], 0, slice_count - 1)
+
+
 def context_indices(slice_indices: np.ndarray, context: int, slice_count: int) -> np.ndarray:
     """``(B, 2c+1)`` indices of slices k-c … k+c for each k, the edge slice repeated beyond the ends."""
-    offsets = np.arange(-context, context + 1)
-    return np.clip(np.asarray(slice_indices)[:, None] + offsets[None, :], 0, slice_count - 1)
+    return context_positions(slice_indices, context, slice_count).astype(np.int64)
 
 
-def gather_context(slices: np.ndarray, slice_indices: np.ndarray, context: int) -> np.ndarray:
-    """``(B, 2c+1, rows, columns)`` 2.5D inputs for ``slice_indices`` of a [slice, row, column] view."""
-    indices = context_indices(slice_indices, context, slices.shape[0])
-    return slices[indices.reshape(-1)].reshape(indices.shape + slices.shape[1:])
+def _whole_step(step: float) -> Optional[int]:
+    nearest = int(round(step))
+    return nearest if abs(step - nearest) < 1e-3 else None
+
+
+def gather_context(slices: np.ndarray, slice_indices: np.ndarray, context: int, step: float = 1.0, box: Optional[Box] = None) -> np.ndarray:
+    """``(B, 2c+1, rows, columns)`` 2.5D inputs for ``slice_indices`` of a [slice, row, column] view:
+    neighbours ``step`` slices apart (a whole step: the slices themselves, in their stored dtype; a
+    fractional one: linearly interpolated between the two nearest slices, float32), only ``box``
+    (first row, end row, first column, end column) of each slice when given."""
+    region = slices if box is None else slices[:, box[0]:box[1], box[2]:box[3]]
+    positions = context_positions(slice_indices, context, slices.shape[0], step)
+    whole = _whole_step(step)
+    if whole is not None:
+        indices = np.rint(positions).astype(np.int64)
+        return region[indices.reshape(-1)].reshape(indices.shape + region.shape[1:])
+    below = np.floor(positions).astype(np.int64)
+    above = np.minimum(below + 1, slices.shape[0] - 1)
+    weight = (positions - below).astype(np.float32)[..., None, None]
+    shape = positions.shape + region.shape[1:]
+    lower = region[below.reshape(-1)].reshape(shape).astype(np.float32)
+    upper = region[above.reshape(-1)].reshape(shape).astype(np.float32)
+    return lower + weight * (upper - lower)
 
 
 def padding_for(shape: Tuple[int, int], multiple: int) -> Tuple[int, int]:
@@ -106,3 +135,69 @@ def normalised_batch(slices: np.ndarray, indices: np.ndarray, context: int, mapp
     if pad_rows or pad_columns:
         batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_rows), (0, pad_columns)))
     return batch
+
+
+@dataclass
+class ModelBatch:
+    """Network input for some slices on the model's grid, and where its result goes on the input's.
+
+    ``indices``: the slices; ``box``: the region of each input slice it covers (first row, end row,
+    first column, end column); ``inputs``: ``(B, 2c+1, rows' + pad, columns' + pad)`` float32, normalised;
+    ``model_size``: (rows', columns') before the padding; ``resample_s``: seconds spent resampling it.
+    """
+
+    indices: np.ndarray
+    box: Box
+    inputs: np.ndarray
+    model_size: Size
+    resample_s: float = 0.0
+
+    @property
+    def box_size(self) -> Size:
+        return self.box[1] - self.box[0], self.box[3] - self.box[2]
+
+
+def model_batch(slices: np.ndarray, indices: np.ndarray, context: int, mapping: Callable[[np.ndarray], np.ndarray], grid: ModelGrid, box: Box, multiple: int) -> ModelBatch:
+    """The :class:`ModelBatch` of ``indices`` inside ``box``: neighbours at the grid's step, resampled
+    in raw intensities to the model's spacing (as a scanner reconstructing at that spacing averages),
+    then normalised by ``mapping`` and zero-padded (in normalised units) to ``multiple``."""
+    raw = gather_context(slices, indices, context, grid.context_step, box)
+    size = grid.model_size((box[1] - box[0], box[3] - box[2]))
+    started = time.perf_counter()
+    resampled = resample_images(raw.astype(np.float32, copy=False), size) if size != raw.shape[-2:] else raw
+    resample_s = time.perf_counter() - started if resampled is not raw else 0.0
+    inputs = mapping(resampled)
+    padding = padding_for(size, multiple)
+    if padding[0] or padding[1]:
+        inputs = np.pad(inputs, ((0, 0), (0, 0), (0, padding[0]), (0, padding[1])))
+    return ModelBatch(np.asarray(indices), box, inputs, size, resample_s)
+
+
+def model_batches(
+    slices: np.ndarray,
+    batch_size: int,
+    context: int,
+    mapping: Callable[[np.ndarray], np.ndarray],
+    grid: ModelGrid,
+    bodies: BodyBoxes,
+    multiple: int,
+) -> Iterator[ModelBatch]:
+    """:class:`ModelBatch` es of ``batch_size`` consecutive slices that have body, each batch cut to the
+    union of its slices' boxes."""
+    chosen = bodies.slices_with_body
+    for start in range(0, len(chosen), batch_size):
+        indices = chosen[start:start + batch_size]
+        yield model_batch(slices, indices, context, mapping, grid, aligned_box(bodies.union(indices), grid, multiple), multiple)
+
+
+def aligned_box(box: Box, grid: ModelGrid, multiple: int) -> Box:
+    """``box`` with its first row and column moved back (never past 0) to where the whole slice's model
+    grid has a multiple of ``multiple`` pixels before it: the network's pooling then meets the anatomy
+    at the same phase as on the whole slice, so a crop changes the result as little as possible
+    (on the input's grid, not at all where the box holds every structure's receptive field)."""
+    per_pixel = grid.input_pixels_per_model_pixel()
+    starts = []
+    for start, step in ((box[0], per_pixel[0]), (box[2], per_pixel[1])):
+        period = multiple * step  # input pixels per ``multiple`` model pixels
+        starts.append(max(0, int(round(np.floor(start / period) * period))))
+    return starts[0], box[1], starts[1], box[3]

@@ -42,7 +42,7 @@ def input_fingerprint(path: Path, series_uid: Optional[str] = None) -> Dict[str,
     of every file in it) and the series chosen."""
     path = Path(path).resolve()
     if path.is_dir():
-        files = sorted(entry for entry in os.scandir(path) if entry.is_file() and not entry.name.startswith("."))
+        files = sorted((entry for entry in os.scandir(path) if entry.is_file() and not entry.name.startswith(".")), key=lambda entry: entry.name)
         stats = [(entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in files]
         digest = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
         return {"path": str(path), "files": len(stats), "files_sha256": digest, "series": series_uid}

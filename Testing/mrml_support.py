@@ -348,12 +348,38 @@ class FakeLog(FakeWidget):
         self.lines = []
 
 
+class FakeList(FakeWidget):
+    """A QListWidget: its entries' texts and the current row; choosing a row emits ``currentRowChanged(int)``."""
+
+    def __init__(self, name=""):
+        super().__init__(name, "QListWidget")
+        self.items, self.currentRow = [], -1
+
+    def addItem(self, text):
+        self.items.append(text)
+
+    def clear(self):
+        self.items, self.currentRow = [], -1
+
+    def setCurrentRow(self, row):
+        self.currentRow = row
+
+    def choose(self, row):
+        self.currentRow = row
+        for slot in self.connections.get("currentRowChanged(int)", []):
+            slot(row)
+
+
+#: stand-ins by Qt class (any other class: :class:`FakeWidget`)
+FAKE_CLASSES = {"QComboBox": FakeComboBox, "QPlainTextEdit": FakeLog, "QListWidget": FakeList}
+
+
 def fake_ui():
     """One stand-in per widget of the panel's ``.ui`` file, by its object name."""
     widgets = {}
     for element in ElementTree.parse(UI_FILE).getroot().iter("widget"):
         name, class_name = element.get("name"), element.get("class")
-        widget = FakeComboBox(name) if class_name == "QComboBox" else FakeLog(name) if class_name == "QPlainTextEdit" else FakeWidget(name, class_name)
+        widget = FAKE_CLASSES[class_name](name) if class_name in FAKE_CLASSES else FakeWidget(name, class_name)
         widgets[name] = widget
     return types.SimpleNamespace(**widgets)
 
@@ -477,7 +503,8 @@ def slicer_module(mrml, monkeypatch, tmp_path) -> SlicerModule:
     pytorch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True, installTorch=lambda **kwargs: pytest.fail("torch is installed"))
 
     for name, value in {"ScriptedLoadableModule": scripted, "parameterNodeWrapper": wrapper,
-                        "app": types.SimpleNamespace(temporaryPath=str(temp), processEvents=lambda: None, testingEnabled=lambda: True)}.items():
+                        "app": types.SimpleNamespace(temporaryPath=str(temp), processEvents=lambda: None, testingEnabled=lambda: True,
+                                                     slicerUserSettingsFilePath=str(tmp_path / "settings" / "Slicer.ini"))}.items():
         monkeypatch.setattr(slicer, name, value, raising=False)
     for name, value in {"loadUI": lambda path: FakeWidget("root"), "childWidgetVariables": lambda widget: fake_ui(),
                         "errorDisplay": lambda text, **kwargs: errors.append(text), "confirmOkCancelDisplay": lambda text, **kwargs: True,

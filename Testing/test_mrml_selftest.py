@@ -35,6 +35,17 @@ def test_the_modules_bundled_model_self_test_passes_on_real_mrml(slicer_module):
     assert_ran_to_its_end(slicer_module)
 
 
+def test_the_modules_fine_tuning_self_test_passes_on_real_mrml(slicer_module):
+    """The check ``test_FineTuning`` runs (a few steps), on a copy of the bundled model."""
+    from UNetSegmentationSlicer import selftest
+
+    case = slicer_module.module.UNetSegmentationTest("test_FineTuning")
+    case.setUp()
+    selftest.check_fine_tuning(case, slicer_module.module.UNetSegmentationLogic(), checkpoint=mrml_support.bundled_model_copy())
+    assert list(slicer_module.temp.iterdir()) == [], "the run's temporary files are removed"
+    assert slicer_module.pip_calls == [] and slicer_module.errors == []
+
+
 def assert_ran_to_its_end(slicer_module) -> None:
     scene = slicer_module.mrml.scene
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1, "the check ran to its end"

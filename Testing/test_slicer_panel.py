@@ -235,15 +235,20 @@ def test_the_panel_settings_map_onto_the_engine_options(small_unetpp, tmp_path):
     from UNetSegmentationLib.inference.options import DEFAULTS, SegmentationOptions
     from UNetSegmentationSlicer.parameters import run_options, run_options_from_parameters
 
-    settings = SimpleNamespace(depth="2", device="cpu", batchSize=2, sliceAxis="k", largestComponent=True, confidenceMap=True, architecture="unet", classNames="x")
+    settings = SimpleNamespace(depth="2", device="cpu", batchSize=2, sliceAxis="k", largestComponent=True, confidenceMap=True, architecture="unet", classNames="x",
+                               spacing="native", cropToBody=False)
     options = run_options_from_parameters(settings, describe_checkpoint(small_unetpp))
     assert options.checkpoint == small_unetpp and options.confidence_map
-    assert options.segmentation == SegmentationOptions(depth=2, device="cpu", batch_size=2, axis=2, largest_component=True)
+    assert options.segmentation == SegmentationOptions(depth=2, device="cpu", batch_size=2, axis=2, largest_component=True, spacing="native", crop=False)
+    arguments = options.segmentation.to_arguments("in.nrrd", "out.seg.nrrd", small_unetpp)
+    assert arguments[arguments.index("--spacing") + 1] == "native" and "--no-crop" in arguments, "the child gets --spacing native --no-crop"
     assert (options.architecture, options.classes) == (None, None), "a safetensors checkpoint names its own model"
     plain = run_options_from_parameters(settings, CheckpointInfo(tmp_path / "w.pt", kind="torch"))
     assert plain.segmentation.depth is None, "a plain network has no depth choice"
     assert (plain.architecture, plain.classes) == ("unet", "x")
     assert run_options("m.safetensors", depth="", sliceAxis="auto").segmentation == DEFAULTS
+    with pytest.raises(UserError, match="--spacing"):
+        run_options("m.safetensors", spacing="coarse")
     with pytest.raises(UserError, match="--batch-size must be a positive integer"):
         run_options("m.safetensors", batchSize=0)
 

@@ -29,6 +29,7 @@ from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
+from UNetSegmentationLib.panel import finetune_run as fineTuneStates
 from UNetSegmentationLib.panel import run as runStates
 from UNetSegmentationLib.panel.checkpoints import (
     architecture_choices,
@@ -36,12 +37,16 @@ from UNetSegmentationLib.panel.checkpoints import (
     default_checkpoint,
     default_depth,
     describe_checkpoint,
+    model_choices,
     readiness,
+    spacing_text,
 )
+from UNetSegmentationLib.panel.finetune_run import finetune_readiness, finetune_view
+from UNetSegmentationLib.panel.review_list import review_items
 from UNetSegmentationLib.panel.devices import DeviceProbe, device_choices
 from UNetSegmentationLib.panel.log_lines import format_duration
 from UNetSegmentationLib.panel.run import SegmentationRun, panel_view, slicer_python
-from UNetSegmentationSlicer import dependencies, parameters, scene, selftest, widgets
+from UNetSegmentationSlicer import dependencies, finetune, parameters, scene, selftest, slices, widgets
 
 #: Slicer 5.8 (Python 3.9) cannot run the engine; 5.10 and later ship Python 3.12
 MINIMUM_PYTHON = (3, 10)
@@ -75,10 +80,15 @@ are faster, and the measured Dice and time per slice are shown for each.</li>
 few Python packages (once, several minutes). The progress bar shows the slices done and the time
 left; press <b>Cancel</b> to stop, nothing is added to the scene then.</li>
 <li>The result appears as a new segmentation with named, coloured segments, aligned with the input.
-Review and correct it in <b>Segment Editor</b> before any clinical use.</li>
+<b>Review these slices first</b> lists the slices where the model was least sure: choose one to go
+there, and correct the result in <b>Segment Editor</b> before any clinical use.</li>
+<li><b>Improve the model</b>: press <b>Fine-tune</b> to train a copy of the model on the volume and its
+corrected segmentation (in the background; <b>Cancel</b> writes nothing). The new model is saved in
+your models folder and selected for the next run.</li>
 </ol>
 <p><b>Advanced</b>: batch size (lower it after an out-of-memory error), slice axis, keeping only the
-largest connected piece of each segment, and a confidence map of the network.</p>
+largest connected piece of each segment, a confidence map, the spacing the network runs at, and the
+body crop.</p>
 <p>This is a research tool, not a medical device.</p>
 """
         self.parent.acknowledgementText = """
@@ -104,6 +114,8 @@ class UNetSegmentationParameterNode:
     architecture, classNames - only for a plain PyTorch checkpoint, which has no metadata.
     depth - UNet++ prune depth "1".."4" or "accurate"; "" is the checkpoint's recommended depth.
     device - "auto", "cpu" or "cuda".
+    spacing, cropToBody - segment at the model's spacing ("model") or the volume's ("native"); only inside the body.
+    trainingVolume, trainingSegmentation, trainSlices - the training pair of "Improve the model".
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -118,6 +130,11 @@ class UNetSegmentationParameterNode:
     largestComponent: bool = parameters.DEFAULT_LARGEST_COMPONENT
     confidenceMap: bool = False
     show3D: bool = True
+    spacing: Annotated[str, Choice(parameters.SPACING_CHOICES)] = parameters.DEFAULT_SPACING
+    cropToBody: bool = parameters.DEFAULT_CROP_TO_BODY
+    trainingVolume: vtkMRMLScalarVolumeNode
+    trainingSegmentation: vtkMRMLSegmentationNode
+    trainSlices: str = ""
 
 
 #
@@ -142,6 +159,10 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceProbe = None
         self._deviceInfo = None
         self._probeTimer = None
+        self._fineTune = None
+        self._fineTuneTimer = None
+        self._reviewItems = []
+        self._reviewVolume = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -170,6 +191,9 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._probeTimer = qt.QTimer()
         self._probeTimer.setInterval(PROBE_INTERVAL_MS)
         self._probeTimer.timeout.connect(self.onProbeTimer)
+        self._fineTuneTimer = qt.QTimer()
+        self._fineTuneTimer.setInterval(TIMER_INTERVAL_MS)
+        self._fineTuneTimer.timeout.connect(self.onFineTuneTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -179,15 +203,19 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.architectureComboBox.connect("currentIndexChanged(int)", self.onArchitectureChanged)
         self.ui.depthComboBox.connect("currentIndexChanged(int)", self.onDepthChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.modelChoiceComboBox.connect("activated(int)", self.onModelChosen)
+        self.ui.reviewListWidget.connect("currentRowChanged(int)", self.onReviewEntryChosen)
+        self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTuneButton)
 
         self.initializeParameterNode()
         self._showView()
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        if self._run is not None and self._run.running:
-            self._run.cancel()
-        for timer in (self._runTimer, self._probeTimer):
+        for run in (self._run, self._fineTune):
+            if run is not None and run.running:
+                run.cancel()
+        for timer in (self._runTimer, self._probeTimer, self._fineTuneTimer):
             if timer is not None:
                 timer.stop()
         self.removeObservers()
@@ -206,10 +234,12 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._run is not None and self._run.running:
-            self._run.cancel()
-            self._runTimer.stop()
-            self._showView()
+        for run, timer in ((self._run, self._runTimer), (self._fineTune, self._fineTuneTimer)):
+            if run is not None and run.running:
+                run.cancel()
+                timer.stop()
+        self._showReview(None, None)
+        self._showView()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -267,8 +297,13 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             key = (str(path), None)
         if key != self._checkpointKey or self._checkpointInfo is None:
             self._checkpointInfo, self._checkpointKey = describe_checkpoint(path), key
-        info = self._checkpointInfo
-        self.ui.modelInfoLabel.text = info.summary()
+        info, parameterNode = self._checkpointInfo, self._parameterNode
+        volume = parameterNode.inputVolume
+        axis = None if parameterNode.sliceAxis in ("", "auto") else "ijk".index(parameterNode.sliceAxis)
+        spacing = spacing_text(info.metadata, slices.slice_spacing(volume, axis) if volume else None, parameterNode.spacing)
+        self.ui.modelInfoLabel.text = info.summary() + ("\n" + spacing if spacing else "")
+        choices = model_choices(self._userModelsFolder(), path)
+        widgets.fill_combo_box(self.ui.modelChoiceComboBox, [(choice.label, str(choice.path), True) for choice in choices], str(path) if path else None)
         self._showArchitecture(info)
         self._showDepths(info)
         widgets.select_data(self.ui.deviceComboBox, self._parameterNode.device)
@@ -308,6 +343,15 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDeviceChanged(self, index) -> None:
         if self._parameterNode is not None and not self._updatingGui and index >= 0:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or parameters.DEFAULT_DEVICE
+
+    def onModelChosen(self, index) -> None:
+        path = self.ui.modelChoiceComboBox.itemData(index)
+        if self._parameterNode is not None and path:
+            self._parameterNode.checkpoint = pathlib.Path(path)
+
+    @staticmethod
+    def _userModelsFolder() -> pathlib.Path:
+        return finetune.user_models_folder(slicer.app.slicerUserSettingsFilePath)
 
     def onUseBundledModel(self) -> None:
         bundled = bundled_model_path()
@@ -359,6 +403,11 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ready, reason = False, "Loading\u2026"
         view = self._run.view(ready, reason) if self._run is not None else panel_view(runStates.IDLE, ready=ready, reason=reason)
         widgets.show_view(self.ui, view)
+        info = self._checkpointInfo
+        ready, reason = finetune_readiness(bool(parameterNode and parameterNode.trainingVolume), bool(parameterNode and parameterNode.trainingSegmentation),
+                                           bool(info and info.metadata), bool(self._run and self._run.running))
+        view = self._fineTune.view(ready, reason) if self._fineTune is not None else finetune_view(fineTuneStates.IDLE, ready=ready, reason=reason)
+        widgets.show_finetune_view(self.ui, view)
 
     def _appendLog(self, line) -> None:
         if self.ui is not None:
@@ -426,6 +475,9 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node = self.logic.importResult(run, context["volumeNode"], context["outputNode"], context["metadata"], show3D=context["show3D"])
                 if context["outputNode"] is not None and self._parameterNode is not None:
                     self._parameterNode.outputSegmentation = node  # the same node, refilled (a new one if it was deleted meanwhile)
+                self._showReview(run.done_event, context["volumeNode"])
+                if self._parameterNode is not None:  # by default the next fine-tuning learns from this result, once corrected
+                    self._parameterNode.trainingVolume, self._parameterNode.trainingSegmentation = context["volumeNode"], node
             except Exception as error:
                 logging.exception("UNetSegmentation: import failed")
                 run.fail("the result could not be loaded into Slicer: %s" % error)
@@ -438,6 +490,55 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showFailure(self, run) -> None:
         if not slicer.app.testingEnabled():
             slicer.util.errorDisplay("Segmentation failed:\n\n%s" % run.message, detailedText="\n".join(run.log))
+
+    # -- review these slices first -------------------------------------------------------------------
+
+    def _showReview(self, doneEvent, volumeNode) -> None:
+        self._reviewItems, self._reviewVolume = review_items(doneEvent), volumeNode
+        widgets.fill_list(self.ui.reviewListWidget, [item.label for item in self._reviewItems])
+
+    def onReviewEntryChosen(self, row) -> None:
+        """Move the slice views to the centre of the chosen slice."""
+        if not 0 <= row < len(self._reviewItems) or not slicer.mrmlScene.IsNodePresent(self._reviewVolume):
+            return
+        item = self._reviewItems[row]
+        r, a, s = slices.slice_centre_ras(self._reviewVolume, item.axis, item.index)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, r, a, s, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+
+    # -- improve the model ---------------------------------------------------------------------------
+
+    def onFineTuneButton(self) -> None:
+        if self._fineTune is not None and self._fineTune.running:
+            self._fineTune.cancel()
+            self._fineTuneTimer.stop()
+            self._showView()
+            return
+        parameterNode = self._parameterNode
+        try:
+            self.logic.ensureDependencies(confirm=self._confirm)
+            run = self.logic.newFineTune(parameterNode.checkpoint, parameterNode.trainingVolume, trainSlices=parameterNode.trainSlices, onLog=self._appendLog)
+        except Exception as error:
+            slicer.util.errorDisplay("Cannot start the fine-tuning: %s" % error)
+            return
+        self._fineTune = run
+        try:
+            finetune.start_fine_tune(run, parameterNode.trainingVolume, parameterNode.trainingSegmentation)
+        except Exception as error:  # show the reason, never just "failed"
+            logging.exception("UNetSegmentation: could not start the fine-tuning")
+            run.fail(str(error))
+        self._showView()
+        if run.state == fineTuneStates.TRAINING:
+            self._fineTuneTimer.start()
+
+    def onFineTuneTimer(self) -> None:
+        run = self._fineTune
+        if run is not None:
+            run.poll()
+        if run is None or run.state in fineTuneStates.FINISHED_STATES:
+            self._fineTuneTimer.stop()
+            if run is not None and run.state == fineTuneStates.DONE and self._parameterNode is not None:
+                self._parameterNode.checkpoint = run.model_path  # selected for the next run; the model choice lists it
+        self._showView()
 
 
 #
@@ -491,12 +592,29 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
         ))
         return segmentationNode
 
+    #: the panel's fine-tuning length (None: the engine's fine-tuning defaults); scripts and tests may shorten it
+    fineTuneEpochs = None
+    fineTuneStepsPerEpoch = None
+
+    def newFineTune(self, checkpoint, volumeNode, modelsFolder=None, trainSlices="", epochs=None, stepsPerEpoch=None, onLog=None):
+        """A :class:`FineTuneRun` of ``checkpoint`` on ``volumeNode`` whose model lands in ``modelsFolder`` (default: the user models folder)."""
+        folder = modelsFolder or finetune.user_models_folder(slicer.app.slicerUserSettingsFilePath)
+        return finetune.new_fine_tune(checkpoint, volumeNode, folder, self.enginePython(), slicer.app.temporaryPath, trainSlices,
+                                      epochs or self.fineTuneEpochs, stepsPerEpoch or self.fineTuneStepsPerEpoch, onLog)
+
+    def fineTune(self, volumeNode, segmentationNode, checkpoint=None, modelsFolder=None, trainSlices="", epochs=None, stepsPerEpoch=None, timeoutSec=None):
+        """Fine-tune ``checkpoint`` (default: the bundled model) on the volume and its segmentation and block until
+        the new model is saved; returns its path. Raises RuntimeError with the engine's own message on failure."""
+        run = self.newFineTune(checkpoint or bundled_model_path(), volumeNode, modelsFolder, trainSlices, epochs, stepsPerEpoch,
+                               onLog=lambda line: logging.info("UNetSegmentation: %s" % line))
+        return finetune.fine_tune_and_wait(run, volumeNode, segmentationNode, timeoutSec, slicer.app.processEvents)
+
     def process(self, inputVolume, outputSegmentation=None, checkpoint=None, show3D=False, installDependencies=True, timeoutSec=None, **settings):
         """Segment ``inputVolume`` and block until the result is in the scene (for scripts and tests).
 
         ``checkpoint`` defaults to the bundled model; ``settings`` are the parameter node's names (``depth``,
-        ``device``, ``batchSize``, ``sliceAxis``, ``largestComponent``, ``confidenceMap``, ``architecture``,
-        ``classNames``) with the engine's defaults. Returns the segmentation node; raises RuntimeError with
+        ``device``, ``batchSize``, ``sliceAxis``, ``largestComponent``, ``confidenceMap``, ``spacing``, ``cropToBody``,
+        ``architecture``, ``classNames``) with the engine's defaults. Returns the segmentation node; raises RuntimeError with
         the engine's own message when the segmentation fails.
         """
         checkpoint = pathlib.Path(checkpoint) if checkpoint else bundled_model_path()
@@ -535,6 +653,8 @@ class UNetSegmentationTest(ScriptedLoadableModuleTest):
         self.test_ObliqueVolume()
         self.setUp()
         self.test_BundledModelOnSampleCT()
+        self.setUp()
+        self.test_FineTuning()
 
     def test_ObliqueVolume(self):
         """A small checkpoint made by the engine, on an oblique, anisotropic volume under a transform."""
@@ -543,3 +663,7 @@ class UNetSegmentationTest(ScriptedLoadableModuleTest):
     def test_BundledModelOnSampleCT(self):
         """The bundled model on the chest CT shipped in slicerio (skipped when the model is not installed)."""
         selftest.check_bundled_model_on_chest_ct(self, UNetSegmentationLogic())
+
+    def test_FineTuning(self):
+        """Fine-tuning the bundled model for a few steps on the chest CT (skipped when the model is not installed)."""
+        selftest.check_fine_tuning(self, UNetSegmentationLogic())

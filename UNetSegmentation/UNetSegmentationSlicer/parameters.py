@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Protocol, Union
 
-from UNetSegmentationLib.inference.options import AXIS_CHOICES, DEFAULTS, SegmentationOptions, axis_name
+from UNetSegmentationLib.inference.options import AXIS_CHOICES, DEFAULTS, SPACING_CHOICES as ENGINE_SPACING_CHOICES, SegmentationOptions, axis_name
 from UNetSegmentationLib.panel.checkpoints import CheckpointInfo
 from UNetSegmentationLib.panel.devices import DEVICE_VALUES
 from UNetSegmentationLib.panel.run import RunOptions
@@ -18,6 +18,8 @@ from UNetSegmentationLib.panel.run import RunOptions
 #: values of the parameter node's ``device`` and ``sliceAxis`` combo boxes
 DEVICE_CHOICES = list(DEVICE_VALUES)
 SLICE_AXIS_CHOICES = list(AXIS_CHOICES)
+#: values of the ``spacing`` combo box: segment at the model's spacing, or on the volume's own grid
+SPACING_CHOICES = list(ENGINE_SPACING_CHOICES)
 #: the largest batch the panel's spin box allows
 MAX_BATCH_SIZE = 256
 #: the parameter node's defaults of engine settings (written once, in SegmentationOptions)
@@ -25,6 +27,8 @@ DEFAULT_DEVICE = DEFAULTS.device
 DEFAULT_BATCH_SIZE = DEFAULTS.batch_size
 DEFAULT_SLICE_AXIS = axis_name(DEFAULTS.axis)
 DEFAULT_LARGEST_COMPONENT = DEFAULTS.largest_component
+DEFAULT_SPACING = DEFAULTS.spacing
+DEFAULT_CROP_TO_BODY = DEFAULTS.crop
 #: the panel's "" depth: the checkpoint's recommended depth (``--depth`` not given)
 RECOMMENDED_DEPTH = ""
 
@@ -38,6 +42,8 @@ class PanelParameters(Protocol):
     sliceAxis: str
     largestComponent: bool
     confidenceMap: bool
+    spacing: str
+    cropToBody: bool
     architecture: str
     classNames: str
 
@@ -52,6 +58,8 @@ def run_options(
     confidenceMap: bool = False,
     architecture: Optional[str] = "",
     classNames: Optional[str] = "",
+    spacing: str = DEFAULT_SPACING,
+    cropToBody: bool = DEFAULT_CROP_TO_BODY,
 ) -> RunOptions:
     """The run that the panel's settings ask for; keyword names are the parameter node's.
 
@@ -63,6 +71,8 @@ def run_options(
         batch_size=int(batchSize),
         axis=sliceAxis or None,
         largest_component=bool(largestComponent),
+        spacing=spacing or DEFAULT_SPACING,
+        crop=bool(cropToBody),
     )
     return RunOptions(
         checkpoint=Path(checkpoint),
@@ -87,4 +97,6 @@ def run_options_from_parameters(parameters: PanelParameters, info: CheckpointInf
         confidenceMap=parameters.confidenceMap,
         architecture=parameters.architecture if plain else None,
         classNames=parameters.classNames if plain else None,
+        spacing=parameters.spacing,
+        cropToBody=parameters.cropToBody,
     )

@@ -154,3 +154,41 @@ def check_bundled_model_on_chest_ct(test, logic, checkpoint=None) -> None:
     test.assertLess(opacities["tissue"], 1.0, "the body-wide tissue segment must not hide the others in 3D")
     test.assertEqual(opacities["left lung"], 1.0)
     test.delayDisplay("Bundled model test passed")
+
+
+def chest_segmentation_path() -> pathlib.Path:
+    """The Slicer segmentation of that CT shipped inside slicerio (ribs, vertebral columns, lungs, tissue)."""
+    import slicerio
+
+    return pathlib.Path(slicerio.get_testdata_file("Segmentation.seg.nrrd"))
+
+
+def check_fine_tuning(test, logic, checkpoint=None) -> None:
+    """"Improve the model" for a few steps: the bundled model (or ``checkpoint``, a copy of it) fine-tuned
+    on the chest CT and its segmentation, exported from the scene; the new model lands in the models
+    folder, names its base in its model card, and the base is left as it was (skipped when the bundled
+    model is missing)."""
+    checkpoint = pathlib.Path(checkpoint) if checkpoint else bundled_model_path()
+    if not checkpoint.is_file():
+        test.delayDisplay("Bundled model not present: test skipped")
+        return
+    from UNetSegmentationLib.model.header import read_metadata
+    from UNetSegmentationLib.panel.checkpoints import describe_checkpoint
+
+    test.delayDisplay("Fine-tuning the bundled model for a few steps")
+    logic.ensureDependencies()
+    before = checkpoint.read_bytes()
+    volume_node = scene.load_volume(chest_ct_path(), "CTChest")
+    segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CTChest corrected")
+    scene.read_segmentation(chest_segmentation_path(), segmentation_node)
+    folder = temporary_folder()
+    try:
+        models = folder / "Models"
+        path = logic.fineTune(volume_node, segmentation_node, checkpoint=checkpoint, modelsFolder=models, epochs=1, stepsPerEpoch=2, timeoutSec=1800)
+        test.assertEqual(path.parent, models)
+        test.assertEqual(read_metadata(path).training["fine_tuning"]["base"]["name"], checkpoint.name)
+        test.assertIn("Fine-tuned from %s" % checkpoint.name, describe_checkpoint(path).summary())
+        test.assertEqual(checkpoint.read_bytes(), before, "the base model is never written")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    test.delayDisplay("Fine-tuning test passed")

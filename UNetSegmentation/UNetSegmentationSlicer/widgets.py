@@ -56,3 +56,25 @@ def show_view(ui, view) -> None:
     ui.statusLabel.text = view.progress_text
     for widget in (ui.inputsCollapsibleButton, ui.outputsCollapsibleButton, ui.advancedCollapsibleButton):
         widget.enabled = view.settings_enabled
+
+
+def show_finetune_view(ui, view) -> None:
+    """The "Improve the model" section's button, progress bar, state text and settings of a ``panel.finetune_run.FineTuneView``."""
+    ui.fineTuneButton.text = view.button_text
+    ui.fineTuneButton.enabled = view.button_enabled
+    ui.fineTuneButton.toolTip = view.button_tooltip
+    ui.fineTuneProgressBar.maximum = view.progress_maximum
+    ui.fineTuneProgressBar.value = view.progress_value
+    ui.fineTuneStatusLabel.text = view.progress_text
+    for widget in (ui.trainingVolumeSelector, ui.trainingSegmentationSelector, ui.trainSlicesLineEdit):
+        widget.enabled = view.settings_enabled
+
+
+def fill_list(list_widget, labels: Iterable[str]) -> None:
+    """Replace a list widget's entries with ``labels``, none selected, without signals."""
+    list_widget.blockSignals(True)
+    list_widget.clear()
+    for label in labels:
+        list_widget.addItem(label)
+    list_widget.setCurrentRow(-1)
+    list_widget.blockSignals(False)

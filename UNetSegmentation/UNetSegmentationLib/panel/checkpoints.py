@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.bundled import bundled_model_path
@@ -139,7 +139,8 @@ class CheckpointInfo:
         else:
             modality = "MR (intensities standardised per volume)"
         trained = "" if (metadata.training or metadata.depth_metrics) else " \u2014 no training record (untrained weights?)"
-        return f"{title}, {count} segment{'s' if count != 1 else ''}: {names}\nFor {modality}{trained}"
+        lineage = fine_tuning_text(metadata.training.get("fine_tuning"))
+        return f"{title}, {count} segment{'s' if count != 1 else ''}: {names}\nFor {modality}{trained}" + (f"\n{lineage}" if lineage else "")
 
 
 def describe_checkpoint(path) -> CheckpointInfo:
@@ -181,3 +182,81 @@ def readiness(volume_selected: bool, info: CheckpointInfo, class_names: str = ""
         if not class_names or any(not n for n in names):
             return False, "Type the segment names of this plain PyTorch file, separated by commas."
     return True, ""
+
+
+def fine_tuning_text(record: Optional[Dict[str, Any]]) -> str:
+    """The model card's lineage line of a fine-tuned model (``training["fine_tuning"]``): base, date,
+    classes corrected, validation Dice before and after; "" for a model that was not fine-tuned."""
+    if not isinstance(record, dict):
+        return ""
+    base = (record.get("base") or {}).get("name") or "another model"
+    text = f"Fine-tuned from {base}"
+    if record.get("date"):
+        text += f" on {str(record['date'])[:10]}"
+    labelled = record.get("classes_labelled") or []
+    if labelled:
+        text += f" with corrections of {', '.join(map(str, labelled))}"
+    before, after = record.get("dice_before"), record.get("dice_after")
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+        text += f"; validation Dice {before:.3f} \u2192 {after:.3f}"
+    return text
+
+
+def _mm(value: float) -> str:
+    return f"{round(float(value), 2):g}"
+
+
+def spacing_text(metadata: Optional[ModelMetadata], volume_spacing: Optional[Sequence[float]], spacing: str = "model") -> str:
+    """The model's spacing beside the input's (issue 14), e.g.
+    ``Model: 3.05 x 3.05 mm in-plane, neighbours 10 mm apart`` and
+    ``This volume: 0.76 x 0.76 mm in-plane, slices 2.5 mm apart: resampled to the model's spacing``.
+
+    ``volume_spacing``: (row, column, slice) mm of the input (None: no input); ``spacing``: the run's
+    ``--spacing`` (``model`` or ``native``).
+    """
+    lines = []
+    trained = metadata.in_plane_spacing if metadata else None
+    if metadata is not None:
+        if trained:
+            distance = metadata.context_distance
+            neighbours = f", neighbours {_mm(distance)} mm apart" if distance and metadata.context else ""
+            lines.append(f"Model: {_mm(trained[0])} \u00d7 {_mm(trained[1])} mm in-plane{neighbours}")
+        else:
+            lines.append("Model: no spacing recorded")
+    if volume_spacing is not None:
+        row, column, between = volume_spacing
+        if trained is None:
+            how = "segmented on its own grid"
+        elif spacing == "native":
+            how = "segmented on its own grid (Spacing: native)"
+        else:
+            how = "resampled to the model's spacing"
+        lines.append(f"This volume: {_mm(row)} \u00d7 {_mm(column)} mm in-plane, slices {_mm(between)} mm apart: {how}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model choice: what it says and the checkpoint it selects."""
+
+    label: str
+    path: Path
+
+
+def user_models(folder: Optional[Path]) -> List[Path]:
+    """The ``.safetensors`` models in the user models folder, newest first (none when it does not exist)."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    found = [p for p in Path(folder).iterdir() if p.suffix == ".safetensors" and p.is_file() and not p.name.startswith(".")]
+    return sorted(found, key=lambda p: (-p.stat().st_mtime, p.name))
+
+
+def model_choices(user_folder: Optional[Path], current: Optional[Path] = None, bundled: Optional[Path] = None) -> List[ModelChoice]:
+    """The bundled model, then the user's models (fine-tuned ones, newest first), then ``current`` when
+    it is another file: the entries of the panel's model choice."""
+    bundled = bundled_model_path() if bundled is None else Path(bundled)
+    choices = [ModelChoice("Bundled: " + bundled.stem, bundled)] if bundled.is_file() else []
+    choices += [ModelChoice(path.stem, path) for path in user_models(user_folder)]
+    if current is not None and str(current) not in ("", ".") and all(Path(current) != c.path for c in choices):
+        choices.append(ModelChoice(f"{Path(current).name} (file)", Path(current)))
+    return choices

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -220,11 +221,18 @@ class Trainer:
         setup.model.train()
         keep_frozen_norms(setup.model)
         losses, parts_sum = [], {}
-        for _ in range(config.steps_per_epoch):
-            loss, parts = self._step(setup, state)
-            losses.append(loss)
-            for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0.0) + value
+        # the next batch is prepared on a thread while the network runs; batches are still drawn one after
+        # another from the epoch's seeded generators, so a run gives the same batches as without the thread
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetseg-batches") as preparer:
+            upcoming = preparer.submit(setup.sampler.batch, config.batch_size)
+            for index in range(config.steps_per_epoch):
+                batch = upcoming.result()
+                if index + 1 < config.steps_per_epoch:
+                    upcoming = preparer.submit(setup.sampler.batch, config.batch_size)
+                loss, parts = self._step(setup, state, batch)
+                losses.append(loss)
+                for name, value in parts.items():
+                    parts_sum[name] = parts_sum.get(name, 0.0) + value
         return {
             "epoch": state.epoch,
             "step": state.step,
@@ -233,10 +241,10 @@ class Trainer:
             **{f"loss_{k}": v / len(losses) for k, v in parts_sum.items()},
         }
 
-    def _step(self, setup: TrainingSetup, state: RunState) -> Tuple[float, Dict[str, float]]:
-        """One optimiser step on a fresh batch; returns the loss and its terms."""
+    def _step(self, setup: TrainingSetup, state: RunState, batch: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[float, Dict[str, float]]:
+        """One optimiser step on ``batch`` (inputs, targets; default: a fresh one); returns the loss and its terms."""
         config, device = setup.config, setup.device
-        inputs, targets = setup.sampler.batch(config.batch_size)
+        inputs, targets = batch if batch is not None else setup.sampler.batch(config.batch_size)
         inputs = torch.from_numpy(inputs).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = torch.from_numpy(targets).to(device, non_blocking=True)
         with setup.optimization.autocast():

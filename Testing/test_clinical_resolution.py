@@ -264,3 +264,13 @@ def test_native_spacing_is_the_input_grid_and_bad_spacing_choices_are_refused(cl
 def test_a_model_grid_of_the_input_itself_changes_nothing():
     grid = ModelGrid((0.8, 0.8), (0.8, 0.8), 1.0)
     assert not grid.resamples and grid.model_size((37, 41)) == (37, 41)
+
+
+def test_a_scan_far_coarser_than_the_model_is_refused_before_any_work(cli, tmp_path):
+    """At a model's 0.1 mm, 5 mm pixels become 50 pixels each: too large for one network call, said up front."""
+    fine = with_geometry(create_checkpoint(tmp_path / "plain.safetensors"), tmp_path / "fine.safetensors", (0.1, 0.1), 1.0)
+    path = write(make_volume(size=(64, 64, 4), spacing=(5.0, 5.0, 5.0)), tmp_path / "coarse-scan.nrrd")
+    result = cli("predict", "--checkpoint", fine, "--progress", "none", path, tmp_path / "labels.nrrd")
+    assert result.code == 2 and "become 3200x3200 pixels" in result.stderr and "--spacing native" in result.stderr
+    assert not (tmp_path / "labels.nrrd").exists()
+    assert cli("predict", "--checkpoint", fine, "--progress", "none", "--spacing", "native", path, tmp_path / "labels.nrrd").code == 0

@@ -22,14 +22,15 @@ from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_vol
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
 from UNetSegmentationLib.inference.review import check_review_list, review_ranking  # review:
 from UNetSegmentationLib.inference.body import Box
-from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume
+from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume, slice_view_spacing
+from UNetSegmentationLib.inference.resolution import plan_model_grid
 from UNetSegmentationLib.inference.slicing import SliceGeometry, model_batch
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.native_messages import quiet_itk
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
 from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claim_outputs, claiming_outputs
 from UNetSegmentationLib.io.segmentations import label_dtype, write_labels, write_scalar
-from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, constant_value, inspect_input, read_volume, verify_data
+from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, max_slice_pixels, constant_value, inspect_input, read_volume, verify_data
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
@@ -211,13 +212,21 @@ def _check_memory(header: InputHeader, metadata: ModelMetadata, options: Segment
     geometry = SliceGeometry.from_direction(header.direction, options.axis)
     rows, columns = header.size[geometry.row_axis], header.size[geometry.column_axis]
     check_slice_size((rows, columns), source=str(header.path))
+    grid = plan_model_grid(slice_view_spacing(header.spacing, geometry), metadata, options.spacing == SPACING_MODEL)
+    model_rows, model_columns = grid.model_size((rows, columns))
+    if model_rows * model_columns > max_slice_pixels():
+        raise UserError(
+            f"{header.path}: at the model's spacing of {grid.model_spacing[0]:g}x{grid.model_spacing[1]:g} mm its slices of "
+            f"{rows}x{columns} pixels ({grid.input_spacing[0]:g}x{grid.input_spacing[1]:g} mm) become {model_rows}x{model_columns} pixels, "
+            "more than one network call can hold in memory; crop the volume first, or run on its own grid with --spacing native"
+        )
     estimate = estimate_prediction_memory(
         voxels=header.voxels,
         input_bytes_per_voxel=header.bytes_per_voxel,
         reader_copies=header.reader_copies,
         label_bytes_per_voxel=label_dtype(max(c.value for c in metadata.classes)).itemsize,
         # float32 2.5D inputs gathered on the input's grid, and the probabilities resampled back onto it
-        batch_bytes=options.batch_size * (2 * metadata.context + 1 + metadata.out_channels) * rows * columns * 4,
+        batch_bytes=options.batch_size * ((2 * metadata.context + 1 + metadata.out_channels) * rows * columns + (2 * metadata.context + 1) * model_rows * model_columns) * 4,
         volume_statistics=metadata.normalization.kind != "ct",  # MR: percentiles of the whole volume copy it once
         confidence=options.probabilities is not None,
         largest_component=options.largest_component,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from support import make_volume, write
+from support import write
 from test_cohort_batch import cohort_folder, run_cohort
 from UNetSegmentationLib.cohort.batch import EXIT_CASES_FAILED
 from UNetSegmentationLib.cohort.manifest import read_records

@@ -60,6 +60,8 @@ def test_fine_tuning_writes_a_new_checkpoint_whose_model_card_records_its_lineag
     assert all("epoch" in e and "loss" in e for e in progress)
     assert "val_dice" not in progress[0] and "val_dice" in progress[-1]
     assert any("base model's validation Dice" in e.get("message", "") for e in result.events)
+    info = cli("info", out)
+    assert info.code == 0 and "fine-tuned from base.safetensors (sha256 " in info.stdout and "validation Dice before 0." in info.stdout
 
 
 def test_fine_tuning_never_writes_over_its_base_or_the_bundled_model(cli, tiny, bundled_copy, tmp_path):

@@ -69,4 +69,26 @@ def describe_training_data(training: Any) -> List[str]:
                 if case in held:
                     use += f", held out {_held_out(held[case])}"
             lines.append(f"{role:<10} {printable(entry.get('image'))} (case {case!r}): {along}; {use}")
+    return lines + describe_lineage(training)
+
+
+def _dice(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "not measured"
+
+
+def describe_lineage(training: Any) -> List[str]:
+    """What a fine-tuned checkpoint's model card says about its base (``training["fine_tuning"]``):
+    the base's name and SHA-256, the date, the classes the labels held, the validation Dice before and after."""
+    record = training.get("fine_tuning") if isinstance(training, dict) else None
+    if not isinstance(record, dict):
+        return []
+    base = record.get("base") if isinstance(record.get("base"), dict) else {}
+    digest = printable(base.get("sha256"), 17)
+    lines = [f"fine-tuned from {printable(base.get('name'))} (sha256 {digest}) on {printable(record.get('date'), 40)}"]
+    labelled, kept = record.get("classes_labelled"), record.get("classes_not_labelled")
+    if isinstance(labelled, list) and isinstance(kept, list) and kept:
+        lines.append(f"fine-tuned on labels of {printable(', '.join(map(str, labelled)))}; kept by the marginal loss: {printable(', '.join(map(str, kept)))}")
+    if isinstance(record.get("train_slices"), list):
+        lines.append(f"fine-tuned on slices {_held_out({'slices': record['train_slices']})}")
+    lines.append(f"validation Dice before {_dice(record.get('dice_before'))}, after {_dice(record.get('dice_after'))}")
     return lines

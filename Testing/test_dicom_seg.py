@@ -24,8 +24,12 @@ BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resourc
 
 def dicom_series(image: sitk.Image, folder: Path, series_uid: str, prefix: str = "") -> Path:
     """``image`` as a DICOM CT series of one study and frame of reference, with its slice thickness."""
+    import locale
+
     folder.mkdir(parents=True, exist_ok=True)
+    before = locale.setlocale(locale.LC_CTYPE)
     write_dicom_series(image, folder, series_uid, prefix)
+    locale.setlocale(locale.LC_CTYPE, before)  # ITK's DICOM writer sets "C"; conftest restores it per test, too late for a module fixture
     study, frame = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     for path in sorted(folder.glob(f"{prefix}*.dcm")):
         dataset = pydicom.dcmread(path)

@@ -399,3 +399,15 @@ def test_the_widget_segments_lists_the_slices_to_review_jumps_there_and_fine_tun
     assert f"Fine-tuned from {mrml_support.BUNDLED_MODEL.name}" in ui.modelInfoLabel.text
     assert ui.fineTuneButton.text == "Fine-tune" and ui.fineTuneProgressBar.value == 100
     widget.cleanup()
+
+
+@pytest.mark.child_process
+def test_a_training_child_that_fails_says_so_in_its_own_words(tmp_path):
+    run = FineTuneRun(FineTuneParameters(BUNDLED, tmp_path / "models", "mine"), python=sys.executable, temp_root=tmp_path)
+    run.begin_exporting()
+    run.image_path.write_bytes(b"not an image")
+    run.label_path.write_bytes(b"not a label")
+    run.start_training()
+    assert run.wait(timeout_s=300) == states.FAILED
+    assert run.message and "segmentation process" not in run.message
+    assert not (tmp_path / "models").exists() and not run.folder.exists()

@@ -25,16 +25,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.model.header import SAFETENSORS, checkpoint_kind, read_metadata
 from UNetSegmentationLib.panel.log_lines import describe_event, format_duration, format_eta
-from UNetSegmentationLib.panel.run import Engine, EngineFactory, engine_process
+from UNetSegmentationLib.panel.run import Engine, EngineFactory
 from UNetSegmentationLib.protocol import runner as runner_module
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
 from UNetSegmentationLib.protocol.events import PROGRESS, START, WARNING, Event
+from UNetSegmentationLib.protocol.runner import EngineProcess
 
 IDLE, EXPORTING, TRAINING, SAVING, DONE, FAILED, CANCELLED = "idle", "exporting", "training", "saving", "done", "failed", "cancelled"
 ACTIVE_STATES = (EXPORTING, TRAINING, SAVING)
@@ -63,6 +64,11 @@ def model_file_stem(base: Path, volume_name: str, now: Optional[datetime.datetim
     now = now or datetime.datetime.now()
     stem = f"{Path(base).stem}-{volume_name or 'volume'}-{now:%Y%m%d-%H%M%S}"
     return _UNSAFE.sub("-", stem).strip("-.") or "fine-tuned"
+
+
+def training_process(arguments: Sequence[str], outputs: Sequence[Path], python: Optional[str], idle_timeout_s: Optional[float]) -> Engine:
+    """The real engine child: ``python -m UNetSegmentationLib train ... --progress json``, its failures worded as the training's."""
+    return EngineProcess(arguments, outputs=outputs, python=python, idle_timeout_s=idle_timeout_s, what="training")
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,7 @@ class FineTuneRun:
     """
 
     def __init__(self, parameters: FineTuneParameters, python: Optional[str] = None, temp_root=None, idle_timeout_s: Optional[float] = 1800.0,
-                 on_log: Optional[Callable[[str], None]] = None, engine_factory: EngineFactory = engine_process) -> None:
+                 on_log: Optional[Callable[[str], None]] = None, engine_factory: EngineFactory = training_process) -> None:
         self.parameters = parameters
         self.python = python
         self.temp_root = temp_root

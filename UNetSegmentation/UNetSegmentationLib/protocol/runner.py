@@ -49,6 +49,7 @@ class EngineProcess:
         python: the interpreter (``PythonSlicer`` inside Slicer; ``sys.executable`` by default).
         idle_timeout_s: fail the run if the child prints no event for this long (a hung child).
         env: extra environment variables for the child.
+        what: what the child does, in its failure messages ("the segmentation process failed: ...").
     """
 
     def __init__(
@@ -58,12 +59,14 @@ class EngineProcess:
         python: Optional[str] = None,
         idle_timeout_s: Optional[float] = None,
         env: Optional[Dict[str, str]] = None,
+        what: str = "segmentation",
     ) -> None:
         self.arguments = list(arguments)
         self.outputs = [Path(p) for p in outputs]
         self.python = python or sys.executable
         self.idle_timeout_s = idle_timeout_s
         self.extra_env = dict(env or {})
+        self.what = what
         self.state = IDLE
         self.error_message: Optional[str] = None
         self.returncode: Optional[int] = None
@@ -181,7 +184,7 @@ class EngineProcess:
             and time.monotonic() - self._last_event_time > self.idle_timeout_s
         ):
             self._terminate_tree()
-            self._finish(FAILED, f"the segmentation process stopped responding (no progress for {self.idle_timeout_s:g} s) and was stopped")
+            self._finish(FAILED, f"the {self.what} process stopped responding (no progress for {self.idle_timeout_s:g} s) and was stopped")
             events.append(make_event(ERROR, message=self.error_message))
         return events, self.state
 
@@ -211,11 +214,11 @@ class EngineProcess:
             except ValueError:
                 name = f"signal {-code}"
             hint = "; the machine may have run out of memory" if -code == getattr(signal, "SIGKILL", 9) else ""
-            return f"the segmentation process was killed by {name}{hint}"
+            return f"the {self.what} process was killed by {name}{hint}"
         for line in reversed(self._stderr_tail):  # e.g. the last line of a traceback
             if line.strip() and not line.startswith(" "):
-                return f"the segmentation process failed: {line.strip()}"
-        return f"the segmentation process exited with code {code} without a result"
+                return f"the {self.what} process failed: {line.strip()}"
+        return f"the {self.what} process exited with code {code} without a result"
 
     def _finish(self, state: str, message: Optional[str] = None) -> None:
         with self._lock:

@@ -362,6 +362,6 @@ def test_unet3plus_cgm_decides_empty_slices_through_unetseg_predict(cli, tmp_pat
     state["cgm.1.bias"] = torch.full_like(state["cgm.1.bias"], cgm_bias)
     modified = save_checkpoint(tmp_path / "guided.safetensors", state, checkpoint.metadata)
     output = tmp_path / "labels.nrrd"
-    result = cli("predict", "--checkpoint", modified, "--progress", "none", *options, chest_ct_path, output)
+    result = cli("predict", "--checkpoint", modified, "--progress", "none", "--no-crop", *options, chest_ct_path, output)  # every voxel: outside the body too
     assert result.code == 0, result.stderr
     assert (sitk.GetArrayFromImage(sitk.ReadImage(str(output))) == expected_label).all()

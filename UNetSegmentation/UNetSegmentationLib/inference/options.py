@@ -90,8 +90,9 @@ class SegmentationOptions:
     review_list: Optional[Path] = None  # write every slice ranked by uncertainty here (JSON or CSV)
 
     def __post_init__(self) -> None:
-        if isinstance(self.probabilities, str) and self.probabilities.endswith(("/", os.sep)):  # Path() would drop the '/'
-            raise UserError(f"--probabilities {self.probabilities} ends in '{self.probabilities[-1]}', so it names a folder; give a file name, e.g. {Path(self.probabilities) / 'confidence.nrrd'}")
+        for option, value, example in (("--probabilities", self.probabilities, "confidence.nrrd"), ("--review-list", self.review_list, "review.csv")):
+            if isinstance(value, str) and value.endswith(("/", os.sep)):  # Path() would drop the '/'
+                raise UserError(f"{option} {value} ends in '{value[-1]}', so it names a folder; give a file name, e.g. {Path(value) / example}")
         # frozen: normalised values are set through object.__setattr__, once, here
         normalised = {
             "depth": parse_depth(self.depth) if isinstance(self.depth, str) else self.depth,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Tuple
 
+from UNetSegmentationLib.panel.child_run import PanelView
+
 #: ``(label, value, enabled)`` of one combo-box entry
 Entry = Tuple[str, Any, bool]
 
@@ -46,27 +48,27 @@ def fill_combo_box(combo_box, entries: Iterable[Entry], selected: Optional[Any] 
     combo_box.blockSignals(False)
 
 
-def show_view(ui, view) -> None:
-    """The button, progress bar, state text and settings of a ``panel.run.PanelView``."""
-    ui.applyButton.text = view.button_text
-    ui.applyButton.enabled = view.button_enabled
-    ui.applyButton.toolTip = view.button_tooltip
-    ui.progressBar.maximum = view.progress_maximum
-    ui.progressBar.value = view.progress_value
-    ui.statusLabel.text = view.progress_text
-    for widget in (ui.inputsCollapsibleButton, ui.outputsCollapsibleButton, ui.advancedCollapsibleButton):
-        widget.enabled = view.settings_enabled
+def show_view(ui, view: PanelView) -> None:
+    """The segmentation's button, progress bar, state text and settings."""
+    _show_run_view(view, ui.applyButton, ui.progressBar, ui.statusLabel,
+                   (ui.inputsCollapsibleButton, ui.outputsCollapsibleButton, ui.advancedCollapsibleButton))
 
 
-def show_finetune_view(ui, view) -> None:
-    """The "Improve the model" section's button, progress bar, state text and settings of a ``panel.finetune_run.FineTuneView``."""
-    ui.fineTuneButton.text = view.button_text
-    ui.fineTuneButton.enabled = view.button_enabled
-    ui.fineTuneButton.toolTip = view.button_tooltip
-    ui.fineTuneProgressBar.maximum = view.progress_maximum
-    ui.fineTuneProgressBar.value = view.progress_value
-    ui.fineTuneStatusLabel.text = view.progress_text
-    for widget in (ui.trainingVolumeSelector, ui.trainingSegmentationSelector, ui.trainSlicesLineEdit):
+def show_finetune_view(ui, view: PanelView) -> None:
+    """The "Improve the model" section's button, progress bar, state text and settings."""
+    _show_run_view(view, ui.fineTuneButton, ui.fineTuneProgressBar, ui.fineTuneStatusLabel,
+                   (ui.trainingVolumeSelector, ui.trainingSegmentationSelector, ui.trainSlicesLineEdit))
+
+
+def _show_run_view(view: PanelView, button, progress_bar, status_label, settings: Iterable[Any]) -> None:
+    """Put a run's view into its button, progress bar and state label; ``settings`` are locked while it runs."""
+    button.text = view.button_text
+    button.enabled = view.button_enabled
+    button.toolTip = view.button_tooltip
+    progress_bar.maximum = view.progress_maximum
+    progress_bar.value = view.progress_value
+    status_label.text = view.progress_text
+    for widget in settings:
         widget.enabled = view.settings_enabled
 
 

@@ -8,9 +8,9 @@
 
 The Slicer layer exports the training pair (the volume and its corrected segmentation, as a label map
 on the volume's exact grid) to :attr:`FineTuneRun.image_path` and :attr:`FineTuneRun.label_path`; this
-object runs ``unetseg train --init BASE ...`` in a child process through the same runner and event
-schema as a segmentation (:class:`~UNetSegmentationLib.protocol.runner.EngineProcess`), into its own
-temporary folder. Only when the child has finished is the new checkpoint copied, under a name of its
+object runs ``unetseg train --init BASE ...`` in a child process into its own temporary folder, as a
+:class:`~UNetSegmentationLib.panel.child_run.ChildRun` like a segmentation (the same runner and event
+schema, log, failure and cancel). Only when the child has finished is the new checkpoint copied, under a name of its
 own, into the user models folder (renamed into place when complete): a cancel or a failure leaves that
 folder as it was. Torch-, numpy- and SimpleITK-free.
 """
@@ -21,25 +21,44 @@ import datetime
 import os
 import re
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.model.header import SAFETENSORS, checkpoint_kind, read_metadata
-from UNetSegmentationLib.panel.log_lines import describe_event, format_duration, format_eta
-from UNetSegmentationLib.panel.run import Engine, EngineFactory
-from UNetSegmentationLib.protocol import runner as runner_module
+from UNetSegmentationLib.panel.child_run import (
+    CANCEL_TEXT,
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED_STATES,
+    IDLE,
+    PROGRESS_MAXIMUM,
+    ButtonWords,
+    ChildRun,
+    Engine,
+    EngineFactory,
+    PanelView,
+    run_view,
+)
+from UNetSegmentationLib.panel.log_lines import format_duration, format_eta
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
-from UNetSegmentationLib.protocol.events import PROGRESS, START, WARNING, Event
+from UNetSegmentationLib.protocol.events import Event
 from UNetSegmentationLib.protocol.runner import EngineProcess
 
-IDLE, EXPORTING, TRAINING, SAVING, DONE, FAILED, CANCELLED = "idle", "exporting", "training", "saving", "done", "failed", "cancelled"
+#: this module's vocabulary: the states of a fine-tuning (the shared ones come from .child_run), what
+#: the panel shows, and the run itself (the Slicer module reads FINISHED_STATES)
+__all__ = [
+    "IDLE", "EXPORTING", "TRAINING", "SAVING", "DONE", "FAILED", "CANCELLED", "ACTIVE_STATES", "FINISHED_STATES", "TRANSITIONS",
+    "FINE_TUNE_TEXT", "CANCEL_TEXT", "PROGRESS_MAXIMUM", "PROGRESS_AT", "FINE_TUNE_BUTTON", "model_file_stem", "training_process",
+    "FineTuneParameters", "FineTuneView", "FineTuneRun", "training_text", "finetune_view", "finetune_readiness",
+]
+
+EXPORTING, TRAINING, SAVING = "exporting", "training", "saving"
 ACTIVE_STATES = (EXPORTING, TRAINING, SAVING)
-FINISHED_STATES = (DONE, FAILED, CANCELLED)
+#: saving cannot be cancelled: the new model is being renamed into place
 TRANSITIONS = {
     IDLE: (EXPORTING, FAILED, CANCELLED),
     EXPORTING: (TRAINING, FAILED, CANCELLED),
@@ -49,10 +68,16 @@ TRANSITIONS = {
 }
 
 FINE_TUNE_TEXT = "Fine-tune"
-CANCEL_TEXT = "Cancel"
-PROGRESS_MAXIMUM = 100
 #: progress bar value at the start of each state; training fills TRAINING..SAVING by steps
 PROGRESS_AT = {IDLE: 0, EXPORTING: 2, TRAINING: 5, SAVING: 98, DONE: 100}
+FINE_TUNE_BUTTON = ButtonWords(
+    start_text=FINE_TUNE_TEXT,
+    start_tooltip="Train a copy of the chosen model on this volume and its corrected segmentation",
+    ready_text="Ready to fine-tune",
+    cancellable_states=(EXPORTING, TRAINING),
+    cancel_tooltip="Stop the training; no model is written",
+    busy_tooltip="Saving the new model",
+)
 #: ``--train-slices``: slice numbers and ranges, e.g. ``12-18,40``
 _SLICES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 #: characters a new model's file name keeps (others become '-')
@@ -135,22 +160,11 @@ class FineTuneParameters:
         return arguments + [str(output)]
 
 
-@dataclass(frozen=True)
-class FineTuneView:
-    """Everything the "Improve the model" section shows about the run."""
-
-    state: str
-    button_text: str
-    button_enabled: bool
-    button_tooltip: str
-    progress_value: int
-    progress_maximum: int
-    progress_text: str
-    settings_enabled: bool
-    running: bool
+#: what the "Improve the model" section shows about the run: the panel's view of any run
+FineTuneView = PanelView
 
 
-class FineTuneRun:
+class FineTuneRun(ChildRun):
     """One fine-tuning: the state machine plus its temporary folder, child process and new model.
 
     Args:
@@ -162,34 +176,28 @@ class FineTuneRun:
         engine_factory: builds the child process (tests pass their own).
     """
 
-    def __init__(self, parameters: FineTuneParameters, python: Optional[str] = None, temp_root=None, idle_timeout_s: Optional[float] = 1800.0,
-                 on_log: Optional[Callable[[str], None]] = None, engine_factory: EngineFactory = training_process) -> None:
+    transitions = TRANSITIONS
+    active_states = ACTIVE_STATES
+    progress_at = PROGRESS_AT
+    child_state = TRAINING
+    after_child_state = SAVING
+    state_texts = {EXPORTING: "Exporting the volume and its segmentation\u2026", SAVING: "Saving the new model\u2026"}
+    button_words = FINE_TUNE_BUTTON
+    folder_prefix = "UNetSegmentation-finetune-"
+    process_name = "training"
+    run_name = "fine-tuning"
+    failed_line = "Fine-tuning failed: {message}"
+    cancelled_line = "Fine-tuning cancelled by the user"
+    wait_interval_s = 0.2  # training reports less often than a segmentation
+
+    def __init__(self, parameters: FineTuneParameters, python: Optional[str] = None, temp_root: Union[str, Path, None] = None,
+                 idle_timeout_s: Optional[float] = 1800.0, on_log: Optional[Callable[[str], None]] = None,
+                 engine_factory: EngineFactory = training_process) -> None:
+        super().__init__(python=python, temp_root=temp_root, idle_timeout_s=idle_timeout_s, on_log=on_log, engine_factory=engine_factory)
         self.parameters = parameters
-        self.python = python
-        self.temp_root = temp_root
-        self.idle_timeout_s = idle_timeout_s
-        self.on_log = on_log
-        self.engine_factory = engine_factory
-        self.state = IDLE
-        self.message = ""
-        self.log: List[str] = []
-        self.warnings: List[str] = []
-        self.engine: Optional[Engine] = None
-        self.start_event: Optional[Event] = None
-        self.last_progress: Optional[Event] = None
-        self.done_event: Optional[Event] = None
         self.model_path: Optional[Path] = None  # the new model, once saved
-        self.folder: Optional[Path] = None
-        self.started_at = time.monotonic()
-        self.finished_at: Optional[float] = None
-        self._value = 0
 
     # -- files ---------------------------------------------------------------------------------------
-
-    def _ensure_folder(self) -> Path:
-        if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="UNetSegmentation-finetune-", dir=None if self.temp_root is None else str(self.temp_root)))
-        return self.folder
 
     @property
     def image_path(self) -> Path:
@@ -206,25 +214,7 @@ class FineTuneRun:
         """The checkpoint the child writes (its log and resume state go beside it), inside the temporary folder."""
         return self._ensure_folder() / "model.safetensors"
 
-    def cleanup(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
     # -- transitions ---------------------------------------------------------------------------------
-
-    def _enter(self, state: str) -> None:
-        if state not in TRANSITIONS[self.state]:
-            raise RuntimeError(f"cannot go from {self.state} to {state}")
-        self.state = state
-        if state in PROGRESS_AT:
-            self._value = max(self._value, PROGRESS_AT[state])
-        if state in FINISHED_STATES:
-            self.finished_at = time.monotonic()
-
-    def add_log(self, line: str) -> None:
-        self.log.append(line)
-        if self.on_log is not None:
-            self.on_log(line)
 
     def begin_exporting(self) -> None:
         """Enter ``exporting``: the Slicer layer now writes :attr:`image_path` and :attr:`label_path`."""
@@ -241,49 +231,15 @@ class FineTuneRun:
         if missing:
             self.fail(f"the training pair was not exported ({', '.join(missing)} missing)")
             return
-        outputs = [self.output_path, self.output_path.with_suffix(".csv"), self.output_path.with_suffix(".resume.pt")]
-        self.engine = self.engine_factory(self.arguments(), outputs, self.python, self.idle_timeout_s)
-        try:
-            self.engine.start()
-        except OSError as error:
-            self.fail(f"cannot start the training process ({self.engine.python}): {error}")
+        self._start_engine([self.output_path, self.output_path.with_suffix(".csv"), self.output_path.with_suffix(".resume.pt")])
 
-    def poll(self) -> List[Event]:
-        """Read the child's new events (never blocks); saves the model and ends ``done`` when the child succeeded."""
-        if self.state != TRAINING or self.engine is None:
-            return []
-        events, engine_state = self.engine.poll()
-        for event in events:
-            self._take(event)
-        if engine_state == runner_module.DONE:
-            self._save_model()
-        elif engine_state == runner_module.FAILED:
-            self.fail(self.engine.error_message or "the training process failed")
-        elif engine_state == runner_module.CANCELLED and self.state == TRAINING:
-            self.cancel()
-        return events
+    def _event_line(self, event: Event) -> Optional[str]:
+        if event.get("event") == DONE_EVENT:
+            return None  # the saved model gets its own line
+        return super()._event_line(event)
 
-    def _take(self, event: Event) -> None:
-        kind = event.get("event")
-        if kind == START:
-            self.start_event = event
-        elif kind == PROGRESS:
-            self.last_progress = event
-            total = max(1, int(event.get("total") or 1))
-            done = min(total, int(event.get("done") or 0))
-            self._value = max(self._value, PROGRESS_AT[TRAINING] + (PROGRESS_AT[SAVING] - PROGRESS_AT[TRAINING]) * done // total)
-        elif kind == WARNING:
-            self.warnings.append(str(event.get("message", "")))
-        if kind == DONE_EVENT:
-            self.done_event = event
-            return  # the saved model gets its own line
-        line = describe_event(event)
-        if line:
-            self.add_log(line)
-
-    def _save_model(self) -> None:
+    def _child_succeeded(self) -> None:
         """Copy the child's checkpoint into the user models folder under a new name, renamed into place when whole."""
-        self._enter(SAVING)
         try:
             destination = self.parameters.destination()
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -294,79 +250,14 @@ class FineTuneRun:
             self.fail(f"the new model could not be saved in {self.parameters.models_folder}: {error}")
             return
         self.model_path = destination
-        self._enter(DONE)
         dice = (self.done_event or {}).get("validation") or {}
-        self.message = f"New model {destination.name} in {format_duration(self.elapsed_s)}" + (f" (validation Dice {dice['dice']:.3f})" if isinstance(dice.get("dice"), (int, float)) else "")
-        self.add_log(self.message)
-        self.cleanup()
-
-    def fail(self, message: str) -> None:
-        """Stop whatever runs and enter ``failed``; nothing is left in the user models folder."""
-        if self.state in FINISHED_STATES:
-            return
-        self._stop_engine()
-        self._enter(FAILED)
-        self.message = str(message) or "failed"
-        self.add_log(f"Fine-tuning failed: {self.message}")
-        self.cleanup()
-
-    def cancel(self) -> None:
-        """Stop the child (its whole process tree) and enter ``cancelled``; nothing is written."""
-        if self.state in FINISHED_STATES or self.state == SAVING:
-            return
-        self._stop_engine()
-        self._enter(CANCELLED)
-        self.message = "Cancelled"
-        self.add_log("Fine-tuning cancelled by the user")
-        self.cleanup()
-
-    def _stop_engine(self) -> None:
-        if self.engine is not None and self.engine.state == runner_module.RUNNING:
-            self.engine.cancel(grace_s=3.0)
-
-    def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.2, on_poll: Optional[Callable[[], None]] = None) -> str:
-        """Poll until the run has finished (for scripts and tests); returns the state."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.state == TRAINING:
-            self.poll()
-            if on_poll is not None:
-                on_poll()
-            if self.state != TRAINING:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                self.fail(f"the fine-tuning did not finish within {format_duration(timeout_s)} and was stopped")
-                break
-            time.sleep(interval_s)
-        return self.state
+        self._finish(f"New model {destination.name} in {format_duration(self.elapsed_s)}"
+                     + (f" (validation Dice {dice['dice']:.3f})" if isinstance(dice.get("dice"), (int, float)) else ""))
 
     # -- what the panel shows ------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-    @property
-    def elapsed_s(self) -> float:
-        return (self.finished_at or time.monotonic()) - self.started_at
-
-    @property
-    def progress_value(self) -> int:
-        """0..100, never decreasing during a run."""
-        return self._value
-
-    def view(self, ready: bool = True, reason: str = "") -> FineTuneView:
-        return finetune_view(self.state, self._value, self._state_text(), ready, reason)
-
-    def _state_text(self) -> str:
-        if self.state == EXPORTING:
-            return "Exporting the volume and its segmentation\u2026"
-        if self.state == TRAINING:
-            return training_text(self.last_progress) if self.last_progress else "Starting the training (loading the model and the data)\u2026"
-        if self.state == SAVING:
-            return "Saving the new model\u2026"
-        if self.state == FAILED:
-            return f"Failed: {self.message}"
-        return self.message
+    def _child_text(self) -> str:
+        return training_text(self.last_progress) if self.last_progress else "Starting the training (loading the model and the data)\u2026"
 
 
 def training_text(progress: Event) -> str:
@@ -386,13 +277,7 @@ def training_text(progress: Event) -> str:
 
 def finetune_view(state: str, value: int = 0, text: str = "", ready: bool = True, reason: str = "") -> FineTuneView:
     """Button and progress bar for ``state`` (also before any run: ``idle``)."""
-    if state == IDLE or state in FINISHED_STATES:
-        tooltip = reason if not ready else "Train a copy of the chosen model on this volume and its corrected segmentation"
-        text = text or ("Ready to fine-tune" if ready else reason) if state == IDLE else text
-        return FineTuneView(state, FINE_TUNE_TEXT, bool(ready), tooltip, value if state != CANCELLED else 0, PROGRESS_MAXIMUM, text, True, False)
-    cancellable = state in (EXPORTING, TRAINING)
-    tooltip = "Stop the training; no model is written" if cancellable else "Saving the new model"
-    return FineTuneView(state, CANCEL_TEXT, cancellable, tooltip, value, PROGRESS_MAXIMUM, text, False, True)
+    return run_view(FINE_TUNE_BUTTON, state, value, text, ready, reason)
 
 
 def finetune_readiness(volume_selected: bool, segmentation_selected: bool, base_usable: bool, segmenting: bool = False) -> Tuple[bool, str]:

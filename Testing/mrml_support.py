@@ -235,7 +235,7 @@ class Segmented:
 
 
 def segment(mrml: Mrml, volume_node, checkpoint: Optional[Path] = None, output_node=None, confidence_map: bool = False,
-            metadata=None, show_3d: bool = False, precision: str = "fp32", temp_root: Optional[Path] = None) -> Segmented:
+            metadata=None, show_3d: bool = False, precision: str = "fp32", temp_root: Optional[Path] = None, spacing: str = "model") -> Segmented:
     """The module logic's steps (``UNetSegmentationLogic.process``) on real MRML: the volume exported by
     ``scene.export_volume``, ``unetseg predict`` run by :class:`SegmentationRun` in a child process,
     the result imported by ``scene.import_result``. ``checkpoint`` defaults to :func:`bundled_model_copy`;
@@ -250,7 +250,7 @@ def segment(mrml: Mrml, volume_node, checkpoint: Optional[Path] = None, output_n
 
     scene = mrml.layer("scene")
     checkpoint = Path(checkpoint) if checkpoint is not None else bundled_model_copy()
-    options = RunOptions(checkpoint, SegmentationOptions(precision=precision), confidence_map=confidence_map)
+    options = RunOptions(checkpoint, SegmentationOptions(precision=precision, spacing=spacing), confidence_map=confidence_map)
     run = SegmentationRun(options, python=sys.executable, temp_root=temp_root)
     scene.export_volume(volume_node, run.begin_exporting())
     run.start_segmenting()

@@ -136,7 +136,7 @@ def test_the_ranking_puts_the_most_uncertain_first_and_ties_in_slice_order(tmp_p
         ("review.json", "file", "already exists"),
         ("review.csv", "folder", "is a folder"),
         ("missing/review.csv", None, "does not exist"),
-        ("review/", None, "unsupported file type"),  # options keep it as a Path, which drops the "/"
+        ("review/", None, "names a folder"),
     ],
 )
 def test_a_bad_review_list_is_refused_before_any_work(cli, tmp_path, name, prepare, phrase):

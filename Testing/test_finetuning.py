@@ -188,3 +188,17 @@ def test_freeze_encoder_keeps_the_encoder_and_the_norm_statistics_of_the_base(cl
     assert statistics and all(torch.equal(base[k], tuned[k]) for k in statistics)
     scratch = cli("train", "--image", tiny / "case.nrrd", "--label", tiny / "case_label.nrrd", "--freeze-encoder", *FAST, tmp_path / "s.safetensors")
     assert scratch.code == 2 and "needs --init" in scratch.stderr
+
+
+def test_the_base_model_teaches_how_background_and_unlabelled_classes_share_the_merged_probability():
+    from UNetSegmentationLib.training.partial_labels import MarginalLoss
+
+    loss = MarginalLoss("dice-ce", 3, unlabelled=[1])
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    teacher = torch.randn(1, 3, 8, 8)
+    assert float(loss.distillation(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+    drifted = teacher.clone()
+    drifted[:, 1] -= 3.0  # the model stops predicting the unlabelled class where the base did
+    assert float(loss.distillation(drifted, teacher)) > 0.1
+    total, parts = loss(drifted, target, teacher)
+    assert parts["distillation"] > 0.1 and float(total) == pytest.approx(sum(parts.values()), rel=1e-5)

@@ -15,6 +15,7 @@ spacing stays well under 5 minutes: the run time is set by the steps, not the vo
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import os
@@ -136,6 +137,18 @@ def keep_frozen_norms(model: torch.nn.Module) -> None:
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as it is now, frozen: no gradients, BatchNorm in evaluation mode, yet in training mode
+    otherwise so that it returns every deep-supervision head (the teacher of :mod:`.partial_labels`)."""
+    teacher = copy.deepcopy(model)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    teacher.train()
+    teacher.frozen_norms = True
+    keep_frozen_norms(teacher)
+    return teacher
 
 
 def lineage(init: str, classes_labelled: Sequence[str], classes_kept: Sequence[str], train_slices: Optional[Sequence[int]], frozen: Dict[str, bool]) -> Dict[str, Any]:

@@ -52,7 +52,7 @@ from UNetSegmentationLib.training.checkpointing import (
 )
 from UNetSegmentationLib.training.config import TrainConfig, TrainResult, round_crop
 from UNetSegmentationLib.training.dataset import TrainingData, load_training_data
-from UNetSegmentationLib.training.finetuning import check_new_output, freeze, keep_frozen_norms, lineage
+from UNetSegmentationLib.training.finetuning import check_new_output, freeze, frozen_copy, keep_frozen_norms, lineage
 from UNetSegmentationLib.training.history import epoch_line, write_log
 from UNetSegmentationLib.training.losses import SegmentationLoss, loss_kind
 from UNetSegmentationLib.training.optimization import Optimization
@@ -79,6 +79,7 @@ class TrainingSetup:
     data_info: Dict[str, Any]
     started: float
     base: Optional[Checkpoint] = None  # the --init checkpoint of a fine-tuning run
+    teacher: Optional[torch.nn.Module] = None  # the frozen base, teaching the unlabelled classes (partial_labels.py)
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -166,7 +167,8 @@ class Trainer:
         sampler = SliceSampler(data.volumes, metadata.context, crop, len(metadata.classes), config.foreground, config.augment)
         optimization = Optimization.build(config, model, device)
         fingerprint = run_fingerprint(config, self.train_cases + self.val_cases)
-        return TrainingSetup(config, device, data, model, crop, kind, criterion, sampler, optimization, fingerprint, data.description(self.data_description), started, init)
+        teacher = frozen_copy(model) if init is not None and data.unlabelled else None
+        return TrainingSetup(config, device, data, model, crop, kind, criterion, sampler, optimization, fingerprint, data.description(self.data_description), started, init, teacher)
 
     def _report_start(self, setup: TrainingSetup, state: RunState) -> None:
         config, metadata = setup.config, setup.metadata
@@ -249,7 +251,10 @@ class Trainer:
         targets = torch.from_numpy(targets).to(device, non_blocking=True)
         with setup.optimization.autocast():
             output = as_training_output(setup.model(inputs))
-        loss, parts = setup.criterion(output, targets)
+            if setup.teacher is not None:
+                with torch.no_grad():
+                    teacher = setup.teacher(inputs)
+        loss, parts = setup.criterion(output, targets, teacher) if setup.teacher is not None else setup.criterion(output, targets)
         if not torch.isfinite(loss):
             raise UserError(f"the loss became {float(loss)} at step {state.step + 1}: lower --lr (now {config.lr}) or check the data")
         lr = setup.optimization.lr

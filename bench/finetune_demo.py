@@ -6,7 +6,7 @@
    slices: per-class Dice before and after, the time the fine-tuning took, the commands.
 2. **Labels of one class only**: the bundled model fine-tuned on a label map holding only one class
    (``--label-map 1:CLASS``). With the marginal loss (the default, ``--partial-classes auto``) the
-   other classes keep their Dice; ``--partial-classes none`` (every other class taught as background,
+   other classes keep their Dice (the marginal loss, and the base model teaching the split of the rest); ``--partial-classes none`` (every other class taught as background,
    what the issue reported) is shown beside it.
 3. ``--sweep``: the fine-tuning defaults (learning rate, steps, frozen encoder, frozen BatchNorm
    statistics) measured on scenario 1; ``training/finetuning.py`` holds the ones chosen.
@@ -181,7 +181,7 @@ def one_class_demo(folder: Path, name: str, threads: int) -> str:
     kept = columns["fine-tuned, --partial-classes auto"]
     worst = max(abs(kept[c] - base[c]) for c in base if c != name)
     text = table(f"Dice on all {len(everything)} slices after fine-tuning the bundled model on '{name}' labels only (recommended depth)", columns)
-    text += (f"\n\nLargest change of another class with the marginal loss: **{worst:.3f}** (limit 0.05). "
+    text += (f"\n\nLargest change of another class with --partial-classes auto (marginal loss + distillation from the base): **{worst:.3f}** (limit 0.05). "
              f"Fine-tuning took {seconds['auto']:.0f} s (auto) and {seconds['none']:.0f} s (none). The bundled model's held-out slices are {spec(held_out)}.\n\n"
              "```bash\n" + "\n".join("unetseg " + " ".join(map(_shown, c)) for c in commands) + "\n```")
     return text

@@ -69,6 +69,18 @@ def test_every_volume_is_resampled_to_the_median_in_plane_spacing_and_the_geomet
     assert set(np.unique(fine.targets)) == {0, 1, 2}
 
 
+def test_the_2_5d_neighbours_lie_the_slice_distance_away_in_every_volume(two_spacings):
+    """Slices 3 mm and 5 mm apart, a slice distance of 4 mm: neighbours 4/3 and 4/5 slices away (interpolated),
+    as predict takes them."""
+    from UNetSegmentationLib.inference.slicing import gather_context
+
+    fine, coarse = training_data(two_spacings).volumes
+    assert fine.context_step == pytest.approx(4 / 3) and coarse.context_step == pytest.approx(4 / 5)
+    neighbours = gather_context(fine.slices, np.array([6]), 1, fine.context_step)[0]
+    expected_above = fine.slices[7] + (fine.slices[8] - fine.slices[7]) / 3.0
+    np.testing.assert_allclose(neighbours[2], expected_above, rtol=1e-5, atol=1e-3)
+
+
 def test_spacing_option_sets_the_target_or_keeps_the_grids_native(two_spacings):
     data = training_data(two_spacings, spacing=[2.0, 2.0])
     assert data.metadata.training_spacing == [2.0, 2.0]

@@ -151,7 +151,7 @@ def predict_volume(
     return PredictionResult(labels, confidence, timings)
 
 
-def predict_slices(predictor: SlicePredictor, slices: np.ndarray, mapping: IntensityMapping, indices: Sequence[int], batch_size: int = 4) -> np.ndarray:
+def predict_slices(predictor: SlicePredictor, slices: np.ndarray, mapping: IntensityMapping, indices: Sequence[int], batch_size: int = 4, step: float = 1.0) -> np.ndarray:
     """Channel numbers ``(len(indices), rows, columns)`` uint8 (0 background, c the c-th class) for
     ``indices`` of a [slice, row, column] view: the held-out slices that training validates on.
 
@@ -164,7 +164,7 @@ def predict_slices(predictor: SlicePredictor, slices: np.ndarray, mapping: Inten
     channels = np.arange(metadata.out_channels if metadata.uses_softmax else 2)
     out = np.zeros((len(indices), rows, columns), dtype=np.uint8)
     done = 0
-    for batch_indices, batch in input_batches(slices, batch_size, metadata.context, mapping, padding, indices):
+    for batch_indices, batch in input_batches(slices, batch_size, metadata.context, mapping, padding, indices, step):
         out[done:done + len(batch_indices)] = labels_from_probabilities(predictor(batch)[:, :, :rows, :columns], channels)[0]
         done += len(batch_indices)
     return out

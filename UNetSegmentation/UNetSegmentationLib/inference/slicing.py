@@ -118,19 +118,21 @@ def input_batches(
     mapping: Callable[[np.ndarray], np.ndarray],
     padding: Tuple[int, int] = (0, 0),
     indices: Optional[Sequence[int]] = None,
+    step: float = 1.0,
 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """``(indices, batch)`` for consecutive batches of ``indices`` (default: every slice, in order) of a
     [slice, row, column] view: ``batch`` is ``(B, 2c+1, rows + padding[0], columns + padding[1])``
-    float32, normalised by ``mapping`` and zero-padded (in normalised units) at the far edges."""
+    float32, neighbours ``step`` slices apart, normalised by ``mapping`` and zero-padded (in normalised
+    units) at the far edges."""
     chosen = np.arange(slices.shape[0]) if indices is None else np.asarray(indices, dtype=int)
     for start in range(0, len(chosen), batch_size):
         batch_indices = chosen[start:start + batch_size]
-        yield batch_indices, normalised_batch(slices, batch_indices, context, mapping, padding)
+        yield batch_indices, normalised_batch(slices, batch_indices, context, mapping, padding, step)
 
 
-def normalised_batch(slices: np.ndarray, indices: np.ndarray, context: int, mapping: Callable[[np.ndarray], np.ndarray], padding: Tuple[int, int] = (0, 0)) -> np.ndarray:
+def normalised_batch(slices: np.ndarray, indices: np.ndarray, context: int, mapping: Callable[[np.ndarray], np.ndarray], padding: Tuple[int, int] = (0, 0), step: float = 1.0) -> np.ndarray:
     """The network input of ``indices``: ``(B, 2c+1, rows + padding[0], columns + padding[1])`` float32."""
-    batch = mapping(gather_context(slices, indices, context))
+    batch = mapping(gather_context(slices, indices, context, step))
     pad_rows, pad_columns = padding
     if pad_rows or pad_columns:
         batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_rows), (0, pad_columns)))

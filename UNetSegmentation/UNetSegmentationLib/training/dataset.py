@@ -134,10 +134,13 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     labelled = set().union(*(labelled_channels(item.label, lookup) for item, lookup in zip(loaded_train, lookups)))
     # checked as a checkpoint is on loading: names from the labels' segments must fit a .seg.nrrd header
     metadata = model_metadata(config, classes, init_metadata).checked("the model to train")
-    gap = metadata.context if config.val_gap is None else config.val_gap
+    base_distance = init_metadata.context_distance if init_metadata is not None else None
     volumes: List[PreparedVolume] = []
     for index, (item, lookup) in enumerate(zip(everything, lookups)):
         volume = prepare_volume(item, metadata.normalization, config.axis, lookup)
+        # no training input may hold a held-out slice as a neighbour: the gap covers the neighbours' reach
+        reach = base_distance / volume.spacing[0] if base_distance else 1.0
+        gap = int(np.ceil(metadata.context * reach - 1e-6)) if config.val_gap is None else config.val_gap
         if index >= len(loaded_train):
             volume.val_slices = np.arange(volume.slice_count)
         elif config.val_slices:
@@ -156,6 +159,8 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     metadata.training_spacing = recorded_spacing(target, train_volumes)
     metadata.slice_distance = init_metadata.context_distance if init_metadata is not None and init_metadata.context_distance else median_slice_spacing(train_volumes)
     volumes = [resample_volume(volume, target, len(metadata.classes) + 1) for volume in volumes]
+    for volume in volumes:  # the 2.5D neighbours lie the slice distance away in mm, as predict takes them
+        volume.context_step = metadata.slice_distance / volume.spacing[0]
     check_crop(config.crop, volumes)
     unlabelled = unlabelled_channels(config.partial_classes, metadata.classes, labelled) if metadata.uses_softmax else []
     return TrainingData(metadata, volumes, len(train_cases), target, unlabelled)

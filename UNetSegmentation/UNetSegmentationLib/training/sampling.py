@@ -113,7 +113,7 @@ class SliceSampler:
         r0 = self._window(size_r, self.crop[0], None if centre is None else centre[0])
         c0 = self._window(size_c, self.crop[1], None if centre is None else centre[1])
         window = (slice(None), slice(r0, r0 + self.crop[0]), slice(c0, c0 + self.crop[1]))
-        image = volume.mapping(gather_context(volume.slices[window], np.array([int(s)]), self.context))[0]
+        image = volume.mapping(gather_context(volume.slices[window], np.array([int(s)]), self.context, volume.context_step))[0]
         target = np.asarray(volume.targets[int(s)][window[1:]], dtype=np.int64)
         pad_r, pad_c = self.crop[0] - image.shape[1], self.crop[1] - image.shape[2]
         if pad_r or pad_c:

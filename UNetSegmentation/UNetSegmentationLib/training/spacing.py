@@ -10,9 +10,10 @@ mapping, exactly as ``predict`` does, and the ground truth as one-hot channels, 
 largest. Slabs of :data:`SLAB_SLICES` slices are resampled at a time, so the extra memory is the
 resampled volume itself (float32) and one slab.
 
-The checkpoint records the target as ``training_spacing`` (row, column) and the median slice spacing
-of the training images as ``slice_distance``: the distance in mm at which the 2.5D neighbour channels
-were taken.
+The checkpoint records the target as ``training_spacing`` (row, column) and, as ``slice_distance``, the
+median slice spacing of the training images (a fine-tuning run: its base's): the distance in mm at which
+every volume's 2.5D neighbour channels are taken (``PreparedVolume.context_step``, interpolated between
+slices where a volume's slice spacing differs), as ``predict`` takes them.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def validate(model: torch.nn.Module, metadata: ModelMetadata, volumes: Sequence[
         for volume in volumes:
             if not volume.val_slices.size:
                 continue
-            predicted = predict_slices(predictor, volume.slices, volume.mapping, volume.val_slices, batch_size)
+            predicted = predict_slices(predictor, volume.slices, volume.mapping, volume.val_slices, batch_size, volume.context_step)
             truth = np.asarray(volume.targets[volume.val_slices])
             dice = np.asarray(dice_per_class(predicted, truth, class_count), dtype=float)
             dice[[c - 1 for c in unlabelled]] = np.nan

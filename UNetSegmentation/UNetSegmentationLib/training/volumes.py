@@ -36,6 +36,7 @@ class PreparedVolume:
     mapping: IntensityMapping
     geometry: SliceGeometry
     spacing: Tuple[float, float, float]  # mm along (slice, row, column)
+    context_step: float = 1.0  # slices between the 2.5D neighbours: the run's slice distance / this volume's slice spacing
     source_spacing: Optional[Tuple[float, float, float]] = None  # the image's own spacing, where it was resampled (training/spacing.py)
     source_shape: Optional[Tuple[int, int]] = None  # its slices' (rows, columns) before that
     train_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))

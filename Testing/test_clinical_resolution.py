@@ -274,3 +274,45 @@ def test_a_scan_far_coarser_than_the_model_is_refused_before_any_work(cli, tmp_p
     assert result.code == 2 and "become 3200x3200 pixels" in result.stderr and "--spacing native" in result.stderr
     assert not (tmp_path / "labels.nrrd").exists()
     assert cli("predict", "--checkpoint", fine, "--progress", "none", "--spacing", "native", path, tmp_path / "labels.nrrd").code == 0
+
+
+# --- thin slices: the network at the model's slice distance ----------------------------------------------
+
+
+def test_thin_slices_are_segmented_at_the_model_slice_distance_and_interpolated_between():
+    """A 10 mm model on 2.5 mm slices runs on a quarter of them, at the centres of 10 mm cells (where the
+    original 10 mm slices of a resampled scan lie), and every slice gets the interpolated probabilities."""
+    grid = ModelGrid((1.0, 1.0), (1.0, 1.0), 4.0)
+    positions = grid.network_positions(136)
+    assert len(positions) == 34 and positions[:2].tolist() == [1.5, 5.5] and "every 4 slices" in grid.describe()
+    assert ModelGrid((1.0, 1.0), (1.0, 1.0), 0.5).network_positions(7).tolist() == list(range(7))  # thicker slices: every one
+
+    from UNetSegmentationLib.inference.model_slices import neighbours_of
+
+    below, above, weight = neighbours_of(8, 2)  # 8 slices, positions 1.5 and 5.5
+    assert below.tolist() == [0, 0, 0, 0, 0, 0, 1, 1] and above.tolist() == [1, 1, 1, 1, 1, 1, 1, 1]
+    np.testing.assert_allclose(weight[:6], [0, 0, 0.125, 0.375, 0.625, 0.875])  # beyond the last position: the last one's
+
+
+def test_a_thin_slice_volume_gets_probabilities_interpolated_between_the_network_slices():
+    """A stand-in network that calls the slice's centre intensity its probability: along a ramp of 40
+    slices at 1 mm and a model of 4 mm, the network runs 10 times and every slice's decision follows the
+    interpolated ramp, ending exactly where the ramp crosses 0.5."""
+    ramp = np.linspace(-1000, 1000, 40, dtype=np.float32)[:, None, None] * np.ones((1, 16, 16), np.float32)
+    metadata = ModelMetadata("unet", {"in_channels": 3, "out_channels": 1}, 1, Normalization("ct", (-1000.0, 1000.0)), make_classes(["bright"]), training_spacing=[1.0, 1.0], slice_distance=4.0)
+    calls = []
+
+    def centre(batch):
+        calls.append(len(batch))
+        return torch.from_numpy(np.ascontiguousarray(batch[:, 1:2]))
+
+    centre.metadata, centre.required_multiple = metadata, 8
+    geometry = SliceGeometry.from_direction(np.eye(3).ravel())
+    grid = plan_model_grid((1.0, 1.0, 1.0), metadata)
+    result = predict_volume(ramp, geometry, centre, fit_normalization(metadata.normalization, ramp), 4, want_confidence=True, grid=grid)
+    assert sum(calls) == 10
+    bright = result.labels[:, 8, 8].astype(bool)
+    assert not bright[:20].any() and bright[20:].all()  # the ramp crosses 0 HU (probability 0.5) between slices 19 and 20
+    # between the first and the last network slice (1.5 and 37.5) the interpolated ramp; beyond them, held
+    np.testing.assert_allclose(result.confidence[2:38, 8, 8], (np.abs(np.linspace(0, 1, 40) - 0.5) + 0.5)[2:38], atol=1e-4)
+    assert result.confidence[0, 8, 8] == result.confidence[1, 8, 8] and result.confidence[38, 8, 8] == result.confidence[39, 8, 8]

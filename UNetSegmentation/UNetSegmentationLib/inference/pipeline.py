@@ -21,6 +21,7 @@ from UNetSegmentationLib.backends.memory import MemoryGuard
 from UNetSegmentationLib.inference.normalization import IntensityMapping
 from UNetSegmentationLib.inference.prefetch import prefetch
 from UNetSegmentationLib.inference.body import BodyBoxes
+from UNetSegmentationLib.inference.model_slices import interpolated_probabilities, network_on_batch, position_batches
 from UNetSegmentationLib.inference.resolution import ModelGrid, resample_probabilities
 from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, model_batches, padding_for
 from UNetSegmentationLib.io.segmentations import label_dtype
@@ -118,9 +119,34 @@ def predict_volume(
     confidence_slices = geometry.slices_view(confidence) if want_confidence else None
     timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0, "resample_s": 0.0}
     guarded = MemoryGuard(predictor, reporter)  # out of memory: smaller batches, then the CPU (backends/memory.py)
+
+    def take(indices: np.ndarray, box, probabilities) -> None:
+        """Decide the labels of ``indices`` from their probabilities on ``box`` and write them (and what observers see)."""
+        batch_labels, batch_confidence = labels_from_probabilities(probabilities, label_values)
+        r0, r1, c0, c1 = box
+        label_slices[indices, r0:r1, c0:c1] = batch_labels
+        if confidence_slices is not None:
+            confidence_slices[indices, r0:r1, c0:c1] = batch_confidence
+        if observers:
+            whole_confidence = np.ones((len(indices), rows, columns), dtype=np.float32)
+            whole_confidence[:, r0:r1, c0:c1] = batch_confidence
+            for observer in observers:
+                observer.observe(indices, label_slices[indices], whole_confidence)
+        reporter.progress(int(indices[-1]) + 1)
+
+    positions = grid.network_positions(count)
+    if len(positions) < count:  # thin slices: the network at the model's slice distance, probabilities interpolated between
+        batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, predictor.required_multiple))
+        t0 = time.perf_counter()
+        for indices, probabilities in interpolated_probabilities(batches, network_on_batch(guarded, timings), positions, (rows, columns), max(metadata.out_channels, 1), count, timings):
+            t1 = time.perf_counter()
+            take(indices, (0, rows, 0, columns), probabilities)
+            timings["postprocess_s"] += time.perf_counter() - t1
+        timings["preprocess_s"] = max(0.0, time.perf_counter() - t0 - sum(timings.values()))
+        return PredictionResult(labels, confidence, timings)
+
     # the next batch is gathered, resampled, normalised and padded on a thread while the network runs (prefetch.py)
     batches = prefetch(model_batches(slices, batch_size, metadata.context, mapping, grid, bodies, predictor.required_multiple))
-
     for _ in range(0, len(bodies.slices_with_body), batch_size):
         t0 = time.perf_counter()
         batch = next(batches)
@@ -130,22 +156,12 @@ def predict_volume(
         t2 = time.perf_counter()
         probabilities = resample_probabilities(output, batch.box_size)  # onto the input's pixels of the box
         t3 = time.perf_counter()
-        batch_labels, batch_confidence = labels_from_probabilities(probabilities, label_values)
-        r0, r1, c0, c1 = batch.box
-        label_slices[batch.indices, r0:r1, c0:c1] = batch_labels
-        if confidence_slices is not None:
-            confidence_slices[batch.indices, r0:r1, c0:c1] = batch_confidence
-        if observers:
-            whole_confidence = np.ones((len(batch.indices), rows, columns), dtype=np.float32)
-            whole_confidence[:, r0:r1, c0:c1] = batch_confidence
-            for observer in observers:
-                observer.observe(batch.indices, label_slices[batch.indices], whole_confidence)
+        take(batch.indices, batch.box, probabilities)
         t4 = time.perf_counter()
         timings["preprocess_s"] += t1 - t0
         timings["network_s"] += t2 - t1
         timings["resample_s"] += batch.resample_s + (t3 - t2)  # inputs (on the prefetch thread) and probabilities
         timings["postprocess_s"] += t4 - t3
-        reporter.progress(int(batch.indices[-1]) + 1)
     if not len(bodies.slices_with_body) or bodies.slices_with_body[-1] < count - 1:
         reporter.progress(count)  # the last slices hold no body: nothing to compute there
     return PredictionResult(labels, confidence, timings)

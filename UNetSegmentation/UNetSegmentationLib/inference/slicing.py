@@ -81,20 +81,15 @@ def context_indices(slice_indices: np.ndarray, context: int, slice_count: int) -
     return context_positions(slice_indices, context, slice_count).astype(np.int64)
 
 
-def _whole_step(step: float) -> Optional[int]:
-    nearest = int(round(step))
-    return nearest if abs(step - nearest) < 1e-3 else None
-
-
 def gather_context(slices: np.ndarray, slice_indices: np.ndarray, context: int, step: float = 1.0, box: Optional[Box] = None) -> np.ndarray:
-    """``(B, 2c+1, rows, columns)`` 2.5D inputs for ``slice_indices`` of a [slice, row, column] view:
-    neighbours ``step`` slices apart (a whole step: the slices themselves, in their stored dtype; a
-    fractional one: linearly interpolated between the two nearest slices, float32), only ``box``
+    """``(B, 2c+1, rows, columns)`` 2.5D inputs for ``slice_indices`` (slice numbers; fractional ones lie
+    between slices) of a [slice, row, column] view: neighbours ``step`` slices apart (every position on a
+    slice: the slices themselves, in their stored dtype; else linearly interpolated between the two
+    nearest slices, float32), only ``box``
     (first row, end row, first column, end column) of each slice when given."""
     region = slices if box is None else slices[:, box[0]:box[1], box[2]:box[3]]
     positions = context_positions(slice_indices, context, slices.shape[0], step)
-    whole = _whole_step(step)
-    if whole is not None:
+    if np.allclose(positions, np.rint(positions), rtol=0, atol=1e-3):  # every neighbour on a slice: no interpolation
         indices = np.rint(positions).astype(np.int64)
         return region[indices.reshape(-1)].reshape(indices.shape + region.shape[1:])
     below = np.floor(positions).astype(np.int64)
@@ -189,17 +184,21 @@ def model_batches(
     chosen = bodies.slices_with_body
     for start in range(0, len(chosen), batch_size):
         indices = chosen[start:start + batch_size]
-        yield model_batch(slices, indices, context, mapping, grid, aligned_box(bodies.union(indices), grid, multiple), multiple)
+        yield model_batch(slices, indices, context, mapping, grid, aligned_box(bodies.union(indices), grid, multiple, slices.shape[1:]), multiple)
 
 
-def aligned_box(box: Box, grid: ModelGrid, multiple: int) -> Box:
-    """``box`` with its first row and column moved back (never past 0) to where the whole slice's model
-    grid has a multiple of ``multiple`` pixels before it: the network's pooling then meets the anatomy
-    at the same phase as on the whole slice, so a crop changes the result as little as possible
-    (on the input's grid, not at all where the box holds every structure's receptive field)."""
+def aligned_box(box: Box, grid: ModelGrid, multiple: int, shape: Optional[Tuple[int, int]] = None) -> Box:
+    """``box`` grown to whole cells of the whole slice's model grid: its first row and column moved back
+    (never past 0) to where a multiple of ``multiple`` model pixels lies before it, and its end moved on
+    (never past ``shape``, the slice's rows and columns) to a whole number of model pixels. The network's
+    pooling then meets the anatomy at the same phase as on the whole slice, and each model pixel covers
+    the input pixels it covers on the whole slice (exactly, where a model pixel spans a whole number of
+    input pixels), so a crop changes the result as little as possible."""
     per_pixel = grid.input_pixels_per_model_pixel()
-    starts = []
-    for start, step in ((box[0], per_pixel[0]), (box[2], per_pixel[1])):
+    edges = []
+    for (start, end), step, size in zip(((box[0], box[1]), (box[2], box[3])), per_pixel, shape or (None, None)):
         period = multiple * step  # input pixels per ``multiple`` model pixels
-        starts.append(max(0, int(round(np.floor(start / period) * period))))
-    return starts[0], box[1], starts[1], box[3]
+        start = max(0, int(round(np.floor(start / period) * period)))
+        end = start + int(round(np.ceil((end - start) / step - 1e-6) * step))
+        edges += [start, end if size is None else min(end, int(size))]
+    return edges[0], edges[1], edges[2], edges[3]

@@ -5,7 +5,7 @@ spacing the checkpoint records (:mod:`~UNetSegmentationLib.inference.resolution`
 chooses one target in-plane spacing (``--spacing``: by default the median in-plane spacing of the
 training images; ``native`` keeps every voxel grid as given; a fine-tuning run takes its base model's),
 and resamples every volume's slices to it when the cases are prepared, with the same functions
-``predict`` uses: raw intensities bilinearly (antialiased when shrinking) *before* the intensity
+``predict`` uses: raw intensities bilinearly *before* the intensity
 mapping, exactly as ``predict`` does, and the ground truth as one-hot channels, bilinearly, then the
 largest. Slabs of :data:`SLAB_SLICES` slices are resampled at a time, so the extra memory is the
 resampled volume itself (float32) and one slab.

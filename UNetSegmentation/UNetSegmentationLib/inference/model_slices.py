@@ -9,7 +9,8 @@ away) and every input slice gets the probabilities of the two nearest network po
 linearly, before its labels are decided: the slice axis is treated as the in-plane axes are. It also
 runs the network on a fraction of the slices (a quarter for 2.5 mm slices and a 10 mm model).
 
-Memory: the full-slice probabilities of one batch of network positions and the one before it.
+Memory: the full-slice probabilities of one batch of network positions and the one before it, and
+those of one batch of input slices.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def position_batches(slices: np.ndarray, positions: np.ndarray, batch_size: int,
 
 
 def interpolated_probabilities(
-    batches: Iterator[ModelBatch], network: Callable, positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int, timings: Dict[str, float],
+    batches: Iterator[ModelBatch], network: Callable, positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int, slices_per_step: int,
 ) -> Iterator[Tuple[np.ndarray, "object"]]:
-    """``(input slices, their (B, K, rows, columns) probabilities)`` in slice order, interpolated between
-    the full-slice probabilities of the network positions around them (background where no position
-    touched the body). ``network(batch) -> (probabilities on the model grid, their box)``."""
+    """``(input slices, their (B, K, rows, columns) probabilities)`` in slice order, at most
+    ``slices_per_step`` slices at a time (what bounds the memory), interpolated between the full-slice
+    probabilities of the network positions around them (background where no position touched the
+    body). ``network(batch) -> (probabilities on the model grid, their box)``."""
     import torch
 
     cells = len(positions)
@@ -76,7 +78,7 @@ def interpolated_probabilities(
                 known.setdefault(position, background)
             computed_up_to = last
             continue
-        ready = np.arange(next_slice, slice_count)
+        ready = np.arange(next_slice, min(slice_count, next_slice + slices_per_step))
         ready = ready[above[ready] <= computed_up_to]
         w = torch.from_numpy(weight[ready])[:, None, None, None]
         lower = torch.stack([known[int(j)] for j in below[ready]])

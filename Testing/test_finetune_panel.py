@@ -36,8 +36,12 @@ def test_the_parameters_write_the_train_command_of_the_contract(tmp_path):
     assert parameters.to_arguments(Path("i.nrrd"), Path("l.nrrd"), Path("o.safetensors")) == [
         "train", "--init", str(BUNDLED), "--image", "i.nrrd", "--label", "l.nrrd", "--train-slices", "12-18,40",
         "--epochs", "2", "--steps-per-epoch", "3", "o.safetensors"]
+    # the whole segmentation corrected: a fifth of its slices held out for the Dice before and after
     plain = FineTuneParameters(BUNDLED, tmp_path, "mine")
-    assert plain.to_arguments(Path("i.nrrd"), Path("l.nrrd"), Path("o.safetensors")) == ["train", "--init", str(BUNDLED), "--image", "i.nrrd", "--label", "l.nrrd", "o.safetensors"]
+    assert plain.to_arguments(Path("i.nrrd"), Path("l.nrrd"), Path("o.safetensors")) == [
+        "train", "--init", str(BUNDLED), "--image", "i.nrrd", "--label", "l.nrrd", "--val-slices", "0.2", "o.safetensors"]
+    unvalidated = FineTuneParameters(BUNDLED, tmp_path, "mine", validation=None)
+    assert "--val-slices" not in unvalidated.to_arguments(Path("i.nrrd"), Path("l.nrrd"), Path("o.safetensors"))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -189,8 +193,11 @@ def test_a_real_fine_tuning_saves_a_new_model_with_its_lineage_and_the_card_show
     assert user_models(models) == [models / "chest-tuned.safetensors"]
     record = read_metadata(run.model_path).training["fine_tuning"]
     assert record["base"]["name"] == BUNDLED.name
+    # a fifth of the slices held out: the Dice before and after, on the card and in the progress line
+    assert isinstance(record.get("dice_before"), float) and isinstance(record.get("dice_after"), float), record
     card = describe_checkpoint(run.model_path).summary()
-    assert f"Fine-tuned from {BUNDLED.name}" in card
+    assert f"Fine-tuned from {BUNDLED.name}" in card and "validation Dice" in card
+    assert "validation Dice" in run.message, run.message
     assert any(line.startswith("Training 2 steps") for line in run.log)
 
 

@@ -105,7 +105,10 @@ class FineTuneParameters:
     user models folder the new model lands in, as ``<name>.safetensors`` (``-2``, ``-3``... when taken);
     ``train_slices``: only these slices of the pair (``12-18,40``; None: all); ``label_map``: the
     ``--label-map`` of the engine (None: segments matched to the classes by name); ``epochs`` and
-    ``steps_per_epoch``: None for the engine's fine-tuning defaults.
+    ``steps_per_epoch``: None for the engine's fine-tuning defaults; ``validation``: the share of the
+    slices held out to measure the Dice before and after (the model card's, and the progress line's),
+    used when the whole segmentation is the user's truth (no ``train_slices``: otherwise the slices not
+    marked are no truth to measure against); None: no validation.
     """
 
     base: Path
@@ -115,6 +118,7 @@ class FineTuneParameters:
     label_map: Optional[str] = None
     epochs: Optional[int] = None  # None: the engine's fine-tuning defaults
     steps_per_epoch: Optional[int] = None
+    validation: Optional[float] = 0.2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", Path(self.base))
@@ -133,6 +137,8 @@ class FineTuneParameters:
         for value, what in ((self.epochs, "epochs"), (self.steps_per_epoch, "steps per epoch")):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"The number of {what} must be a whole number of at least 1 (got {value!r}).")
+        if self.validation is not None and not 0 < self.validation < 0.5:
+            raise UserError(f"The share of slices held out for validation must lie between 0 and 0.5 (got {self.validation!r}).")
         if self.models_folder.exists() and not self.models_folder.is_dir():
             raise UserError(f"The user models folder {self.models_folder} is a file.")
 
@@ -151,6 +157,8 @@ class FineTuneParameters:
         arguments = ["train", "--init", str(self.base), "--image", str(image), "--label", str(label)]
         if self.train_slices:
             arguments += ["--train-slices", self.train_slices.replace(" ", "")]
+        elif self.validation is not None:
+            arguments += ["--val-slices", f"{self.validation:g}"]
         if self.label_map:
             arguments += ["--label-map", self.label_map]
         if self.epochs is not None:

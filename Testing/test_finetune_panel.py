@@ -248,6 +248,8 @@ def test_the_card_puts_the_models_spacing_beside_the_inputs():
                                  "This volume: 0.76 \u00d7 0.76 mm in-plane, slices 2.5 mm apart: resampled to the model's spacing"]
     assert "on its own grid (Spacing: native)" in spacing_text(metadata, (0.76, 0.76, 2.5), "native")
     assert spacing_text(metadata, None) == "Model: 3.05 \u00d7 3.05 mm in-plane, neighbours 10 mm apart"
+    assert spacing_text(metadata, (3.046876, 3.046876, 10.0)).endswith("the model's spacing, nothing to resample")
+    assert spacing_text(metadata, (3.046876, 3.046876, 2.5)).endswith("resampled to the model's spacing")  # slices 4x closer
 
 
 def test_the_lineage_line_names_base_date_corrections_and_dice():

@@ -25,15 +25,14 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 
+from UNetSegmentationLib.inference.spacing_match import SAME_SPACING, same_in_plane, same_spacing
+
 if TYPE_CHECKING:  # annotations only: torch is imported where the resampling runs
     import torch
 
     from UNetSegmentationLib.model.metadata import ModelMetadata
 
 Size = Tuple[int, int]
-#: in-plane spacings within this relative difference count as the same (no resampling): 0.5 % is
-#: under a tenth of a pixel across a 512-pixel slice
-SAME_SPACING = 0.005
 
 
 def model_grid_size(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> Size:
@@ -42,7 +41,7 @@ def model_grid_size(shape: Sequence[int], spacing: Sequence[float], target: Sequ
     spacing is within :data:`SAME_SPACING` of the target."""
     sizes = []
     for count, have, want in zip(shape, spacing, target):
-        same = abs(have - want) <= SAME_SPACING * want
+        same = same_spacing(have, want)
         sizes.append(int(count) if same else max(1, int(round(count * have / want))))
     return sizes[0], sizes[1]
 
@@ -135,7 +134,7 @@ class ModelGrid:
         """Whether slices are resampled in-plane at all (the model's spacing differs from the input's)."""
         if self.model_spacing is None:
             return False
-        return any(abs(have - want) > SAME_SPACING * want for have, want in zip(self.input_spacing, self.model_spacing))
+        return not same_in_plane(self.input_spacing, self.model_spacing)
 
     def describe(self) -> str:
         """One line for the ``start`` event and the log."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.inference.spacing_match import same_in_plane, same_spacing
 from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.model.depth import ACCURATE
 from UNetSegmentationLib.model.header import SAFETENSORS, TORCH, checkpoint_kind, read_metadata
@@ -206,6 +207,13 @@ def _mm(value: float) -> str:
     return f"{round(float(value), 2):g}"
 
 
+def _thinner_slices(between: float, metadata: ModelMetadata) -> bool:
+    """Whether the volume's slices lie closer together than the model's slice distance (then the network
+    runs at that distance and the slices between are interpolated: :mod:`..inference.model_slices`)."""
+    distance = metadata.context_distance
+    return bool(distance and metadata.context) and between < distance and not same_spacing(between, distance)
+
+
 def spacing_text(metadata: Optional[ModelMetadata], volume_spacing: Optional[Sequence[float]], spacing: str = "model") -> str:
     """The model's spacing beside the input's (issue 14), e.g.
     ``Model: 3.05 x 3.05 mm in-plane, neighbours 10 mm apart`` and
@@ -229,6 +237,8 @@ def spacing_text(metadata: Optional[ModelMetadata], volume_spacing: Optional[Seq
             how = "segmented on its own grid"
         elif spacing == "native":
             how = "segmented on its own grid (Spacing: native)"
+        elif same_in_plane((row, column), trained) and not _thinner_slices(between, metadata):
+            how = "the model's spacing, nothing to resample"
         else:
             how = "resampled to the model's spacing"
         lines.append(f"This volume: {_mm(row)} \u00d7 {_mm(column)} mm in-plane, slices {_mm(between)} mm apart: {how}")

@@ -92,7 +92,8 @@ def segment_case(
             summary["volumes_ml"] = segment_volumes_ml(prepared.outputs[0], model)
         return summary
     output = prepared.outputs[0]
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.unetseg-") as folder:
+    # the intermediate label map goes to the system's temporary folder: a run killed here leaves nothing in the user's
+    with tempfile.TemporaryDirectory(prefix="unetseg-dicom-seg-") as folder:
         labels_path = Path(folder) / "labels.nrrd"
         renaming = RenamingReporter(reporter, {str(labels_path): str(output)})
         summary = segment_volume(header, [labels_path, *prepared.outputs[1:]], model, options, renaming, observers=observers)

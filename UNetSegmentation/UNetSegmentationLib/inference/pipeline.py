@@ -138,7 +138,7 @@ def predict_volume(
     if len(positions) < count:  # thin slices: the network at the model's slice distance, probabilities interpolated between
         batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, predictor.required_multiple))
         t0 = time.perf_counter()
-        for indices, probabilities in interpolated_probabilities(batches, network_on_batch(guarded, timings), positions, (rows, columns), max(metadata.out_channels, 1), count, batch_size):
+        for indices, probabilities in interpolated_probabilities(batches, network_on_batch(guarded, timings), positions, (rows, columns), metadata.out_channels, count, batch_size):
             t1 = time.perf_counter()
             take(indices, (0, rows, 0, columns), probabilities)
             timings["postprocess_s"] += time.perf_counter() - t1

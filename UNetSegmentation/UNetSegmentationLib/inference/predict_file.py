@@ -20,7 +20,7 @@ from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.options import SPACING_MODEL, SPACING_NATIVE, SegmentationOptions
 from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
-from UNetSegmentationLib.inference.review import check_review_list, review_ranking  # review:
+from UNetSegmentationLib.inference.review import check_review_list, review_ranking
 from UNetSegmentationLib.inference.body import Box
 from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume, slice_view_spacing
 from UNetSegmentationLib.inference.resolution import plan_model_grid
@@ -63,7 +63,7 @@ def checked_outputs(input_path, output_path, options: SegmentationOptions) -> Li
         outputs.append(probabilities_path)
     if Path(input_path).exists() and any(Path(input_path).resolve() == o.resolve() for o in outputs):
         raise UserError("the output would overwrite the input; choose another output name")
-    check_review_list(options.review_list, options.overwrite, [Path(input_path), *outputs])  # review: --review-list checked before any work too
+    check_review_list(options.review_list, options.overwrite, [Path(input_path), *outputs])  # --review-list checked before any work too
     return outputs
 
 
@@ -150,7 +150,7 @@ def checked_input(header: InputHeader, metadata: ModelMetadata, options: Segment
     return verify_data(header)
 
 
-def segment_volume(header: InputHeader, outputs: List[Path], model: SegmentationModel, options: SegmentationOptions, reporter: Reporter, t_start: Optional[float] = None, observers: Sequence = ()) -> dict:  # cohort: observers
+def segment_volume(header: InputHeader, outputs: List[Path], model: SegmentationModel, options: SegmentationOptions, reporter: Reporter, t_start: Optional[float] = None, observers: Sequence = ()) -> dict:
     """Segment one checked input (:func:`checked_input`) with an opened model and write ``outputs``
     (checked by :func:`checked_outputs` and claimed by the caller). Returns the ``done`` summary, also
     reported. ``observers`` (:class:`~.pipeline.SliceObserver`) see every batch's labels and confidence."""
@@ -177,8 +177,8 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
         predictor, quantize_s = quantized_for_volume(predictor, volume, geometry, metadata, mapping, reporter, layout)
     t_prepared = time.perf_counter()
 
-    review = review_ranking(options, geometry, metadata)  # review: the slices ranked by uncertainty (inference/review.py)
-    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[*([review] if review else []), *observers], grid=layout.grid, bodies=layout.bodies)  # cohort: the batch's confidence observer
+    review = review_ranking(options, geometry, metadata)  # the slices ranked by uncertainty (inference/review.py)
+    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[*([review] if review else []), *observers], grid=layout.grid, bodies=layout.bodies)
     if options.largest_component:
         t_clean = time.perf_counter()
         result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])
@@ -201,7 +201,7 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
         "total_s": t_written - t_start,
     }
     summary = _summary(outputs, depth, predictor, timings)
-    if review:  # review: the most uncertain slices in the done event, all of them in --review-list
+    if review:  # the most uncertain slices in the done event, all of them in --review-list
         summary.update(review.finish(options.review_list))
     reporter.done(**summary)
     return summary

@@ -184,7 +184,9 @@ def export_checked(checkpoint, depth, guidance: bool, target: Path, threads: int
     """Export, check against PyTorch and write ``target`` atomically, bound to ``checkpoint`` (both
     bindings of :mod:`.onnx_cache` in its metadata); :class:`ExportError` if impossible. The
     temporary file is created with ordinary permissions and locked while written (:func:`partial_export`)."""
-    bindings = {BINDING: export_binding(checkpoint, depth, guidance), PORTABLE_BINDING: export_binding(checkpoint, depth, guidance, portable=True)}
+    content = content_digest(checkpoint.path)  # the checkpoint's bytes, read once for both bindings
+    bindings = {BINDING: export_binding(checkpoint, depth, guidance, content=content),
+                PORTABLE_BINDING: export_binding(checkpoint, depth, guidance, portable=True, content=content)}
     network = _network(checkpoint, depth, guidance)
     multiple = _required_multiple(network, depth)
     in_channels = int(checkpoint.metadata.in_channels)

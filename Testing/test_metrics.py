@@ -126,11 +126,16 @@ def synthetic_case(tmp_path_factory):
     return write_tiny_case(tmp_path_factory.mktemp("evaluate"))
 
 
+def evaluate_case(cli, checkpoint, case, output_dir, *options, label=None):
+    """``unetseg evaluate`` of ``case``'s volume against ``label`` (default: the case's own label map)."""
+    return cli("evaluate", "--checkpoint", checkpoint, "--image", case / "case.nrrd", "--label", label or case / "case_label.nrrd",
+               "--output-dir", output_dir, *options)
+
+
 def test_evaluate_writes_table_csv_json_and_plot_for_every_depth(cli, synthetic_case, tmp_path):
     checkpoint = create_checkpoint(tmp_path / "untrained.safetensors", classes="body,bone", features="4,8,16")
     out = tmp_path / "results"
-    result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
-                 "--output-dir", out, "--progress", "none", "--device", "cpu")
+    result = evaluate_case(cli, checkpoint, synthetic_case, out, "--progress", "none", "--device", "cpu")
     assert result.code == 0, result.stderr
     # the screen table: one row per class and depth, then a per-depth summary with ms/slice
     assert "hd95 mm" in result.stdout and "ms/slice" in result.stdout
@@ -144,21 +149,19 @@ def test_evaluate_writes_table_csv_json_and_plot_for_every_depth(cli, synthetic_
     assert report["summary"]["L1"]["parameters"] < report["summary"]["L2"]["parameters"]
     assert (out / "accuracy-vs-speed.png").read_bytes().startswith(b"\x89PNG")
     # a second run refuses to overwrite without --overwrite
-    again = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd", "--output-dir", out, "--progress", "none")
+    again = evaluate_case(cli, checkpoint, synthetic_case, out, "--progress", "none")
     assert again.code == 2 and "already exists" in again.stderr
 
 
 def test_evaluate_restricted_to_slices_scores_only_those(cli, synthetic_case, tmp_path):
     checkpoint = create_checkpoint(tmp_path / "u.safetensors", arch="unet", classes="body,bone", features="4,8")
     out = tmp_path / "r"
-    result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
-                 "--slices", "2-4", "--output-dir", out, "--progress", "none")
+    result = evaluate_case(cli, checkpoint, synthetic_case, out, "--slices", "2-4", "--progress", "none")
     assert result.code == 0, result.stderr
     rows = list(csv.DictReader(open(out / "evaluation.csv")))
     assert {r["depth"] for r in rows} == {"full"} and {r["slices"] for r in rows} == {"3"}  # a network that cannot be pruned: depth_tag(None)
     assert not (out / "accuracy-vs-speed.png").exists()  # one depth: no trade-off to plot
-    bad = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
-              "--slices", "10-40", "--output-dir", tmp_path / "r2", "--progress", "none")
+    bad = evaluate_case(cli, checkpoint, synthetic_case, tmp_path / "r2", "--slices", "10-40", "--progress", "none")
     assert bad.code == 2 and "12 slices" in bad.stderr
 
 
@@ -168,8 +171,7 @@ def test_evaluate_scores_exactly_the_labels_predict_writes(cli, synthetic_case, 
     predicted = tmp_path / "predicted.nrrd"
     same_run = ["--depth", "2", "--precision", "fp32", "--backend", "torch", "--device", "cpu", "--batch-size", "3"]
     assert cli("predict", "--checkpoint", checkpoint, "--progress", "none", *same_run, synthetic_case / "case.nrrd", predicted).code == 0
-    result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", predicted,
-                 "--output-dir", tmp_path / "results", "--progress", "none", *same_run)
+    result = evaluate_case(cli, checkpoint, synthetic_case, tmp_path / "results", "--progress", "none", *same_run, label=predicted)
     assert result.code == 0, result.stderr
     report = json.loads((tmp_path / "results" / "evaluation.json").read_text())
     assert report["execution"]["backend"] == "torch" and report["execution"]["precision"] == "fp32"
@@ -183,8 +185,7 @@ def test_evaluate_scores_exactly_the_labels_predict_writes(cli, synthetic_case, 
 def test_evaluate_reports_progress_in_the_one_event_schema(cli, synthetic_case, tmp_path):
     checkpoint = create_checkpoint(tmp_path / "untrained.safetensors", classes="body,bone", features="4,8,16")
     out = tmp_path / "results"
-    result = cli("evaluate", "--checkpoint", checkpoint, "--image", synthetic_case / "case.nrrd", "--label", synthetic_case / "case_label.nrrd",
-                 "--output-dir", out, "--progress", "json", "--device", "cpu")
+    result = evaluate_case(cli, checkpoint, synthetic_case, out, "--progress", "json", "--device", "cpu")
     assert result.code == 0, result.stderr
     events = result.events  # every stdout line is an event: no table in JSON mode
     start, *progress, done = events

@@ -86,6 +86,8 @@ def test_the_dicom_seg_holds_exactly_the_labels_of_the_label_map_on_the_series_g
     # only frames where a segment is present, each referencing its source image in the source series
     expected_frames = sum(int(np.any(labels[k] == c.value)) for k in range(labels.shape[0]) for c in classes)
     assert seg.NumberOfFrames == expected_frames
+    referenced = [frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID for frame in seg.PerFrameFunctionalGroupsSequence]
+    assert len(referenced) == expected_frames and set(referenced) <= set(uids)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.3680043.2.1125.17.1"
 
 
@@ -121,7 +123,7 @@ def test_dcmqi_converts_the_dicom_seg_back_to_the_same_segments(chest_seg, tmp_p
         assert np.array_equal(sitk.GetArrayFromImage(segment) > 0, sitk.GetArrayFromImage(labels) == info.value), info.name
 
 
-def test_a_dicom_seg_of_a_volume_file_is_refused_before_any_work(predict, tmp_path, small_unet_one_class, cli):
+def test_a_dicom_seg_of_a_volume_file_is_refused_before_any_work(tmp_path, small_unet_one_class, cli):
     volume = write(make_volume(size=(24, 20, 3)), tmp_path / "v.nrrd")
     output = tmp_path / "out" / "seg.dcm"
     output.parent.mkdir(exist_ok=True)

@@ -4,8 +4,8 @@ segmented with an opened model, written, measured.
 The order is ``predict``'s (:mod:`~UNetSegmentationLib.inference.predict_file`): outputs checked and the
 input inspected before any work (:func:`prepare_case`), the outputs claimed by the caller, the data
 verified within the memory budget, then :func:`segment_case`. A DICOM SEG output (``.dcm``) is made
-from the label map ``segment_volume`` writes into a hidden temporary folder beside it, which goes away
-whatever happens; the SEG itself appears atomically (:mod:`~UNetSegmentationLib.io.dicom_seg`).
+from the label map ``segment_volume`` writes into a folder of the system's temporary folder, which goes
+away whatever happens; the SEG itself appears atomically (:mod:`~UNetSegmentationLib.io.dicom_seg`).
 """
 
 from __future__ import annotations
@@ -82,39 +82,41 @@ def segment_case(
     algorithm: Optional[AlgorithmInfo] = None,
     observers: Sequence = (),
     measure: bool = False,
+    t_start: Optional[float] = None,
 ) -> dict:
     """Segment a prepared case (outputs claimed, ``header`` verified by ``checked_input``) and write its
     outputs; returns ``segment_volume``'s summary naming the final outputs, plus ``volumes_ml`` (per class
-    name) when ``measure``. ``algorithm`` identifies the model in a DICOM SEG."""
+    name) when ``measure``. ``algorithm`` identifies the model in a DICOM SEG; ``t_start``: as ``segment_volume``'s."""
     if not prepared.case.writes_dicom_seg:
-        summary = segment_volume(header, prepared.outputs, model, options, reporter, observers=observers)
+        summary = segment_volume(header, prepared.outputs, model, options, reporter, t_start, observers=observers)
         if measure:
-            summary["volumes_ml"] = segment_volumes_ml(prepared.outputs[0], model)
+            summary["volumes_ml"] = segment_volumes_ml(_read_labels(prepared.outputs[0]), model)
         return summary
     output = prepared.outputs[0]
     # the intermediate label map goes to the system's temporary folder: a run killed here leaves nothing in the user's
     with tempfile.TemporaryDirectory(prefix="unetseg-dicom-seg-") as folder:
         labels_path = Path(folder) / "labels.nrrd"
         renaming = RenamingReporter(reporter, {str(labels_path): str(output)})
-        summary = segment_volume(header, [labels_path, *prepared.outputs[1:]], model, options, renaming, observers=observers)
-        with quiet_itk():
-            label_image = sitk.ReadImage(str(labels_path))
-        labels = sitk.GetArrayViewFromImage(label_image)  # a view: ``label_image`` outlives it
+        summary = segment_volume(header, [labels_path, *prepared.outputs[1:]], model, options, renaming, t_start, observers=observers)
+        label_image = _read_labels(labels_path)  # read once: the SEG's frames and the volumes
         if algorithm is None:
             algorithm = AlgorithmInfo(model.metadata.architecture, "unknown", "unetseg")
-        write_dicom_seg(labels, header.dicom_files, model.metadata.classes, output, algorithm, overwrite=options.overwrite)
+        write_dicom_seg(sitk.GetArrayViewFromImage(label_image), header.dicom_files, model.metadata.classes, output, algorithm, overwrite=options.overwrite)
         if measure:
-            summary["volumes_ml"] = segment_volumes_ml(labels_path, model)
+            summary["volumes_ml"] = segment_volumes_ml(label_image, model)
     summary["output"] = str(output)
     return summary
 
 
-def segment_volumes_ml(labels_path: Path, model: SegmentationModel) -> Dict[str, float]:
-    """Each class's volume in millilitres in the label map at ``labels_path`` (voxels × voxel volume)."""
+def _read_labels(path: Path) -> sitk.Image:
     with quiet_itk():
-        image = sitk.ReadImage(str(labels_path))
-    counts = np.bincount(sitk.GetArrayViewFromImage(image).ravel(), minlength=max(c.value for c in model.metadata.classes) + 1)
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        return sitk.ReadImage(str(path))
+
+
+def segment_volumes_ml(label_image: sitk.Image, model: SegmentationModel) -> Dict[str, float]:
+    """Each class's volume in millilitres in ``label_image`` (voxels × voxel volume)."""
+    counts = np.bincount(sitk.GetArrayViewFromImage(label_image).ravel(), minlength=max(c.value for c in model.metadata.classes) + 1)
+    voxel_ml = float(np.prod(label_image.GetSpacing())) / 1000.0
     return {c.name: round(float(counts[c.value]) * voxel_ml, 3) for c in model.metadata.classes}
 
 

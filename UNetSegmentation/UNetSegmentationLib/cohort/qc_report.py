@@ -55,19 +55,19 @@ def qc_flags(records: Dict[str, dict], classes: Sequence[ClassInfo]) -> Dict[str
         if record.get("status") != DONE:
             flags[name].append(f"failed: {record.get('error') or record.get('status')}")
     volumes = {c.name: np.array([float((records[n].get("volumes_ml") or {}).get(c.name, 0.0)) for n in done]) for c in classes}
+    medians = {c.name: float(np.median(volumes[c.name])) if done else 0.0 for c in classes}
     for name_index, name in enumerate(done):
         if not any(volumes[c.name][name_index] for c in classes):
             flags[name].append("nothing labelled")
         for info in classes:
-            values = volumes[info.name]
-            if values[name_index] == 0 and np.median(values) > 0:
-                flags[name].append(f"{info.name} empty (cohort median {np.median(values):.1f} mL)")
+            if volumes[info.name][name_index] == 0 and medians[info.name] > 0:
+                flags[name].append(f"{info.name} empty (cohort median {medians[info.name]:.1f} mL)")
     if len(done) >= MIN_COHORT:
         for info in classes:
             values = volumes[info.name]
             for name, z, value in zip(done, robust_z(values), values):
                 if abs(z) > OUTLIER_Z and value > 0:
-                    flags[name].append(f"{info.name} {value:.1f} mL, far from the cohort median {np.median(values):.1f} mL (robust z {z:+.1f})")
+                    flags[name].append(f"{info.name} {value:.1f} mL, far from the cohort median {medians[info.name]:.1f} mL (robust z {z:+.1f})")
     confidences = [(n, records[n].get("mean_confidence")) for n in done if isinstance(records[n].get("mean_confidence"), (int, float))]
     low_z = dict(zip([n for n, _ in confidences], robust_z(np.array([c for _, c in confidences])))) if len(confidences) >= MIN_COHORT else {}
     median_confidence = float(np.median([c for _, c in confidences])) if confidences else 0.0

@@ -122,10 +122,3 @@ def _ray_module():
     except ImportError:
         raise UserError(f"--executor ray needs Ray: {INSTALL_HINT}") from None
     return ray
-
-
-def ray_installed() -> bool:
-    """Whether Ray can be imported (looked up, not imported)."""
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None

@@ -41,6 +41,5 @@ def predict_case_file(
         resolve_depth(checkpoint.metadata, options.depth)
         header = checked_input(prepared.header, checkpoint.metadata, options)
         model = open_model(checkpoint, options, reporter)
-        model.seconds = time.perf_counter() - t_start  # the done summary's load time counts from the start, as predict's does
         algorithm = algorithm_info(Path(checkpoint_path), file_sha256(Path(checkpoint_path)), checkpoint.metadata.architecture) if case.writes_dicom_seg else None
-        return segment_case(prepared, header, model, options, reporter, algorithm)
+        return segment_case(prepared, header, model, options, reporter, algorithm, t_start=t_start)  # the load time counts from the start, as predict's does

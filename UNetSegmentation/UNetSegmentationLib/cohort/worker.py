@@ -9,6 +9,7 @@ worker goes on with the next case. Opening the model fails the whole run (every 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -63,7 +64,7 @@ class CaseWorker:
         t0 = time.perf_counter()
         reporter, meter = CaseReporter(), ConfidenceMeter()
         record = {"case": case.name, "input": str(case.input), "series": case.series_uid, "output": str(case.output), "worker": self.where}
-        options = self.options if not overwrite else _overwriting(self.options)
+        options = dataclasses.replace(self.options, overwrite=True) if overwrite else self.options
         try:
             prepared = prepare_case(case, options)
             with claiming_outputs():
@@ -71,13 +72,12 @@ class CaseWorker:
                 header = checked_input(prepared.header, self.model.metadata, options)
                 summary = segment_case(prepared, header, self.model, options, reporter, self.algorithm, observers=[meter], measure=True)
         except UserError as error:
-            return {**record, "status": FAILED, "error": str(error), "warnings": reporter.warnings, "seconds": round(time.perf_counter() - t0, 3), "finished": now_text()}
+            return _failed(record, str(error), reporter, t0)
         except MemoryError:
-            return {**record, "status": FAILED, "error": "out of memory", "warnings": reporter.warnings, "seconds": round(time.perf_counter() - t0, 3), "finished": now_text()}
+            return _failed(record, "out of memory", reporter, t0)
         except Exception as error:  # a bug on this case: recorded with its traceback's last lines, the cohort goes on
             tail = traceback.format_exc().strip().splitlines()[-3:]
-            message = f"internal error: {type(error).__name__}: {error} ({' | '.join(t.strip() for t in tail)})"
-            return {**record, "status": FAILED, "error": message[:2000], "warnings": reporter.warnings, "seconds": round(time.perf_counter() - t0, 3), "finished": now_text()}
+            return _failed(record, f"internal error: {type(error).__name__}: {error} ({' | '.join(t.strip() for t in tail)})"[:2000], reporter, t0)
         seconds = time.perf_counter() - t0
         return {
             **record,
@@ -94,7 +94,6 @@ class CaseWorker:
         }
 
 
-def _overwriting(options: SegmentationOptions) -> SegmentationOptions:
-    import dataclasses
-
-    return dataclasses.replace(options, overwrite=True)
+def _failed(record: dict, message: str, reporter: CaseReporter, t0: float) -> dict:
+    """The ``failed`` record of a case that started at ``t0`` (``perf_counter``), with its message and warnings."""
+    return {**record, "status": FAILED, "error": message, "warnings": reporter.warnings, "seconds": round(time.perf_counter() - t0, 3), "finished": now_text()}

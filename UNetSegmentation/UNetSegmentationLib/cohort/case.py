@@ -24,11 +24,10 @@ from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.predict_file import SegmentationModel, checked_outputs, segment_volume
 from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo, write_dicom_seg
-from UNetSegmentationLib.io.dicom_series import check_stack, series_files
-from UNetSegmentationLib.io.input_header import InputHeader, read_header
+from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.native_messages import quiet_itk
 from UNetSegmentationLib.io.outputs import check_output_path
-from UNetSegmentationLib.io.volumes import inspect_input, validate_header
+from UNetSegmentationLib.io.volumes import inspect_input
 from UNetSegmentationLib.protocol.reporters import Reporter
 
 
@@ -42,19 +41,6 @@ class PreparedCase:
     outputs: List[Path]
 
 
-def inspect_case_input(path: Path, series_uid: Optional[str] = None) -> InputHeader:
-    """:func:`~UNetSegmentationLib.io.volumes.inspect_input`, or for series ``series_uid`` of a DICOM folder the same checks on that series."""
-    if series_uid is None:
-        return inspect_input(path)
-    if not Path(path).is_dir():
-        raise UserError(f"--series {series_uid}: {path} is not a DICOM folder")
-    files = series_files(Path(path), series_uid)
-    header = read_header(Path(path), files)
-    validate_header(header)
-    check_stack(Path(path), files)
-    return header
-
-
 def prepare_case(case: CohortCase, options: SegmentationOptions) -> PreparedCase:
     """Outputs checked and the input inspected (nothing claimed, nothing read but headers)."""
     if case.writes_dicom_seg:
@@ -62,7 +48,7 @@ def prepare_case(case: CohortCase, options: SegmentationOptions) -> PreparedCase
         outputs[0] = check_output_path(case.output, options.overwrite, what="DICOM SEG", extensions=(".dcm",))
     else:
         outputs = checked_outputs(case.input, case.output, options)
-    header = inspect_case_input(case.input, case.series_uid)
+    header = inspect_input(case.input, case.series_uid)
     if case.writes_dicom_seg and not header.dicom_files:
         raise UserError(f"{case.output}: a DICOM SEG needs a DICOM series as input, and {case.input} is a volume file; write a label map (.nrrd, .seg.nrrd) instead")
     return PreparedCase(case, header, outputs)

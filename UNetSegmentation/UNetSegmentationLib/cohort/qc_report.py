@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from UNetSegmentationLib.cohort.case import inspect_case_input
+from UNetSegmentationLib.io.volumes import inspect_input
 from UNetSegmentationLib.cohort.discovery import CohortCase
 from UNetSegmentationLib.cohort.manifest import DONE
 from UNetSegmentationLib.errors import UserError
@@ -110,7 +110,7 @@ def write_qc_report(cases: Sequence[CohortCase], records: Dict[str, dict], class
 
 def _case_panels(case: CohortCase, classes: Sequence[ClassInfo]) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Three (image, labels) slices of the case, each downsampled to at most :data:`THUMBNAIL_PIXELS` a side."""
-    header = inspect_case_input(case.input, case.series_uid)
+    header = inspect_input(case.input, case.series_uid)
     volume = read_volume(case.input, header)
     image = sitk.GetArrayViewFromImage(volume)  # a view: ``volume`` must outlive it (it does, to the end of this function)
     if case.writes_dicom_seg:

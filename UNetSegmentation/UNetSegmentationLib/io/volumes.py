@@ -29,17 +29,20 @@ from UNetSegmentationLib.io.payload import describe_payload, format_bytes, missi
 from UNetSegmentationLib.io.reader_hazards import reader_hazard
 
 
-def inspect_input(path) -> InputHeader:
+def inspect_input(path, series_uid: Optional[str] = None) -> InputHeader:
     """The header of input ``path`` once everything that can be known without reading the voxels is
-    right, or a :class:`UserError` that says what is not."""
+    right, or a :class:`UserError` that says what is not. ``series_uid`` (``--series``) chooses a series
+    in a DICOM folder that holds several."""
     path = Path(path)
     mode = _stat_mode(path)
     kind = special_file_kind(mode)
     if kind:
         raise UserError(f"input {path} is {kind}, not a volume file; give a regular file (.nrrd, .nii, .nii.gz, .mha) or a DICOM series folder")
     _check_readable(path)
+    if series_uid is not None and not os.path.isdir(path):
+        raise UserError(f"--series {series_uid}: {path} is not a DICOM folder")
     if os.path.isdir(path):
-        files = series_files(path)
+        files = series_files(path, series_uid)
         header = read_header(path, files)
     else:
         hazard = reader_hazard(path)  # a header ITK's reader would crash or hang on: it never sees it

@@ -91,7 +91,7 @@ def dice(checkpoint: Path, slices: Sequence[int], folder: Path, depth: Optional[
     """Per-class Dice of ``checkpoint`` on ``slices`` of the CT (``unetseg evaluate``, PyTorch float32), at ``depth``
     (default: the checkpoint's recommended depth, else its deepest)."""
     metadata = read_metadata(checkpoint)
-    depth = depth or metadata.recommended_depth or max(d for d in (1, 2, 3, 4))
+    depth = depth or metadata.recommended_depth or 4  # L4: the deepest of the five-level UNet++ trained here
     out = folder / f"eval-{checkpoint.stem}"
     run("evaluate", "--checkpoint", checkpoint, "--image", CT, "--label", label, "--slices", spec(slices), "--depth", depth,
         "--output-dir", out, "--overwrite", "--progress", "none", "--device", "cpu", "--backend", "torch", "--precision", "fp32")

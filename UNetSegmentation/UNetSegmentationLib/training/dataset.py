@@ -157,7 +157,7 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     base_spacing = init_metadata.in_plane_spacing if init_metadata is not None else None
     target = target_spacing(config.spacing, train_volumes, base_spacing)
     metadata.training_spacing = recorded_spacing(target, train_volumes)
-    metadata.slice_distance = init_metadata.context_distance if init_metadata is not None and init_metadata.context_distance else median_slice_spacing(train_volumes)
+    metadata.slice_distance = base_distance or median_slice_spacing(train_volumes)
     volumes = [resample_volume(volume, target, len(metadata.classes) + 1) for volume in volumes]
     for volume in volumes:  # the 2.5D neighbours lie the slice distance away in mm, as predict takes them
         volume.context_step = metadata.slice_distance / volume.spacing[0]

@@ -151,11 +151,12 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return teacher
 
 
-def lineage(init: str, classes_labelled: Sequence[str], classes_kept: Sequence[str], train_slices: Optional[Sequence[int]], frozen: Dict[str, bool]) -> Dict[str, Any]:
-    """The start of ``training["fine_tuning"]``: the base model and what the labels covered."""
+def lineage(init: str, base_sha256: str, classes_labelled: Sequence[str], classes_kept: Sequence[str], train_slices: Optional[Sequence[int]],
+            frozen: Dict[str, bool]) -> Dict[str, Any]:
+    """The start of ``training["fine_tuning"]``: the base model (``base_sha256``: :func:`sha256_of` the ``init`` file) and what the labels covered."""
     path = Path(init)
     return {
-        "base": {"path": str(path.resolve()), "name": path.name, "sha256": sha256_of(path)},
+        "base": {"path": str(path.resolve()), "name": path.name, "sha256": base_sha256},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "classes_labelled": list(classes_labelled),
         "classes_not_labelled": list(classes_kept),

@@ -73,11 +73,13 @@ class SliceSampler:
         self.augment = (augment or AugmentOptions()).transforms()
         # (volume, slice) pairs: all training slices, and per class those containing it
         self.all_slices = np.array([(v, s) for v, volume in enumerate(self.volumes) for s in volume.train_slices], dtype=np.int64)
-        self.class_slices: Dict[int, np.ndarray] = {}
-        for channel in range(1, class_count + 1):
-            pairs = [(v, int(s)) for v, volume in enumerate(self.volumes) for s in volume.train_slices if (volume.targets[s] == channel).any()]
-            if pairs:
-                self.class_slices[channel] = np.array(pairs, dtype=np.int64)
+        pairs: Dict[int, list] = {channel: [] for channel in range(1, class_count + 1)}
+        for v, volume in enumerate(self.volumes):  # one pass over the slices, not one per class
+            for s in volume.train_slices:
+                present = np.bincount(np.ravel(volume.targets[s]), minlength=class_count + 1)[1:class_count + 1]
+                for channel in np.flatnonzero(present) + 1:
+                    pairs[int(channel)].append((v, int(s)))
+        self.class_slices: Dict[int, np.ndarray] = {c: np.array(p, dtype=np.int64) for c, p in pairs.items() if p}
         self.missing_classes = [c for c in range(1, class_count + 1) if c not in self.class_slices]
 
     def set_random_state(self, seed: int) -> np.random.Generator:

@@ -52,7 +52,7 @@ from UNetSegmentationLib.training.checkpointing import (
 )
 from UNetSegmentationLib.training.config import TrainConfig, TrainResult, round_crop
 from UNetSegmentationLib.training.dataset import TrainingData, load_training_data
-from UNetSegmentationLib.training.finetuning import check_new_output, freeze, frozen_copy, keep_frozen_norms, lineage
+from UNetSegmentationLib.training.finetuning import check_new_output, freeze, frozen_copy, keep_frozen_norms, lineage, sha256_of
 from UNetSegmentationLib.training.history import epoch_line, write_log
 from UNetSegmentationLib.training.losses import SegmentationLoss, loss_kind
 from UNetSegmentationLib.training.optimization import Optimization
@@ -86,6 +86,7 @@ class TrainingSetup:
     started: float
     base: Optional[Checkpoint] = None  # the --init checkpoint of a fine-tuning run
     teacher: Optional[torch.nn.Module] = None  # the frozen base, teaching the unlabelled classes (partial_labels.py)
+    base_sha256: Optional[str] = None  # of the --init file, hashed once: every checkpoint written records it
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -174,7 +175,9 @@ class Trainer:
         optimization = Optimization.build(config, model, device)
         fingerprint = run_fingerprint(config, self.train_cases + self.val_cases)
         teacher = frozen_copy(model) if init is not None and data.unlabelled else None
-        return TrainingSetup(config, device, data, model, crop, kind, criterion, sampler, optimization, fingerprint, data.description(self.data_description), started, init, teacher)
+        base_sha256 = sha256_of(Path(config.init)) if init is not None else None
+        return TrainingSetup(config, device, data, model, crop, kind, criterion, sampler, optimization, fingerprint, data.description(self.data_description), started,
+                             init, teacher, base_sha256)
 
     def _report_start(self, setup: TrainingSetup, state: RunState) -> None:
         config, metadata = setup.config, setup.metadata
@@ -261,10 +264,10 @@ class Trainer:
                     upcoming = preparer.submit(setup.sampler.batch, config.batch_size)
                 yield batch
 
-    def _step(self, setup: TrainingSetup, state: RunState, batch: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[float, Dict[str, float]]:
-        """One optimiser step on ``batch`` (inputs, targets; default: a fresh one); returns the loss and its terms."""
+    def _step(self, setup: TrainingSetup, state: RunState, batch: Tuple[np.ndarray, np.ndarray]) -> Tuple[float, Dict[str, float]]:
+        """One optimiser step on ``batch`` (inputs, targets); returns the loss and its terms."""
         config, device = setup.config, setup.device
-        inputs, targets = batch if batch is not None else setup.sampler.batch(config.batch_size)
+        inputs, targets = batch
         inputs = torch.from_numpy(inputs).to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
         targets = torch.from_numpy(targets).to(device, non_blocking=True)
         with setup.optimization.autocast():
@@ -330,7 +333,7 @@ class Trainer:
         """``training["fine_tuning"]``: the base model (path, SHA-256), what the labels covered, the Dice before and after."""
         classes = setup.metadata.classes
         unlabelled = [classes[c - 1].name for c in setup.data.unlabelled]
-        record = lineage(setup.config.init, [c.name for c in classes if c.name not in unlabelled], unlabelled, setup.config.train_slices,
+        record = lineage(setup.config.init, setup.base_sha256, [c.name for c in classes if c.name not in unlabelled], unlabelled, setup.config.train_slices,
                          {"freeze_encoder": setup.config.freeze_encoder, "freeze_norm": setup.config.freeze_norm})
         before, after = state.baseline, state.best.validation
         record.update(validation_before=before, validation_after=after,

@@ -14,8 +14,7 @@ from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.io.outputs import lock_path, temporary_path
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
 from UNetSegmentationLib.protocol.events import LOG, PROGRESS, START, VERSION, WARNING
-from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, FAILED, EngineProcess
-from UNetSegmentationLib.protocol.runner import EXIT
+from UNetSegmentationLib.protocol.runner import CANCELLED, DONE, EXIT, FAILED, EngineProcess
 
 
 @pytest.mark.child_process

@@ -347,6 +347,7 @@ def test_every_module_the_module_loads_parses_as_python_3_9(modules_loaded_with_
     """Slicer 5.8 (Python 3.9) loads the module at start-up: a 3.10-only syntax anywhere in what it loads
     would replace the "needs Slicer 5.10" message with a SyntaxError."""
     ours = [m for m in modules_loaded_with_the_module if m.split(".")[0] in ("UNetSegmentationLib", "UNetSegmentationSlicer")]
+    assert {"UNetSegmentationSlicer.parameters", "UNetSegmentationLib.panel.run", "UNetSegmentationLib.panel.checkpoints"} <= set(ours)
     for name in ours:
         path = MODULE_DIR / Path(*name.split("."))
         path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")

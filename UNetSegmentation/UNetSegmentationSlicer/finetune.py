@@ -18,7 +18,6 @@ from typing import List, Sequence
 import slicer
 import vtk
 
-from UNetSegmentationLib.model.header import read_metadata
 from UNetSegmentationLib.panel.finetune_run import DONE, FineTuneParameters, FineTuneRun, model_file_stem
 from UNetSegmentationSlicer import scene
 
@@ -105,7 +104,7 @@ def start_fine_tune(run: FineTuneRun, volume_node, segmentation_node) -> None:
     if volume_node is None:
         raise RuntimeError("choose the volume to learn from")
     run.begin_exporting()
-    exported = export_training_pair(volume_node, segmentation_node, read_metadata(run.parameters.base).classes, run.image_path, run.label_path)
+    exported = export_training_pair(volume_node, segmentation_node, run.parameters.base_metadata.classes, run.image_path, run.label_path)
     run.add_log("Learning from the segments %s of '%s'" % (", ".join(exported.used), segmentation_node.GetName()))
     if exported.left_out:
         run.add_log("Left out (not among the model's classes): %s" % ", ".join(exported.left_out))

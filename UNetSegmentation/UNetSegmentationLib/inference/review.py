@@ -165,7 +165,7 @@ def check_review_list(review_list: Optional[Path], overwrite: bool, others: Sequ
 
 def review_list_text(entries: Sequence[ReviewEntry], extension: str) -> str:
     """Every entry as ``.json`` (``{"slices": [{rank, slice, axis, score}, ...]}``) or ``.csv`` (a header row, then one row each)."""
-    rows = [{"rank": e.rank, "slice": e.slice, "axis": e.axis, "score": round(e.score, 6)} for e in entries]
+    rows = [{"rank": entry.rank, **entry.as_event()} for entry in entries]  # the columns of REVIEW_FIELDS
     if extension == ".json":
         return json.dumps({"slices": rows}, indent=1) + "\n"
     text = io.StringIO()

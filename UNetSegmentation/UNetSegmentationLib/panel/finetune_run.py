@@ -21,13 +21,14 @@ import datetime
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.model.header import SAFETENSORS, checkpoint_kind, read_metadata
+from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.panel.child_run import (
     CANCEL_TEXT,
     CANCELLED,
@@ -108,7 +109,8 @@ class FineTuneParameters:
     ``steps_per_epoch``: None for the engine's fine-tuning defaults; ``validation``: the share of the
     slices held out to measure the Dice before and after (the model card's, and the progress line's),
     used when the whole segmentation is the user's truth (no ``train_slices``: otherwise the slices not
-    marked are no truth to measure against); None: no validation.
+    marked are no truth to measure against); None: no validation. ``base_metadata``: the base's
+    metadata, read once on construction (its classes name the segments to export).
     """
 
     base: Path
@@ -119,6 +121,7 @@ class FineTuneParameters:
     epochs: Optional[int] = None  # None: the engine's fine-tuning defaults
     steps_per_epoch: Optional[int] = None
     validation: Optional[float] = 0.2
+    base_metadata: ModelMetadata = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", Path(self.base))
@@ -129,7 +132,7 @@ class FineTuneParameters:
             raise UserError(f"Choose the model to fine-tune: {self.base} is not a file.")
         if checkpoint_kind(self.base) != SAFETENSORS:
             raise UserError("Fine-tuning starts from a .safetensors model (a plain PyTorch file does not say its classes and normalisation).")
-        read_metadata(self.base)  # a broken model says why here, before any export
+        object.__setattr__(self, "base_metadata", read_metadata(self.base))  # a broken model says why here, before any export
         if self.train_slices is not None and not _SLICES.match(self.train_slices):
             raise UserError(f"Slices to train on: give numbers and ranges separated by commas, e.g. 12-18,40 (got {self.train_slices!r}).")
         if _UNSAFE.sub("", self.name) != self.name or not self.name.strip(".-"):

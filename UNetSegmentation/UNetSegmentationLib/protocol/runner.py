@@ -272,7 +272,7 @@ class EngineProcess:
             if pid is not None:
                 with contextlib.suppress(OSError):
                     temporary_path(path, pid).unlink()
-                _remove_lock_of(path, pid)
+                remove_abandoned_lock(path, pid)  # the lock file a killed child left (tidiness), never one another run holds now
             if path.exists() and _signature(path) != self._before.get(path):
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -289,12 +289,6 @@ def _signature(path: Path) -> Optional[Tuple[int, int]]:
     except OSError:
         return None
     return status.st_ino, status.st_mtime_ns
-
-
-def _remove_lock_of(path: Path, pid: int) -> None:
-    """Remove the output lock file that the child ``pid`` left when it was killed (tidiness: an abandoned
-    ``flock`` lock blocks nobody), never one another run holds now (:func:`~UNetSegmentationLib.io.locks.remove_abandoned_lock`)."""
-    remove_abandoned_lock(path, pid)
 
 
 def _signal_group(pid: int, signum: int) -> None:

@@ -21,7 +21,6 @@ whether a file found there may serve a run:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -35,6 +34,7 @@ try:
 except ImportError:  # Windows: partial exports are judged by their age alone
     fcntl = None
 
+from UNetSegmentationLib.io.file_digest import file_digest
 from UNetSegmentationLib.model.depth import depth_tag
 
 
@@ -72,11 +72,7 @@ def cache_dir() -> Path:
 
 def content_digest(path: Path):
     """A SHA-256 hash object fed with a checkpoint file's bytes (keys continue from copies of it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest
+    return file_digest(path)
 
 
 def export_binding(checkpoint, depth, guidance: bool, portable: bool = False, content=None) -> str:

@@ -78,7 +78,7 @@ def predict_cohort(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.cli.models import metadata_from_options
     from UNetSegmentationLib.cohort.batch import check_model, finish, run_cohort
     from UNetSegmentationLib.cohort.discovery import DEFAULT_NAME_RULE, find_inputs, plan_cases
-    from UNetSegmentationLib.cohort.worker import file_sha256
+    from UNetSegmentationLib.io.file_digest import file_sha256
     from UNetSegmentationLib.inference.options import SegmentationOptions
 
     _check_cohort_options(args)

@@ -10,7 +10,8 @@ from typing import Optional
 
 from UNetSegmentationLib.cohort.case import prepare_case, segment_case
 from UNetSegmentationLib.cohort.discovery import CohortCase
-from UNetSegmentationLib.cohort.worker import algorithm_info, file_sha256
+from UNetSegmentationLib.cohort.worker import algorithm_info
+from UNetSegmentationLib.io.file_digest import file_sha256
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.predict_file import checked_input, open_model
 from UNetSegmentationLib.io.outputs import claim_outputs, claiming_outputs

@@ -10,7 +10,6 @@ worker goes on with the next case. Opening the model fails the whole run (every 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import socket
 import time
@@ -28,15 +27,6 @@ from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo
 from UNetSegmentationLib.io.outputs import claim_outputs, claiming_outputs
 from UNetSegmentationLib.model.checkpoint import load_checkpoint
 from UNetSegmentationLib.model.metadata import ModelMetadata
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """The SHA-256 of a file's bytes (the model's identity in the manifest and in a DICOM SEG)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def algorithm_info(checkpoint_path: Path, checkpoint_sha256: str, architecture: str) -> AlgorithmInfo:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -99,15 +98,6 @@ def check_new_output(output: Path, init: Optional[str]) -> None:
         raise UserError(f"{output} is the bundled model: it is never replaced; give another output name, e.g. in your own models folder")
 
 
-def sha256_of(path: Path) -> str:
-    """The file's SHA-256, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 #: per architecture, whether a parameter (by its state-dict name) belongs to the encoder
 ENCODER_PARAMETERS = {
     "unetplusplus": lambda name: name.startswith("nodes.x") and name.split(".")[1].endswith("0"),
@@ -153,7 +143,7 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def lineage(init: str, base_sha256: str, classes_labelled: Sequence[str], classes_kept: Sequence[str], train_slices: Optional[Sequence[int]],
             frozen: Dict[str, bool]) -> Dict[str, Any]:
-    """The start of ``training["fine_tuning"]``: the base model (``base_sha256``: :func:`sha256_of` the ``init`` file) and what the labels covered."""
+    """The start of ``training["fine_tuning"]``: the base model (``base_sha256``: :func:`~UNetSegmentationLib.io.file_digest.file_sha256` of the ``init`` file) and what the labels covered."""
     path = Path(init)
     return {
         "base": {"path": str(path.resolve()), "name": path.name, "sha256": base_sha256},

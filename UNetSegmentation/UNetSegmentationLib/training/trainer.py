@@ -52,7 +52,8 @@ from UNetSegmentationLib.training.checkpointing import (
 )
 from UNetSegmentationLib.training.config import TrainConfig, TrainResult, round_crop
 from UNetSegmentationLib.training.dataset import TrainingData, load_training_data
-from UNetSegmentationLib.training.finetuning import check_new_output, freeze, frozen_copy, keep_frozen_norms, lineage, sha256_of
+from UNetSegmentationLib.io.file_digest import file_sha256
+from UNetSegmentationLib.training.finetuning import check_new_output, freeze, frozen_copy, keep_frozen_norms, lineage
 from UNetSegmentationLib.training.history import epoch_line, write_log
 from UNetSegmentationLib.training.losses import SegmentationLoss, loss_kind
 from UNetSegmentationLib.training.optimization import Optimization
@@ -175,7 +176,7 @@ class Trainer:
         optimization = Optimization.build(config, model, device)
         fingerprint = run_fingerprint(config, self.train_cases + self.val_cases)
         teacher = frozen_copy(model) if init is not None and data.unlabelled else None
-        base_sha256 = sha256_of(Path(config.init)) if init is not None else None
+        base_sha256 = file_sha256(Path(config.init)) if init is not None else None
         return TrainingSetup(config, device, data, model, crop, kind, criterion, sampler, optimization, fingerprint, data.description(self.data_description), started,
                              init, teacher, base_sha256)
 

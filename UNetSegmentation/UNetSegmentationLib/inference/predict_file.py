@@ -177,8 +177,8 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
         predictor, quantize_s = quantized_for_volume(predictor, volume, geometry, metadata, mapping, reporter, layout)
     t_prepared = time.perf_counter()
 
-    review = review_ranking(options, geometry, metadata)  # the slices ranked by uncertainty (inference/review.py)
-    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[*([review] if review else []), *observers], grid=layout.grid, bodies=layout.bodies)
+    review = review_ranking(options, geometry)  # the slices ranked by uncertainty (inference/review.py)
+    result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[review, *observers], grid=layout.grid, bodies=layout.bodies)
     if options.largest_component:
         t_clean = time.perf_counter()
         result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])
@@ -201,8 +201,7 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
         "total_s": t_written - t_start,
     }
     summary = _summary(outputs, depth, predictor, timings)
-    if review:  # the most uncertain slices in the done event, all of them in --review-list
-        summary.update(review.finish(options.review_list))
+    summary.update(review.finish(options.review_list))  # the most uncertain slices in the done event, all of them in --review-list
     reporter.done(**summary)
     return summary
 

@@ -182,10 +182,10 @@ def write_review_list(entries: Sequence[ReviewEntry], path: Path, overwrite: boo
         temporaries[0].write_text(text, encoding="utf-8")
 
 
-def review_ranking(options, geometry, metadata) -> ReviewRanking:
+def review_ranking(options, geometry) -> ReviewRanking:
     """The ranking a run keeps: always on (a few numpy passes per batch); slices along ``geometry``'s slice axis.
 
     ``options`` (:class:`~UNetSegmentationLib.inference.options.SegmentationOptions`) says whether an
-    existing review list may be replaced; ``metadata`` is not needed by the score (kept for the call's form).
+    existing review list may be replaced.
     """
     return ReviewRanking("ijk"[geometry.slice_axis], overwrite=bool(getattr(options, "overwrite", False)))

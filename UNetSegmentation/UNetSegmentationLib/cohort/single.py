@@ -13,10 +13,8 @@ from UNetSegmentationLib.cohort.discovery import CohortCase
 from UNetSegmentationLib.cohort.worker import algorithm_info
 from UNetSegmentationLib.io.file_digest import file_sha256
 from UNetSegmentationLib.inference.options import SegmentationOptions
-from UNetSegmentationLib.inference.predict_file import checked_input, open_model
+from UNetSegmentationLib.inference.predict_file import model_for_input
 from UNetSegmentationLib.io.outputs import claim_outputs, claiming_outputs
-from UNetSegmentationLib.model.checkpoint import load_checkpoint
-from UNetSegmentationLib.model.depth import resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.protocol.reporters import Reporter
 
@@ -38,9 +36,6 @@ def predict_case_file(
     prepared = prepare_case(case, options)  # outputs checked, input inspected: before any lock or model
     with claiming_outputs():
         claim_outputs(prepared.outputs)
-        checkpoint = load_checkpoint(checkpoint_path, plain_metadata, weights=False)
-        resolve_depth(checkpoint.metadata, options.depth)
-        header = checked_input(prepared.header, checkpoint.metadata, options)
-        model = open_model(checkpoint, options, reporter)
-        algorithm = algorithm_info(Path(checkpoint_path), file_sha256(Path(checkpoint_path)), checkpoint.metadata.architecture) if case.writes_dicom_seg else None
+        header, model = model_for_input(checkpoint_path, prepared.header, options, reporter, plain_metadata)
+        algorithm = algorithm_info(Path(checkpoint_path), file_sha256(Path(checkpoint_path)), model.metadata.architecture) if case.writes_dicom_seg else None
         return segment_case(prepared, header, model, options, reporter, algorithm, t_start=t_start)  # the load time counts from the start, as predict's does

@@ -135,12 +135,26 @@ def predict_file(
     header = inspect_input(input_path)  # a regular file or a DICOM folder, complete, from its header: before any lock
     with claiming_outputs():  # a lock per output while the run lasts: a second run on the same output is refused
         claim_outputs(outputs)
-        # weights read when a network is built: a cached ONNX export of this very file needs only the metadata
-        checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
-        resolve_depth(checkpoint.metadata, options.depth)  # a --depth this network cannot run at: before any voxel is decoded
-        header = checked_input(header, checkpoint.metadata, options, memory_available)  # before PyTorch or the model loads
-        model = open_model(checkpoint, options, reporter, predictor_factory)
+        header, model = model_for_input(checkpoint_path, header, options, reporter, plain_torch_metadata, predictor_factory, memory_available)
         return segment_volume(header, outputs, model, options, reporter, t_start)
+
+
+def model_for_input(
+    checkpoint_path,
+    header: InputHeader,
+    options: SegmentationOptions,
+    reporter: Reporter,
+    plain_torch_metadata: Optional[ModelMetadata] = None,
+    predictor_factory: PredictorFactory = create_predictor,
+    memory_available: Callable[[], Optional[int]] = available_memory,
+) -> Tuple[InputHeader, SegmentationModel]:
+    """``(checked input, opened model)`` for one inspected input, in predict's order: the checkpoint's
+    metadata, the depth, the memory and data checks (before PyTorch or the model loads), then the model."""
+    # weights read when a network is built: a cached ONNX export of this very file needs only the metadata
+    checkpoint: Checkpoint = load_checkpoint(checkpoint_path, plain_torch_metadata, weights=False)
+    resolve_depth(checkpoint.metadata, options.depth)  # a --depth this network cannot run at: before any voxel is decoded
+    header = checked_input(header, checkpoint.metadata, options, memory_available)
+    return header, open_model(checkpoint, options, reporter, predictor_factory)
 
 
 def checked_input(header: InputHeader, metadata: ModelMetadata, options: SegmentationOptions, memory_available: Callable[[], Optional[int]] = available_memory) -> InputHeader:

@@ -1,5 +1,6 @@
 """The engine's shape, checked from its source by ``bench/import_graph.py``: no import cycle between
-files or between concept folders, no Slicer/Qt/VTK in the engine, files and functions of modest size.
+files or between concept folders, no Slicer/Qt/VTK in the engine, files and functions of modest size,
+and a Slicer module file ``UNetSegmentation.py`` that stays the Slicer wiring (at most 550 lines).
 
 The checker reads the files with :mod:`ast` (nothing is imported); its own behaviour is checked on
 small synthetic packages, so a passing run means "no cycle" rather than "nothing was read".
@@ -19,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "import_graph.py"
 #: folders whose functions are held to the 80-line limit here (the others are reported by the script)
 FUNCTION_LIMITED_FOLDERS = ("UNetSegmentationLib/networks/", "UNetSegmentationLib/model/")
+#: the Slicer module file's limit (issue 22): what is not Slicer wiring lives in UNetSegmentationSlicer or the engine's panel
+MODULE_FILE_LIMIT = 550
 
 
 def _load_checker():
@@ -64,7 +67,7 @@ def test_the_checker_reads_every_engine_file(report):
 
 
 def test_the_engine_has_no_import_cycle_between_files_or_folders():
-    result = run_checker()
+    result = run_checker("--max-file-lines", "100000", "--max-module-lines", "100000")  # sizes have tests of their own below
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -74,6 +77,17 @@ def test_the_engine_never_imports_slicer_qt_or_vtk(report):
 
 def test_no_engine_file_is_over_450_lines(report):
     assert report.long_files == {}, "split these files: " + ", ".join(f"{path} ({lines} lines)" for path, lines in report.long_files.items())
+
+
+def test_the_slicer_module_file_is_at_most_550_lines(report):
+    lines = len((ROOT / "UNetSegmentation" / "UNetSegmentation.py").read_text(encoding="utf-8").splitlines())
+    assert report.long_module_files == {}, f"UNetSegmentation.py has {lines} lines: move what is not Slicer wiring into UNetSegmentationSlicer"
+    assert lines <= MODULE_FILE_LIMIT
+
+
+def test_the_checker_exits_1_when_the_module_file_or_an_engine_file_is_too_long():
+    assert run_checker("--max-module-lines", "10").returncode == 1
+    assert run_checker("--max-module-lines", "100000", "--max-file-lines", "10").returncode == 1
 
 
 def test_functions_of_networks_and_model_are_at_most_80_lines(report):
@@ -127,8 +141,10 @@ def test_slicer_imports_long_files_and_long_functions_are_reported(tmp_path):
         "UNetSegmentationLib/a/gui.py": "def show():\n    import slicer\n    from qt import QWidget\n",
         "UNetSegmentationLib/a/long.py": "def long():\n" + body + "\n" * 400,
         "UNetSegmentationSlicer/widgets.py": "import slicer\nimport vtk\n",  # the Slicer side may
+        "UNetSegmentation.py": "import slicer\n" + "\n" * 560,
     })
     report = import_graph.build_report(source=source)
+    assert report.long_module_files == {"UNetSegmentation.py": 561}
     assert report.slicer_imports == ["UNetSegmentationLib/a/gui.py:2 imports slicer", "UNetSegmentationLib/a/gui.py:3 imports qt"]
     assert report.long_files == {"UNetSegmentationLib/a/long.py": 486}
     assert report.long_functions == {"UNetSegmentationLib/a/long.py:1 long": 86}

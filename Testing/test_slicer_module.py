@@ -7,7 +7,9 @@
   module level or in ``setup()`` (directly or through the Lib and ``UNetSegmentationSlicer`` modules it
   imports); it stays the Slicer wiring (at most 550 lines);
 - every ``slicer.util`` and segmentation API name the Slicer layer (the module file and
-  ``UNetSegmentationSlicer``) uses is in the shared Slicer reference;
+  ``UNetSegmentationSlicer``) uses is defined in Slicer's own code that slicer-core installs (``slicer/util.py``
+  with the keyword arguments passed, the MRML classes), and every other Slicer fact it relies on is one of
+  those written down in ``Testing/slicer_facts.py``: nothing outside the repository is read;
 - the catalogue entry ``UNetSegmentation.json`` has exactly the allowed fields and matches CMake.
 """
 
@@ -32,7 +34,6 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "UNetSegmentation.ui"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = REPO / "CMakeLists.txt"
 CATALOGUE = REPO / "UNetSegmentation.json"
-REFERENCE = REPO.parent / "shared" / "slicer-reference.md"
 
 HEAVY_MODULES = ("torch", "monai", "numpy", "SimpleITK", "safetensors", "slicerio", "nrrd", "scipy")
 #: extensions of files that must be installed with the module
@@ -427,58 +428,68 @@ def test_setup_opens_no_dialog_and_starts_no_process():
         assert forbidden not in source, f"{forbidden} is reached from setup()"
 
 
-# --- the Slicer API it uses, against the shared reference --------------------------------------------
+# --- the Slicer API it uses, against Slicer's own code (slicer-core) and Testing/slicer_facts.py -------
 
 
-@pytest.fixture(scope="module")
-def reference_text() -> str:
-    if not REFERENCE.is_file():
-        pytest.skip(f"the shared Slicer reference is not at {REFERENCE} (../shared/slicer-reference.md from the repository root)")
-    return REFERENCE.read_text(encoding="utf-8")
-
-
-#: method names of the segmentation API (checked against the reference when the module calls them)
+#: method names of the segmentation API (checked against slicer-core's classes when the module calls them)
 SEGMENTATION_API = re.compile(r"(Segment|Segmentation|ReferenceImageGeometry|Labelmap|ClosedSurface|Terminology)")
 
 
-def test_every_slicer_util_name_is_in_the_reference(reference_text):
-    source = slicer_layer_source()
-    used = set(re.findall(r"slicer\.util\.(\w+)", source))
+def slicer_util_calls() -> list:
+    """``(name, keywords)`` of every use of a ``slicer.util`` name in the Slicer layer (a plain reference has no keywords)."""
+    uses = [(name, ()) for name in re.findall(r"slicer\.util\.(\w+)", slicer_layer_source())]
     for node in (n for tree in slicer_layer_trees() for n in ast.walk(tree)):
         if isinstance(node, ast.ImportFrom) and node.module == "slicer.util":
-            used |= {alias.name for alias in node.names}
-    assert used
-    missing = sorted(name for name in used if not re.search(r"\b" + re.escape(name) + r"\b", reference_text))
-    assert not missing, f"slicer.util names not in {REFERENCE.name}: {missing}"
+            uses += [(alias.name, ()) for alias in node.names]
+        if isinstance(node, ast.Call) and ast.unparse(node.func).startswith("slicer.util."):
+            uses.append((ast.unparse(node.func).rpartition(".")[2], tuple(k.arg for k in node.keywords if k.arg)))
+    return uses
 
 
-def test_every_segmentation_api_name_is_in_the_reference(reference_text):
+@pytest.mark.mrml
+def test_every_slicer_util_name_and_keyword_is_in_slicers_own_util():
+    from slicer_facts import accepts_keyword, slicer_util_definitions
+
+    definitions = slicer_util_definitions()
+    uses = slicer_util_calls()
+    assert {"loadUI", "errorDisplay", "pip_install", "VTKObservationMixin"} <= {name for name, _ in uses}
+    missing = sorted({name for name, _ in uses if name not in definitions})
+    assert not missing, f"slicer.util names not defined in Slicer's slicer/util.py (slicer-core): {missing}"
+    refused = sorted({f"{name}({keyword}=)" for name, keywords in uses for keyword in keywords if not accepts_keyword(definitions[name], keyword)})
+    assert not refused, f"keyword arguments slicer/util.py does not take: {refused}"
+
+
+@pytest.mark.mrml
+def test_every_segmentation_api_name_is_a_method_of_slicers_classes():
+    from mrml_support import import_slicer_core
+
     called = set()
     for node in (n for tree in slicer_layer_trees() for n in ast.walk(tree)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             called.add(node.func.attr)
     segmentation_calls = {name for name in called if SEGMENTATION_API.search(name) and name[0].isupper()}
     assert {"SetReferenceImageGeometryParameterFromVolumeNode", "GetSegmentation"} <= segmentation_calls
-    missing = sorted(name for name in segmentation_calls if name not in reference_text)
-    if missing:  # a name the reference does not list must be one of Slicer's own (slicer-core; the test_mrml_* tests run them)
-        from mrml_support import import_slicer_core
-
-        slicer = import_slicer_core()
-        classes = [getattr(slicer, name) for name in dir(slicer) if name.startswith("vtk")]
-        missing = [name for name in missing if not any(hasattr(cls, name) for cls in classes)]
-    assert not missing, f"segmentation API names neither in {REFERENCE.name} nor in Slicer's classes: {missing}"
+    slicer = import_slicer_core()
+    classes = [getattr(slicer, name) for name in dir(slicer) if name.startswith("vtk")]
+    missing = sorted(name for name in segmentation_calls if not any(hasattr(cls, name) for cls in classes))
+    assert not missing, f"segmentation API names that none of Slicer's classes (slicer-core) has: {missing}"
 
 
-def test_other_slicer_facts_used_are_in_the_reference(reference_text):
+def test_other_slicer_facts_used_are_written_down():
+    from slicer_facts import FACTS, INSTALL_TORCH_KEYWORDS
+
     source = slicer_layer_source()
-    for name in ("PyTorchUtilsLogic", "torchInstalled", "installTorch", "parameterNodeWrapper", "connectGui", "WithinRange", "Choice",
-                 "ScriptedLoadableModuleTest", "resourcePath", "getParameterNode", "PythonSlicer", "delayDisplay"):
+    used = [name for name in FACTS if name in source]
+    assert {"PyTorchUtilsLogic", "installTorch", "ScriptedLoadableModuleTest"} <= set(used)
+    # the Slicer-provided names the layer calls on objects Slicer hands it, beyond slicer.util and MRML, are all stated in FACTS
+    for name in ("parameterNodeWrapper", "connectGui", "WithinRange", "Choice", "resourcePath", "getParameterNode", "PythonSlicer", "torchInstalled",
+                 "delayDisplay"):
         if name in source:
-            assert name in reference_text, name
-    # installTorch is called only with keyword arguments the reference lists
+            assert name in FACTS, name
+    # installTorch is called only with keyword arguments the PyTorch extension takes
     for call in re.findall(r"installTorch\(([^)]*)\)", source):
         for keyword in re.findall(r"(\w+)=", call):
-            assert keyword in ("askConfirmation", "forceComputationBackend", "torchVersionRequirement", "torchvisionVersionRequirement"), keyword
+            assert keyword in INSTALL_TORCH_KEYWORDS, keyword
 
 
 def test_dependencies_are_installed_without_replacing_slicers_packages():

@@ -18,10 +18,11 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Iterator, List, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.locks import claim_output, lock_path, release_output
+from UNetSegmentationLib.io.output_gate import check_output
 from UNetSegmentationLib.io.verified_write import check_room, flush_folder, verify_written
 
 __all__ = ["lock_path"]  # the lock file's name, for the process runner's tidying up
@@ -48,11 +49,20 @@ def temporary_path(path: Path, pid: int | None = None) -> Path:
     return path.with_name(f".{stem}.unetseg-{os.getpid() if pid is None else pid}.partial{extension}")
 
 
-def check_output_path(path: Union[str, Path], overwrite: bool, what: str = "output", extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Path:
+def check_output_path(
+    path: Union[str, Path],
+    overwrite: bool,
+    what: str = "output",
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    inside: Optional[Path] = None,
+    protected: Iterable[Path] = (),
+) -> Path:
     """Refuse, before any work, an output we could not or should not write.
 
     ``path`` as the user typed it: a trailing ``/`` names a folder, even one that does not exist yet.
     The extension is matched whole (``x.seg.nrrd`` is a segmentation, never a ``.nrrd`` scalar map).
+    What any output must be (inside ``inside``, no special file, not the bundled model nor one of
+    ``protected``, not replaced without ``overwrite``) is :func:`~.output_gate.check_output`'s to say.
     """
     text = os.fspath(path)
     path = Path(path)
@@ -65,10 +75,7 @@ def check_output_path(path: Union[str, Path], overwrite: bool, what: str = "outp
             raise UserError(f"{what} {path}: .seg.nrrd is a Slicer segmentation name, but a {what} is no segmentation; use one of {', '.join(extensions)}")
         if extension.lower() not in [e.lower() for e in extensions]:
             raise UserError(f"{what} {path}: unsupported file type; use one of {', '.join(extensions)}")
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise UserError(f"{what} {path} already exists; pass --overwrite to replace it")
+    check_output(path, what=what, overwrite=overwrite, inside=inside, protected=protected)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"cannot write {what} {path}: the folder {parent} does not exist")
@@ -127,9 +134,8 @@ def atomic_output(paths: Sequence[Path], overwrite: bool = False) -> Iterator[Li
     are untouched.
     """
     paths = [Path(p) for p in paths]
-    for path in paths:
-        if path.exists() and not overwrite:
-            raise UserError(f"{path} already exists; pass --overwrite to replace it")
+    for path in paths:  # the last word before anything is written: never a special file or the bundled model
+        check_output(path, what="output", overwrite=overwrite)
     temporaries = [temporary_path(p) for p in paths]
     try:
         yield temporaries

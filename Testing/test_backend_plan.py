@@ -6,11 +6,14 @@ The machine is a :class:`~support.FakeMachine`; the CUDA decisions are in test_c
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from support import FakeMachine
-from UNetSegmentationLib.backends.device import CPU
-from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution, split_threads
+from UNetSegmentationLib.backends.device import CPU, SystemCapabilities, cgroup_cpu_quota
+from UNetSegmentationLib.backends.plan import ExecutionRequest, cpus_per_worker, plan_execution, split_threads, usable_cpus
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import SegmentationOptions
 
@@ -83,3 +86,71 @@ def test_segmentation_options_ask_the_plan_for_what_the_user_chose():
     for bad in ({"backend": "tensorrt"}, {"precision": "fp8"}, {"threads": 0}, {"slice_workers": 0}):
         with pytest.raises(UserError):
             SegmentationOptions(**bad)
+
+
+# --- defect 1 of issue 22: auto chooses within the backend the user chose -------------------------------------
+
+
+def test_auto_precision_with_the_onnx_backend_is_what_onnx_runtime_computes():
+    """``--backend onnx`` with the default ``--precision auto`` on a CPU with native bf16 was refused
+    ("use --precision fp32"): auto must choose what the chosen backend computes."""
+    plan = plan_on(FakeMachine(cpu_bf16=True), backend="onnx")
+    assert (plan.backend, plan.precision) == ("onnx", "fp32")
+    assert plan_on(FakeMachine(cpu_bf16=True), backend="torch").precision == "bf16"  # PyTorch computes bf16 there
+    assert plan_on(FakeMachine(cpu_bf16=True), backend="onnx", precision="int8").precision == "int8"
+    with pytest.raises(UserError, match="--backend onnx computes in float32 or int8"):
+        plan_on(FakeMachine(cpu_bf16=True), backend="onnx", precision="bf16")  # asked for explicitly: still refused
+
+
+@pytest.mark.onnx
+def test_predict_with_the_onnx_backend_runs_on_a_cpu_with_native_bf16(predict, oblique_volume_path, monkeypatch):
+    monkeypatch.setattr(SystemCapabilities, "cpu_native_bf16", lambda self: True)  # this machine's CPU, said to have AMX
+    result, output = predict(oblique_volume_path, "--backend", "onnx", progress="json")
+    assert result.code == 0, result.stderr
+    start = next(json.loads(line) for line in result.stdout.splitlines() if '"start"' in line)
+    assert (start["backend"], start["precision"]) == ("onnx", "fp32") and output.exists()
+
+
+# --- usable CPUs: one answer for the plan, training and cohort workers ---------------------------------------------
+
+
+class Cpus(FakeMachine):
+    def __init__(self, cpus: int) -> None:
+        super().__init__()
+        self.cpus = cpus
+
+    def usable_cpus(self) -> int:
+        return self.cpus
+
+
+def test_cpus_are_shared_out_among_worker_processes():
+    assert usable_cpus(Cpus(6)) == 6
+    assert [cpus_per_worker(workers, Cpus(6)) for workers in (1, 2, 4, 8)] == [6, 3, 1, 1]
+    assert usable_cpus() >= 1 and cpus_per_worker(1) == usable_cpus()
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_the_cpu_quota_is_read_from_the_process_own_cgroup_v2_and_its_parents(tmp_path):
+    write(tmp_path / "proc/self/cgroup", "0::/job.slice/step_0\n")
+    write(tmp_path / "sys/fs/cgroup/cpu.max", "max 100000\n")  # the root: no limit
+    write(tmp_path / "sys/fs/cgroup/job.slice/cpu.max", "300000 100000\n")  # the job: 3 CPUs
+    write(tmp_path / "sys/fs/cgroup/job.slice/step_0/cpu.max", "max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 3
+    write(tmp_path / "sys/fs/cgroup/job.slice/step_0/cpu.max", "150000 100000\n")  # 1.5 CPUs: rounded up
+    assert cgroup_cpu_quota(tmp_path) == 2
+
+
+def test_the_cpu_quota_of_a_cgroup_v1_group_is_seen(tmp_path):
+    """cgroup v1 (HPC clusters): the quota is in the process's own group, not at the hierarchy's root."""
+    write(tmp_path / "proc/self/cgroup", "5:memory:/slurm/uid_1/job_7\n4:cpu,cpuacct:/slurm/uid_1/job_7\n")
+    write(tmp_path / "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
+    write(tmp_path / "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    write(tmp_path / "sys/fs/cgroup/cpu,cpuacct/slurm/uid_1/job_7/cpu.cfs_quota_us", "400000\n")
+    write(tmp_path / "sys/fs/cgroup/cpu,cpuacct/slurm/uid_1/job_7/cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 4
+    (tmp_path / "sys/fs/cgroup/cpu,cpuacct/slurm/uid_1/job_7/cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_quota(tmp_path) is None

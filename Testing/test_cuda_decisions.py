@@ -86,6 +86,27 @@ def test_cuda_refuses_what_only_the_cpu_computes():
     assert plan_on(FakeMachine(**H200), device="cpu", precision="int8").backend == "onnx"  # --device cpu makes it possible
 
 
+@pytest.mark.parametrize("machine, dtype, scaled", [(H200, torch.bfloat16, False), (T4, torch.float16, True)], ids=["native-bf16", "no-bf16"])
+def test_training_autocasts_in_the_precision_prediction_would_use(small_unetpp, machine, dtype, scaled):
+    """Issue 22: training asked ``torch.cuda.is_bf16_supported()``, which also says yes where bf16 is
+    only emulated (pre-Ampere, far slower than fp16). It now asks the plan, as prediction does."""
+    from UNetSegmentationLib.backends.plan import autocast_precision
+    from UNetSegmentationLib.training.config import TrainConfig
+    from UNetSegmentationLib.training.optimization import Optimization
+
+    fake = FakeMachine(**machine)
+    assert autocast_precision(PlainDevice("cuda"), fake) == plan_on(FakeMachine(**machine)).precision
+    model = build_model(load_checkpoint(small_unetpp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GradScaler: "CUDA is not available" on this CPU-only machine
+        optimization = Optimization.build(TrainConfig(), model, torch.device("cuda"), fake)
+    assert optimization.amp_dtype == dtype and ("cuda_bf16_supported", 0) in fake.asked
+    assert (optimization.scaler._enabled or not torch.cuda.is_available()) or not scaled
+    cpu = Optimization.build(TrainConfig(), model, torch.device("cpu"), FakeMachine(cpu_bf16=False))
+    assert cpu.amp_dtype is None  # emulated bf16 on a CPU: ~100x slower, float32 instead
+    assert Optimization.build(TrainConfig(), model, torch.device("cpu"), FakeMachine(cpu_bf16=True)).amp_dtype == torch.bfloat16
+
+
 # --- what the predictor does with the chosen precision -----------------------------------------------------
 
 

@@ -24,6 +24,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Protocol, Tuple
 
 from UNetSegmentationLib.errors import UserError
@@ -100,23 +101,65 @@ def _cpu_flags() -> set:
     return set()
 
 
-def usable_cpu_count() -> int:
-    """CPUs this process may use: its affinity where the OS tells it, fewer where a cgroup v2 CPU
-    quota (a container's ``--cpus``) allows less."""
+def usable_cpu_count(root: Path = Path("/")) -> int:
+    """CPUs this process may use: its affinity where the OS tells it, fewer where a CPU quota of its
+    own cgroup or of any group above it allows less (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``;
+    a container's ``--cpus``, a Slurm or PBS job's share). ``root``: where ``/proc`` and ``/sys`` are
+    (a fake tree in tests). Asked only through the plan (:func:`~UNetSegmentationLib.backends.plan.usable_cpus`)."""
     try:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         count = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
+    quota = cgroup_cpu_quota(root)
     return max(1, min(count, quota) if quota else count)
 
 
-def _cgroup_cpu_quota() -> Optional[int]:
-    """CPUs a cgroup v2 quota allows (``cpu.max``: quota and period, rounded up); None without one."""
+def cgroup_cpu_quota(root: Path = Path("/")) -> Optional[int]:
+    """CPUs the tightest quota on this process's cgroup path allows (rounded up); None without one.
+
+    The process's own group is read from ``/proc/self/cgroup`` (the root of the hierarchy is not the
+    process's group on a cluster node), then every group above it: a limit set on a parent binds too.
+    """
     try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as file:
-            quota, period = file.read().split()[:2]
+        lines = (root / "proc/self/cgroup").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    quotas = []
+    for line in lines:
+        hierarchy, controllers, relative = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and controllers == "":  # cgroup v2
+            quotas += [_v2_quota(folder) for folder in _groups_up(root / "sys/fs/cgroup", relative)]
+        elif "cpu" in controllers.split(","):  # cgroup v1: mounted as cpu,cpuacct (or cpu) with the groups inside
+            for mount in ("cpu,cpuacct", "cpu", "cpuacct,cpu"):
+                quotas += [_v1_quota(folder) for folder in _groups_up(root / "sys/fs/cgroup" / mount, relative)]
+    if not lines:  # no /proc/self/cgroup: the mounted root is all there is to ask
+        quotas.append(_v2_quota(root / "sys/fs/cgroup"))
+    found = [quota for quota in quotas if quota]
+    return min(found) if found else None
+
+
+def _groups_up(mount: Path, relative: str) -> list:
+    """``mount/relative`` and each folder above it up to ``mount`` (inside a container the group's
+    path may not exist under its mount: then only those that do are read)."""
+    parts = [part for part in relative.strip().split("/") if part and part != ".."]
+    return [mount.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def _v2_quota(folder: Path) -> Optional[int]:
+    """``cpu.max`` (``quota period`` or ``max period``) as whole CPUs, rounded up."""
+    try:
+        quota, period = (folder / "cpu.max").read_text(encoding="ascii").split()[:2]
         return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: Path) -> Optional[int]:
+    """``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` as whole CPUs, rounded up (-1: no quota)."""
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+        period = int((folder / "cpu.cfs_period_us").read_text(encoding="ascii"))
+        return None if quota <= 0 or period <= 0 else max(1, -(-quota // period))
     except (OSError, ValueError):
         return None
 

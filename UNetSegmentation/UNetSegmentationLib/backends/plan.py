@@ -8,12 +8,15 @@ one in tests), so each decision below can be tested without a GPU.
 
 - device (:func:`~UNetSegmentationLib.backends.device.device_for`): ``auto`` is the first CUDA GPU
   when there is one, else the CPU; ``cuda:N`` must exist.
-- precision (:func:`resolve_precision`): CUDA: bf16 autocast on GPUs that compute it natively,
-  fp16 autocast on older ones, ``--precision fp32`` to refuse both; CPU: bf16 autocast on CPUs with
-  AVX512-BF16/AMX, float32 elsewhere; ``int8`` (CPU, ONNX Runtime) quantises the export for each
+- precision (:func:`resolve_precision`, :func:`autocast_precision`, which training asks too): CUDA:
+  bf16 autocast on GPUs that compute it natively, fp16 autocast on older ones, ``--precision fp32`` to
+  refuse both; CPU: bf16 autocast on CPUs with AVX512-BF16/AMX, float32 elsewhere and with
+  ``--backend onnx`` (``auto`` chooses within the backend the user chose); ``int8`` (CPU, ONNX Runtime) quantises the export for each
   volume and checks it against float32 (:mod:`.int8`).
 - backend (:func:`resolve_backend`): ``auto`` uses ONNX Runtime on the CPU in float32 when it is
   installed (the ``[onnx]`` extra), else PyTorch.
+- CPUs (:func:`usable_cpus`, :func:`cpus_per_worker`): affinity and the cgroup's quota, for every
+  count of CPUs in the engine (threads here, training's, cohort workers').
 - threads (:func:`cap_threads`, :func:`split_threads`): ``--threads`` CPU threads (default, and at
   most: one per CPU this process may use; a larger request is lowered with a note) are shared out as ``workers`` slices computed at the same time, each on
   ``threads // workers`` intra-op threads. Two one-thread slices at once beat one slice on two
@@ -82,9 +85,24 @@ def check_threads(threads) -> int:
 # --- threads -------------------------------------------------------------------------------------
 
 
+def usable_cpus(capabilities: Capabilities = SYSTEM) -> int:
+    """THE number of CPUs this process may use (affinity, and the CPU quota of its own cgroup, v1 or
+    v2: :func:`~UNetSegmentationLib.backends.device.usable_cpu_count`). Every count of CPUs in the
+    engine asks this (the plan's threads, training's threads, cohort workers' threads): ``os.cpu_count()``
+    counts the machine's CPUs, which a container, a cluster job or ``taskset`` may not be allowed to use."""
+    asked = getattr(capabilities, "usable_cpus", None)  # an optional question of Capabilities
+    return max(1, int(asked())) if asked is not None else usable_cpu_count()
+
+
+def cpus_per_worker(workers: int, capabilities: Capabilities = SYSTEM) -> int:
+    """CPU threads for each of ``workers`` processes run side by side: the usable CPUs shared out
+    evenly, at least one each (more threads than CPUs only slow every one of them down)."""
+    return max(1, usable_cpus(capabilities) // max(1, workers))
+
+
 def default_threads() -> int:
-    """One thread per CPU this process may use (:func:`~UNetSegmentationLib.backends.device.usable_cpu_count`)."""
-    return usable_cpu_count()
+    """One thread per CPU this process may use (:func:`usable_cpus`)."""
+    return usable_cpus()
 
 
 def cap_threads(requested: Optional[int], usable: int) -> Tuple[int, Optional[str]]:
@@ -181,9 +199,9 @@ def plan_execution(request: ExecutionRequest, capabilities: Capabilities = SYSTE
     """The one place that decides device, precision, backend, threads and batches for a run,
     asking ``capabilities`` (and nothing else) about the hardware."""
     device = device_for(request.device, capabilities)
-    precision = resolve_precision(request.precision, device, capabilities)
+    precision = resolve_precision(request.precision, device, capabilities, request.backend)
     backend = resolve_backend(request.backend, device, precision, capabilities)
-    usable = capabilities.usable_cpus() if hasattr(capabilities, "usable_cpus") else None  # optional question
+    usable = usable_cpus(capabilities) if hasattr(capabilities, "usable_cpus") else None  # optional question
     if usable is None:
         total, threads_note = (check_threads(request.threads) if request.threads is not None else default_threads()), None
     else:
@@ -204,14 +222,24 @@ def plan_execution(request: ExecutionRequest, capabilities: Capabilities = SYSTE
     )
 
 
-def resolve_precision(precision: Optional[str], device: PlainDevice, capabilities: Capabilities = SYSTEM) -> str:
-    """``fp32``, ``bf16``, ``fp16`` or ``int8`` for ``--precision`` on ``device``.
+def autocast_precision(device: PlainDevice, capabilities: Capabilities = SYSTEM) -> str:
+    """THE reduced precision a device computes natively, for prediction (``--precision auto``) and
+    training (autocast unless ``--no-amp``) alike: a CUDA GPU with native bf16 (compute capability 8.0
+    or newer; ROCm) → ``bf16``, an older one → ``fp16`` (``torch.cuda.is_bf16_supported()`` also says
+    yes where bf16 is only emulated, far slower than fp16); a CPU with AVX512-BF16/AMX → ``bf16``
+    (1.5-3× faster than fp32 there), any other CPU → ``fp32`` (emulated bf16 is ~100× slower)."""
+    if device.type == "cuda":
+        return "bf16" if capabilities.cuda_bf16_supported(device.index or 0) else "fp16"
+    return "bf16" if capabilities.cpu_native_bf16() else "fp32"
 
-    CUDA: ``auto`` and ``bf16`` → bf16 autocast where the GPU computes bf16 natively (compute
-    capability 8.0 or newer), fp16 autocast where it does not (emulated bf16 is far slower);
-    ``fp32`` forces float32; ``int8`` is refused (ONNX Runtime on the CPU only). CPU: ``auto`` →
-    bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX, where it runs 1.5-3× faster than fp32),
-    fp32 elsewhere (emulated bf16 is ~100× slower). bf16 is within tolerance: on the bundled model
+
+def resolve_precision(precision: Optional[str], device: PlainDevice, capabilities: Capabilities = SYSTEM, backend: Optional[str] = "auto") -> str:
+    """``fp32``, ``bf16``, ``fp16`` or ``int8`` for ``--precision`` on ``device`` with ``--backend backend``.
+
+    ``auto`` chooses within the backend the user chose: ``--backend onnx`` computes float32 (int8 only
+    when asked), so ``auto`` is ``fp32`` there whatever the CPU; otherwise :func:`autocast_precision`.
+    CUDA: ``bf16`` is bf16 autocast where native, fp16 where it is not; ``fp32`` forces float32;
+    ``int8`` is refused (ONNX Runtime on the CPU only). bf16 is within tolerance: on the bundled model
     and the slicerio chest CT, 99.96 % of the labels agree with fp32 and the mean Dice changes by less
     than 0.001 (BENCHMARKS.md). ``int8``: the ONNX export quantised for each volume, never chosen by
     ``auto``: it pays only for wide networks (measured 1.5-1.6× on UNet++ L4, no gain on the bundled model).
@@ -222,9 +250,11 @@ def resolve_precision(precision: Optional[str], device: PlainDevice, capabilitie
             raise UserError("--precision int8 runs on the CPU (ONNX Runtime); on CUDA use auto (bf16/fp16) or fp32, or add --device cpu")
         if precision == "fp32":
             return "fp32"
-        return "bf16" if capabilities.cuda_bf16_supported(device.index or 0) else "fp16"
+        return autocast_precision(device, capabilities)
     if precision == "auto":
-        return "bf16" if capabilities.cpu_native_bf16() else "fp32"
+        if parse_choice(backend, BACKENDS, "--backend") == "onnx":
+            return "fp32"  # what ONNX Runtime computes; asking the CPU about bf16 would only lead to a refusal
+        return autocast_precision(device, capabilities)
     return precision
 
 

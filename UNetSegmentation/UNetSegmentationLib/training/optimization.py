@@ -10,7 +10,8 @@ from typing import Any, Callable, ContextManager, Dict, Optional
 
 import torch
 
-from UNetSegmentationLib.backends.device import cpu_has_native_bf16
+from UNetSegmentationLib.backends.device import SYSTEM, Capabilities, PlainDevice
+from UNetSegmentationLib.backends.plan import autocast_precision
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.training.config import TrainConfig
 
@@ -42,20 +43,20 @@ class Optimization:
     device_type: str = "cuda"
 
     @classmethod
-    def build(cls, config: TrainConfig, model: torch.nn.Module, device: torch.device) -> "Optimization":
-        """AdamW/Adam over ``model``'s trainable parameters; autocast unless ``--no-amp``: on CUDA bf16
-        where the GPU has it, else fp16 with a gradient scaler; on the CPU bf16 where it is native."""
+    def build(cls, config: TrainConfig, model: torch.nn.Module, device: torch.device, capabilities: Capabilities = SYSTEM) -> "Optimization":
+        """AdamW/Adam over ``model``'s trainable parameters; autocast unless ``--no-amp``, in the
+        precision the device computes natively, as prediction decides it (the plan's
+        :func:`~UNetSegmentationLib.backends.plan.autocast_precision`): bf16 on a GPU or CPU with native
+        bf16 (~1.8x the steps/s on an AMX CPU), fp16 with a gradient scaler on an older GPU, none on
+        other CPUs. ``capabilities``: the hardware's answers (a fake one in tests)."""
         optimizer_class = OPTIMIZERS.get(config.optimizer)
         if optimizer_class is None:
             raise UserError(f"--optimizer must be adamw or adam; got {config.optimizer!r}")
         optimizer = optimizer_class([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.total_steps))
-        if device.type == "cpu":  # bf16 where the CPU computes it natively (AMX, AVX512-BF16): ~1.8x the steps/s here
-            use_amp = bool(config.amp and cpu_has_native_bf16())
-            amp_dtype = torch.bfloat16
-        else:
-            use_amp = bool(config.amp and device.type == "cuda")
-            amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        precision = autocast_precision(PlainDevice(device.type, device.index), capabilities) if config.amp and device.type in ("cpu", "cuda") else "fp32"
+        use_amp = precision != "fp32"
+        amp_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda" and amp_dtype == torch.float16)
         return cls(optimizer, scheduler, scaler, amp_dtype if use_amp else None, device.type)
 

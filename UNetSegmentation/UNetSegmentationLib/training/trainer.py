@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from monai.data.meta_obj import get_track_meta, set_track_meta
 
-from UNetSegmentationLib.backends.device import resolve_device, usable_cpu_count
-from UNetSegmentationLib.backends.plan import cap_threads
+from UNetSegmentationLib.backends.device import resolve_device
+from UNetSegmentationLib.backends.plan import cap_threads, usable_cpus
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.grammar.slice_ranges import parse_slice_ranges
 from UNetSegmentationLib.model.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.networks.blocks import as_training_output
@@ -123,7 +124,7 @@ class Trainer:
         previous_track_meta = get_track_meta()
         try:
             if self.config.threads:
-                threads, note = cap_threads(self.config.threads, usable_cpu_count())  # no more threads than CPUs
+                threads, note = cap_threads(self.config.threads, usable_cpus())  # no more threads than CPUs
                 if note:
                     self.reporter.warning(note)
                 torch.set_num_threads(threads)
@@ -143,7 +144,7 @@ class Trainer:
         init = load_checkpoint(self.config.init) if self.config.init else None
         if init is not None:  # record what the run really uses
             self.config = self.config.adopting(init.metadata)
-        data = load_training_data(self.config, self.train_cases, self.val_cases, init.metadata if init else None)
+        data = load_training_data(self.config, self.train_cases, self.val_cases, init.metadata if init else None, self.reporter.warning)
         setup = self._setup(data, init, device, started)
         state = restore_run(self.files, setup.fingerprint, setup.model, setup.optimization) if self.resume else RunState()
         self._report_start(setup, state)
@@ -334,7 +335,9 @@ class Trainer:
         """``training["fine_tuning"]``: the base model (path, SHA-256), what the labels covered, the Dice before and after."""
         classes = setup.metadata.classes
         unlabelled = [classes[c - 1].name for c in setup.data.unlabelled]
-        record = lineage(setup.config.init, setup.base_sha256, [c.name for c in classes if c.name not in unlabelled], unlabelled, setup.config.train_slices,
+        marked = setup.config.train_slices
+        marked = None if marked is None else parse_slice_ranges(marked, max(v.slice_count for v in setup.data.volumes), option="--train-slices")
+        record = lineage(setup.config.init, setup.base_sha256, [c.name for c in classes if c.name not in unlabelled], unlabelled, marked,
                          {"freeze_encoder": setup.config.freeze_encoder, "freeze_norm": setup.config.freeze_norm})
         before, after = state.baseline, state.best.validation
         record.update(validation_before=before, validation_after=after,

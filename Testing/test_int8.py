@@ -162,3 +162,35 @@ def test_an_attention_sigmoid_inside_the_network_is_quantised_like_any_layer():
         [weight("w_in", (4, 3, 3, 3)), weight("w_gate", (4, 4, 1, 1)), weight("w_mid", (4, 4, 3, 3)), weight("w_head", (2, 4, 1, 1))],
     )
     assert quantization.float_nodes(helper.make_model(graph)) == ["head_conv", "input_conv", "softmax"]
+
+
+def test_calibration_sees_each_slice_exactly_as_the_run_computes_it(chest_ct_path, bundled_copy, monkeypatch):
+    """Issue 22: the calibration box was the body's box as found, not aligned to the model grid as the
+    real batches are, so int8's ranges were fitted to inputs the run never showed the network."""
+    from UNetSegmentationLib.inference.layout import layout_volume
+    from UNetSegmentationLib.inference.normalization import fit_normalization
+    from UNetSegmentationLib.inference.predict_file import quantized_for_volume
+    from UNetSegmentationLib.inference.slicing import SliceGeometry, model_batches
+    from UNetSegmentationLib.protocol.reporters import Reporter
+
+    image = sitk.ReadImage(str(chest_ct_path))
+    volume = sitk.GetArrayFromImage(image)
+    metadata = load_checkpoint(bundled_copy).metadata
+    geometry = SliceGeometry.from_direction(image.GetDirection())
+    layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, True, True)
+    mapping = fit_normalization(metadata.normalization, volume)
+    seen = {}
+
+    def capture(predictor, slice_count, batch_of):
+        seen["batch_of"] = batch_of
+        return quantization.Int8Result(predictor, "fp32", 0.0, None)
+
+    monkeypatch.setattr(quantization, "quantize_for_volume", capture)
+    predictor = type("Predictor", (), {"required_multiple": 16})()
+    quantized_for_volume(predictor, volume, geometry, metadata, mapping, Reporter(), layout)
+    slices = geometry.slices_view(volume)
+    run = {int(batch.indices[0]): batch.inputs for batch in model_batches(slices, 1, metadata.context, mapping, layout.grid, layout.bodies, 16)}
+    compared = list(run)[:: max(1, len(run) // 6)]
+    assert any(layout.bodies.union([k])[0] % 16 for k in compared)  # body boxes that alignment moves
+    for k in compared:
+        np.testing.assert_array_equal(seen["batch_of"](np.array([k])), run[k])

@@ -22,7 +22,7 @@ import numpy as np
 
 from UNetSegmentationLib.inference.body import BodyBoxes
 from UNetSegmentationLib.inference.resolution import ModelGrid, resample_probabilities
-from UNetSegmentationLib.inference.slicing import ModelBatch, aligned_box, model_batch
+from UNetSegmentationLib.inference.slicing import ModelBatch, body_batch
 
 
 def neighbours_of(slice_count: int, cells: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def position_batches(slices: np.ndarray, positions: np.ndarray, batch_size: int,
     for start in range(0, len(touching), batch_size):
         chosen = np.asarray(touching[start:start + batch_size])
         around = np.unique(np.concatenate([np.floor(positions[chosen]), np.minimum(np.ceil(positions[chosen]), count - 1)]).astype(np.int64))
-        batch = model_batch(slices, positions[chosen], context, mapping, grid, aligned_box(bodies.union(around), grid, multiple, slices.shape[1:]), multiple)
+        batch = body_batch(slices, positions[chosen], context, mapping, grid, bodies, multiple, around)
         batch.indices = chosen  # which positions, not which slices
         yield batch
 

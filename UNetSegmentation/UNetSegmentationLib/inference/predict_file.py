@@ -21,10 +21,9 @@ from UNetSegmentationLib.inference.options import SPACING_MODEL, SPACING_NATIVE,
 from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
 from UNetSegmentationLib.inference.review import check_review_list, review_ranking
-from UNetSegmentationLib.inference.body import Box
 from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume, slice_view_spacing
 from UNetSegmentationLib.inference.resolution import plan_model_grid
-from UNetSegmentationLib.inference.slicing import SliceGeometry, model_batch
+from UNetSegmentationLib.inference.slicing import SliceGeometry, body_batch
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.native_messages import quiet_itk
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
@@ -295,11 +294,9 @@ def quantized_for_volume(predictor, volume: np.ndarray, geometry: SliceGeometry,
     from UNetSegmentationLib.backends.int8 import quantize_for_volume  # ONNX Runtime's quantisation: only int8 runs need it
 
     slices = geometry.slices_view(volume)
-    whole: Box = (0, slices.shape[1], 0, slices.shape[2])
 
-    def batch_of(indices: np.ndarray) -> np.ndarray:
-        box = layout.bodies.union(indices) or whole
-        return model_batch(slices, indices, metadata.context, mapping, layout.grid, box, predictor.required_multiple).inputs
+    def batch_of(indices: np.ndarray) -> np.ndarray:  # as the run cuts and aligns its batches
+        return body_batch(slices, indices, metadata.context, mapping, layout.grid, layout.bodies, predictor.required_multiple).inputs
 
     quantized = quantize_for_volume(predictor, len(slices), batch_of)
     if quantized.warning:  # the int8 model disagreed with float32: the run goes on in float32

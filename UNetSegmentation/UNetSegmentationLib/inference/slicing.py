@@ -183,8 +183,27 @@ def model_batches(
     union of its slices' boxes."""
     chosen = bodies.slices_with_body
     for start in range(0, len(chosen), batch_size):
-        indices = chosen[start:start + batch_size]
-        yield model_batch(slices, indices, context, mapping, grid, aligned_box(bodies.union(indices), grid, multiple, slices.shape[1:]), multiple)
+        yield body_batch(slices, chosen[start:start + batch_size], context, mapping, grid, bodies, multiple)
+
+
+def body_batch(
+    slices: np.ndarray,
+    positions: np.ndarray,
+    context: int,
+    mapping: Callable[[np.ndarray], np.ndarray],
+    grid: ModelGrid,
+    bodies: BodyBoxes,
+    multiple: int,
+    around: Optional[Sequence[int]] = None,
+) -> ModelBatch:
+    """THE network input of ``positions`` as a run computes it (whole slices or thin-slice positions,
+    and int8's calibration slices alike): cut to the union of the body boxes of the slices ``around``
+    them (default: the positions themselves; the whole slice where none has body), that box aligned to
+    the model grid (:func:`aligned_box`). Calibrating on anything else would fit the int8 ranges to
+    inputs the run never shows the network."""
+    rows, columns = slices.shape[1:]
+    box = bodies.union(positions if around is None else around) or (0, rows, 0, columns)
+    return model_batch(slices, positions, context, mapping, grid, aligned_box(box, grid, multiple, (rows, columns)), multiple)
 
 
 def aligned_box(box: Box, grid: ModelGrid, multiple: int, shape: Optional[Tuple[int, int]] = None) -> Box:

@@ -4,6 +4,8 @@ in-process). The helpers behind them are in ``support.py``; tests import helpers
 
 from __future__ import annotations
 
+import os
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,17 @@ def long_volume(tmp_path) -> Path:
     path = tmp_path / "long.nrrd"
     write(sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 300, (60, 48, 48)).astype(np.int16)), path)
     return path
+
+
+def pytest_configure(config):
+    """The programs installed with the interpreter that runs the tests (dcmqi's ``segimage2itkimage``,
+    ``unetseg``) come first on the ``PATH``, for ``shutil.which`` and for child processes: the README's
+    test command runs ``.venv/bin/python -m pytest`` without activating the venv, and a program of the
+    same name elsewhere on the ``PATH`` is not the one installed here."""
+    scripts = sysconfig.get_path("scripts")
+    if scripts and Path(scripts).is_dir() and os.environ.get("PATH", "").split(os.pathsep)[0] != scripts:
+        os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``onnx`` are skipped where ONNX Runtime is not installed (the ``[onnx]`` extra; the

@@ -134,7 +134,7 @@ def test_a_non_ascii_class_name_works_end_to_end(cli, chest_ct_path, tmp_path):
 def test_training_keeps_non_ascii_segment_names_of_its_labels(tmp_path):
     """A Slicer segmentation with ``右肺`` as a segment name gives the class ``右肺`` to train (slicerio
     alone would read an empty name)."""
-    from UNetSegmentationLib.training.labels import read_label
+    from UNetSegmentationLib.io.labels import read_label
 
     reference = make_volume(size=(8, 8, 4))
     labels = np.zeros((4, 8, 8), dtype=np.uint8)

@@ -109,7 +109,7 @@ def test_train_slices_restricts_training_to_the_marked_slices(cli, tiny, tmp_pat
     assert metadata.training["fine_tuning"]["train_slices"] == [2, 3, 4, 7]
 
 
-@pytest.mark.parametrize("spec, words", [("4-2", "no range"), ("a-b", "slice numbers"), ("3,40", "no slice 40"), ("-1", "slice numbers")])
+@pytest.mark.parametrize("spec, words", [("4-2", "runs backwards"), ("a-b", "no slice number or range"), ("3,40", "slice 40 is beyond"), ("-1", "no slice number or range"), ("0-99999999999", "is beyond")])
 def test_a_bad_slice_list_stops_before_any_work(cli, tiny, tmp_path, spec, words):
     out = tmp_path / "tuned.safetensors"
     result = tune(cli, tiny, out, "--train-slices", spec)

@@ -58,8 +58,8 @@ def chest_run(tmp_path_factory, chest_ct_path, chest_segmentation_path):
 def held_out_truth(chest_ct_path, chest_segmentation_path, slices):
     """Channel indices of the held-out slices (slices along k for this axial CT)."""
     from UNetSegmentationLib.training.cases import Case
-    from UNetSegmentationLib.training.labels import resolve_classes
-    from UNetSegmentationLib.training.volumes import load_case
+    from UNetSegmentationLib.io.labels import resolve_classes
+    from UNetSegmentationLib.io.labels import load_case
 
     loaded = load_case(Case("chest", chest_ct_path, chest_segmentation_path))
     _, (lookup,) = resolve_classes([("chest", loaded.label)])

@@ -151,7 +151,7 @@ def _shown(value) -> str:
 
 def one_class_label(folder: Path, name: str) -> Path:
     """A label map holding only segment ``name`` of the ground truth (value 1), on the CT's grid."""
-    from UNetSegmentationLib.training.labels import read_label
+    from UNetSegmentationLib.io.labels import read_label
 
     image = sitk.ReadImage(str(CT))
     label = read_label(SEG, image)

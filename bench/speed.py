@@ -614,8 +614,8 @@ def bf16_section(threads: int) -> dict:
     from UNetSegmentationLib.inference.normalization import fit_normalization
     from UNetSegmentationLib.inference.slicing import SliceGeometry, normalised_batch, padding_for
     from UNetSegmentationLib.training.cases import Case
-    from UNetSegmentationLib.training.labels import resolve_classes
-    from UNetSegmentationLib.training.volumes import load_case
+    from UNetSegmentationLib.io.labels import resolve_classes
+    from UNetSegmentationLib.io.labels import load_case
 
     checkpoint = load_checkpoint(BUNDLED)
     metadata = checkpoint.metadata

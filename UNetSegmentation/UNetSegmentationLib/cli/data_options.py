@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.grammar.class_lists import DEFAULT_OTHER_LABELS, OTHER_LABELS
 
 
 def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> None:
@@ -24,8 +25,10 @@ def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> Non
         group.add_argument("--val-slices", type=float, metavar="FRACTION", help="hold out this fraction of every training volume's slices for validation, in contiguous blocks (e.g. 0.2)")
         group.add_argument("--val-blocks", type=int, default=3, metavar="N", help="number of held-out blocks, spread along the volume (default 3)")
         group.add_argument("--val-gap", type=int, metavar="N", help="slices next to each held-out block used for neither training nor validation (default: --context, so no training input sees a held-out slice)")
-    group.add_argument("--other-labels", choices=("error", "background"), default="error" if for_training else "background",
-                       help="segments/label values not among the classes: stop with an error, or treat them as background")
+    group.add_argument("--other-labels", choices=OTHER_LABELS, default=DEFAULT_OTHER_LABELS,
+                       help="segments/label values not among the classes (or not named by --label-map): stop with an error (default), or read them as background with a warning")
+    group.add_argument("--label-map", metavar="MAP", help="the labels' values or segment names → the model's classes (names or values), e.g. \"3:left lung,5:ribs\" "
+                       "(default: segments by name, label values by class value); background 0 maps to no class")
 
 
 def cases_from_options(args: argparse.Namespace, for_training: bool):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options
 from UNetSegmentationLib.cli.needs import check_needs
@@ -18,7 +18,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.backends.plan import ExecutionRequest
     from UNetSegmentationLib.evaluation.evaluate import EvaluationOptions, evaluate_cases, parse_slices
     from UNetSegmentationLib.evaluation.report import OUTPUT_FILES, format_table, plot_accuracy_vs_speed, write_csv, write_json
-    from UNetSegmentationLib.inference.options import parse_axis
+    from UNetSegmentationLib.grammar.axis_names import parse_axis
+    from UNetSegmentationLib.grammar.class_lists import parse_label_map
     from UNetSegmentationLib.io.outputs import atomic_output, check_output_path
     from UNetSegmentationLib.model.checkpoint import load_checkpoint
     from UNetSegmentationLib.model.depth import parse_depth
@@ -36,10 +37,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         axis=parse_axis(args.axis),
         slices=parse_slices(args.slices),
-        other_labels=args.other_labels,
         spacing=args.spacing,
         crop=not args.no_crop,
     )
+    label_map = parse_label_map(args.label_map) if args.label_map else None
     cases, _, _ = cases_from_options(args, for_training=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {key: output_dir / name for key, name in OUTPUT_FILES.items()}
@@ -47,7 +48,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         check_output_path(path, args.overwrite, what=f"evaluation {key}", extensions=(path.suffix,))
 
     checkpoint = load_checkpoint(args.checkpoint)
-    volumes = labelled_volumes(cases, checkpoint.metadata.classes, args.other_labels)
+    volumes = labelled_volumes(cases, checkpoint.metadata.classes, args.other_labels, label_map, args.reporter.warning)
     evaluation = evaluate_cases(checkpoint, volumes, options, args.reporter)
     summary = evaluation.summary()
     written = [paths["csv"], paths["json"]]
@@ -66,27 +67,19 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def labelled_volumes(cases: Sequence, classes, other_labels: str) -> List:
-    """Every case read and checked (before the first prediction), its label mapped to the checkpoint's classes.
+def labelled_volumes(cases: Sequence, classes, other_labels: str, label_map: Optional[Dict[str, str]] = None, warn: Optional[Callable[[str], None]] = None) -> List:
+    """Every case read and checked (before the first prediction), its label mapped to the checkpoint's
+    classes by the functions ``train`` uses (io/labels.py): the same ``--label-map`` and ``--other-labels``.
 
-    ``other_labels``: ``background`` (segments and values not among ``classes`` count as background)
-    or ``error``. Returns :class:`~UNetSegmentationLib.evaluation.evaluate.LabelledVolume` s.
+    Returns :class:`~UNetSegmentationLib.evaluation.evaluate.LabelledVolume` s.
     """
-    import numpy as np
-
     from UNetSegmentationLib.evaluation.evaluate import LabelledVolume
-    from UNetSegmentationLib.training.labels import resolve_classes
-    from UNetSegmentationLib.training.volumes import load_case
+    from UNetSegmentationLib.io.labels import channel_targets, load_case, resolve_classes
 
     loaded = [load_case(case) for case in cases]
-    _, lookups = resolve_classes([(item.case.name, item.label) for item in loaded], declared=classes, other_labels=other_labels)
-    volumes = []
-    for item, lookup in zip(loaded, lookups):  # lookup: the label's values → channel numbers
-        values = item.label.array
-        truth = lookup[np.minimum(values, lookup.size - 1)]
-        truth[values >= lookup.size] = 0
-        volumes.append(LabelledVolume(item.case.name, Path(item.case.image), item.volume, tuple(item.direction), tuple(item.spacing), truth))
-    return volumes
+    _, lookups = resolve_classes([(item.case.name, item.label) for item in loaded], declared=classes, other_labels=other_labels, label_map=label_map, warn=warn)
+    return [LabelledVolume(item.case.name, Path(item.case.image), item.volume, tuple(item.direction), tuple(item.spacing), channel_targets(item.label, lookup))
+            for item, lookup in zip(loaded, lookups)]
 
 
 def add_commands(commands) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options, int_list
 from UNetSegmentationLib.cli.needs import check_needs
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference.options import parse_axis
+from UNetSegmentationLib.grammar.axis_names import parse_axis
+from UNetSegmentationLib.grammar.class_lists import parse_class_names, parse_label_map, parse_partial_classes
+from UNetSegmentationLib.grammar.slice_ranges import check_slice_ranges
 from UNetSegmentationLib.model.metadata import Normalization
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, get_architecture, resolve_features
 from UNetSegmentationLib.protocol.reporters import make_reporter
@@ -37,7 +39,7 @@ def train_config(args: argparse.Namespace) -> "TrainConfig":
     """The run's :class:`~UNetSegmentationLib.training.config.TrainConfig` from the parsed options; a bad
     option stops here, before any file is read."""
     from UNetSegmentationLib.training.config import TrainConfig  # imports MONAI (the augmentations), hence torch
-    from UNetSegmentationLib.training.finetuning import apply_defaults, parse_label_map, parse_partial_classes, parse_slice_spec
+    from UNetSegmentationLib.training.finetuning import apply_defaults
     from UNetSegmentationLib.training.sampling import AugmentOptions
     from UNetSegmentationLib.training.spacing import parse_spacing
 
@@ -53,7 +55,7 @@ def train_config(args: argparse.Namespace) -> "TrainConfig":
     args.norm = args.norm or "ct:-1000,1000"
     if not 0 <= args.context <= 16:
         raise UserError(f"--context must be in 0..16, got {args.context}")
-    crop, classes = _crop(args.crop), _classes(args.classes)
+    crop, classes = _crop(args.crop), parse_class_names(args.classes)
     for name in ("flip", "augment_prob"):
         value = getattr(args, name)
         if not 0 <= value <= 1:
@@ -67,7 +69,7 @@ def train_config(args: argparse.Namespace) -> "TrainConfig":
         augment=AugmentOptions(flip=args.flip, rotate=args.rotate, scale=args.scale, intensity=args.intensity, prob=args.augment_prob),
         seed=args.seed, device=args.device, amp=not args.no_amp,
         spacing=parse_spacing(args.spacing), label_map=parse_label_map(args.label_map) if args.label_map else None,
-        train_slices=parse_slice_spec(args.train_slices) if args.train_slices else None,
+        train_slices=_train_slices(args.train_slices),
         partial_classes=parse_partial_classes(args.partial_classes), freeze_encoder=args.freeze_encoder, freeze_norm=bool(args.init),
         val_every=args.val_every, val_slices=args.val_slices, val_blocks=args.val_blocks, val_gap=args.val_gap,
         depth_tolerance=args.depth_tolerance, axis=parse_axis(args.axis), threads=args.threads,
@@ -89,14 +91,13 @@ def _crop(text: str) -> Tuple[int, int]:
     return tuple(crop)
 
 
-def _classes(text: Optional[str]) -> Optional[List[str]]:
-    """``--classes`` as a list of names (``None`` when not given)."""
-    if not text:
+def _train_slices(text: Optional[str]) -> Optional[str]:
+    """``--train-slices`` checked against the hard cap now (nothing expanded); each volume's slice count
+    checks it again when the volume is read (training/dataset.marked_slices)."""
+    if text is None:
         return None
-    classes = [n.strip() for n in text.split(",")]
-    if any(not n for n in classes):
-        raise UserError("--classes needs non-empty names separated by commas")
-    return classes
+    check_slice_ranges(text, None, option="--train-slices")
+    return text.replace(" ", "")
 
 
 def add_commands(commands) -> None:
@@ -117,8 +118,6 @@ def add_commands(commands) -> None:
     tune = train.add_argument_group("fine-tuning (--init)")
     tune.add_argument("--init", metavar="CKPT", help="fine-tune this checkpoint: its weights, architecture, classes, context, normalisation and spacing; "
                       "writes a new checkpoint whose model card records the base, its SHA-256 and the Dice before and after")
-    tune.add_argument("--label-map", metavar="MAP", help="the labels' values or segment names → the model's classes (names or values), e.g. \"3:left lung,5:ribs\" "
-                      "(default: segments by name, label values by class value)")
     tune.add_argument("--train-slices", metavar="SPEC", help="train only on these slices (numbers from 0 along the slice axis), e.g. 12-18,40: the ones corrected")
     tune.add_argument("--partial-classes", metavar="CLASSES", help="classes the labels do not cover, trained with a marginal loss instead of as background: "
                       "auto (default: those no training label holds), none, or names")

@@ -36,6 +36,7 @@ import numpy as np
 from UNetSegmentationLib.backends.factory import create_predictor
 from UNetSegmentationLib.backends.plan import ExecutionPlan, ExecutionRequest, check_positive, plan_execution
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.grammar.slice_ranges import check_slice_ranges, parse_slice_ranges
 from UNetSegmentationLib.evaluation.metrics import METRICS, class_metrics
 from UNetSegmentationLib.inference.normalization import IntensityMapping, fit_normalization
 from UNetSegmentationLib.inference.options import DEFAULTS, SPACING_MODEL
@@ -56,23 +57,16 @@ from UNetSegmentationLib.protocol.reporters import Reporter
 # --- slices to score -----------------------------------------------------------------------------------
 
 
-def parse_slices(text: Optional[str]) -> Optional[object]:
-    """``None`` (all), ``"checkpoint"`` (the held-out slices recorded at training), or a sorted index array from ``4-6,16,17``."""
+def parse_slices(text: Optional[str]) -> Optional[str]:
+    """``None`` (all), ``"checkpoint"`` (the held-out slices recorded at training), or range text like
+    ``4-6,16,17``, checked now against the hard cap and expanded per volume against its slice count
+    (grammar/slice_ranges: nothing is built before the bounds are checked)."""
     if text is None or text == "all":
         return None
     if text == "checkpoint":
         return text
-    indices = set()
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            low, high = int(low), int(high) if high else int(low)
-            if low < 0 or high < low:
-                raise ValueError
-            indices.update(range(low, high + 1))
-    except ValueError:
-        raise UserError(f"--slices must be 'all', 'checkpoint' or indices and ranges like 4-6,16,17; got {text!r}") from None
-    return np.array(sorted(indices), dtype=int)
+    check_slice_ranges(text, None, option="--slices")
+    return text
 
 
 def held_out_slices_of(metadata: ModelMetadata, image_path: Path) -> np.ndarray:
@@ -85,12 +79,15 @@ def held_out_slices_of(metadata: ModelMetadata, image_path: Path) -> np.ndarray:
     return np.array(sorted({int(s) for e in matches for s in e.get("slices", [])}), dtype=int)
 
 
-def _scored_slices(slice_count: int, slices: Optional[object], metadata: ModelMetadata, volume: "LabelledVolume") -> np.ndarray:
+def _scored_slices(slice_count: int, slices: Optional[str], metadata: ModelMetadata, volume: "LabelledVolume") -> np.ndarray:
     """``(slice_count,)`` bool: the slices along the slice axis that are scored."""
     selected = np.ones(slice_count, dtype=bool)
     if slices is None:
         return selected
-    indices = held_out_slices_of(metadata, volume.image) if isinstance(slices, str) else slices
+    if slices == "checkpoint":
+        indices = held_out_slices_of(metadata, volume.image)
+    else:
+        indices = np.asarray(parse_slice_ranges(slices, slice_count, option=f"--slices ({volume.name})"), dtype=int)
     if indices.size and indices.max() >= slice_count:
         raise UserError(f"--slices: {volume.name} has {slice_count} slices (0..{slice_count - 1}); got index {indices.max()}")
     selected[:] = False
@@ -121,8 +118,7 @@ class EvaluationOptions:
     execution: ExecutionRequest = ExecutionRequest()  # --device, --backend, --precision, --threads
     batch_size: int = DEFAULTS.batch_size
     axis: Optional[int] = None  # image axis to slice along; None: the one closest to superior-inferior
-    slices: Optional[object] = None  # None, "checkpoint" or an index array
-    other_labels: str = "background"
+    slices: Optional[str] = None  # None (all), "checkpoint" or range text (grammar/slice_ranges)
     spacing: str = DEFAULTS.spacing  # model or native, as for predict
     crop: bool = DEFAULTS.crop  # the body crop, as for predict
 

@@ -13,39 +13,20 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 from UNetSegmentationLib.backends.plan import BACKENDS, PRECISIONS, ExecutionRequest, check_positive, parse_choice
 from UNetSegmentationLib.errors import UserError
+# the axis grammar lives in grammar/axis_names.py; re-exported for the options' users (parsers, the panel)
+from UNetSegmentationLib.grammar.axis_names import AUTO, AXIS_CHOICES, AXIS_NAMES, axis_name, parse_axis  # noqa: F401
 from UNetSegmentationLib.model.depth import Depth, parse_depth
 
 #: slices per network call that ``predict`` gathers (the CPU path computes them one at a time)
 DEFAULT_BATCH_SIZE = 4
-AUTO = "auto"
-#: ``--axis`` names of the image axes 0, 1, 2; ``auto`` picks the one closest to superior-inferior
-AXIS_NAMES = ("i", "j", "k")
-AXIS_CHOICES = (AUTO,) + AXIS_NAMES
 #: ``--spacing``: ``model`` segments each slice at the model's in-plane spacing (resampled there and
 #: back) with its 2.5D neighbours at the model's slice distance; ``native`` runs on the voxel grid as given
 SPACING_MODEL, SPACING_NATIVE = "model", "native"
 SPACING_CHOICES = (SPACING_MODEL, SPACING_NATIVE)
-
-
-def parse_axis(text: Union[str, int, None]) -> Optional[int]:
-    """``auto``/None → None (chosen from the direction matrix); ``i``/``j``/``k``, ``0``/``1``/``2`` or an int → image axis."""
-    if text is None or text == AUTO:
-        return None
-    value = str(text).lower()
-    if value in AXIS_NAMES:
-        return AXIS_NAMES.index(value)
-    if value in ("0", "1", "2"):
-        return int(value)
-    raise UserError(f"--axis must be auto, i, j or k (or 0, 1, 2); got {text!r}")
-
-
-def axis_name(axis: Optional[int]) -> str:
-    """The ``--axis`` text of an image axis (None: ``auto``)."""
-    return AUTO if axis is None else AXIS_NAMES[axis]
 
 
 #: ``unetseg predict`` options that take a value: (option, field, how the value is written)

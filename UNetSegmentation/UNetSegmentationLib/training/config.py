@@ -29,7 +29,7 @@ class TrainConfig:
     other_labels: str = "error"
     spacing: Optional[Any] = None  # None: the median in-plane spacing of the training images; "native"; [row, column] mm
     label_map: Optional[Dict[str, str]] = None  # the user's label value or segment name -> the model's class (name or value)
-    train_slices: Optional[List[int]] = None  # train only on these slices (along the slice axis) of every training case
+    train_slices: Optional[str] = None  # train only on these slices (grammar/slice_ranges text, e.g. 12-18,40) of every training case
     partial_classes: Any = "auto"  # "auto": classes no training label holds are unlabelled, not background; "none"; or class names
     freeze_encoder: bool = False
     freeze_norm: bool = False  # BatchNorm statistics kept as the --init checkpoint has them

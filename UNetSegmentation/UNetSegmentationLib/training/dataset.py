@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.geometry.slice_distance import neighbour_step
+from UNetSegmentationLib.grammar.slice_ranges import parse_slice_ranges
 from UNetSegmentationLib.model.metadata import ClassInfo, ModelMetadata, Normalization, out_channels_for
 from UNetSegmentationLib.model.training_record import slice_ranges
 from UNetSegmentationLib.networks.registry import get_architecture
 from UNetSegmentationLib.training.cases import Case
 from UNetSegmentationLib.training.config import TrainConfig
-from UNetSegmentationLib.training.labels import labelled_channels, resolve_classes
+from UNetSegmentationLib.io.labels import labelled_channels, load_case, resolve_classes
 from UNetSegmentationLib.training.partial_labels import unlabelled_channels
 from UNetSegmentationLib.training.spacing import median_slice_spacing, recorded_spacing, resample_volume, target_spacing
-from UNetSegmentationLib.training.volumes import PreparedVolume, held_out_blocks, load_case, prepare_volume
+from UNetSegmentationLib.training.volumes import PreparedVolume, held_out_blocks, prepare_volume
 
 
 @dataclass
@@ -117,7 +119,8 @@ def model_metadata(config: TrainConfig, classes: Sequence[ClassInfo], init_metad
     return ModelMetadata(config.arch, kwargs, config.context, Normalization.parse(config.norm), list(classes))
 
 
-def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], init_metadata: Optional[ModelMetadata]) -> TrainingData:
+def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], init_metadata: Optional[ModelMetadata],
+                       warn: Optional[Callable[[str], None]] = None) -> TrainingData:
     """Read every case, decide the classes, prepare, resample in-plane to the run's spacing
     (:mod:`.spacing`) and split the volumes; sets ``metadata.training_spacing`` (that spacing) and
     ``metadata.slice_distance`` (the median slice spacing of the training volumes)."""
@@ -130,6 +133,7 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
         declared=init_metadata.classes if init_metadata else None,
         other_labels=config.other_labels,
         label_map=config.label_map,
+        warn=warn,
     )
     labelled = set().union(*(labelled_channels(item.label, lookup) for item, lookup in zip(loaded_train, lookups)))
     # checked as a checkpoint is on loading: names from the labels' segments must fit a .seg.nrrd header
@@ -160,17 +164,16 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     metadata.slice_distance = base_distance or median_slice_spacing(train_volumes)
     volumes = [resample_volume(volume, target, len(metadata.classes) + 1) for volume in volumes]
     for volume in volumes:  # the 2.5D neighbours lie the slice distance away in mm, as predict takes them
-        volume.context_step = metadata.slice_distance / volume.spacing[0]
+        volume.context_step = neighbour_step(metadata.slice_distance, volume.spacing[0], metadata.context)
     check_crop(config.crop, volumes)
     unlabelled = unlabelled_channels(config.partial_classes, metadata.classes, labelled) if metadata.uses_softmax else []
     return TrainingData(metadata, volumes, len(train_cases), target, unlabelled)
 
 
-def marked_slices(volume: PreparedVolume, marked: Sequence[int]) -> np.ndarray:
-    """``--train-slices``: the volume's training slices among those marked (indices along its slice axis)."""
-    beyond = [s for s in marked if s >= volume.slice_count]
-    if beyond:
-        raise UserError(f"--train-slices: case {volume.name!r} has {volume.slice_count} slices along {volume.axis_name} (0-{volume.slice_count - 1}); no slice {beyond[0]}")
+def marked_slices(volume: PreparedVolume, marked: str) -> np.ndarray:
+    """``--train-slices``: the volume's training slices among those marked (range text, bounded by the
+    volume's slice count before anything is expanded: grammar/slice_ranges)."""
+    marked = parse_slice_ranges(marked, volume.slice_count, option=f"--train-slices (case {volume.name!r}, along {volume.axis_name})")
     chosen = np.intersect1d(volume.train_slices, np.asarray(marked, dtype=int))
     if not chosen.size:
         raise UserError(f"--train-slices: every marked slice of case {volume.name!r} is held out for validation; mark others or change --val-slices")

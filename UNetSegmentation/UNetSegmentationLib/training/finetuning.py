@@ -19,7 +19,7 @@ import copy
 import datetime
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -38,48 +38,6 @@ def apply_defaults(args: Any) -> None:
     for name, value in defaults.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
-
-
-def parse_slice_spec(text: str) -> List[int]:
-    """``--train-slices 12-18,40`` → ``[12, …, 18, 40]``: slice indices (from 0) along the slice axis."""
-    slices = set()
-    for part in text.split(","):
-        part = part.strip()
-        low, dash, high = part.partition("-")
-        try:
-            first, last = int(low), int(high) if dash else int(low)
-        except ValueError:
-            raise UserError(f"--train-slices must be slice numbers and ranges from 0, e.g. 12-18,40; got {text!r}") from None
-        if first < 0 or last < first:
-            raise UserError(f"--train-slices: {part!r} is no range of slice numbers from 0 (write FIRST-LAST with FIRST <= LAST)")
-        slices.update(range(first, last + 1))
-    return sorted(slices)
-
-
-def parse_label_map(text: str) -> Dict[str, str]:
-    """``--label-map "3:left lung,7:ribs"`` → ``{"3": "left lung", "7": "ribs"}``: the user's label value
-    (or segment name) → the model's class (name or value)."""
-    mapping: Dict[str, str] = {}
-    for part in text.split(","):
-        user, colon, model = part.rpartition(":")
-        if not colon or not user.strip() or not model.strip():
-            raise UserError(f"--label-map must be USERVALUE:CLASS pairs separated by commas, e.g. \"3:left lung,7:ribs\"; got {part.strip()!r}")
-        if user.strip() in mapping:
-            raise UserError(f"--label-map maps {user.strip()!r} twice")
-        mapping[user.strip()] = model.strip()
-    return mapping
-
-
-def parse_partial_classes(text: Optional[str]) -> Any:
-    """``--partial-classes``: ``auto`` (default), ``none``, or class names separated by commas."""
-    if text is None or text.strip().lower() == "auto":
-        return "auto"
-    if text.strip().lower() == "none":
-        return "none"
-    names = [n.strip() for n in text.split(",")]
-    if any(not n for n in names):
-        raise UserError("--partial-classes needs auto, none, or class names separated by commas")
-    return names
 
 
 def _same_file(a: Path, b: Path) -> bool:

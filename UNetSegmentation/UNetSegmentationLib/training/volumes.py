@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.normalization import IntensityMapping, fit_normalization
 from UNetSegmentationLib.inference.slicing import SliceGeometry
-from UNetSegmentationLib.io.volumes import check_finite, read_volume
 from UNetSegmentationLib.model.metadata import Normalization
-from UNetSegmentationLib.training.cases import Case
-from UNetSegmentationLib.training.labels import LabelVolume, read_label
+from UNetSegmentationLib.io.labels import LoadedCase, channel_targets
 
 
 @dataclass
@@ -77,33 +74,9 @@ def held_out_blocks(slice_count: int, fraction: float, blocks: int = 3, gap: int
     return train, val
 
 
-@dataclass
-class LoadedCase:
-    """A case read from disk and checked: voxels ``[k, j, i]``, the image's grid, its ground truth."""
-
-    case: Case
-    volume: np.ndarray
-    direction: Tuple[float, ...]
-    spacing: Tuple[float, float, float]
-    label: LabelVolume
-
-
-def load_case(case: Case) -> LoadedCase:
-    """Read the image, then its label on the image's grid (every problem is a :class:`UserError`)."""
-    image = read_volume(case.image)
-    volume = sitk.GetArrayFromImage(image)
-    if volume.dtype == np.float64:
-        volume = volume.astype(np.float32)
-    check_finite(volume, source=str(case.image))
-    label = read_label(case.label, image, case.name)
-    return LoadedCase(case, volume, tuple(image.GetDirection()), tuple(image.GetSpacing()), label)
-
-
 def prepare_volume(loaded: LoadedCase, normalization: Normalization, axis: Optional[int], lookup: np.ndarray) -> PreparedVolume:
     """Slice views of voxels and channel-index targets (``lookup`` maps label values to channels)."""
-    values = loaded.label.array
-    targets = lookup[np.minimum(values, lookup.size - 1)].astype(np.uint8)
-    targets[values >= lookup.size] = 0
+    targets = channel_targets(loaded.label, lookup)
     geometry = SliceGeometry.from_direction(loaded.direction, axis)
     spacing = loaded.spacing
     return PreparedVolume(

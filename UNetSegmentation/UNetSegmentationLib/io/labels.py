@@ -1,5 +1,7 @@
 """Ground truth for training and evaluation: label maps and Slicer ``.seg.nrrd`` segmentations on the
-image's grid, and the classes they stand for.
+image's grid, and the classes they stand for. ``unetseg train`` and ``unetseg evaluate`` read labels
+through these same functions (:func:`load_case`, :func:`resolve_classes`, :func:`channel_targets`), so a
+label value means the same class in both (issue 22, defect 10).
 
 Label maps are read with SimpleITK (arrays ``[k, j, i]``), segmentations with :mod:`slicerio` (voxels
 ``[i, j, k]``). A grid that differs from the image's (other than a segmentation cropped to its
@@ -11,14 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import slicerio
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.io.volumes import ijk_to_lps
+from UNetSegmentationLib.grammar.class_lists import DEFAULT_OTHER_LABELS, class_key as _key, label_value
+from UNetSegmentationLib.io.volumes import check_finite, ijk_to_lps, read_volume
 from UNetSegmentationLib.model.metadata import DEFAULT_COLORS, ClassInfo
 
 
@@ -211,19 +214,42 @@ def _place_cropped(values: np.ndarray, seg_matrix: np.ndarray, image_matrix: np.
     return placed
 
 
+# --- a labelled case ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedCase:
+    """A case read from disk and checked: voxels ``[k, j, i]``, the image's grid, its ground truth.
+    ``case``: anything with ``name``, ``image`` and ``label`` (training/cases.Case)."""
+
+    case: Any
+    volume: np.ndarray
+    direction: Tuple[float, ...]
+    spacing: Tuple[float, float, float]
+    label: LabelVolume
+
+
+def load_case(case: Any) -> LoadedCase:
+    """Read the image, then its label on the image's grid (every problem is a :class:`UserError`)."""
+    image = read_volume(case.image)
+    volume = sitk.GetArrayFromImage(image)
+    if volume.dtype == np.float64:
+        volume = volume.astype(np.float32)
+    check_finite(volume, source=str(case.image))
+    label = read_label(case.label, image, case.name)
+    return LoadedCase(case, volume, tuple(image.GetDirection()), tuple(image.GetSpacing()), label)
+
+
 # --- classes ------------------------------------------------------------------------------------------
-
-
-def _key(name: str) -> str:
-    return " ".join(name.strip().lower().split())
 
 
 def resolve_classes(
     labels: Sequence[Tuple[str, LabelVolume]],
     names: Optional[Sequence[str]] = None,
     declared: Optional[Sequence[ClassInfo]] = None,
-    other_labels: str = "error",
+    other_labels: str = DEFAULT_OTHER_LABELS,
     label_map: Optional[Dict[str, str]] = None,
+    warn: Optional[Callable[[str], None]] = None,
 ) -> Tuple[List[ClassInfo], List[np.ndarray]]:
     """The model's classes and, per label volume, a lookup from its array values to channel indices.
 
@@ -233,12 +259,21 @@ def resolve_classes(
     name (case-insensitive); label-map values by class value. ``label_map`` (``--label-map``, with
     ``declared`` classes) maps the user's label values or segment names to classes (by name or value)
     first; with it, label-map values it does not name are not matched by value. Anything else is an
-    error unless ``other_labels == "background"``.
+    error unless ``other_labels == "background"``, and then ``warn`` names what became background
+    (a score against labels read the wrong way must not pass unnoticed: issue 22, defect 10).
     """
     classes = _classes(labels, names, declared)
     mapped = _mapped_channels(label_map, classes) if label_map else None
-    lookups = [_channel_lookup(case, label, classes, other_labels, mapped) for case, label in labels]
+    lookups = [_channel_lookup(case, label, classes, other_labels, mapped, warn) for case, label in labels]
     return classes, lookups
+
+
+def channel_targets(label: LabelVolume, lookup: np.ndarray) -> np.ndarray:
+    """``label``'s array as channel numbers (uint8; 0 background): what training learns and evaluation scores."""
+    values = label.array
+    targets = lookup[np.minimum(values, lookup.size - 1)].astype(np.uint8)
+    targets[values >= lookup.size] = 0
+    return targets
 
 
 def _mapped_channels(label_map: Dict[str, str], classes: Sequence[ClassInfo]) -> Dict[str, int]:
@@ -290,7 +325,8 @@ def _classes(labels: Sequence[Tuple[str, LabelVolume]], names: Optional[Sequence
     return [ClassInfo(v, f"label {v}", DEFAULT_COLORS[(i) % len(DEFAULT_COLORS)]) for i, v in enumerate(values)]
 
 
-def _channel_lookup(case: str, label: LabelVolume, classes: Sequence[ClassInfo], other_labels: str, mapped: Optional[Dict[str, int]] = None) -> np.ndarray:
+def _channel_lookup(case: str, label: LabelVolume, classes: Sequence[ClassInfo], other_labels: str, mapped: Optional[Dict[str, int]] = None,
+                    warn: Optional[Callable[[str], None]] = None) -> np.ndarray:
     """``lookup[value]`` = the channel (1-based; 0 background) of each array value of ``label``
     (``mapped``: the ``--label-map`` keys → channels, tried first)."""
     class_list = ", ".join(f"{c.value}={c.name}" for c in classes)
@@ -311,16 +347,21 @@ def _channel_lookup(case: str, label: LabelVolume, classes: Sequence[ClassInfo],
                 f"case {case!r}: label {label.path.name} has segment(s) outside the class list: {', '.join(unknown)} "
                 f"(classes: {class_list}); add them to --classes, map them with --label-map, or pass --other-labels background"
             )
+        if unknown and warn is not None:
+            warn(f"case {case!r}: segment(s) {', '.join(unknown)} of {label.path.name} are no class of the model (classes: {class_list}): read as background (--other-labels background)")
         return lookup
     by_value = {c.value: channel for channel, c in enumerate(classes, 1)}
     if mapped is not None:  # the user's values, as --label-map names them (keys that are no number name segments)
-        by_value = {int(k): channel for k, channel in mapped.items() if k.isdigit()}
+        by_value = {label_value(k): channel for k, channel in mapped.items() if label_value(k) is not None}
     unknown_values = [int(v) for v in present if v != 0 and int(v) not in by_value]
-    if unknown_values and other_labels != "background":
-        raise UserError(
-            f"case {case!r}: label {label.path.name} has value(s) outside the class list: {', '.join(map(str, unknown_values[:10]))} "
-            f"(classes: {class_list}); fix the labels, add classes, map them with --label-map, or pass --other-labels background"
-        )
+    if unknown_values:
+        listed = ", ".join(map(str, unknown_values[:10]))
+        where = (f"value(s) the --label-map does not name: {listed} (with --label-map, only the values it names are read; "
+                 f"map them too, e.g. {unknown_values[0]}:CLASS" if mapped is not None else f"value(s) outside the class list: {listed} (fix the labels, add classes, map them with --label-map")
+        if other_labels != "background":
+            raise UserError(f"case {case!r}: label {label.path.name} has {where}, or pass --other-labels background; classes: {class_list})")
+        if warn is not None:
+            warn(f"case {case!r}: label {label.path.name} has {where.split(' (')[0]}, read as background (--other-labels background); classes: {class_list}")
     for value, channel in by_value.items():
         if value < lookup.size:
             lookup[value] = channel

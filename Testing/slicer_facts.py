@@ -44,6 +44,12 @@ FACTS: Dict[str, str] = {
                     "site-packages, for background scripts",
 }
 
+#: top-level Python packages a binary 3D Slicer (5.10 and later) ships in its own Python, besides the standard library
+SLICER_PYTHON_PACKAGES: Tuple[str, ...] = ("slicer", "qt", "ctk", "vtk", "vtkmodules", "PythonQt", "sitkUtils", "numpy", "SimpleITK",
+                                           "scipy", "requests")
+#: what the PyTorch extension (EXTENSION_DEPENDS PyTorch) brings: its module, and torch once it has installed it
+PYTORCH_EXTENSION_PACKAGES: Tuple[str, ...] = ("PyTorchUtils", "torch")
+
 #: the keyword arguments of PyTorchUtilsLogic.installTorch (Slicer's PyTorch extension)
 INSTALL_TORCH_KEYWORDS: Tuple[str, ...] = ("askConfirmation", "forceComputationBackend", "torchVersionRequirement",
                                            "torchvisionVersionRequirement")

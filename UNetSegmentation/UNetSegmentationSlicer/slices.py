@@ -2,9 +2,9 @@
 slices, for the panel's spacing text) and the RAS point at the centre of one slice (where the slice
 views go when the user chooses an entry of "Review these slices first").
 
-The slice axis is chosen as the engine chooses it (``SliceGeometry.from_direction``: the image axis
-closest to superior-inferior, unless the run asked for another), here without numpy, from the volume
-node's IJK-to-RAS directions. Plain MRML calls: tested on the ``slicer-core`` scene.
+The slice axis is chosen by the engine's own numpy-free rule (``UNetSegmentationLib/geometry/slice_axes.py``:
+the image axis closest to superior-inferior, unless the run asked for another), from the volume node's
+IJK-to-RAS directions. Plain MRML calls: tested on the ``slicer-core`` scene.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import List, Optional, Tuple
 import slicer
 import vtk
 
-#: RAS rows of a direction matrix: left-right, posterior-anterior, inferior-superior
-_LEFT_RIGHT, _POSTERIOR_ANTERIOR, _SUPERIOR = 0, 1, 2
+from UNetSegmentationLib.geometry.slice_axes import slice_axes as geometry_slice_axes
 
 
 def ijk_directions(volume_node) -> List[List[float]]:
@@ -26,18 +25,9 @@ def ijk_directions(volume_node) -> List[List[float]]:
 
 
 def slice_axes(volume_node, slice_axis: Optional[int] = None) -> Tuple[int, int, int]:
-    """``(slice axis, row axis, column axis)`` as the engine slices the volume (rows toward posterior,
-    columns toward the patient's left; the slice axis closest to superior-inferior unless given)."""
-    directions = ijk_directions(volume_node)
-    if slice_axis is None:
-        slice_axis = max(range(3), key=lambda axis: abs(directions[axis][_SUPERIOR]))
-    first, second = [axis for axis in range(3) if axis != slice_axis]
-
-    def alignment(rows: int, columns: int) -> float:
-        return abs(directions[rows][_POSTERIOR_ANTERIOR]) + abs(directions[columns][_LEFT_RIGHT])
-
-    rows, columns = max(((first, second), (second, first)), key=lambda pair: alignment(*pair))
-    return slice_axis, rows, columns
+    """``(slice axis, row axis, column axis)`` as the engine slices the volume: the engine's own rule
+    (:func:`UNetSegmentationLib.geometry.slice_axes.slice_axes`) on the node's IJK-to-RAS directions."""
+    return geometry_slice_axes(ijk_directions(volume_node), slice_axis)
 
 
 def slice_spacing(volume_node, slice_axis: Optional[int] = None) -> Tuple[float, float, float]:
@@ -45,6 +35,15 @@ def slice_spacing(volume_node, slice_axis: Optional[int] = None) -> Tuple[float,
     spacing = volume_node.GetSpacing()
     axis, rows, columns = slice_axes(volume_node, slice_axis)
     return float(spacing[rows]), float(spacing[columns]), float(spacing[axis])
+
+
+def slice_count(volume_node, slice_axis: Optional[int] = None) -> Optional[int]:
+    """The volume's slices along the axis the engine slices it along (None without voxels): what the
+    fine-tuning's slice box is checked against."""
+    image = volume_node.GetImageData()
+    if image is None:
+        return None
+    return int(image.GetDimensions()[slice_axes(volume_node, slice_axis)[0]])
 
 
 def slice_centre_ras(volume_node, axis: int, index: int) -> Tuple[float, float, float]:

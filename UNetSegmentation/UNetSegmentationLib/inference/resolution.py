@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 
-from UNetSegmentationLib.inference.spacing_match import SAME_SPACING, same_in_plane, same_spacing
+from UNetSegmentationLib.geometry.slice_distance import is_thin_step, neighbour_step
+from UNetSegmentationLib.geometry.spacing_match import same_in_plane, same_spacing
 
 if TYPE_CHECKING:  # annotations only: torch is imported where the resampling runs
     import torch
@@ -38,7 +39,7 @@ Size = Tuple[int, int]
 def model_grid_size(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> Size:
     """``(rows', columns')``: the pixels of a ``shape`` (rows, columns) slice of ``spacing`` mm at
     ``target`` mm, covering the same extent (at least one pixel). Sizes stay as they are where the
-    spacing is within :data:`SAME_SPACING` of the target."""
+    spacing is within :data:`~UNetSegmentationLib.geometry.spacing_match.SAME_SPACING` of the target."""
     sizes = []
     for count, have, want in zip(shape, spacing, target):
         same = same_spacing(have, want)
@@ -118,7 +119,7 @@ class ModelGrid:
         at the centres of cells of that distance covering the same extent (as in-plane): a model that
         learned from slices 10 mm apart gets slices 10 mm apart, and the probabilities between them are
         interpolated (:mod:`.model_slices`)."""
-        if self.context_step <= 1.0 + SAME_SPACING:
+        if not is_thin_step(self.context_step):
             return np.arange(slice_count, dtype=np.float64)
         cells = max(1, int(round(slice_count / self.context_step)))
         return (np.arange(cells) + 0.5) * (slice_count / cells) - 0.5
@@ -146,7 +147,7 @@ class ModelGrid:
             text += f", segmented at the model's {self.model_spacing[0]:.3g}x{self.model_spacing[1]:.3g} mm"
         else:
             text += ", the model's spacing"
-        if self.context_step > 1.0 + SAME_SPACING:
+        if is_thin_step(self.context_step):
             return text + f"; every {self.context_step:.3g} slices (the model's slice distance), neighbours as far apart"
         return text + f"; 2.5D neighbours {self.context_step:.3g} slice(s) apart"
 
@@ -161,6 +162,4 @@ def plan_model_grid(spacing: Sequence[float], metadata: "ModelMetadata", at_mode
     in_plane = (rows, columns)
     if not at_model_spacing:
         return ModelGrid(in_plane)
-    distance = metadata.context_distance
-    step = 1.0 if distance is None or metadata.context == 0 else distance / slice_spacing
-    return ModelGrid(in_plane, metadata.in_plane_spacing, max(step, 0.0))
+    return ModelGrid(in_plane, metadata.in_plane_spacing, neighbour_step(metadata.context_distance, slice_spacing, metadata.context))

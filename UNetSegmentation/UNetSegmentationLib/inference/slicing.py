@@ -13,14 +13,14 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
+from UNetSegmentationLib.geometry.slice_axes import slice_axes
 from UNetSegmentationLib.inference.body import Box, BodyBoxes
 from UNetSegmentationLib.inference.resolution import ModelGrid, Size, resample_images
 
 
-AXIS_NAMES = {"i": 0, "j": 1, "k": 2, "0": 0, "1": 1, "2": 2}
-# LPS unit vectors: the slice axis is the image axis closest to superior-inferior; in the slice,
-# rows run toward posterior and columns toward the patient's left (radiological axial view).
-_LEFT, _POSTERIOR, _SUPERIOR = 0, 1, 2
+# LPS components: in the slice, rows run toward posterior and columns toward the patient's left
+# (radiological axial view); which axes those are is geometry/slice_axes.py's rule
+_LEFT, _POSTERIOR = 0, 1
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,7 @@ class SliceGeometry:
     def from_direction(direction: Sequence[float], slice_axis: Optional[int] = None) -> "SliceGeometry":
         """Choose the slice axis (closest to S unless given) and the canonical in-plane orientation."""
         matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # column a: direction of image axis a in LPS
-        if slice_axis is None:
-            slice_axis = int(np.argmax(np.abs(matrix[_SUPERIOR])))
-        in_plane = [a for a in range(3) if a != slice_axis]
-
-        def alignment(rows: int, columns: int) -> float:
-            return abs(matrix[_POSTERIOR, rows]) + abs(matrix[_LEFT, columns])
-
-        row_axis, column_axis = max((in_plane, in_plane[::-1]), key=lambda pair: alignment(*pair))
+        slice_axis, row_axis, column_axis = slice_axes(matrix.T.tolist(), slice_axis)  # the rule the panel asks too
         return SliceGeometry(
             slice_axis=slice_axis,
             row_axis=row_axis,

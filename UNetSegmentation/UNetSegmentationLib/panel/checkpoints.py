@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.inference.spacing_match import same_in_plane, same_spacing
+from UNetSegmentationLib.geometry.slice_distance import thinner_slices
+from UNetSegmentationLib.geometry.spacing_match import same_in_plane
 from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.model.depth import ACCURATE
 from UNetSegmentationLib.model.header import SAFETENSORS, TORCH, checkpoint_kind, read_metadata
 from UNetSegmentationLib.model.metadata import ModelMetadata
+from UNetSegmentationLib.model.training_record import printable
+from UNetSegmentationLib.model.user_models import list_models
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, get_architecture, prune_depths_of
 
 #: the id the engine gives the segment of label value v in the .seg.nrrd it writes
@@ -32,6 +35,20 @@ def default_checkpoint(last_used: Optional[str] = None, bundled: Optional[Path] 
             return path
     bundled = bundled_model_path() if bundled is None else Path(bundled)
     return bundled if bundled.is_file() else None
+
+
+def checkpoint_for_scene(named: Optional[Path], last_used: Optional[str] = None, bundled: Optional[Path] = None) -> Tuple[Optional[Path], str]:
+    """``(checkpoint, notice)``: the model a scene's parameter node names when that file exists (notice
+    ""); else :func:`default_checkpoint`, and when the scene named a file that is gone, a notice saying
+    which and what is used instead (a scene saved with a model that was deleted or moved since must not
+    leave the panel without a model)."""
+    if named is not None and str(named) not in ("", "."):
+        if Path(named).is_file():
+            return Path(named), ""
+        fallback = default_checkpoint(last_used, bundled)
+        instead = f"using {fallback.name} instead" if fallback is not None else "choose a model file"
+        return fallback, f"The model this scene names, {printable(Path(named).name)}, no longer exists: {instead}."
+    return default_checkpoint(last_used, bundled), ""
 
 
 def architecture_choices() -> List[Tuple[str, str]]:
@@ -185,33 +202,40 @@ def readiness(volume_selected: bool, info: CheckpointInfo, class_names: str = ""
     return True, ""
 
 
-def fine_tuning_text(record: Optional[Dict[str, Any]]) -> str:
+def fine_tuning_text(record: Any) -> str:
     """The model card's lineage line of a fine-tuned model (``training["fine_tuning"]``): base, date,
-    classes corrected, validation Dice before and after; "" for a model that was not fine-tuned."""
+    classes corrected, validation Dice before and after; "" for a model that was not fine-tuned.
+
+    The record is JSON from a file: nothing in it is trusted (a wrong type is left out, never a
+    traceback), and every text goes through :func:`~UNetSegmentationLib.model.training_record.printable`
+    (one line, no control characters or escape codes), as ``unetseg info`` shows it."""
     if not isinstance(record, dict):
         return ""
-    base = (record.get("base") or {}).get("name") or "another model"
-    text = f"Fine-tuned from {base}"
-    if record.get("date"):
-        text += f" on {str(record['date'])[:10]}"
-    labelled = record.get("classes_labelled") or []
-    if labelled:
-        text += f" with corrections of {', '.join(map(str, labelled))}"
+    base = record.get("base") if isinstance(record.get("base"), dict) else {}
+    text = f"Fine-tuned from {printable(base.get('name') or 'another model')}"
+    if isinstance(record.get("date"), str) and record["date"]:
+        text += f" on {printable(record['date'][:10])}"
+    corrected = _names(record.get("classes_corrected"))
+    labelled = _names(record.get("classes_labelled"))
+    if corrected is not None:
+        text += f" with corrections of {printable(', '.join(corrected))}" if corrected else " (no class was changed)"
+    elif labelled:
+        text += f" on labels of {printable(', '.join(labelled))}"
     before, after = record.get("dice_before"), record.get("dice_after")
-    if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after)):
         text += f"; validation Dice {before:.3f} \u2192 {after:.3f}"
     return text
 
 
+def _names(value: Any) -> Optional[List[str]]:
+    """A list of class names from a record (None when absent or not a list of texts)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None
+    return value
+
+
 def _mm(value: float) -> str:
     return f"{round(float(value), 2):g}"
-
-
-def _thinner_slices(between: float, metadata: ModelMetadata) -> bool:
-    """Whether the volume's slices lie closer together than the model's slice distance (then the network
-    runs at that distance and the slices between are interpolated: :mod:`..inference.model_slices`)."""
-    distance = metadata.context_distance
-    return bool(distance and metadata.context) and between < distance and not same_spacing(between, distance)
 
 
 def spacing_text(metadata: Optional[ModelMetadata], volume_spacing: Optional[Sequence[float]], spacing: str = "model") -> str:
@@ -237,7 +261,7 @@ def spacing_text(metadata: Optional[ModelMetadata], volume_spacing: Optional[Seq
             how = "segmented on its own grid"
         elif spacing == "native":
             how = "segmented on its own grid (Spacing: native)"
-        elif same_in_plane((row, column), trained) and not _thinner_slices(between, metadata):
+        elif same_in_plane((row, column), trained) and not thinner_slices(metadata.context_distance, between, metadata.context):
             how = "the model's spacing, nothing to resample"
         else:
             how = "resampled to the model's spacing"
@@ -253,20 +277,12 @@ class ModelChoice:
     path: Path
 
 
-def user_models(folder: Optional[Path]) -> List[Path]:
-    """The ``.safetensors`` models in the user models folder, newest first (none when it does not exist)."""
-    if folder is None or not Path(folder).is_dir():
-        return []
-    found = [p for p in Path(folder).iterdir() if p.suffix == ".safetensors" and p.is_file() and not p.name.startswith(".")]
-    return sorted(found, key=lambda p: (-p.stat().st_mtime, p.name))
-
-
 def model_choices(user_folder: Optional[Path], current: Optional[Path] = None, bundled: Optional[Path] = None) -> List[ModelChoice]:
     """The bundled model, then the user's models (fine-tuned ones, newest first), then ``current`` when
     it is another file: the entries of the panel's model choice."""
     bundled = bundled_model_path() if bundled is None else Path(bundled)
     choices = [ModelChoice("Bundled: " + bundled.stem, bundled)] if bundled.is_file() else []
-    choices += [ModelChoice(path.stem, path) for path in user_models(user_folder)]
+    choices += [ModelChoice(path.stem, path) for path in list_models(user_folder)]
     if current is not None and str(current) not in ("", ".") and all(Path(current) != c.path for c in choices):
         choices.append(ModelChoice(f"{Path(current).name} (file)", Path(current)))
     return choices

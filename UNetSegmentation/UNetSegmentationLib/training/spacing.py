@@ -83,7 +83,7 @@ def recorded_spacing(target: Optional[Tuple[float, float]], training: Sequence[P
 def resample_volume(volume: PreparedVolume, target: Optional[Tuple[float, float]], channel_count: int,
                     slab_slices: int = SLAB_SLICES, images: Callable[[np.ndarray, Tuple[int, int]], np.ndarray] = resample_images) -> PreparedVolume:
     """``volume`` with its slices and targets resampled in-plane to ``target`` mm (itself when its
-    spacing already is the target, within :data:`~UNetSegmentationLib.inference.spacing_match.SAME_SPACING`).
+    spacing already is the target, within :data:`~UNetSegmentationLib.geometry.spacing_match.SAME_SPACING`).
 
     The resampled image is float32 in the image's raw units (the intensity mapping is applied per batch
     later, as ``predict`` applies it after resampling); targets stay uint8 channel indices

@@ -21,7 +21,7 @@ from UNetSegmentationLib.cohort.batch import EXIT_CASES_FAILED
 from UNetSegmentationLib.cohort.manifest import read_records
 
 #: what may differ between the runs: where and how fast a case ran, the output folder
-RUN_FIELDS = ("worker", "seconds", "slices_per_s", "timings", "finished", "started", "output", "key")  # key: it names the output folder
+RUN_FIELDS = ("worker", "seconds", "slices_per_s", "timings", "finished", "started", "output", "key", "output_key")  # the keys name the output folder
 
 
 def outcome(folder: Path) -> dict:

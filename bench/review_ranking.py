@@ -3,7 +3,7 @@
 On the real chest CT shipped in slicerio, each model segments the CT through ``unetseg predict`` (with
 ``--probabilities``, so the confidence of every voxel is known, and ``--review-list``, so the ranking
 the engine writes is checked against the one computed here). For every candidate score of
-``review.UNCERTAINTY_SCORES`` the slices are ranked, and compared with each slice's Dice against the
+``quality.UNCERTAINTY_SCORES`` the slices are ranked, and compared with each slice's Dice against the
 ground truth (the mean over the classes present in the truth or the prediction of that slice):
 
 - the mean Dice of the top ``--top`` slices against the median slice's Dice (lower = the ranking finds the errors);
@@ -35,7 +35,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "UNetSegmentation"))
 
 from UNetSegmentationLib.cli.evaluate import labelled_volumes  # noqa: E402
-from UNetSegmentationLib.inference.review import DEFAULT_SCORE, UNCERTAINTY_SCORES  # noqa: E402
+from UNetSegmentationLib.inference.quality import DEFAULT_SCORE, UNCERTAINTY_SCORES  # noqa: E402
 from UNetSegmentationLib.inference.slicing import SliceGeometry  # noqa: E402
 from UNetSegmentationLib.model.bundled import bundled_model_path  # noqa: E402
 from UNetSegmentationLib.model.header import read_metadata  # noqa: E402

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import SimpleITK as sitk
 
 from UNetSegmentationLib.cohort.discovery import CohortCase
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.predict_file import SegmentationModel, checked_outputs, segment_volume
+from UNetSegmentationLib.inference.quality import segment_volumes_ml
 from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo, write_dicom_seg
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.native_messages import quiet_itk
@@ -76,7 +76,7 @@ def segment_case(
     if not prepared.case.writes_dicom_seg:
         summary = segment_volume(header, prepared.outputs, model, options, reporter, t_start, observers=observers)
         if measure:
-            summary["volumes_ml"] = segment_volumes_ml(_read_labels(prepared.outputs[0]), model)
+            summary["volumes_ml"] = _volumes_ml(_read_labels(prepared.outputs[0]), model)
         return summary
     output = prepared.outputs[0]
     # the intermediate label map goes to the system's temporary folder: a run killed here leaves nothing in the user's
@@ -89,7 +89,7 @@ def segment_case(
             algorithm = AlgorithmInfo(model.metadata.architecture, "unknown", "unetseg")
         write_dicom_seg(sitk.GetArrayViewFromImage(label_image), header.dicom_files, model.metadata.classes, output, algorithm, overwrite=options.overwrite)
         if measure:
-            summary["volumes_ml"] = segment_volumes_ml(label_image, model)
+            summary["volumes_ml"] = _volumes_ml(label_image, model)
     summary["output"] = str(output)
     return summary
 
@@ -99,32 +99,9 @@ def _read_labels(path: Path) -> sitk.Image:
         return sitk.ReadImage(str(path))
 
 
-def segment_volumes_ml(label_image: sitk.Image, model: SegmentationModel) -> Dict[str, float]:
-    """Each class's volume in millilitres in ``label_image`` (voxels × voxel volume)."""
-    counts = np.bincount(sitk.GetArrayViewFromImage(label_image).ravel(), minlength=max(c.value for c in model.metadata.classes) + 1)
-    voxel_ml = float(np.prod(label_image.GetSpacing())) / 1000.0
-    return {c.name: round(float(counts[c.value]) * voxel_ml, 3) for c in model.metadata.classes}
-
-
-class ConfidenceMeter:
-    """A slice observer (:class:`~UNetSegmentationLib.inference.pipeline.SliceObserver`): the slices seen
-    and the mean probability of the chosen label over the voxels given a class (not background)."""
-
-    def __init__(self) -> None:
-        self.slices = 0
-        self._sum = 0.0
-        self._count = 0
-
-    def observe(self, indices: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> None:
-        self.slices += len(indices)
-        labelled = labels != 0
-        self._count += int(np.count_nonzero(labelled))
-        self._sum += float(np.asarray(confidence)[labelled].sum(dtype=np.float64))
-
-    @property
-    def mean(self) -> Optional[float]:
-        """The mean confidence over labelled voxels (None when none was labelled)."""
-        return round(self._sum / self._count, 4) if self._count else None
+def _volumes_ml(label_image: sitk.Image, model: SegmentationModel) -> Dict[str, float]:
+    """Each class's volume in millilitres, by the quality signals' one rule (:mod:`~UNetSegmentationLib.inference.quality`)."""
+    return segment_volumes_ml(sitk.GetArrayViewFromImage(label_image), label_image.GetSpacing(), model.metadata.classes)
 
 
 class RenamingReporter(Reporter):

@@ -17,11 +17,12 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from UNetSegmentationLib.cohort.case import CaseReporter, ConfidenceMeter, prepare_case, segment_case, with_threads
+from UNetSegmentationLib.cohort.case import CaseReporter, prepare_case, segment_case, with_threads
 from UNetSegmentationLib.cohort.discovery import CohortCase
 from UNetSegmentationLib.cohort.manifest import DONE, FAILED, now_text
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import SegmentationOptions
+from UNetSegmentationLib.inference.quality import CaseConfidence
 from UNetSegmentationLib.inference.predict_file import checked_input, open_model
 from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo
 from UNetSegmentationLib.io.outputs import claim_outputs, claiming_outputs
@@ -52,7 +53,7 @@ class CaseWorker:
         """Segment ``case`` (``overwrite``: its output is a leftover of this cohort's interrupted run);
         returns its manifest record (``status`` done or failed)."""
         t0 = time.perf_counter()
-        reporter, meter = CaseReporter(), ConfidenceMeter()
+        reporter, meter = CaseReporter(), CaseConfidence()
         record = {"case": case.name, "input": str(case.input), "series": case.series_uid, "output": str(case.output), "worker": self.where}
         options = dataclasses.replace(self.options, overwrite=True) if overwrite else self.options
         try:
@@ -79,6 +80,7 @@ class CaseWorker:
             "volumes_ml": summary.get("volumes_ml", {}),
             "mean_confidence": meter.mean,
             "warnings": reporter.warnings,
+            "scan_flags": _strings(summary.get("scan_flags")),  # the scan-against-model check's findings: the QC report flags the case
             "error": None,
             "finished": now_text(),
         }
@@ -87,3 +89,8 @@ class CaseWorker:
 def _failed(record: dict, message: str, reporter: CaseReporter, t0: float) -> dict:
     """The ``failed`` record of a case that started at ``t0`` (``perf_counter``), with its message and warnings."""
     return {**record, "status": FAILED, "error": message, "warnings": reporter.warnings, "seconds": round(time.perf_counter() - t0, 3), "finished": now_text()}
+
+
+def _strings(value) -> list:
+    """``value`` as a list of text (the summary's ``scan_flags`` when the run gave any)."""
+    return [str(item) for item in value] if isinstance(value, (list, tuple)) else []

@@ -2,12 +2,11 @@
 
 While ``predict`` runs, a :class:`ReviewRanking` (a :class:`~UNetSegmentationLib.inference.pipeline.SliceObserver`)
 scores each slice from the labels and the probability of each chosen label that the pipeline decided
-anyway: no extra network call, a few numpy passes over a ``(B, rows, columns)`` batch. The score is
-the mean uncertainty (1 − probability of the chosen label) over the voxels near predicted label
-boundaries (:func:`boundary_uncertainty`): where a segmentation is wrong, it is mostly wrong at its
-edges, and there the network hesitates. ``bench/review_ranking.py`` compares it with the other
-candidates of :data:`UNCERTAINTY_SCORES` against per-slice Dice on the real CT (BENCHMARKS.md,
-"Review ranking"). The ``done`` event gets the top :data:`REVIEW_TOP` slices; ``--review-list FILE``
+anyway: no extra network call. The score itself is a quality signal of
+:mod:`~UNetSegmentationLib.inference.quality` (the boundary uncertainty), the module that also gives a
+cohort's case confidence; ``bench/review_ranking.py`` compares the candidates of
+:data:`~UNetSegmentationLib.inference.quality.UNCERTAINTY_SCORES` against per-slice Dice on the real CT
+(BENCHMARKS.md, "Review ranking"). The ``done`` event gets the top :data:`REVIEW_TOP` slices; ``--review-list FILE``
 (.json or .csv) gets every slice, ranked.
 
 Slices are numbered along the image axis they run along (``axis`` ``i``, ``j`` or ``k``):
@@ -22,95 +21,20 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.inference.quality import DEFAULT_SCORE, UNCERTAINTY_SCORES, SliceScore
 from UNetSegmentationLib.io.outputs import atomic_output, check_output_path
 
 #: slices the ``done`` event lists (the review list file has them all)
 REVIEW_TOP = 10
-#: voxels this far (in pixels, either side) from a change of predicted label count as boundary voxels:
-#: the pixels on both sides of the change (a wider band dilutes the errors with confident pixels; bench/review_ranking.py)
-BOUNDARY_BAND = 1
 #: what ``--review-list`` may be written as
 REVIEW_LIST_EXTENSIONS = (".json", ".csv")
 #: the review list's CSV columns, also the JSON entries' keys
 REVIEW_FIELDS = ("rank", "slice", "axis", "score")
-
-#: ``(labels (B, rows, columns), confidence (B, rows, columns)) → (B,)`` uncertainty per slice, higher = review sooner
-SliceScore = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
-    """``(B, rows, columns)`` bool grown by ``steps`` pixels in each in-plane direction (a square)."""
-    grown = mask.copy()
-    for _ in range(steps):
-        step = grown.copy()
-        step[:, 1:, :] |= grown[:, :-1, :]
-        step[:, :-1, :] |= grown[:, 1:, :]
-        grown = step.copy()
-        grown[:, :, 1:] |= step[:, :, :-1]
-        grown[:, :, :-1] |= step[:, :, 1:]
-    return grown
-
-
-def boundary_band(labels: np.ndarray, band: int = BOUNDARY_BAND) -> np.ndarray:
-    """``(B, rows, columns)`` bool: the pixels within ``band`` pixels of a change of label (both sides)."""
-    change = np.zeros(labels.shape, dtype=bool)
-    down = labels[:, 1:, :] != labels[:, :-1, :]
-    change[:, 1:, :] |= down
-    change[:, :-1, :] |= down
-    across = labels[:, :, 1:] != labels[:, :, :-1]
-    change[:, :, 1:] |= across
-    change[:, :, :-1] |= across
-    return _dilate(change, max(band - 1, 0))
-
-
-def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(B,)`` mean of ``values`` over ``mask`` per slice; 0 where the mask is empty."""
-    count = mask.sum(axis=(1, 2))
-    total = np.where(mask, values, 0.0).sum(axis=(1, 2), dtype=np.float64)
-    return np.divide(total, count, out=np.zeros(len(values), dtype=np.float64), where=count > 0)
-
-
-def boundary_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """Mean 1 − confidence over the voxels near predicted boundaries (0 for a slice of one label)."""
-    return _masked_mean(1.0 - confidence, boundary_band(labels))
-
-
-def wide_boundary_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """As :func:`boundary_uncertainty` over a band of 3 pixels either side of each change."""
-    return _masked_mean(1.0 - confidence, boundary_band(labels, 3))
-
-
-def boundary_total_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """The boundary voxels' 1 − confidence summed, per voxel of the slice (more doubtful edge, higher)."""
-    band = boundary_band(labels)
-    return np.where(band, 1.0 - confidence, 0.0).sum(axis=(1, 2), dtype=np.float64) / (labels.shape[1] * labels.shape[2])
-
-
-def foreground_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """Mean 1 − confidence over the voxels labelled with a class (0 for an empty slice)."""
-    return _masked_mean(1.0 - confidence, labels != 0)
-
-
-def slice_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """Mean 1 − confidence over the whole slice."""
-    return (1.0 - confidence).mean(axis=(1, 2), dtype=np.float64)
-
-
-#: the candidates the benchmark compares; the ranking uses :data:`DEFAULT_SCORE`
-UNCERTAINTY_SCORES: Dict[str, SliceScore] = {
-    "boundary": boundary_uncertainty,
-    "boundary-3px": wide_boundary_uncertainty,
-    "boundary-total": boundary_total_uncertainty,
-    "foreground": foreground_uncertainty,
-    "slice": slice_uncertainty,
-}
-DEFAULT_SCORE = "boundary"
-
 
 @dataclass(frozen=True)
 class ReviewEntry:

@@ -7,13 +7,19 @@ its lock behind). The estimate follows what ``unetseg predict`` really allocates
 still use: ``MemAvailable`` of ``/proc/meminfo``, lowered by a cgroup memory limit (v1 or v2; what
 the cgroup holds in reclaimable file cache counts as free) and by an address-space limit
 (``ulimit -v``). Where the system says nothing (not Linux), nothing is refused.
+
+The cgroup is this process's own (``/proc/self/cgroup`` names it), and every group above it up to the
+hierarchy's root: a job limit on an HPC cluster sits on the job's group, and the root of a cgroup-v1
+hierarchy shows no limit at all (issue 23). A cohort worker runs beside others: its share of the
+memory (:func:`limit_to_share`, given by :mod:`~UNetSegmentationLib.cohort.resources`) lowers what it
+sees, so that N workers do not each plan with the whole machine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.payload import format_bytes
@@ -100,10 +106,21 @@ def check_memory(estimate: MemoryEstimate, available: Optional[int], source: str
 # --- what the machine has ------------------------------------------------------------------------------
 
 
+#: the bytes this process may use at most as one of several cohort workers (None: not one of them)
+_share: Optional[int] = None
+
+
+def limit_to_share(share: Optional[int]) -> None:
+    """From now on this process sees at most ``share`` bytes (a cohort worker's part; None: no share)."""
+    global _share
+    _share = share
+
+
 def available_memory(root: Path = Path("/")) -> Optional[int]:
-    """Bytes this process may still allocate: the least of ``MemAvailable``, the cgroup's limit less its
-    usage, and the address-space limit less what is mapped; None where the system does not say."""
-    limits = [_meminfo_available(root), _cgroup_room(root), _address_space_room(root)]
+    """Bytes this process may still allocate: the least of ``MemAvailable``, the room of its cgroups
+    (its own and those above), the address-space limit less what is mapped, and its share as a cohort
+    worker; None where the system does not say."""
+    limits = [_meminfo_available(root), _cgroup_room(root), _address_space_room(root), _share]
     known = [value for value in limits if value is not None]
     return max(min(known), 0) if known else None
 
@@ -125,21 +142,31 @@ def _meminfo_available(root: Path) -> Optional[int]:
 
 
 def _cgroup_room(root: Path) -> Optional[int]:
-    """Limit less usage (reclaimable file cache counted as free) of this process's memory cgroup."""
+    """The least room (limit less usage, reclaimable file cache counted as free) of this process's memory
+    cgroup and of every group above it; None where no group has a limit."""
+    rooms: List[int] = []
     for line in (_read(root / "proc/self/cgroup") or "").splitlines():
         hierarchy, controllers, relative = (line.split(":", 2) + ["", ""])[:3]
-        if hierarchy == "0" and controllers == "":  # cgroup v2
-            folder = root / "sys/fs/cgroup" / relative.lstrip("/")
-            names = ("memory.max", "memory.current", "inactive_file")
-        elif "memory" in controllers.split(","):  # cgroup v1 (the mount usually shows the process's own group)
-            folder = root / "sys/fs/cgroup/memory"
-            names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        if hierarchy == "0" and controllers == "":  # cgroup v2: one unified hierarchy
+            mount, names = root / "sys/fs/cgroup", ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):  # cgroup v1: the memory controller's own hierarchy
+            mount, names = root / "sys/fs/cgroup/memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
         else:
             continue
-        room = _room_in(folder, *names)
-        if room is not None:
-            return room
-    return None
+        for folder in _own_group_and_above(mount, relative.strip()):
+            room = _room_in(folder, *names)
+            if room is not None:
+                rooms.append(room)
+    return min(rooms) if rooms else None
+
+
+def _own_group_and_above(mount: Path, relative: str) -> List[Path]:
+    """The folders of this process's group ``relative`` under ``mount`` and of its parents up to the mount.
+    In a container the mount often shows the process's own group at its root while ``relative`` names
+    the host's path: then the path does not exist and the mount's root is the own group."""
+    parts = [part for part in relative.split("/") if part and part not in (".", "..")]
+    folders = [mount.joinpath(*parts[:depth]) for depth in range(len(parts), 0, -1)]
+    return [folder for folder in folders if folder.is_dir()] + [mount]
 
 
 def _room_in(folder: Path, limit_name: str, usage_name: str, cache_name: str) -> Optional[int]:

@@ -14,7 +14,7 @@ from UNetSegmentationLib.protocol.events import DONE, ERROR, LOG, PROGRESS, STAR
 
 PROGRESS_MODES = ("bar", "json", "none")
 #: progress fields shown beside the terminal bar when a command sends them
-BAR_FIELDS = ("epoch", "loss", "val_dice", "case", "depth")
+BAR_FIELDS = ("epoch", "loss", "val_dice", "case", "depth", "slices_per_s")
 
 
 class Reporter:

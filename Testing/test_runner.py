@@ -155,3 +155,58 @@ def test_a_killed_child_leaves_no_orphan_grandchild(tmp_path):
     worker = int(next(e["message"] for e in events if e["event"] == "log"))
     assert run.state == FAILED and "SIGKILL" in run.error_message
     assert not alive(worker), "the child's worker must not outlive it"
+
+
+# --- the child's environment: one builder for the runner, the self-test and Ray ------------------------------
+
+
+def test_the_child_environment_puts_the_engine_first_once_and_speaks_utf8():
+    from UNetSegmentationLib.protocol.child_environment import THREAD_VARIABLES, child_environment, engine_root
+
+    root = str(engine_root())
+    base = {"PYTHONPATH": os.pathsep.join(["", "/elsewhere", root, ""]), "LC_ALL": "C", "PATH": "/usr/bin"}
+    environment = child_environment(base, threads=3, extra={"MKL_NUM_THREADS": "1"})
+    assert environment["PYTHONPATH"] == os.pathsep.join([root, "/elsewhere"])  # no empty entry: not the child's working folder
+    assert (environment["PYTHONIOENCODING"], environment["PYTHONUNBUFFERED"], environment["LC_ALL"]) == ("utf-8", "1", "C")
+    assert [environment[name] for name in THREAD_VARIABLES] == ["3", "1", "3", "3", "3"]  # the caller's own variables win
+    assert child_environment({})["PYTHONPATH"] == root and "OMP_NUM_THREADS" not in child_environment({})
+    assert base["PYTHONPATH"].startswith(os.pathsep)  # the base is not changed
+
+
+def test_every_child_process_is_started_with_the_one_environment_builder():
+    """The runner, the Slicer self-test and Ray built the child's environment each in their own way
+    (three copies of the PYTHONPATH rule, one with the UTF-8 streams): none may again."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "UNetSegmentation"
+    copies = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "child_environment.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        if re.search(r"os\.environ\.copy\(\)|dict\(os\.environ\)|\[\"PYTHONPATH\"\]\s*=\s*os\.pathsep", text):
+            copies.append(path.relative_to(root).as_posix())
+    assert copies == []
+    users = {"UNetSegmentationLib/protocol/runner.py", "UNetSegmentationSlicer/selftest.py", "UNetSegmentationLib/cohort/ray_executor.py"}
+    assert all("child_environment import" in (root / user).read_text(encoding="utf-8") for user in users)
+
+
+def test_ray_workers_find_the_engine_on_their_path(monkeypatch):
+    from UNetSegmentationLib.cohort import ray_executor
+    from UNetSegmentationLib.protocol.child_environment import engine_root
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    ray_executor._share_package_path()
+    ray_executor._share_package_path()  # twice: the engine is on the path once
+    assert os.environ["PYTHONPATH"] == os.pathsep.join([str(engine_root()), "/elsewhere"])
+
+
+@pytest.mark.child_process
+@pytest.mark.slow
+def test_a_child_under_the_c_locale_reports_non_ascii_names_intact(small_unet_one_class, tmp_path):
+    """A GUI started under LANG=C (or after ITK's DICOM writer set LC_CTYPE to C): the child's events stay UTF-8."""
+    volume, checkpoint, output, _ = unusual_files(tmp_path, small_unet_one_class)
+    run = EngineProcess(SegmentationOptions().to_arguments(volume, output, checkpoint), outputs=[output], env={"LC_ALL": "C", "LANG": "C"}).start()
+    assert run.wait(timeout=180) == DONE, run.error_message
+    assert run.done_event["output"] == str(output) and output.is_file()

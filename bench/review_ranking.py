@@ -39,14 +39,14 @@ from UNetSegmentationLib.inference.quality import DEFAULT_SCORE, UNCERTAINTY_SCO
 from UNetSegmentationLib.inference.slicing import SliceGeometry  # noqa: E402
 from UNetSegmentationLib.model.bundled import bundled_model_path  # noqa: E402
 from UNetSegmentationLib.model.header import read_metadata  # noqa: E402
-from UNetSegmentationLib.protocol.runner import package_parent  # noqa: E402
+from UNetSegmentationLib.protocol.child_environment import engine_root  # noqa: E402
 from UNetSegmentationLib.training.cases import Case  # noqa: E402
 
 
 def unetseg(*arguments) -> List[dict]:
     """``python -m UNetSegmentationLib ARGUMENTS --progress json``: its events (stops on failure)."""
     command = [sys.executable, "-m", "UNetSegmentationLib", *map(str, arguments), "--progress", "json"]
-    result = subprocess.run(command, capture_output=True, text=True, env={"PYTHONPATH": str(package_parent()), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(command, capture_output=True, text=True, env={"PYTHONPATH": str(engine_root()), "PATH": "/usr/bin:/bin"})
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

@@ -9,7 +9,6 @@ only when the test runs.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from typing import Sequence
 import slicer
 
 from UNetSegmentationLib.panel.checkpoints import bundled_model_path
-from UNetSegmentationLib.protocol.runner import package_parent
+from UNetSegmentationLib.protocol.child_environment import child_environment
 from UNetSegmentationSlicer import inspection, scene
 
 #: the parent transform the oblique volume is put under (a rotation and a 25 mm shift), to check that
@@ -32,9 +31,8 @@ GEOMETRY_TOLERANCE = 1e-4
 
 def run_engine(test, python: str, arguments: Sequence) -> None:
     """``python -m UNetSegmentationLib ARGUMENTS`` with the engine on the path; the test fails on a non-zero exit."""
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join([str(package_parent())] + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else []))
-    result = subprocess.run([python, "-m", "UNetSegmentationLib"] + [str(a) for a in arguments], capture_output=True, text=True, env=environment)
+    result = subprocess.run([python, "-m", "UNetSegmentationLib"] + [str(a) for a in arguments], capture_output=True, text=True, encoding="utf-8",
+                            errors="replace", env=child_environment())
     test.assertEqual(result.returncode, 0, result.stderr)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.cohort.discovery import CohortCase
@@ -25,6 +24,7 @@ from UNetSegmentationLib.cohort.executors import Job, WorkerSpec
 from UNetSegmentationLib.cohort.manifest import FAILED, now_text
 from UNetSegmentationLib.cohort.worker import CaseWorker
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.protocol.child_environment import with_engine_on_path
 
 INSTALL_HINT = 'pip install "UNetSegmentationLib[cluster]" (Ray)'
 #: the object store of a local instance: records are small, outputs go through the file system
@@ -110,10 +110,7 @@ def _first_line(error: BaseException) -> str:
 
 def _share_package_path() -> None:
     """A local instance's workers import this engine as this process does, installed or not (they inherit the environment)."""
-    root = str(Path(__file__).resolve().parents[2])
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if root not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
+    os.environ["PYTHONPATH"] = with_engine_on_path(os.environ.get("PYTHONPATH"))  # the one rule for a child's path (protocol/child_environment)
 
 
 def _ray_module():

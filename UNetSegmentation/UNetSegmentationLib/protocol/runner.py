@@ -25,6 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.io.locks import remove_abandoned_lock
 from UNetSegmentationLib.io.outputs import temporary_path
+from UNetSegmentationLib.protocol.child_environment import child_environment
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
 from UNetSegmentationLib.protocol.events import ERROR, PROGRESS, Event, make_event, parse_event
 
@@ -32,11 +33,6 @@ IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "c
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
 #: the runner's own last event of a run, after the child's: ``{"event": "exit", "returncode": N}``
 EXIT = "exit"
-
-
-def package_parent() -> Path:
-    """The folder that holds ``UNetSegmentationLib``: put on the child's PYTHONPATH."""
-    return Path(__file__).resolve().parents[2]
 
 
 class EngineProcess:
@@ -92,11 +88,7 @@ class EngineProcess:
         if self.state != IDLE:
             raise RuntimeError("an EngineProcess runs once")
         self._before = {p: _signature(p) for p in self.outputs}
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(package_parent())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONIOENCODING"] = "utf-8"
-        env.update(self.extra_env)
+        env = child_environment(extra=self.extra_env)
         popen_options = {}
         if os.name == "nt":  # pragma: no cover - Windows
             popen_options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)

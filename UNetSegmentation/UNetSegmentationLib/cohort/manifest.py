@@ -120,7 +120,10 @@ class Manifest:
 
     def append(self, record: dict) -> None:
         """Add ``record`` as one line, written in one call and flushed to the disk."""
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        try:
+            line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a file name's undecodable bytes (surrogates): escaped, read back as they were
+            line = (json.dumps(record, ensure_ascii=True, default=str) + "\n").encode("ascii")
         try:
             descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:

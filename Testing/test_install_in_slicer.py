@@ -10,7 +10,8 @@ Slicer's Python on first use. What can be checked without Slicer:
   are imported only inside the functions that use them;
 - a copy of the folder alone, as Slicer would put it on ``sys.path``, imports every engine module from
   the copy and runs ``unetseg info`` on the bundled model it holds;
-- ``UNetSegmentation/CMakeLists.txt`` installs every resource file of the folder (the build route);
+- ``UNetSegmentation/CMakeLists.txt`` installs every resource file of the folder (the build route), and
+  its lists are what ``Resources/Tools/cmake_lists.py`` writes from the folder's files;
 - the README gives the binary route before the build route, and its Python-console line installs
   exactly the panel's requirements with ``--no-deps``.
 """
@@ -127,6 +128,12 @@ def test_a_copy_of_the_module_folder_alone_imports_and_runs_the_engine(tmp_path)
 
 
 # --- the build route: CMake installs every resource --------------------------------------------------------
+
+
+def test_the_cmake_lists_are_the_ones_the_tool_writes_from_the_module_folder():
+    checked = subprocess.run([sys.executable, str(REPOSITORY / "Resources" / "Tools" / "cmake_lists.py"), "--check"], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_cmake_installs_every_resource_of_the_module_folder():

@@ -145,3 +145,97 @@ def test_a_folder_of_two_series_lists_them_and_series_picks_one(cli, small_unet_
     cohort = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--output-dir", tmp_path / "cohort", "--dicom-seg", folder)
     assert cohort.code == 0, cohort.stderr
     assert sorted(p.name for p in (tmp_path / "cohort").glob("*.dcm")) == ["two_2.dcm", "two_3.dcm"]
+
+
+# --- issue 23: what a SEG needs, checked before any work; text it must hold; its done event ------------------
+
+
+@pytest.fixture
+def small_series(tmp_path) -> Path:
+    return dicom_series(make_volume(size=(24, 20, 4), seed=3), tmp_path / "series", "1.2.826.0.1.3680043.2.1125.17.9")
+
+
+def blank(folder: Path, *keywords: str) -> None:
+    """Empty ``keywords`` in every file of ``folder``, as the anonymiser of TotalSegmentator's sample CT did."""
+    for path in sorted(folder.glob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        for keyword in keywords:
+            setattr(dataset, keyword, "")
+        dataset.save_as(path)
+
+
+@pytest.mark.parametrize("keywords, named", [(("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"), "SOPInstanceUID (0008,0018)"), (("StudyInstanceUID",), "StudyInstanceUID (0020,000D)")])
+def test_a_series_whose_uids_were_emptied_is_refused_before_any_work_naming_the_field(cli, small_unet_one_class, small_series, tmp_path, keywords, named):
+    """TotalSegmentator's sample CT has empty SOP, study and series UIDs: it ended in ``internal error: KeyError: ''``
+    after the whole segmentation. A SEG references its source images by these UIDs: none can be made up."""
+    blank(small_series, *keywords)
+    output = tmp_path / "seg.dcm"
+    result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "json", small_series, output)
+    message = assert_refused(result, output, named, ".seg.nrrd")
+    assert "internal error" not in message and "Traceback" not in result.stderr
+    assert not any(e["event"] in ("start", "progress", "done") for e in result.events), "refused before any work"
+    labels = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", small_series, tmp_path / "seg.seg.nrrd")
+    assert labels.code == 0, labels.stderr  # the way out the message names works
+
+
+def test_without_the_dicom_extra_a_seg_is_refused_before_any_work_and_nothing_says_wrote(cli, small_unet_one_class, small_series, tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "highdicom", None)  # import highdicom raises ImportError
+    output = tmp_path / "seg.dcm"
+    result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "bar", small_series, output)
+    assert_refused(result, output, "highdicom", "[dicom]")
+    assert "wrote" not in result.stderr + result.stdout
+
+
+def write_classes(source: Path, target: Path, classes) -> Path:
+    """``source``'s weights with other classes (names, terminology), as a checkpoint at ``target``."""
+    import dataclasses
+
+    from UNetSegmentationLib.model.checkpoint import save_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    return save_checkpoint(target, checkpoint.state_dict, dataclasses.replace(checkpoint.metadata, classes=classes))
+
+
+def test_names_in_any_script_long_names_and_long_code_meanings_make_a_seg_with_distinct_labels(cli, small_unetpp, small_series, tmp_path):
+    """Non-ASCII names came out as "??", names equal in their first 64 characters shared a label, and a
+    code meaning over 64 characters (DICOM LO) ended in a traceback."""
+    from UNetSegmentationLib.model.metadata import ClassInfo
+
+    long = "left lower lobe of the lung with its segmental bronchi and vessels "  # 67 characters
+    terminology = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "39607008", "Lung " + "x" * 80]}
+    checkpoint = write_classes(small_unetpp, tmp_path / "named.safetensors", [ClassInfo(1, "右肺 Müller", (1.0, 0.0, 0.0), terminology), ClassInfo(2, long + "A", (0.0, 1.0, 0.0))])
+    output = tmp_path / "seg.dcm"
+    result = cli("predict", "--checkpoint", checkpoint, "--progress", "none", small_series, output)
+    assert result.code == 0, result.stderr
+    seg = hd.seg.segread(str(output))
+    labels = [seg.get_segment_description(n).segment_label for n in (1, 2)]
+    assert labels[0] == "右肺 Müller" and len(labels[1]) <= 64 and labels[1] == (long + "A")[:64]
+    assert seg.get_segment_description(1).SegmentedPropertyTypeCodeSequence[0].CodeMeaning == ("Lung " + "x" * 80)[:64]
+    twins = write_classes(small_unetpp, tmp_path / "twins.safetensors", [ClassInfo(1, long + "A", (1.0, 0.0, 0.0)), ClassInfo(2, long + "B", (0.0, 1.0, 0.0))])
+    result = cli("predict", "--checkpoint", twins, "--progress", "none", small_series, tmp_path / "twins.dcm")
+    assert result.code == 0, result.stderr
+    seg = hd.seg.segread(str(tmp_path / "twins.dcm"))
+    labels = [seg.get_segment_description(n).segment_label for n in (1, 2)]
+    assert len(set(labels)) == 2 and all(len(label) <= 64 for label in labels), labels
+
+
+def test_json_progress_says_done_only_once_the_seg_is_written(cli, small_unet_one_class, small_series, tmp_path, monkeypatch):
+    """``done`` came before the SEG was written, and an ``error`` could follow it; now every output is in
+    place before ``done``, and a SEG that fails is an ``error`` with no ``done``."""
+    output = tmp_path / "seg.dcm"
+    result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "json", small_series, output)
+    assert result.code == 0, result.stderr
+    kinds = [e["event"] for e in result.events]
+    assert kinds[-1] == "done" and "error" not in kinds and result.events[-1]["output"] == str(output)
+
+    from UNetSegmentationLib.errors import UserError
+    from UNetSegmentationLib.io import case_outputs
+
+    def failing(*args, **kwargs):
+        raise UserError("cannot write the SEG: stand-in failure")
+
+    monkeypatch.setattr(case_outputs, "write_dicom_seg", failing)
+    failed = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "json", small_series, tmp_path / "failed.dcm")
+    kinds = [e["event"] for e in failed.events]
+    assert failed.code == 2 and "done" not in kinds and kinds[-1] == "error", kinds
+    assert not (tmp_path / "failed.dcm").exists()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.io.output_gate import bundled_files, check_output
+from UNetSegmentationLib.io.bundled_files import bundled_files
+from UNetSegmentationLib.io.output_gate import check_output
 from UNetSegmentationLib.io.outputs import atomic_output, check_output_path
 from UNetSegmentationLib.model.bundled import bundled_model_path, models_folder
 
@@ -120,12 +121,12 @@ def test_inputs_and_the_checkpoint_in_use_are_refused(tmp_path):
     series.mkdir()
     (series / "1.dcm").write_bytes(b"dicom")
     protected = [scan, checkpoint, series]
-    refused("which this run reads", path=scan, what="manifest", overwrite=True, protected=protected)
-    refused("which this run reads", path=checkpoint, what="manifest", overwrite=True, protected=protected)
-    refused("input folder", path=series / "1.dcm", what="label map", overwrite=True, protected=protected)
+    refused("would overwrite the input or checkpoint", path=scan, what="manifest", overwrite=True, protected=protected)
+    refused("would overwrite the input or checkpoint", path=checkpoint, what="manifest", overwrite=True, protected=protected)
+    refused("of the input folder", path=series / "1.dcm", what="label map", overwrite=True, protected=protected)
     if POSIX:
         os.link(scan, tmp_path / "hard.nrrd")
-        refused("which this run reads", path=tmp_path / "hard.nrrd", what="label map", overwrite=True, protected=protected)
+        refused("would overwrite the input or checkpoint", path=tmp_path / "hard.nrrd", what="label map", overwrite=True, protected=protected)
     assert check_output(series / "new.nrrd", what="label map", overwrite=False, protected=protected)  # a new file beside the slices
 
 

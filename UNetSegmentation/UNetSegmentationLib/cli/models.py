@@ -13,13 +13,17 @@ from UNetSegmentationLib.networks.registry import ARCHITECTURES
 
 
 def command_export(args: argparse.Namespace) -> int:
+    """``unetseg export``: the output checked by the output gate (never the source or the bundled model) and
+    locked while it is written, as ``predict``'s outputs are."""
+    from UNetSegmentationLib.io.outputs import claiming_outputs
     from UNetSegmentationLib.model.depth import parse_depth
     from UNetSegmentationLib.model.subnetwork import export_depth
 
     depth = parse_depth(args.depth)
     if not isinstance(depth, int):
         raise UserError(f"export --depth needs a depth number (1..4 or L1..L4), got {args.depth!r}")
-    path, full, exported = export_depth(args.checkpoint, depth, args.output, overwrite=args.overwrite)
+    with claiming_outputs():  # check_output_path (in export_depth) claims the output's lock until the file is written
+        path, full, exported = export_depth(args.checkpoint, depth, args.output, overwrite=args.overwrite)
     print(f"wrote {path}: depth-{depth} sub-network, {exported / 1e6:.3f}M of {full / 1e6:.3f}M parameters", file=sys.stderr)
     return 0
 
@@ -90,12 +94,15 @@ def command_archs(args: argparse.Namespace) -> int:
 
 
 def command_create(args: argparse.Namespace) -> int:
+    """``unetseg create``: the output checked by the output gate (never the bundled model) and locked while
+    it is written, as ``predict``'s outputs are."""
     from UNetSegmentationLib.model.checkpoint import create_checkpoint
-    from UNetSegmentationLib.io.outputs import check_output_path
+    from UNetSegmentationLib.io.outputs import check_output_path, claiming_outputs
 
     metadata = metadata_from_options(args)
-    check_output_path(Path(args.output), args.overwrite, what="checkpoint", extensions=(".safetensors",))
-    model = create_checkpoint(args.output, metadata, seed=args.seed, overwrite=args.overwrite)
+    with claiming_outputs():
+        check_output_path(Path(args.output), args.overwrite, what="checkpoint", extensions=(".safetensors",))
+        model = create_checkpoint(args.output, metadata, seed=args.seed, overwrite=args.overwrite)
     count = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.output}: untrained {metadata.architecture}, {count / 1e6:.2f}M parameters, classes {', '.join(c.name for c in metadata.classes)}", file=sys.stderr)
     return 0

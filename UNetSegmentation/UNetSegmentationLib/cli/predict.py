@@ -17,14 +17,9 @@ def command_predict(args: argparse.Namespace) -> int:
     check_single_volume_options(args)
     options = SegmentationOptions.from_namespace(args)
     plain_metadata = metadata_from_options(args) if args.arch else None
-    if args.series or str(args.output).lower().endswith(".dcm"):  # a series chosen in a DICOM folder, or a DICOM SEG out
-        from UNetSegmentationLib.cohort.single import predict_case_file
+    from UNetSegmentationLib.inference.predict_file import predict_file  # label map, .seg.nrrd or DICOM SEG; --series picks a DICOM series
 
-        predict_case_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata, args.series)
-        return 0
-    from UNetSegmentationLib.inference.predict_file import predict_file
-
-    predict_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata)
+    predict_file(args.input, args.output, args.checkpoint, options, args.reporter, plain_metadata, series_uid=args.series)
     return 0
 
 

@@ -18,17 +18,20 @@ from UNetSegmentationLib.backends.plan import ExecutionPlan, plan_execution
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.normalization import fit_normalization
 from UNetSegmentationLib.inference.options import SPACING_MODEL, SPACING_NATIVE, SegmentationOptions
-from UNetSegmentationLib.inference.pipeline import PredictionResult, predict_volume
+from UNetSegmentationLib.inference.pipeline import predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
-from UNetSegmentationLib.inference.review import check_review_list, review_ranking
+from UNetSegmentationLib.inference.quality import segment_volumes_ml
+from UNetSegmentationLib.inference.review import check_review_list, review_list_text, review_ranking
 from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume, slice_view_spacing
 from UNetSegmentationLib.inference.resolution import plan_model_grid
 from UNetSegmentationLib.inference.slicing import SliceGeometry, body_batch
+from UNetSegmentationLib.io.case_outputs import DICOM_SEG_EXTENSION, CaseOutputs, DicomSource, write_case_outputs, writes_dicom_seg
+from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo, algorithm_of, check_dicom_seg
+from UNetSegmentationLib.io.file_digest import file_sha256
 from UNetSegmentationLib.io.input_header import InputHeader
-from UNetSegmentationLib.io.native_messages import quiet_itk
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
-from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claim_outputs, claiming_outputs
-from UNetSegmentationLib.io.segmentations import label_dtype, write_labels, write_scalar
+from UNetSegmentationLib.io.outputs import check_output_path, claim_outputs, claiming_outputs
+from UNetSegmentationLib.io.segmentations import label_dtype
 from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, max_slice_pixels, constant_value, inspect_input, read_volume, verify_data
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
@@ -51,19 +54,35 @@ def _spacing_note(layout: VolumeLayout, metadata: ModelMetadata, options: Segmen
     return None
 
 
-def checked_outputs(input_path, output_path, options: SegmentationOptions) -> List[Path]:
-    """The label output (``output_path`` as typed: a trailing '/' names a folder), and the probability map when
-    asked for: each checked before any work (claimed later, once the input is known to be safe to open)."""
-    outputs = [check_output_path(output_path, options.overwrite)]
+def checked_outputs(input_path, output_path, options: SegmentationOptions, protected: Sequence[Path] = (), inside: Optional[Path] = None) -> List[Path]:
+    """The labels output (``output_path`` as typed: a trailing '/' names a folder; a ``.dcm`` name a DICOM
+    SEG), and the probability map when asked for: each checked by the output gate before any work (claimed
+    later, once the input is known to be safe to open), never the input nor one of ``protected`` (the
+    checkpoint), the labels inside ``inside`` when given (a cohort's output folder); the review list too."""
+    protected = [Path(input_path), *map(Path, protected)]
+    if writes_dicom_seg(output_path):
+        labels = check_output_path(output_path, options.overwrite, what="DICOM SEG", extensions=(DICOM_SEG_EXTENSION,), inside=inside, protected=protected)
+    else:
+        labels = check_output_path(output_path, options.overwrite, inside=inside, protected=protected)
+    outputs = [labels]
     if options.probabilities is not None:
-        probabilities_path = check_output_path(Path(options.probabilities), options.overwrite, what="probability map", extensions=(".nrrd", ".nii.gz", ".nii", ".mha"))
+        probabilities_path = check_output_path(Path(options.probabilities), options.overwrite, what="probability map", extensions=(".nrrd", ".nii.gz", ".nii", ".mha"), protected=protected)
         if probabilities_path.resolve() == outputs[0].resolve():
             raise UserError("--probabilities must name a different file than the output")
         outputs.append(probabilities_path)
-    if Path(input_path).exists() and any(Path(input_path).resolve() == o.resolve() for o in outputs):
-        raise UserError("the output would overwrite the input; choose another output name")
-    check_review_list(options.review_list, options.overwrite, [Path(input_path), *outputs])  # --review-list checked before any work too
+    check_review_list(options.review_list, options.overwrite, [*protected, *outputs])  # --review-list checked before any work too
     return outputs
+
+
+def prepare_input(input_path, labels_output: Path, series_uid: Optional[str] = None) -> InputHeader:
+    """The input inspected from its header (series ``series_uid`` of a DICOM folder, when given) and, for a
+    DICOM SEG output, the series checked to be one a SEG can be made of: before any lock, model or voxel."""
+    header = inspect_input(input_path, series_uid)
+    if writes_dicom_seg(labels_output):
+        if not header.dicom_files:
+            raise UserError(f"{labels_output}: a DICOM SEG needs a DICOM series as input, and {input_path} is a volume file; write a label map (.nrrd, .seg.nrrd) instead")
+        check_dicom_seg(header.dicom_files)
+    return header
 
 
 def _input_warnings(volume: np.ndarray, layout: VolumeLayout, metadata: ModelMetadata, options: SegmentationOptions) -> List[str]:
@@ -121,8 +140,10 @@ def predict_file(
     plain_torch_metadata: Optional[ModelMetadata] = None,
     predictor_factory: PredictorFactory = create_predictor,
     memory_available: Callable[[], Optional[int]] = available_memory,
+    series_uid: Optional[str] = None,
 ) -> dict:
     """``unetseg predict``: everything is checked before the first slice runs; outputs appear only when complete.
+    ``output_path`` may be a label map, a Slicer segmentation or (for a DICOM series) a DICOM SEG.
 
     ``predictor_factory`` builds the predictor from the checkpoint and the resolved plan (default: the
     engine's :func:`~UNetSegmentationLib.backends.factory.create_predictor`); ``memory_available`` says how
@@ -130,8 +151,8 @@ def predict_file(
     """
     t_start = time.perf_counter()
     reporter = reporter or Reporter()
-    outputs = checked_outputs(input_path, output_path, options)  # before any work
-    header = inspect_input(input_path)  # a regular file or a DICOM folder, complete, from its header: before any lock
+    outputs = checked_outputs(input_path, output_path, options, protected=[Path(checkpoint_path)])  # before any work
+    header = prepare_input(input_path, outputs[0], series_uid)  # a regular file or a DICOM folder, complete, from its header: before any lock
     with claiming_outputs():  # a lock per output while the run lasts: a second run on the same output is refused
         claim_outputs(outputs)
         header, model = model_for_input(checkpoint_path, header, options, reporter, plain_torch_metadata, predictor_factory, memory_available)
@@ -163,13 +184,28 @@ def checked_input(header: InputHeader, metadata: ModelMetadata, options: Segment
     return verify_data(header)
 
 
-def segment_volume(header: InputHeader, outputs: List[Path], model: SegmentationModel, options: SegmentationOptions, reporter: Reporter, t_start: Optional[float] = None, observers: Sequence = ()) -> dict:
-    """Segment one checked input (:func:`checked_input`) with an opened model and write ``outputs``
-    (checked by :func:`checked_outputs` and claimed by the caller). Returns the ``done`` summary, also
-    reported. ``observers`` (:class:`~.pipeline.SliceObserver`) see every batch's labels and confidence."""
+def segment_volume(
+    header: InputHeader,
+    outputs: List[Path],
+    model: SegmentationModel,
+    options: SegmentationOptions,
+    reporter: Reporter,
+    t_start: Optional[float] = None,
+    observers: Sequence = (),
+    algorithm: Optional[AlgorithmInfo] = None,
+    measure: bool = False,
+) -> dict:
+    """The one case runner of ``predict`` and of a cohort's cases: segment one checked input
+    (:func:`checked_input`) with an opened model and write ``outputs`` (checked by :func:`checked_outputs`
+    and claimed by the caller; ``outputs[0]`` a label map, ``.seg.nrrd`` or DICOM SEG, then the probability
+    map) and the review list, all renamed into place together; only then is ``done`` reported. Returns the
+    ``done`` summary, with ``volumes_ml`` (each class's volume, from the labels in memory) when ``measure``.
+    ``observers`` (:class:`~.pipeline.SliceObserver`) see every batch's labels and confidence;
+    ``algorithm`` names the model in a DICOM SEG (default: from the checkpoint)."""
     t_start = time.perf_counter() - model.seconds if t_start is None else t_start
     metadata, plan, depth = model.metadata, model.plan, model.depth
     predictor = model.predictor
+    dicom = _dicom_source(header, outputs[0], model, algorithm)  # a SEG's segments checked before the volume is read
     t_model = time.perf_counter()
 
     image = read_volume(header.path, header)
@@ -200,7 +236,9 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
         reporter.warning("no voxel was labelled: the model found none of its classes in this volume")
     t_predicted = time.perf_counter()
 
-    _write_outputs(result, image, outputs, metadata, options.overwrite)
+    case_outputs = CaseOutputs(outputs[0], outputs[1] if len(outputs) > 1 else None, Path(options.review_list) if options.review_list is not None else None)
+    review_text = review_list_text(review.ranked(), case_outputs.review_list.suffix.lower()) if case_outputs.review_list is not None else None
+    write_case_outputs(case_outputs, result.labels, image, metadata.classes, confidence=result.confidence, review_text=review_text, dicom=dicom, overwrite=options.overwrite)
     t_written = time.perf_counter()
 
     timings = {
@@ -214,9 +252,25 @@ def segment_volume(header: InputHeader, outputs: List[Path], model: Segmentation
         "total_s": t_written - t_start,
     }
     summary = _summary(outputs, depth, predictor, timings)
-    summary.update(review.finish(options.review_list))  # the most uncertain slices in the done event, all of them in --review-list
-    reporter.done(**summary)
+    summary.update(review.finish(None))  # the most uncertain slices in the done event (all of them in --review-list, written above)
+    if measure:
+        summary["volumes_ml"] = segment_volumes_ml(result.labels, image.GetSpacing(), metadata.classes)
+    reporter.done(**summary)  # after every output is in place
     return summary
+
+
+def _dicom_source(header: InputHeader, labels_output: Path, model: SegmentationModel, algorithm: Optional[AlgorithmInfo]) -> Optional[DicomSource]:
+    """For a DICOM SEG output: the series' files and the algorithm, once the SEG is known to be possible
+    with this model's segments (:func:`~UNetSegmentationLib.io.dicom_seg.check_dicom_seg`); else None."""
+    if not writes_dicom_seg(labels_output):
+        return None
+    if not header.dicom_files:
+        raise UserError(f"{labels_output}: a DICOM SEG needs a DICOM series as input; write a label map (.nrrd, .seg.nrrd) instead")
+    check_dicom_seg(header.dicom_files, model.metadata.classes)
+    if algorithm is None:
+        path = model.checkpoint.path
+        algorithm = algorithm_of(path, file_sha256(path), model.metadata.architecture)
+    return DicomSource(list(header.dicom_files), algorithm)
 
 
 def _check_memory(header: InputHeader, metadata: ModelMetadata, options: SegmentationOptions, available: Optional[int]) -> None:
@@ -263,14 +317,6 @@ def _report_start(reporter: Reporter, plan: ExecutionPlan, predictor, metadata: 
         workers=getattr(predictor, "workers", 1),
         **layout.describe(),
     )
-
-
-def _write_outputs(result: PredictionResult, image, outputs: List[Path], metadata: ModelMetadata, overwrite: bool) -> None:
-    """The labels (and the confidence map) on the input's grid, all renamed into place only when every one is complete."""
-    with quiet_itk(), atomic_output(outputs, overwrite=overwrite) as temporaries:  # ITK's own complaints: the check before the rename words them
-        write_labels(result.labels, image, temporaries[0], metadata.classes, final_name=outputs[0])
-        if result.confidence is not None:
-            write_scalar(result.confidence, image, temporaries[1], final_name=outputs[1])
 
 
 def _summary(outputs: List[Path], depth: Depth, predictor, timings: Dict[str, float]) -> dict:

@@ -7,6 +7,13 @@ coded as the generic "Tissue". The algorithm is identified by the model's name a
 SHA-256 (``AlgorithmIdentificationSequence``); every frame references its source image (the series is
 the referenced series); only frames where a segment is present are stored (binary segmentation).
 
+What a SEG needs is checked before any work (:func:`check_dicom_seg`): the ``[dicom]`` extra, and in every
+source image the UIDs it must reference (SOP class and instance, study, series, frame of reference) and
+the image plane. An anonymised series whose UIDs were emptied is refused with the missing field named:
+a SEG references its source images by their UIDs, and UIDs generated here would reference images that
+do not carry them (a viewer or PACS could never put the SEG on its series). Text is written as UTF-8;
+labels and code meanings (DICOM LO) are cut to 64 characters, labels kept unique.
+
 The label map must be on the series' grid in its slice order: ``labels[k]`` belongs to
 ``source_files[k]`` (SimpleITK's series reader stacks the files in the order it is given, the order
 :func:`~.dicom_series.series_files` returns). highdicom and pydicom are the ``[dicom]`` extra: imported
@@ -22,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.io.outputs import atomic_output
 
 if TYPE_CHECKING:  # annotations only: io/ stays below model/
     from UNetSegmentationLib.model.metadata import ClassInfo
@@ -45,19 +51,67 @@ class AlgorithmInfo:
         return f"sha256:{self.checkpoint_sha256[:16]}"
 
 
-def write_dicom_seg(labels: np.ndarray, source_files: Sequence[str], classes: Sequence[ClassInfo], path: Path, algorithm: AlgorithmInfo, overwrite: bool = False) -> None:
-    """Write ``labels`` ([k, j, i] class values on the series' grid) as a DICOM SEG at ``path``,
-    atomically (a temporary file renamed into place once complete)."""
+def algorithm_of(checkpoint_path: Path, checkpoint_sha256: str, architecture: str) -> AlgorithmInfo:
+    """The model as a DICOM SEG names it: the checkpoint's file name and architecture, its hash, this software."""
+    from UNetSegmentationLib import __version__ as version
+
+    name = f"{Path(checkpoint_path).name.split('.')[0]} ({architecture})"
+    return AlgorithmInfo(name, checkpoint_sha256, f"UNetSegmentation unetseg {version}")
+
+
+#: what a DICOM SEG takes from every source image: (keyword, tag), UIDs it must reference or share
+REQUIRED_UIDS = (
+    ("SOPClassUID", "(0008,0016)"),
+    ("SOPInstanceUID", "(0008,0018)"),
+    ("StudyInstanceUID", "(0020,000D)"),
+    ("SeriesInstanceUID", "(0020,000E)"),
+    ("FrameOfReferenceUID", "(0020,0052)"),
+)
+#: and the image plane, where each frame lies
+REQUIRED_GEOMETRY = (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"), ("PixelSpacing", "(0028,0030)"),
+                     ("ImageOrientationPatient", "(0020,0037)"), ("ImagePositionPatient", "(0020,0032)"))
+#: longest DICOM LO value (segment labels, tracking ids, code meanings): 64 characters
+LO_LENGTH = 64
+
+
+def check_dicom_seg(source_files: Sequence[str], classes: Optional[Sequence[ClassInfo]] = None) -> None:
+    """Refuse, before any work, a DICOM SEG that cannot be made: the ``[dicom]`` extra missing, a source
+    image without a UID the SEG must reference (an anonymiser may have emptied them: a SEG cannot
+    reference an image by a UID it does not have, and UIDs made up here would reference nothing), or a
+    segment the SEG cannot describe."""
+    hd, pydicom = _dicom_modules()
+    sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in source_files]
+    folder = Path(source_files[0]).parent
+    for keyword, tag in REQUIRED_UIDS + REQUIRED_GEOMETRY:
+        lacking = [Path(f).name for f, source in zip(source_files, sources) if not str(source.get(keyword, "") or "").strip()]
+        if lacking:
+            raise UserError(
+                f"cannot make a DICOM SEG of the series in {folder}: {len(lacking)} of its {len(sources)} images have an empty or missing "
+                f"{keyword} {tag} (e.g. {lacking[0]}), which a DICOM SEG must reference; write a Slicer segmentation (.seg.nrrd) or a label map instead"
+            )
+    uids = [str(source.SOPInstanceUID) for source in sources]
+    if len(set(uids)) != len(uids):
+        raise UserError(f"cannot make a DICOM SEG of the series in {folder}: several of its images share one SOPInstanceUID (0008,0018); write a Slicer segmentation (.seg.nrrd) or a label map instead")
+    if classes is None:  # the model not known yet: its segments are checked before the volume is read
+        return
+    try:
+        segment_descriptions(hd, classes, AlgorithmInfo("check", "0" * 64, "unetseg"))
+    except ValueError as error:
+        raise UserError(f"cannot make a DICOM SEG: a segment cannot be described ({error}); write a Slicer segmentation (.seg.nrrd) instead") from None
+
+
+def write_dicom_seg(labels: np.ndarray, source_files: Sequence[str], classes: Sequence[ClassInfo], path: Path, algorithm: AlgorithmInfo, final_name: Optional[Path] = None) -> None:
+    """Write ``labels`` ([k, j, i] class values on the series' grid) as a DICOM SEG at ``path`` (a temporary
+    file of :func:`~.outputs.atomic_output`, renamed to ``final_name`` with the run's other outputs)."""
     segmentation = dicom_seg_dataset(labels, source_files, classes, algorithm)
-    with atomic_output([Path(path)], overwrite=overwrite) as temporaries:
-        try:
-            segmentation.save_as(str(temporaries[0]))
-        except OSError as error:
-            raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        segmentation.save_as(str(path))
+    except OSError as error:
+        raise UserError(f"cannot write {final_name or path}: {error.strerror or error}") from None
 
 
 def dicom_seg_dataset(labels: np.ndarray, source_files: Sequence[str], classes: Sequence[ClassInfo], algorithm: AlgorithmInfo) -> Any:
-    """The ``highdicom.seg.Segmentation`` of ``labels`` (see the module's docstring)."""
+    """The ``highdicom.seg.Segmentation`` of ``labels`` (see the module's docstring), in UTF-8 (names in any script)."""
     hd, pydicom = _dicom_modules()
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in source_files]
     if labels.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
@@ -65,14 +119,35 @@ def dicom_seg_dataset(labels: np.ndarray, source_files: Sequence[str], classes: 
     segment_numbers = np.zeros(max(c.value for c in classes) + 1, dtype=np.uint8 if len(classes) < 256 else np.uint16)
     for number, info in enumerate(classes, start=1):
         segment_numbers[info.value] = number
-    identification = hd.AlgorithmIdentificationSequence(
-        name=algorithm.model_name[:64], family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence"), version=algorithm.version, source=algorithm.software[:64]
-    )
-    descriptions = [_segment_description(hd, number, info, identification) for number, info in enumerate(classes, start=1)]
     try:
-        return _segmentation(hd, sources, segment_numbers[labels], descriptions, algorithm)
-    except (ValueError, AttributeError, TypeError) as error:  # what highdicom finds missing or inconsistent in the series
-        raise UserError(f"cannot make a DICOM SEG for the series of {Path(source_files[0]).parent}: {error}") from None
+        descriptions = segment_descriptions(hd, classes, algorithm)
+        segmentation = _segmentation(hd, sources, segment_numbers[labels], descriptions, algorithm)
+    except (ValueError, AttributeError, TypeError, KeyError) as error:  # what highdicom finds missing or inconsistent in the series
+        raise UserError(f"cannot make a DICOM SEG for the series of {Path(source_files[0]).parent}: {type(error).__name__}: {error}"[:500]) from None
+    segmentation.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: a class named 右肺 stays 右肺, not "??"
+    return segmentation
+
+
+def segment_labels(names: Sequence[str]) -> List[str]:
+    """Each name as a segment label (DICOM LO: at most 64 characters), all different: a name cut to 64
+    characters that would equal another's ends in its segment number instead (``"...#3"``)."""
+    labels: List[str] = []
+    for number, name in enumerate(names, start=1):
+        label = name[:LO_LENGTH]
+        if label in labels or (len(name) > LO_LENGTH and label in names):
+            suffix = f"#{number}"
+            label = name[: LO_LENGTH - len(suffix)] + suffix
+        labels.append(label)
+    return labels
+
+
+def segment_descriptions(hd, classes: Sequence[ClassInfo], algorithm: AlgorithmInfo) -> List[Any]:
+    """One ``SegmentDescription`` per class, numbered from 1, with unique labels (:func:`segment_labels`)."""
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm.model_name[:LO_LENGTH], family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence"), version=algorithm.version, source=algorithm.software[:LO_LENGTH]
+    )
+    labels = segment_labels([info.name for info in classes])
+    return [_segment_description(hd, number, info, label, identification) for number, (info, label) in enumerate(zip(classes, labels), start=1)]
 
 
 def _segmentation(hd, sources: List[Any], pixel_array: np.ndarray, descriptions: List[Any], algorithm: AlgorithmInfo) -> Any:
@@ -101,24 +176,30 @@ def _segmentation(hd, sources: List[Any], pixel_array: np.ndarray, descriptions:
     )
 
 
-def _segment_description(hd, number: int, info: ClassInfo, identification) -> Any:
+def _segment_description(hd, number: int, info: ClassInfo, label: str, identification) -> Any:
     """One segment: label, colour, category/type (and type modifier) codes, the algorithm that made it."""
     codes = segment_codes(info.terminology)
     description = hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=info.name[:64],
-        segmented_property_category=hd.sr.CodedConcept(codes["category"][1], codes["category"][0], codes["category"][2]),
-        segmented_property_type=hd.sr.CodedConcept(codes["type"][1], codes["type"][0], codes["type"][2]),
+        segment_label=label,
+        segmented_property_category=_concept(hd, codes["category"]),
+        segmented_property_type=_concept(hd, codes["type"]),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=identification,
         tracking_uid=hd.UID(),
-        tracking_id=info.name[:64],
+        tracking_id=label,
         display_color=hd.color.CIELabColor.from_rgb(*(int(round(255 * c)) for c in info.color)),
     )
     if codes.get("typeModifier"):  # e.g. right/left lung: nested in the type code's item, where DICOM puts it
-        scheme, value, meaning = codes["typeModifier"]
-        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept(value, scheme, meaning)]
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [_concept(hd, codes["typeModifier"])]
     return description
+
+
+def _concept(hd, code: tuple) -> Any:
+    """A coded concept of a ``(scheme, value, meaning)`` code; the meaning, a DICOM LO, cut to 64 characters
+    (the scheme and value identify the concept; the meaning only shows it)."""
+    scheme, value, meaning = code
+    return hd.sr.CodedConcept(value, scheme, meaning[:LO_LENGTH])
 
 
 def segment_codes(terminology: Optional[Dict[str, Any]]) -> Dict[str, tuple]:

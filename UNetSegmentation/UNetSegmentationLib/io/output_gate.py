@@ -26,10 +26,10 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Iterable, List, Optional, Union
+from typing import Iterable, Optional, Union
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.model.bundled import BUNDLED_MODEL_NAME, bundled_model_path, models_folder
+from UNetSegmentationLib.io.bundled_files import bundled_files, models_folder
 
 FILE, FOLDER = "file", "folder"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -114,17 +114,6 @@ def _special_kind(mode: int) -> Optional[str]:
     return None
 
 
-def bundled_files() -> List[Path]:
-    """The bundled model's files: the model, its shipped ONNX export(s) and its card (those that exist)."""
-    folder = models_folder()
-    stem = BUNDLED_MODEL_NAME[: -len(".safetensors")]
-    try:
-        shipped = [entry for entry in folder.iterdir() if entry.name.startswith(stem + ".") and entry.name.endswith((".shipped.onnx", ".md"))]
-    except OSError:
-        shipped = []
-    return [bundled_model_path(), *sorted(shipped)]
-
-
 def _check_not_bundled(resolved: Path, what: str, kind: str) -> None:
     """Neither a bundled model's file nor, for a folder output, the bundled models' folder."""
     folder = models_folder().resolve()
@@ -141,9 +130,9 @@ def _check_not_protected(path: Path, resolved: Path, what: str, protected: Itera
     for item in protected:
         other = Path(os.fspath(item))
         if _same(resolved, other):
-            raise UserError(f"{what} {path} is {other}, which this run reads (an input or the checkpoint); choose another name")
+            raise UserError(f"{what} {path} would overwrite the input or checkpoint {other} that this run reads; choose another name")
         if exists and other.is_dir() and _is_within(str(resolved), str(other.resolve())):
-            raise UserError(f"{what} {path} would replace a file of the input folder {other}; choose another name")
+            raise UserError(f"{what} {path} would overwrite a file of the input folder {other}; choose another name")
 
 
 def _same(resolved: Path, other: Path) -> bool:

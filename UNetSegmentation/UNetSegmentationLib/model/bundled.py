@@ -1,20 +1,9 @@
 """Where the bundled model lies: ``<module>/Resources/Models`` beside the engine package, in the source
-tree and in a Slicer install alike (torch-, numpy- and SimpleITK-free: the panel reads it at start-up)."""
+tree and in a Slicer install alike (torch-, numpy- and SimpleITK-free: the panel reads it at start-up).
+Decided in :mod:`~UNetSegmentationLib.io.bundled_files`, below the output gate that must refuse to write it."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from UNetSegmentationLib.io.bundled_files import BUNDLED_MODEL_NAME, bundled_model_path, models_folder
 
-
-#: file name of the bundled model, shipped in the module's Resources/Models (``unetseg demo`` runs it too)
-BUNDLED_MODEL_NAME = "chest-ct-unetplusplus.safetensors"
-
-
-def models_folder() -> Path:
-    """``<module>/Resources/Models``: beside the Lib package in the source tree and in a Slicer install."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
-
-
-def bundled_model_path() -> Path:
-    """Where the bundled model is (it may be missing in a development checkout)."""
-    return models_folder() / BUNDLED_MODEL_NAME
+__all__ = ["BUNDLED_MODEL_NAME", "bundled_model_path", "models_folder"]

@@ -40,10 +40,8 @@ def export_depth(checkpoint_path, depth: int, output, overwrite: bool = False) -
 
     Returns ``(path, full_parameters, exported_parameters)``.
     """
-    output = check_output_path(Path(output), overwrite, what="checkpoint", extensions=(".safetensors",))
+    output = check_output_path(Path(output), overwrite, what="checkpoint", extensions=(".safetensors",), protected=[Path(checkpoint_path)])
     checkpoint = load_checkpoint(checkpoint_path)
-    if output.exists() and output.resolve() == Path(checkpoint_path).resolve():
-        raise UserError("the export would overwrite its source checkpoint; choose another output name")
     metadata = checkpoint.metadata
     kwargs = sub_network_kwargs(metadata, depth)
     network = build_network(metadata.architecture, kwargs)

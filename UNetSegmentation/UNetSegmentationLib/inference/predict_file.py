@@ -36,6 +36,7 @@ from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, max_s
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
+from UNetSegmentationLib.protocol.events import PredictDone
 from UNetSegmentationLib.protocol.reporters import Reporter
 
 
@@ -319,7 +320,7 @@ def _report_start(reporter: Reporter, plan: ExecutionPlan, predictor, metadata: 
     )
 
 
-def _summary(outputs: List[Path], depth: Depth, predictor, timings: Dict[str, float]) -> dict:
+def _summary(outputs: List[Path], depth: Depth, predictor, timings: Dict[str, float]) -> PredictDone:
     """The ``done`` event's fields: outputs, depth, the precision that computed the labels, timings in seconds."""
     return {
         "output": str(outputs[0]),

@@ -21,20 +21,268 @@ One JSON object per line on stdout, nothing else on that stream. Every object ha
 
 Readers (the process runner, the Slicer panel) go through :func:`parse_event`, which also turns any
 line that is not an event into a ``log`` event, so a stray print can never break a reader.
+
+The payloads are typed once, here, as ``TypedDict`` s (what the writers build and the readers may rely
+on): :class:`StartEvent`, :class:`ProgressEvent`, :class:`MessageEvent` (log, warning, error) and
+:class:`DoneEvent`, with each command's own fields in :data:`START_PAYLOADS`, :data:`PROGRESS_PAYLOADS`
+and :data:`DONE_PAYLOADS` (``predict``, ``train``, ``evaluate``, ``predict-cohort``). The wire format is
+plain JSON as before (:data:`VERSION` 1): a field listed here keeps its name, type and meaning; a
+command may add fields, and readers ignore what they do not know. :func:`check_event` says where an
+event departs from its schema (the tests run every command through it).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Union
+
+try:  # Python 3.8+: typing; the panel's Python (3.9 in Slicer 5.x) has both
+    from typing import TypedDict, get_args, get_origin, get_type_hints
+except ImportError:  # pragma: no cover
+    from typing_extensions import TypedDict, get_args, get_origin, get_type_hints
 
 #: the schema's version, sent in every ``start`` event; raise it when a field changes meaning
 VERSION = 1
 START, PROGRESS, LOG, WARNING, DONE, ERROR = "start", "progress", "log", "warning", "done", "error"
 KINDS = (START, PROGRESS, LOG, WARNING, DONE, ERROR)
 UNITS = ("slice", "step", "case")
+#: the commands that speak the protocol, as their ``start`` event names them
+PREDICT, TRAIN, EVALUATE, COHORT = "predict", "train", "evaluate", "predict-cohort"
 
 Event = Dict[str, Any]
+
+
+# --- the events every command sends -------------------------------------------------------------------
+
+
+class StartEvent(TypedDict):
+    """``start``: the schema's version, the command, and how much work there is (``total`` ``unit`` s)."""
+
+    event: str
+    version: int
+    command: str
+    total: int
+    unit: str
+
+
+class ProgressEvent(TypedDict):
+    """``progress``: ``done`` of ``total``; ``eta_s`` None until a rate is known."""
+
+    event: str
+    done: int
+    total: int
+    unit: str
+    rate_per_s: float
+    eta_s: Optional[float]
+
+
+class MessageEvent(TypedDict):
+    """``log``, ``warning`` and ``error``: one message in words."""
+
+    event: str
+    message: str
+
+
+class DoneEvent(TypedDict):
+    """``done``: the command's summary (its fields: :data:`DONE_PAYLOADS`)."""
+
+    event: str
+
+
+# --- each command's own fields (optional in the type: a command may leave one out where it does not apply)
+
+
+class _Resumable(StartEvent, total=False):
+    initial: int  # units done before this process (a resumed training, a cohort's cases done before)
+
+
+class PredictStart(_Resumable, total=False):
+    device: str
+    arch: str
+    depth: Union[int, str, None]
+    classes: List[str]
+    geometry: str
+    backend: str
+    precision: str
+    threads: int
+    workers: int
+    resolution: str
+    body_share: float
+
+
+class TrainStart(_Resumable, total=False):
+    arch: str
+    classes: List[str]
+    parameters: int
+    device: str
+    epochs: int
+    steps_per_epoch: int
+    crop: List[int]
+    loss: str
+    training_slices: int
+    validation_slices: int
+    spacing: Optional[List[float]]
+    slice_distance: Optional[float]
+    amp: Optional[str]
+    base: Optional[str]
+    unlabelled_classes: List[str]
+
+
+class EvaluateStart(_Resumable, total=False):
+    arch: str
+    device: str
+    depths: List[str]
+    cases: List[str]
+    backend: str
+    precision: str
+    threads: int
+
+
+class CohortStart(_Resumable, total=False):
+    arch: str
+    cases: int
+    skipped: int
+    executor: str
+    workers: int
+    manifest: str
+
+
+class TrainProgress(ProgressEvent, total=False):
+    epoch: int
+    epochs: int
+    loss: float
+    lr: float
+    val_dice: Optional[float]
+
+
+class EvaluateProgress(ProgressEvent, total=False):
+    case: str
+    depth: str
+
+
+class CohortProgress(ProgressEvent, total=False):
+    case: str
+    status: str
+    slices_per_s: Optional[float]
+
+
+class ReviewItem(TypedDict):
+    """One slice of the review ranking: most uncertain first."""
+
+    slice: int
+    axis: str
+    score: float
+
+
+class PredictDone(DoneEvent, total=False):
+    output: str
+    probabilities: Optional[str]
+    depth: Union[int, str, None]
+    precision: str  # what computed the labels (int8 may have fallen back to fp32)
+    timings: Dict[str, float]
+    scan_flags: List[str]
+    review: List[ReviewItem]
+    volumes_ml: Dict[str, float]
+
+
+class TrainDone(DoneEvent, total=False):
+    """A finished run (``checkpoint`` ...) or one stopped by ``--stop-after`` (``stopped``, ``epoch``, ``state``)."""
+
+    checkpoint: str
+    log: str
+    best_epoch: int
+    validation: Optional[Dict[str, Any]]
+    depth_metrics: Dict[str, Any]
+    recommended_depth: Optional[int]
+    seconds: float
+    stopped: bool
+    epoch: int
+    state: str
+
+
+class EvaluateDone(DoneEvent, total=False):
+    summary: Dict[str, Dict[str, Optional[float]]]  # depth → mean of each metric, ms/slice, ...
+    outputs: List[str]
+
+
+class CohortDone(DoneEvent, total=False):
+    cases: int
+    done: int
+    failed: int
+    skipped: int
+    ran: int
+    manifest: str
+    qc_report: Optional[str]
+    flagged: Optional[int]
+    seconds: float
+
+
+START_PAYLOADS = {PREDICT: PredictStart, TRAIN: TrainStart, EVALUATE: EvaluateStart, COHORT: CohortStart}
+PROGRESS_PAYLOADS = {PREDICT: ProgressEvent, TRAIN: TrainProgress, EVALUATE: EvaluateProgress, COHORT: CohortProgress}
+DONE_PAYLOADS = {PREDICT: PredictDone, TRAIN: TrainDone, EVALUATE: EvaluateDone, COHORT: CohortDone}
+_COMMON = {START: StartEvent, PROGRESS: ProgressEvent, LOG: MessageEvent, WARNING: MessageEvent, ERROR: MessageEvent, DONE: DoneEvent}
+
+
+def schema_of(kind: str, command: Optional[str] = None) -> type:
+    """The ``TypedDict`` of a ``kind`` event of ``command`` (None or unknown: the fields every command sends)."""
+    table = {START: START_PAYLOADS, PROGRESS: PROGRESS_PAYLOADS, DONE: DONE_PAYLOADS}.get(kind, {})
+    return table.get(command) or _COMMON[kind]
+
+
+def check_event(event: Any, command: Optional[str] = None) -> List[str]:
+    """What in ``event`` departs from its schema (``[]``: nothing): an unknown kind, a missing required
+    field, a listed field of the wrong type. Unlisted fields are allowed (a command may add fields).
+    ``command``: the run's command (its ``start`` event's); a ``start`` event names its own."""
+    if not isinstance(event, dict) or event.get("event") not in KINDS:
+        return [f"not an event of the schema: {str(event)[:80]}"]
+    kind = event["event"]
+    if kind == START:
+        command = event.get("command")
+    schema = schema_of(kind, command)
+    problems = [f"{kind}: missing {name!r}" for name in sorted(schema.__required_keys__) if name not in event]
+    hints = get_type_hints(schema)
+    for name, value in event.items():
+        if name in hints and not _matches(value, hints[name]):
+            problems.append(f"{kind}: {name!r} is {value!r}, not {_name(hints[name])}")
+    if kind == START and event.get("unit") not in UNITS:
+        problems.append(f"start: unit {event.get('unit')!r} is none of {', '.join(UNITS)}")
+    return problems
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """Whether a JSON ``value`` fits the annotation ``expected`` (ints count as floats, bools as neither)."""
+    if expected is Any:
+        return True
+    origin = get_origin(expected)
+    if origin is Union:
+        return any(_matches(value, option) for option in get_args(expected))
+    if origin is list:
+        (item,) = get_args(expected)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        _, item = get_args(expected)
+        return isinstance(value, dict) and all(isinstance(k, str) and _matches(v, item) for k, v in value.items())
+    if expected is type(None):
+        return value is None
+    if isinstance(expected, type) and hasattr(expected, "__required_keys__"):  # a nested TypedDict
+        return isinstance(value, dict) and not [p for p in check_nested(value, expected)]
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def check_nested(value: dict, schema: type) -> List[str]:
+    """Problems of a nested payload (e.g. a :class:`ReviewItem`): missing required or mistyped fields."""
+    hints = get_type_hints(schema)
+    missing = [f"missing {name!r}" for name in sorted(schema.__required_keys__) if name not in value]
+    return missing + [f"{name!r} is {v!r}" for name, v in value.items() if name in hints and not _matches(v, hints[name])]
+
+
+def _name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
 
 
 def make_event(kind: str, **fields: Any) -> Event:

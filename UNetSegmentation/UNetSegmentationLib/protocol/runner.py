@@ -27,7 +27,7 @@ from UNetSegmentationLib.io.locks import remove_abandoned_lock
 from UNetSegmentationLib.io.outputs import temporary_path
 from UNetSegmentationLib.protocol.child_environment import child_environment
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
-from UNetSegmentationLib.protocol.events import ERROR, PROGRESS, Event, make_event, parse_event
+from UNetSegmentationLib.protocol.events import ERROR, PROGRESS, DoneEvent, Event, ProgressEvent, make_event, parse_event
 
 IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
@@ -66,8 +66,8 @@ class EngineProcess:
         self.state = IDLE
         self.error_message: Optional[str] = None
         self.returncode: Optional[int] = None
-        self.last_progress: Optional[Event] = None
-        self.done_event: Optional[Event] = None
+        self.last_progress: Optional[ProgressEvent] = None
+        self.done_event: Optional[DoneEvent] = None  # the command's payload: events.DONE_PAYLOADS
         self._process: Optional[subprocess.Popen] = None
         self._events: "queue.Queue[Event]" = queue.Queue()
         self._stderr_tail: collections.deque = collections.deque(maxlen=40)

@@ -99,21 +99,31 @@ def nifti_transform_warning(source: str, header: NiftiHeader, size: Sequence[int
     )
 
 
-def dicom_stack_problem(source: str, names: Sequence[str], positions: Sequence[Tuple[float, float, float]], orientations: Sequence[Tuple[float, ...]]) -> Optional[str]:
-    """Why the slices (in the reader's order) do not form one evenly spaced stack, or None when they do.
+def dicom_stack_problem(
+    source: str,
+    names: Sequence[str],
+    positions: Sequence[Tuple[float, ...]],
+    orientations: Sequence[Tuple[float, ...]],
+    pixel_spacings: Sequence[Tuple[float, ...]] = (),
+) -> Optional[str]:
+    """Why the slices (in the reader's order) do not form one evenly spaced stack of one pixel size, or None when they do.
 
-    ``positions``: each slice's ImagePositionPatient; ``orientations``: its ImageOrientationPatient (6 values).
+    ``positions``: each slice's ImagePositionPatient; ``orientations``: its ImageOrientationPatient (6 values);
+    ``pixel_spacings``: its PixelSpacing (the reader gives every slice the first slice's).
     """
+    for index, spacing_ in enumerate(pixel_spacings):
+        if max(abs(a - b) for a, b in zip(spacing_, pixel_spacings[0])) > 1e-4 * max(pixel_spacings[0]):
+            return (
+                f"{source}: the slices of the DICOM series have different pixel sizes: {names[index]} has PixelSpacing "
+                f"{_mm(spacing_)} where {names[0]} has {_mm(pixel_spacings[0])}; the reader would give every slice the first one's. "
+                "Resample the series to one pixel size first"
+            )
     if len(positions) < 2:
         return None
     first = np.asarray(orientations[0], float)
     if any(np.max(np.abs(np.asarray(o, float) - first)) > 1e-3 for o in orientations):
         return f"{source}: the slices of the DICOM series do not share one orientation (ImageOrientationPatient differs); it cannot be segmented as one volume"
-    normal = np.cross(first[:3], first[3:])
-    normal /= np.linalg.norm(normal) or 1.0
-    points = np.asarray(positions, float)
-    steps = np.diff(points, axis=0)
-    along = steps @ normal
+    along, steps, normal = _steps_along_normal(positions, orientations)
     spacing = float(np.median(along))
     tolerance = max(0.01 * abs(spacing), 1e-3)
     for index, step in enumerate(along):
@@ -132,3 +142,24 @@ def dicom_stack_problem(source: str, names: Sequence[str], positions: Sequence[T
             "stack); segmenting it on a rectangular grid would misplace the slices: resample it onto a rectangular grid first"
         )
     return None
+
+
+def stack_spacing(positions: Sequence[Tuple[float, ...]], orientations: Sequence[Tuple[float, ...]]) -> Optional[float]:
+    """The distance in mm between neighbouring slices of a stack checked by :func:`dicom_stack_problem`
+    (the median step along the normal, as the reader spaces them); None for one slice."""
+    if len(positions) < 2:
+        return None
+    return abs(float(np.median(_steps_along_normal(positions, orientations)[0])))
+
+
+def _steps_along_normal(positions: Sequence[Tuple[float, ...]], orientations: Sequence[Tuple[float, ...]]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(each step's length along the slice normal, the steps, the normal)`` between consecutive slice positions."""
+    first = np.asarray(orientations[0], float)
+    normal = np.cross(first[:3], first[3:])
+    normal /= np.linalg.norm(normal) or 1.0
+    steps = np.diff(np.asarray(positions, float), axis=0)
+    return steps @ normal, steps, normal
+
+
+def _mm(values: Sequence[float]) -> str:
+    return " x ".join(f"{v:g}" for v in values) + " mm"

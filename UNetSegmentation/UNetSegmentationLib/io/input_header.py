@@ -19,10 +19,13 @@ import SimpleITK as sitk
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.geometry_checks import itk_grid_in_ras, nifti_transform_warning, sform_matrix, shear_degrees
-from UNetSegmentationLib.io.native_messages import quiet_itk
+from UNetSegmentationLib.io.native_messages import native_reason, quiet_itk
 from UNetSegmentationLib.io.nifti_header import NiftiHeader, read_nifti_header
 
 SUPPORTED = "supported: NRRD, NIfTI, MHA/MHD, a DICOM series folder"
+#: DICOM fields that say what a series' values mean, by tag as GDCM names them: without RescaleIntercept a CT's
+#: values are the stored numbers (air near 0, not -1000 HU)
+DICOM_SCAN_FIELDS = {"0008|0060": "Modality (0008,0060)", "0028|1052": "RescaleIntercept (0028,1052)", "0028|1053": "RescaleSlope (0028,1053)"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class InputHeader:
     reader_copies: int = 1  # voxel buffers the reader holds at once (ITK's NIfTI reader copies once: 2)
     warnings: Tuple[str, ...] = ()  # what the reader changes that the user should know (e.g. a NIfTI's other transform)
     data_verified: bool = False  # all the voxel data the header announces was found (compressed data decoded and counted)
+    modality: str = ""  # a DICOM series' Modality (0008,0060): "CT", "MR", ...; "" for a volume file or where the series does not say
+    absent_fields: Tuple[str, ...] = ()  # DICOM fields of DICOM_SCAN_FIELDS the series' first slice lacks (the scan check weighs them)
 
     @property
     def voxels(self) -> int:
@@ -78,6 +83,8 @@ def read_header(path: Path, dicom_files: Sequence[str] = ()) -> InputHeader:
         direction=tuple(reader.GetDirection()),
         dicom_files=tuple(dicom_files),
         reader_copies=2 if nifti is not None else 1,
+        modality=reader.GetMetaData("0008|0060").strip().upper() if dicom_files and reader.HasMetaDataKey("0008|0060") else "",
+        absent_fields=tuple(name for tag, name in DICOM_SCAN_FIELDS.items() if not reader.HasMetaDataKey(tag)) if dicom_files else (),
     )
     if nifti is not None and dimension == 3:
         used = itk_grid_in_ras(header.spacing, header.origin, header.direction)
@@ -108,5 +115,4 @@ def _unreadable(path: Path, error: RuntimeError, nifti: Optional[NiftiHeader]) -
                 f"cannot read {path}: its NIfTI sform is sheared by {shear:.1f} degrees and it has no qform, so there is no rigid grid to read "
                 "it onto; resample it onto a rigid grid first"
             )
-    detail = str(error).strip().splitlines()[-1][:200] if str(error).strip() else ""
-    return f"cannot read {path} as an image ({SUPPORTED}): {detail}"
+    return f"cannot read {path} as an image ({SUPPORTED}): {native_reason(error)}"

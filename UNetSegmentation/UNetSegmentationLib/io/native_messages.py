@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -62,3 +63,23 @@ def _captured_descriptor(descriptor: int, captured: CapturedText) -> Iterator[No
             os.close(saved)
             sink.seek(0)
             captured.text = sink.read(_KEPT).decode("utf-8", "replace")
+
+
+#: ITK's words for a cause, and the engine's (the native text's last line is often a row of a matrix)
+_KNOWN_CAUSES = (
+    ("determinant is 0", "its direction matrix is singular (determinant 0: two of its axes point the same way, or one is zero), so its voxels are placed nowhere; fix its space directions"),
+)
+
+
+def native_reason(error: BaseException, limit: int = 200) -> str:
+    """The cause in an ITK or SimpleITK exception's text, in one line: a known cause in the engine's words, else the
+    line ITK marks as its error (``ITK ERROR: ImageIO(0x...): ...`` without the object's address), else the last line."""
+    text = str(error).strip()
+    for marker, words in _KNOWN_CAUSES:
+        if marker in text:
+            return words
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    marked = [line for line in lines if line.startswith(("ITK ERROR:", "sitk::ERROR:"))]
+    line = marked[0] if marked else (lines[-1] if lines else type(error).__name__)
+    line = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", "", line)
+    return line[:limit]

@@ -174,7 +174,9 @@ def text_header(path: Path, stop) -> Tuple[List[str], int, str]:
     return lines, offset, ""
 
 
-def _nrrd_payload(path: Path) -> Optional[Payload]:
+def nrrd_fields(path: Path) -> Tuple[Dict[str, str], int]:
+    """A NRRD header's fields (keys lower case without spaces: ``spacedirections``; comments and ``key:=value``
+    lines left out) and the offset after the header's blank line."""
     lines, offset, _ = text_header(path, lambda line: line == "")
     fields: Dict[str, str] = {}
     for line in lines[1:]:
@@ -182,6 +184,17 @@ def _nrrd_payload(path: Path) -> Optional[Payload]:
             continue
         key, value = line.split(":", 1)
         fields[key.strip().lower().replace(" ", "")] = value.strip()
+    return fields, offset
+
+
+def meta_fields(path: Path) -> Tuple[Dict[str, str], int, str]:
+    """A MetaImage header's fields before ``ElementDataFile`` (keys lower case), the offset after that line and the line."""
+    lines, offset, last = text_header(path, lambda line: line.split("=")[0].strip().lower() == "elementdatafile")
+    return {line.split("=", 1)[0].strip().lower(): line.split("=", 1)[1].strip() for line in lines if "=" in line}, offset, last
+
+
+def _nrrd_payload(path: Path) -> Optional[Payload]:
+    fields, offset = nrrd_fields(path)
     encoding = NRRD_ENCODINGS.get(fields.get("encoding", "").lower())
     element = NRRD_TYPE_BYTES.get(fields.get("type", "").lower().replace("_t", ""))
     sizes = _integers(fields.get("sizes", ""))
@@ -237,8 +250,7 @@ def _nifti_payload(path: Path) -> Optional[Payload]:
 
 
 def _meta_payload(path: Path) -> Optional[Payload]:
-    lines, offset, last = text_header(path, lambda line: line.split("=")[0].strip().lower() == "elementdatafile")
-    fields = {line.split("=", 1)[0].strip().lower(): line.split("=", 1)[1].strip() for line in lines if "=" in line}
+    fields, offset, last = meta_fields(path)
     if not last:
         return None
     location = last.split("=", 1)[1].strip() if "=" in last else ""

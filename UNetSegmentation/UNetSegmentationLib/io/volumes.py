@@ -24,9 +24,11 @@ import SimpleITK as sitk
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.dicom_series import check_stack, series_files, special_file_kind
 from UNetSegmentationLib.io.input_header import SUPPORTED, InputHeader, read_header
-from UNetSegmentationLib.io.native_messages import quiet_itk
+from UNetSegmentationLib.io.native_messages import native_reason, quiet_itk
+from UNetSegmentationLib.io.path_names import path_problem
 from UNetSegmentationLib.io.payload import describe_payload, format_bytes, missing_data
 from UNetSegmentationLib.io.reader_hazards import reader_hazard
+from UNetSegmentationLib.io.stated_geometry import unstated_geometry
 
 
 def inspect_input(path, series_uid: Optional[str] = None) -> InputHeader:
@@ -34,6 +36,9 @@ def inspect_input(path, series_uid: Optional[str] = None) -> InputHeader:
     right, or a :class:`UserError` that says what is not. ``series_uid`` (``--series``) chooses a series
     in a DICOM folder that holds several."""
     path = Path(path)
+    problem = path_problem(path)  # before any C++ reader sees it: a name that is not UTF-8 aborts the process there
+    if problem:
+        raise UserError(f"cannot read the input: {problem}")
     mode = _stat_mode(path)
     kind = special_file_kind(mode)
     if kind:
@@ -51,8 +56,13 @@ def inspect_input(path, series_uid: Optional[str] = None) -> InputHeader:
         header = read_header(path)
     validate_header(header)
     if header.dicom_files:
-        check_stack(path, header.dicom_files)
+        slice_spacing = check_stack(path, header.dicom_files)
+        if slice_spacing:  # one slice's header cannot know the distance to the next: the stack's positions do
+            header = dataclasses.replace(header, spacing=tuple(header.spacing[:2]) + (slice_spacing,))
     else:
+        unstated = unstated_geometry(path, header.size)
+        if unstated:
+            raise UserError(unstated)
         _check_payload(path, decode=False)  # sizes only: compressed data is decoded once the run is known to fit in memory
     return header
 
@@ -115,8 +125,7 @@ def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
     except RuntimeError as error:
         if "allocate" in str(error).lower() or "bad_alloc" in str(error).lower():
             raise UserError(_out_of_memory_reading(header)) from None
-        detail = str(error).strip().splitlines()[-1][:200] if str(error).strip() else ""
-        raise UserError(f"cannot read {header.path} as an image ({SUPPORTED}): {detail}") from None
+        raise UserError(f"cannot read {header.path} as an image ({SUPPORTED}): {native_reason(error)}") from None
     validate_volume(image, header.path)
     return image
 
@@ -153,6 +162,8 @@ def _refuse_grid(source, spacing, origin, direction) -> None:
         raise UserError(f"{source} has voxel spacings of {tuple(spacing)} mm; a volume needs finite, positive spacings")
     if not all(math.isfinite(v) for v in tuple(origin) + tuple(direction)):
         raise UserError(f"{source} has an origin {tuple(origin)} or direction {tuple(direction)} that is not finite; it is placed nowhere")
+    if len(direction) == 9 and abs(float(np.linalg.det(np.reshape(direction, (3, 3))))) < 1e-6:
+        raise UserError(f"{source} has a singular direction matrix {tuple(direction)} (two of its axes point the same way, or one is zero); its voxels are placed nowhere: fix its space directions")
 
 
 def _refuse_shape(source, dimension: int, size, components: int, pixel_type: str) -> None:
@@ -201,14 +212,19 @@ def max_slice_pixels() -> int:
     return int(text)
 
 
+def pixel_count(count: int) -> str:
+    """``4.2 million`` from a million on, ``110 pixels`` below (a small limit read "0.0 million")."""
+    return f"{count / 1e6:.1f} million" if count >= 1_000_000 else f"{count:,} pixels"
+
+
 def check_slice_size(shape: Tuple[int, int], source="input") -> None:
     """Refuse slices above :func:`max_slice_pixels` with a way out, before any network call."""
     rows, columns = (int(v) for v in shape)
     limit = max_slice_pixels()
     if rows * columns > limit:
         raise UserError(
-            f"{source} has slices of {rows}x{columns} pixels ({rows * columns / 1e6:.1f} million), more than the "
-            f"{limit / 1e6:.1f} million{' (2048x2048)' if limit == MAX_SLICE_PIXELS else ''} one network call can hold in memory; resample it to a coarser "
+            f"{source} has slices of {rows}x{columns} pixels ({pixel_count(rows * columns)}), more than the "
+            f"{pixel_count(limit)}{' (2048x2048)' if limit == MAX_SLICE_PIXELS else ''} one network call can hold in memory; resample it to a coarser "
             "in-plane spacing or crop it first (Slicer: Crop Volume), or raise the limit with UNETSEG_MAX_SLICE_PIXELS"
         )
 

@@ -41,6 +41,18 @@ BOUNDED = settings(
 )
 
 
+# --- the project's declared packaging ---------------------------------------------------------------
+
+
+def read_pyproject() -> dict:
+    """``pyproject.toml`` as a dict: ``tomllib`` from Python 3.11, ``tomli`` (the test extra brings it) on 3.10."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8"))
+
+
 # --- running unetseg in-process ----------------------------------------------------------------------
 
 

@@ -23,7 +23,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 import types
 from pathlib import Path
 from typing import Dict, List, Set
@@ -31,6 +30,7 @@ from typing import Dict, List, Set
 import pytest
 
 from slicer_facts import PYTORCH_EXTENSION_PACKAGES, SLICER_PYTHON_PACKAGES
+from support import read_pyproject
 from UNetSegmentationLib.panel.requirements import REQUIREMENTS, pip_install_arguments
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def local_packages() -> Set[str]:
 
 def optional_extra_packages() -> Set[str]:
     """The top-level packages of the engine's optional extras (pyproject.toml), less the test extra."""
-    extras = tomllib.loads((REPOSITORY / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    extras = read_pyproject()["project"]["optional-dependencies"]
     names = {re.split(r"[<>=!~;\[ ]", requirement)[0] for extra, requirements in extras.items() if extra != "test" for requirement in requirements}
     return {name.replace("-", "_") for name in names if not name.startswith("UNetSegmentationLib")}
 

@@ -16,13 +16,12 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 
-from support import create_checkpoint, make_volume, rotation_matrix, write_tiny_case
+from support import create_checkpoint, make_volume, read_pyproject, rotation_matrix, write_tiny_case
 from UNetSegmentationLib.backends.device import usable_cpu_count
 from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution
 from UNetSegmentationLib.cli.needs import COMMAND_NEEDS, check_needs
@@ -110,7 +109,7 @@ def test_a_missing_package_stops_a_command_at_once_naming_it_and_its_extra():
 
 def test_the_core_install_brings_what_every_command_needs():
     """Core needs are pyproject dependencies; every extra named is one pyproject declares."""
-    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]
+    project = read_pyproject()["project"]
     core = {d.split(">")[0].split("=")[0].split(";")[0].strip().lower() for d in project["dependencies"]}
     for command, needs in COMMAND_NEEDS.items():
         for need in needs:

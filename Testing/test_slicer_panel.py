@@ -183,8 +183,9 @@ def test_install_list_is_closed_under_dependencies_and_spares_slicers_packages()
             dependency = requirement.name.lower().replace("_", "-")
             assert dependency in listed | protected, f"{name} needs {dependency}, which --no-deps would leave out"
     # and the engine's own requirements (pyproject) are all covered
-    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    from support import read_pyproject
+
+    project = read_pyproject()["project"]
     for requirement in map(Requirement, project["dependencies"]):
         assert requirement.name.lower() in listed | protected, requirement.name
     text = requirements.install_confirmation_text(requirements.REQUIREMENTS[:2], torch_missing=True)

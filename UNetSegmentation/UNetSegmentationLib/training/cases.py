@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.io.outputs import IMAGE_EXTENSIONS, split_extension
+from UNetSegmentationLib.io.outputs import split_extension
+from UNetSegmentationLib.io.volume_formats import SEGMENTATION_EXTENSION
+from UNetSegmentationLib.io.volume_formats import VOLUME_EXTENSIONS as VOLUME_FORMATS
 
 
-#: file name endings recognised when pairing folders (compound ones first)
-VOLUME_EXTENSIONS = IMAGE_EXTENSIONS + (".mhd", ".nhdr")
+#: file name endings recognised when pairing folders: the engine's one list of volume formats, and label
+#: files as Slicer segmentations (compound ones first, so that ``.seg.nrrd`` wins over ``.nrrd``)
+VOLUME_EXTENSIONS = (SEGMENTATION_EXTENSION, *VOLUME_FORMATS)
 
 
 #: suffixes a label file's name may add to its image's name (``case7_seg.nii.gz`` ↔ ``case7.nii.gz``)

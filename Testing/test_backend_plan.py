@@ -154,3 +154,19 @@ def test_the_cpu_quota_of_a_cgroup_v1_group_is_seen(tmp_path):
     assert cgroup_cpu_quota(tmp_path) == 4
     (tmp_path / "sys/fs/cgroup/cpu,cpuacct/slurm/uid_1/job_7/cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_quota(tmp_path) is None
+
+
+# --- issue 23 LOW: the memory estimate counts the slices a batch can hold ------------------------------------
+
+
+def test_a_batch_size_beyond_the_slice_count_is_estimated_as_the_slices_there_are(small_unet_one_class, tmp_path):
+    """``--batch-size 1000`` on a 12-slice volume gathers 12 slices: it was estimated as 1000 and refused."""
+    from support import write_tiny_case
+    from UNetSegmentationLib.inference.predict_file import predict_file
+
+    case = write_tiny_case(tmp_path)  # 40x36 pixels, 12 slices
+    room = 600 * 2**20  # the engine's 512 MiB, 12 slices of batches, not 1000
+    for batch_size, name in ((12, "twelve.nrrd"), (1000, "thousand.nrrd")):
+        predict_file(case / "case.nrrd", tmp_path / name, small_unet_one_class, SegmentationOptions(batch_size=batch_size, device="cpu"),
+                     memory_available=lambda: room)
+        assert (tmp_path / name).is_file()

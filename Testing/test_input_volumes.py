@@ -135,7 +135,7 @@ def test_the_slice_size_limit_is_2048_squared_and_can_be_raised(monkeypatch):
     monkeypatch.setenv("UNETSEG_MAX_SLICE_PIXELS", str(4096 * 4096))
     check_slice_size((4096, 4096))
     monkeypatch.setenv("UNETSEG_MAX_SLICE_PIXELS", "100")
-    with pytest.raises(UserError, match="more than the 0.0 million one network call"):
+    with pytest.raises(UserError, match=r"10x11 pixels \(110 pixels\), more than the 100 pixels one network call"):  # not "0.0 million"
         check_slice_size((10, 11))
 
 def test_an_unreadable_input_is_named_as_a_permission_problem(predict, tmp_path, monkeypatch):

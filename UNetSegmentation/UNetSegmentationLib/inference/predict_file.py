@@ -278,6 +278,7 @@ def _check_memory(header: InputHeader, metadata: ModelMetadata, options: Segment
     """Refuse, from the input's header, slices too large for one network call and a run too large for the memory left."""
     geometry = SliceGeometry.from_direction(header.direction, options.axis)
     rows, columns = header.size[geometry.row_axis], header.size[geometry.column_axis]
+    slices = header.size[geometry.slice_axis]  # a batch holds no more slices than the volume has, whatever --batch-size says
     check_slice_size((rows, columns), source=str(header.path))
     grid = plan_model_grid(slice_view_spacing(header.spacing, geometry), metadata, options.spacing == SPACING_MODEL)
     model_rows, model_columns = grid.model_size((rows, columns))
@@ -293,7 +294,7 @@ def _check_memory(header: InputHeader, metadata: ModelMetadata, options: Segment
         reader_copies=header.reader_copies,
         label_bytes_per_voxel=label_dtype(max(c.value for c in metadata.classes)).itemsize,
         # float32 2.5D inputs gathered on the input's grid, and the probabilities resampled back onto it
-        batch_bytes=options.batch_size * ((2 * metadata.context + 1 + metadata.out_channels) * rows * columns + (2 * metadata.context + 1) * model_rows * model_columns) * 4,
+        batch_bytes=min(options.batch_size, slices) * ((2 * metadata.context + 1 + metadata.out_channels) * rows * columns + (2 * metadata.context + 1) * model_rows * model_columns) * 4,
         volume_statistics=metadata.normalization.kind != "ct",  # MR: percentiles of the whole volume copy it once
         confidence=options.probabilities is not None,
         largest_component=options.largest_component,

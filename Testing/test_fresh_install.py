@@ -74,6 +74,7 @@ def test_the_readme_sets_up_in_a_venv_with_the_cpu_build_of_torch():
     section = readme.split("## Set-up on a fresh machine", 1)[1].split("\n## ", 1)[0]
     assert readme_setup_line().startswith("Resources/Tools/setup.sh")
     assert "--index-url https://download.pytorch.org/whl/cpu" in section  # the CPU build by hand, too
+    assert "https://download.pytorch.org/whl/cpu" in SETUP_SCRIPT.read_text(encoding="utf-8")  # the script's default index is the same
     assert "python3 -m venv" in section and "--cuda" in section
     assert os.access(SETUP_SCRIPT, os.X_OK)
 

@@ -4,10 +4,11 @@ The README's first route into Slicer needs no build: *Additional module paths* p
 repository's ``UNetSegmentation/`` folder, and the panel installs the engine's dependencies into
 Slicer's Python on first use. What can be checked without Slicer:
 
-- the folder is self-contained: every package its Python files import is the standard library, part of
-  the folder, shipped with Slicer's Python, brought by the PyTorch extension, or installed by the panel
-  (``panel/requirements.py``); the optional extras the panel does not install (plots, cluster, DICOM)
-  are imported only inside the functions that use them;
+- the folder is self-contained: every package its Python files import is the standard library (of
+  Slicer's Python 3.12 too: nothing removed there), part of the folder, shipped with Slicer's Python,
+  brought by the PyTorch extension, or installed by the panel (``panel/requirements.py``); the optional
+  extras the panel does not install (plots, cluster, DICOM) are imported only inside the functions that
+  use them (``Testing/test_slicer_module.py`` checks that the module parses as Python 3.9);
 - a copy of the folder alone, as Slicer would put it on ``sys.path``, imports every engine module from
   the copy and runs ``unetseg info`` on the bundled model it holds;
 - ``UNetSegmentation/CMakeLists.txt`` installs every resource file of the folder (the build route), and
@@ -79,6 +80,19 @@ def test_every_import_of_the_module_folder_is_there_in_a_binary_slicer_once_the_
                 unknown[f"{path.relative_to(REPOSITORY)}:{lines[0]}"] = package
     assert {"UNetSegmentationLib", "UNetSegmentationSlicer"} <= local_packages()
     assert not unknown, f"imports that neither Slicer, the PyTorch extension nor the panel's installation provide: {unknown}"
+
+
+#: standard-library modules that Python 3.12 (Slicer 5.10's Python) and 3.13 no longer have (PEP 594, PEP 632, imp)
+REMOVED_FROM_THE_STANDARD_LIBRARY = ("distutils", "imp", "asynchat", "asyncore", "smtpd", "aifc", "audioop", "cgi", "cgitb", "chunk",
+                                     "crypt", "imghdr", "mailcap", "msilib", "nis", "nntplib", "ossaudiodev", "pipes", "sndhdr", "spwd",
+                                     "sunau", "telnetlib", "uu", "xdrlib", "lib2to3")
+
+
+def test_nothing_imports_a_standard_module_that_slicers_python_no_longer_has():
+    removed = [f"{path.relative_to(REPOSITORY)}:{lines[0]} {package}" for path in MODULE_FOLDER.rglob("*.py")
+               for package, lines in top_level_imports(ast.parse(path.read_text(encoding="utf-8"))).items()
+               if package in REMOVED_FROM_THE_STANDARD_LIBRARY]
+    assert not removed, f"gone from Python 3.12/3.13, which Slicer ships: {removed}"
 
 
 def test_the_optional_extras_the_panel_does_not_install_are_imported_only_inside_functions():

@@ -56,11 +56,10 @@ def check_scan(header: InputHeader, volume: np.ndarray, metadata: ModelMetadata)
     """What about this scan (``header`` from :func:`~UNetSegmentationLib.io.volumes.inspect_input`, ``volume`` its
     voxels in any layout, only read) the model was not made for: modality, intensities, header fields. ``[]``: nothing."""
     kind = metadata.normalization.kind
-    findings = _modality_findings(header, kind) + _header_findings(header, kind)
+    findings = _modality_findings(header, kind)
     sample = sample_voxels(volume)
-    if sample.size:
-        findings += _intensity_findings(str(header.path), sample, metadata)
-    return findings
+    intensity = _intensity_findings(str(header.path), sample, metadata) if sample.size else []
+    return findings + intensity + _header_findings(header, kind, values_wrong=bool(intensity))
 
 
 def scan_warnings(findings: Sequence[ScanFinding]) -> List[str]:
@@ -98,16 +97,18 @@ def _modality_findings(header: InputHeader, kind: str) -> List[ScanFinding]:
     ))]
 
 
-def _header_findings(header: InputHeader, kind: str) -> List[ScanFinding]:
+def _header_findings(header: InputHeader, kind: str, values_wrong: bool) -> List[ScanFinding]:
+    """DICOM fields whose absence explains wrong values (``values_wrong``: the intensity check found them) or leaves the
+    modality unsaid. A CT stored in HU needs no RescaleIntercept: its absence alone is no finding."""
     if not header.dicom_files:
         return []
     absent = set(header.absent_fields)
     findings = []
     intercept = next((f for f in absent if f.startswith("RescaleIntercept")), None)
-    if intercept and (header.modality == "CT" or (not header.modality and kind == "ct")):
+    if intercept and values_wrong and kind == "ct":
         findings.append(ScanFinding(HEADER, (
-            f"{header.path}: the CT series has no {intercept}, so its values are the stored numbers, not Hounsfield units "
-            "(air near 0 or +24 instead of -1000); export it again with its rescale fields"
+            f"{header.path}: the series has no {intercept}, so its values are the numbers as stored, not Hounsfield units "
+            "(air near 0 instead of -1000): export it again with its rescale fields"
         )))
     modality = next((f for f in absent if f.startswith("Modality")), None)
     if modality:
@@ -119,7 +120,7 @@ def _intensity_findings(source: str, sample: np.ndarray, metadata: ModelMetadata
     normalization = metadata.normalization
     if normalization.kind == "ct":
         low, high = normalization.window
-        lowest = float(np.percentile(sample, 1))
+        lowest = float(np.percentile(_without_padding(sample), 1))
         inside = float(np.mean((sample >= low) & (sample <= high)))
         if lowest >= CT_LOWEST_PERCENTILE_HU:
             return [ScanFinding(INTENSITY, (
@@ -140,3 +141,11 @@ def _intensity_findings(source: str, sample: np.ndarray, metadata: ModelMetadata
             f"{_model_words('mr', None)}: expect meaningless labels; segment it with a CT model"
         ))]
     return []
+
+
+def _without_padding(sample: np.ndarray) -> np.ndarray:
+    """``sample`` without its lowest value where that value fills at least 1 % of it: the constant a scanner writes
+    outside its field of view (-3024, -2048, 0) or a clipped background says nothing about the scan's tissue."""
+    lowest = sample.min()
+    rest = sample[sample != lowest]
+    return rest if rest.size and rest.size <= 0.99 * sample.size else sample

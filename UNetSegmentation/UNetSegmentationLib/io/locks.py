@@ -146,7 +146,3 @@ def remove_abandoned_lock(path: Path, pid: int) -> bool:
     finally:
         os.close(descriptor)
 
-
-def holds(path: Path) -> bool:
-    """Whether this process holds ``path``'s lock."""
-    return Path(path) in _held

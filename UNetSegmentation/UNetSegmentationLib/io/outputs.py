@@ -15,7 +15,6 @@ output (:mod:`.locks`), released when the run ends, however it ends.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
@@ -112,17 +111,6 @@ def claiming_outputs() -> Iterator[None]:
     finally:
         for path in _claim_scopes.pop():
             release_output(path)
-
-
-def claims_outputs(function):
-    """Decorator: run ``function`` inside :func:`claiming_outputs`."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        with claiming_outputs():
-            return function(*args, **kwargs)
-
-    return wrapper
 
 
 @contextlib.contextmanager

@@ -99,12 +99,3 @@ class ClassificationGuided(SegmentationNetwork, Protocol):
 
     classification_guidance: bool
 
-
-def is_prunable(network: object) -> bool:
-    """Whether ``network`` can run a depth-L sub-network alone (:class:`PrunableNetwork`)."""
-    return isinstance(network, PrunableNetwork)
-
-
-def is_classification_guided(network: object) -> bool:
-    """Whether ``network`` has a ``classification_guidance`` switch (:class:`ClassificationGuided`)."""
-    return isinstance(network, ClassificationGuided)

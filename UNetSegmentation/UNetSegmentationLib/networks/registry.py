@@ -204,10 +204,6 @@ def get_architecture(name: str) -> Architecture:
         raise UserError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
 
 
-def architecture_names() -> List[str]:
-    return list(ARCHITECTURES)
-
-
 def resolve_features(architecture: Architecture, features: str) -> List[int]:
     """``--features`` value → list of ints: a preset name or comma-separated integers."""
     if features in architecture.feature_presets:

@@ -11,10 +11,6 @@ from typing import List, Optional
 
 from UNetSegmentationLib.protocol.events import Event
 
-#: the list's tooltip
-REVIEW_TOOLTIP = "The slices where the model was least sure near its boundaries, most uncertain first: choose one to go there"
-
-
 @dataclass(frozen=True)
 class ReviewItem:
     """One entry: slice ``index`` along image axis ``axis`` (0 = i, 1 = j, 2 = k), its doubt ``score`` and its text."""

@@ -21,6 +21,7 @@ from UNetSegmentationLib.inference.options import SPACING_MODEL, SPACING_NATIVE,
 from UNetSegmentationLib.inference.pipeline import predict_volume
 from UNetSegmentationLib.inference.postprocess import keep_largest_component
 from UNetSegmentationLib.inference.quality import segment_volumes_ml
+from UNetSegmentationLib.inference.scan_check import check_scan, scan_flags, scan_warnings
 from UNetSegmentationLib.inference.review import check_review_list, review_list_text, review_ranking
 from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume, slice_view_spacing
 from UNetSegmentationLib.inference.resolution import plan_model_grid
@@ -220,7 +221,8 @@ def segment_volume(
     quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
     layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, options.spacing == SPACING_MODEL, options.crop)
     _report_start(reporter, plan, predictor, metadata, depth, geometry, slice_count, layout)
-    for warning in [*model.notes, *header.warnings, *_input_warnings(volume, layout, metadata, options)]:
+    findings = check_scan(header, volume, metadata)  # the scan against what the model was made for: modality, values, header fields
+    for warning in [*model.notes, *header.warnings, *scan_warnings(findings), *_input_warnings(volume, layout, metadata, options)]:
         reporter.warning(warning)
     quantize_s = 0.0
     if quantize_int8:  # after the start event: the progress bar is up while calibration runs (seconds to a minute)
@@ -253,6 +255,7 @@ def segment_volume(
         "total_s": t_written - t_start,
     }
     summary = _summary(outputs, depth, predictor, timings)
+    summary["scan_flags"] = scan_flags(findings)  # what the scan check found ([]: nothing); the manifest and the QC report carry it
     summary.update(review.finish(None))  # the most uncertain slices in the done event (all of them in --review-list, written above)
     if measure:
         summary["volumes_ml"] = segment_volumes_ml(result.labels, image.GetSpacing(), metadata.classes)

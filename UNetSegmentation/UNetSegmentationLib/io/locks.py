@@ -145,4 +145,3 @@ def remove_abandoned_lock(path: Path, pid: int) -> bool:
         return False
     finally:
         os.close(descriptor)
-

@@ -98,4 +98,3 @@ class ClassificationGuided(SegmentationNetwork, Protocol):
     """
 
     classification_guidance: bool
-

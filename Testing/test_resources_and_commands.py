@@ -225,12 +225,13 @@ def test_a_geometry_mismatch_prints_values_that_differ(cli, tiny_data, tmp_path)
 
 
 def test_a_crop_far_larger_than_every_slice_is_refused_before_training(cli, tiny_data, tmp_path):
-    """Issue 13: ``train --crop 100000`` on a 128² image said "out of memory"."""
+    """Issue 13: ``train --crop 100000`` on a 128² image said "out of memory" (a crop of six digits is now
+    refused by the option's grammar; 20000 is a well-formed crop far larger than the slices)."""
     started = time.perf_counter()
-    result = cli("train", "--datalist", tiny_data / "datalist.json", *TINY_TRAIN[:-4], "--crop", "100000", "--progress", "none", tmp_path / "m.safetensors")
+    result = cli("train", "--datalist", tiny_data / "datalist.json", *TINY_TRAIN[:-4], "--crop", "20000", "--progress", "none", tmp_path / "m.safetensors")
     assert result.code == 2 and time.perf_counter() - started < 30
     assert result.stderr.strip().splitlines() == [
-        "unetseg: error: --crop 100000x100000 is far larger than every training slice (the largest is 36x40 pixels): "
+        "unetseg: error: --crop 20000x20000 is far larger than every training slice (the largest is 36x40 pixels): "
         "a crop is cut from one slice, and beyond it holds only padding; use --crop 36,40 or less"
     ]
     assert not (tmp_path / "m.safetensors").exists()

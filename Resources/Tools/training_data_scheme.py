@@ -58,7 +58,8 @@ class ClassSpec:
 
 #: The classes, in label-value order. Values 1-6 keep the bundled chest model's values and codes
 #: (its class 7, "tissue", is not carried over: it held every unlabelled organ of the slicerio CT).
-#: Colours: the bundled model's for 1-6, 3D Slicer's generic anatomy colours for the organs.
+#: Colours: the bundled model's for 1-6; 3D Slicer's generic anatomy colours for liver, spleen and body;
+#: distinct ones for the others (Slicer's kidney, aorta, heart and stomach are near-identical browns).
 CLASSES: Tuple[ClassSpec, ...] = (
     ClassSpec(1, "ribs", (0.992157, 0.909804, 0.619608), terminology("113197003", "Rib")),
     ClassSpec(2, "cervical vertebral column", (1.0, 1.0, 0.811765), terminology("122494005", "Cervical spine")),
@@ -68,11 +69,11 @@ CLASSES: Tuple[ClassSpec, ...] = (
     ClassSpec(6, "left lung", (0.772549, 0.0980392, 0.388235), terminology("39607008", "Lung", LEFT)),
     ClassSpec(7, "liver", (0.866667, 0.509804, 0.396078), terminology("10200004", "Liver")),
     ClassSpec(8, "spleen", (0.615686, 0.423529, 0.635294), terminology("78961009", "Spleen")),
-    ClassSpec(9, "right kidney", (0.72549, 0.4, 0.32549), terminology("64033007", "Kidney", RIGHT)),
-    ClassSpec(10, "left kidney", (0.85098, 0.462745, 0.345098), terminology("64033007", "Kidney", LEFT)),
-    ClassSpec(11, "aorta", (0.878431, 0.380392, 0.298039), terminology("15825003", "Aorta")),
-    ClassSpec(12, "heart", (0.807843, 0.431373, 0.329412), terminology("80891009", "Heart")),
-    ClassSpec(13, "stomach", (0.847059, 0.517647, 0.411765), terminology("69695003", "Stomach")),
+    ClassSpec(9, "right kidney", (0.25, 0.55, 0.85), terminology("64033007", "Kidney", RIGHT)),
+    ClassSpec(10, "left kidney", (0.1, 0.8, 0.8), terminology("64033007", "Kidney", LEFT)),
+    ClassSpec(11, "aorta", (0.9, 0.1, 0.1), terminology("15825003", "Aorta")),
+    ClassSpec(12, "heart", (0.8, 0.35, 0.55), terminology("80891009", "Heart")),
+    ClassSpec(13, "stomach", (0.95, 0.6, 0.1), terminology("69695003", "Stomach")),
     ClassSpec(14, "body", (0.694118, 0.478431, 0.396078), terminology("38266002", "Entire body")),
 )
 CLASS_BY_NAME: Dict[str, ClassSpec] = {c.name: c for c in CLASSES}

@@ -137,8 +137,11 @@ def _check_not_protected(path: Path, resolved: Path, what: str, protected: Itera
 
 def _same(resolved: Path, other: Path) -> bool:
     """Whether ``resolved`` and ``other`` name the same file: by path, or as the same inode (a hard link)."""
-    if resolved == other.resolve():
-        return True
+    try:
+        if resolved == other.resolve():
+            return True
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13): not comparable by path
+        pass
     try:
         return os.path.samestat(os.stat(resolved), os.stat(other))
     except OSError:

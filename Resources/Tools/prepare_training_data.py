@@ -423,7 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         manifest = prepare(args.output, args.cache, args.offline, args.overwrite)
-    except PreparationError as error:
+    except (PreparationError, ValueError) as error:  # ValueError: a scheme rule refused what a source holds
         print(f"error: {error}", file=sys.stderr)
         return 2
     for case in manifest["cases"]:

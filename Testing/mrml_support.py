@@ -402,18 +402,22 @@ def parameter_node_wrapper(cls):
     """``@parameterNodeWrapper``: typed fields with defaults, kept in Python over the real parameter node
     (setting one modifies the node, whose observers then run, as in Slicer)."""
     defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
-    values_by_node: Dict[str, dict] = {}
 
     class Wrapped:
         def __init__(self, node):
             object.__setattr__(self, "parameterNode", node)
-            object.__setattr__(self, "_values", values_by_node.setdefault(node.GetID(), dict(defaults)))
+            if not hasattr(node, "_wrapped_values"):  # kept on the node itself (VTK keeps a live node's Python attributes):
+                node._wrapped_values = dict(defaults)  # a new scene's parameter node starts from the defaults, as in Slicer
+            object.__setattr__(self, "_values", node._wrapped_values)
 
         def __getattr__(self, name):
             try:
-                return self._values[name]
+                value = self._values[name]
             except KeyError:
                 raise AttributeError(name) from None
+            if hasattr(value, "GetScene") and value.GetScene() is None:
+                return None  # a reference to a node removed from the scene (a closed scene) reads None, as in Slicer
+            return value
 
         def __setattr__(self, name, value):
             if name not in self._values:

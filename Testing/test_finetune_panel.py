@@ -18,8 +18,9 @@ import mrml_support
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.header import read_metadata
 from UNetSegmentationLib.panel import finetune_run as states
-from UNetSegmentationLib.panel.checkpoints import describe_checkpoint, fine_tuning_text, model_choices, spacing_text, user_models
-from UNetSegmentationLib.panel.finetune_run import FineTuneParameters, FineTuneRun, finetune_readiness, model_file_stem, training_text
+from UNetSegmentationLib.model import user_models
+from UNetSegmentationLib.panel.checkpoints import checkpoint_for_scene, describe_checkpoint, fine_tuning_text, model_choices, spacing_text
+from UNetSegmentationLib.panel.finetune_run import FineTuneParameters, FineTuneRun, finetune_readiness, model_file_stem, model_to_select, training_text
 from UNetSegmentationLib.panel.review_list import review_items
 from UNetSegmentationLib.protocol import runner as runner_states
 
@@ -46,9 +47,12 @@ def test_the_parameters_write_the_train_command_of_the_contract(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"base": "missing.safetensors"}, "is not a file"),
-    ({"train_slices": "12 to 18"}, "numbers and ranges"),
+    ({"train_slices": "12 to 18"}, "no slice number or range"),
     ({"name": "a/b"}, "may hold only"),
     ({"epochs": 0}, "at least 1"),
+    # the slice box is read by the one bounded grammar: a bomb is refused before any list is built (issue 23 HIGH 3)
+    ({"train_slices": "0-99999999999"}, "beyond"),
+    ({"train_slices": "30-40", "slice_count": 34}, "beyond the volume's 34 slices"),
 ])
 def test_bad_parameters_are_refused_with_the_panels_words(tmp_path, change, message):
     values = {"base": BUNDLED, "models_folder": tmp_path, "name": "mine", **change}
@@ -67,12 +71,96 @@ def test_the_new_model_never_replaces_a_file_the_base_or_the_bundled_model(tmp_p
     models = tmp_path / "models"
     models.mkdir()
     (models / "mine.safetensors").write_bytes(b"taken")
-    parameters = FineTuneParameters(BUNDLED, models, "mine")
-    assert parameters.destination() == models / "mine-2.safetensors"
-    assert FineTuneParameters(BUNDLED, BUNDLED.parent, BUNDLED.stem).destination() == BUNDLED.parent / f"{BUNDLED.stem}-2.safetensors"
+    assert user_models.free_path(models, "mine") == models / "mine-2.safetensors"
+    assert user_models.free_path(BUNDLED.parent, BUNDLED.stem) == BUNDLED.parent / f"{BUNDLED.stem}-2.safetensors"
     import datetime
 
     assert model_file_stem(BUNDLED, "CT chest/1", datetime.datetime(2026, 12, 2, 9, 5, 7)) == "chest-ct-unetplusplus-CT-chest-1-20261202-090507"
+
+
+# --- the user's model folder (model/user_models.py) -----------------------------------------------------------
+
+
+def test_the_user_models_folder_is_beside_slicers_settings_and_lists_whole_models_newest_first(tmp_path):
+    assert user_models.user_models_folder("/home/u/.config/slicer.org/Slicer.ini") == Path("/home/u/.config/slicer.org/UNetSegmentation/Models")
+    first = user_models.save_model(BUNDLED, tmp_path, "first")
+    second = user_models.save_model(BUNDLED, tmp_path, "second")
+    import os
+
+    os.utime(first, (1, 1))
+    (tmp_path / ".third.safetensors.partial").write_bytes(b"half")  # a save under way is no model
+    assert user_models.list_models(tmp_path) == [second, first]
+    assert first.read_bytes() == BUNDLED.read_bytes()
+
+
+def test_a_model_copied_short_is_never_given_its_name(tmp_path, monkeypatch):
+    import shutil
+
+    def short_copy(source, destination):
+        Path(destination).write_bytes(Path(source).read_bytes()[:-100])  # a full disk, a killed copy
+
+    monkeypatch.setattr(shutil, "copyfile", short_copy)
+    with pytest.raises(UserError, match="could not be saved"):
+        user_models.save_model(BUNDLED, tmp_path / "models", "mine")
+    assert list((tmp_path / "models").iterdir()) == [], "neither the model nor its partial copy is left"
+
+
+def test_a_file_that_is_no_model_is_not_saved_as_one(tmp_path):
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\x08\0\0\0\0\0\0\0{}      ")
+    with pytest.raises(UserError, match="could not be saved"):
+        user_models.save_model(fake, tmp_path / "models", "mine")
+    assert user_models.list_models(tmp_path / "models") == [] and not any((tmp_path / "models").iterdir())
+
+
+def test_a_name_taken_while_saving_is_not_replaced(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    real_free_path = user_models.free_path
+
+    def racing_free_path(folder, name, protected=()):
+        path = real_free_path(folder, name, protected)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"someone else's")  # another Slicer saved under this name meanwhile
+        return path
+
+    monkeypatch.setattr(user_models, "free_path", racing_free_path)
+    with pytest.raises(UserError, match="nothing was replaced"):
+        user_models.save_model(BUNDLED, models, "mine")
+    assert (models / "mine.safetensors").read_bytes() == b"someone else's" and sorted(p.name for p in models.iterdir()) == ["mine.safetensors"]
+
+
+# --- which model is selected after a fine-tuning (defect 3) ----------------------------------------------------
+
+
+def with_lineage(destination: Path, record) -> Path:
+    """The bundled model with ``record`` as its ``training["fine_tuning"]`` (the card's lineage)."""
+    import json
+    import struct
+
+    raw = BUNDLED.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    metadata = json.loads(header["__metadata__"]["unetseg"])
+    metadata["training"]["fine_tuning"] = record
+    header["__metadata__"]["unetseg"] = json.dumps(metadata)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    destination.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + length:])
+    return destination
+
+
+def test_a_new_model_worse_than_its_base_on_the_held_out_slices_is_not_selected(tmp_path):
+    # the numbers of the default fine-tuning on the slicerio CT's own segmentation (issue 22, defect 3)
+    worse = with_lineage(tmp_path / "worse.safetensors", {"base": {"name": BUNDLED.name}, "dice_before": 0.9281, "dice_after": 0.9178})
+    pick = model_to_select(BUNDLED, worse)
+    assert pick.path == BUNDLED and not pick.new_is_better
+    assert pick.reason == (f"{BUNDLED.name} stays selected: the new model scored a validation Dice of 0.918 on the held-out slices, "
+                           f"below its base's 0.928 (worse.safetensors is in the model list).")
+    better = with_lineage(tmp_path / "better.safetensors", {"dice_before": 0.71, "dice_after": 0.83})
+    assert model_to_select(BUNDLED, better).path == better
+    assert "0.710 \u2192 0.830" in model_to_select(BUNDLED, better).reason
+    unmeasured = with_lineage(tmp_path / "marked.safetensors", {"dice_before": None, "dice_after": None, "train_slices": [12, 13]})
+    assert model_to_select(BUNDLED, unmeasured).path == unmeasured  # trained on marked slices: nothing else to measure against
 
 
 # --- the run's states with a stand-in engine ----------------------------------------------------------------
@@ -93,8 +181,8 @@ class ScriptedEngine:
         if self.events:
             return [self.events.pop(0)], self.state
         if self.state == runner_states.RUNNING:
-            if self.final == runner_states.DONE:
-                Path(self.arguments[-1]).write_bytes(BUNDLED.read_bytes())
+            if self.final == runner_states.DONE:  # a model whose card says the Dice before and after
+                with_lineage(Path(self.arguments[-1]), {"base": {"name": BUNDLED.name}, "dice_before": 0.85, "dice_after": 0.88})
             self.state = self.final
             self.error_message = "the loss became nan" if self.final == runner_states.FAILED else None
         return [], self.state
@@ -138,8 +226,9 @@ def test_progress_shows_epoch_loss_validation_dice_and_time_left_and_the_model_l
     assert "Epoch 2 of 2 \u00b7 loss 0.3123 \u00b7 validation Dice 0.871 \u00b7 about 1 min 05 s left" in texts
     assert values == sorted(values) and values[-1] == 100
     assert run.state == states.DONE and run.model_path == tmp_path / "models" / "mine.safetensors"
-    assert run.model_path.read_bytes() == BUNDLED.read_bytes()
-    assert "validation Dice 0.880" in run.view().progress_text
+    assert read_metadata(run.model_path).training["fine_tuning"]["dice_after"] == 0.88, "the child's model, whole"
+    assert run.view().progress_text.endswith("mine.safetensors is selected: validation Dice 0.850 \u2192 0.880 on the held-out slices.")
+    assert run.pick.path == run.model_path
     assert not run.folder.exists(), "the temporary folder is removed"
     view = run.view()
     assert (view.button_text, view.button_enabled, view.settings_enabled) == ("Fine-tune", True, True)
@@ -190,7 +279,7 @@ def test_a_real_fine_tuning_saves_a_new_model_with_its_lineage_and_the_card_show
     run.label_path.write_bytes(chest_segmentation_path.read_bytes())  # a .seg.nrrd: segments matched by name
     run.start_training()
     assert run.wait(timeout_s=600) == states.DONE, run.message
-    assert user_models(models) == [models / "chest-tuned.safetensors"]
+    assert user_models.list_models(models) == [models / "chest-tuned.safetensors"]
     record = read_metadata(run.model_path).training["fine_tuning"]
     assert record["base"]["name"] == BUNDLED.name
     # a fifth of the slices held out: the Dice before and after, on the card and in the progress line
@@ -253,9 +342,40 @@ def test_the_card_puts_the_models_spacing_beside_the_inputs():
 
 
 def test_the_lineage_line_names_base_date_corrections_and_dice():
-    record = {"base": {"name": "base.safetensors"}, "date": "2026-12-02T09:00:00+00:00", "classes_labelled": ["ribs"], "dice_before": 0.71, "dice_after": 0.83}
+    record = {"base": {"name": "base.safetensors"}, "date": "2026-12-02T09:00:00+00:00", "classes_labelled": ["ribs", "left lung"],
+              "classes_corrected": ["ribs"], "dice_before": 0.71, "dice_after": 0.83}
     assert fine_tuning_text(record) == "Fine-tuned from base.safetensors on 2026-12-02 with corrections of ribs; validation Dice 0.710 \u2192 0.830"
+    # a model tuned from the command line: the classes its labels held, never called corrections
+    del record["classes_corrected"]
+    assert fine_tuning_text(record).startswith("Fine-tuned from base.safetensors on 2026-12-02 on labels of ribs, left lung;")
     assert fine_tuning_text(None) == ""
+
+
+@pytest.mark.parametrize("record", [
+    {"base": "not a dict", "date": 7, "classes_labelled": 3, "dice_before": "high", "dice_after": [1]},
+    {"base": {"name": ["a"]}, "classes_corrected": [1, 2], "date": None},
+    {"base": None, "classes_labelled": "ribs"},
+    [],
+])
+def test_a_hostile_lineage_record_gives_a_card_never_a_traceback(record):
+    assert fine_tuning_text(record).startswith("Fine-tuned from") or fine_tuning_text(record) == ""
+
+
+def test_newlines_and_escape_codes_of_a_lineage_record_stay_out_of_the_card(tmp_path):
+    record = {"base": {"name": "base\n\x1b[31mFAKE: approved for clinical use\x1b[0m"}, "date": "2026-12-02\r\nX",
+              "classes_corrected": ["ribs\x1b[2J", "lung\u202e"], "dice_before": 0.7, "dice_after": 0.8}
+    text = fine_tuning_text(record)
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text and "\u202e" not in text, text
+    card = describe_checkpoint(with_lineage(tmp_path / "hostile.safetensors", record)).summary()
+    assert "\x1b" not in card and card.count("\n") == 2, card  # the card's own three lines, no more
+
+
+def test_a_scene_naming_a_model_that_no_longer_exists_falls_back_and_says_so(tmp_path):
+    gone = tmp_path / "deleted-model.safetensors"
+    assert checkpoint_for_scene(gone, None) == (BUNDLED, f"The model this scene names, deleted-model.safetensors, no longer exists: using {BUNDLED.name} instead.")
+    assert checkpoint_for_scene(BUNDLED, None) == (BUNDLED, "")
+    assert checkpoint_for_scene(None, None) == (BUNDLED, "")
+    assert checkpoint_for_scene(gone, None, bundled=tmp_path / "none.safetensors")[1].endswith("choose a model file.")
 
 
 def test_review_items_word_the_done_events_ranking_and_skip_broken_entries():
@@ -319,11 +439,6 @@ def test_a_segmentation_without_any_class_of_the_model_is_refused(mrml, tmp_path
 
 
 @pytest.mark.mrml
-def test_the_user_models_folder_is_in_slicers_settings_folder(mrml):
-    assert mrml.layer("finetune").user_models_folder("/home/u/.config/slicer.org/Slicer.ini") == Path("/home/u/.config/slicer.org/UNetSegmentation/Models")
-
-
-@pytest.mark.mrml
 @pytest.mark.parametrize("name, transformed", [("chest CT", False), ("chest CT", True), ("oblique", True)])
 def test_a_slice_centre_lies_on_that_slice_in_the_middle_of_the_volume(mrml, name, transformed):
     import vtk
@@ -378,10 +493,10 @@ def test_the_widget_segments_lists_the_slices_to_review_jumps_there_and_fine_tun
 
     ui.applyButton.click()
     deadline = time.monotonic() + 300
-    while widget._run.running and time.monotonic() < deadline:
-        widget.onRunTimer()
+    while widget.segmentation.run.running and time.monotonic() < deadline:
+        widget.onTimer(widget.segmentation)
         time.sleep(0.1)
-    assert widget._run.state == "done", widget._run.message
+    assert widget.segmentation.run.state == "done", widget.segmentation.run.message
     assert len(ui.reviewListWidget.items) == 10 and ui.reviewListWidget.items[0].startswith("1. slice ")
     assert parameters.trainingVolume is volume and parameters.trainingSegmentation is not None
 
@@ -396,15 +511,18 @@ def test_the_widget_segments_lists_the_slices_to_review_jumps_there_and_fine_tun
     ui.fineTuneButton.click()
     assert ui.fineTuneButton.text == "Cancel"
     deadline = time.monotonic() + 600
-    while widget._fineTune.running and time.monotonic() < deadline:
-        widget.onFineTuneTimer()
+    while widget.fineTuning.running and time.monotonic() < deadline:
+        widget.onTimer(widget.fineTuning)
         time.sleep(0.2)
-    run = widget._fineTune
+    run = widget.fineTuning.run
     assert run.state == "done", run.message
     folder = Path(mrml.slicer.app.slicerUserSettingsFilePath).parent / "UNetSegmentation" / "Models"
     assert run.model_path.parent == folder
-    assert Path(parameters.checkpoint) == run.model_path, "the new model is selected for the next run"
+    assert Path(parameters.checkpoint) == run.pick.path, "the better of the new model and its base is selected for the next run"
+    assert ui.fineTuneStatusLabel.text.endswith(run.pick.reason) and run.pick.reason in ui.logTextEdit.lines[-1]
+    assert any(line.startswith("Corrected by you: ribs, ") for line in ui.logTextEdit.lines), "a segmentation from a file: every class is the user's"
     assert str(run.model_path) in [data for _, data in ui.modelChoiceComboBox.items]
+    widget.onModelChosen([data for _, data in ui.modelChoiceComboBox.items].index(str(run.model_path)))
     assert f"Fine-tuned from {mrml_support.BUNDLED_MODEL.name}" in ui.modelInfoLabel.text
     assert ui.fineTuneButton.text == "Fine-tune" and ui.fineTuneProgressBar.value == 100
     widget.cleanup()

@@ -70,7 +70,9 @@ def test_process_imports_a_named_coloured_segmentation_on_the_input_geometry(sli
     assert node.GetStorageNode() is None, "no storage node pointing at the deleted temporary file"
     confidence = mrml.scene.GetFirstNodeByName("oblique segmentation confidence")
     assert mrml.slicer.util.arrayFromVolume(confidence).shape == (10, 28, 32)
-    assert (confidence.GetDisplayNode().GetWindowLevelMin(), confidence.GetDisplayNode().GetWindowLevelMax()) == (0.0, 1.0)
+    display = confidence.GetDisplayNode()  # shows where the model is unsure: confident voxels transparent
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.5, 0.99) and display.GetApplyThreshold()
+    assert display.GetUpperThreshold() == pytest.approx(0.99)
     composite = mrml.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
     assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (volume.GetID(), confidence.GetID())
     assert list(slicer_module.temp.iterdir()) == [], "temporary files must be removed"
@@ -132,8 +134,8 @@ def test_without_the_pytorch_extension_the_user_is_told_to_install_it(slicer_mod
 
 def drive(widget, timeout_s=180):
     deadline = time.monotonic() + timeout_s
-    while widget._runTimer.active and time.monotonic() < deadline:
-        widget.onRunTimer()
+    while widget.segmentation.timer.active and time.monotonic() < deadline:
+        widget.onTimer(widget.segmentation)
         time.sleep(0.05)
 
 
@@ -170,11 +172,11 @@ def test_widget_setup_fills_the_panel_and_a_click_segments(slicer_module, every_
     widget.onDepthChanged(1)
     assert parameters.depth == "2"
     widget.onApplyButton()
-    assert widget._run.state == "segmenting" and ui.applyButton.text == "Cancel" and ui.applyButton.enabled
+    assert widget.segmentation.run.state == "segmenting" and ui.applyButton.text == "Cancel" and ui.applyButton.enabled
     assert not ui.inputsCollapsibleButton.enabled
-    assert widget._run.arguments()[widget._run.arguments().index("--depth") + 1] == "2"
+    assert widget.segmentation.run.arguments()[widget.segmentation.run.arguments().index("--depth") + 1] == "2"
     drive(widget)
-    assert widget._run.state == "done", widget._run.message
+    assert widget.segmentation.run.state == "done", widget.segmentation.run.message
     assert ui.applyButton.text == "Segment this volume" and ui.progressBar.value == 100
     assert ui.statusLabel.text.startswith("Done in ") and "2 segment(s) in 'CT segmentation'" in ui.statusLabel.text
     assert any(line.startswith("Segmenting 10 slices") and " backend, " in line and " precision)" in line for line in ui.logTextEdit.lines)
@@ -185,12 +187,12 @@ def test_widget_setup_fills_the_panel_and_a_click_segments(slicer_module, every_
     nodes_before = mrml.scene.GetNumberOfNodes()
     parameters.checkpoint = small_unetpp
     widget.onApplyButton()
-    while widget._run.state == "segmenting" and widget._run.last_progress is None:
-        widget.onRunTimer()
+    while widget.segmentation.run.state == "segmenting" and widget.segmentation.run.last_progress is None:
+        widget.onTimer(widget.segmentation)
         time.sleep(0.02)
     widget.onApplyButton()  # the button says Cancel
-    assert widget._run.state == "cancelled" and ui.statusLabel.text == "Cancelled" and ui.progressBar.value == 0
-    assert not widget._runTimer.active and mrml.scene.GetNumberOfNodes() == nodes_before
+    assert widget.segmentation.run.state == "cancelled" and ui.statusLabel.text == "Cancelled" and ui.progressBar.value == 0
+    assert not widget.segmentation.timer.active and mrml.scene.GetNumberOfNodes() == nodes_before
     assert list(slicer_module.temp.iterdir()) == []
     widget.cleanup()
 
@@ -203,7 +205,7 @@ def test_widget_shows_the_reason_of_a_failure(slicer_module, every_voxel_a):
     widget._parameterNode.checkpoint = every_voxel_a
     widget.onApplyButton()
     drive(widget)
-    assert widget._run.state == "failed"
+    assert widget.segmentation.run.state == "failed"
     assert widget.ui.statusLabel.text.startswith("Failed: ") and "contains NaN or infinite voxels" in widget.ui.statusLabel.text
     assert widget.ui.applyButton.text == "Segment this volume" and widget.ui.applyButton.enabled
     widget.cleanup()
@@ -224,4 +226,47 @@ def test_plain_pytorch_checkpoints_ask_for_architecture_and_names(slicer_module,
     assert not ui.applyButton.enabled and ui.applyButton.toolTip.startswith("Type the segment names")
     parameters.classNames = "liver"
     assert ui.applyButton.enabled
+    widget.cleanup()
+
+
+def test_a_scene_naming_a_model_that_no_longer_exists_falls_back_to_the_bundled_model_and_says_so(slicer_module, tmp_path):
+    from UNetSegmentationLib.model.bundled import bundled_model_path
+
+    module, mrml = slicer_module.module, slicer_module.mrml
+    mrml_support.oblique_volume(mrml)
+    gone = tmp_path / "my-tuned-model.safetensors"
+    module.UNetSegmentationLogic().getParameterNode().checkpoint = gone  # saved with the scene; the file was deleted since
+    widget = module.UNetSegmentationWidget()
+    widget.setup()
+    notice = f"The model this scene names, my-tuned-model.safetensors, no longer exists: using {bundled_model_path().name} instead."
+    assert widget._parameterNode.checkpoint == bundled_model_path()
+    assert widget.ui.modelInfoLabel.text.startswith(notice + "\nUNet++, 7 segments")
+    assert notice in widget.ui.logTextEdit.lines
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
+
+    # a scene file loaded into this one names a missing model again: checked when the import ends
+    widget._parameterNode.checkpoint = gone
+    assert not widget.ui.applyButton.enabled
+    mrml.scene.InvokeEvent(mrml.scene.EndImportEvent)
+    assert widget._parameterNode.checkpoint == bundled_model_path() and widget.ui.applyButton.enabled
+    widget._parameterNode.checkpoint = mrml_support.bundled_model_copy()  # another model chosen: the notice goes
+    assert not widget.ui.modelInfoLabel.text.startswith("The model this scene names")
+    widget.cleanup()
+
+
+def test_closing_the_scene_clears_the_panel_of_its_last_run(slicer_module, every_voxel_a):
+    module, mrml = slicer_module.module, slicer_module.mrml
+    volume = mrml_support.oblique_volume(mrml)
+    widget = module.UNetSegmentationWidget()
+    widget.setup()
+    widget._parameterNode.inputVolume, widget._parameterNode.checkpoint = volume, every_voxel_a
+    widget.onApplyButton()
+    drive(widget)
+    ui = widget.ui
+    assert ui.statusLabel.text.startswith("Done in ") and ui.progressBar.value == 100 and ui.logTextEdit.lines
+
+    mrml.scene.Clear(0)  # File > Close Scene
+    assert widget.segmentation.run is None and widget.fineTuning.run is None
+    assert (ui.statusLabel.text, ui.progressBar.value, ui.logTextEdit.lines, ui.reviewListWidget.items) == ("Select an input volume.", 0, [], [])
+    assert ui.applyButton.text == "Segment this volume" and not ui.applyButton.enabled
     widget.cleanup()

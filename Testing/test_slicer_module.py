@@ -358,7 +358,7 @@ def test_every_module_the_module_loads_parses_as_python_3_9(modules_loaded_with_
 def test_nothing_heavy_is_imported_in_setup():
     widget = class_node(module_tree(), "UNetSegmentationWidget")
     reached = methods_reached_from(widget, "setup")
-    assert {"setup", "initializeParameterNode", "_refreshCheckpointInfo", "_showView"} <= {m.name for m in reached}
+    assert {"setup", "initializeParameterNode", "onParameterNodeModified", "_showView"} <= {m.name for m in reached}
     in_setup = imports_in(reached, descend_functions=True)
     assert not [m for m in in_setup if is_heavy(m)], f"heavy imports reached from setup(): {[m for m in in_setup if is_heavy(m)]}"
     assert_light_imports(sorted(m for m in in_setup if m.startswith("UNetSegmentationLib")))
@@ -380,7 +380,7 @@ def test_every_lib_module_the_slicer_layer_imports_is_light():
 
 def test_the_module_file_stays_the_slicer_wiring():
     lines = len(module_source().splitlines())
-    assert lines <= 680, f"UNetSegmentation.py has {lines} lines: move what is not Slicer wiring into UNetSegmentationSlicer"
+    assert lines <= 550, f"UNetSegmentation.py has {lines} lines: move what is not Slicer wiring into UNetSegmentationSlicer"
 
 
 def assert_light_imports(modules) -> None:
@@ -396,6 +396,14 @@ def assert_light_imports(modules) -> None:
     assert not heavy, f"importing {modules} loads {heavy}"
 
 
+def text_value(node: ast.expr):
+    """A literal, or a ``texts.NAME`` of ``UNetSegmentationSlicer/texts.py`` (the help texts live there)."""
+    if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "texts":
+        texts = ast.parse((SLICER_PACKAGE / "texts.py").read_text(encoding="utf-8"))
+        return next(ast.literal_eval(n.value) for n in texts.body if isinstance(n, ast.Assign) and n.targets[0].id == node.attr)
+    return ast.literal_eval(node)
+
+
 def test_module_metadata_and_classes():
     tree = module_tree()
     module_class = class_node(tree, "UNetSegmentation")
@@ -403,7 +411,7 @@ def test_module_metadata_and_classes():
     assigned = {}
     for node in ast.walk(init):
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute) and ast.unparse(node.targets[0].value) == "self.parent":
-            assigned[node.targets[0].attr] = ast.literal_eval(node.value)
+            assigned[node.targets[0].attr] = text_value(node.value)
     assert assigned["title"] == "UNet Segmentation"
     assert assigned["categories"] == ["Segmentation"]
     assert assigned["contributors"] and all(isinstance(c, str) and c for c in assigned["contributors"])

@@ -29,24 +29,16 @@ from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
+from UNetSegmentationLib.model.user_models import user_models_folder
 from UNetSegmentationLib.panel import finetune_run as fineTuneStates
 from UNetSegmentationLib.panel import run as runStates
-from UNetSegmentationLib.panel.checkpoints import (
-    architecture_choices,
-    bundled_model_path,
-    default_checkpoint,
-    default_depth,
-    describe_checkpoint,
-    model_choices,
-    readiness,
-    spacing_text,
-)
+from UNetSegmentationLib.panel.checkpoints import architecture_choices, bundled_model_path, checkpoint_for_scene, describe_checkpoint, readiness
 from UNetSegmentationLib.panel.finetune_run import finetune_readiness, finetune_view
 from UNetSegmentationLib.panel.review_list import review_items
 from UNetSegmentationLib.panel.devices import DeviceProbe, device_choices
-from UNetSegmentationLib.panel.log_lines import format_duration
 from UNetSegmentationLib.panel.run import SegmentationRun, panel_view, slicer_python
-from UNetSegmentationSlicer import dependencies, finetune, parameters, scene, selftest, slices, widgets
+from UNetSegmentationLib.panel.run_controller import RunController
+from UNetSegmentationSlicer import dependencies, finetune, model_card, parameters, scene, selftest, slices, texts, widgets
 
 #: Slicer 5.8 (Python 3.9) cannot run the engine; 5.10 and later ship Python 3.12
 MINIMUM_PYTHON = (3, 10)
@@ -67,35 +59,8 @@ class UNetSegmentation(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
         self.parent.contributors = ["UNetSegmentation developers"]
-        self.parent.helpText = """
-<p>Segments a CT or MR volume with a U-Net family network (U-Net, UNet++) in one click.</p>
-<ol>
-<li><b>Input volume</b>: choose the CT or MR volume to segment.</li>
-<li><b>Model</b>: the bundled chest CT model is selected by default; choose another
-<code>.safetensors</code> model with the file button. The panel shows which structures the model
-segments and for which kind of image it was made.</li>
-<li><b>Speed / accuracy</b> (UNet++ models): the recommended depth is preselected; shallower depths
-are faster, and the measured Dice and time per slice are shown for each.</li>
-<li>Press <b>Segment this volume</b>. The first time, the extension offers to install PyTorch and a
-few Python packages (once, several minutes). The progress bar shows the slices done and the time
-left; press <b>Cancel</b> to stop, nothing is added to the scene then.</li>
-<li>The result appears as a new segmentation with named, coloured segments, aligned with the input.
-<b>Review these slices first</b> lists the slices where the model was least sure: choose one to go
-there, and correct the result in <b>Segment Editor</b> before any clinical use.</li>
-<li><b>Improve the model</b>: press <b>Fine-tune</b> to train a copy of the model on the volume and its
-corrected segmentation (in the background; <b>Cancel</b> writes nothing). The new model is saved in
-your models folder and selected for the next run.</li>
-</ol>
-<p><b>Advanced</b>: batch size (lower it after an out-of-memory error), slice axis, keeping only the
-largest connected piece of each segment, a confidence map, the spacing the network runs at, and the
-body crop.</p>
-<p>This is a research tool, not a medical device.</p>
-"""
-        self.parent.acknowledgementText = """
-UNet Segmentation uses PyTorch (through the PyTorch extension of Andras Lasso), MONAI, safetensors and
-slicerio. U-Net: Ronneberger et al., MICCAI 2015. UNet++: Zhou et al., DLMIA 2018 and IEEE TMI 2020.
-The background-process design follows the TotalSegmentator, MONAIAuto3DSeg and NNUNet extensions.
-"""
+        self.parent.helpText = texts.HELP_TEXT
+        self.parent.acknowledgementText = texts.ACKNOWLEDGEMENT_TEXT
 
 
 #
@@ -143,6 +108,9 @@ class UNetSegmentationParameterNode:
 
 
 class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel. Its two run buttons are each driven by a ``RunController`` (``segmentation``,
+    ``fineTuning``); what the model section shows is ``model_card.ModelCard``."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -151,16 +119,13 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._updatingGui = False
-        self._checkpointInfo = None
-        self._checkpointKey = None
-        self._run = None
+        self.card = model_card.ModelCard()
+        self.segmentation = None
+        self.fineTuning = None
         self._runContext = None
-        self._runTimer = None
         self._deviceProbe = None
         self._deviceInfo = None
         self._probeTimer = None
-        self._fineTune = None
-        self._fineTuneTimer = None
         self._reviewItems = []
         self._reviewVolume = None
 
@@ -185,18 +150,18 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.architectureComboBox.addItem(title, name)
         self._fillDeviceComboBox()
 
-        self._runTimer = qt.QTimer()
-        self._runTimer.setInterval(TIMER_INTERVAL_MS)
-        self._runTimer.timeout.connect(self.onRunTimer)
+        self.segmentation = RunController(qt.QTimer(), panel_view, after_child=self._importResult, on_finished=self._showFailure)
+        self.fineTuning = RunController(qt.QTimer(), finetune_view, on_finished=self._fineTuneFinished)
+        for controller in (self.segmentation, self.fineTuning):
+            controller.timer.setInterval(TIMER_INTERVAL_MS)
+            controller.timer.timeout.connect(lambda controller=controller: self.onTimer(controller))
         self._probeTimer = qt.QTimer()
         self._probeTimer.setInterval(PROBE_INTERVAL_MS)
         self._probeTimer.timeout.connect(self.onProbeTimer)
-        self._fineTuneTimer = qt.QTimer()
-        self._fineTuneTimer.setInterval(TIMER_INTERVAL_MS)
-        self._fineTuneTimer.timeout.connect(self.onFineTuneTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneChanged)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.useBundledModelButton.connect("clicked(bool)", self.onUseBundledModel)
@@ -212,12 +177,11 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        for run in (self._run, self._fineTune):
-            if run is not None and run.running:
-                run.cancel()
-        for timer in (self._runTimer, self._probeTimer, self._fineTuneTimer):
-            if timer is not None:
-                timer.stop()
+        for controller in (self.segmentation, self.fineTuning):
+            if controller is not None:
+                controller.forget()
+        if self._probeTimer is not None:
+            self._probeTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -234,15 +198,16 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        for run, timer in ((self._run, self._runTimer), (self._fineTune, self._fineTuneTimer)):
-            if run is not None and run.running:
-                run.cancel()
-                timer.stop()
+        """The scene closes: its runs stop, and nothing of them stays on the panel (state, log, review list)."""
+        for controller in (self.segmentation, self.fineTuning):
+            controller.forget()
         self._showReview(None, None)
-        self._showView()
+        self.ui.logTextEdit.clear()
         self.setParameterNode(None)
+        self._showView()
 
-    def onSceneEndClose(self, caller, event) -> None:
+    def onSceneChanged(self, caller, event) -> None:
+        """A new scene (after a close) or a scene file loaded into this one: its parameter node is checked."""
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -255,11 +220,14 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
                 parameterNode.inputVolume = firstVolumeNode
-        if not self._checkpointPath(parameterNode):
-            lastUsed = qt.QSettings().value(LAST_CHECKPOINT_SETTING, "")
-            checkpoint = default_checkpoint(str(lastUsed) if lastUsed else None)
-            if checkpoint is not None:
-                parameterNode.checkpoint = checkpoint
+        named = model_card.checkpoint_path(parameterNode)
+        lastUsed = qt.QSettings().value(LAST_CHECKPOINT_SETTING, "")
+        checkpoint, notice = checkpoint_for_scene(named, str(lastUsed) if lastUsed else None)
+        if notice:
+            self.card.notice = (checkpoint, notice)
+            self._appendLog(notice)
+        if checkpoint is not None and checkpoint != named:
+            parameterNode.checkpoint = checkpoint
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -271,66 +239,16 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.onParameterNodeModified()
 
-    @staticmethod
-    def _checkpointPath(parameterNode) -> Optional[pathlib.Path]:
-        path = parameterNode.checkpoint if parameterNode else None
-        if path is None or str(path) in ("", "."):
-            return None
-        return pathlib.Path(path)
-
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """Refresh what depends on the checkpoint and on the inputs (combo boxes, info, button)."""
         if self._parameterNode is None or self._updatingGui:
             return
         self._updatingGui = True
         try:
-            self._refreshCheckpointInfo()
+            self.card.refresh(self.ui, self._parameterNode, self._userModelsFolder())
             self._showView()
         finally:
             self._updatingGui = False
-
-    def _refreshCheckpointInfo(self) -> None:
-        path = self._checkpointPath(self._parameterNode)
-        try:
-            key = (str(path), os.path.getmtime(str(path))) if path else None
-        except OSError:
-            key = (str(path), None)
-        if key != self._checkpointKey or self._checkpointInfo is None:
-            self._checkpointInfo, self._checkpointKey = describe_checkpoint(path), key
-        info, parameterNode = self._checkpointInfo, self._parameterNode
-        volume = parameterNode.inputVolume
-        axis = None if parameterNode.sliceAxis in ("", "auto") else "ijk".index(parameterNode.sliceAxis)
-        spacing = spacing_text(info.metadata, slices.slice_spacing(volume, axis) if volume else None, parameterNode.spacing)
-        self.ui.modelInfoLabel.text = info.summary() + ("\n" + spacing if spacing else "")
-        choices = model_choices(self._userModelsFolder(), path)
-        widgets.fill_combo_box(self.ui.modelChoiceComboBox, [(choice.label, str(choice.path), True) for choice in choices], str(path) if path else None)
-        self._showArchitecture(info)
-        self._showDepths(info)
-        widgets.select_data(self.ui.deviceComboBox, self._parameterNode.device)
-
-    def _showArchitecture(self, info) -> None:
-        """From the checkpoint; a choice (with class names) only for a plain PyTorch file, which has no metadata."""
-        ui, parameterNode = self.ui, self._parameterNode
-        plain = info.needs_model_options
-        architecture = info.architecture or parameterNode.architecture
-        index = ui.architectureComboBox.findData(architecture) if architecture else -1
-        widgets.select_index(ui.architectureComboBox, index if index >= 0 else (0 if plain else -1))
-        if plain and not parameterNode.architecture:
-            parameterNode.architecture = ui.architectureComboBox.itemData(ui.architectureComboBox.currentIndex) or ""
-        ui.architectureComboBox.enabled = plain
-        ui.architectureComboBox.toolTip = "A plain PyTorch file does not say which network it holds: choose it." if plain else "Read from the checkpoint."
-        ui.classNamesLabel.visible = plain
-        ui.classNamesLineEdit.visible = plain
-
-    def _showDepths(self, info) -> None:
-        """Each prune depth with its validation Dice and speed; hidden when the network cannot prune."""
-        choices = info.depth_choices()
-        depth = self._parameterNode.depth
-        selected = depth if depth in [choice.value for choice in choices] else default_depth(choices)
-        widgets.fill_combo_box(self.ui.depthComboBox, [(choice.label, choice.value, True) for choice in choices], selected)
-        for widget in (self.ui.depthLabel, self.ui.depthComboBox):
-            widget.visible = bool(choices)
-        self.ui.depthComboBox.enabled = bool(choices)
 
     def onArchitectureChanged(self, index) -> None:
         if self._parameterNode is not None and not self._updatingGui:
@@ -351,7 +269,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _userModelsFolder() -> pathlib.Path:
-        return finetune.user_models_folder(slicer.app.slicerUserSettingsFilePath)
+        return user_models_folder(slicer.app.slicerUserSettingsFilePath)
 
     def onUseBundledModel(self) -> None:
         bundled = bundled_model_path()
@@ -393,21 +311,18 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- running -------------------------------------------------------------------------------------
 
     def _showView(self) -> None:
-        """Button, progress bar and state text from the run's state machine."""
+        """Buttons, progress bars and state texts of both runs, from their controllers."""
         if self.ui is None:
             return
-        parameterNode = self._parameterNode
-        if parameterNode is not None and self._checkpointInfo is not None:
-            ready, reason = readiness(parameterNode.inputVolume is not None, self._checkpointInfo, parameterNode.classNames, parameterNode.architecture)
+        parameterNode, info = self._parameterNode, self.card.info
+        if parameterNode is not None and info is not None:
+            ready, reason = readiness(parameterNode.inputVolume is not None, info, parameterNode.classNames, parameterNode.architecture)
         else:
             ready, reason = False, "Loading\u2026"
-        view = self._run.view(ready, reason) if self._run is not None else panel_view(runStates.IDLE, ready=ready, reason=reason)
-        widgets.show_view(self.ui, view)
-        info = self._checkpointInfo
+        widgets.show_view(self.ui, self.segmentation.view(ready, reason))
         ready, reason = finetune_readiness(bool(parameterNode and parameterNode.trainingVolume), bool(parameterNode and parameterNode.trainingSegmentation),
-                                           bool(info and info.metadata), bool(self._run and self._run.running))
-        view = self._fineTune.view(ready, reason) if self._fineTune is not None else finetune_view(fineTuneStates.IDLE, ready=ready, reason=reason)
-        widgets.show_finetune_view(self.ui, view)
+                                           bool(info and info.metadata), self.segmentation.running)
+        widgets.show_finetune_view(self.ui, self.fineTuning.view(ready, reason))
 
     def _appendLog(self, line) -> None:
         if self.ui is not None:
@@ -419,76 +334,58 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return True
         return slicer.util.confirmOkCancelDisplay(text)
 
+    def onTimer(self, controller) -> None:
+        controller.tick()
+        self._showView()
+
     def onApplyButton(self) -> None:
-        if self._run is not None and self._run.running:
-            if self._run.state == runStates.SEGMENTING:
-                self._run.cancel()
-                self._runTimer.stop()
+        if self.segmentation.press_cancels():
             self._showView()
             return
-
         parameterNode = self._parameterNode
         outputNode = parameterNode.outputSegmentation
         question = scene.replacement_question(outputNode)
         if question and not self._confirm(question):
             return
-        info = self._checkpointInfo
+        info = self.card.info
         self.ui.logTextEdit.clear()
         try:
-            options = parameters.run_options_from_parameters(parameterNode, info)
-            run = self.logic.newRun(options, onLog=self._appendLog)
+            run = self.logic.newRun(parameters.run_options_from_parameters(parameterNode, info), onLog=self._appendLog)
         except Exception as error:
             slicer.util.errorDisplay("Cannot start the segmentation: %s" % error)
             return
         qt.QSettings().setValue(LAST_CHECKPOINT_SETTING, str(info.path))
-        self._run = run
         self._runContext = {"volumeNode": parameterNode.inputVolume, "outputNode": outputNode, "metadata": info.metadata, "show3D": parameterNode.show3D}
-        try:
-            if self.logic.ensureDependencies(run, confirm=self._confirm, onStateChange=self._showViewAndProcessEvents):
-                self._restartDeviceProbe()
-            if run.running or run.state == runStates.IDLE:
-                self.logic.startRun(run, parameterNode.inputVolume, onStateChange=self._showViewAndProcessEvents)
-        except Exception as error:  # show the reason, never just "failed"
-            logging.exception("UNetSegmentation: could not start")
-            run.fail(str(error))
+        self.segmentation.start(run, self._beginSegmentation)
         self._showView()
-        if run.state == runStates.SEGMENTING:
-            self._runTimer.start()
-        elif run.state == runStates.FAILED:
-            self._showFailure(run)
+
+    def _beginSegmentation(self, run) -> None:
+        if self.logic.ensureDependencies(run, confirm=self._confirm, onStateChange=self._showViewAndProcessEvents):
+            self._restartDeviceProbe()
+        if run.running or run.state == runStates.IDLE:
+            self.logic.startRun(run, self._runContext["volumeNode"], onStateChange=self._showViewAndProcessEvents)
 
     def _showViewAndProcessEvents(self) -> None:
         self._showView()
         slicer.app.processEvents()
 
-    def onRunTimer(self) -> None:
-        run = self._run
-        if run is None:
-            self._runTimer.stop()
-            return
-        run.poll()
-        if run.state == runStates.IMPORTING:
-            self._runTimer.stop()
-            self._showViewAndProcessEvents()
-            context = self._runContext
-            try:
-                node = self.logic.importResult(run, context["volumeNode"], context["outputNode"], context["metadata"], show3D=context["show3D"])
-                if context["outputNode"] is not None and self._parameterNode is not None:
-                    self._parameterNode.outputSegmentation = node  # the same node, refilled (a new one if it was deleted meanwhile)
-                self._showReview(run.done_event, context["volumeNode"])
-                if self._parameterNode is not None:  # by default the next fine-tuning learns from this result, once corrected
-                    self._parameterNode.trainingVolume, self._parameterNode.trainingSegmentation = context["volumeNode"], node
-            except Exception as error:
-                logging.exception("UNetSegmentation: import failed")
-                run.fail("the result could not be loaded into Slicer: %s" % error)
-        if run.state in runStates.FINISHED_STATES:
-            self._runTimer.stop()
-            if run.state == runStates.FAILED:
-                self._showFailure(run)
-        self._showView()
+    def _importResult(self, run) -> None:
+        """The child succeeded: its result into the scene, the review list, and the next fine-tuning's pair."""
+        self._showViewAndProcessEvents()
+        context = self._runContext
+        try:
+            node = self.logic.importResult(run, context["volumeNode"], context["outputNode"], context["metadata"], show3D=context["show3D"])
+        except Exception as error:
+            logging.exception("UNetSegmentation: import failed")
+            raise RuntimeError("the result could not be loaded into Slicer: %s" % error) from error
+        if context["outputNode"] is not None and self._parameterNode is not None:
+            self._parameterNode.outputSegmentation = node  # the same node, refilled (a new one if it was deleted meanwhile)
+        self._showReview(run.done_event, context["volumeNode"])
+        if self._parameterNode is not None:  # by default the next fine-tuning learns from this result, once corrected
+            self._parameterNode.trainingVolume, self._parameterNode.trainingSegmentation = context["volumeNode"], node
 
     def _showFailure(self, run) -> None:
-        if not slicer.app.testingEnabled():
+        if run.state == runStates.FAILED and not slicer.app.testingEnabled():
             slicer.util.errorDisplay("Segmentation failed:\n\n%s" % run.message, detailedText="\n".join(run.log))
 
     # -- review these slices first -------------------------------------------------------------------
@@ -508,37 +405,24 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- improve the model ---------------------------------------------------------------------------
 
     def onFineTuneButton(self) -> None:
-        if self._fineTune is not None and self._fineTune.running:
-            self._fineTune.cancel()
-            self._fineTuneTimer.stop()
+        if self.fineTuning.press_cancels():
             self._showView()
             return
         parameterNode = self._parameterNode
+        volume, segmentation = parameterNode.trainingVolume, parameterNode.trainingSegmentation
         try:
             self.logic.ensureDependencies(confirm=self._confirm)
-            run = self.logic.newFineTune(parameterNode.checkpoint, parameterNode.trainingVolume, trainSlices=parameterNode.trainSlices, onLog=self._appendLog)
+            run = self.logic.newFineTune(parameterNode.checkpoint, volume, trainSlices=parameterNode.trainSlices, onLog=self._appendLog)
         except Exception as error:
             slicer.util.errorDisplay("Cannot start the fine-tuning: %s" % error)
             return
-        self._fineTune = run
-        try:
-            finetune.start_fine_tune(run, parameterNode.trainingVolume, parameterNode.trainingSegmentation)
-        except Exception as error:  # show the reason, never just "failed"
-            logging.exception("UNetSegmentation: could not start the fine-tuning")
-            run.fail(str(error))
+        self.fineTuning.start(run, lambda run: finetune.start_fine_tune(run, volume, segmentation))
         self._showView()
-        if run.state == fineTuneStates.TRAINING:
-            self._fineTuneTimer.start()
 
-    def onFineTuneTimer(self) -> None:
-        run = self._fineTune
-        if run is not None:
-            run.poll()
-        if run is None or run.state in fineTuneStates.FINISHED_STATES:
-            self._fineTuneTimer.stop()
-            if run is not None and run.state == fineTuneStates.DONE and self._parameterNode is not None:
-                self._parameterNode.checkpoint = run.model_path  # selected for the next run; the model choice lists it
-        self._showView()
+    def _fineTuneFinished(self, run) -> None:
+        """The better of the new model and its base is selected for the next run (the run's message says which and why)."""
+        if run.state == fineTuneStates.DONE and self._parameterNode is not None:
+            self._parameterNode.checkpoint = run.pick.path
 
 
 #
@@ -573,23 +457,14 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def startRun(self, run, volumeNode, onStateChange=None) -> None:
         """Export the volume to the run's temporary folder and start the engine child."""
-        if volumeNode is None:
-            raise ValueError("no input volume")
-        inputPath = run.begin_exporting()
-        if onStateChange is not None:
-            onStateChange()
-        scene.export_volume(volumeNode, inputPath)
-        run.start_segmenting()
-        if onStateChange is not None:
-            onStateChange()
+        scene.export_and_start(run, volumeNode, onStateChange)
 
     def importResult(self, run, volumeNode, outputNode=None, metadata=None, show3D=False):
         """Load the result into the scene (replacing ``outputNode`` if given) and finish the run; returns the segmentation node."""
         segmentationNode = scene.import_result(run, volumeNode, outputNode, metadata, show_3d=show3D)
-        run.finish("Done in %s: %d segment(s) in '%s'%s" % (
-            format_duration(run.elapsed_s), segmentationNode.GetSegmentation().GetNumberOfSegments(), segmentationNode.GetName(),
-            " (with warnings, see the log)" if run.warnings else "",
-        ))
+        if metadata is not None:  # what the model made, so that a fine-tuning can tell which classes the user corrected
+            finetune.remember_model_result(segmentationNode, volumeNode, metadata.classes)
+        run.finish_imported(segmentationNode.GetSegmentation().GetNumberOfSegments(), segmentationNode.GetName())
         return segmentationNode
 
     #: the panel's fine-tuning length (None: the engine's fine-tuning defaults); scripts and tests may shorten it
@@ -598,7 +473,7 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def newFineTune(self, checkpoint, volumeNode, modelsFolder=None, trainSlices="", epochs=None, stepsPerEpoch=None, onLog=None):
         """A :class:`FineTuneRun` of ``checkpoint`` on ``volumeNode`` whose model lands in ``modelsFolder`` (default: the user models folder)."""
-        folder = modelsFolder or finetune.user_models_folder(slicer.app.slicerUserSettingsFilePath)
+        folder = modelsFolder or user_models_folder(slicer.app.slicerUserSettingsFilePath)
         return finetune.new_fine_tune(checkpoint, volumeNode, folder, self.enginePython(), slicer.app.temporaryPath, trainSlices,
                                       epochs or self.fineTuneEpochs, stepsPerEpoch or self.fineTuneStepsPerEpoch, onLog)
 

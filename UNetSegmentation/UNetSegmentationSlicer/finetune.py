@@ -7,27 +7,30 @@ segment holding the label value of the model's class of the same name (matched a
 them: case and spacing ignored), written with the volume's IJK-to-RAS geometry and without its parent
 transform, as :func:`~.scene.export_volume` writes the volume. Segments the model has no class for are
 left out and named. Plain MRML calls: tested on the ``slicer-core`` scene.
+
+Which classes the user corrected is measured, not assumed: when a result comes into the scene, each
+of its segments gets a tag with a fingerprint of the model's own result for that class
+(:func:`remember_model_result`, on the same label map on the volume's grid that a fine-tuning exports);
+at fine-tuning, a class counts as corrected when its segment no longer matches its fingerprint, or has
+none (a segment the model did not make is all the user's). The model card records only those classes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import slicer
 import vtk
 
+from UNetSegmentationLib.model.user_models import user_models_folder  # noqa: F401 - the panel's folder, named here for the module
 from UNetSegmentationLib.panel.finetune_run import DONE, FineTuneParameters, FineTuneRun, model_file_stem
-from UNetSegmentationSlicer import scene
+from UNetSegmentationSlicer import scene, slices
 
-#: the user models folder, under the folder of Slicer's user settings file
-MODELS_SUBFOLDER = ("UNetSegmentation", "Models")
-
-
-def user_models_folder(settings_file_path) -> Path:
-    """``<folder of Slicer's user settings file>/UNetSegmentation/Models`` (``slicer.app.slicerUserSettingsFilePath``)."""
-    return Path(settings_file_path).parent.joinpath(*MODELS_SUBFOLDER)
+#: the segment tag holding the fingerprint of the model's own result for the segment's class
+MODEL_RESULT_TAG = "UNetSegmentation.ModelResult"
 
 
 def _key(name: str) -> str:
@@ -36,10 +39,57 @@ def _key(name: str) -> str:
 
 @dataclass
 class TrainingLabel:
-    """What :func:`export_training_pair` wrote: the segments used (by name) and those the model has no class for."""
+    """What :func:`export_training_pair` wrote: the segments used (by name), those the model has no class
+    for, and the classes whose segments differ from the model's own result (see :func:`corrected_classes`)."""
 
     used: List[str]
     left_out: List[str]
+    corrected: List[str]
+
+
+def _matched_segments(segmentation_node, classes: Sequence):
+    """``(segment ids, segment names, class values, names left out)`` of the segments named as a class."""
+    segmentation = segmentation_node.GetSegmentation()
+    values = {_key(info.name): int(info.value) for info in classes}
+    identifiers, used, label_values, left_out = [], [], [], []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        if _key(segment.GetName()) in values:
+            identifiers.append(segmentation.GetNthSegmentID(index))
+            used.append(segment.GetName())
+            label_values.append(values[_key(segment.GetName())])
+        else:
+            left_out.append(segment.GetName())
+    return identifiers, used, label_values, left_out
+
+
+def _fingerprint(label_array, value: int) -> str:
+    import numpy as np
+
+    mask = np.asarray(label_array) == value
+    return "%d:%s" % (int(mask.sum()), hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()[:32])
+
+
+def remember_model_result(segmentation_node, volume_node, classes: Sequence) -> None:
+    """Tag each segment of a result just imported with the fingerprint of its class on the volume's grid."""
+    identifiers, _, label_values, _ = _matched_segments(segmentation_node, classes)
+    if not identifiers:
+        return
+    labels = _label_array(segmentation_node, identifiers, label_values, volume_node)
+    segmentation = segmentation_node.GetSegmentation()
+    for identifier, value in zip(identifiers, label_values):
+        segmentation.GetSegment(identifier).SetTag(MODEL_RESULT_TAG, _fingerprint(labels, value))
+
+
+def corrected_classes(segmentation_node, identifiers: Sequence[str], label_values: Sequence[int], labels) -> List[str]:
+    """The names of the segments whose content is not the model's own result (changed, or never the model's)."""
+    segmentation, changed = segmentation_node.GetSegmentation(), []
+    for identifier, value in zip(identifiers, label_values):
+        segment = segmentation.GetSegment(identifier)
+        remembered = vtk.reference("")
+        if not segment.GetTag(MODEL_RESULT_TAG, remembered) or str(remembered) != _fingerprint(labels, value):
+            changed.append(segment.GetName())
+    return changed
 
 
 def export_training_pair(volume_node, segmentation_node, classes: Sequence, image_path: Path, label_path: Path) -> TrainingLabel:
@@ -47,27 +97,19 @@ def export_training_pair(volume_node, segmentation_node, classes: Sequence, imag
     class values on the volume's grid); RuntimeError when no segment is one of ``classes``."""
     if segmentation_node is None or not slicer.mrmlScene.IsNodePresent(segmentation_node):
         raise RuntimeError("choose the segmentation to learn from")
-    segmentation = segmentation_node.GetSegmentation()
-    values = {_key(info.name): int(info.value) for info in classes}
-    identifiers, used, left_out = [], [], []
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment = segmentation.GetNthSegment(index)
-        if _key(segment.GetName()) in values:
-            identifiers.append(segmentation.GetNthSegmentID(index))
-            used.append(segment.GetName())
-        else:
-            left_out.append(segment.GetName())
+    identifiers, used, label_values, left_out = _matched_segments(segmentation_node, classes)
     if not identifiers:
         names = ", ".join(info.name for info in classes)
         raise RuntimeError("none of the segments of '%s' is one of the model's classes (%s): rename them as the model names its classes" % (segmentation_node.GetName(), names))
     scene.export_volume(volume_node, image_path)
-    _write_label_map(segmentation_node, identifiers, [values[_key(name)] for name in used], volume_node, label_path)
-    return TrainingLabel(used, left_out)
+    labels = _label_array(segmentation_node, identifiers, label_values, volume_node, label_path)
+    return TrainingLabel(used, left_out, corrected_classes(segmentation_node, identifiers, label_values, labels))
 
 
-def _write_label_map(segmentation_node, identifiers: List[str], label_values: List[int], volume_node, path: Path) -> None:
-    """The segments ``identifiers`` as one label map on ``volume_node``'s grid, segment n holding ``label_values[n]``."""
-    import numpy as np  # only when a fine-tuning starts: the module's setup stays light
+def _label_array(segmentation_node, identifiers: List[str], label_values: List[int], volume_node, path: Optional[Path] = None):
+    """The segments ``identifiers`` as one label map on ``volume_node``'s grid, segment n holding
+    ``label_values[n]`` (returned as an array [k, j, i]); written to ``path`` when given."""
+    import numpy as np  # only when a fine-tuning starts or a result comes in: the module's setup stays light
 
     ids = vtk.vtkStringArray()
     for identifier in identifiers:
@@ -78,15 +120,18 @@ def _write_label_map(segmentation_node, identifiers: List[str], label_values: Li
             raise RuntimeError("the segmentation '%s' could not be exported to a label map" % segmentation_node.GetName())
         exported = slicer.util.arrayFromVolume(labelmap_node)  # segments numbered 1, 2, ... in the order given
         lookup = np.array([0] + list(label_values), dtype=np.uint16 if max(label_values) > 255 else np.uint8)
-        slicer.util.updateVolumeFromArray(labelmap_node, lookup[np.asarray(exported)])
-        matrix = vtk.vtkMatrix4x4()
-        volume_node.GetIJKToRASMatrix(matrix)
-        labelmap_node.SetIJKToRASMatrix(matrix)  # the volume's own grid, as the volume is written (no parent transform)
-        storage = labelmap_node.CreateDefaultStorageNode()
-        storage.SetFileName(str(path))
-        storage.UseCompressionOff()
-        if not storage.WriteData(labelmap_node) or not Path(path).is_file():
-            raise RuntimeError("the segmentation could not be written to a temporary file (%s)" % path)
+        labels = lookup[np.asarray(exported)]
+        if path is not None:
+            slicer.util.updateVolumeFromArray(labelmap_node, labels)
+            matrix = vtk.vtkMatrix4x4()
+            volume_node.GetIJKToRASMatrix(matrix)
+            labelmap_node.SetIJKToRASMatrix(matrix)  # the volume's own grid, as the volume is written (no parent transform)
+            storage = labelmap_node.CreateDefaultStorageNode()
+            storage.SetFileName(str(path))
+            storage.UseCompressionOff()
+            if not storage.WriteData(labelmap_node) or not Path(path).is_file():
+                raise RuntimeError("the segmentation could not be written to a temporary file (%s)" % path)
+        return labels
     finally:
         slicer.mrmlScene.RemoveNode(labelmap_node)
 
@@ -95,7 +140,9 @@ def new_fine_tune(checkpoint, volume_node, models_folder: Path, python: str, tem
                   epochs=None, steps_per_epoch=None, on_log=None) -> FineTuneRun:
     """A :class:`FineTuneRun` of ``checkpoint`` on ``volume_node``, its model named after both, landing in ``models_folder``."""
     name = model_file_stem(Path(checkpoint), volume_node.GetName() if volume_node is not None else "")
-    parameters = FineTuneParameters(Path(checkpoint), Path(models_folder), name, train_slices, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    count = slices.slice_count(volume_node) if volume_node is not None else None
+    parameters = FineTuneParameters(Path(checkpoint), Path(models_folder), name, train_slices, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                    slice_count=count)
     return FineTuneRun(parameters, python=python, temp_root=temp_root, on_log=on_log)
 
 
@@ -108,6 +155,8 @@ def start_fine_tune(run: FineTuneRun, volume_node, segmentation_node) -> None:
     run.add_log("Learning from the segments %s of '%s'" % (", ".join(exported.used), segmentation_node.GetName()))
     if exported.left_out:
         run.add_log("Left out (not among the model's classes): %s" % ", ".join(exported.left_out))
+    run.add_log("Corrected by you: %s" % (", ".join(exported.corrected) or "none (every segment is still the model's own result)"))
+    run.corrected_classes = exported.corrected
     run.start_training()
 
 

@@ -20,11 +20,19 @@ import slicer
 
 from UNetSegmentationLib.panel.checkpoints import output_segmentation_name, segment_id
 
-#: colour table of the confidence map (present in every Slicer; left at the default when missing)
-CONFIDENCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
-CONFIDENCE_OPACITY = 0.4
+#: the confidence map's overlay shows where the model is UNSURE, so that the eye goes where review is
+#: needed: voxels at CONFIDENT or above are transparent (92 % of the slicerio CT's voxels are >= 0.99,
+#: which tinted the whole slice before), the others painted from red (UNSURE_FLOOR and below: the
+#: model hesitates between classes) to yellow (just below CONFIDENT)
+CONFIDENT = 0.99
+UNSURE_FLOOR = 0.5
+UNSURE_COLOURS_NAME = "UNetSegmentation unsure"
+UNSURE_COLOURS_TAG = "UNetSegmentation.UnsureColours"
+CONFIDENCE_OPACITY = 0.6
 #: node attribute marking a confidence map made by this module, so that a later run can take it off the views
 CONFIDENCE_ATTRIBUTE = "UNetSegmentation.ConfidenceMap"
+#: the reference from a segmentation to its confidence map: a later run into the same segmentation refills that map
+CONFIDENCE_REFERENCE = "UNetSegmentation.confidence"
 
 
 def replacement_question(output_node) -> Optional[str]:
@@ -48,6 +56,20 @@ def export_volume(volume_node, path: Path) -> Path:
     if not storage.WriteData(volume_node) or not Path(path).is_file():
         raise RuntimeError("the volume '%s' could not be written to a temporary file (%s)" % (volume_node.GetName(), path))
     return Path(path)
+
+
+def export_and_start(run, volume_node, on_state_change=None) -> None:
+    """A segmentation run's start: the volume written to the run's input file, then the engine child
+    started (``on_state_change`` is called after each state change, so the panel can show it)."""
+    if volume_node is None:
+        raise ValueError("no input volume")
+    input_path = run.begin_exporting()
+    if on_state_change is not None:
+        on_state_change()
+    export_volume(volume_node, input_path)
+    run.start_segmenting()
+    if on_state_change is not None:
+        on_state_change()
 
 
 def load_volume(path: Path, name: str):
@@ -155,21 +177,58 @@ def name_and_colour_segments(segmentation, classes) -> None:
         segment.SetColor(*info.color)
 
 
-def import_confidence_map(path: Optional[Path], volume_node, name: str) -> Optional[Any]:
-    """Load the confidence map (values 0..1) as a volume under the input's transform, or None without one."""
+def import_confidence_map(path: Optional[Path], volume_node, segmentation_node) -> Optional[Any]:
+    """Load the confidence map (values 0..1) as a volume under the input's transform, or None without
+    one. A segmentation gets one map: a later run into it refills the map it already has (one node,
+    one file in a saved scene), else a new node named after it is made."""
     if path is None or not Path(path).is_file():
         return None
-    confidence_node = load_volume(path, name + " confidence")
+    confidence_node = segmentation_node.GetNodeReference(CONFIDENCE_REFERENCE)
+    if confidence_node is not None and slicer.mrmlScene.IsNodePresent(confidence_node):
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.ReadData(confidence_node):
+            raise RuntimeError("Slicer could not read the confidence map the engine wrote (%s)" % Path(path).name)
+        if confidence_node.GetDisplayNode() is None:
+            confidence_node.CreateDefaultDisplayNodes()
+    else:
+        confidence_node = load_volume(path, segmentation_node.GetName() + " confidence")
+        segmentation_node.SetNodeReferenceID(CONFIDENCE_REFERENCE, confidence_node.GetID())
     confidence_node.SetAttribute(CONFIDENCE_ATTRIBUTE, "1")
     confidence_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     place_beside(confidence_node, volume_node)
-    display_node = confidence_node.GetDisplayNode()
-    if display_node is not None:
-        if slicer.mrmlScene.GetNodeByID(CONFIDENCE_COLOR_NODE_ID) is not None:
-            display_node.SetAndObserveColorNodeID(CONFIDENCE_COLOR_NODE_ID)
-        display_node.AutoWindowLevelOff()
-        display_node.SetWindowLevelMinMax(0.0, 1.0)
+    show_unsure(confidence_node)
     return confidence_node
+
+
+def unsure_colours():
+    """The colour table of the overlay (one per scene, saved with it): red where the model is least sure, to yellow."""
+    scene = slicer.mrmlScene
+    table = scene.GetSingletonNode(UNSURE_COLOURS_TAG, "vtkMRMLColorTableNode")
+    if table is not None:
+        return table
+    table = slicer.vtkMRMLColorTableNode()
+    table.SetName(UNSURE_COLOURS_NAME)
+    table.SetSingletonTag(UNSURE_COLOURS_TAG)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(256)
+    for index in range(256):
+        table.SetColor(index, "", 1.0, index / 255.0, 0.0, 1.0)
+    return scene.AddNode(table)
+
+
+def show_unsure(confidence_node) -> None:
+    """Display the map so that confident voxels (>= CONFIDENT) are transparent and unsure ones bright."""
+    display_node = confidence_node.GetDisplayNode()
+    if display_node is None:
+        return
+    display_node.SetAndObserveColorNodeID(unsure_colours().GetID())
+    display_node.AutoWindowLevelOff()
+    display_node.SetWindowLevelMinMax(UNSURE_FLOOR, CONFIDENT)
+    display_node.AutoThresholdOff()
+    display_node.SetLowerThreshold(-1.0)  # below any confidence
+    display_node.SetUpperThreshold(CONFIDENT)  # a float32 0.99 is 0.99000001: above, so transparent
+    display_node.SetApplyThreshold(1)
 
 
 def show_result(volume_node, confidence_node=None) -> None:
@@ -190,6 +249,6 @@ def show_result(volume_node, confidence_node=None) -> None:
 def import_result(run, volume_node, output_node=None, metadata=None, show_3d: bool = False):
     """The run's segmentation (and confidence map) into the scene and the slice views; returns the segmentation node."""
     segmentation_node = import_segmentation(run.output_path, volume_node, output_node, metadata, show_3d)
-    confidence_node = import_confidence_map(run.confidence_path, volume_node, segmentation_node.GetName())
+    confidence_node = import_confidence_map(run.confidence_path, volume_node, segmentation_node)
     show_result(volume_node, confidence_node)
     return segmentation_node

@@ -11,22 +11,22 @@ on the volume's exact grid) to :attr:`FineTuneRun.image_path` and :attr:`FineTun
 object runs ``unetseg train --init BASE ...`` in a child process into its own temporary folder, as a
 :class:`~UNetSegmentationLib.panel.child_run.ChildRun` like a segmentation (the same runner and event
 schema, log, failure and cancel). Only when the child has finished is the new checkpoint copied, under a name of its
-own, into the user models folder (renamed into place when complete): a cancel or a failure leaves that
-folder as it was. Torch-, numpy- and SimpleITK-free.
+own, into the user models folder (:func:`~UNetSegmentationLib.model.user_models.save_model`: verified
+whole, then renamed into place): a cancel or a failure leaves that folder as it was. Which model the
+panel then selects is :func:`model_to_select`'s decision: the new one only when it is not worse than its
+base on the held-out slices. Torch-, numpy- and SimpleITK-free.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.model.bundled import bundled_model_path
+from UNetSegmentationLib.grammar.slice_ranges import check_slice_ranges
+from UNetSegmentationLib.model import user_models
 from UNetSegmentationLib.model.header import SAFETENSORS, checkpoint_kind, read_metadata
 from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.panel.child_run import (
@@ -55,6 +55,7 @@ __all__ = [
     "IDLE", "EXPORTING", "TRAINING", "SAVING", "DONE", "FAILED", "CANCELLED", "ACTIVE_STATES", "FINISHED_STATES", "TRANSITIONS",
     "FINE_TUNE_TEXT", "CANCEL_TEXT", "PROGRESS_MAXIMUM", "PROGRESS_AT", "FINE_TUNE_BUTTON", "model_file_stem", "training_process",
     "FineTuneParameters", "FineTuneView", "FineTuneRun", "training_text", "finetune_view", "finetune_readiness",
+    "ModelPick", "model_to_select", "SLICES_BOX",
 ]
 
 EXPORTING, TRAINING, SAVING = "exporting", "training", "saving"
@@ -79,17 +80,14 @@ FINE_TUNE_BUTTON = ButtonWords(
     cancel_tooltip="Stop the training; no model is written",
     busy_tooltip="Saving the new model",
 )
-#: ``--train-slices``: slice numbers and ranges, e.g. ``12-18,40``
-_SLICES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
-#: characters a new model's file name keeps (others become '-')
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+#: the slice box in messages (its text is read by the one slice-range grammar, bounded)
+SLICES_BOX = "Slices to train on"
 
 
 def model_file_stem(base: Path, volume_name: str, now: Optional[datetime.datetime] = None) -> str:
     """``<base stem>-<volume>-<YYYYMMDD-HHMMSS>``, with only characters every file system takes."""
     now = now or datetime.datetime.now()
-    stem = f"{Path(base).stem}-{volume_name or 'volume'}-{now:%Y%m%d-%H%M%S}"
-    return _UNSAFE.sub("-", stem).strip("-.") or "fine-tuned"
+    return user_models.safe_name(f"{Path(base).stem}-{volume_name or 'volume'}-{now:%Y%m%d-%H%M%S}", "fine-tuned")
 
 
 def training_process(arguments: Sequence[str], outputs: Sequence[Path], python: Optional[str], idle_timeout_s: Optional[float]) -> Engine:
@@ -121,6 +119,8 @@ class FineTuneParameters:
     epochs: Optional[int] = None  # None: the engine's fine-tuning defaults
     steps_per_epoch: Optional[int] = None
     validation: Optional[float] = 0.2
+    slice_count: Optional[int] = None  # the volume's slices along its slice axis, when known: the slice box is checked against it
+    corrected_classes: Optional[Tuple[str, ...]] = None  # the classes the user changed (None: not known)
     base_metadata: ModelMetadata = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,27 +133,15 @@ class FineTuneParameters:
         if checkpoint_kind(self.base) != SAFETENSORS:
             raise UserError("Fine-tuning starts from a .safetensors model (a plain PyTorch file does not say its classes and normalisation).")
         object.__setattr__(self, "base_metadata", read_metadata(self.base))  # a broken model says why here, before any export
-        if self.train_slices is not None and not _SLICES.match(self.train_slices):
-            raise UserError(f"Slices to train on: give numbers and ranges separated by commas, e.g. 12-18,40 (got {self.train_slices!r}).")
-        if _UNSAFE.sub("", self.name) != self.name or not self.name.strip(".-"):
-            raise UserError(f"The new model's name may hold only letters, digits, '.', '_', '+' and '-' (got {self.name!r}).")
+        if self.train_slices is not None:
+            check_slice_ranges(self.train_slices, self.slice_count, option=SLICES_BOX)  # bounded: 0-99999999999 is refused, not expanded
+        user_models.check_name(self.name)
         for value, what in ((self.epochs, "epochs"), (self.steps_per_epoch, "steps per epoch")):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"The number of {what} must be a whole number of at least 1 (got {value!r}).")
         if self.validation is not None and not 0 < self.validation < 0.5:
             raise UserError(f"The share of slices held out for validation must lie between 0 and 0.5 (got {self.validation!r}).")
-        if self.models_folder.exists() and not self.models_folder.is_dir():
-            raise UserError(f"The user models folder {self.models_folder} is a file.")
-
-    def destination(self) -> Path:
-        """Where the new model lands: ``<name>.safetensors`` in the models folder, never an existing file,
-        never the base model, never the bundled one."""
-        protected = {self.base.resolve(), bundled_model_path().resolve()}
-        for number in range(1, 1000):
-            path = self.models_folder / (self.name + ("" if number == 1 else f"-{number}") + ".safetensors")
-            if not path.exists() and path.resolve() not in protected:
-                return path
-        raise UserError(f"The user models folder {self.models_folder} already holds 999 models named {self.name}.")
+        user_models.check_folder(self.models_folder)
 
     def to_arguments(self, image: Path, label: Path, output: Path) -> List[str]:
         """The ``unetseg train`` command line of this run (the process runner adds ``--progress json``)."""
@@ -207,6 +195,8 @@ class FineTuneRun(ChildRun):
         super().__init__(python=python, temp_root=temp_root, idle_timeout_s=idle_timeout_s, on_log=on_log, engine_factory=engine_factory)
         self.parameters = parameters
         self.model_path: Optional[Path] = None  # the new model, once saved
+        self.pick: Optional[ModelPick] = None  # the model to select next, once saved
+        self.corrected_classes: Optional[List[str]] = None  # measured by the Slicer layer at export (None: not known)
 
     # -- files ---------------------------------------------------------------------------------------
 
@@ -250,25 +240,58 @@ class FineTuneRun(ChildRun):
         return super()._event_line(event)
 
     def _child_succeeded(self) -> None:
-        """Copy the child's checkpoint into the user models folder under a new name, renamed into place when whole."""
+        """Save the child's checkpoint into the user models folder under a new name (verified whole, then
+        renamed into place), and decide which model the panel selects next."""
         try:
-            destination = self.parameters.destination()
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            partial = destination.with_name(f".{destination.name}.partial")
-            shutil.copyfile(self.output_path, partial)
-            os.replace(partial, destination)
-        except (OSError, UserError) as error:
-            self.fail(f"the new model could not be saved in {self.parameters.models_folder}: {error}")
+            destination = user_models.save_model(self.output_path, self.parameters.models_folder, self.parameters.name,
+                                                 protected=[self.parameters.base])
+        except UserError as error:
+            self.fail(str(error))
             return
         self.model_path = destination
-        dice = (self.done_event or {}).get("validation") or {}
-        self._finish(f"New model {destination.name} in {format_duration(self.elapsed_s)}"
-                     + (f" (validation Dice {dice['dice']:.3f})" if isinstance(dice.get("dice"), (int, float)) else ""))
+        self.pick = model_to_select(self.parameters.base, destination)
+        self._finish(f"New model {destination.name} in {format_duration(self.elapsed_s)}. {self.pick.reason}")
 
     # -- what the panel shows ------------------------------------------------------------------------
 
     def _child_text(self) -> str:
         return training_text(self.last_progress) if self.last_progress else "Starting the training (loading the model and the data)\u2026"
+
+
+@dataclass(frozen=True)
+class ModelPick:
+    """The model the panel selects after a fine-tuning, and the sentence that says which and why."""
+
+    path: Path
+    reason: str
+    new_is_better: bool
+
+
+def model_to_select(base: Path, new: Path) -> ModelPick:
+    """The new model, unless its held-out validation Dice (its card's ``dice_after``) is lower than its
+    base's (``dice_before``, the same slices): then the base stays selected, and the sentence says so.
+    Without both numbers (trained on marked slices only: nothing else is truth), the new model."""
+    record = _lineage(new)
+    before, after = record.get("dice_before"), record.get("dice_after")
+    if not (_is_number(before) and _is_number(after)):
+        return ModelPick(new, f"{new.name} is selected (its Dice was not measured: no slices were held out).", True)
+    if after < before:
+        return ModelPick(base, f"{Path(base).name} stays selected: the new model scored a validation Dice of {after:.3f} on the "
+                               f"held-out slices, below its base's {before:.3f} ({new.name} is in the model list).", False)
+    return ModelPick(new, f"{new.name} is selected: validation Dice {before:.3f} \u2192 {after:.3f} on the held-out slices.", True)
+
+
+def _lineage(path: Path) -> dict:
+    try:
+        training = read_metadata(path).training
+    except (UserError, OSError):
+        return {}
+    record = training.get("fine_tuning") if isinstance(training, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def training_text(progress: Event) -> str:

@@ -197,6 +197,11 @@ class SegmentationRun(ChildRun):
         """The result is in the scene: ``done``; removes the temporary files."""
         self._finish(message or f"Done in {format_duration(self.elapsed_s)}")
 
+    def finish_imported(self, segment_count: int, node_name: str) -> None:
+        """``done``, saying how long, how many segments went into which node, and whether there were warnings."""
+        warned = " (with warnings, see the log)" if self.warnings else ""
+        self.finish(f"Done in {format_duration(self.elapsed_s)}: {segment_count} segment(s) in '{node_name}'{warned}")
+
     # -- what the panel shows ------------------------------------------------------------------------
 
     def _child_text(self) -> str:

@@ -277,3 +277,40 @@ def test_the_runner_removes_a_killed_runs_lock_file_but_never_one_a_run_holds(tm
         holder.wait()
     assert not remove_abandoned_lock(output, 999) and lock.exists(), "a lock file another process wrote stays"
     assert remove_abandoned_lock(output, 12345) and not lock.exists()
+
+
+# --- issue 23: every output of a run written together; a full disk keeps its cause --------------------------
+
+
+def fill_leaving(disk: Path, free_bytes: int) -> None:
+    """Fill ``disk`` (a tmpfs) and give back ``free_bytes``: the run starts with that much room."""
+    filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(filler, bytes(4096)):
+            pass
+    except OSError:  # full
+        pass
+    os.ftruncate(filler, os.fstat(filler).st_size - free_bytes)
+    os.close(filler)
+
+
+def test_a_review_list_the_disk_cannot_hold_leaves_no_label_map_either(small_unet_one_class, tmp_path, small_disk):
+    """The label map was renamed into place, then the review list found the disk full: exit 2 with a label map
+    written. Now every output is written as a temporary first and all are renamed together, or none."""
+    volume = tmp_path / "long.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((900, 20, 20), dtype=np.int16)), str(volume), True)  # labels compress to nothing; 900 ranked slices do not
+    fill_leaving(small_disk, 72 * 1024)  # above the 64 kB refused at the start: the run starts
+    output, review = small_disk / "labels.nrrd", small_disk / "review.json"
+    run = run_unetseg("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--backend", "torch", "--review-list", review, volume, output)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.code == 2 and len(lines) == 1 and "No space left on device" in lines[0] and f"holding {small_disk} is full" in lines[0], run.stderr
+    assert sorted(os.listdir(small_disk)) == ["filler"], "no label map, no review list, no temporary, no lock"
+
+
+def test_a_full_disk_under_the_nrrd_writer_says_so_not_only_its_gzip_error(small_unet_one_class, tmp_path, small_disk):
+    """ITK's NRRD writer reports a full disk as "[nrrd] _nrrdGzWrite: failed to write to file"."""
+    volume = noise_volume(tmp_path / "noise.nrrd", size=(100, 100, 40))
+    probabilities = small_disk / "confidence.nrrd"  # 1.6 MB of float32 on a 256 kB disk
+    run = run_unetseg("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--backend", "torch", "--probabilities", probabilities, volume, small_disk / "labels.nrrd")
+    assert run.code == 2 and "the disk is probably full" in run.stderr, run.stderr
+    assert os.listdir(small_disk) == []

@@ -81,3 +81,57 @@ def test_export_refuses_what_it_cannot_do(cli, trained, tmp_path):
     assert exists.code == 2 and "already exists" in exists.stderr
     accurate = cli("export", "--depth", "accurate", trained, tmp_path / "z.safetensors")
     assert accurate.code == 2 and "depth number" in accurate.stderr
+
+
+# --- issue 23: export and create pass the output gate and hold their output's lock -------------------------
+
+
+def test_export_and_create_with_overwrite_never_replace_the_bundled_model(cli, trained):
+    """``export --overwrite`` and ``create --overwrite`` replaced the bundled model (``unetseg demo`` then failed)."""
+    from UNetSegmentationLib.model.bundled import bundled_model_path
+
+    bundled = bundled_model_path()
+    if not bundled.exists():
+        pytest.skip("no bundled model in this checkout")
+    before = bundled.read_bytes()
+    exported = cli("export", "--depth", "1", "--overwrite", trained, bundled)
+    assert exported.code == 2 and "bundled model" in exported.stderr and "wrote" not in exported.stderr, exported.stderr
+    created = cli("create", "--arch", "unet", "--classes", "liver", "--features", "4,8", "--overwrite", bundled)
+    assert created.code == 2 and "bundled model" in created.stderr and "wrote" not in created.stderr, created.stderr
+    assert bundled.read_bytes() == before
+
+
+def test_export_never_replaces_its_own_source(cli, trained):
+    before = trained.read_bytes()
+    result = cli("export", "--depth", "1", "--overwrite", trained, trained)
+    assert result.code == 2 and "would overwrite the input or checkpoint" in result.stderr, result.stderr
+    assert trained.read_bytes() == before
+
+
+@pytest.mark.child_process
+def test_create_export_and_train_are_refused_while_another_run_writes_their_output(cli, trained, data, tmp_path):
+    """Two runs never write one output at once: ``create``, ``export`` and ``train`` take the output's lock as ``predict`` does."""
+    import subprocess
+    import sys
+
+    from UNetSegmentationLib.io.locks import lock_path
+
+    output = tmp_path / "model.safetensors"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; d = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(d, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock_path(output))],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        created = cli("create", "--arch", "unet", "--classes", "liver", "--features", "4,8", output)
+        exported = cli("export", "--depth", "1", trained, output)
+        trained_again = cli("train", "--datalist", data / "datalist.json", "--classes", "body,bone", "--features", "4,8,16,32", "--crop", "32",
+                            "--epochs", "1", "--steps-per-epoch", "1", *FAST, output)
+    finally:
+        holder.kill()
+        holder.wait()
+    for result in (created, exported, trained_again):
+        assert result.code == 2 and "being written by another unetseg run" in result.stderr, result.stderr
+    assert not output.exists()
+    created = cli("create", "--arch", "unet", "--classes", "liver", "--features", "4,8", output)
+    assert created.code == 0 and output.exists() and not lock_path(output).exists(), created.stderr

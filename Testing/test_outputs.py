@@ -133,3 +133,33 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(cli, sm
     third = cli("predict", "--checkpoint", small_unetpp, "--progress", "none", small, output)
     assert third.code == 0, third.stderr
     assert os.listdir(output.parent) == ["labels.nrrd"]
+
+
+# --- issue 23: every output of predict passes the one output gate ------------------------------------------
+
+
+@pytest.mark.skipif(not POSIX, reason="FIFOs")
+@pytest.mark.parametrize("option, name", [(None, "labels.nrrd"), ("--probabilities", "confidence.nrrd"), ("--review-list", "review.json")])
+def test_no_output_of_predict_may_be_a_fifo_even_with_overwrite(cli, small_unet_one_class, oblique_volume_path, tmp_path, option, name):
+    """A FIFO named as an output was replaced by a file (--overwrite) instead of being refused; it is never opened."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    output = tmp_path / "labels.nrrd" if option else fifo
+    extra = [option, fifo] if option else []
+    result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--overwrite", *extra, oblique_volume_path, output)
+    assert result.code == EXIT_USER_ERROR and "FIFO" in result.stderr, result.stderr
+    assert fifo.is_fifo() and leftovers(tmp_path) == []
+
+
+def test_no_output_of_predict_may_be_the_checkpoint_in_use(cli, tmp_path, oblique_volume_path):
+    """A checkpoint given a volume's name (any name is allowed) is protected as the input is."""
+    from support import create_checkpoint
+
+    checkpoint = create_checkpoint(tmp_path / "model.safetensors", arch="unet", classes="liver", features="4,8")
+    disguised = tmp_path / "model.nrrd"
+    os.link(checkpoint, disguised)
+    before = disguised.read_bytes()
+    for extra, output in (([], disguised), (["--probabilities", disguised], tmp_path / "labels.nrrd")):
+        result = cli("predict", "--checkpoint", checkpoint, "--progress", "none", "--overwrite", *extra, oblique_volume_path, output)
+        assert result.code == EXIT_USER_ERROR and "would overwrite the input or checkpoint" in result.stderr, result.stderr
+    assert disguised.read_bytes() == before

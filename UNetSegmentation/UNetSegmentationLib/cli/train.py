@@ -29,9 +29,12 @@ def command_train(args: argparse.Namespace) -> int:
 
     config = train_config(args)
     cases, validation, description = cases_from_options(args, for_training=True)
-    trainer = Trainer(config, cases, validation, Path(args.output), resume=args.resume, overwrite=args.overwrite,
-                      reporter=reporter, data_description=description)
-    trainer.run()
+    from UNetSegmentationLib.io.outputs import claiming_outputs
+
+    with claiming_outputs():  # the outputs' checks (training/checkpointing) also lock them for the run, as predict's are
+        trainer = Trainer(config, cases, validation, Path(args.output), resume=args.resume, overwrite=args.overwrite,
+                          reporter=reporter, data_description=description)
+        trainer.run()
     return 0
 
 

@@ -82,13 +82,17 @@ def check_dicom_seg(source_files: Sequence[str], classes: Optional[Sequence[Clas
     hd, pydicom = _dicom_modules()
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in source_files]
     folder = Path(source_files[0]).parent
+    missing = {}  # field → the files lacking it
     for keyword, tag in REQUIRED_UIDS + REQUIRED_GEOMETRY:
         lacking = [Path(f).name for f, source in zip(source_files, sources) if not str(source.get(keyword, "") or "").strip()]
         if lacking:
-            raise UserError(
-                f"cannot make a DICOM SEG of the series in {folder}: {len(lacking)} of its {len(sources)} images have an empty or missing "
-                f"{keyword} {tag} (e.g. {lacking[0]}), which a DICOM SEG must reference; write a Slicer segmentation (.seg.nrrd) or a label map instead"
-            )
+            missing[f"{keyword} {tag}"] = lacking
+    if missing:
+        first = next(iter(missing.values()))
+        raise UserError(
+            f"cannot make a DICOM SEG of the series in {folder}: its images have an empty or missing {', '.join(missing)} "
+            f"({len(first)} of {len(sources)} images, e.g. {first[0]}), which a DICOM SEG must reference; write a Slicer segmentation (.seg.nrrd) or a label map instead"
+        )
     uids = [str(source.SOPInstanceUID) for source in sources]
     if len(set(uids)) != len(uids):
         raise UserError(f"cannot make a DICOM SEG of the series in {folder}: several of its images share one SOPInstanceUID (0008,0018); write a Slicer segmentation (.seg.nrrd) or a label map instead")

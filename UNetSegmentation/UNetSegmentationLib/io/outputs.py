@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Union
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.locks import claim_output, lock_path, release_output
 from UNetSegmentationLib.io.output_gate import check_output
-from UNetSegmentationLib.io.verified_write import check_room, flush_folder, verify_written
+from UNetSegmentationLib.io.verified_write import FULL_DISK_ERRORS, check_room, flush_folder, verify_written
 
 __all__ = ["lock_path"]  # the lock file's name, for the process runner's tidying up
 
@@ -139,7 +139,8 @@ def atomic_output(paths: Sequence[Path], overwrite: bool = False) -> Iterator[Li
             flush_folder(folder)
     except OSError as error:
         _remove(temporaries)
-        raise UserError(f"cannot write {', '.join(map(str, paths))}: {error.strerror or error}") from None
+        cause = f" (the disk or quota holding {paths[0].parent} is full)" if error.errno in FULL_DISK_ERRORS else ""  # the errno says it: free space, measured now, came back with the temporaries
+        raise UserError(f"cannot write {', '.join(map(str, paths))}: {error.strerror or error}{cause}") from None
     except BaseException:
         _remove(temporaries)
         raise

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.outputs import split_extension
 from UNetSegmentationLib.io.segment_fields import segmentation_header
+from UNetSegmentationLib.io.verified_write import MIN_FREE_BYTES, free_space, full_disk_note
 
 if TYPE_CHECKING:  # annotations only: io/ stays below model/ (model/checkpoint.py writes through io.outputs)
     from UNetSegmentationLib.model.metadata import ClassInfo
@@ -48,12 +49,16 @@ def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path, classes:
 
 
 def _write_failure(error: RuntimeError, path: Path, final_name: Optional[Path]) -> str:
-    """The writer's reason (its last line), naming the final file rather than the temporary one."""
+    """The writer's reason (its last line), naming the final file rather than the temporary one, and the
+    cause when the disk is full: ITK's compressed NRRD writer says only "_nrrdGzWrite: failed to write to file"."""
     text = str(error).strip()
     reason = text.splitlines()[-1] if text else type(error).__name__
     if final_name is not None:
         reason = reason.replace(str(path), str(final_name))
-    return reason[:200]
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    if free_space(folder) < MIN_FREE_BYTES:
+        reason = f"{reason[:200]}; {full_disk_note(folder)}"
+    return reason[:400]
 
 
 def _label_extent(labels: np.ndarray, value: int) -> list:

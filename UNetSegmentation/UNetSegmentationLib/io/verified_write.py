@@ -20,8 +20,10 @@ from pathlib import Path
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.payload import describe_payload, format_bytes, missing_data
 
+#: errors that mean the disk (or the user's quota) is full
+FULL_DISK_ERRORS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 #: errors of fsync that mean the data did not reach the disk (others, e.g. EINVAL: the file system cannot sync)
-_LOST_DATA = (errno.EIO, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_LOST_DATA = (errno.EIO, *FULL_DISK_ERRORS)
 #: below this much free space no output can be written (a header alone takes a few hundred bytes)
 MIN_FREE_BYTES = 64 * 1024
 

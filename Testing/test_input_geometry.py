@@ -205,3 +205,21 @@ def test_native_reasons_keep_their_cause():
     assert "singular" in native_reason(singular)
     other = RuntimeError("Exception thrown in X: file.cxx:12:\nITK ERROR: NrrdImageIO(0x5a1b2c): ReadImageInformation: Error reading a.nrrd:\n[nrrd] detail")
     assert native_reason(other) == "ReadImageInformation: Error reading a.nrrd:"
+
+
+def test_in_a_cohort_a_series_without_pixel_spacing_fails_its_case_and_the_others_go_on(cli, small_unet_one_class, chest_ct_path, tmp_path):
+    """Was: marked done with a confidence of 0.92-0.97, segmented at 1 mm."""
+    from UNetSegmentationLib.cohort.batch import EXIT_CASES_FAILED
+    from UNetSegmentationLib.cohort.manifest import read_records
+
+    image = sitk.ReadImage(str(chest_ct_path))[:, :, 10:16]
+    image.SetDirection([round(v) for v in image.GetDirection()])
+    for name in ("good", "no-spacing"):
+        (tmp_path / "in" / name).mkdir(parents=True)
+        write_dicom_series(image, tmp_path / "in" / name, SERIES_UID)
+    edit_slices(tmp_path / "in" / "no-spacing", lambda dataset: delattr(dataset, "PixelSpacing"))
+    result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--output-dir", tmp_path / "out", tmp_path / "in")
+    assert result.code == EXIT_CASES_FAILED, result.stderr
+    records = {r["case"]: r for r in read_records(tmp_path / "out" / "manifest.jsonl")}
+    assert records["good"]["status"] == "done"
+    assert records["no-spacing"]["status"] == "failed" and "PixelSpacing (0028,0030)" in records["no-spacing"]["error"]

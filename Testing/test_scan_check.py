@@ -133,3 +133,21 @@ def test_a_volume_of_padding_and_tissue_only_is_judged_by_its_tissue(tmp_path):
     path = write(sitk.GetImageFromArray(values), tmp_path / "padded.nrrd")
     metadata = ModelMetadata("unet", {}, 1, Normalization("ct", (-1000.0, 1000.0)), [])
     assert scan_flags(check_scan(inspect_input(path), values, metadata)) == [INTENSITY]
+
+
+def test_a_cohort_records_each_case_s_scan_flags_and_warnings(cli, small_unet_one_class, chest_ct_path, tmp_path):
+    """The manifest carries the check's flags and messages per case (the QC report flags such cases)."""
+    from UNetSegmentationLib.cohort.manifest import read_records
+
+    image = chest_slices(chest_ct_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    series(image, inputs / "ct")
+    stored = np.clip(sitk.GetArrayFromImage(image) + 1024, 0, 4095)
+    series(with_array(stored.astype(np.int16), image), inputs / "raw", without_rescale)
+    result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", "--output-dir", tmp_path / "out", inputs)
+    assert result.code == 0, result.stderr
+    records = {r["case"]: r for r in read_records(tmp_path / "out" / "manifest.jsonl") if r["status"] == "done"}
+    assert records["ct"]["scan_flags"] == []
+    assert records["raw"]["scan_flags"] == [INTENSITY, HEADER]
+    assert any("RescaleIntercept (0028,1052)" in w for w in records["raw"]["warnings"])

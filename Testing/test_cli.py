@@ -114,7 +114,7 @@ def test_options_round_trip_through_the_predict_command_line(changes):
     options = SegmentationOptions(**changes)
     args = predict_namespace(options.to_arguments("in.nrrd", "out.seg.nrrd", "m.safetensors", ["--arch", "unet"]))
     assert SegmentationOptions.from_namespace(args) == options
-    assert (args.input, args.output, args.checkpoint, args.arch) == ("in.nrrd", "out.seg.nrrd", "m.safetensors", "unet")
+    assert (args.input, args.output, str(args.checkpoint), args.arch) == ("in.nrrd", "out.seg.nrrd", "m.safetensors", "unet")
 
 
 def test_the_cli_the_runner_and_the_panel_get_identical_defaults():
@@ -181,3 +181,47 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=120) == 141
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
+
+
+# --- argument errors and the bundled model's short name (issue 22, defects 11 and 12) ------------------------
+
+
+@pytest.mark.parametrize("argv, command, words", [
+    (["train", "--no-such-option", "out.safetensors"], "train", "unrecognized arguments: --no-such-option"),
+    (["evaluate", "--image", "a.nrrd", "--label", "b.nrrd", "--bogus"], "evaluate", "unrecognized arguments: --bogus"),
+    (["train", "--epochs", "many", "out.safetensors"], "train", "invalid int value: 'many'"),
+    (["info"], "info", "the following arguments are required: CKPT"),
+])
+def test_an_argument_error_is_one_line_that_names_the_command(cli, argv, command, words):
+    result = cli(*argv)
+    assert result.code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "usage:" not in result.stderr
+    assert result.stderr.startswith(f"unetseg: error: {command}: ") and words in result.stderr and f"unetseg {command} --help" in result.stderr
+
+
+def test_an_argument_error_with_json_progress_is_an_error_event_too(cli):
+    result = cli("train", "--progress", "json", "--no-such-option", "out.safetensors")
+    assert result.code == 2 and json.loads(result.stdout)["event"] == "error" and "--no-such-option" in json.loads(result.stdout)["message"]
+
+
+def test_bundled_is_the_bundled_models_short_name(cli):
+    from UNetSegmentationLib.cli.main import build_parser
+    from UNetSegmentationLib.model.bundled import bundled_model_path
+
+    result = cli("info", "bundled", "--json")
+    assert result.code == 0 and json.loads(result.stdout)["path"] == str(bundled_model_path())
+    parser = build_parser()
+    assert parser.parse_args(["predict", "in.nrrd", "out.nrrd"]).checkpoint == bundled_model_path()  # no --checkpoint: the bundled model
+    assert parser.parse_args(["evaluate", "--checkpoint", "bundled", "--image", "a", "--label", "b"]).checkpoint == bundled_model_path()
+    assert parser.parse_args(["train", "--init", "bundled", "--image", "a", "--label", "b", "o.safetensors"]).init == bundled_model_path()
+    assert str(parser.parse_args(["info", "./bundled"]).checkpoint) == "bundled"  # a file of that name stays reachable
+
+
+def test_the_bundled_model_records_no_path_of_the_machine_it_was_built_on():
+    """Issue 22, defect 14: its training config held /tmp/bundled/train.csv; every run now records file names only."""
+    from UNetSegmentationLib.model.bundled import bundled_model_path
+
+    text = read_metadata(bundled_model_path()).dumps()
+    assert not any(marker in text for marker in ('"/tmp', '"/work', '"/home', '"/root', ':\\\\')), "an absolute path in the bundled model's metadata"
+    config = read_metadata(bundled_model_path()).training["config"]
+    assert (config["log"], config["state"]) == ("train.csv", "train.resume.pt")

@@ -85,14 +85,14 @@ def test_fine_tuning_never_writes_over_its_base_or_the_bundled_model(cli, tiny, 
 def test_unset_options_take_the_fine_tuning_defaults_and_set_ones_win():
     from UNetSegmentationLib.cli.main import build_parser
     from UNetSegmentationLib.cli.train import train_config
-    from UNetSegmentationLib.training.finetuning import FINE_TUNING_DEFAULTS, TRAINING_DEFAULTS
+    from UNetSegmentationLib.training.train_options import FINE_TUNING_DEFAULTS, TRAINING_DEFAULTS
 
     def config(*argv):
         return train_config(build_parser().parse_args(["train", "--image", "x.nrrd", "--label", "y.nrrd", *argv, "out.safetensors"]))
 
     tuned = config("--init", "base.safetensors")
     assert (tuned.lr, tuned.epochs, tuned.steps_per_epoch, tuned.batch_size) == tuple(FINE_TUNING_DEFAULTS[k] for k in ("lr", "epochs", "steps_per_epoch", "batch_size"))
-    assert tuned.crop == (int(FINE_TUNING_DEFAULTS["crop"]),) * 2 and tuned.freeze_norm
+    assert tuned.crop == FINE_TUNING_DEFAULTS["crop"] and not tuned.crop_given and tuned.freeze_norm
     assert config("--init", "base.safetensors", "--lr", "0.01", "--epochs", "9").lr == 0.01
     scratch = config()
     assert (scratch.lr, scratch.epochs) == (TRAINING_DEFAULTS["lr"], TRAINING_DEFAULTS["epochs"]) and not scratch.freeze_norm

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.grammar.class_lists import DEFAULT_OTHER_LABELS, OTHER_LABELS
+from UNetSegmentationLib.training.train_options import DEFAULT_HOLD_OUT, DEFAULT_VAL_BLOCKS, HOLD_OUT_LIMIT
 
 
 def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> None:
@@ -22,9 +23,11 @@ def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> Non
     if for_training:
         group.add_argument("--val-images", metavar="DIR", help="validation images (with --val-labels), instead of a datalist's 'validation' list")
         group.add_argument("--val-labels", metavar="DIR", help="validation labels, matched by name")
-        group.add_argument("--val-slices", type=float, metavar="FRACTION", help="hold out this fraction of every training volume's slices for validation, in contiguous blocks (e.g. 0.2)")
-        group.add_argument("--val-blocks", type=int, default=3, metavar="N", help="number of held-out blocks, spread along the volume (default 3)")
-        group.add_argument("--val-gap", type=int, metavar="N", help="slices next to each held-out block used for neither training nor validation (default: --context, so no training input sees a held-out slice)")
+        group.add_argument("--val-slices", type=float, metavar="FRACTION", help=f"hold out this share of every training volume's slices for validation, in contiguous blocks "
+                           f"(above 0, below {HOLD_OUT_LIMIT:g}; e.g. {DEFAULT_HOLD_OUT:g})")
+        group.add_argument("--val-blocks", type=int, default=DEFAULT_VAL_BLOCKS, metavar="N", help="number of held-out blocks, spread along the volume (default %(default)s; fewer where the volume is too short)")
+        group.add_argument("--val-gap", type=int, metavar="N", help="slices next to each held-out block used for neither training nor validation (default: the slices the 2.5D neighbours reach, "
+                           "--context x the model's slice distance / the volume's slice spacing, so no training input sees a held-out slice)")
     group.add_argument("--other-labels", choices=OTHER_LABELS, default=DEFAULT_OTHER_LABELS,
                        help="segments/label values not among the classes (or not named by --label-map): stop with an error (default), or read them as background with a warning")
     group.add_argument("--label-map", metavar="MAP", help="the labels' values or segment names → the model's classes (names or values), e.g. \"3:left lung,5:ribs\" "
@@ -65,13 +68,3 @@ def cases_from_options(args: argparse.Namespace, for_training: bool):
     if not cases:
         raise UserError("no cases to " + ("train on" if for_training else "evaluate"))
     return cases, validation, description
-
-
-def int_list(text: str, what: str) -> list:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if any(v <= 0 for v in values):
-        raise UserError(f"{what} must be positive, got {text!r}")
-    return values

@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options
 from UNetSegmentationLib.cli.needs import check_needs
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.model.bundled import BUNDLED_SHORT_NAME, checkpoint_path
 from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, SPACING_CHOICES, axis_name
 from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
 
@@ -85,7 +86,7 @@ def labelled_volumes(cases: Sequence, classes, other_labels: str, label_map: Opt
 def add_commands(commands) -> None:
     """Register this subcommand on the ``unetseg`` parser."""
     evaluate = commands.add_parser("evaluate", help="segment volumes as predict does and compare with ground truth (Dice, IoU, HD95, precision, recall, F1; every UNet++ depth)")
-    evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help=".safetensors checkpoint")
+    evaluate.add_argument("--checkpoint", default=BUNDLED_SHORT_NAME, type=checkpoint_path, metavar="CKPT", help=f".safetensors checkpoint (default: '{BUNDLED_SHORT_NAME}', the bundled model)")
     add_data_options(evaluate, for_training=False)
     evaluate.add_argument("--depth", default="all", help="UNet++ depths to evaluate: all (default), a list like 2,4, or 'accurate'")
     evaluate.add_argument("--slices", default="all",

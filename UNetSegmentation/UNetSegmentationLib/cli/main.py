@@ -10,7 +10,7 @@ import argparse
 import os
 import signal
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from UNetSegmentationLib.cli import evaluate, models, predict, train
 from UNetSegmentationLib.errors import EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
@@ -25,13 +25,44 @@ def _on_terminate(signum, frame):  # pragma: no cover - exercised through the ru
     raise Cancelled(f"terminated by signal {signum}")
 
 
-# --- shared options ------------------------------------------------------------------------------
-
-
-# --- commands ------------------------------------------------------------------------------------
-
-
 # --- parser and entry point ------------------------------------------------------------------------
+
+
+class ArgumentsRefused(Exception):
+    """A command line argparse refuses: ``prog`` (``unetseg train``) and argparse's own message."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose refusals are one line ``unetseg: error: ...`` that names the command, not
+    ~20 lines of usage (the README promises one line; issue 22, defect 11). Subparsers are of this class too."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        raise ArgumentsRefused(self.prog, message)
+
+
+def _refusal_line(refused: ArgumentsRefused) -> str:
+    """``train: unrecognized arguments: --foo (see 'unetseg train --help')``: the command and where its usage is."""
+    command = refused.prog[len("unetseg"):].strip()
+    return f"{command + ': ' if command else ''}{refused} (see '{refused.prog} --help')"
+
+
+def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The parsed command line; arguments the command does not know are refused in the command's name
+    (argparse's own check would report them with the top-level usage)."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ArgumentsRefused(f"unetseg {args.command}", f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _json_progress_asked(argv: List[str]) -> bool:
+    """Whether the refused command line asked for ``--progress json`` (its error then goes out as an event too)."""
+    return any(a == "--progress=json" or (a == "--progress" and b == "json") for a, b in zip(argv, argv[1:] + [""]))
 
 
 #: exit status when the reader of stdout went away, as shells report a process ended by SIGPIPE
@@ -49,7 +80,7 @@ def _quiet_stdout() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unetseg", description="U-Net family 2.5D segmentation of CT and MR volumes.")
+    parser = OneLineParser(prog="unetseg", description="U-Net family 2.5D segmentation of CT and MR volumes.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for command_module in (models, predict, train, evaluate):
@@ -60,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from UNetSegmentationLib.protocol.reporters import make_reporter
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parse(argv)
+    except ArgumentsRefused as refused:
+        if _json_progress_asked(argv):
+            make_reporter("json").error(_refusal_line(refused))
+        print(f"unetseg: error: {_refusal_line(refused)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     args.reporter = make_reporter(getattr(args, "progress", "none"))
     previous = signal.signal(signal.SIGTERM, _on_terminate)
     try:

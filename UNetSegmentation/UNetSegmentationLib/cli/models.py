@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.model.bundled import BUNDLED_SHORT_NAME, checkpoint_path
 from UNetSegmentationLib.networks.registry import ARCHITECTURES
 
 
@@ -166,7 +167,7 @@ def add_commands(commands) -> None:
     create.set_defaults(run=command_create)
 
     info = commands.add_parser("info", help="show a checkpoint's metadata and parameter counts")
-    info.add_argument("checkpoint", metavar="CKPT")
+    info.add_argument("checkpoint", metavar="CKPT", type=checkpoint_path, help=f"checkpoint file, or '{BUNDLED_SHORT_NAME}' for the bundled model")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     add_model_options(info, for_plain_torch=True)
     info.set_defaults(run=command_info)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from UNetSegmentationLib.cli.cohort import add_cohort_options, check_single_volume_options, predict_cohort
 from UNetSegmentationLib.cli.models import add_model_options, metadata_from_options
+from UNetSegmentationLib.model.bundled import BUNDLED_SHORT_NAME, checkpoint_path
 from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, SPACING_CHOICES, SegmentationOptions, axis_name
 from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
 
@@ -41,7 +42,8 @@ def command_demo(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     """Register these subcommands on the ``unetseg`` parser."""
     predict = commands.add_parser("predict", help="segment a volume, or a cohort of volumes (--output-dir)")
-    predict.add_argument("--checkpoint", required=True, metavar="CKPT", help=".safetensors checkpoint (or a .pt/.pth state dict with --arch ...)")
+    predict.add_argument("--checkpoint", default=BUNDLED_SHORT_NAME, type=checkpoint_path, metavar="CKPT",
+                         help=f".safetensors checkpoint (or a .pt/.pth state dict with --arch ...); default '{BUNDLED_SHORT_NAME}': the bundled model")
     predict.add_argument("--depth", help="UNet++: prune depth 1..4 (default: the checkpoint's recommended depth) or 'accurate' (mean of all heads)")
     predict.add_argument("--device", default=DEFAULTS.device, help="auto (CUDA when available), cpu, cuda, cuda:N")
     predict.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="slices per network call (default %(default)s)")

@@ -37,6 +37,7 @@ class TrainConfig:
     steps_per_epoch: int = 50
     batch_size: int = 8
     crop: Tuple[int, int] = (96, 96)
+    crop_given: bool = True  # False: the default crop, fitted to the training slices (training/adapt.py)
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -65,8 +66,14 @@ class TrainConfig:
         return self.epochs * self.steps_per_epoch
 
     def to_json(self) -> Dict[str, Any]:
+        """The config as the checkpoint records it: files by name only, since a checkpoint travels and the
+        folders of the machine it was trained on mean nothing elsewhere (the bundled model held
+        ``/tmp/bundled/train.csv``: issue 22, defect 14)."""
         data = dataclasses.asdict(self)
         data["crop"] = list(self.crop)
+        for name in ("init", "log", "state"):
+            if data.get(name):
+                data[name] = Path(data[name]).name
         return data
 
     def check(self) -> None:

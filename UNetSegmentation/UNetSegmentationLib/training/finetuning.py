@@ -1,5 +1,5 @@
-"""Fine-tuning from a checkpoint (``unetseg train --init CKPT``): its defaults, the options only it has,
-the files it must never write over, what is frozen, and the lineage its model card records.
+"""Fine-tuning from a checkpoint (``unetseg train --init CKPT``): the files it must never write over,
+what is frozen, and the lineage its model card records (its defaults and options: :mod:`.train_options`).
 
 A fine-tuning run inherits the base model's architecture, classes, context, normalisation and
 in-plane spacing; it writes a new checkpoint (never the ``--init`` file, never the bundled model)
@@ -7,7 +7,7 @@ whose ``training["fine_tuning"]`` record names the base (path and SHA-256), the 
 trained on, the classes the labels held, steps, date, and the validation Dice of the base before
 training and of the result after.
 
-:data:`FINE_TUNING_DEFAULTS` were chosen by ``bench/finetune_demo.py --sweep`` (BENCHMARKS.md,
+:data:`~.train_options.FINE_TUNING_DEFAULTS` were chosen by ``bench/finetune_demo.py --sweep`` (BENCHMARKS.md,
 "Training"): on the slicerio CT, the best lower-half Dice after fine-tuning a model trained on the
 upper half, within about a minute on 2 CPU cores for the 34 slices (a 100-slice volume at the model's
 spacing stays well under 5 minutes: the run time is set by the steps, not the volume).
@@ -25,19 +25,6 @@ import torch
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.bundled import bundled_model_path
-
-#: what ``--init`` changes when the user did not set it (a from-scratch run keeps the parser's defaults)
-FINE_TUNING_DEFAULTS: Dict[str, Any] = {"epochs": 4, "steps_per_epoch": 25, "lr": 3e-4, "batch_size": 8, "crop": "128"}
-#: ... and a run from scratch
-TRAINING_DEFAULTS: Dict[str, Any] = {"epochs": 50, "steps_per_epoch": 50, "lr": 1e-3, "batch_size": 8, "crop": "96"}
-
-
-def apply_defaults(args: Any) -> None:
-    """Fill the options the user left unset (None) with the fine-tuning or the training defaults."""
-    defaults = FINE_TUNING_DEFAULTS if getattr(args, "init", None) else TRAINING_DEFAULTS
-    for name, value in defaults.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
 
 
 def _same_file(a: Path, b: Path) -> bool:

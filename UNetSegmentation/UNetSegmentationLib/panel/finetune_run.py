@@ -48,6 +48,7 @@ from UNetSegmentationLib.panel.log_lines import format_duration, format_eta
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
 from UNetSegmentationLib.protocol.events import Event
 from UNetSegmentationLib.protocol.runner import EngineProcess
+from UNetSegmentationLib.training.train_options import DEFAULT_HOLD_OUT, TrainOptions, check_hold_out
 
 #: this module's vocabulary: the states of a fine-tuning (the shared ones come from .child_run), what
 #: the panel shows, and the run itself (the Slicer module reads FINISHED_STATES)
@@ -118,7 +119,7 @@ class FineTuneParameters:
     label_map: Optional[str] = None
     epochs: Optional[int] = None  # None: the engine's fine-tuning defaults
     steps_per_epoch: Optional[int] = None
-    validation: Optional[float] = 0.2
+    validation: Optional[float] = DEFAULT_HOLD_OUT
     slice_count: Optional[int] = None  # the volume's slices along its slice axis, when known: the slice box is checked against it
     corrected_classes: Optional[Tuple[str, ...]] = None  # the classes the user changed (None: not known)
     base_metadata: ModelMetadata = field(init=False, repr=False, compare=False)
@@ -139,24 +140,18 @@ class FineTuneParameters:
         for value, what in ((self.epochs, "epochs"), (self.steps_per_epoch, "steps per epoch")):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"The number of {what} must be a whole number of at least 1 (got {value!r}).")
-        if self.validation is not None and not 0 < self.validation < 0.5:
-            raise UserError(f"The share of slices held out for validation must lie between 0 and 0.5 (got {self.validation!r}).")
+        check_hold_out(self.validation, option="The share of slices held out for validation")  # the engine's one rule
         user_models.check_folder(self.models_folder)
+
+    def train_options(self, image: Path, label: Path, output: Path) -> TrainOptions:
+        """The engine's options of this run: the panel writes no command line of its own."""
+        return TrainOptions(output, image=image, label=label, init=self.base, train_slices=self.train_slices,
+                            val_slices=None if self.train_slices else self.validation, label_map=self.label_map,
+                            epochs=self.epochs, steps_per_epoch=self.steps_per_epoch)
 
     def to_arguments(self, image: Path, label: Path, output: Path) -> List[str]:
         """The ``unetseg train`` command line of this run (the process runner adds ``--progress json``)."""
-        arguments = ["train", "--init", str(self.base), "--image", str(image), "--label", str(label)]
-        if self.train_slices:
-            arguments += ["--train-slices", self.train_slices.replace(" ", "")]
-        elif self.validation is not None:
-            arguments += ["--val-slices", f"{self.validation:g}"]
-        if self.label_map:
-            arguments += ["--label-map", self.label_map]
-        if self.epochs is not None:
-            arguments += ["--epochs", str(self.epochs)]
-        if self.steps_per_epoch is not None:
-            arguments += ["--steps-per-epoch", str(self.steps_per_epoch)]
-        return arguments + [str(output)]
+        return self.train_options(image, label, output).to_arguments()
 
 
 #: what the "Improve the model" section shows about the run: the panel's view of any run

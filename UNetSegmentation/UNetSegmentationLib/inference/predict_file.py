@@ -25,6 +25,7 @@ from UNetSegmentationLib.inference.scan_check import check_scan, scan_flags, sca
 from UNetSegmentationLib.inference.review import check_review_list, review_list_text, review_ranking
 from UNetSegmentationLib.inference.layout import VolumeLayout, layout_volume, slice_view_spacing
 from UNetSegmentationLib.inference.resolution import plan_model_grid
+from UNetSegmentationLib.inference.slice_subset import blank_other_slices, only_slices
 from UNetSegmentationLib.inference.slicing import SliceGeometry, body_batch
 from UNetSegmentationLib.io.case_outputs import DICOM_SEG_EXTENSION, CaseOutputs, DicomSource, write_case_outputs, writes_dicom_seg
 from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo, algorithm_of, check_dicom_seg
@@ -196,6 +197,7 @@ def segment_volume(
     observers: Sequence = (),
     algorithm: Optional[AlgorithmInfo] = None,
     measure: bool = False,
+    slices: Optional[Sequence[int]] = None,
 ) -> dict:
     """The one case runner of ``predict`` and of a cohort's cases: segment one checked input
     (:func:`checked_input`) with an opened model and write ``outputs`` (checked by :func:`checked_outputs`
@@ -203,7 +205,8 @@ def segment_volume(
     map) and the review list, all renamed into place together; only then is ``done`` reported. Returns the
     ``done`` summary, with ``volumes_ml`` (each class's volume, from the labels in memory) when ``measure``.
     ``observers`` (:class:`~.pipeline.SliceObserver`) see every batch's labels and confidence;
-    ``algorithm`` names the model in a DICOM SEG (default: from the checkpoint)."""
+    ``algorithm`` names the model in a DICOM SEG (default: from the checkpoint); ``slices``: only these
+    slices along the slice axis are segmented, the others left background (:mod:`.slice_subset`)."""
     t_start = time.perf_counter() - model.seconds if t_start is None else t_start
     metadata, plan, depth = model.metadata, model.plan, model.depth
     predictor = model.predictor
@@ -220,6 +223,7 @@ def segment_volume(
     slice_count = geometry.slices_view(volume).shape[0]
     quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
     layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, options.spacing == SPACING_MODEL, options.crop)
+    layout = only_slices(layout, slices, plan.batch_size, slice_count)  # the warm engine's segment_slices (None: all)
     _report_start(reporter, plan, predictor, metadata, depth, geometry, slice_count, layout)
     findings = check_scan(header, volume, metadata)  # the scan against what the model was made for: modality, values, header fields
     for warning in [*model.notes, *header.warnings, *scan_warnings(findings), *_input_warnings(volume, layout, metadata, options)]:
@@ -231,6 +235,7 @@ def segment_volume(
 
     review = review_ranking(options, geometry)  # the slices ranked by uncertainty (inference/review.py)
     result = predict_volume(volume, geometry, predictor, mapping, plan.batch_size, options.probabilities is not None, reporter, observers=[review, *observers], grid=layout.grid, bodies=layout.bodies)
+    blank_other_slices(geometry.slices_view(result.labels), None if result.confidence is None else geometry.slices_view(result.confidence), slices)
     if options.largest_component:
         t_clean = time.perf_counter()
         result.labels = keep_largest_component(result.labels, [c.value for c in metadata.classes])

@@ -10,10 +10,9 @@ This file must stay parseable by Python 3.9 so that Slicer 5.8 can show a clear 
 """
 
 import logging
-import os
 import pathlib
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import qt
 import vtk

@@ -20,12 +20,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import slicer
 import vtk
 
-from UNetSegmentationLib.model.user_models import user_models_folder  # noqa: F401 - the panel's folder, named here for the module
 from UNetSegmentationLib.panel.finetune_run import DONE, FineTuneParameters, FineTuneRun, model_file_stem
 from UNetSegmentationSlicer import scene, slices
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.geometry.slice_distance import thinner_slices

@@ -115,6 +115,19 @@ def test_slices_of_different_pixel_sizes_are_refused(predict, ct_series):
     assert_refused(*predict(ct_series), "different pixel sizes", "004.dcm", "2.5 x 2.5 mm")
 
 
+def test_a_slice_of_another_size_is_refused_naming_it(predict, ct_series):
+    """A localizer or a reformat left in the folder (was: `cannot read … as an image (…): Size: [64, 64, 1]`)."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    def smaller(dataset) -> None:
+        dataset.PixelData = dataset.pixel_array[:64, :64].copy().tobytes()
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.Rows = dataset.Columns = 64
+
+    edit_slices(ct_series, smaller, which={3})
+    assert_refused(*predict(ct_series), "differ in size", "003.dcm has 64 x 64 pixels", "128 x 128")
+
+
 def test_the_header_of_a_series_carries_the_slice_spacing_of_its_positions(ct_series, chest_ct_path):
     """One slice's header cannot know the distance to the next one: the positions say it (10 mm here), as the reader
     then spaces the volume; the memory and grid plans made from the header see the same grid."""
@@ -148,6 +161,17 @@ def test_a_nifti_of_one_slice_needs_no_slice_thickness(predict, tmp_path):
     path.write_bytes(bytes(data))
     result, _ = predict(path)
     assert result.code == 0, result.stderr
+
+
+def test_a_nifti_that_states_no_orientation_is_segmented_with_a_warning(predict, tmp_path):
+    """qform_code and sform_code 0 (or an ANALYZE header): the reader places it by convention; the user hears so."""
+    path = write(make_volume(size=(16, 16, 4)), tmp_path / "no-transform.nii")
+    data = bytearray(path.read_bytes())
+    data[252:256] = struct.pack("<hh", 0, 0)
+    path.write_bytes(bytes(data))
+    result, _ = predict(path, progress="json")
+    assert result.code == 0, result.stderr
+    assert any("states no orientation or position" in e["message"] for e in result.events if e["event"] == "warning")
 
 
 @pytest.mark.parametrize("name, header, phrase", [

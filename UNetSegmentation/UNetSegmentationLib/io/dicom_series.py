@@ -141,6 +141,7 @@ def check_stack(folder: Path, names: Tuple[str, ...]) -> Optional[float]:
     positions: List[Tuple[float, ...]] = []
     orientations: List[Tuple[float, ...]] = []
     pixel_spacings: List[Tuple[float, ...]] = []
+    sizes: List[Tuple[int, ...]] = []
     reader = sitk.ImageFileReader()
     for name in names:
         reader.SetFileName(name)
@@ -153,9 +154,10 @@ def check_stack(folder: Path, names: Tuple[str, ...]) -> Optional[float]:
             positions.append(_numbers(reader.GetMetaData(IMAGE_POSITION), 3))
             orientations.append(_numbers(reader.GetMetaData(IMAGE_ORIENTATION), 6))
             pixel_spacings.append(_numbers(reader.GetMetaData(PIXEL_SPACING), 2))
+            sizes.append(tuple(reader.GetSize()[:2]))
         except (RuntimeError, ValueError) as error:
             raise UserError(f"{folder}: the header of slice {Path(name).name} of the DICOM series cannot be read ({str(error).strip().splitlines()[-1][:120]}); copy or export the series again") from None
-    problem = dicom_stack_problem(str(folder), [Path(n).name for n in names], positions, orientations, pixel_spacings)
+    problem = dicom_stack_problem(str(folder), [Path(n).name for n in names], positions, orientations, pixel_spacings, sizes)
     if problem:
         raise UserError(problem)
     return stack_spacing(positions, orientations)

@@ -99,18 +99,38 @@ def nifti_transform_warning(source: str, header: NiftiHeader, size: Sequence[int
     )
 
 
+def nifti_orientation_warning(source: str, header: NiftiHeader) -> Optional[str]:
+    """A warning when a NIfTI (or ANALYZE) file states no orientation or position (qform_code and sform_code both 0):
+    the reader then places it by a convention, and the slice axis and the labels' placement follow that guess."""
+    if header.qform_code > 0 or header.sform_code > 0:
+        return None
+    return (
+        f"{source}: the NIfTI file states no orientation or position (its qform_code and sform_code are 0); it is read "
+        "as ITK reads it, unrotated at the origin, so the slice axis is chosen from that guess: check that the labels lie "
+        "where you expect, or give the file its transform (or choose --axis)"
+    )
+
+
 def dicom_stack_problem(
     source: str,
     names: Sequence[str],
     positions: Sequence[Tuple[float, ...]],
     orientations: Sequence[Tuple[float, ...]],
     pixel_spacings: Sequence[Tuple[float, ...]] = (),
+    sizes: Sequence[Tuple[int, ...]] = (),
 ) -> Optional[str]:
     """Why the slices (in the reader's order) do not form one evenly spaced stack of one pixel size, or None when they do.
 
     ``positions``: each slice's ImagePositionPatient; ``orientations``: its ImageOrientationPatient (6 values);
-    ``pixel_spacings``: its PixelSpacing (the reader gives every slice the first slice's).
+    ``pixel_spacings``: its PixelSpacing (the reader gives every slice the first slice's); ``sizes``: its columns and rows.
     """
+    for index, size in enumerate(sizes):
+        if tuple(size) != tuple(sizes[0]):
+            return (
+                f"{source}: the slices of the DICOM series differ in size: {names[index]} has {size[0]} x {size[1]} pixels where "
+                f"{names[0]} has {sizes[0][0]} x {sizes[0][1]}; they do not stack into one volume (a localizer or a reformat in the folder?): "
+                "move the odd slices out of the folder"
+            )
     for index, spacing_ in enumerate(pixel_spacings):
         if max(abs(a - b) for a, b in zip(spacing_, pixel_spacings[0])) > 1e-4 * max(pixel_spacings[0]):
             return (

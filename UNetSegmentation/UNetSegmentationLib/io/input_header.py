@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple
 import SimpleITK as sitk
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.io.geometry_checks import itk_grid_in_ras, nifti_transform_warning, sform_matrix, shear_degrees
+from UNetSegmentationLib.io.geometry_checks import itk_grid_in_ras, nifti_orientation_warning, nifti_transform_warning, sform_matrix, shear_degrees
 from UNetSegmentationLib.io.native_messages import native_reason, quiet_itk
 from UNetSegmentationLib.io.nifti_header import NiftiHeader, read_nifti_header
 
@@ -88,9 +88,9 @@ def read_header(path: Path, dicom_files: Sequence[str] = ()) -> InputHeader:
     )
     if nifti is not None and dimension == 3:
         used = itk_grid_in_ras(header.spacing, header.origin, header.direction)
-        warning = nifti_transform_warning(str(path), nifti, size, used)
-        if warning:
-            header = _with_warning(header, warning)
+        for warning in (nifti_orientation_warning(str(path), nifti), nifti_transform_warning(str(path), nifti, size, used)):
+            if warning:
+                header = _with_warning(header, warning)
     return header
 
 

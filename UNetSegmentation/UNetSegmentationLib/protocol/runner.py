@@ -46,6 +46,8 @@ class EngineProcess:
         idle_timeout_s: fail the run if the child prints no event for this long (a hung child).
         env: extra environment variables for the child.
         what: what the child does, in its failure messages ("the segmentation process failed: ...").
+        interactive: the child reads lines on its stdin, written with :meth:`send` (the warm engine's
+            requests, ``engine/client.py``); else its stdin is empty.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class EngineProcess:
         idle_timeout_s: Optional[float] = None,
         env: Optional[Dict[str, str]] = None,
         what: str = "segmentation",
+        interactive: bool = False,
     ) -> None:
         self.arguments = list(arguments)
         self.outputs = [Path(p) for p in outputs]
@@ -63,6 +66,7 @@ class EngineProcess:
         self.idle_timeout_s = idle_timeout_s
         self.extra_env = dict(env or {})
         self.what = what
+        self.interactive = interactive
         self.state = IDLE
         self.error_message: Optional[str] = None
         self.returncode: Optional[int] = None
@@ -96,7 +100,7 @@ class EngineProcess:
             popen_options["start_new_session"] = True  # own process group: cancel reaches every descendant
         self._process = subprocess.Popen(
             self.command,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.interactive else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -116,6 +120,13 @@ class EngineProcess:
         for thread in self._threads:
             thread.start()
         return self
+
+    def send(self, line: str) -> None:
+        """Write ``line`` (one line, no newline) to an interactive child's stdin; OSError when it is gone."""
+        if self._process is None or self._process.stdin is None:
+            raise OSError("the child does not read its stdin")
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
 
     @property
     def pid(self) -> Optional[int]:

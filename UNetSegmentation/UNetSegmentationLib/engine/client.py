@@ -1,0 +1,221 @@
+"""The warm engine's client: starts ``unetseg serve`` when a request needs it, sends requests, and hands
+back each request's events. What the Slicer panel uses: no Slicer, torch or numpy here.
+
+The engine runs through the process runner (:class:`~..protocol.runner.EngineProcess`: the child
+environment, its own process group, readers on threads, a poll that never blocks). Every request gets an
+``id`` from the client; :meth:`EngineClient.poll` sorts the engine's events by it and
+:meth:`EngineClient.events` yields one request's events up to its ``done`` or ``error``.
+
+When the engine process dies (a crash, the out-of-memory killer, a kill), it is said once: the requests
+it was running or holding end with one ``error`` event each (their temporary files and locks removed, as
+the runner does after a killed run); if none was open, the next request's events start with one
+``warning`` saying so. The next request starts a new engine, which loads its models again.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
+
+from UNetSegmentationLib.engine.requests import CANCEL, SEGMENT, SEGMENT_SLICES, SHUTDOWN, RequestId, request_line
+from UNetSegmentationLib.inference.options import SegmentationOptions
+from UNetSegmentationLib.io.locks import remove_abandoned_lock
+from UNetSegmentationLib.io.outputs import temporary_path
+from UNetSegmentationLib.model.bundled import BUNDLED_SHORT_NAME
+from UNetSegmentationLib.protocol.events import DONE, ERROR, LOG, WARNING, Event, make_event
+from UNetSegmentationLib.protocol.runner import EXIT, RUNNING, EngineProcess
+
+#: seconds ``close`` waits for the engine to end after ``shutdown`` before it ends its process group
+CLOSE_WAIT_S = 10.0
+#: how often the blocking helpers poll the engine's events
+POLL_INTERVAL_S = 0.02
+
+
+class _EngineChild(EngineProcess):
+    """The runner's child process, whose run is the engine's whole life: a request's ``error`` event is
+    that request's, not the process's, so only the process's own end decides its state and message."""
+
+    def _handle(self, event: Event) -> None:
+        if event.get("event") == EXIT:
+            super()._handle(event)
+
+
+class EngineClient:
+    """Requests to one warm engine at a time, started on the first request and after a death.
+
+    Args:
+        python: the interpreter of the engine (``PythonSlicer`` inside Slicer; default this one's).
+        models: models the engine keeps loaded (``unetseg serve --models``; None: its default).
+        env: extra environment variables for the engine.
+    """
+
+    def __init__(self, python: Optional[str] = None, models: Optional[int] = None, env: Optional[Dict[str, str]] = None) -> None:
+        self.python = python
+        self.models = models
+        self.env = dict(env or {})
+        self.starts = 0  # engines started so far (1 + the deaths recovered from)
+        self._child: Optional[_EngineChild] = None
+        self._ids = itertools.count(1)
+        self._open: Dict[RequestId, List[Path]] = {}  # requests without their last event yet → their outputs
+        self._events: Dict[RequestId, Deque[Event]] = collections.defaultdict(collections.deque)
+        self._death_untold: Optional[str] = None  # an engine that died between requests, said on the next one
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def segment(self, input_path, output_path, options: Optional[SegmentationOptions] = None, checkpoint=None, slices: Optional[str] = None, series: Optional[str] = None) -> RequestId:
+        """Send a ``segment`` request (``segment_slices`` with ``slices``, e.g. ``"12-18,40"``); returns its id."""
+        options = options or SegmentationOptions()
+        named = checkpoint is None or str(checkpoint) == BUNDLED_SHORT_NAME  # the engine resolves the short name
+        fields = {"input": _absolute(input_path), "output": _absolute(output_path), "options": options, "series": series,
+                  "checkpoint": checkpoint if named else _absolute(checkpoint)}
+        outputs = [Path(_absolute(p)) for p in (output_path, options.probabilities, options.review_list) if p is not None]
+        if slices is not None:
+            return self.submit(SEGMENT_SLICES, outputs, slices=slices, **fields)
+        return self.submit(SEGMENT, outputs, **fields)
+
+    def submit(self, kind: str, outputs: Sequence[Path] = (), **fields: Any) -> RequestId:
+        """Send a request of ``kind`` with ``fields`` (starting an engine first when none runs); its
+        events come from :meth:`poll` or :meth:`events` under the returned id."""
+        request_id = f"r{next(self._ids)}"
+        line = request_line(kind, request_id, **fields)
+        while True:
+            started = self._ensure_engine(request_id)
+            try:
+                self._child.send(line)
+            except OSError:  # the engine died since it was last heard of: a new one, once
+                self._ended(wait=True)
+                if not started:
+                    continue
+                self._events[request_id].append(make_event(ERROR, id=request_id, message=str(self._death_untold)))
+                self._death_untold = None
+                return request_id
+            self._open[request_id] = list(outputs)
+            return request_id
+
+    def cancel(self, request_id: RequestId) -> None:
+        """Ask the engine to stop ``request_id``; the request then ends with an ``error`` event ``cancelled``
+        (or with ``done`` when it had already written its outputs)."""
+        if self._child is not None and request_id in self._open:
+            with contextlib.suppress(OSError):
+                self._child.send(request_line(CANCEL, f"cancel-{next(self._ids)}", request=request_id))
+
+    def poll(self) -> List[Event]:
+        """Every new event of the open requests, in order; never blocks (for a GUI timer)."""
+        self._pump()
+        events = []
+        for request_id in list(self._events):
+            queue = self._events[request_id]
+            while queue:
+                events.append(queue.popleft())
+            if request_id not in self._open:
+                del self._events[request_id]
+        return events
+
+    def events(self, request_id: RequestId, timeout_s: Optional[float] = None) -> Iterator[Event]:
+        """``request_id``'s events as they come, up to and including its ``done`` or ``error``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        queue = self._events[request_id]
+        while True:
+            if not queue:
+                self._pump()
+            while queue:
+                event = queue.popleft()
+                yield event
+                if event.get("event") in (DONE, ERROR):
+                    self._events.pop(request_id, None)
+                    return
+            if request_id not in self._open and not queue:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"request {request_id} gave no last event within {timeout_s} s")
+            time.sleep(POLL_INTERVAL_S)
+
+    def run(self, kind: str, timeout_s: Optional[float] = None, **fields: Any) -> List[Event]:
+        """Send a request and wait for all its events (for scripts and tests)."""
+        return list(self.events(self.submit(kind, **fields), timeout_s))
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The running engine's process id (None when none runs)."""
+        return None if self._child is None else self._child.pid
+
+    def close(self) -> None:
+        """Shut the engine down (it cancels what runs), and end its process group if it does not end."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        with contextlib.suppress(OSError):
+            child.send(request_line(SHUTDOWN, "shutdown"))
+        with contextlib.suppress(TimeoutError):
+            child.wait(timeout=CLOSE_WAIT_S)
+        child.cancel()  # nothing left to end after a clean shutdown; else the whole group goes
+
+    def __enter__(self) -> "EngineClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the engine process ------------------------------------------------------------------------
+
+    def _ensure_engine(self, request_id: RequestId) -> bool:
+        """Start an engine when none runs (saying so in ``request_id``'s events); True when started now."""
+        self._pump()
+        if self._child is not None:
+            return False
+        arguments = ["serve"] + ([] if self.models is None else ["--models", str(self.models)])
+        self._child = _EngineChild(arguments, python=self.python, env=self.env, what="warm engine", interactive=True).start()
+        self.starts += 1
+        if self._death_untold is not None:
+            self._events[request_id].append(make_event(WARNING, id=request_id, message=f"{self._death_untold}; a new engine was started, and loads its models again"))
+            self._death_untold = None
+        self._events[request_id].append(make_event(LOG, id=request_id, message="starting the warm engine"))
+        return True
+
+    def _pump(self) -> None:
+        """Sort the engine's new events by request id; notice its end."""
+        if self._child is None:
+            return
+        events, state = self._child.poll()
+        for event in events:
+            request_id = event.get("id")
+            if request_id in self._open:
+                self._events[request_id].append(event)
+                if event.get("event") in (DONE, ERROR):
+                    del self._open[request_id]
+        if state != RUNNING:
+            self._ended(wait=False)
+
+    def _ended(self, wait: bool) -> None:
+        """The engine process is gone: its open requests fail once each, or the next request is told."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                child.wait(timeout=CLOSE_WAIT_S)
+        message = child.error_message or f"the warm engine process ended (exit code {child.returncode})"
+        self._death_untold = None if self._open else message  # told now, in the open requests' errors, or on the next request
+        for request_id, outputs in list(self._open.items()):
+            _remove_leftovers(outputs, child.pid)
+            self._events[request_id].append(make_event(ERROR, id=request_id, message=f"{message}; the next request starts a new engine"))
+            del self._open[request_id]
+
+
+def _remove_leftovers(outputs: Sequence[Path], pid: Optional[int]) -> None:
+    """A killed engine's temporary files and lock files of a request's outputs (never a finished output)."""
+    if pid is None:
+        return
+    for path in outputs:
+        with contextlib.suppress(OSError):
+            temporary_path(path, pid).unlink()
+        remove_abandoned_lock(path, pid)
+
+
+def _absolute(path) -> str:
+    return os.path.abspath(os.fspath(path))

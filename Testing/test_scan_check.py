@@ -151,3 +151,14 @@ def test_a_cohort_records_each_case_s_scan_flags_and_warnings(cli, small_unet_on
     assert records["ct"]["scan_flags"] == []
     assert records["raw"]["scan_flags"] == [INTENSITY, HEADER]
     assert any("RescaleIntercept (0028,1052)" in w for w in records["raw"]["warnings"])
+
+
+def test_a_ct_whose_intercept_was_applied_twice_is_flagged(chest_ct_path):
+    """Air at -2024 instead of -1000: darker than anything a CT in HU holds (the scanner's padding aside)."""
+    image = sitk.ReadImage(str(chest_ct_path))
+    values = sitk.GetArrayViewFromImage(image).astype(np.int32) - 1024
+    header = inspect_input(chest_ct_path)
+    metadata = read_metadata(Path(__file__).parents[1] / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors")
+    findings = check_scan(header, values, metadata)
+    assert scan_flags(findings) == [INTENSITY] and "darker than air" in findings[0].message
+    assert check_scan(header, sitk.GetArrayViewFromImage(image), metadata) == []

@@ -11,11 +11,14 @@ QC report.
 
 What counts as Hounsfield units is physics, not the model's window: every body region holds air
 (-1000 HU, outside the body, lungs, bowel) or at least fat (about -100 HU), so a CT in HU has a 1st
-percentile far below 0. The slicerio chest CT's is -3024 (the scanner's padding), TotalSegmentator's
-sample CT's -1013 (CT in HU, read through its DICOM series: -1024); the same series without its
-RescaleIntercept has 0, TotalSegmentator's sample MR -2. An MR has no air at -1000: a scan where more
-than :data:`CT_AIR_SHARE` of the voxels lie below -500 is a CT. The statistics come from a strided
-sample of at most :data:`SAMPLE_VOXELS` voxels (a view of the volume; no float copy of it).
+percentile far below 0, and almost nothing darker than air. The constant a scanner writes outside its
+field of view (-3024 in the slicerio chest CT) is left out first. Then the 1st percentile is -1011 in
+the slicerio CT, -1012 in TotalSegmentator's sample CT and -1014 in its DICOM series; the same series
+without its RescaleIntercept has +10, TotalSegmentator's sample MR -2. An MR has no air at -1000: a
+scan where more than :data:`CT_AIR_SHARE` of the voxels lie below -500 is a CT. A missing
+RescaleIntercept is named only where the values show it was needed (a CT stored signed in HU needs
+none). The statistics come from a strided sample of at most :data:`SAMPLE_VOXELS` voxels (a view of
+the volume; no float copy of it): 2 to 10 ms for a 512 x 512 x 20 series.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ MODALITY, INTENSITY, HEADER = "modality", "intensity", "header"
 SCAN_FLAGS = (MODALITY, INTENSITY, HEADER)
 #: a CT in HU has values below this at its 1st percentile (fat is about -100 HU, air -1000 HU)
 CT_LOWEST_PERCENTILE_HU = -50.0
+#: share of voxels (the padding left out) darker than air, below -1200 HU, above which a CT is not in HU (the slicerio
+#: CT has 0.8 %, TotalSegmentator's sample CT 0 %; with its intercept applied twice, 39 % to 62 %)
+BELOW_AIR_SHARE = 0.10
 #: share of voxels below -500 (air in HU) above which a scan given to an MR model is taken for a CT
 CT_AIR_SHARE = 0.05
 #: share of voxels inside a CT model's window below which the window holds almost nothing of the scan
@@ -120,13 +126,20 @@ def _intensity_findings(source: str, sample: np.ndarray, metadata: ModelMetadata
     normalization = metadata.normalization
     if normalization.kind == "ct":
         low, high = normalization.window
-        lowest = float(np.percentile(_without_padding(sample), 1))
+        tissue = _without_padding(sample)
+        lowest = float(np.percentile(tissue, 1))
+        below_air = float(np.mean(tissue < -1200))
         inside = float(np.mean((sample >= low) & (sample <= high)))
         if lowest >= CT_LOWEST_PERCENTILE_HU:
             return [ScanFinding(INTENSITY, (
                 f"{source}: the scan's values do not look like Hounsfield units: 99% of them are at least {lowest:g} (a CT in HU has air at "
                 f"-1000 and fat near -100), and {_model_words('ct', normalization.window)}; is it an MR, or a CT whose "
                 "RescaleIntercept was lost? Expect meaningless labels"
+            ))]
+        if below_air > BELOW_AIR_SHARE:
+            return [ScanFinding(INTENSITY, (
+                f"{source}: {100 * below_air:.0f}% of the scan's values are below -1200, darker than air (-1000 HU), and "
+                f"{_model_words('ct', normalization.window)}; was its RescaleIntercept applied twice, or is it not in HU? Expect meaningless labels"
             ))]
         if inside < MIN_WINDOW_SHARE:
             return [ScanFinding(INTENSITY, (

@@ -209,6 +209,16 @@ def test_a_dicom_folder_holding_a_name_that_is_not_utf8_is_one_message(predict, 
     assert_refused(*predict(ct_series), "not valid UTF-8", "\\xff000.dcm")
 
 
+@pytest.mark.skipif(not POSIX, reason="file names of arbitrary bytes are POSIX")
+def test_an_output_name_that_is_not_utf8_is_refused_before_any_work(cli, small_unet_one_class, tmp_path):
+    """SimpleITK's writer aborted the process after the whole run, leaving the output's lock file behind."""
+    volume = write(make_volume(size=(16, 16, 3)), tmp_path / "scan.nrrd")
+    output = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"labels-\xff.nrrd"))
+    result = cli("predict", "--checkpoint", small_unet_one_class, "--progress", "none", volume, output)
+    assert result.code == 2 and "not valid UTF-8" in result.stderr and "labels-\\xff.nrrd" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nrrd"]
+
+
 def test_a_file_name_over_255_bytes_is_one_message(predict, tmp_path):
     assert_refused(*predict(tmp_path / ("ü" * 130 + ".nrrd")), "265 bytes long", "255 bytes")
 

@@ -30,6 +30,7 @@ from typing import Iterable, Optional, Union
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.bundled_files import bundled_files, models_folder
+from UNetSegmentationLib.io.path_names import path_problem
 
 FILE, FOLDER = "file", "folder"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -51,6 +52,9 @@ def check_output(
     text = os.fspath(path)
     if not text or "\0" in text:
         raise UserError(f"{what}: {text!r} is no file name")
+    problem = path_problem(text)  # a name ITK's writers abort on (not UTF-8) or no file system holds (io/path_names)
+    if problem:
+        raise UserError(f"{what}: {problem}")
     path = Path(text)
     if inside is not None:
         _check_inside(path, Path(inside), what)

@@ -5,7 +5,9 @@ cut inside a multi-byte character) as text with "surrogate" escapes. SimpleITK c
 to UTF-8 on its way into C++, and such a name ends the process there with ``std::logic_error``
 (abort, no message); GDCM does the same with such a name inside a DICOM folder. A name over 255
 bytes cannot exist on Linux, macOS or Windows file systems, and ``os.stat`` says only "File name too
-long". :func:`path_problem` names both before any reader runs; standard library only.
+long". :func:`path_problem` names both before any reader runs (:mod:`.volumes`) and before any work
+for an output (:mod:`.output_gate`: a writer aborted the same way after the whole run); standard
+library only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def name_problem(name: str) -> Optional[str]:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(name).decode("utf-8", "backslashreplace")  # the bytes that are not UTF-8 as \xff
-        return f"the name '{shown}' is not valid UTF-8 text (ITK's readers cannot open it); rename it, e.g. with convmv -f latin1 -t utf8"
+        return f"the name '{shown}' is not valid UTF-8 text, which ITK cannot open or write; rename it (e.g. convmv -f latin1 -t utf8) or choose another name"
     if len(encoded) > NAME_MAX_BYTES:
         return f"the name {ascii(name[:40])}... is {len(encoded)} bytes long, more than the {NAME_MAX_BYTES} bytes a file system allows; shorten it"
     return None

@@ -9,7 +9,12 @@ the test suite (``Testing/test_mrml_*.py``) exactly as inside Slicer. The engine
   :class:`~UNetSegmentationLib.inference.options.SegmentationOptions`, once;
 - :mod:`.dependencies`: PyTorch (through the PyTorch extension) and the pip packages the engine needs;
 - :mod:`.scene`: the volume out to a file, the engine's result into the scene (segments, transform,
-  reference geometry, subject hierarchy, 3D display, confidence map);
+  reference geometry, subject hierarchy, 3D display, the confidence map showing where the model is unsure);
+- :mod:`.model_card`: the model section of the panel (card, model choice, architecture and depths);
+- :mod:`.finetune`: "Improve the model": the training pair out of the scene, and which classes the
+  user corrected (each result's segments remember the model's own result);
+- :mod:`.slices`: where a volume's slices lie (spacing, slice count, a slice's centre);
+- :mod:`.widgets`: the panel's decisions put into its widgets; :mod:`.texts`: the help texts;
 - :mod:`.inspection`: what a segmentation in the scene holds, measured (for the tests only);
 - :mod:`.selftest`: the bodies of the module's self-test (run by ``UNetSegmentationTest`` and by pytest).
 

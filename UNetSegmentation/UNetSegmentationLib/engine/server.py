@@ -2,9 +2,10 @@
 ``ping`` are answered while a volume runs) and segmenting requests run one at a time, in the order they
 came, on one worker thread; models stay loaded between them (:mod:`.model_cache`).
 
-The engine ends on ``shutdown``, at the end of its input (the client went away) and on SIGTERM (the
-command's handler raises in the main thread); each way cancels what runs and waits for its run to leave
-through its ``finally`` blocks, so no temporary file and no lock outlives the engine.
+The engine ends on ``shutdown`` and on SIGTERM (the command's handler raises in the main thread), which
+cancel what runs and wait for its run to leave through its ``finally`` blocks, so no temporary file and
+no lock outlives the engine; at the end of its input (``requests.jsonl | unetseg serve``, or a client
+gone) it first finishes the requests it was given.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class WarmEngine:
         try:
             for line in lines:
                 if line.strip() and self._answer(line) == SHUTDOWN:
-                    break
-        finally:  # shutdown, the end of the input, or SIGTERM's exception on its way out
+                    return 0
+            self.stop(finish=True)  # the end of the input: what was asked is still done
+        finally:  # shutdown, or SIGTERM's exception on its way out
             self.stop()
         return 0
 
@@ -101,14 +103,15 @@ class WarmEngine:
         else:
             self.writer.error(request.id, f"no request {target!r} is running or waiting")
 
-    def stop(self) -> None:
-        """Cancel every request, wait for the running one to leave, and end the worker."""
+    def stop(self, finish: bool = False) -> None:
+        """End the worker once the requests waiting are done (``finish``), or cancel them all; wait for it."""
         with self._condition:
             self._stopping = True
-            dropped = list(self._waiting)
-            self._waiting.clear()
-            if self._running is not None:
-                self._running[1].cancel()
+            dropped = [] if finish else list(self._waiting)
+            if not finish:
+                self._waiting.clear()
+                if self._running is not None:
+                    self._running[1].cancel()
             self._condition.notify_all()
         for request, _ in dropped:
             self.writer.error(request.id, "cancelled: the engine is stopping")
@@ -122,7 +125,7 @@ class WarmEngine:
             with self._condition:
                 while not self._waiting and not self._stopping:
                     self._condition.wait()
-                if self._stopping:
+                if not self._waiting:  # stopping, and nothing left to do
                     return
                 self._running = self._waiting.popleft()
             try:

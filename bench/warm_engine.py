@@ -1,0 +1,116 @@
+"""The warm engine (issue 25, item 3): a request to ``unetseg serve`` against a fresh ``unetseg predict``
+process, on the same volume with the bundled model.
+
+Volumes: the slicerio chest CT as it is (128 × 128 × 34 at 3.05 × 3.05 × 10 mm) and resampled as a
+clinical scan (512 × 512 × 300 at 0.76 × 0.76 × 1.13 mm, linear, ``Testing/clinical_volumes.py``'s grid
+covering the same extent). For each volume the rounds alternate: a fresh ``python -m UNetSegmentationLib
+predict`` (wall time from the process's start to its exit, and the engine's own ``total_s`` with its
+``load_model_s``), then a request to one engine started before the rounds and warmed by one request per
+volume (wall time at the client from the request's line written to its ``done`` event read, the
+engine's ``total_s`` and ``load_model_s``). Medians of ``--rounds``; the first request of the engine
+(start-up, model load, the request) is shown once per volume.
+
+    nice -n 5 python bench/warm_engine.py [--rounds 3] [--volumes chest,clinical-512x512x300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "UNetSegmentation"))
+sys.path.insert(0, str(REPO / "Testing"))
+
+from clinical_volumes import resampled_grid  # noqa: E402
+
+from UNetSegmentationLib.engine.client import EngineClient  # noqa: E402
+from UNetSegmentationLib.inference.options import SegmentationOptions  # noqa: E402
+from UNetSegmentationLib.protocol.child_environment import child_environment  # noqa: E402
+
+CLINICAL = "clinical-512x512x300"
+
+
+def write_volumes(folder: Path) -> Dict[str, Path]:
+    """The chest CT as it is, and resampled to 512 × 512 × 300 over the same extent (uncompressed NRRD)."""
+    import slicerio
+
+    chest = Path(slicerio.get_testdata_file("CTChest4.nrrd"))
+    image = sitk.ReadImage(str(chest))
+    size = image.GetSize()
+    grid = resampled_grid(image, (size[0] / 512, size[1] / 512, size[2] / 300))
+    clinical = folder / f"{CLINICAL}.nrrd"
+    sitk.WriteImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16), str(clinical), False)
+    return {"chest": chest, CLINICAL: clinical}
+
+
+def fresh_predict(volume: Path, output: Path) -> dict:
+    """One ``unetseg predict`` process: its wall time and its ``done`` event."""
+    command = [sys.executable, "-m", "UNetSegmentationLib", "predict", "--progress", "json", "--overwrite", str(volume), str(output)]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=child_environment())
+    wall = time.perf_counter() - started
+    done = [json.loads(line) for line in result.stdout.splitlines() if '"event": "done"' in line]
+    if result.returncode != 0 or not done:
+        raise SystemExit(f"predict failed: {result.stderr[-500:]}")
+    return {"wall": wall, **done[-1]["timings"]}
+
+
+def warm_request(client: EngineClient, volume: Path, output: Path) -> dict:
+    """One request to the warm engine: the client's wall time and its ``done`` event."""
+    started = time.perf_counter()
+    events = list(client.events(client.segment(volume, output, SegmentationOptions(overwrite=True)), timeout_s=600))
+    wall = time.perf_counter() - started
+    if events[-1]["event"] != "done":
+        raise SystemExit(f"request failed: {events[-1]}")
+    return {"wall": wall, **events[-1]["timings"]}
+
+
+def median(runs: List[dict], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--volumes", default=f"chest,{CLINICAL}")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        volumes = {name: path for name, path in write_volumes(folder).items() if name in args.volumes.split(",")}
+        fresh: Dict[str, List[dict]] = {name: [] for name in volumes}
+        warm: Dict[str, List[dict]] = {name: [] for name in volumes}
+        with EngineClient() as client:
+            started = time.perf_counter()
+            first = {}
+            for name, volume in volumes.items():  # the engine's start-up and model load, once; then each volume once
+                first[name] = warm_request(client, volume, folder / f"{name}-warmup.nrrd")
+                first[name]["since_start"] = time.perf_counter() - started
+            for _ in range(args.rounds):
+                for name, volume in volumes.items():
+                    fresh[name].append(fresh_predict(volume, folder / f"{name}-fresh.nrrd"))
+                    warm[name].append(warm_request(client, volume, folder / f"{name}-warm.nrrd"))
+    print(f"medians of {args.rounds} interleaved rounds; bundled model, CPU\n")
+    print("| volume | fresh `predict`: wall s | its total_s (load_model_s) | warm request: wall s | its total_s (load_model_s) | fresh / warm wall |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in volumes:
+        f, w = fresh[name], warm[name]
+        print(f"| {name} | {median(f, 'wall'):.2f} | {median(f, 'total_s'):.2f} ({median(f, 'load_model_s'):.2f}) | {median(w, 'wall'):.2f} | "
+              f"{median(w, 'total_s'):.2f} ({median(w, 'load_model_s'):.3f}) | {median(f, 'wall') / median(w, 'wall'):.1f}x |")
+    print("\nthe engine's first requests (the first pays the process start, imports and model load):")
+    for name in volumes:
+        print(f"- {name}: {first[name]['wall']:.2f} s wall (load_model_s {first[name]['load_model_s']:.2f}), done {first[name]['since_start']:.2f} s after the client started")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -240,6 +240,70 @@ def test_a_failing_engine_fails_the_run_with_its_message_and_cancel_reaches_the_
     assert endless.cancelled and run.state == CANCELLED and not run.folder.exists()
 
 
+class Timer:
+    def __init__(self):
+        self.active = False
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def test_one_controller_drives_a_run_through_its_child_the_step_after_and_the_end(tmp_path):
+    from UNetSegmentationLib.panel.run_controller import RunController
+
+    done = {"event": "done", "timings": {"total_s": 1.0}}
+    after, finished = [], []
+    controller = RunController(Timer(), panel_run.panel_view, after_child=lambda run: (after.append(run.state), run.finish_imported(2, "CT segmentation")),
+                               on_finished=finished.append)
+    assert controller.view(False, "Select an input volume.").progress_text == "Select an input volume."
+    assert not controller.press_cancels(), "no run: the button starts one"
+    run = SegmentationRun(RunOptions(tmp_path / "m.safetensors"), temp_root=tmp_path, engine_factory=lambda *spec: ScriptedEngine([[done]]))
+    controller.start(run, lambda run: (run.begin_exporting().write_bytes(b"volume"), run.start_segmenting()))
+    assert controller.timer.active and controller.running
+    while controller.timer.active:
+        controller.tick()
+    assert after == [IMPORTING], "the step after the child ran once, in its state"
+    assert finished == [run] and run.state == DONE and run.message.endswith("2 segment(s) in 'CT segmentation'")
+    controller.tick()
+    assert finished == [run], "the end is reported once"
+    controller.forget()  # the scene closed
+    assert controller.run is None and controller.view(True, "").progress_text == "Ready"
+
+
+def test_the_controller_fails_a_run_whose_start_or_after_step_raises_and_cancels_an_active_one(tmp_path):
+    from UNetSegmentationLib.panel.run_controller import RunController
+
+    def run_of(engine):
+        return SegmentationRun(RunOptions(tmp_path / "m.safetensors"), temp_root=tmp_path, engine_factory=lambda *spec: engine)
+
+    def broken_start(run):
+        raise RuntimeError("the volume 'CT' could not be written to a temporary file")
+
+    finished = []
+    controller = RunController(Timer(), panel_run.panel_view, on_finished=finished.append)
+    controller.start(run_of(ScriptedEngine([[]])), broken_start)
+    assert controller.failed and controller.run.message == "the volume 'CT' could not be written to a temporary file" and not controller.timer.active
+    assert finished == [controller.run]
+
+    def broken_import(run):
+        raise RuntimeError("the input volume was removed from the scene during the segmentation")
+
+    controller = RunController(Timer(), panel_run.panel_view, after_child=broken_import)
+    controller.start(run_of(ScriptedEngine([[{"event": "done"}]])), lambda run: (run.begin_exporting().write_bytes(b"v"), run.start_segmenting()))
+    while controller.timer.active:
+        controller.tick()
+    assert controller.failed and "removed from the scene" in controller.run.message
+
+    endless = ScriptedEngine([[], [], [], []])
+    controller = RunController(Timer(), panel_run.panel_view)
+    controller.start(run_of(endless), lambda run: (run.begin_exporting().write_bytes(b"v"), run.start_segmenting()))
+    assert controller.press_cancels(), "while running, the button is Cancel"
+    assert endless.cancelled and controller.cancelled and not controller.timer.active and not controller.run.folder.exists()
+
+
 # --- with a real engine child ----------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.geometry_checks import dicom_stack_problem, stack_spacing
-from UNetSegmentationLib.io.native_messages import quiet_itk
+from UNetSegmentationLib.io.native_messages import native_reason, quiet_itk
 from UNetSegmentationLib.io.path_names import name_problem
 from UNetSegmentationLib.io.stated_geometry import missing_dicom_geometry
 
@@ -156,7 +156,7 @@ def check_stack(folder: Path, names: Tuple[str, ...]) -> Optional[float]:
             pixel_spacings.append(_numbers(reader.GetMetaData(PIXEL_SPACING), 2))
             sizes.append(tuple(reader.GetSize()[:2]))
         except (RuntimeError, ValueError) as error:
-            raise UserError(f"{folder}: the header of slice {Path(name).name} of the DICOM series cannot be read ({str(error).strip().splitlines()[-1][:120]}); copy or export the series again") from None
+            raise UserError(f"{folder}: the header of slice {Path(name).name} of the DICOM series cannot be read ({native_reason(error, 120)}); copy or export the series again") from None
     problem = dicom_stack_problem(str(folder), [Path(n).name for n in names], positions, orientations, pixel_spacings, sizes)
     if problem:
         raise UserError(problem)

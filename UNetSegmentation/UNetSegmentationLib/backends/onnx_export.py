@@ -52,6 +52,8 @@ from UNetSegmentationLib.backends.onnx_cache import (
 )
 from UNetSegmentationLib.backends.onnx_predictor import OnnxSlicePredictor, make_session
 from UNetSegmentationLib.backends.plan import ONNX_TOLERANCE
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.output_gate import check_output
 from UNetSegmentationLib.model.depth import depth_tag
 
 
@@ -274,9 +276,10 @@ def onnx_predictor_for(checkpoint, depth, guidance: bool, threads: int, log: Opt
     problems = []
     for folder in cache_locations(checkpoint):
         try:
+            check_output(folder / name, what="ONNX export", overwrite=True, protected=[checkpoint.path])  # the one output gate: no special file, not the bundled model
             path = export_checked(checkpoint, depth, guidance, folder / name, threads)
-        except OSError as error:  # not writable: the next location
-            problems.append(f"{folder}: {error.strerror or error}")
+        except (OSError, UserError) as error:  # not writable, or refused: the next location
+            problems.append(f"{folder}: {getattr(error, 'strerror', None) or error}")
             continue
         return OnnxSlicePredictor(path, checkpoint.metadata, depth, threads)
     raise ExportError("cannot write the ONNX export anywhere (" + "; ".join(problems) + ")")

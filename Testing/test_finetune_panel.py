@@ -47,6 +47,10 @@ def test_the_parameters_write_the_train_command_through_the_engines_options(tmp_
     assert plain[plain.index("--val-slices") + 1] == "0.2" and "--train-slices" not in plain
     unvalidated = FineTuneParameters(BUNDLED, tmp_path, "mine", validation=None)
     assert "--val-slices" not in unvalidated.to_arguments(Path("i.nrrd"), Path("l.nrrd"), Path("o.safetensors"))
+    # the classes the user changed, measured at export, for the model card ("none": nothing changed; not known: not given)
+    corrected = parameters.to_arguments(Path("i.nrrd"), Path("l.nrrd"), Path("o.safetensors"), corrected=["ribs", "left lung"])
+    assert corrected[corrected.index("--corrected-classes") + 1] == "ribs,left lung"
+    assert "none" in parameters.to_arguments(Path("i.nrrd"), Path("l.nrrd"), Path("o.safetensors"), corrected=[])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -284,6 +288,7 @@ def test_a_real_fine_tuning_saves_a_new_model_with_its_lineage_and_the_card_show
     run.begin_exporting()
     run.image_path.write_bytes(chest_ct_path.read_bytes())
     run.label_path.write_bytes(chest_segmentation_path.read_bytes())  # a .seg.nrrd: segments matched by name
+    run.corrected_classes = ["Ribs"]  # what the Slicer side measured: only the ribs were edited
     run.start_training()
     assert run.wait(timeout_s=600) == states.DONE, run.message
     assert user_models.list_models(models) == [models / "chest-tuned.safetensors"]
@@ -291,8 +296,12 @@ def test_a_real_fine_tuning_saves_a_new_model_with_its_lineage_and_the_card_show
     assert record["base"]["name"] == BUNDLED.name
     # a fifth of the slices held out: the Dice before and after, on the card and in the progress line
     assert isinstance(record.get("dice_before"), float) and isinstance(record.get("dice_after"), float), record
+    assert record["classes_corrected"] == ["ribs"] and len(record["classes_labelled"]) == 7, "the card names the class edited, not all seven"
     card = describe_checkpoint(run.model_path).summary()
-    assert f"Fine-tuned from {BUNDLED.name}" in card and "validation Dice" in card
+    assert f"Fine-tuned from {BUNDLED.name}" in card and " with corrections of ribs;" in card and "validation Dice" in card
+    from UNetSegmentationLib.model.training_record import describe_lineage
+
+    assert "corrected by the user: ribs" in describe_lineage(read_metadata(run.model_path).training), "unetseg info says it too"
     assert "validation Dice" in run.message, run.message
     assert any(line.startswith("Training 2 steps") for line in run.log)
 

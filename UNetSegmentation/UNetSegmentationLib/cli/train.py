@@ -64,6 +64,8 @@ def add_commands(commands) -> None:
     tune.add_argument("--train-slices", metavar="SPEC", help="train only on these slices (numbers from 0 along the slice axis), e.g. 12-18,40: the ones corrected")
     tune.add_argument("--partial-classes", metavar="CLASSES", help="classes the labels do not cover, trained with a marginal loss instead of as background: "
                       "auto (default: those no training label holds), none, or names")
+    tune.add_argument("--corrected-classes", metavar="CLASSES", help="the classes you changed in the labels (names, or none), "
+                      "recorded in the model card; the Slicer panel measures them. Default: not recorded")
     tune.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and heads (UNet++, U-Net)")
     fit = train.add_argument_group("training")
     fit.add_argument("--epochs", type=int, help=f"epochs (default {T['epochs']}; fine-tuning {F['epochs']})")

@@ -88,6 +88,9 @@ def describe_lineage(training: Any) -> List[str]:
     labelled, kept = record.get("classes_labelled"), record.get("classes_not_labelled")
     if isinstance(labelled, list) and isinstance(kept, list) and kept:
         lines.append(f"fine-tuned on labels of {printable(', '.join(map(str, labelled)))}; kept by the marginal loss: {printable(', '.join(map(str, kept)))}")
+    corrected = record.get("classes_corrected")
+    if isinstance(corrected, list):
+        lines.append(f"corrected by the user: {printable(', '.join(map(str, corrected))) or 'no class'}")
     if isinstance(record.get("train_slices"), list):
         lines.append(f"fine-tuned on slices {_held_out({'slices': record['train_slices']})}")
     lines.append(f"validation Dice before {_dice(record.get('dice_before'))}, after {_dice(record.get('dice_after'))}")

@@ -121,7 +121,6 @@ class FineTuneParameters:
     steps_per_epoch: Optional[int] = None
     validation: Optional[float] = DEFAULT_HOLD_OUT
     slice_count: Optional[int] = None  # the volume's slices along its slice axis, when known: the slice box is checked against it
-    corrected_classes: Optional[Tuple[str, ...]] = None  # the classes the user changed (None: not known)
     base_metadata: ModelMetadata = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -143,15 +142,17 @@ class FineTuneParameters:
         check_hold_out(self.validation, option="The share of slices held out for validation")  # the engine's one rule
         user_models.check_folder(self.models_folder)
 
-    def train_options(self, image: Path, label: Path, output: Path) -> TrainOptions:
-        """The engine's options of this run: the panel writes no command line of its own."""
+    def train_options(self, image: Path, label: Path, output: Path, corrected: Optional[Sequence[str]] = None) -> TrainOptions:
+        """The engine's options of this run: the panel writes no command line of its own. ``corrected``:
+        the classes the user changed (measured at export; None: not known), for the model card."""
         return TrainOptions(output, image=image, label=label, init=self.base, train_slices=self.train_slices,
                             val_slices=None if self.train_slices else self.validation, label_map=self.label_map,
-                            epochs=self.epochs, steps_per_epoch=self.steps_per_epoch)
+                            epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+                            corrected_classes=None if corrected is None else (",".join(corrected) or "none"))
 
-    def to_arguments(self, image: Path, label: Path, output: Path) -> List[str]:
+    def to_arguments(self, image: Path, label: Path, output: Path, corrected: Optional[Sequence[str]] = None) -> List[str]:
         """The ``unetseg train`` command line of this run (the process runner adds ``--progress json``)."""
-        return self.train_options(image, label, output).to_arguments()
+        return self.train_options(image, label, output, corrected).to_arguments()
 
 
 #: what the "Improve the model" section shows about the run: the panel's view of any run
@@ -218,7 +219,7 @@ class FineTuneRun(ChildRun):
         self.add_log(f"Exporting the training pair for fine-tuning {self.parameters.base.name}\u2026")
 
     def arguments(self) -> List[str]:
-        return self.parameters.to_arguments(self.image_path, self.label_path, self.output_path)
+        return self.parameters.to_arguments(self.image_path, self.label_path, self.output_path, self.corrected_classes)
 
     def start_training(self) -> None:
         """Start ``unetseg train --init`` on the exported pair (the state becomes ``training`` or ``failed``)."""

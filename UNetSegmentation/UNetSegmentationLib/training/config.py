@@ -31,6 +31,7 @@ class TrainConfig:
     label_map: Optional[Dict[str, str]] = None  # the user's label value or segment name -> the model's class (name or value)
     train_slices: Optional[str] = None  # train only on these slices (grammar/slice_ranges text, e.g. 12-18,40) of every training case
     partial_classes: Any = "auto"  # "auto": classes no training label holds are unlabelled, not background; "none"; or class names
+    corrected_classes: Optional[List[str]] = None  # the classes the user changed, for the model card (None: not known)
     freeze_encoder: bool = False
     freeze_norm: bool = False  # BatchNorm statistics kept as the --init checkpoint has them
     epochs: int = 50

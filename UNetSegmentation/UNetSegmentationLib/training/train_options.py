@@ -54,6 +54,16 @@ def check_hold_out(share: Optional[float], option: str = "--val-slices") -> Opti
     return float(share)
 
 
+def parse_corrected_classes(text: Optional[str]) -> Optional[List[str]]:
+    """``--corrected-classes``: the class names the user changed, recorded in the model card (None: not
+    known, the card names the classes the labels held); ``none``: the user changed none."""
+    if text is None:
+        return None
+    if str(text).strip().lower() == "none":
+        return []
+    return parse_class_names(text, option="--corrected-classes")
+
+
 def parse_crop(text: Union[str, Sequence[int], None]) -> Optional[Tuple[int, int]]:
     """``--crop N`` or ``ROWS,COLUMNS`` → ``(rows, columns)``; None: the default, fitted to the slices."""
     if text is None or text == "":
@@ -102,7 +112,7 @@ _VALUED_OPTIONS = (
     ("--val-slices", "val_slices"), ("--val-blocks", "val_blocks"), ("--val-gap", "val_gap"),
     ("--other-labels", "other_labels"), ("--label-map", "label_map"),
     ("--arch", "arch"), ("--features", "features"), ("--context", "context"), ("--norm", "norm"), ("--classes", "classes"), ("--spacing", "spacing"),
-    ("--init", "init"), ("--train-slices", "train_slices"), ("--partial-classes", "partial_classes"),
+    ("--init", "init"), ("--train-slices", "train_slices"), ("--partial-classes", "partial_classes"), ("--corrected-classes", "corrected_classes"),
     ("--epochs", "epochs"), ("--steps-per-epoch", "steps_per_epoch"), ("--batch-size", "batch_size"), ("--crop", "crop"),
     ("--optimizer", "optimizer"), ("--lr", "lr"), ("--weight-decay", "weight_decay"), ("--schedule", "schedule"), ("--loss", "loss"),
     ("--foreground", "foreground"), ("--flip", "flip"), ("--rotate", "rotate"), ("--scale", "scale"), ("--intensity", "intensity"),
@@ -151,6 +161,7 @@ class TrainOptions:
     init: Optional[Path] = None
     train_slices: Optional[str] = None  # grammar/slice_ranges text: "12-18,40"
     partial_classes: Optional[str] = None  # None: auto
+    corrected_classes: Optional[str] = None  # the classes the user changed (the panel measures them), for the model card; "none": none
     freeze_encoder: bool = False
     # training
     epochs: Optional[int] = None
@@ -193,7 +204,7 @@ class TrainOptions:
             set_(name, None if value in (None, "") else checkpoint_path(value) if name == "init" else Path(value))
         if self.output is None:
             raise UserError("give the checkpoint to write, e.g. tuned.safetensors")
-        for name in ("label_map", "train_slices", "partial_classes", "classes", "features", "norm", "spacing"):
+        for name in ("label_map", "train_slices", "partial_classes", "corrected_classes", "classes", "features", "norm", "spacing"):
             value = getattr(self, name)
             set_(name, None if value is None or not str(value).strip() else str(value).strip())
         set_("axis", parse_axis(self.axis))
@@ -203,8 +214,8 @@ class TrainOptions:
             given = [f"--{name.replace('_', '-')}" for name in _FROM_INIT if getattr(self, name) is not None]
             if given:
                 raise UserError(f"--init takes the architecture, features, classes, context, normalisation and spacing from the checkpoint; leave out {', '.join(given)}")
-        elif self.freeze_encoder:
-            raise UserError("--freeze-encoder fine-tunes a checkpoint: it needs --init")
+        elif self.freeze_encoder or self.corrected_classes is not None:
+            raise UserError(f"{'--freeze-encoder' if self.freeze_encoder else '--corrected-classes'} fine-tunes a checkpoint: it needs --init")
         self._check_text_options()
         self._check_numbers()
 
@@ -219,6 +230,7 @@ class TrainOptions:
             parse_label_map(self.label_map)
         parse_class_names(self.classes)
         parse_partial_classes(self.partial_classes)
+        parse_corrected_classes(self.corrected_classes)
         architecture = get_architecture(self.arch or DEFAULT_ARCHITECTURE)
         if self.features is not None:
             resolve_features(architecture, self.features)
@@ -279,6 +291,7 @@ class TrainOptions:
             seed=self.seed, device=self.device, amp=self.amp,
             spacing=parse_spacing(self.spacing), label_map=parse_label_map(self.label_map) if self.label_map else None,
             train_slices=self.train_slices, partial_classes=parse_partial_classes(self.partial_classes),
+            corrected_classes=parse_corrected_classes(self.corrected_classes),
             freeze_encoder=self.freeze_encoder, freeze_norm=self.init is not None,
             val_every=self.val_every, val_slices=self.val_slices, val_blocks=self.val_blocks, val_gap=self.val_gap,
             depth_tolerance=self.depth_tolerance, axis=self.axis, threads=self.threads,

@@ -41,6 +41,7 @@ from monai.data.meta_obj import get_track_meta, set_track_meta
 from UNetSegmentationLib.backends.device import resolve_device
 from UNetSegmentationLib.backends.plan import cap_threads, usable_cpus
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.grammar.class_lists import class_key
 from UNetSegmentationLib.grammar.slice_ranges import parse_slice_ranges
 from UNetSegmentationLib.model.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from UNetSegmentationLib.model.metadata import ModelMetadata
@@ -340,6 +341,9 @@ class Trainer:
         record = lineage(setup.config.init, setup.base_sha256, [c.name for c in classes if c.name not in unlabelled], unlabelled, marked,
                          {"freeze_encoder": setup.config.freeze_encoder, "freeze_norm": setup.config.freeze_norm})
         before, after = state.baseline, state.best.validation
+        if setup.config.corrected_classes is not None:  # the model's own class names, in its order
+            wanted = {class_key(name) for name in setup.config.corrected_classes}
+            record["classes_corrected"] = [c.name for c in classes if class_key(c.name) in wanted]
         record.update(validation_before=before, validation_after=after,
                       dice_before=None if before is None else before["dice"], dice_after=None if after is None else after["dice"])
         return record

@@ -163,3 +163,12 @@ def test_no_output_of_predict_may_be_the_checkpoint_in_use(cli, tmp_path, obliqu
         result = cli("predict", "--checkpoint", checkpoint, "--progress", "none", "--overwrite", *extra, oblique_volume_path, output)
         assert result.code == EXIT_USER_ERROR and "would overwrite the input or checkpoint" in result.stderr, result.stderr
     assert disguised.read_bytes() == before
+
+
+def test_demo_output_dir_naming_a_file_is_one_message(cli, tmp_path):
+    """``demo --output-dir`` naming a file was an internal error (``FileExistsError``); the folder passes the gate."""
+    (tmp_path / "afile").write_text("mine")
+    for folder, phrase in ((tmp_path / "afile", "is a file, not a folder"), (tmp_path / "afile" / "sub", "Not a directory")):
+        result = cli("demo", "--output-dir", folder, "--progress", "none")
+        assert result.code == EXIT_USER_ERROR and phrase in result.stderr and "internal error" not in result.stderr, result.stderr
+    assert (tmp_path / "afile").read_text() == "mine"

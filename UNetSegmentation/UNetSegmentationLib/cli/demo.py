@@ -13,6 +13,7 @@ import numpy as np
 
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.model.depth import depth_tag
+from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.protocol.reporters import Reporter
 
@@ -65,7 +66,7 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
     from UNetSegmentationLib.inference.slicing import SliceGeometry
     from UNetSegmentationLib.inference.predict_file import predict_file
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(output_dir)
     ct = Path(slicerio.get_testdata_file(DEMO_CT))
     model = model or bundled_model()
     with tempfile.TemporaryDirectory() as scratch:
@@ -93,6 +94,17 @@ def run_demo(output_dir: Path, reporter: Reporter, model: Optional[Path] = None)
     if note:
         print(note, file=sys.stderr)
     return 0
+
+
+def _make_folder(output_dir: Path) -> None:
+    """``--output-dir``, through the output gate (a file there, the bundled models' folder: one message), then made."""
+    from UNetSegmentationLib.io.output_gate import check_output
+
+    check_output(output_dir, what="demo --output-dir", overwrite=True, kind="folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot make demo --output-dir {output_dir}: {error.strerror or error}") from None
 
 
 def _trained_on_this_ct_note(metadata) -> Optional[str]:

@@ -126,10 +126,10 @@ def write_qc_report(cases: Sequence[CohortCase], records: Dict[str, dict], class
             continue
         try:
             panels, aspect = _case_panels(case, classes)
-        except (UserError, RuntimeError, OSError, ValueError):  # an input or output gone since: the row says so, no picture
-            flags[case.name].append("picture unavailable (input or output unreadable)")
+            picture = _picture_path(folder, case.name, set(pictures.values()))
+        except (UserError, RuntimeError, OSError, ValueError) as error:  # an input or output gone since, a picture name refused: the row says so
+            flags[case.name].append(f"picture unavailable ({display_name(str(error), 200)})")
             continue
-        picture = _picture_path(folder, case.name, set(pictures.values()))
         _save_case_picture(panels, aspect, classes, case.name, flags[case.name], picture)
         pictures[case.name] = picture.relative_to(folder).as_posix()
         if len(thumbnails) < CONTACT_SHEET_CASES:

@@ -24,18 +24,10 @@ from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.quality import CaseConfidence
 from UNetSegmentationLib.inference.predict_file import checked_input, open_model
-from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo
+from UNetSegmentationLib.io.dicom_seg import algorithm_of
 from UNetSegmentationLib.io.outputs import claim_outputs, claiming_outputs
 from UNetSegmentationLib.model.checkpoint import load_checkpoint
 from UNetSegmentationLib.model.metadata import ModelMetadata
-
-
-def algorithm_info(checkpoint_path: Path, checkpoint_sha256: str, architecture: str) -> AlgorithmInfo:
-    """The model as a DICOM SEG names it: the checkpoint's file name and architecture, its hash, this software."""
-    from UNetSegmentationLib import __version__ as version
-
-    name = f"{Path(checkpoint_path).name.split('.')[0]} ({architecture})"
-    return AlgorithmInfo(name, checkpoint_sha256, f"UNetSegmentation unetseg {version}")
 
 
 class CaseWorker:
@@ -46,7 +38,7 @@ class CaseWorker:
         self.options = with_threads(options, threads)
         checkpoint = load_checkpoint(checkpoint_path, plain_metadata, weights=False)
         self.model = open_model(checkpoint, self.options, CaseReporter())
-        self.algorithm = algorithm_info(Path(checkpoint_path), checkpoint_sha256, checkpoint.metadata.architecture)
+        self.algorithm = algorithm_of(Path(checkpoint_path), checkpoint_sha256, checkpoint.metadata.architecture)
         self.where = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, case: CohortCase, overwrite: bool = False) -> dict:

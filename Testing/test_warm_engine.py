@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from support import alive, leftovers, run_cli
 
-from UNetSegmentationLib.engine.client import EngineClient
+from UNetSegmentationLib.engine.client import EngineClient, WarmRequest
 from UNetSegmentationLib.engine.model_cache import ModelCache
 from UNetSegmentationLib.engine.requests import SEGMENT, RequestRefused, options_fields, options_from, parse_request, request_line
 from UNetSegmentationLib.engine.server import serve
@@ -31,6 +31,8 @@ from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.resolution import ModelGrid
 from UNetSegmentationLib.inference.slice_subset import only_slices
 from UNetSegmentationLib.protocol.events import DONE, ERROR, PREDICT, PROGRESS, WARNING, check_event
+from UNetSegmentationLib.protocol.runner import CANCELLED, RUNNING
+from UNetSegmentationLib.protocol.runner import DONE as FINISHED
 
 ENGINE_TIMEOUT_S = 180
 
@@ -288,3 +290,23 @@ def test_a_slice_range_gets_the_labels_a_whole_predict_gives_those_slices(chest_
     others = np.setdiff1d(np.arange(some.shape[0]), wanted)
     assert not some[others].any()
     assert last([e for e in events if e["event"] == PROGRESS])["done"] == 34
+
+
+@pytest.mark.slow
+@pytest.mark.child_process
+def test_a_warm_request_is_driven_as_the_panel_drives_an_engine_child(chest_ct_path, tmp_path):
+    """WarmRequest has the runner's start / poll / cancel / state: the panel's run needs no other change."""
+    with EngineClient() as client:
+        runs = [WarmRequest(client, chest_ct_path, tmp_path / f"{n}.seg.nrrd", SegmentationOptions(batch_size=1)) for n in range(2)]
+        states = {n: [] for n in range(2)}
+        for n, run in enumerate(runs):
+            run.start()
+            while run.state == RUNNING:
+                events, state = run.poll()
+                states[n].append(state)
+                if n == 1 and any(e["event"] == PROGRESS for e in events):
+                    run.cancel()
+                time.sleep(0.02)
+    assert runs[0].state == FINISHED and runs[0].done_event["output"] == str(tmp_path / "0.seg.nrrd")
+    assert runs[1].state == CANCELLED and runs[1].error_message == "cancelled"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.seg.nrrd"]

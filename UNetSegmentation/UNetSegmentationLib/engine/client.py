@@ -20,7 +20,7 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.engine.requests import CANCEL, SEGMENT, SEGMENT_SLICES, SHUTDOWN, RequestId, request_line
 from UNetSegmentationLib.inference.options import SegmentationOptions
@@ -28,7 +28,8 @@ from UNetSegmentationLib.io.locks import remove_abandoned_lock
 from UNetSegmentationLib.io.outputs import temporary_path
 from UNetSegmentationLib.model.bundled import BUNDLED_SHORT_NAME
 from UNetSegmentationLib.protocol.events import DONE, ERROR, LOG, WARNING, Event, make_event
-from UNetSegmentationLib.protocol.runner import EXIT, RUNNING, EngineProcess
+from UNetSegmentationLib.protocol.runner import CANCELLED, EXIT, FAILED, IDLE, RUNNING, EngineProcess
+from UNetSegmentationLib.protocol.runner import DONE as FINISHED
 
 #: seconds ``close`` waits for the engine to end after ``shutdown`` before it ends its process group
 CLOSE_WAIT_S = 10.0
@@ -114,6 +115,17 @@ class EngineClient:
                 events.append(queue.popleft())
             if request_id not in self._open:
                 del self._events[request_id]
+        return events
+
+    def poll_request(self, request_id: RequestId) -> List[Event]:
+        """``request_id``'s new events; never blocks (the other requests' events stay for their readers)."""
+        self._pump()
+        queue = self._events.get(request_id)
+        events = []
+        while queue:
+            events.append(queue.popleft())
+        if request_id not in self._open:
+            self._events.pop(request_id, None)
         return events
 
     def events(self, request_id: RequestId, timeout_s: Optional[float] = None) -> Iterator[Event]:
@@ -205,6 +217,43 @@ class EngineClient:
             _remove_leftovers(outputs, child.pid)
             self._events[request_id].append(make_event(ERROR, id=request_id, message=f"{message}; the next request starts a new engine"))
             del self._open[request_id]
+
+
+class WarmRequest:
+    """One segmentation on a warm engine, driven as the panel drives an engine child (the ``Engine``
+    protocol of ``panel/child_run.py``, :class:`~..protocol.runner.EngineProcess`'s ``start``, ``poll``,
+    ``cancel``, ``state`` and ``error_message``), so a run's state machine needs no other change."""
+
+    def __init__(self, client: EngineClient, input_path, output_path, options: SegmentationOptions, checkpoint=None) -> None:
+        self.client = client
+        self.python = client.python or "python"
+        self.state = IDLE
+        self.error_message: Optional[str] = None
+        self.done_event: Optional[Event] = None
+        self._request = (input_path, output_path, options, checkpoint)
+        self._id: Optional[RequestId] = None
+
+    def start(self) -> "WarmRequest":
+        self._id = self.client.segment(*self._request)
+        self.state = RUNNING
+        return self
+
+    def poll(self) -> Tuple[List[Event], str]:
+        """The request's new events and its state (``running``, then ``done``, ``failed`` or ``cancelled``)."""
+        events = self.client.poll_request(self._id) if self.state == RUNNING else []
+        for event in events:
+            if event.get("event") == DONE:
+                self.state, self.done_event = FINISHED, event
+            elif event.get("event") == ERROR:
+                self.error_message = str(event.get("message"))
+                self.state = CANCELLED if self.error_message == "cancelled" else FAILED
+        return events, self.state
+
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Ask the engine to stop the request; it ends as ``cancelled`` (no output, no lock), the engine stays up."""
+        if self.state == RUNNING:
+            self.client.cancel(self._id)
+            self.state, self.error_message = CANCELLED, "cancelled"
 
 
 def _remove_leftovers(outputs: Sequence[Path], pid: Optional[int]) -> None:

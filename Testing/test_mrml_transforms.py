@@ -86,5 +86,6 @@ def test_the_confidence_map_is_a_volume_on_the_inputs_grid_under_its_transform(m
     assert values.shape == mrml.slicer.util.arrayFromVolume(volume).shape
     np.testing.assert_array_equal(values, result.confidence)
     assert 0.0 < values.min() and values.max() <= 1.0
-    display = confidence.GetDisplayNode()
-    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+    display = confidence.GetDisplayNode()  # unsure voxels painted (0.5 red .. 0.99 yellow), confident ones transparent
+    scene_layer = mrml.layer("scene")
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (scene_layer.UNSURE_FLOOR, scene_layer.CONFIDENT)

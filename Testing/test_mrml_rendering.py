@@ -2,7 +2,8 @@
 
 A slice view paints each segment's colour inside that segment and nowhere else (pixels mapped to voxels
 through the slice node's XY-to-RAS matrix), and in a 3D view of the bundled model's result on the
-chest CT the lungs show through the body-wide "tissue" segment, which hides them when opaque. The views
+chest CT the lungs show through the body-wide "tissue" segment, which hides them when opaque; the
+confidence overlay paints only where the model is unsure. The views
 are those of ``Resources/Tools/render_slicer_views.py``, which draws the README's pictures.
 """
 
@@ -137,3 +138,30 @@ def test_in_3d_the_lungs_show_through_the_translucent_tissue_which_hides_them_wh
         display.SetSegmentOpacity3D(node.GetSegmentation().GetNthSegmentID(index), 1.0)  # every segment opaque
     hidden = lung_coloured_pixels(view.render())
     assert hidden < 0.05 * seen, "an opaque tissue segment hides the lungs (so the check above can fail)"
+
+
+def test_the_confidence_overlay_tints_only_where_the_model_is_unsure(mrml, views):
+    """Drawn by the slice view as Slicer draws it: the map over a uniform grey input; voxels at 0.99 or
+    above leave the input as it is, unsure ones are painted (red at 0.5 and below)."""
+    scene_layer = mrml.layer("scene")
+    volume = mrml.volume_from_array(np.full((6, 40, 40), 40, dtype=np.int16), np.eye(4), "uniform")
+    confidence = np.full((6, 40, 40), 0.995, dtype=np.float32)  # most of a scan: sure
+    confidence[:, 5:20, 6:18] = 1.0
+    confidence[:, 24:36, 20:34] = 0.45  # the model hesitates here
+    regions = np.zeros(confidence.shape, dtype=np.int16)
+    regions[:, 24:36, 20:34] = 1
+    map_node = mrml.volume_from_array(confidence, np.eye(4), "uniform segmentation confidence")
+    map_node.CreateDefaultDisplayNodes()
+    scene_layer.show_unsure(map_node)
+    view = views.slice_view(mrml.scene, mrml.application_logic, "Red", "Axial", (96, 96), volume)
+    input_alone = view.render().astype(float) / 255.0
+    view.logic.GetSliceCompositeNode().SetForegroundVolumeID(map_node.GetID())
+    view.logic.GetSliceCompositeNode().SetForegroundOpacity(scene_layer.CONFIDENCE_OPACITY)
+    pixels = view.render().astype(float) / 255.0
+    under = labels_under_pixels(view, volume, regions, mrml.layer("inspection"))
+
+    unsure, sure = interior(under == 1), interior(under == 0)
+    assert unsure.sum() > 300 and sure.sum() > 1000, "enough pixels of each kind to judge"
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    assert np.all(r[unsure] > g[unsure] + 0.3) and np.all(r[unsure] > b[unsure] + 0.3), "unsure voxels are painted red"
+    assert np.abs(pixels - input_alone).max(axis=2)[sure].max() < 0.02, "confident voxels are not tinted: the input shows as it is"

@@ -21,7 +21,8 @@ from UNetSegmentationLib.backends.memory import MemoryGuard
 from UNetSegmentationLib.inference.normalization import IntensityMapping
 from UNetSegmentationLib.inference.prefetch import prefetch
 from UNetSegmentationLib.inference.body import BodyBoxes
-from UNetSegmentationLib.inference.model_slices import interpolated_probabilities, network_on_batch, position_batches
+from UNetSegmentationLib.inference.decision import labels_from_probabilities
+from UNetSegmentationLib.inference.model_slices import interpolated_decisions, network_on_batch, position_batches
 from UNetSegmentationLib.inference.resolution import ModelGrid, resample_probabilities
 from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, model_batches, padding_for
 from UNetSegmentationLib.io.segmentations import label_dtype
@@ -29,46 +30,6 @@ from UNetSegmentationLib.protocol.reporters import Reporter
 
 if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
     from UNetSegmentationLib.backends.torch_predictor import SlicePredictor
-
-
-def labels_from_probabilities(probabilities, label_values: np.ndarray) -> tuple:
-    """``(labels, confidence)`` numpy arrays from ``(B, K, H, W)`` probabilities: a tensor (PyTorch decides,
-    on its device) or a numpy array (ONNX Runtime's: decided in numpy, no PyTorch needed).
-
-    One class (K = 1): foreground where p ≥ 0.5, confidence p or 1 - p. Several: argmax over
-    background + classes, confidence the winning probability. ``label_values[c]`` is the label of
-    channel c (``label_values[0] == 0`` for background).
-    """
-    if isinstance(probabilities, np.ndarray):
-        chosen, confidence = _decided_in_numpy(probabilities)
-        return label_values[chosen], confidence
-    import torch
-
-    if probabilities.shape[1] == 1:
-        foreground = probabilities[:, 0]
-        chosen = (foreground >= 0.5).long()
-        confidence = torch.where(chosen.bool(), foreground, 1 - foreground)
-    else:
-        confidence, chosen = probabilities.max(dim=1)
-    return label_values[chosen.cpu().numpy()], confidence.float().cpu().numpy()
-
-
-def _decided_in_numpy(probabilities: np.ndarray) -> tuple:
-    """``(chosen channel, its probability)`` of ``(B, K, H, W)`` float probabilities; channel by channel,
-    which is several times faster than ``argmax`` over the strided channel axis. Ties go to the lower
-    channel, as in PyTorch's ``max``."""
-    if probabilities.shape[1] == 1:
-        foreground = probabilities[:, 0]
-        chosen = foreground >= 0.5
-        return chosen.astype(np.intp), np.where(chosen, foreground, 1 - foreground).astype(np.float32)
-    best = np.array(probabilities[:, 0], dtype=np.float32)
-    chosen = np.zeros(best.shape, dtype=np.intp)
-    for channel in range(1, probabilities.shape[1]):
-        candidate = probabilities[:, channel]
-        better = candidate > best
-        chosen[better] = channel
-        np.maximum(best, candidate, out=best)
-    return chosen, best
 
 
 class SliceObserver(Protocol):
@@ -120,9 +81,8 @@ def predict_volume(
     timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0, "resample_s": 0.0}
     guarded = MemoryGuard(predictor, reporter)  # out of memory: smaller batches, then the CPU (backends/memory.py)
 
-    def take(indices: np.ndarray, box, probabilities) -> None:
-        """Decide the labels of ``indices`` from their probabilities on ``box`` and write them (and what observers see)."""
-        batch_labels, batch_confidence = labels_from_probabilities(probabilities, label_values)
+    def put(indices: np.ndarray, box, batch_labels: np.ndarray, batch_confidence: np.ndarray) -> None:
+        """Write the decided labels of ``indices`` on ``box`` (and what observers see)."""
         r0, r1, c0, c1 = box
         label_slices[indices, r0:r1, c0:c1] = batch_labels
         if confidence_slices is not None:
@@ -138,9 +98,10 @@ def predict_volume(
     if len(positions) < count:  # thin slices: the network at the model's slice distance, probabilities interpolated between
         batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, predictor.required_multiple))
         t0 = time.perf_counter()
-        for indices, probabilities in interpolated_probabilities(batches, network_on_batch(guarded, timings), positions, (rows, columns), metadata.out_channels, count, batch_size):
+        decided = interpolated_decisions(batches, network_on_batch(guarded, timings), positions, (rows, columns), metadata.out_channels, count, batch_size, timings)
+        for indices, chosen, chosen_confidence in decided:
             t1 = time.perf_counter()
-            take(indices, (0, rows, 0, columns), probabilities)
+            put(indices, (0, rows, 0, columns), label_values[chosen], chosen_confidence)
             timings["postprocess_s"] += time.perf_counter() - t1
         timings["preprocess_s"] = max(0.0, time.perf_counter() - t0 - sum(timings.values()))
         return PredictionResult(labels, confidence, timings)
@@ -156,7 +117,7 @@ def predict_volume(
         t2 = time.perf_counter()
         probabilities = resample_probabilities(output, batch.box_size)  # onto the input's pixels of the box
         t3 = time.perf_counter()
-        take(batch.indices, batch.box, probabilities)
+        put(batch.indices, batch.box, *labels_from_probabilities(probabilities, label_values))
         t4 = time.perf_counter()
         timings["preprocess_s"] += t1 - t0
         timings["network_s"] += t2 - t1

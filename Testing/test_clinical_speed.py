@@ -1,0 +1,29 @@
+"""Issue 25: the work around the network removed without changing the labels.
+
+Each shortcut is checked against the computation it replaces: the thin-slice path decides each network
+position once and blends the channels only where two positions' choices differ; the body's boxes are
+grown as boxes (not a dilated mask); the same labels and confidence come out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from UNetSegmentationLib.inference.decision import blended_decision, decided_in_numpy
+
+
+@pytest.mark.parametrize("channels", [1, 2, 8])
+def test_a_blend_decided_from_the_two_decisions_is_the_decision_of_the_blend(channels):
+    """Where two probability maps choose the same channel their blend chooses it too; elsewhere the
+    channels are blended: labels and confidence equal deciding the whole blend, for every weight."""
+    rng = np.random.default_rng(channels)
+    shape = (channels, 64, 48)
+    lower, upper = (rng.dirichlet(np.ones(channels), size=shape[1:]).transpose(2, 0, 1).astype(np.float32) if channels > 1 else rng.random(shape, dtype=np.float32) for _ in range(2))
+    upper[:, :32] = lower[:, :32] * 0.9 + 0.1 * upper[:, :32]  # half the plane: the same choice on both sides
+    sides = [(p, *(a[0] for a in decided_in_numpy(p[None]))) for p in (lower, upper)]
+    for weight in (0.0, 0.125, 0.5, 0.875, 1.0):
+        chosen, confidence = blended_decision(sides[0], sides[1], weight)
+        expected_chosen, expected_confidence = decided_in_numpy((lower + np.float32(weight) * (upper - lower))[None])
+        assert (chosen == expected_chosen[0]).all()
+        np.testing.assert_allclose(confidence, expected_confidence[0], atol=1e-6)

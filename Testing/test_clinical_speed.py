@@ -27,3 +27,25 @@ def test_a_blend_decided_from_the_two_decisions_is_the_decision_of_the_blend(cha
         expected_chosen, expected_confidence = decided_in_numpy((lower + np.float32(weight) * (upper - lower))[None])
         assert (chosen == expected_chosen[0]).all()
         np.testing.assert_allclose(confidence, expected_confidence[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("radius", [(0, 0, 0), (1, 2, 3), (4, 1, 1)])
+def test_the_body_boxes_grown_as_boxes_are_the_boxes_of_the_dilated_mask(radius):
+    """The margin around the body is added to each slice's box and spread over the slices within the
+    margin: the same boxes as dilating the coarse mask with SimpleITK's box kernel (what it replaces)."""
+    import SimpleITK as sitk
+
+    from UNetSegmentationLib.inference.body import _grown_boxes
+
+    rng = np.random.default_rng(sum(radius))
+    mask = np.zeros((30, 20, 24), dtype=bool)
+    mask[5:9, 3:6, 10:12] = True
+    mask[14, 18:, 0] = True
+    mask[rng.integers(0, 30, 6), rng.integers(0, 20, 6), rng.integers(0, 24, 6)] = True
+    dilated = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(mask.astype(np.uint8)), [radius[2], radius[1], radius[0]], sitk.sitkBox)).astype(bool)
+    boxes = _grown_boxes(mask, radius)
+    for index in range(mask.shape[0]):
+        rows, columns = np.flatnonzero(dilated[index].any(axis=1)), np.flatnonzero(dilated[index].any(axis=0))
+        expected = (rows[0], rows[-1] + 1, columns[0], columns[-1] + 1) if rows.size else None
+        found = tuple(boxes[index]) if boxes[index, 1] > boxes[index, 0] else None
+        assert found == expected, index

@@ -111,15 +111,28 @@ def body_mask(coarse: np.ndarray, kind: str) -> np.ndarray:
     return np.isin(labels, kept)
 
 
-def _grown(mask: np.ndarray, radius: Tuple[int, int, int]) -> np.ndarray:
-    import SimpleITK as sitk
-
-    if not any(radius):
-        return mask
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    # SimpleITK's radius is in its (x, y, z) order: columns, rows, slices
-    grown = sitk.BinaryDilate(image, [radius[2], radius[1], radius[0]], sitk.sitkBox)
-    return sitk.GetArrayFromImage(grown).astype(bool)
+def _grown_boxes(mask: np.ndarray, radius: Tuple[int, int, int]) -> np.ndarray:
+    """``(slices, 4)`` boxes (first row, end row, first column, end column; ends exclusive; empty where
+    first ≥ end) of ``mask`` dilated by a box of ``radius`` (slices, rows, columns) coarse pixels, found
+    without dilating the mask: a box dilation is separable, so each slice's dilated box is the union of
+    the boxes of the slices within ``radius[0]``, each grown by the in-plane radius (clipped to the
+    slice), exactly what the boxes of the dilated mask are."""
+    count, rows, columns = mask.shape
+    row_hits, column_hits = mask.any(axis=2), mask.any(axis=1)
+    has = row_hits.any(axis=1)
+    boxes = np.stack([
+        np.argmax(row_hits, axis=1) - radius[1],
+        rows - np.argmax(row_hits[:, ::-1], axis=1) + radius[1],
+        np.argmax(column_hits, axis=1) - radius[2],
+        columns - np.argmax(column_hits[:, ::-1], axis=1) + radius[2],
+    ], axis=1).astype(np.int64)
+    boxes[~has] = (rows, 0, columns, 0)  # neutral in a union
+    grown = boxes.copy()
+    for shift in range(1, radius[0] + 1):
+        for near, far in ((grown[shift:], boxes[:-shift]), (grown[:-shift], boxes[shift:])):
+            np.minimum(near[:, 0::2], far[:, 0::2], out=near[:, 0::2])
+            np.maximum(near[:, 1::2], far[:, 1::2], out=near[:, 1::2])
+    return np.clip(grown, 0, [rows, rows, columns, columns])
 
 
 def find_body(slices: np.ndarray, kind: str, spacing: Sequence[float]) -> BodyBoxes:
@@ -132,15 +145,9 @@ def find_body(slices: np.ndarray, kind: str, spacing: Sequence[float]) -> BodyBo
         return BodyBoxes.whole(slices.shape)
     coarse_spacing = (spacing[0], spacing[1] * factors[0], spacing[2] * factors[1])
     radius = tuple(int(np.ceil(MARGIN_MM / s)) if s > 0 else 0 for s in coarse_spacing)
-    mask = _grown(mask, radius)
+    coarse_boxes = _grown_boxes(mask, radius)
     boxes = np.zeros((count, 4), dtype=np.int64)
-    for index in np.flatnonzero(mask.any(axis=(1, 2))):
-        row_hits = np.flatnonzero(mask[index].any(axis=1))
-        column_hits = np.flatnonzero(mask[index].any(axis=0))
-        boxes[index] = (
-            row_hits[0] * factors[0],
-            min(rows, (row_hits[-1] + 1) * factors[0]),
-            column_hits[0] * factors[1],
-            min(columns, (column_hits[-1] + 1) * factors[1]),
-        )
+    found = (coarse_boxes[:, 1] > coarse_boxes[:, 0]) & (coarse_boxes[:, 3] > coarse_boxes[:, 2])
+    scale = np.array([factors[0], factors[0], factors[1], factors[1]])
+    boxes[found] = np.minimum(coarse_boxes[found] * scale, [rows, rows, columns, columns])
     return BodyBoxes(boxes)

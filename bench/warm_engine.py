@@ -7,8 +7,9 @@ covering the same extent). For each volume the rounds alternate: a fresh ``pytho
 predict`` (wall time from the process's start to its exit, and the engine's own ``total_s`` with its
 ``load_model_s``), then a request to one engine started before the rounds and warmed by one request per
 volume (wall time at the client from the request's line written to its ``done`` event read, the
-engine's ``total_s`` and ``load_model_s``). Medians of ``--rounds``; the first request of the engine
-(start-up, model load, the request) is shown once per volume.
+engine's ``total_s`` and ``load_model_s``). Medians of ``--rounds``, then each volume's stage timings
+(the ``done`` event's) fresh against warm, and the engine's first request per volume (the first one pays
+the engine's start-up and model load).
 
     nice -n 5 python bench/warm_engine.py [--rounds 3] [--volumes chest,clinical-512x512x300]
 """
@@ -106,6 +107,11 @@ def main() -> int:
         f, w = fresh[name], warm[name]
         print(f"| {name} | {median(f, 'wall'):.2f} | {median(f, 'total_s'):.2f} ({median(f, 'load_model_s'):.2f}) | {median(w, 'wall'):.2f} | "
               f"{median(w, 'total_s'):.2f} ({median(w, 'load_model_s'):.3f}) | {median(f, 'wall') / median(w, 'wall'):.1f}x |")
+    for name in volumes:  # where the engine's own seconds go, fresh process against warm engine
+        stages = [key for key in fresh[name][0] if key.endswith("_s") and all(key in run for run in fresh[name] + warm[name])]
+        print(f"\n{name}, stage medians (s): | stage | fresh | warm |\n| --- | --- | --- |")
+        for key in stages:
+            print(f"| {key[:-2]} | {median(fresh[name], key):.3f} | {median(warm[name], key):.3f} |")
     print("\nthe engine's first requests (the first pays the process start, imports and model load):")
     for name in volumes:
         print(f"- {name}: {first[name]['wall']:.2f} s wall (load_model_s {first[name]['load_model_s']:.2f}), done {first[name]['since_start']:.2f} s after the client started")

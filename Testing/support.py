@@ -355,3 +355,35 @@ class FakeMachine:
 H200 = dict(gpus=1, free_bytes=139 * GIB, total_bytes=141 * GIB)
 #: a Turing-like machine (e.g. a T4): one GPU without native bf16, 15 GiB
 T4 = dict(gpus=1, bf16_gpus=(), free_bytes=14 * GIB, total_bytes=15 * GIB)
+
+
+# --- a small real volume: the slicerio CT's lumbar spine, cropped (issue 22, defect 2) ---------------------
+
+
+def write_lumbar_crop(folder: Path, size=(73, 73, 30), spacing_mm: float = 1.5) -> tuple:
+    """The slicerio chest CT and its segmentation resampled to ``spacing_mm`` isotropic and cropped to
+    ``size`` voxels (i, j, k) around the lumbar vertebral column: 36x36 pixels at the bundled model's
+    3.05 mm, 30 slices 1.5 mm apart. Writes ``lumbar.nrrd`` and ``lumbar_label.nrrd`` (the bundled
+    model's class values: the segments in order, 1 ribs ... 4 lumbar ... 7 tissue); returns both paths."""
+    import numpy as np
+    import SimpleITK as sitk
+    import slicerio
+
+    from UNetSegmentationLib.io.labels import read_label
+
+    folder = Path(folder)
+    ct = sitk.ReadImage(slicerio.get_testdata_file("CTChest4.nrrd"))
+    label = sitk.GetImageFromArray(read_label(slicerio.get_testdata_file("Segmentation.seg.nrrd"), ct).array.astype(np.uint8))
+    label.CopyInformation(ct)
+    lumbar = np.argwhere(sitk.GetArrayFromImage(label) == 4)  # [k, j, i]
+    centre_index = [float(v) for v in lumbar.mean(axis=0)[::-1]]  # (i, j, k)
+    centre = np.array(ct.TransformContinuousIndexToPhysicalPoint(centre_index))
+    direction = np.array(ct.GetDirection()).reshape(3, 3)
+    origin = centre - direction @ (np.array(size, dtype=float) - 1) / 2 * spacing_mm
+    grid = dict(size=[int(s) for s in size], outputOrigin=[float(v) for v in origin], outputSpacing=[spacing_mm] * 3, outputDirection=ct.GetDirection())
+    image = sitk.Resample(ct, transform=sitk.Transform(), interpolator=sitk.sitkLinear, defaultPixelValue=-1024, outputPixelType=sitk.sitkInt16, **grid)
+    labels = sitk.Resample(label, transform=sitk.Transform(), interpolator=sitk.sitkNearestNeighbor, defaultPixelValue=0, **grid)
+    paths = folder / "lumbar.nrrd", folder / "lumbar_label.nrrd"
+    sitk.WriteImage(image, str(paths[0]))
+    sitk.WriteImage(labels, str(paths[1]))
+    return paths

@@ -70,14 +70,14 @@ def test_fine_tuning_never_writes_over_its_base_or_the_bundled_model(cli, tiny, 
     base = tiny / "base.safetensors"
     before = base.read_bytes()
     result = tune(cli, tiny, base, "--overwrite")
-    assert result.code == 2 and "is the --init checkpoint" in result.stderr and "never replaces its base" in result.stderr
+    assert result.code == 2 and "would overwrite the input or checkpoint" in result.stderr and "that this run reads" in result.stderr  # the output gate
     assert base.read_bytes() == before
     bundled = bundled_model_path()
     if not bundled.is_file():
         pytest.skip("no bundled model in this checkout")
     shipped = bundled.read_bytes()
     result = cli("train", "--init", bundled_copy, "--image", tiny / "case.nrrd", "--label", tiny / "case_label.nrrd", *FAST, "--overwrite", bundled)
-    assert result.code == 2 and "is the bundled model" in result.stderr
+    assert result.code == 2 and "is a file of the bundled model" in result.stderr
     assert bundled.read_bytes() == shipped
     assert [p.name for p in bundled.parent.iterdir() if ".partial" in p.name] == []
 
@@ -202,3 +202,29 @@ def test_the_base_model_teaches_how_background_and_unlabelled_classes_share_the_
     assert float(loss.distillation(drifted, teacher)) > 0.1
     total, parts = loss(drifted, target, teacher)
     assert parts["distillation"] > 0.1 and float(total) == pytest.approx(sum(parts.values()), rel=1e-5)
+
+
+def test_fine_tuning_with_the_defaults_adapts_to_a_small_volume(cli, tmp_path):
+    """Issue 22, defect 2: the slicerio CT's lumbar spine cropped to 73x73x30 voxels at 1.5 mm (36x36 pixels at
+    the bundled model's spacing) stopped twice: the crop of 128 refused, and 3 held-out blocks with their 7-slice
+    gaps left no slice to train on. Now the crop and the blocks fit the volume, and warnings say so."""
+    from support import write_lumbar_crop
+    from UNetSegmentationLib.model.header import read_metadata
+
+    image, label = write_lumbar_crop(tmp_path)
+    out = tmp_path / "tuned.safetensors"
+    result = cli("train", "--init", "bundled", "--image", image, "--label", label, "--val-slices", "0.2", "--epochs", "1", "--steps-per-epoch", "2", *FAST,
+                 "--progress", "json", out)
+    assert result.code == 0, result.stderr
+    warnings = [e["message"] for e in result.events if e["event"] == "warning"]
+    assert any("default crop 128x128 is larger than the training slices (36x36" in w and "48x48" in w for w in warnings)
+    assert any("one block of 6 slice(s) at the volume's end" in w for w in warnings)
+    assert result.start["crop"] == [48, 48] and result.start["training_slices"] == 17 and result.start["validation_slices"] == 6
+    training = read_metadata(out).training
+    assert training["finished"] is True and training["fine_tuning"]["dice_before"] is not None
+    assert not (tmp_path / "tuned.resume.pt").exists()
+    # info (issue 22, defect 14): the slice distance, and the base's depth table kept beside the fine-tuning's one
+    info = cli("info", out).stdout
+    assert "slice distance 10 mm between a slice and its 2.5D neighbours" in info
+    assert "this fine-tuning's held-out slices (Dice of " in info and "the base model's table:" in info
+    assert info.count("(recommended)") == 2

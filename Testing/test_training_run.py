@@ -25,6 +25,7 @@ import torch
 
 from support import POSIX, wait_for, write_tiny_case
 
+from UNetSegmentationLib.model.header import read_metadata
 from UNetSegmentationLib.networks.registry import ARCHITECTURES
 from UNetSegmentationLib.protocol.runner import FAILED, EngineProcess
 
@@ -180,6 +181,9 @@ def test_resume_continues_from_the_saved_step_and_ends_where_an_uninterrupted_ru
     assert first.code == 0, first.stderr
     assert [int(r["step"]) for r in read_log(tmp_path / "split.csv")] == [3, 6]
     assert (tmp_path / "split.resume.pt").is_file()
+    # the checkpoint of an unfinished run says so (issue 23: a killed fine-tune's card looked finished)
+    assert read_metadata(tmp_path / "split.safetensors").training["finished"] is False
+    assert "its run did not finish" in cli("info", tmp_path / "split.safetensors").stdout
     # without --resume the unfinished run is protected
     again = tiny_train(cli, tiny_data, tmp_path / "split.safetensors", "--epochs", "3")
     assert again.code == 2 and "--resume" in again.stderr
@@ -198,6 +202,9 @@ def test_resume_continues_from_the_saved_step_and_ends_where_an_uninterrupted_ru
     assert [r["val_dice"] for r in log] == [r["val_dice"] for r in reference]
     a, b = weights(tmp_path / "straight.safetensors"), weights(tmp_path / "split.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # finished: the card says so, and the resume state (~3x the model) is gone (issue 22, defect 14)
+    assert read_metadata(tmp_path / "split.safetensors").training["finished"] is True and "UNFINISHED" not in cli("info", tmp_path / "split.safetensors").stdout
+    assert not (tmp_path / "split.resume.pt").exists() and resumed.events[-1]["resume_state"] == "removed"
 
 
 def test_training_progress_speaks_the_one_event_schema(cli, tiny_data, tmp_path):

@@ -141,16 +141,40 @@ def command_info(args: argparse.Namespace) -> int:
         print(f"  {c.value:>3}  {c.name:<30} {colour}{'  (terminology)' if c.terminology else ''}")
     if metadata.training_spacing:
         print(f"training spacing {' x '.join(f'{s:g}' for s in metadata.training_spacing)} mm")
+    distance = metadata.context_distance
+    print(f"slice distance {'not recorded (the neighbours are the adjacent slices)' if distance is None else f'{distance:g} mm between a slice and its 2.5D neighbours'}")
     for line in describe_training_data(metadata.training):  # per case: slice axis, slices trained and held out
         print(line)
     parameters = info["parameters"]
     print(f"parameters     {parameters['total'] / 1e6:.3f}M")
-    for depth, count in parameters.get("per_depth", {}).items():
-        metrics = metadata.depth_metrics.get(int(depth), {})
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        mark = "  (recommended)" if metadata.recommended_depth == int(depth) else ""
-        print(f"  L{depth}  {count / 1e6:.3f}M  {shown}{mark}")
+    for line in depth_table_lines(metadata, parameters.get("per_depth", {})):
+        print(line)
     return 0
+
+
+def depth_table_lines(metadata, per_depth: dict) -> list:
+    """Per depth: parameters, held-out Dice and ms/slice, the recommended one marked. A fine-tuned model's
+    Dice was measured on its own held-out slices (often of one class), so the base's table, kept in its
+    lineage, follows instead of being lost (issue 22, defect 14)."""
+    from UNetSegmentationLib.model.training_record import printable
+
+    def rows(depth_metrics, recommended) -> list:
+        lines = []
+        for depth, count in per_depth.items():
+            metrics = depth_metrics.get(int(depth), depth_metrics.get(str(depth), {}))
+            shown = "  ".join(f"{printable(k, 20)} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)) if isinstance(metrics, dict) else ""
+            mark = "  (recommended)" if recommended == int(depth) else ""
+            lines.append(f"  L{depth}  {count / 1e6:.3f}M  {shown}{mark}")
+        return lines
+
+    lineage = metadata.training.get("fine_tuning") if isinstance(metadata.training, dict) else None
+    lines = rows(metadata.depth_metrics, metadata.recommended_depth)
+    if isinstance(lineage, dict) and isinstance(lineage.get("base_depth_metrics"), dict) and lineage["base_depth_metrics"]:
+        measured = lineage.get("classes_validated")
+        on = f" (Dice of {printable(', '.join(map(str, measured)))})" if isinstance(measured, list) and measured else ""
+        lines = [f"  this fine-tuning's held-out slices{on}:"] + lines + ["  the base model's table:"]
+        lines += rows(lineage["base_depth_metrics"], lineage.get("base_recommended_depth"))
+    return lines
 
 
 def add_commands(commands) -> None:

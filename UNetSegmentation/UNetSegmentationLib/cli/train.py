@@ -96,7 +96,7 @@ def add_commands(commands) -> None:
     out = train.add_argument_group("outputs and runs")
     out.add_argument("--log", metavar="CSV", help="epoch log (default OUT.csv)")
     out.add_argument("--state", metavar="PT", help="resume state while the run goes on (default OUT.resume.pt; removed when the run finishes)")
-    out.add_argument("--resume", action="store_true", help="continue the run whose resume state is next to OUT (more --epochs extend it)")
+    out.add_argument("--resume", action="store_true", help="continue a run stopped by --stop-after or killed, from the resume state next to OUT (more --epochs extend it)")
     out.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation (continue later with --resume; the resume state is kept)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint, log and resume state")
     out.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress bar and epoch lines on stderr, JSON lines on stdout, or nothing")

@@ -13,16 +13,12 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, Dict, Iterable, List
 
+from UNetSegmentationLib.grammar.slice_ranges import format_slice_ranges
+
 
 def slice_ranges(slices: Iterable[int]) -> str:
-    """``[4, 5, 6, 16, 17]`` → ``"4-6, 16-17"``: slice indices along the slice axis, as ranges."""
-    runs: List[List[int]] = []
-    for index in sorted(int(s) for s in slices):
-        if runs and index == runs[-1][1] + 1:
-            runs[-1][1] = index
-        else:
-            runs.append([index, index])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    """``[4, 5, 6, 16, 17]`` → ``"4-6, 16-17"``: slice indices along the slice axis, as ranges (grammar/slice_ranges)."""
+    return format_slice_ranges(slices).replace(",", ", ")
 
 
 def printable(value: Any, limit: int = 120) -> str:
@@ -49,10 +45,10 @@ def describe_training_data(training: Any) -> List[str]:
     data = training.get("data") if isinstance(training, dict) else None
     if not isinstance(data, dict):
         return []
+    lines = describe_unfinished(training)
     config = training.get("config") if isinstance(training.get("config"), dict) else {}
     requested = config.get("axis")
     held = {printable(e.get("case")): e for e in _entries(data, "held_out_slices")}
-    lines = []
     for role, key in (("training", "training"), ("validation", "validation")):
         for entry in _entries(data, key):
             case = printable(entry.get("case"))
@@ -70,6 +66,16 @@ def describe_training_data(training: Any) -> List[str]:
                     use += f", held out {_held_out(held[case])}"
             lines.append(f"{role:<10} {printable(entry.get('image'))} (case {case!r}): {along}; {use}")
     return lines + describe_lineage(training)
+
+
+def describe_unfinished(training: Any) -> List[str]:
+    """A line for a checkpoint its run saved after an epoch but never finished (killed, or ``--stop-after``):
+    ``training["finished"]`` is False there and True only in the checkpoint of a run's end."""
+    if not isinstance(training, dict) or training.get("finished") is not False:
+        return []
+    epochs, planned = training.get("epochs"), training.get("epochs_planned")
+    saved = f"saved at epoch {epochs} of {planned}; " if all(isinstance(v, int) and not isinstance(v, bool) for v in (epochs, planned)) else ""
+    return [f"UNFINISHED   {saved}its run did not finish (killed or --stop-after): continue it with unetseg train --resume, or train again"]
 
 
 def _dice(value: Any) -> str:

@@ -47,18 +47,19 @@ class RunFiles:
         state = Path(config.state) if config.state else default_side_path(output, ".resume.pt")
         return cls(output, log, state)
 
-    def check(self, resume: bool, overwrite: bool) -> None:
-        """Stop before any work when a file would be lost or is missing."""
+    def check(self, resume: bool, overwrite: bool, protected: Sequence[Path] = ()) -> None:
+        """Stop before any work when a file would be lost or is missing; each file passes the output gate
+        (``protected``: the files the run reads) and, inside a ``claiming_outputs`` block, is locked."""
         replace = overwrite or resume
         if resume and not self.state.is_file():
             raise UserError(f"--resume: no resume state {self.state} (it is written after every epoch of a run with the same output)")
         if not replace and self.state.exists():
             raise UserError(f"{self.state} holds the state of an earlier run; pass --resume to continue it or --overwrite to start over")
-        check_output_path(self.checkpoint, replace, what="checkpoint", extensions=(".safetensors",))
-        check_output_path(self.log, replace, what="training log", extensions=(".csv",))
-        check_output_path(self.state, True, what="resume state", extensions=(".pt",))
         if len({self.checkpoint.resolve(), self.log.resolve(), self.state.resolve()}) < 3:
             raise UserError("the checkpoint, the log and the resume state must be three different files")
+        check_output_path(self.checkpoint, replace, what="checkpoint", extensions=(".safetensors",), protected=protected)
+        check_output_path(self.log, replace, what="training log", extensions=(".csv",), protected=protected)
+        check_output_path(self.state, True, what="resume state", extensions=(".pt",), protected=protected)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 metadata made, and each volume prepared and split into training and held-out slices.
 
 Training cases give their training slices (all of them, or all but ``--val-slices`` held out in
-blocks with a gap of ``--val-gap`` slices, default the context); validation cases are held out whole.
+blocks with a gap of ``--val-gap`` slices, default the 2.5D neighbours' reach; fewer or smaller blocks where
+the volume is short: :mod:`.adapt`); validation cases are held out whole.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from UNetSegmentationLib.training.config import TrainConfig
 from UNetSegmentationLib.io.labels import labelled_channels, load_case, resolve_classes
 from UNetSegmentationLib.training.partial_labels import unlabelled_channels
 from UNetSegmentationLib.training.spacing import median_slice_spacing, recorded_spacing, resample_volume, target_spacing
-from UNetSegmentationLib.training.volumes import PreparedVolume, held_out_blocks, prepare_volume
+from UNetSegmentationLib.training.adapt import fit_hold_out
+from UNetSegmentationLib.training.volumes import PreparedVolume, prepare_volume
 
 
 @dataclass
@@ -147,8 +149,10 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
         gap = int(np.ceil(metadata.context * reach - 1e-6)) if config.val_gap is None else config.val_gap
         if index >= len(loaded_train):
             volume.val_slices = np.arange(volume.slice_count)
-        elif config.val_slices:
-            volume.train_slices, volume.val_slices = held_out_blocks(volume.slice_count, config.val_slices, config.val_blocks, gap)
+        elif config.val_slices:  # fewer or smaller blocks where the volume is short (adapt.py)
+            volume.train_slices, volume.val_slices, note = fit_hold_out(volume.slice_count, config.val_slices, config.val_blocks, gap, volume.name)
+            if note and warn is not None:
+                warn(note)
         else:
             volume.train_slices = np.arange(volume.slice_count)
         if index < len(loaded_train) and config.train_slices is not None:
@@ -165,7 +169,8 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     volumes = [resample_volume(volume, target, len(metadata.classes) + 1) for volume in volumes]
     for volume in volumes:  # the 2.5D neighbours lie the slice distance away in mm, as predict takes them
         volume.context_step = neighbour_step(metadata.slice_distance, volume.spacing[0], metadata.context)
-    check_crop(config.crop, volumes)
+    if config.crop_given:  # a default crop is fitted to the slices instead (adapt.fit_crop)
+        check_crop(config.crop, volumes)
     unlabelled = unlabelled_channels(config.partial_classes, metadata.classes, labelled) if metadata.uses_softmax else []
     return TrainingData(metadata, volumes, len(train_cases), target, unlabelled)
 

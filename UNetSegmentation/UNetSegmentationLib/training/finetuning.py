@@ -1,5 +1,6 @@
-"""Fine-tuning from a checkpoint (``unetseg train --init CKPT``): the files it must never write over,
-what is frozen, and the lineage its model card records (its defaults and options: :mod:`.train_options`).
+"""Fine-tuning from a checkpoint (``unetseg train --init CKPT``): what is frozen, and the lineage its
+model card records (its defaults and options: :mod:`.train_options`; the files it must never write
+over, its base and the bundled model among them: the output gate, io/output_gate.py).
 
 A fine-tuning run inherits the base model's architecture, classes, context, normalisation and
 in-plane spacing; it writes a new checkpoint (never the ``--init`` file, never the bundled model)
@@ -17,30 +18,12 @@ from __future__ import annotations
 
 import copy
 import datetime
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.model.bundled import bundled_model_path
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
-def check_new_output(output: Path, init: Optional[str]) -> None:
-    """Fine-tuning writes a new checkpoint: refuse the ``--init`` file itself and the bundled model."""
-    output = Path(output)
-    if init and _same_file(output, Path(init)):
-        raise UserError(f"{output} is the --init checkpoint: fine-tuning writes a new checkpoint and never replaces its base; give another output name")
-    if _same_file(output, bundled_model_path()):
-        raise UserError(f"{output} is the bundled model: it is never replaced; give another output name, e.g. in your own models folder")
 
 
 #: per architecture, whether a parameter (by its state-dict name) belongs to the encoder

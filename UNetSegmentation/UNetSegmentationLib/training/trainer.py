@@ -44,18 +44,21 @@ from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.grammar.class_lists import class_key
 from UNetSegmentationLib.grammar.slice_ranges import parse_slice_ranges
 from UNetSegmentationLib.model.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from UNetSegmentationLib.model.depth import depth_tag
 from UNetSegmentationLib.model.metadata import ModelMetadata
 from UNetSegmentationLib.networks.blocks import as_training_output
 from UNetSegmentationLib.networks.registry import build_network
 from UNetSegmentationLib.protocol.reporters import Reporter
 from UNetSegmentationLib.training.cases import Case
+from UNetSegmentationLib.training.adapt import fit_crop
 from UNetSegmentationLib.training.checkpointing import (
     Best, RunFiles, RunState, cpu_weights, read_metadata_or, restore_run, run_fingerprint, save_resume_state, versions,
 )
 from UNetSegmentationLib.training.config import TrainConfig, TrainResult, round_crop
 from UNetSegmentationLib.training.dataset import TrainingData, load_training_data
 from UNetSegmentationLib.io.file_digest import file_sha256
-from UNetSegmentationLib.training.finetuning import check_new_output, freeze, frozen_copy, keep_frozen_norms, lineage
+from UNetSegmentationLib.io.outputs import claiming_outputs
+from UNetSegmentationLib.training.finetuning import freeze, frozen_copy, keep_frozen_norms, lineage
 from UNetSegmentationLib.training.history import epoch_line, write_log
 from UNetSegmentationLib.training.losses import SegmentationLoss, loss_kind
 from UNetSegmentationLib.training.optimization import Optimization
@@ -130,16 +133,17 @@ class Trainer:
                     self.reporter.warning(note)
                 torch.set_num_threads(threads)
             set_track_meta(False)  # plain tensors out of the MONAI transforms: faster, nothing needs the metadata
-            return self._run()
+            with claiming_outputs():  # one writer per checkpoint, log and resume state (io/locks), released at the end
+                return self._run()
         finally:
             set_track_meta(previous_track_meta)
             torch.set_num_threads(previous_threads)
 
     def _run(self) -> TrainResult:
         started = time.perf_counter()
-        if self.config.init:
-            check_new_output(self.files.checkpoint, self.config.init)
-        self.files.check(self.resume, self.overwrite)
+        # the output gate (io/output_gate): never the bundled model, the --init checkpoint or an input; locked while the run goes on
+        self.files.check(self.resume, self.overwrite, protected=[Path(p) for p in ([self.config.init] if self.config.init else [])]
+                         + [Path(p) for case in self.train_cases + self.val_cases for p in (case.image, case.label)])
         self.config.check()
         device = resolve_device(self.config.device)
         init = load_checkpoint(self.config.init) if self.config.init else None
@@ -171,7 +175,10 @@ class Trainer:
         model = build_model(init) if init is not None else build_network(metadata.architecture, metadata.kwargs)
         model = model.to(device, memory_format=memory_format(device)).train()
         freeze(model, metadata.architecture, config.freeze_encoder, config.freeze_norm and init is not None)
-        crop = round_crop(config.crop, model.required_multiple(None))
+        crop, note = fit_crop(config.crop, config.crop_given, data.volumes, model.required_multiple(None))  # the default fits the slices
+        if note:
+            self.reporter.warning(note)
+        crop = round_crop(crop, model.required_multiple(None))
         kind = loss_kind(metadata.architecture, config.loss)
         criterion = MarginalLoss(kind, metadata.out_channels, data.unlabelled, crop) if data.unlabelled else SegmentationLoss(kind, metadata.out_channels, crop)
         sampler = SliceSampler(data.volumes, metadata.context, crop, len(metadata.classes), config.foreground, config.augment)
@@ -308,8 +315,10 @@ class Trainer:
 
     # -- the checkpoint and the end --
 
-    def _checkpoint_metadata(self, setup: TrainingSetup, state: RunState, ms_per_slice: Optional[Dict[int, float]] = None) -> ModelMetadata:
-        """The metadata stored with the best weights: depth metrics, recommended depth and the run's record."""
+    def _checkpoint_metadata(self, setup: TrainingSetup, state: RunState, ms_per_slice: Optional[Dict[int, float]] = None, finished: bool = False) -> ModelMetadata:
+        """The metadata stored with the best weights: depth metrics, recommended depth and the run's record.
+        ``finished`` only in the checkpoint :meth:`_finish` writes: one saved after an epoch says it is
+        unfinished, so a run killed mid-way leaves no card that looks finished (issue 23)."""
         config = setup.config
         prunable = any(isinstance(d, int) for d in validated_depths(setup.metadata))
         depth_metrics, recommended = depth_metrics_of(state.best.validation, ms_per_slice, config.depth_tolerance) if prunable else ({}, None)
@@ -318,6 +327,8 @@ class Trainer:
             "loss": setup.loss_kind,
             "data": setup.data_info,
             "epochs": state.epoch,
+            "epochs_planned": config.epochs,
+            "finished": finished,
             "steps": state.step,
             "best_epoch": state.best.epoch,
             "validation": state.best.validation,
@@ -344,6 +355,9 @@ class Trainer:
         if setup.config.corrected_classes is not None:  # the model's own class names, in its order
             wanted = {class_key(name) for name in setup.config.corrected_classes}
             record["classes_corrected"] = [c.name for c in classes if class_key(c.name) in wanted]
+        main = (after or {}).get("by_depth", {}).get(depth_tag((after or {}).get("main_depth")), {}).get("per_class", {})
+        record.update(base_depth_metrics={str(d): m for d, m in setup.base.metadata.depth_metrics.items()},  # info shows the base's table too
+                      base_recommended_depth=setup.base.metadata.recommended_depth, classes_validated=[name for name, dice in main.items() if dice is not None])
         record.update(validation_before=before, validation_after=after,
                       dice_before=None if before is None else before["dice"], dice_after=None if after is None else after["dice"])
         return record
@@ -363,16 +377,17 @@ class Trainer:
         if state.best_weights is None:
             state.best_weights = cpu_weights(setup.model)
         setup.model.load_state_dict(state.best_weights)
-        final = self._checkpoint_metadata(setup, state, self._measure_depths(setup))
+        final = self._checkpoint_metadata(setup, state, self._measure_depths(setup), finished=True)
         save_checkpoint(self.files.checkpoint, state.best_weights, final, overwrite=True)
+        self.files.state.unlink(missing_ok=True)  # the run is over: its resume state (~3x the model) goes (issue 22, defect 14)
         best = state.best
         summary = f"wrote {self.files.checkpoint} (best epoch {best.epoch}"
         if best.validation:
             summary += f", validation Dice {best.validation['dice']:.4f}"
         if final.recommended_depth:
             summary += f", recommended depth L{final.recommended_depth}"
-        self.reporter.log(summary + f"); log {self.files.log}")
+        self.reporter.log(summary + f"); log {self.files.log}; resume state removed (the run finished)")
         self.reporter.done(checkpoint=str(self.files.checkpoint), log=str(self.files.log), best_epoch=best.epoch,
                            validation=best.validation, depth_metrics={str(k): v for k, v in final.depth_metrics.items()},
-                           recommended_depth=final.recommended_depth, seconds=round(time.perf_counter() - setup.started, 1))
+                           recommended_depth=final.recommended_depth, seconds=round(time.perf_counter() - setup.started, 1), resume_state="removed")
         return TrainResult(self.files.checkpoint, self.files.log, self.files.state, state.history, final)

@@ -217,9 +217,9 @@ def test_fine_tuning_with_the_defaults_adapts_to_a_small_volume(cli, tmp_path):
                  "--progress", "json", out)
     assert result.code == 0, result.stderr
     warnings = [e["message"] for e in result.events if e["event"] == "warning"]
-    assert any("default crop 128x128 is larger than the training slices (36x36" in w and "48x48" in w for w in warnings)
+    assert any("default crop 128x128 is larger than the training slices (36x36" in w and "32x32" in w for w in warnings)
     assert any("one block of 6 slice(s) at the volume's end" in w for w in warnings)
-    assert result.start["crop"] == [48, 48] and result.start["training_slices"] == 17 and result.start["validation_slices"] == 6
+    assert result.start["crop"] == [32, 32] and result.start["training_slices"] == 17 and result.start["validation_slices"] == 6
     training = read_metadata(out).training
     assert training["finished"] is True and training["fine_tuning"]["dice_before"] is not None
     assert not (tmp_path / "tuned.resume.pt").exists()
@@ -228,3 +228,15 @@ def test_fine_tuning_with_the_defaults_adapts_to_a_small_volume(cli, tmp_path):
     assert "slice distance 10 mm between a slice and its 2.5D neighbours" in info
     assert "this fine-tuning's held-out slices (Dice of " in info and "the base model's table:" in info
     assert info.count("(recommended)") == 2
+
+
+@pytest.mark.parametrize("mapping, words", [
+    ("2:bone", "value(s) the --label-map does not name: 1"),  # issue 22 defect 14: 1 is a class value, not "outside the class list"
+    ("0:bone", "background is no class"),  # issue 23 item 10
+    ("²:bone", "neither a label value"),  # issue 23 item 7: a traceback before
+])
+def test_a_label_map_problem_is_one_message_that_says_what_is_wrong(cli, tiny, tmp_path, mapping, words):
+    out = tmp_path / "x.safetensors"
+    result = tune(cli, tiny, out, "--label-map", mapping)
+    assert result.code == 2 and words in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not out.exists()

@@ -239,3 +239,23 @@ def test_evaluate_runs_predicts_plan_and_predictor_and_warms_up_before_timing(sy
 def test_evaluate_options_refuse_a_batch_size_below_one():
     with pytest.raises(UserError, match="--batch-size must be a positive integer"):
         EvaluationOptions(batch_size=0)
+
+
+def test_evaluate_reads_labels_as_train_does(cli, synthetic_case, tmp_path):
+    """Issue 22, defect 10: --label-map as train's, and labels outside the classes are an error, or background with a warning."""
+    checkpoint = create_checkpoint(tmp_path / "u.safetensors", arch="unet", classes="body,bone", features="4,8")
+    mapped = evaluate_case(cli, checkpoint, synthetic_case, tmp_path / "a", "--label-map", "1:body,2:bone", "--progress", "none")
+    assert mapped.code == 0, mapped.stderr
+    partial = evaluate_case(cli, checkpoint, synthetic_case, tmp_path / "b", "--label-map", "2:bone", "--progress", "none")
+    assert partial.code == 2 and "value(s) the --label-map does not name: 1" in partial.stderr and not (tmp_path / "b" / "evaluation.csv").exists()
+    warned = evaluate_case(cli, checkpoint, synthetic_case, tmp_path / "c", "--label-map", "2:bone", "--other-labels", "background", "--progress", "json")
+    assert warned.code == 0, warned.stderr
+    assert any(e["event"] == "warning" and "read as background" in e["message"] for e in warned.events)
+    assert not (tmp_path / "b").exists()  # refused before any folder was made
+
+
+def test_evaluate_never_writes_over_what_it_reads(cli, synthetic_case, tmp_path):
+    """Issue 23: every output passes the output gate; the results go into --output-dir, never onto an input."""
+    checkpoint = create_checkpoint(tmp_path / "u.safetensors", arch="unet", classes="body,bone", features="4,8")
+    folder = evaluate_case(cli, checkpoint, synthetic_case, synthetic_case / "case.nrrd", "--progress", "none")
+    assert folder.code == 2 and "case.nrrd" in folder.stderr

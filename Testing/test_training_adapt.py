@@ -20,7 +20,7 @@ class Slices:
 
 def test_a_default_crop_shrinks_to_the_slices_and_says_so():
     crop, note = fit_crop((128, 128), False, [Slices(30, 36, 36)], multiple=16)
-    assert crop == (48, 48) and "larger than the training slices (36x36" in note and "48x48" in note
+    assert crop == (32, 32) and "larger than the training slices (36x36" in note and "32x32" in note  # within the slice: no padding
     assert fit_crop((128, 128), False, [Slices(30, 12, 20)], multiple=16)[0] == (MIN_CROP, MIN_CROP)  # never below MIN_CROP
     assert fit_crop((96, 96), False, [Slices(30, 200, 180)], multiple=16) == ((96, 96), None)  # large slices: nothing to adapt
     assert fit_crop((128, 128), True, [Slices(30, 36, 36)], multiple=16) == ((128, 128), None)  # --crop given: kept

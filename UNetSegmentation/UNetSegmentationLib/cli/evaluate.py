@@ -21,14 +21,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from UNetSegmentationLib.evaluation.report import OUTPUT_FILES, format_table, plot_accuracy_vs_speed, write_csv, write_json
     from UNetSegmentationLib.grammar.axis_names import parse_axis
     from UNetSegmentationLib.grammar.class_lists import parse_label_map
-    from UNetSegmentationLib.io.outputs import atomic_output, check_output_path
+    from UNetSegmentationLib.io.output_gate import check_output
+    from UNetSegmentationLib.io.outputs import atomic_output, check_output_path, claiming_outputs
     from UNetSegmentationLib.model.checkpoint import load_checkpoint
     from UNetSegmentationLib.model.depth import parse_depth
 
     skipped = {need.module for need in check_needs("evaluate", args.reporter.warning)}  # before any work
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output-dir {output_dir} is a file, not a folder")
     depths = None
     if args.depth and args.depth != "all":
         depths = [parse_depth(d.strip()) for d in args.depth.split(",")]
@@ -43,24 +41,26 @@ def command_evaluate(args: argparse.Namespace) -> int:
     )
     label_map = parse_label_map(args.label_map) if args.label_map else None
     cases, _, _ = cases_from_options(args, for_training=False)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    protected = [Path(args.checkpoint)] + [Path(p) for case in cases for p in (case.image, case.label)]  # what the run reads
+    output_dir = check_output(args.output_dir, what="--output-dir", overwrite=True, kind="folder", protected=protected)
     paths = {key: output_dir / name for key, name in OUTPUT_FILES.items()}
-    for key, path in paths.items():
-        check_output_path(path, args.overwrite, what=f"evaluation {key}", extensions=(path.suffix,))
-
     checkpoint = load_checkpoint(args.checkpoint)
-    volumes = labelled_volumes(cases, checkpoint.metadata.classes, args.other_labels, label_map, args.reporter.warning)
-    evaluation = evaluate_cases(checkpoint, volumes, options, args.reporter)
-    summary = evaluation.summary()
-    written = [paths["csv"], paths["json"]]
-    with atomic_output([paths["csv"]], overwrite=args.overwrite) as (temporary,):
-        write_csv(evaluation, temporary)
-    with atomic_output([paths["json"]], overwrite=args.overwrite) as (temporary,):
-        write_json(evaluation, temporary)
-    if len(summary) > 1 and "matplotlib" not in skipped:
-        with atomic_output([paths["plot"]], overwrite=args.overwrite) as (temporary,):
-            plot_accuracy_vs_speed(summary, temporary, title=f"{Path(args.checkpoint).name}: mean Dice vs speed per depth")
-        written.append(paths["plot"])
+    volumes = labelled_volumes(cases, checkpoint.metadata.classes, args.other_labels, label_map, args.reporter.warning)  # label problems stop here
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with claiming_outputs():  # the output gate for each result file, and one writer per file while the run goes on
+        for key, path in paths.items():
+            check_output_path(path, args.overwrite, what=f"evaluation {key}", extensions=(path.suffix,), protected=protected)
+        evaluation = evaluate_cases(checkpoint, volumes, options, args.reporter)
+        summary = evaluation.summary()
+        written = [paths["csv"], paths["json"]]
+        with atomic_output([paths["csv"]], overwrite=args.overwrite) as (temporary,):
+            write_csv(evaluation, temporary)
+        with atomic_output([paths["json"]], overwrite=args.overwrite) as (temporary,):
+            write_json(evaluation, temporary)
+        if len(summary) > 1 and "matplotlib" not in skipped:
+            with atomic_output([paths["plot"]], overwrite=args.overwrite) as (temporary,):
+                plot_accuracy_vs_speed(summary, temporary, title=f"{Path(args.checkpoint).name}: mean Dice vs speed per depth")
+            written.append(paths["plot"])
     args.reporter.done(summary=summary, outputs=[str(p) for p in written])
     if args.progress != "json":  # stdout carries only events in JSON mode
         print(format_table(evaluation), end="")

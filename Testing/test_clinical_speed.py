@@ -49,3 +49,37 @@ def test_the_body_boxes_grown_as_boxes_are_the_boxes_of_the_dilated_mask(radius)
         expected = (rows[0], rows[-1] + 1, columns[0], columns[-1] + 1) if rows.size else None
         found = tuple(boxes[index]) if boxes[index, 1] > boxes[index, 0] else None
         assert found == expected, index
+
+
+@pytest.mark.parametrize("shape, size", [((4, 3, 360, 452), (90, 113)), ((4, 8, 90, 113), (360, 452)), ((1, 1, 7, 5), (3, 11)), ((2, 2, 128, 128), (128, 97))])
+def test_numpy_bilinear_resampling_gives_pytorch_interpolate_values(shape, size):
+    """Numpy arrays (the ONNX path) are resampled in numpy, tensors by PyTorch: the same rule
+    (``align_corners=False``, edges held), within float rounding, shrinking and enlarging."""
+    import torch
+
+    from UNetSegmentationLib.inference.resolution import bilinear
+
+    batch = np.random.default_rng(0).random(shape, dtype=np.float32)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(batch), size=size, mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(bilinear(batch, size), expected, atol=1e-5)
+
+
+def test_an_onnx_run_on_a_clinical_grid_imports_no_pytorch(tmp_path):
+    """The ONNX path resamples in numpy: a predict at the model's spacing (a 512-pixel slice of a
+    3 mm model) never imports PyTorch, whose import cost more than the whole resampling."""
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    from UNetSegmentationLib.protocol.child_environment import child_environment
+
+    image = sitk.GetImageFromArray(np.full((12, 256, 256), -1000, dtype=np.int16))
+    image.SetSpacing((1.5, 1.5, 2.5))
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
+    script = ("import runpy, sys\nsys.argv = ['unetseg', 'predict', sys.argv[1], sys.argv[2], '--backend', 'onnx', '--precision', 'fp32', '--progress', 'none', '--no-crop']\n"
+              "try:\n    runpy.run_module('UNetSegmentationLib', run_name='__main__')\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
+              "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ct.nrrd"), str(tmp_path / "labels.nrrd")], capture_output=True, text=True, cwd=tmp_path, env=child_environment())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"

@@ -7,9 +7,10 @@ environment, its own process group, readers on threads, a poll that never blocks
 :meth:`EngineClient.events` yields one request's events up to its ``done`` or ``error``.
 
 When the engine process dies (a crash, the out-of-memory killer, a kill), it is said once: the requests
-it was running or holding end with one ``error`` event each (their temporary files and locks removed, as
-the runner does after a killed run); if none was open, the next request's events start with one
-``warning`` saying so. The next request starts a new engine, which loads its models again.
+it had begun to answer end with one ``error`` event each (their temporary files and locks removed, as
+the runner does after a killed run); if none had, the next request's events start with one ``warning``
+saying so. The next request starts a new engine, which loads its models again. A request the dead engine
+never answered (written while it was dying, so perhaps never read) is sent to the new engine, once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from UNetSegmentationLib.engine.requests import CANCEL, SEGMENT, SEGMENT_SLICES, SHUTDOWN, RequestId, request_line
 from UNetSegmentationLib.inference.options import SegmentationOptions
@@ -63,6 +64,9 @@ class EngineClient:
         self._child: Optional[_EngineChild] = None
         self._ids = itertools.count(1)
         self._open: Dict[RequestId, List[Path]] = {}  # requests without their last event yet → their outputs
+        self._lines: Dict[RequestId, str] = {}  # … and their request lines
+        self._answered: Set[RequestId] = set()  # open requests the engine has sent an event of
+        self._resent: Set[RequestId] = set()  # requests sent again to a new engine (once only)
         self._events: Dict[RequestId, Deque[Event]] = collections.defaultdict(collections.deque)
         self._death_untold: Optional[str] = None  # an engine that died between requests, said on the next one
 
@@ -83,20 +87,26 @@ class EngineClient:
         """Send a request of ``kind`` with ``fields`` (starting an engine first when none runs); its
         events come from :meth:`poll` or :meth:`events` under the returned id."""
         request_id = f"r{next(self._ids)}"
-        line = request_line(kind, request_id, **fields)
+        self._send(request_id, request_line(kind, request_id, **fields), list(outputs))
+        return request_id
+
+    def _send(self, request_id: RequestId, line: str, outputs: List[Path]) -> None:
+        """Send a request's line, starting an engine first when none runs (an engine found dead on the way
+        is replaced once; a new one that cannot take the line ends the request with one ``error``)."""
         while True:
             started = self._ensure_engine(request_id)
             try:
                 self._child.send(line)
-            except OSError:  # the engine died since it was last heard of: a new one, once
+            except OSError:
                 self._ended(wait=True)
                 if not started:
                     continue
                 self._events[request_id].append(make_event(ERROR, id=request_id, message=str(self._death_untold)))
                 self._death_untold = None
-                return request_id
-            self._open[request_id] = list(outputs)
-            return request_id
+                return
+            self._open[request_id] = outputs
+            self._lines[request_id] = line
+            return
 
     def cancel(self, request_id: RequestId) -> None:
         """Ask the engine to stop ``request_id``; the request then ends with an ``error`` event ``cancelled``
@@ -198,8 +208,9 @@ class EngineClient:
             request_id = event.get("id")
             if request_id in self._open:
                 self._events[request_id].append(event)
+                self._answered.add(request_id)
                 if event.get("event") in (DONE, ERROR):
-                    del self._open[request_id]
+                    self._forget(request_id)
         if state != RUNNING:
             self._ended(wait=False)
 
@@ -212,11 +223,26 @@ class EngineClient:
             with contextlib.suppress(TimeoutError):
                 child.wait(timeout=CLOSE_WAIT_S)
         message = child.error_message or f"the warm engine process ended (exit code {child.returncode})"
-        self._death_untold = None if self._open else message  # told now, in the open requests' errors, or on the next request
-        for request_id, outputs in list(self._open.items()):
-            _remove_leftovers(outputs, child.pid)
+        # a request the engine never answered may never have been read (a line written while it was dying):
+        # it goes to a new engine, once; the others end with the death, said in each one's error
+        unanswered = [(rid, self._open[rid], self._lines[rid]) for rid in self._open if rid not in self._answered and rid not in self._resent]
+        failed = [rid for rid in self._open if rid not in {u[0] for u in unanswered}]
+        for request_id in failed:
+            _remove_leftovers(self._open[request_id], child.pid)
             self._events[request_id].append(make_event(ERROR, id=request_id, message=f"{message}; the next request starts a new engine"))
-            del self._open[request_id]
+            self._forget(request_id)
+        self._death_untold = None if failed else message  # else said in the next request's events
+        for request_id, outputs, line in unanswered:
+            _remove_leftovers(outputs, child.pid)
+            self._forget(request_id)
+            self._resent.add(request_id)
+            self._send(request_id, line, outputs)
+
+    def _forget(self, request_id: RequestId) -> None:
+        """``request_id`` has had its last event (its queue stays until it is read)."""
+        for table in (self._open, self._lines):
+            table.pop(request_id, None)
+        self._answered.discard(request_id)
 
 
 class WarmRequest:

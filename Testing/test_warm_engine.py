@@ -314,3 +314,24 @@ def test_a_warm_request_is_driven_as_the_panel_drives_an_engine_child(chest_ct_p
     assert runs[0].state == FINISHED and runs[0].done_event["output"] == str(tmp_path / "0.seg.nrrd")
     assert runs[1].state == CANCELLED and runs[1].error_message == "cancelled"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.seg.nrrd"]
+
+
+def test_serve_refuses_a_model_count_below_one_in_one_line():
+    result = run_cli("serve", "--models", "0")
+    assert result.code == 2 and result.stderr.strip() == "unetseg: error: --models must be a positive integer, got 0"
+
+
+@pytest.mark.slow
+@pytest.mark.child_process
+def test_sigterm_to_the_engine_cancels_its_request_and_leaves_nothing(chest_ct_path, tmp_path):
+    """The engine ended as the runner ends a child: its running request is cancelled on the way out."""
+    output = tmp_path / "labels.nrrd"
+    with EngineClient() as client:
+        request = client.segment(chest_ct_path, output, SegmentationOptions(batch_size=1))
+        events = []
+        for event in client.events(request, ENGINE_TIMEOUT_S):
+            events.append(event)
+            if event["event"] == PROGRESS and event["done"] == 1:
+                os.kill(client.pid, signal.SIGTERM)
+        assert last(events) == {"event": ERROR, "id": request, "message": "cancelled"}
+        assert not output.exists() and leftovers(tmp_path) == []

@@ -19,7 +19,8 @@ from support import write_tiny_case
 from UNetSegmentationLib.backends.factory import create_predictor
 from UNetSegmentationLib.backends.plan import ExecutionRequest
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.evaluation.evaluate import EvaluationOptions, LabelledVolume, evaluate_cases, parse_slices
+from UNetSegmentationLib.evaluation.evaluate import EvaluationOptions, LabelledVolume, evaluate_cases
+from UNetSegmentationLib.grammar.slice_ranges import parse_slice_selection as parse_slices
 from UNetSegmentationLib.evaluation.metrics import class_metrics, dice_per_class
 from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
@@ -259,3 +260,16 @@ def test_evaluate_never_writes_over_what_it_reads(cli, synthetic_case, tmp_path)
     checkpoint = create_checkpoint(tmp_path / "u.safetensors", arch="unet", classes="body,bone", features="4,8")
     folder = evaluate_case(cli, checkpoint, synthetic_case, synthetic_case / "case.nrrd", "--progress", "none")
     assert folder.code == 2 and "case.nrrd" in folder.stderr
+
+
+def test_a_refused_slice_bomb_stays_small(tmp_path):
+    """Issue 23 HIGH 3: evaluate --slices 0-99999999999 was OOM-killed; now refused before any import (VmHWM since exec)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from UNetSegmentationLib.cli.main import main; "
+            "rc = main(['evaluate', '--image', 'a.nrrd', '--label', 'b.nrrd', '--slices', '0-99999999999']); "
+            "print(rc, next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    rc, peak_kb = result.stdout.split()
+    assert rc == "2" and int(peak_kb) < 200 * 1024 and "--slices: '0-99999999999' is beyond" in result.stderr

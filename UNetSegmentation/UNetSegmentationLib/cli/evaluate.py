@@ -9,15 +9,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from UNetSegmentationLib.cli.data_options import add_data_options, cases_from_options
 from UNetSegmentationLib.cli.needs import check_needs
-from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.grammar.slice_ranges import parse_slice_selection
 from UNetSegmentationLib.model.bundled import BUNDLED_SHORT_NAME, checkpoint_path
 from UNetSegmentationLib.inference.options import BACKENDS, DEFAULTS, PRECISIONS, SPACING_CHOICES, axis_name
 from UNetSegmentationLib.protocol.reporters import PROGRESS_MODES
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
+    slices = parse_slice_selection(args.slices)  # bounded, before any import: a refused range bomb stays small
     from UNetSegmentationLib.backends.plan import ExecutionRequest
-    from UNetSegmentationLib.evaluation.evaluate import EvaluationOptions, evaluate_cases, parse_slices
+    from UNetSegmentationLib.evaluation.evaluate import EvaluationOptions, evaluate_cases
     from UNetSegmentationLib.evaluation.report import OUTPUT_FILES, format_table, plot_accuracy_vs_speed, write_csv, write_json
     from UNetSegmentationLib.grammar.axis_names import parse_axis
     from UNetSegmentationLib.grammar.class_lists import parse_label_map
@@ -35,7 +36,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         execution=ExecutionRequest(args.device, args.backend, args.precision, args.threads),
         batch_size=args.batch_size,
         axis=parse_axis(args.axis),
-        slices=parse_slices(args.slices),
+        slices=slices,
         spacing=args.spacing,
         crop=not args.no_crop,
     )

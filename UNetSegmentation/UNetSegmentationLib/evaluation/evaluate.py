@@ -36,7 +36,7 @@ import numpy as np
 from UNetSegmentationLib.backends.factory import create_predictor
 from UNetSegmentationLib.backends.plan import ExecutionPlan, ExecutionRequest, check_positive, plan_execution
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.grammar.slice_ranges import check_slice_ranges, parse_slice_ranges
+from UNetSegmentationLib.grammar.slice_ranges import CHECKPOINT_SLICES, parse_slice_ranges
 from UNetSegmentationLib.evaluation.metrics import METRICS, class_metrics
 from UNetSegmentationLib.inference.normalization import IntensityMapping, fit_normalization
 from UNetSegmentationLib.inference.options import DEFAULTS, SPACING_MODEL
@@ -57,18 +57,6 @@ from UNetSegmentationLib.protocol.reporters import Reporter
 # --- slices to score -----------------------------------------------------------------------------------
 
 
-def parse_slices(text: Optional[str]) -> Optional[str]:
-    """``None`` (all), ``"checkpoint"`` (the held-out slices recorded at training), or range text like
-    ``4-6,16,17``, checked now against the hard cap and expanded per volume against its slice count
-    (grammar/slice_ranges: nothing is built before the bounds are checked)."""
-    if text is None or text == "all":
-        return None
-    if text == "checkpoint":
-        return text
-    check_slice_ranges(text, None, option="--slices")
-    return text
-
-
 def held_out_slices_of(metadata: ModelMetadata, image_path: Path) -> np.ndarray:
     """The held-out slices the checkpoint's training recorded for an image of this file name."""
     entries = (metadata.training.get("data") or {}).get("held_out_slices") or []
@@ -84,7 +72,7 @@ def _scored_slices(slice_count: int, slices: Optional[str], metadata: ModelMetad
     selected = np.ones(slice_count, dtype=bool)
     if slices is None:
         return selected
-    if slices == "checkpoint":
+    if slices == CHECKPOINT_SLICES:
         indices = held_out_slices_of(metadata, volume.image)
     else:
         indices = np.asarray(parse_slice_ranges(slices, slice_count, option=f"--slices ({volume.name})"), dtype=int)

@@ -42,6 +42,22 @@ def parse_slice_ranges(text: str, count: Optional[int], *, option: str) -> List[
     return sorted(chosen)
 
 
+#: ``evaluate --slices``: every slice, or those the checkpoint's training held out
+ALL_SLICES, CHECKPOINT_SLICES = "all", "checkpoint"
+
+
+def parse_slice_selection(text: Optional[str], *, option: str = "--slices") -> Optional[str]:
+    """``evaluate --slices``: None (``all``), ``"checkpoint"`` (the held-out slices recorded at training),
+    or range text like ``4-6,16,17``, checked now against the hard cap and expanded per volume against
+    its slice count (:func:`parse_slice_ranges`)."""
+    if text is None or text == ALL_SLICES:
+        return None
+    if text == CHECKPOINT_SLICES:
+        return text
+    check_slice_ranges(text, None, option=option)
+    return text
+
+
 def check_slice_ranges(text: str, count: Optional[int], *, option: str) -> List[tuple]:
     """The ``(first, last)`` pairs of ``text``, every bound checked; nothing expanded (the panel calls
     this while the user types)."""

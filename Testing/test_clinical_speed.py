@@ -83,3 +83,32 @@ def test_an_onnx_run_on_a_clinical_grid_imports_no_pytorch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ct.nrrd"), str(tmp_path / "labels.nrrd")], capture_output=True, text=True, cwd=tmp_path, env=child_environment())
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_compress_chooses_the_measured_level_and_can_be_overridden(tmp_path):
+    """``--compress``: auto (a label map at ITK's default level, a float map at level 1: measured, io/compression.py),
+    none (an uncompressed NRRD, read back the same), 1-9; anything else one message naming the option;
+    a ``.nii.gz`` stays gzipped whatever is asked; the panel's command line carries it."""
+    import SimpleITK as sitk
+
+    from UNetSegmentationLib.errors import UserError
+    from UNetSegmentationLib.inference.options import SegmentationOptions
+    from UNetSegmentationLib.io.compression import level_for, write_arguments
+    from UNetSegmentationLib.io.segmentations import write_scalar
+
+    assert SegmentationOptions().compress is None and SegmentationOptions(compress="none").compress == 0 and SegmentationOptions(compress="9").compress == 9
+    for bad in ("10", "fast", "-1"):
+        with pytest.raises(UserError, match="--compress"):
+            SegmentationOptions(compress=bad)
+    assert level_for(None, floats=False) == -1 and level_for(None, floats=True) == 1 and level_for(0, floats=True) == 0
+    assert write_arguments("a.nii.gz", 0) == {"useCompression": True}
+    assert "--compress" in SegmentationOptions(compress="none").to_arguments("in.nrrd", "out.nrrd", "model.safetensors") and "--compress" not in SegmentationOptions().to_arguments("in.nrrd", "out.nrrd", "m")
+    reference = sitk.Image(40, 30, 20, sitk.sitkFloat32)
+    volume = np.round(np.random.default_rng(0).random((20, 30, 40), dtype=np.float32) * 4) / 4  # a few values, as confidence has
+    sizes = {}
+    for level in (None, 0, 9):
+        path = tmp_path / f"map-{level}.nrrd"
+        write_scalar(volume, reference, path, compress=level)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), volume)
+        sizes[level] = path.stat().st_size
+    assert sizes[0] > sizes[None] >= sizes[9]

@@ -61,6 +61,7 @@ def add_commands(commands) -> None:
     )
     predict.add_argument("--no-crop", action="store_true", help="run the network on whole slices, not only on the body's bounding box")
     predict.add_argument("--review-list", metavar="FILE", help="write every slice ranked by the model's uncertainty, most uncertain first (.json or .csv)")
+    predict.add_argument("--compress", metavar="LEVEL", default="auto", help="gzip level of NRRD outputs: auto (measured: ITK's default for label maps, 1 for --probabilities), none, or 1-9")
     speed = predict.add_argument_group("speed (see BENCHMARKS.md)")
     speed.add_argument(
         "--backend",

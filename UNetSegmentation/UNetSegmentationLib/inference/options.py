@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 
 from UNetSegmentationLib.backends.plan import BACKENDS, PRECISIONS, ExecutionRequest, check_positive, parse_choice
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.compression import compress_text, parse_compress
 # the axis grammar lives in grammar/axis_names.py; re-exported for the options' users (parsers, the panel)
 from UNetSegmentationLib.grammar.axis_names import AUTO, AXIS_CHOICES, AXIS_NAMES, axis_name, parse_axis  # noqa: F401
 from UNetSegmentationLib.model.depth import Depth, parse_depth
@@ -42,6 +43,7 @@ _VALUED_OPTIONS = (
     ("--slice-workers", "slice_workers", str),
     ("--spacing", "spacing", str),
     ("--review-list", "review_list", str),
+    ("--compress", "compress", compress_text),
 )
 
 
@@ -69,6 +71,7 @@ class SegmentationOptions:
     spacing: str = SPACING_MODEL  # model: at the model's spacing and slice distance; native: on the input's voxel grid
     crop: bool = True  # run the network only on the body's bounding box (inference/body.py)
     review_list: Optional[Path] = None  # write every slice ranked by uncertainty here (JSON or CSV)
+    compress: Optional[int] = None  # gzip level of NRRD outputs: None the measured one per output, 0 none (io/compression.py)
 
     def __post_init__(self) -> None:
         for option, value, example in (("--probabilities", self.probabilities, "confidence.nrrd"), ("--review-list", self.review_list, "review.csv")):
@@ -84,6 +87,7 @@ class SegmentationOptions:
             "spacing": parse_choice(self.spacing or SPACING_MODEL, SPACING_CHOICES, "--spacing"),
             "backend": parse_choice(self.backend, BACKENDS, "--backend"),
             "precision": parse_choice(self.precision, PRECISIONS, "--precision"),
+            "compress": parse_compress(self.compress),
         }
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
@@ -115,6 +119,7 @@ class SegmentationOptions:
             spacing=getattr(args, "spacing", SPACING_MODEL),
             crop=not getattr(args, "no_crop", False),
             review_list=getattr(args, "review_list", None),
+            compress=getattr(args, "compress", None),
         )
 
     def to_arguments(self, input_path, output_path, checkpoint, extra: Sequence[str] = ()) -> List[str]:

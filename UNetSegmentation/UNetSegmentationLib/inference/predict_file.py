@@ -246,7 +246,7 @@ def segment_volume(
 
     case_outputs = CaseOutputs(outputs[0], outputs[1] if len(outputs) > 1 else None, Path(options.review_list) if options.review_list is not None else None)
     review_text = review_list_text(review.ranked(), case_outputs.review_list.suffix.lower()) if case_outputs.review_list is not None else None
-    write_case_outputs(case_outputs, result.labels, image, metadata.classes, confidence=result.confidence, review_text=review_text, dicom=dicom, overwrite=options.overwrite)
+    write_case_outputs(case_outputs, result.labels, image, metadata.classes, confidence=result.confidence, review_text=review_text, dicom=dicom, overwrite=options.overwrite, compress=options.compress)
     t_written = time.perf_counter()
 
     timings = {

@@ -68,9 +68,10 @@ def write_case_outputs(
     review_text: Optional[str] = None,
     dicom: Optional[DicomSource] = None,
     overwrite: bool = False,
+    compress: Optional[int] = None,
 ) -> None:
     """Write ``labels`` ([k, j, i] on ``reference``'s grid), ``confidence`` and ``review_text`` to ``outputs``,
-    all renamed into place together once every file is complete, or none."""
+    all renamed into place together once every file is complete, or none (``compress``: io/compression.py)."""
     paths = outputs.paths
     with quiet_itk(), atomic_output(paths, overwrite=overwrite) as temporaries:  # ITK's own complaints: the check before the rename words them
         written = dict(zip(paths, temporaries))
@@ -79,8 +80,8 @@ def write_case_outputs(
                 raise UserError(f"{outputs.labels}: a DICOM SEG needs a DICOM series as input; write a label map (.nrrd, .seg.nrrd) instead")
             write_dicom_seg(labels, dicom.files, classes, written[outputs.labels], dicom.algorithm, final_name=outputs.labels)
         else:
-            write_labels(labels, reference, written[outputs.labels], classes, final_name=outputs.labels)
+            write_labels(labels, reference, written[outputs.labels], classes, final_name=outputs.labels, compress=compress)
         if outputs.probabilities is not None and confidence is not None:
-            write_scalar(confidence, reference, written[outputs.probabilities], final_name=outputs.probabilities)
+            write_scalar(confidence, reference, written[outputs.probabilities], final_name=outputs.probabilities, compress=compress)
         if outputs.review_list is not None and review_text is not None:
             written[outputs.review_list].write_text(review_text, encoding="utf-8")  # a full disk: OSError, worded by atomic_output

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from UNetSegmentationLib.io.compression import level_for, write_arguments
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.outputs import split_extension
 from UNetSegmentationLib.io.segment_fields import segmentation_header
@@ -29,21 +30,21 @@ def label_dtype(max_value: int) -> np.dtype:
     return np.dtype(np.uint8 if max_value <= 255 else np.uint16)
 
 
-def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path, classes: Sequence[ClassInfo], final_name: Optional[Path] = None) -> None:
+def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path, classes: Sequence[ClassInfo], final_name: Optional[Path] = None, compress: Optional[int] = None) -> None:
     """Write a label map (array in SimpleITK's [k, j, i] order) on ``reference``'s grid.
 
     The format follows the extension of ``final_name`` (default ``path``): ``.seg.nrrd`` gives a Slicer
     segmentation with the classes' names, colours, label values and terminology; anything else a
-    label map through SimpleITK.
+    label map through SimpleITK. ``compress``: ``--compress``'s level (None: the measured one, io/compression.py).
     """
     extension = split_extension(final_name or path)[1].lower()
     try:
         if extension == ".seg.nrrd":
-            _write_segmentation(labels, reference, path, classes)
+            _write_segmentation(labels, reference, path, classes, compress)
         else:
             image = sitk.GetImageFromArray(labels)
             image.CopyInformation(reference)
-            sitk.WriteImage(image, str(path), useCompression=True)
+            sitk.WriteImage(image, str(path), **write_arguments(str(final_name or path), level_for(compress, floats=False)))
     except RuntimeError as error:
         raise UserError(f"cannot write {final_name or path}: {_write_failure(error, path, final_name)}") from None
 
@@ -75,7 +76,7 @@ def _label_extent(labels: np.ndarray, value: int) -> list:
     return [int(i[0]), int(i[-1]), int(j[0]), int(j[-1]), int(k[0]), int(k[-1])]
 
 
-def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, classes: Sequence[ClassInfo]) -> None:
+def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, classes: Sequence[ClassInfo], compress: Optional[int] = None) -> None:
     """A Slicer segmentation written by ITK's NRRD writer (Teem, as Slicer writes it): the header in
     UTF-8, so non-ASCII names survive; every value checked by :mod:`.segment_fields` first."""
     segments = [
@@ -90,14 +91,14 @@ def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, c
     image.CopyInformation(reference)
     for key, value in header.items():
         image.SetMetaData(key, value)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    sitk.WriteImage(image, str(path), **write_arguments(str(path), level_for(compress, floats=False)))
 
 
-def write_scalar(volume: np.ndarray, reference: sitk.Image, path: Path, final_name: Optional[Path] = None) -> None:
-    """Write a scalar map (e.g. probabilities) on ``reference``'s grid, compressed."""
+def write_scalar(volume: np.ndarray, reference: sitk.Image, path: Path, final_name: Optional[Path] = None, compress: Optional[int] = None) -> None:
+    """Write a scalar map (e.g. probabilities) on ``reference``'s grid, compressed (io/compression.py)."""
     image = sitk.GetImageFromArray(volume)
     image.CopyInformation(reference)
     try:
-        sitk.WriteImage(image, str(path), useCompression=True)
+        sitk.WriteImage(image, str(path), **write_arguments(str(final_name or path), level_for(compress, floats=volume.dtype.kind == "f")))
     except RuntimeError as error:
         raise UserError(f"cannot write {final_name or path}: {_write_failure(error, path, final_name)}") from None

@@ -97,7 +97,7 @@ def test_bad_label_maps_are_one_message(text, message):
 def test_class_lists():
     assert parse_class_names(" liver, spleen ") == ["liver", "spleen"]
     assert parse_class_names(None) is None
-    with pytest.raises(UserError, match="twice"):
+    with pytest.raises(UserError, match="duplicate class name 'Liver'"):
         parse_class_names("liver,Liver")
     with pytest.raises(UserError, match="non-empty"):
         parse_class_names("liver,,spleen")

@@ -50,14 +50,15 @@ def add_model_options(parser: argparse.ArgumentParser, for_plain_torch: bool) ->
 
 
 def metadata_from_options(args: argparse.Namespace):
+    from UNetSegmentationLib.grammar.class_lists import parse_class_names
     from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes, out_channels_for
     from UNetSegmentationLib.networks.registry import get_architecture, resolve_features
 
     architecture = get_architecture(args.arch)
     if not 0 <= args.context <= 16:
         raise UserError(f"--context must be in 0..16, got {args.context}")
-    names = [n for n in (args.classes or "").split(",")]
-    if not args.classes or any(not n.strip() for n in names):
+    names = parse_class_names(args.classes)  # the one class-list grammar (grammar/class_lists.py)
+    if not names:
         raise UserError("--classes needs one or more non-empty names separated by commas, e.g. --classes liver or --classes 'left lung,right lung'")
     classes = make_classes(names)
     kwargs = dict(architecture.default_kwargs)

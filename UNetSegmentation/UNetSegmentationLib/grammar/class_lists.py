@@ -33,7 +33,7 @@ def parse_class_names(text: Optional[str], *, option: str = "--classes") -> Opti
     for name in names:
         key = class_key(name)
         if key in seen:
-            raise UserError(f"{option} names {name!r} twice")
+            raise UserError(f"{option}: duplicate class name {name!r} (names are compared ignoring case and spacing); name each class once")
         seen.add(key)
     return names
 

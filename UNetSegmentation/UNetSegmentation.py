@@ -37,6 +37,7 @@ from UNetSegmentationLib.panel.review_list import review_items
 from UNetSegmentationLib.panel.devices import DeviceProbe, device_choices
 from UNetSegmentationLib.panel.run import SegmentationRun, panel_view, slicer_python
 from UNetSegmentationLib.panel.run_controller import RunController
+from UNetSegmentationLib.panel.warm_engine import SESSION_ENGINE
 from UNetSegmentationSlicer import dependencies, finetune, model_card, parameters, scene, selftest, slices, texts, widgets
 
 #: Slicer 5.8 (Python 3.9) cannot run the engine; 5.10 and later ship Python 3.12
@@ -179,6 +180,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for controller in (self.segmentation, self.fineTuning):
             if controller is not None:
                 controller.forget()
+        SESSION_ENGINE.close()  # the session's warm engine ends with the module
         if self._probeTimer is not None:
             self._probeTimer.stop()
         self.removeObservers()
@@ -447,8 +449,10 @@ class UNetSegmentationLogic(ScriptedLoadableModuleLogic):
         return python
 
     def newRun(self, options, onLog=None):
-        """A :class:`SegmentationRun` of ``options`` (from ``parameters.run_options...``) in Slicer's temporary folder."""
-        return SegmentationRun(options, python=self.enginePython(), temp_root=slicer.app.temporaryPath, on_log=onLog)
+        """A :class:`SegmentationRun` of ``options`` (from ``parameters.run_options...``) in Slicer's temporary folder,
+        on the session's warm engine (a second segmentation pays no start-up) where it serves the checkpoint."""
+        python = self.enginePython()
+        return SegmentationRun(options, python=python, temp_root=slicer.app.temporaryPath, on_log=onLog, warm_engine=SESSION_ENGINE.requests(python))
 
     def ensureDependencies(self, run=None, confirm=None, onStateChange=None) -> bool:
         """Install what is missing (after ``confirm(text)`` when given); True if something was installed."""

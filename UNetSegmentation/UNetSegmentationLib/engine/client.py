@@ -276,9 +276,13 @@ class WarmRequest:
         return events, self.state
 
     def cancel(self, grace_s: float = 5.0) -> None:
-        """Ask the engine to stop the request; it ends as ``cancelled`` (no output, no lock), the engine stays up."""
+        """Ask the engine to stop the request; it ends as ``cancelled`` (no output, no lock), the engine stays up.
+        Waits up to ``grace_s`` for the request's last event, as the runner waits for a child to end, so
+        that the caller may then remove the request's folder without the engine still writing into it."""
         if self.state == RUNNING:
             self.client.cancel(self._id)
+            with contextlib.suppress(TimeoutError):
+                collections.deque(self.client.events(self._id, timeout_s=grace_s), maxlen=0)
             self.state, self.error_message = CANCELLED, "cancelled"
 
 

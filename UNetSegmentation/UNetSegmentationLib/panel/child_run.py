@@ -195,9 +195,10 @@ class ChildRun:
         """The engine command line of this run (the process runner adds ``--progress json``)."""
         raise NotImplementedError
 
-    def _start_engine(self, outputs: Sequence[Path]) -> None:
-        """Start the child on :meth:`arguments`, writing ``outputs``; the run fails when it cannot start."""
-        self.engine = self.engine_factory(self.arguments(), outputs, self.python, self.idle_timeout_s)
+    def _start_engine(self, outputs: Sequence[Path], engine: Optional[Engine] = None) -> None:
+        """Start the child on :meth:`arguments`, writing ``outputs`` (or start ``engine``, a request to a warm
+        engine, built by the run); the run fails when it cannot start."""
+        self.engine = engine or self.engine_factory(self.arguments(), outputs, self.python, self.idle_timeout_s)
         try:
             self.engine.start()
         except OSError as error:

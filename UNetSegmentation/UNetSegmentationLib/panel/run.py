@@ -10,8 +10,10 @@ The Slicer module does the Slicer parts (install packages, export the volume to
 :attr:`SegmentationRun.input_path`, load :attr:`output_path`), and calls this object between them.
 This file says what is particular to a segmentation: its states and their transitions, the
 ``unetseg predict`` command line, its files, and what the panel shows in each state
-(:meth:`SegmentationRun.view`: button text and enabled state, progress bar value and text). What every
-run shares (the engine child, :class:`~UNetSegmentationLib.protocol.runner.EngineProcess`; the log,
+(:meth:`SegmentationRun.view`: button text and enabled state, progress bar value and text), and whether a
+run goes to the session's warm engine (:mod:`.warm_engine`; a second segmentation pays no start-up) or to a
+``unetseg predict`` child (plain PyTorch checkpoints, which the warm engine does not serve). What every
+run shares (the engine child or warm request, :class:`~UNetSegmentationLib.protocol.runner.EngineProcess`; the log,
 worded by :mod:`.log_lines`; the temporary folder and its removal in every outcome; failure and
 cancel) is :class:`~UNetSegmentationLib.panel.child_run.ChildRun`. Torch-, numpy- and SimpleITK-free.
 """
@@ -40,6 +42,7 @@ from UNetSegmentationLib.panel.child_run import (
     run_view,
 )
 from UNetSegmentationLib.panel.log_lines import format_duration, progress_text
+from UNetSegmentationLib.panel.warm_engine import WarmEngineFactory
 from UNetSegmentationLib.protocol.runner import EngineProcess
 
 #: this module's vocabulary: the states of a segmentation (the shared ones come from .child_run), what
@@ -105,6 +108,11 @@ class RunOptions:
         """``--arch``/``--classes`` of a plain PyTorch checkpoint (empty for a safetensors file)."""
         return (["--arch", self.architecture] if self.architecture else []) + (["--classes", self.classes] if self.classes else [])
 
+    def warm_engine_serves(self) -> bool:
+        """Whether the warm engine can run this: any checkpoint but a plain PyTorch file named with
+        ``--arch``/``--classes`` (a request has no fields for those; such a run keeps its own child)."""
+        return not self.model_arguments()
+
 
 def engine_process(arguments: Sequence[str], outputs: Sequence[Path], python: Optional[str], idle_timeout_s: Optional[float]) -> Engine:
     """The real engine child: ``python -m UNetSegmentationLib ARGUMENTS --progress json``."""
@@ -121,6 +129,8 @@ class SegmentationRun(ChildRun):
         idle_timeout_s: fail when the child prints no event for this long.
         on_log: called with each new log line.
         engine_factory: builds the child process (tests pass one that delivers events their own way).
+        warm_engine: builds a request to a warm engine (``warm_engine.SESSION_ENGINE.requests(python)`` in
+            Slicer; tests pass ``warm_requests(client)`` or a fake); None: every run starts a child.
     """
 
     transitions = TRANSITIONS
@@ -149,9 +159,11 @@ class SegmentationRun(ChildRun):
         idle_timeout_s: Optional[float] = 900.0,
         on_log: Optional[Callable[[str], None]] = None,
         engine_factory: EngineFactory = engine_process,
+        warm_engine: Optional[WarmEngineFactory] = None,
     ) -> None:
         super().__init__(python=python, temp_root=temp_root, idle_timeout_s=idle_timeout_s, on_log=on_log, engine_factory=engine_factory)
         self.options = options
+        self.warm_engine = warm_engine
 
     # -- files ---------------------------------------------------------------------------------------
 
@@ -185,11 +197,21 @@ class SegmentationRun(ChildRun):
         options = replace(self.options.segmentation, probabilities=self.confidence_path)
         return options.to_arguments(self.input_path, self.output_path, self.options.checkpoint, self.options.model_arguments())
 
+    @property
+    def uses_warm_engine(self) -> bool:
+        """This run is a request to the warm engine, not a child of its own."""
+        return self.warm_engine is not None and self.options.warm_engine_serves()
+
     def start_segmenting(self) -> None:
-        """Start the engine child on the exported volume (the state becomes ``segmenting`` or ``failed``)."""
+        """Start the segmentation of the exported volume: a request to the warm engine when it serves the
+        checkpoint, else an engine child (the state becomes ``segmenting`` or ``failed``)."""
         self._enter(SEGMENTING)
         if not self.input_path.is_file():
             self.fail("the volume was not exported (no input file was written)")
+            return
+        if self.uses_warm_engine:
+            options = replace(self.options.segmentation, probabilities=self.confidence_path)
+            self._start_engine((), self.warm_engine(self.input_path, self.output_path, options, self.options.checkpoint))
             return
         self._start_engine([self.output_path] + ([self.confidence_path] if self.confidence_path else []))
 
@@ -210,6 +232,8 @@ class SegmentationRun(ChildRun):
             return progress_text(int(p.get("done") or 0), int(p.get("total") or 0), p.get("rate_per_s"), p.get("eta_s"))
         if self.start_event:
             return f"Segmenting: 0 of {self.start_event.get('total', '?')} slices, estimating time left"
+        if self.uses_warm_engine:
+            return "Starting the segmentation (the first of a session starts the engine)\u2026"
         return "Starting the segmentation (loading the model)\u2026"
 
 

@@ -131,7 +131,7 @@ def test_predict_uses_the_recommended_depth_and_evaluate_reproduces_the_held_out
     metadata = read_metadata(chest_run)
     result = cli("predict", "--checkpoint", chest_run, "--progress", "json", "--device", "cpu", chest_ct_path, tmp_path / "out.seg.nrrd")
     assert result.code == 0, result.stderr
-    assert result.events[0]["depth"] == metadata.recommended_depth
+    assert result.start["depth"] == metadata.recommended_depth  # (a first ONNX export logs before the start event)
     # evaluate on the recorded held-out slices, run as training validates (PyTorch, float32, whole slices): the same Dice, for every depth
     result = cli("evaluate", "--checkpoint", chest_run, "--image", chest_ct_path, "--label", chest_segmentation_path,
                  "--slices", "checkpoint", "--output-dir", tmp_path / "eval", "--progress", "none", "--device", "cpu",

@@ -270,3 +270,31 @@ def test_closing_the_scene_clears_the_panel_of_its_last_run(slicer_module, every
     assert (ui.statusLabel.text, ui.progressBar.value, ui.logTextEdit.lines, ui.reviewListWidget.items) == ("Select an input volume.", 0, [], [])
     assert ui.applyButton.text == "Segment this volume" and not ui.applyButton.enabled
     widget.cleanup()
+
+
+def test_a_second_click_in_the_session_reuses_the_warm_engine_and_cleanup_ends_it(slicer_module, every_voxel_a):
+    """Issue 25: the panel's runs go to the session's one warm engine; the second pays no start-up
+    (its model comes from the engine's cache), and the module's cleanup ends the engine."""
+    from support import process_group_alive
+
+    from UNetSegmentationLib.panel.warm_engine import SESSION_ENGINE
+
+    module, mrml = slicer_module.module, slicer_module.mrml
+    volume = mrml_support.oblique_volume(mrml)
+    widget = module.UNetSegmentationWidget()
+    widget.setup()
+    widget._parameterNode.inputVolume, widget._parameterNode.checkpoint = volume, every_voxel_a
+    runs = []
+    for _ in range(2):
+        widget.onApplyButton()
+        assert widget.segmentation.run.uses_warm_engine and widget.ui.applyButton.text == "Cancel"
+        drive(widget)
+        runs.append(widget.segmentation.run)
+        assert runs[-1].state == "done", runs[-1].message
+    assert [run.done_event["model"] for run in runs] == ["loaded", "cached"] and runs[1].done_event["timings"]["load_model_s"] == 0
+    assert "starting the warm engine" in runs[0].log and "starting the warm engine" not in runs[1].log
+    assert SESSION_ENGINE.client.starts == 1 and mrml.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
+    assert list(slicer_module.temp.iterdir()) == []
+    pid = SESSION_ENGINE.client.pid
+    widget.cleanup()
+    assert SESSION_ENGINE.client is None and not process_group_alive(pid), "the engine ends with the module"

@@ -34,13 +34,14 @@ def labels_from_probabilities(probabilities, label_values: np.ndarray) -> tuple:
 
 def decided_in_numpy(probabilities: np.ndarray) -> tuple:
     """``(chosen channel, its probability)`` of ``(B, K, H, W)`` float probabilities; channel by channel,
-    which is several times faster than ``argmax`` over the strided channel axis."""
+    which is several times faster than ``argmax`` over the strided channel axis. Channels as uint8 (a
+    network has fewer than 256 outputs): an eighth of the bytes of an index array to compare and look up."""
     if probabilities.shape[1] == 1:
         foreground = probabilities[:, 0]
         chosen = foreground >= 0.5
-        return chosen.astype(np.intp), np.where(chosen, foreground, 1 - foreground).astype(np.float32)
+        return chosen.astype(np.uint8), np.where(chosen, foreground, 1 - foreground).astype(np.float32)
     best = np.array(probabilities[:, 0], dtype=np.float32)
-    chosen = np.zeros(best.shape, dtype=np.intp)
+    chosen = np.zeros(best.shape, dtype=np.uint8)
     for channel in range(1, probabilities.shape[1]):
         candidate = probabilities[:, channel]
         better = candidate > best

@@ -83,7 +83,7 @@ def interpolated_decisions(
         started = time.perf_counter()
         ready = np.arange(next_slice, min(slice_count, next_slice + slices_per_step))
         ready = ready[above[ready] <= computed_up_to]
-        chosen = np.empty((len(ready),) + tuple(slice_shape), dtype=np.intp)
+        chosen = np.empty((len(ready),) + tuple(slice_shape), dtype=np.uint8)
         confidence = np.empty((len(ready),) + tuple(slice_shape), dtype=np.float32)
         for n, k in enumerate(ready):
             chosen[n], confidence[n] = blended_decision(known[int(below[k])], known[int(above[k])], float(weight[k]))

@@ -88,10 +88,12 @@ def predict_volume(
         if confidence_slices is not None:
             confidence_slices[indices, r0:r1, c0:c1] = batch_confidence
         if observers:
-            whole_confidence = np.ones((len(indices), rows, columns), dtype=np.float32)
-            whole_confidence[:, r0:r1, c0:c1] = batch_confidence
+            whole_labels, whole_confidence = batch_labels, batch_confidence  # a whole-slice batch (thin slices) is seen as it is
+            if (r0, r1, c0, c1) != (0, rows, 0, columns):
+                whole_labels, whole_confidence = label_slices[indices], np.ones((len(indices), rows, columns), dtype=np.float32)
+                whole_confidence[:, r0:r1, c0:c1] = batch_confidence
             for observer in observers:
-                observer.observe(indices, label_slices[indices], whole_confidence)
+                observer.observe(indices, whole_labels, whole_confidence)
         reporter.progress(int(indices[-1]) + 1)
 
     positions = grid.network_positions(count)

@@ -250,9 +250,7 @@ def segment_volume(
     t_written = time.perf_counter()
 
     timings = {
-        # the model's own opening, and the checks before it (outputs, header, memory, the input's compressed data decoded and counted)
-        "load_model_s": min(model.seconds, t_model - t_start),
-        "check_s": max(0.0, t_model - t_start - model.seconds),
+        "load_model_s": min(model.seconds, t_model - t_start), "check_s": max(0.0, t_model - t_start - model.seconds),  # the model; the checks before it
         "read_s": t_read - t_model,
         "prepare_s": t_prepared - t_read - quantize_s - layout.body_s,
         "body_s": layout.body_s,

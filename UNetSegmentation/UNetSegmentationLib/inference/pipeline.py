@@ -40,6 +40,17 @@ class SliceObserver(Protocol):
     def observe(self, indices: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> None: ...
 
 
+def _whole_slices(indices: np.ndarray, box, shape, batch_labels: np.ndarray, batch_confidence: np.ndarray, label_slices: np.ndarray) -> tuple:
+    """``(labels, confidence)`` of whole slices, as observers see them: a whole-slice batch (the thin-slice
+    path) as it is; a box's written labels read back and its confidence in a slice of certain background."""
+    r0, r1, c0, c1 = box
+    if (r0, r1, c0, c1) == (0, shape[0], 0, shape[1]):
+        return batch_labels, batch_confidence
+    whole_confidence = np.ones((len(indices),) + tuple(shape), dtype=np.float32)
+    whole_confidence[:, r0:r1, c0:c1] = batch_confidence
+    return label_slices[indices], whole_confidence
+
+
 @dataclass
 class PredictionResult:
     labels: np.ndarray  # [k, j, i], the input's grid
@@ -88,10 +99,7 @@ def predict_volume(
         if confidence_slices is not None:
             confidence_slices[indices, r0:r1, c0:c1] = batch_confidence
         if observers:
-            whole_labels, whole_confidence = batch_labels, batch_confidence  # a whole-slice batch (thin slices) is seen as it is
-            if (r0, r1, c0, c1) != (0, rows, 0, columns):
-                whole_labels, whole_confidence = label_slices[indices], np.ones((len(indices), rows, columns), dtype=np.float32)
-                whole_confidence[:, r0:r1, c0:c1] = batch_confidence
+            whole_labels, whole_confidence = _whole_slices(indices, box, (rows, columns), batch_labels, batch_confidence, label_slices)
             for observer in observers:
                 observer.observe(indices, whole_labels, whole_confidence)
         reporter.progress(int(indices[-1]) + 1)

@@ -24,7 +24,7 @@ from UNetSegmentationLib.io.segmentations import write_labels, write_scalar
 if TYPE_CHECKING:  # annotations only: io/ stays below model/
     import SimpleITK as sitk
 
-    from UNetSegmentationLib.model.metadata import ClassInfo
+    from UNetSegmentationLib.io.class_info import ClassInfo
 
 #: the extension of a DICOM SEG output
 DICOM_SEG_EXTENSION = ".dcm"

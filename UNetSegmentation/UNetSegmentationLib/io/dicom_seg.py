@@ -31,7 +31,7 @@ import numpy as np
 from UNetSegmentationLib.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: io/ stays below model/
-    from UNetSegmentationLib.model.metadata import ClassInfo
+    from UNetSegmentationLib.io.class_info import ClassInfo
 
 #: (scheme, code, meaning) of a segment whose class has no terminology
 GENERIC_TISSUE = ("SCT", "85756007", "Tissue")

@@ -22,7 +22,7 @@ import slicerio
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.grammar.class_lists import DEFAULT_OTHER_LABELS, class_key as _key, label_value
 from UNetSegmentationLib.io.volumes import check_finite, ijk_to_lps, read_volume
-from UNetSegmentationLib.model.metadata import DEFAULT_COLORS, ClassInfo
+from UNetSegmentationLib.io.class_info import DEFAULT_COLORS, ClassInfo
 
 
 # --- reading labels -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from UNetSegmentationLib.io.segment_fields import segmentation_header
 from UNetSegmentationLib.io.verified_write import MIN_FREE_BYTES, free_space, full_disk_note
 
 if TYPE_CHECKING:  # annotations only: io/ stays below model/ (model/checkpoint.py writes through io.outputs)
-    from UNetSegmentationLib.model.metadata import ClassInfo
+    from UNetSegmentationLib.io.class_info import ClassInfo
 
 
 def label_dtype(max_value: int) -> np.dtype:

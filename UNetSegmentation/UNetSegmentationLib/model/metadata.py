@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.class_info import DEFAULT_COLORS, ClassInfo  # noqa: F401 (re-exported: the checkpoint's classes)
 from UNetSegmentationLib.io.segment_fields import canonical_terminology, terminology_problem, text_problem
 
 FORMAT_VERSION = 1
@@ -42,33 +43,9 @@ CT_WINDOW_LIMIT = 100_000.0
 #: ... and be at least this wide: a narrower window turns every voxel into 0 or 1 (or divides by ~0)
 CT_WINDOW_MIN_WIDTH = 1.0
 
-# Distinct, colour-blind-friendlier defaults for classes created without colours (0..1 RGB).
-DEFAULT_COLORS: Tuple[Tuple[float, float, float], ...] = (
-    (0.90, 0.10, 0.10), (0.10, 0.60, 0.90), (0.20, 0.75, 0.25), (0.95, 0.75, 0.10),
-    (0.60, 0.30, 0.80), (0.95, 0.50, 0.10), (0.10, 0.80, 0.75), (0.90, 0.40, 0.70),
-    (0.55, 0.55, 0.20), (0.40, 0.25, 0.15), (0.50, 0.50, 0.95), (0.70, 0.90, 0.40),
-)
-
-
 def out_channels_for(class_count: int) -> int:
     """One foreground class is one sigmoid channel; several are softmax over background + classes."""
     return 1 if class_count == 1 else class_count + 1
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One output class: its label value in the output label map, its name, colour and terminology."""
-
-    value: int
-    name: str
-    color: Tuple[float, float, float]
-    terminology: Optional[Dict[str, Any]] = None
-
-    def to_json(self) -> Dict[str, Any]:
-        data: Dict[str, Any] = {"value": self.value, "name": self.name, "color": list(self.color)}
-        if self.terminology:
-            data["terminology"] = self.terminology
-        return data
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ execution plan counts the CPUs this process may use (affinity, cgroup quota), an
 check saw the whole machine as if it ran alone (issues 22 and 23). Now:
 
 - the CPUs are the execution plan's usable CPUs
-  (:func:`~UNetSegmentationLib.backends.device.usable_cpu_count`), never re-derived here;
+  (:func:`~UNetSegmentationLib.backends.plan.usable_cpus`), never re-derived here;
 - workers are capped by those CPUs and by the memory available
   (:func:`~UNetSegmentationLib.io.memory_budget.available_memory`, cgroup limits of this process's own
   group included), at :data:`WORKER_FLOOR_BYTES` each; a lowered ``--workers`` is said in a warning;
@@ -41,9 +41,9 @@ class CohortPlan:
 
 
 def _usable_cpus() -> int:
-    from UNetSegmentationLib.backends.device import usable_cpu_count
+    from UNetSegmentationLib.backends.plan import usable_cpus
 
-    return usable_cpu_count()
+    return usable_cpus()
 
 
 def plan_cohort(

@@ -23,6 +23,8 @@ def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> Non
     if for_training:
         group.add_argument("--val-images", metavar="DIR", help="validation images (with --val-labels), instead of a datalist's 'validation' list")
         group.add_argument("--val-labels", metavar="DIR", help="validation labels, matched by name")
+        group.add_argument("--fold", type=int, metavar="K", help="validate on the --datalist cases whose 'fold' is K and train on the others "
+                           "(leave one patient out with the datalist of Resources/Tools/prepare_training_data.py)")
         group.add_argument("--val-slices", type=float, metavar="FRACTION", help=f"hold out this share of every training volume's slices for validation, in contiguous blocks "
                            f"(above 0, below {HOLD_OUT_LIMIT:g}; e.g. {DEFAULT_HOLD_OUT:g})")
         group.add_argument("--val-blocks", type=int, default=DEFAULT_VAL_BLOCKS, metavar="N", help="number of held-out blocks, spread along the volume (default %(default)s; fewer where the volume is too short)")
@@ -36,7 +38,7 @@ def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> Non
 
 def cases_from_options(args: argparse.Namespace, for_training: bool):
     """``(primary cases, validation cases, description)`` from the data options."""
-    from UNetSegmentationLib.training.cases import Case, case_name, cases_from_datalist, cases_from_folders, check_files
+    from UNetSegmentationLib.training.cases import Case, case_name, cases_from_datalist, cases_from_folders, check_files, split_fold
 
     sources = [name for name, given in (("--datalist", args.datalist), ("--images", args.images or args.labels), ("--image", args.image or args.label)) if given]
     if len(sources) != 1:
@@ -48,6 +50,11 @@ def cases_from_options(args: argparse.Namespace, for_training: bool):
         if for_training:
             validation = cases_from_datalist(args.datalist, "validation", args.data_root, required=False)
         description = {"source": "datalist", "datalist": Path(args.datalist).name}
+        if for_training and getattr(args, "fold", None) is not None:
+            if validation:
+                raise UserError(f"--fold {args.fold}: the datalist already has a 'validation' list; leave out one or the other")
+            cases, validation = split_fold(cases, args.fold, f"datalist {args.datalist}")
+            description["fold"] = args.fold
     elif args.images or args.labels:
         if not (args.images and args.labels):
             raise UserError("--images and --labels go together")

@@ -7,10 +7,11 @@ Datalists are MONAI decathlon-style JSON (``training`` and optional ``validation
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.outputs import split_extension
@@ -29,11 +30,14 @@ LABEL_SUFFIXES = ("", "_seg", "-seg", "_label", "-label", "_labels", "-labels", 
 
 @dataclass(frozen=True)
 class Case:
-    """One image and its ground-truth label file."""
+    """One image and its ground-truth label file; from a datalist also the classes its labels cover
+    (``labelled_classes``: the others are unknown in it, not background; None: all) and its ``fold``."""
 
     name: str
     image: Path
     label: Path
+    labelled: Optional[Tuple[str, ...]] = None
+    fold: Optional[int] = None
 
 
 def case_name(path: Path) -> str:
@@ -48,7 +52,7 @@ def _unique_names(cases: List[Case]) -> List[Case]:
     for case in cases:
         count = seen.get(case.name, 0) + 1
         seen[case.name] = count
-        out.append(case if count == 1 else Case(f"{case.name}#{count}", case.image, case.label))
+        out.append(case if count == 1 else dataclasses.replace(case, name=f"{case.name}#{count}"))
     return out
 
 
@@ -84,12 +88,43 @@ def cases_from_datalist(path, section: str = "training", base_dir=None, required
         for key in ("image", "label"):
             if not isinstance(item[key], str) or not item[key]:
                 raise UserError(f"{where}: {key!r} must be one file path (got {item[key]!r}); multi-file inputs are not supported")
+        _case_fields(item, where)
     if not items:
         return []
     entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=section, base_dir=base_dir)
-    cases = [Case(str(entry.get("name") or case_name(Path(entry["image"]))), Path(entry["image"]), Path(entry["label"])) for entry in entries]
+    cases = [Case(str(entry.get("name") or case_name(Path(entry["image"]))), Path(entry["image"]), Path(entry["label"]), *_case_fields(entry, ""))
+             for entry in entries]
     check_files(cases, f"datalist {path} ({section})")
     return _unique_names(cases)
+
+
+def _case_fields(item: Dict[str, Any], where: str) -> Tuple[Optional[Tuple[str, ...]], Optional[int]]:
+    """An entry's optional ``labelled_classes`` (a non-empty list of class names; absent: every class
+    labelled) and ``fold`` (a whole number from 0), as ``Resources/Tools/prepare_training_data.py`` writes them.
+    The names are checked against the run's classes where those are known (partial_labels.case_unlabelled)."""
+    labelled = item.get("labelled_classes")
+    if labelled is not None:
+        if not isinstance(labelled, list) or not labelled or not all(isinstance(n, str) and n.strip() for n in labelled):
+            raise UserError(f"{where}: 'labelled_classes' must be a non-empty list of class names (got {labelled!r}); leave it out when every class is labelled")
+        labelled = tuple(n.strip() for n in labelled)
+    fold = item.get("fold")
+    if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int) or fold < 0):
+        raise UserError(f"{where}: 'fold' must be a whole number from 0 (got {fold!r})")
+    return labelled, fold
+
+
+def split_fold(cases: Sequence[Case], fold: int, source: str) -> Tuple[List[Case], List[Case]]:
+    """``--fold K``: ``(training, validation)`` = the cases of the other folds and those of fold K (each
+    case's ``fold`` field; leave-one-patient-out when a fold is one patient's cases)."""
+    missing = [c.name for c in cases if c.fold is None]
+    if missing:
+        raise UserError(f"--fold {fold}: {source} gives no 'fold' for case(s) {', '.join(map(repr, missing[:5]))}")
+    folds = sorted({int(c.fold) for c in cases})
+    if fold not in folds:
+        raise UserError(f"--fold {fold}: {source} has no case of that fold (folds: {', '.join(map(str, folds))})")
+    if len(folds) < 2:
+        raise UserError(f"--fold {fold}: every case of {source} is in that fold, so none is left to train on")
+    return [c for c in cases if c.fold != fold], [c for c in cases if c.fold == fold]
 
 
 def cases_from_folders(images_dir, labels_dir) -> List[Case]:

@@ -23,7 +23,7 @@ from UNetSegmentationLib.networks.registry import get_architecture
 from UNetSegmentationLib.training.cases import Case
 from UNetSegmentationLib.training.config import TrainConfig
 from UNetSegmentationLib.io.labels import labelled_channels, load_case, resolve_classes
-from UNetSegmentationLib.training.partial_labels import unlabelled_channels
+from UNetSegmentationLib.training.partial_labels import case_unlabelled, labelled_by_case, unlabelled_channels
 from UNetSegmentationLib.training.spacing import median_slice_spacing, recorded_spacing, resample_volume, target_spacing
 from UNetSegmentationLib.training.adapt import fit_hold_out
 from UNetSegmentationLib.training.volumes import PreparedVolume, prepare_volume
@@ -38,6 +38,16 @@ class TrainingData:
     training_count: int
     spacing: Optional[Tuple[float, float]] = None  # (row, column) mm every volume was resampled to; None: as given
     unlabelled: List[int] = dataclasses.field(default_factory=list)  # channels no training label holds (training/partial_labels.py)
+
+    @property
+    def partial(self) -> bool:
+        """Whether some case has unknown classes: the run then trains with the marginal loss (partial_labels.py)."""
+        return bool(self.unlabelled) or any(v.unlabelled for v in self.volumes)
+
+    def unknown_lines(self, classes: Sequence[ClassInfo]) -> List[str]:
+        """Per case whose datalist ``labelled_classes`` leave some classes out: which are unknown there."""
+        return [f"case {v.name!r}: unknown, not background (not in its labelled_classes): {', '.join(classes[c - 1].name for c in v.unlabelled)}"
+                for v in self.volumes if set(v.unlabelled) - set(self.unlabelled)]
 
     @property
     def has_validation(self) -> bool:
@@ -137,9 +147,13 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
         label_map=config.label_map,
         warn=warn,
     )
-    labelled = set().union(*(labelled_channels(item.label, lookup) for item, lookup in zip(loaded_train, lookups)))
+    labelled = set().union(*(labelled_by_case(item.case.labelled, classes, labelled_channels(item.label, lookup)) for item, lookup in zip(loaded_train, lookups)))
     # checked as a checkpoint is on loading: names from the labels' segments must fit a .seg.nrrd header
     metadata = model_metadata(config, classes, init_metadata).checked("the model to train")
+    unlabelled = unlabelled_channels(config.partial_classes, metadata.classes, labelled) if metadata.uses_softmax else []
+    # per case: the classes its datalist entry leaves out are unknown there (names checked before any volume is prepared)
+    per_case = [case_unlabelled(item.case.name, item.case.labelled, metadata.classes, unlabelled) for item in everything]
+    per_case = per_case if metadata.uses_softmax else [()] * len(per_case)
     base_distance = init_metadata.context_distance if init_metadata is not None else None
     volumes: List[PreparedVolume] = []
     for index, (item, lookup) in enumerate(zip(everything, lookups)):
@@ -171,7 +185,8 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
         volume.context_step = neighbour_step(metadata.slice_distance, volume.spacing[0], metadata.context)
     if config.crop_given:  # a default crop is fitted to the slices instead (adapt.fit_crop)
         check_crop(config.crop, volumes)
-    unlabelled = unlabelled_channels(config.partial_classes, metadata.classes, labelled) if metadata.uses_softmax else []
+    for volume, unknown in zip(volumes, per_case):
+        volume.unlabelled = unknown
     return TrainingData(metadata, volumes, len(train_cases), target, unlabelled)
 
 

@@ -88,7 +88,7 @@ class SegmentationLoss(nn.Module):
 
         if self.softmax:
             probabilities = torch.softmax(logits, dim=1)
-            reference = F.one_hot(target, self.out_channels).permute(0, 3, 1, 2).float()
+            reference = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()  # the logits' channels (the marginal loss reduces them per batch)
         else:
             probabilities = torch.sigmoid(logits)
             reference = target[:, None].float()

@@ -10,6 +10,7 @@ from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensity
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.slicing import gather_context
+from UNetSegmentationLib.training.partial_labels import merged_mask
 from UNetSegmentationLib.training.volumes import PreparedVolume
 
 
@@ -58,7 +59,8 @@ class SliceSampler:
 
     With probability ``foreground`` a sample is centred (with jitter) on a random voxel of a class
     chosen uniformly among the classes present in the training slices — so small structures are
-    seen as often as large ones — otherwise it is a uniformly random slice and crop. The crop is
+    seen as often as large ones; a case's unknown classes (``PreparedVolume.unlabelled``) are never drawn
+    from it — otherwise it is a uniformly random slice and crop. The crop is
     ``crop`` (rows, columns); slices smaller than it are zero-padded (in normalised units, as
     ``predict`` pads).
     """
@@ -78,7 +80,10 @@ class SliceSampler:
             for s in volume.train_slices:
                 present = np.bincount(np.ravel(volume.targets[s]), minlength=class_count + 1)[1:class_count + 1]
                 for channel in np.flatnonzero(present) + 1:
-                    pairs[int(channel)].append((v, int(s)))
+                    if int(channel) not in volume.unlabelled:
+                        pairs[int(channel)].append((v, int(s)))
+        # per volume, the row of the batch's (B, C) merged mask: background + its unknown classes (partial_labels.py)
+        self.merged = np.array([merged_mask(class_count + 1, v.unlabelled) for v in self.volumes], dtype=bool)
         self.class_slices: Dict[int, np.ndarray] = {c: np.array(p, dtype=np.int64) for c, p in pairs.items() if p}
         self.missing_classes = [c for c in range(1, class_count + 1) if c not in self.class_slices]
 
@@ -97,8 +102,8 @@ class SliceSampler:
         jitter = int(self.rng.integers(crop // 4, crop - crop // 4 + 1))
         return int(np.clip(centre - jitter, 0, size - crop))
 
-    def sample(self) -> Tuple[np.ndarray, np.ndarray]:
-        """One ``(2c+1, H, W)`` float32 input and its ``(H, W)`` int64 target."""
+    def sample(self) -> Tuple[np.ndarray, np.ndarray, int]:
+        """One ``(2c+1, H, W)`` float32 input, its ``(H, W)`` int64 target and the index of its volume."""
         rng = self.rng
         centre = None
         if self.class_slices and rng.random() < self.foreground:
@@ -125,8 +130,10 @@ class SliceSampler:
             out = self.augment({"image": image, "label": target[None].astype(np.float32)})
             image = np.asarray(out["image"], dtype=np.float32)
             target = np.rint(np.asarray(out["label"])[0]).astype(np.int64)
-        return image, target
+        return image, target, int(v)
 
-    def batch(self, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    def batch(self, batch_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Inputs ``(B, 2c+1, H, W)``, targets ``(B, H, W)`` and the ``(B, C)`` bool merged mask of each
+        sample's background + unknown channels (the marginal loss takes it per sample)."""
         samples = [self.sample() for _ in range(batch_size)]
-        return np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples])
+        return np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]), self.merged[[s[2] for s in samples]]

@@ -108,7 +108,7 @@ def _within(value: Any, option: str, low: float, high: float, what: str) -> None
 #: ``unetseg train`` options that take a value: (option, field); written by :meth:`TrainOptions.to_arguments`
 _VALUED_OPTIONS = (
     ("--datalist", "datalist"), ("--data-root", "data_root"), ("--images", "images"), ("--labels", "labels"),
-    ("--image", "image"), ("--label", "label"), ("--val-images", "val_images"), ("--val-labels", "val_labels"),
+    ("--image", "image"), ("--label", "label"), ("--val-images", "val_images"), ("--val-labels", "val_labels"), ("--fold", "fold"),
     ("--val-slices", "val_slices"), ("--val-blocks", "val_blocks"), ("--val-gap", "val_gap"),
     ("--other-labels", "other_labels"), ("--label-map", "label_map"),
     ("--arch", "arch"), ("--features", "features"), ("--context", "context"), ("--norm", "norm"), ("--classes", "classes"), ("--spacing", "spacing"),
@@ -145,6 +145,7 @@ class TrainOptions:
     labels: Optional[Path] = None
     val_images: Optional[Path] = None
     val_labels: Optional[Path] = None
+    fold: Optional[int] = None  # validate on the datalist's cases of this fold, train on the others
     val_slices: Optional[float] = None  # the share of every training volume's slices held out (< HOLD_OUT_LIMIT)
     val_blocks: int = DEFAULT_VAL_BLOCKS  # spread along the volume; fewer where the volume is short (training/adapt.py)
     val_gap: Optional[int] = None  # None: the slices the 2.5D neighbours reach
@@ -244,6 +245,11 @@ class TrainOptions:
     def _check_numbers(self) -> None:
         for name in ("epochs", "steps_per_epoch", "batch_size", "threads", "stop_after"):
             _positive(getattr(self, name), f"--{name.replace('_', '-')}")
+        if self.fold is not None:  # the datalist's cases of that fold validate (training/cases.split_fold)
+            if isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 0:
+                raise UserError(f"--fold must be a whole number from 0, got {self.fold!r}")
+            if self.datalist is None or self.val_images is not None:
+                raise UserError(f"--fold {self.fold} picks the validation cases of a --datalist by their 'fold'; give a --datalist and leave out --val-images")
         if self.val_gap is not None and (isinstance(self.val_gap, bool) or not isinstance(self.val_gap, int) or self.val_gap < 0):
             raise UserError(f"--val-gap must be a whole number of slices from 0, got {self.val_gap!r}")
         _positive(self.val_blocks, "--val-blocks", allow_none=False)

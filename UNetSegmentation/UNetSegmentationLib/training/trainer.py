@@ -180,11 +180,11 @@ class Trainer:
             self.reporter.warning(note)
         crop = round_crop(crop, model.required_multiple(None))
         kind = loss_kind(metadata.architecture, config.loss)
-        criterion = MarginalLoss(kind, metadata.out_channels, data.unlabelled, crop) if data.unlabelled else SegmentationLoss(kind, metadata.out_channels, crop)
+        criterion = MarginalLoss(kind, metadata.out_channels, data.unlabelled, crop) if data.partial else SegmentationLoss(kind, metadata.out_channels, crop)
         sampler = SliceSampler(data.volumes, metadata.context, crop, len(metadata.classes), config.foreground, config.augment)
         optimization = Optimization.build(config, model, device)
         fingerprint = run_fingerprint(config, self.train_cases + self.val_cases)
-        teacher = frozen_copy(model) if init is not None and data.unlabelled else None
+        teacher = frozen_copy(model) if init is not None and data.partial else None
         base_sha256 = file_sha256(Path(config.init)) if init is not None else None
         return TrainingSetup(config, device, data, model, crop, kind, criterion, sampler, optimization, fingerprint, data.description(self.data_description), started,
                              init, teacher, base_sha256)
@@ -205,6 +205,8 @@ class Trainer:
         if setup.data.unlabelled:
             names = ", ".join(metadata.classes[c - 1].name for c in setup.data.unlabelled)
             self.reporter.log(f"not in the labels, so not taught as background (marginal loss{', kept as the base model has them' if setup.base else ''}): {names}")
+        for line in setup.data.unknown_lines(metadata.classes):
+            self.reporter.log(line)
         for channel in setup.sampler.missing_classes:
             if channel not in setup.data.unlabelled:
                 self.reporter.warning(f"class {metadata.classes[channel - 1].name!r} appears in no training slice: the model cannot learn it")
@@ -256,7 +258,7 @@ class Trainer:
         }
 
     @staticmethod
-    def _batches(setup: TrainingSetup) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    def _batches(setup: TrainingSetup) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The epoch's batches. On a GPU the next one is prepared on a thread while the network runs; on the
         CPU in line, since a second thread's torch work (the augmentations) competes with the step's own
         threads for the cores (bench/training_speed.py: 28.6 slices/s with the thread, 35.0 without, 2 cores).
@@ -274,10 +276,10 @@ class Trainer:
                     upcoming = preparer.submit(setup.sampler.batch, config.batch_size)
                 yield batch
 
-    def _step(self, setup: TrainingSetup, state: RunState, batch: Tuple[np.ndarray, np.ndarray]) -> Tuple[float, Dict[str, float]]:
-        """One optimiser step on ``batch`` (inputs, targets); returns the loss and its terms."""
+    def _step(self, setup: TrainingSetup, state: RunState, batch: Tuple[np.ndarray, np.ndarray, np.ndarray]) -> Tuple[float, Dict[str, float]]:
+        """One optimiser step on ``batch`` (inputs, targets, each sample's merged mask); returns the loss and its terms."""
         config, device = setup.config, setup.device
-        inputs, targets = batch
+        inputs, targets, merged = batch
         inputs = torch.from_numpy(inputs).to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
         targets = torch.from_numpy(targets).to(device, non_blocking=True)
         with setup.optimization.autocast():
@@ -285,7 +287,8 @@ class Trainer:
             if setup.teacher is not None:
                 with torch.no_grad():
                     teacher = setup.teacher(inputs)
-        loss, parts = setup.criterion(output, targets, teacher) if setup.teacher is not None else setup.criterion(output, targets)
+        per_sample = {"merged": torch.from_numpy(merged).to(device)} if isinstance(setup.criterion, MarginalLoss) else {}
+        loss, parts = setup.criterion(output, targets, teacher if setup.teacher is not None else None, **per_sample) if per_sample else setup.criterion(output, targets)
         if not torch.isfinite(loss):
             raise UserError(f"the loss became {float(loss)} at step {state.step + 1}: lower --lr (now {config.lr}) or check the data")
         lr = setup.optimization.lr

@@ -77,7 +77,8 @@ class Validation:
 def validate(model: torch.nn.Module, metadata: ModelMetadata, volumes: Sequence[PreparedVolume], device: torch.device, batch_size: int,
              unlabelled: Sequence[int] = ()) -> Validation:
     """Per depth: the Dice of the held-out slices of ``volumes``; leaves ``model`` in training mode.
-    ``unlabelled`` channels (absent from the labels: :mod:`.partial_labels`) are not scored (NaN)."""
+    ``unlabelled`` channels (absent from the labels: :mod:`.partial_labels`) are not scored (NaN), nor
+    on each volume its own unknown classes: a class's Dice is the mean over the volumes that label it."""
     class_count = len(metadata.classes)
     results = {}
     for depth in validated_depths(metadata):
@@ -89,7 +90,7 @@ def validate(model: torch.nn.Module, metadata: ModelMetadata, volumes: Sequence[
             predicted = predict_slices(predictor, volume.slices, volume.mapping, volume.val_slices, batch_size, volume.context_step)
             truth = np.asarray(volume.targets[volume.val_slices])
             dice = np.asarray(dice_per_class(predicted, truth, class_count), dtype=float)
-            dice[[c - 1 for c in unlabelled]] = np.nan
+            dice[[c - 1 for c in {*unlabelled, *volume.unlabelled}]] = np.nan
             per_volume.append(dice)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a class absent from every held-out slice: NaN, left out of the mean

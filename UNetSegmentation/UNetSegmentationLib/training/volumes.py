@@ -38,6 +38,7 @@ class PreparedVolume:
     source_shape: Optional[Tuple[int, int]] = None  # its slices' (rows, columns) before that
     train_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     val_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    unlabelled: Tuple[int, ...] = ()  # channels unknown in this case, not background (training/partial_labels.case_unlabelled)
 
     @property
     def slice_count(self) -> int:

@@ -61,6 +61,82 @@ def fixture(slices: int, cache: Path) -> tuple:
     return ct_file, truth_file
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--fixture"]:
-    for n in sys.argv[2:]:
-        print(fixture(int(n), Path(tempfile.gettempdir()) / "unetseg-clinical-speed"))
+def labels_of(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def dice(labels: np.ndarray, truth: np.ndarray, values) -> float:
+    """Mean Dice over the model's classes present in the truth."""
+    scores = []
+    for value in values:
+        a, b = labels == value, truth == value
+        if b.any():
+            scores.append(2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+    return float(np.mean(scores))
+
+
+def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path) -> None:
+    """Table 1: old and new alternating in fresh processes; medians."""
+    from clinical_resolution import engine
+    from UNetSegmentationLib.model.header import read_metadata
+
+    values = [c.value for c in read_metadata(MODEL).classes]
+    print(f"\nload average at start: {os.getloadavg()[0]:.1f} (2 cores); {rounds} rounds, old/new alternating, medians\n")
+    print("| volume | revision | wall s | total_s | " + " | ".join(STAGES[:1] + ("check",) + STAGES[1:]) + " | around the network ÷ network | peak RSS MB | voxels as old | mean Dice vs truth |")
+    print("| --- | --- | " + " | ".join(["---"] * (len(STAGES) + 7)) + " |")
+    for slices in sizes:
+        ct, truth_file = fixture(slices, cache)
+        truth = labels_of(truth_file)
+        runs = {name: [] for name in trees}
+        outputs = {}
+        for _ in range(rounds):
+            for name, tree in trees.items():
+                outputs[name] = scratch / f"{name}-{slices}.nrrd"
+                runs[name].append(engine(tree, "predict", str(ct), str(outputs[name]), "--overwrite", "--progress", "json", scratch=scratch))
+        old_labels = labels_of(outputs["old"]) if "old" in outputs else None
+        for name in trees:
+            walls = [r[0] for r in runs[name]]
+            timings = [r[1].get("timings", {}) for r in runs[name]]
+
+            def median(key: str) -> float:
+                return statistics.median(t.get(key, 0.0) for t in timings)
+
+            labels = labels_of(outputs[name])
+            around = median("total_s") - median("network_s")
+            agreement = float((labels == old_labels).mean()) if old_labels is not None else float("nan")
+            cells = [f"{median(k + '_s'):.2f}" for k in STAGES[:1] + ("check",) + STAGES[1:]]
+            print(f"| 512²×{slices} | {name} | {statistics.median(walls):.2f} | {median('total_s'):.2f} | " + " | ".join(cells)
+                  + f" | {around / max(median('network_s'), 1e-9):.1f} | {statistics.median(r[2] for r in runs[name]):.0f} | {100 * agreement:.3f} % | {dice(labels, truth, values):.4f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", default=None, help="git revision to compare against (checked out into a worktree)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="300,600")
+    parser.add_argument("--tables", default="stages,compare")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "bench"))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        trees = {}
+        if args.old:
+            from compare_revisions import checkout
+
+            trees["old"] = checkout(args.old, scratch / "old")
+        trees["new"] = REPO
+        if "stages" in args.tables:
+            stages(trees, sizes, args.rounds, args.cache, scratch)
+        if "compare" in args.tables:
+            from clinical_comparisons import compare
+
+            compare(sizes, args.rounds, args.cache, scratch)
+        if args.old:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees["old"])], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""The two comparisons of issue 25 on the clinical CT fixtures of ``bench/clinical_speed.py``, in one
+process, interleaved round by round (the same network: the bundled model's shipped ONNX export, L3, on
+ONNX Runtime with 2 threads, as ``predict`` runs it):
+
+- ``monai``: what a MONAI user would write: the CT read with SimpleITK into a ``MetaTensor``, MONAI's
+  ``Spacing`` to the model's spacing (3.05 × 3.05 mm, 10 mm slices; trilinear), ``ScaleIntensityRange``
+  to the model's window, the 2.5D neighbour channels stacked, ``SliceInferer`` (slices along the last
+  axis, 4 per call), the probabilities ``SpatialResample``-d back onto the CT's grid (trilinear), argmax,
+  written as a compressed NRRD;
+- ``limit``: reading the CT, the network on exactly the model-grid slices ``predict`` computes (their
+  inputs built beforehand), writing ``predict``'s label map: what no pipeline around this network can beat;
+- ``predict``: ``unetseg predict`` in a fresh process (wall time, and the done event's total_s).
+
+    python bench/clinical_comparisons.py [--rounds 3] [--sizes 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "UNetSegmentation"))
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "Testing"))
+MODEL = REPO / "UNetSegmentation/Resources/Models/chest-ct-unetplusplus.safetensors"
+
+
+def network():
+    """The bundled model's shipped ONNX export on ONNX Runtime, 2 threads: ``(B, 3, H, W) → (B, K, H, W)``."""
+    from UNetSegmentationLib.backends.onnx_predictor import make_session
+
+    session = make_session(next((REPO / "UNetSegmentation/Resources/Models").glob("chest-ct-unetplusplus.L3.*.shipped.onnx")), threads=2)
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def model_inputs(ct: Path, metadata) -> list:
+    """The batches of network inputs ``predict`` computes on ``ct`` (built once, outside the timing)."""
+    from UNetSegmentationLib.inference.layout import layout_volume
+    from UNetSegmentationLib.inference.model_slices import position_batches
+    from UNetSegmentationLib.inference.normalization import fit_normalization
+    from UNetSegmentationLib.inference.slicing import SliceGeometry
+
+    image = sitk.ReadImage(str(ct))
+    volume = sitk.GetArrayViewFromImage(image)
+    geometry = SliceGeometry.from_direction(image.GetDirection())
+    layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, True, True)
+    slices = geometry.slices_view(volume)
+    positions = layout.grid.network_positions(slices.shape[0])
+    return [b.inputs.copy() for b in position_batches(slices, positions, 4, metadata.context, fit_normalization(metadata.normalization, volume), layout.grid, layout.bodies, 32)]
+
+
+def limit(ct: Path, labels: np.ndarray, inputs: list, net, output: Path) -> dict:
+    """Read + network + write, nothing else."""
+    t0 = time.perf_counter()
+    image = sitk.ReadImage(str(ct))
+    t1 = time.perf_counter()
+    for batch in inputs:
+        net(batch)
+    t2 = time.perf_counter()
+    written = sitk.GetImageFromArray(labels)
+    written.CopyInformation(image)
+    sitk.WriteImage(written, str(output), True)
+    t3 = time.perf_counter()
+    return {"read": t1 - t0, "network": t2 - t1, "write": t3 - t2, "total": t3 - t0}
+
+
+def monai_run(ct: Path, metadata, net, output: Path) -> tuple:
+    """``(seconds per step, labels)`` of the MONAI user's pipeline."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.inferers import SliceInferer
+    from monai.transforms import ScaleIntensityRange, Spacing, SpatialResample
+
+    steps = {}
+    t = time.perf_counter()
+    image = sitk.ReadImage(str(ct))
+    array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)  # x, y, z
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    data = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None], affine=torch.as_tensor(affine))
+    steps["read"], t = time.perf_counter() - t, time.perf_counter()
+    row, column = metadata.in_plane_spacing
+    resampled = Spacing(pixdim=(column, row, metadata.context_distance), mode="bilinear")(data)
+    low, high = metadata.normalization.window
+    volume = ScaleIntensityRange(low, high, 0.0, 1.0, clip=True)(resampled)[0]
+    below = torch.cat([volume[..., :1], volume[..., :-1]], -1)  # the 2.5D neighbours one model slice apart, ends repeated
+    above = torch.cat([volume[..., 1:], volume[..., -1:]], -1)
+    stacked = torch.stack([below, volume, above]).permute(0, 2, 1, 3).flip(1, 2)[None]  # rows along -y, columns along -x, as the model learned
+    steps["Spacing + scale"], t = time.perf_counter() - t, time.perf_counter()
+    size = tuple(int(-(-s // 32) * 32) for s in stacked.shape[2:4])
+    inferer = SliceInferer(roi_size=size, sw_batch_size=4, spatial_dim=2, progress=False)
+    with torch.inference_mode():
+        probabilities = inferer(stacked, lambda x: torch.from_numpy(net(x.numpy())))
+    steps["SliceInferer"], t = time.perf_counter() - t, time.perf_counter()
+    probabilities = MetaTensor(probabilities[0].flip(1, 2).permute(0, 2, 1, 3).contiguous(), affine=resampled.affine)
+    back = SpatialResample(mode="bilinear")(probabilities, dst_affine=data.affine, spatial_size=array.shape)
+    values = np.array([0] + [c.value for c in metadata.classes], dtype=np.uint8)
+    labels = values[back.argmax(0).numpy()].transpose(2, 1, 0)
+    del back, probabilities
+    steps["SpatialResample back + argmax"], t = time.perf_counter() - t, time.perf_counter()
+    written = sitk.GetImageFromArray(np.ascontiguousarray(labels))
+    written.CopyInformation(image)
+    sitk.WriteImage(written, str(output), True)
+    steps["write"] = time.perf_counter() - t
+    steps["total"] = sum(steps.values())
+    return steps, labels
+
+
+def compare(sizes, rounds: int, cache: Path, scratch: Path) -> None:
+    from clinical_resolution import engine
+    from clinical_speed import fixture
+    from UNetSegmentationLib.model.header import read_metadata
+
+    metadata = read_metadata(MODEL)
+    net = network()
+    print(f"\nload average at start: {os.getloadavg()[0]:.1f} (2 cores); {rounds} rounds interleaved, medians; monai and limit in this process, predict a fresh process\n")
+    print("| volume | pipeline | wall s | steps (median s) | voxels as predict |")
+    print("| --- | --- | --- | --- | --- |")
+    for slices in sizes:
+        ct, _ = fixture(slices, cache)
+        ours = scratch / f"predict-{slices}.nrrd"
+        engine(REPO, "predict", str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)  # warm the file cache; labels for the limit
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ours)))
+        inputs = model_inputs(ct, metadata)
+        results = {"predict": [], "monai": [], "limit": []}
+        monai_labels = None
+        for _ in range(rounds):
+            wall, done, _ = engine(REPO, "predict", str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)
+            # no peak RSS here: a child's ru_maxrss starts at this process's, which holds MONAI's probabilities (bench/clinical_speed.py measures it)
+            results["predict"].append({"total": wall, "engine total_s": done["timings"]["total_s"], "network_s": done["timings"]["network_s"]})
+            steps, monai_labels = monai_run(ct, metadata, net, scratch / f"monai-{slices}.nrrd")
+            results["monai"].append(steps)
+            results["limit"].append(limit(ct, labels, inputs, net, scratch / f"limit-{slices}.nrrd"))
+        agreement = {"predict": 1.0, "monai": float((monai_labels == labels).mean()), "limit": 1.0}
+        for name, runs in results.items():
+            keys = [k for k in runs[0] if k != "total"]
+            text = ", ".join(f"{k} {statistics.median(r[k] for r in runs):.2f}" for k in keys)
+            print(f"| 512²×{slices} | {name} | {statistics.median(r['total'] for r in runs):.2f} | {text} | {100 * agreement[name]:.2f} % |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="300")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        compare([int(s) for s in args.sizes.split(",")], args.rounds, args.cache, Path(scratch))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

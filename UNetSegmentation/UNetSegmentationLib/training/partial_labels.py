@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.grammar.class_lists import class_key
 from UNetSegmentationLib.model.metadata import ClassInfo
 from UNetSegmentationLib.networks.blocks import TrainingOutput, as_training_output
 from UNetSegmentationLib.training.losses import SegmentationLoss
@@ -56,12 +57,12 @@ def case_unlabelled(case: str, labelled: Optional[Sequence[str]], classes: Seque
     the run's classes is refused, naming the case."""
     unknown = set(int(c) for c in shared)
     if labelled is not None:
-        by_name = {c.name.lower(): channel for channel, c in enumerate(classes, 1)}
-        strangers = [n for n in labelled if n.lower() not in by_name]
+        by_name = {class_key(c.name): channel for channel, c in enumerate(classes, 1)}
+        strangers = [n for n in labelled if class_key(n) not in by_name]
         if strangers:
             raise UserError(f"case {case!r}: labelled_classes names {', '.join(map(repr, strangers))}, not among the classes "
                             f"({', '.join(c.name for c in classes)})")
-        named = {by_name[n.lower()] for n in labelled}
+        named = {by_name[class_key(n)] for n in labelled}
         unknown |= {c for c in range(1, len(classes) + 1) if c not in named}
     return tuple(sorted(unknown))
 
@@ -71,8 +72,8 @@ def labelled_by_case(labelled: Optional[Sequence[str]], classes: Sequence[ClassI
     gives them (the names are checked by :func:`case_unlabelled`), else what its labels hold (``found``)."""
     if labelled is None:
         return set(found)
-    names = {n.lower() for n in labelled}
-    return {channel for channel, c in enumerate(classes, 1) if c.name.lower() in names}
+    names = {class_key(n) for n in labelled}
+    return {channel for channel, c in enumerate(classes, 1) if class_key(c.name) in names}
 
 
 def merged_mask(out_channels: int, unlabelled: Sequence[int]) -> List[bool]:

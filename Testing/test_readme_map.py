@@ -1,5 +1,6 @@
 """The README's map of the engine ("How the engine is layered") matches the code: every engine file is
-named in it, under its folder, and every file it names exists; and every test the documents cite exists."""
+named in it, under its folder, and every file it names exists; every file and function its table of
+decisions names as the one place of a decision exists; and every test the documents cite exists."""
 
 from __future__ import annotations
 
@@ -42,6 +43,28 @@ def engine_files() -> set:
             relative = path.relative_to(root)
             files.add(relative.as_posix() if package == "UNetSegmentationLib" else f"{package}/{path.name}")
     return files
+
+
+def decision_rows() -> list:
+    """``(decision, made in, asked by)`` for each row of the table of decisions under the map."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## How the engine is layered", 1)[1].split("\n## ", 1)[0]
+    table = section.split("```", 2)[2].split("**Checkpoints**", 1)[0]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith(("| decision", "| ---"))]
+
+
+def test_every_decision_in_the_readme_is_made_in_a_file_and_function_that_exist():
+    rows = decision_rows()
+    assert len(rows) >= 20 and all(len(row) == 3 for row in rows)
+    engine = REPO / "UNetSegmentation" / "UNetSegmentationLib"
+    for decision, made_in, _ in rows:
+        places = re.findall(r"`([a-z_]+/(?:[a-z_0-9]+\.py)?)`(?: \(`(\w+)`\))?", made_in)
+        assert places, f"{decision!r} names no file"
+        for path, function in places:
+            assert (engine / path).exists(), f"{decision!r}: {path} does not exist"
+            if function:
+                assert re.search(rf"^\s*def {function}\(", (engine / path).read_text(encoding="utf-8"), re.M), f"{decision!r}: no {function} in {path}"
 
 
 def test_every_engine_file_is_on_the_readme_map():

@@ -275,11 +275,15 @@ def onnx_predictor_for(checkpoint, depth, guidance: bool, threads: int, log: Opt
         "this takes a few seconds to a minute; later runs reuse the export")
     problems = []
     for folder in cache_locations(checkpoint):
-        try:
-            check_output(folder / name, what="ONNX export", overwrite=True, protected=[checkpoint.path])  # the one output gate: no special file, not the bundled model
+        try:  # the one output gate: no special file, not the bundled model; refused there: the next location
+            check_output(folder / name, what="ONNX export", overwrite=True, protected=[checkpoint.path])
+        except UserError as error:
+            problems.append(f"{folder}: {error}")
+            continue
+        try:  # a problem of the checkpoint itself (a UserError) is the run's, not this location's
             path = export_checked(checkpoint, depth, guidance, folder / name, threads)
-        except (OSError, UserError) as error:  # not writable, or refused: the next location
-            problems.append(f"{folder}: {getattr(error, 'strerror', None) or error}")
+        except OSError as error:  # not writable: the next location
+            problems.append(f"{folder}: {error.strerror or error}")
             continue
         return OnnxSlicePredictor(path, checkpoint.metadata, depth, threads)
     raise ExportError("cannot write the ONNX export anywhere (" + "; ".join(problems) + ")")

@@ -34,6 +34,9 @@ def dicom_series(image: sitk.Image, folder: Path, series_uid: str, prefix: str =
     for path in sorted(folder.glob(f"{prefix}*.dcm")):
         dataset = pydicom.dcmread(path)
         dataset.StudyInstanceUID, dataset.FrameOfReferenceUID, dataset.SliceThickness = study, frame, image.GetSpacing()[2]
+        # once the process has read a DICOM series, ITK's writer gives each 2D slice a SpacingBetweenSlices
+        # of 1, which a DICOM SEG copies from its source images: state the series' own
+        dataset.SpacingBetweenSlices = image.GetSpacing()[2]
         dataset.save_as(path)
     return folder
 

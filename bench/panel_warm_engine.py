@@ -55,7 +55,7 @@ def main() -> None:
             fresh.append(click(arguments.volume, options, Path(folder), None))
             warm.append(click(arguments.volume, options, Path(folder), session.requests(None)))
     session.close()
-    print(f"| volume | child per click: wall s | warm engine, first click: wall s | warm engine, later clicks: wall s | child / later |")
+    print("| volume | child per click: wall s | warm engine, first click: wall s | warm engine, later clicks: wall s | child / later |")
     print("| --- | --- | --- | --- | --- |")
     f, w = statistics.median(fresh), statistics.median(warm)
     print(f"| {arguments.volume.name} | {f:.2f} | {first:.2f} | {w:.2f} | {f / w:.1f}x |")

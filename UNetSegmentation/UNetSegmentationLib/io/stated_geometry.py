@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Collection, Optional, Sequence
+from typing import Collection, Optional
 
 from UNetSegmentationLib.io.nifti_header import read_nifti_header
 from UNetSegmentationLib.io.payload import file_start, meta_fields, nrrd_fields
@@ -31,8 +31,8 @@ _SET = "Set the voxel size (for example in Slicer's Volumes module, Volume Infor
 _AXES = "ijk"
 
 
-def unstated_geometry(path: Path, size: Sequence[int]) -> Optional[str]:
-    """Why the volume file ``path`` (``size`` voxels per axis) does not state its voxel size, or None when it does."""
+def unstated_geometry(path: Path) -> Optional[str]:
+    """Why the volume file ``path`` does not state its voxel size, or None when it does."""
     start = file_start(path) or b""
     if start.startswith(b"NRRD000"):
         fields, _ = nrrd_fields(path)
@@ -50,7 +50,6 @@ def unstated_geometry(path: Path, size: Sequence[int]) -> Optional[str]:
         if "elementspacing" not in fields and "elementsize" not in fields:
             return f"{path} does not state its voxel size: its MetaImage header has no ElementSpacing; {_FIX}. {_SET}"
     return None
-
 
 
 def missing_dicom_geometry(folder: str, name: str, present: Collection[str]) -> Optional[str]:

@@ -60,7 +60,7 @@ def inspect_input(path, series_uid: Optional[str] = None) -> InputHeader:
         if slice_spacing:  # one slice's header cannot know the distance to the next: the stack's positions do
             header = dataclasses.replace(header, spacing=tuple(header.spacing[:2]) + (slice_spacing,))
     else:
-        unstated = unstated_geometry(path, header.size)
+        unstated = unstated_geometry(path)
         if unstated:
             raise UserError(unstated)
         _check_payload(path, decode=False)  # sizes only: compressed data is decoded once the run is known to fit in memory

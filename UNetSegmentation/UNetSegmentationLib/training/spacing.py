@@ -22,32 +22,15 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.resolution import model_grid_size, resample_images, resample_labels
+from UNetSegmentationLib.training.train_options import NATIVE_SPACING
 from UNetSegmentationLib.training.volumes import PreparedVolume
 
 #: slices resampled at a time (a 512² slab of 16 slices is 16 MiB in float32)
 SLAB_SLICES = 16
-NATIVE = "native"
+NATIVE = NATIVE_SPACING  # ``--spacing native``, parsed by training/train_options.parse_spacing
 #: what ``--spacing`` may be: None (the median of the training images), ``native``, or (row, column) mm
 SpacingChoice = Union[None, str, Sequence[float]]
-
-
-def parse_spacing(text: Optional[str]) -> SpacingChoice:
-    """``--spacing``: ``native``, ``MM`` or ``ROW,COL`` (mm, positive) → ``"native"`` or ``[row, col]``; None stays None."""
-    if text is None:
-        return None
-    if text.strip().lower() == NATIVE:
-        return NATIVE
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or not all(np.isfinite(v) and 0 < v <= 100 for v in values):
-        raise UserError(f"--spacing must be 'native', one spacing in mm or ROW,COLUMN mm (each in (0, 100]), e.g. 0.8 or 0.8,0.8; got {text!r}")
-    return values
 
 
 def median_in_plane(volumes: Sequence[PreparedVolume]) -> Tuple[float, float]:

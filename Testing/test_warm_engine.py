@@ -45,6 +45,16 @@ def last(events: list) -> dict:
     return events[-1]
 
 
+def events_interrupted_after_first_batch(client: EngineClient, request, interrupt) -> list:
+    """``request``'s events, calling ``interrupt()`` when its first batch's progress arrives (batch size 1)."""
+    events = []
+    for event in client.events(request, ENGINE_TIMEOUT_S):
+        events.append(event)
+        if event["event"] == PROGRESS and event["done"] == 1:
+            interrupt()
+    return events
+
+
 # --- requests: read and refused in one place ---------------------------------------------------------------
 
 
@@ -197,11 +207,7 @@ def test_cancel_in_the_middle_leaves_no_output_no_lock_and_the_engine_answers_th
     output = tmp_path / "labels.nrrd"
     with EngineClient() as client:
         request = client.segment(chest_ct_path, output, SegmentationOptions(batch_size=1))
-        events = []
-        for event in client.events(request, ENGINE_TIMEOUT_S):
-            events.append(event)
-            if event["event"] == PROGRESS and event["done"] == 1:
-                client.cancel(request)
+        events = events_interrupted_after_first_batch(client, request, lambda: client.cancel(request))
         assert last(events) == {"event": ERROR, "id": request, "message": "cancelled"}
         assert last([e for e in events if e["event"] == PROGRESS])["done"] < 34
         assert not output.exists() and leftovers(tmp_path) == []
@@ -241,11 +247,7 @@ def test_an_engine_killed_during_a_request_fails_that_request_once_and_leaves_no
     output = tmp_path / "labels.nrrd"
     with EngineClient() as client:
         request = client.segment(chest_ct_path, output, SegmentationOptions(batch_size=1))
-        events = []
-        for event in client.events(request, ENGINE_TIMEOUT_S):
-            events.append(event)
-            if event["event"] == PROGRESS and event["done"] == 1:
-                os.kill(client.pid, signal.SIGKILL)
+        events = events_interrupted_after_first_batch(client, request, lambda: os.kill(client.pid, signal.SIGKILL))
         assert [e["event"] for e in events if e["event"] == ERROR] == [ERROR] and "killed by SIGKILL" in last(events)["message"]
         assert not output.exists() and leftovers(tmp_path) == []
         after = list(client.events(client.segment(chest_ct_path, output), ENGINE_TIMEOUT_S))
@@ -328,10 +330,6 @@ def test_sigterm_to_the_engine_cancels_its_request_and_leaves_nothing(chest_ct_p
     output = tmp_path / "labels.nrrd"
     with EngineClient() as client:
         request = client.segment(chest_ct_path, output, SegmentationOptions(batch_size=1))
-        events = []
-        for event in client.events(request, ENGINE_TIMEOUT_S):
-            events.append(event)
-            if event["event"] == PROGRESS and event["done"] == 1:
-                os.kill(client.pid, signal.SIGTERM)
+        events = events_interrupted_after_first_batch(client, request, lambda: os.kill(client.pid, signal.SIGTERM))
         assert last(events) == {"event": ERROR, "id": request, "message": "cancelled"}
         assert not output.exists() and leftovers(tmp_path) == []

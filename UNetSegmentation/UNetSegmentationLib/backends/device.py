@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional, Protocol, Tuple
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.io.memory_budget import own_group_and_above
 
 
 @dataclass(frozen=True)
@@ -128,21 +129,14 @@ def cgroup_cpu_quota(root: Path = Path("/")) -> Optional[int]:
     for line in lines:
         hierarchy, controllers, relative = (line.split(":", 2) + ["", ""])[:3]
         if hierarchy == "0" and controllers == "":  # cgroup v2
-            quotas += [_v2_quota(folder) for folder in _groups_up(root / "sys/fs/cgroup", relative)]
+            quotas += [_v2_quota(folder) for folder in own_group_and_above(root / "sys/fs/cgroup", relative)]
         elif "cpu" in controllers.split(","):  # cgroup v1: mounted as cpu,cpuacct (or cpu) with the groups inside
             for mount in ("cpu,cpuacct", "cpu", "cpuacct,cpu"):
-                quotas += [_v1_quota(folder) for folder in _groups_up(root / "sys/fs/cgroup" / mount, relative)]
+                quotas += [_v1_quota(folder) for folder in own_group_and_above(root / "sys/fs/cgroup" / mount, relative)]
     if not lines:  # no /proc/self/cgroup: the mounted root is all there is to ask
         quotas.append(_v2_quota(root / "sys/fs/cgroup"))
     found = [quota for quota in quotas if quota]
     return min(found) if found else None
-
-
-def _groups_up(mount: Path, relative: str) -> list:
-    """``mount/relative`` and each folder above it up to ``mount`` (inside a container the group's
-    path may not exist under its mount: then only those that do are read)."""
-    parts = [part for part in relative.strip().split("/") if part and part != ".."]
-    return [mount.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
 
 
 def _v2_quota(folder: Path) -> Optional[int]:

@@ -153,15 +153,15 @@ def _cgroup_room(root: Path) -> Optional[int]:
             mount, names = root / "sys/fs/cgroup/memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
         else:
             continue
-        for folder in _own_group_and_above(mount, relative.strip()):
+        for folder in own_group_and_above(mount, relative.strip()):
             room = _room_in(folder, *names)
             if room is not None:
                 rooms.append(room)
     return min(rooms) if rooms else None
 
 
-def _own_group_and_above(mount: Path, relative: str) -> List[Path]:
-    """The folders of this process's group ``relative`` under ``mount`` and of its parents up to the mount.
+def own_group_and_above(mount: Path, relative: str) -> List[Path]:
+    """The one walk of a cgroup path (memory here, CPU quota in ``backends/device.py``): the folders of this process's group ``relative`` under ``mount`` and of its parents up to the mount.
     In a container the mount often shows the process's own group at its root while ``relative`` names
     the host's path: then the path does not exist and the mount's root is the own group."""
     parts = [part for part in relative.split("/") if part and part not in (".", "..")]

@@ -100,6 +100,13 @@ def _positive(value: Any, option: str, allow_none: bool = True) -> None:
         raise UserError(f"{option} must be a positive whole number, got {value!r}")
 
 
+def _from_zero(value: Any, option: str, allow_none: bool = True, what: str = "a whole number") -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{option} must be {what} from 0, got {value!r}")
+
+
 def _within(value: Any, option: str, low: float, high: float, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
         raise UserError(f"{option} must be {what} in [{low:g}, {high:g}], got {value!r}")
@@ -246,12 +253,10 @@ class TrainOptions:
         for name in ("epochs", "steps_per_epoch", "batch_size", "threads", "stop_after"):
             _positive(getattr(self, name), f"--{name.replace('_', '-')}")
         if self.fold is not None:  # the datalist's cases of that fold validate (training/cases.split_fold)
-            if isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 0:
-                raise UserError(f"--fold must be a whole number from 0, got {self.fold!r}")
+            _from_zero(self.fold, "--fold")
             if self.datalist is None or self.val_images is not None:
                 raise UserError(f"--fold {self.fold} picks the validation cases of a --datalist by their 'fold'; give a --datalist and leave out --val-images")
-        if self.val_gap is not None and (isinstance(self.val_gap, bool) or not isinstance(self.val_gap, int) or self.val_gap < 0):
-            raise UserError(f"--val-gap must be a whole number of slices from 0, got {self.val_gap!r}")
+        _from_zero(self.val_gap, "--val-gap", what="a whole number of slices")
         _positive(self.val_blocks, "--val-blocks", allow_none=False)
         _positive(self.val_every, "--val-every", allow_none=False)
         if self.context is not None:
@@ -262,8 +267,7 @@ class TrainOptions:
             _within(getattr(self, name), f"--{name.replace('_', '-')}", 0, high, "a number")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1):
             raise UserError(f"--lr must be a learning rate in (0, 1], got {self.lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UserError(f"--seed must be a whole number from 0, got {self.seed!r}")
+        _from_zero(self.seed, "--seed", allow_none=False)
 
     # -- what the run uses --
 

@@ -238,12 +238,7 @@ def check_event(event: Any, command: Optional[str] = None) -> List[str]:
     kind = event["event"]
     if kind == START:
         command = event.get("command")
-    schema = schema_of(kind, command)
-    problems = [f"{kind}: missing {name!r}" for name in sorted(schema.__required_keys__) if name not in event]
-    hints = get_type_hints(schema)
-    for name, value in event.items():
-        if name in hints and not _matches(value, hints[name]):
-            problems.append(f"{kind}: {name!r} is {value!r}, not {_name(hints[name])}")
+    problems = [f"{kind}: {problem}" for problem in check_nested(event, schema_of(kind, command))]
     if kind == START and event.get("unit") not in UNITS:
         problems.append(f"start: unit {event.get('unit')!r} is none of {', '.join(UNITS)}")
     return problems
@@ -265,7 +260,7 @@ def _matches(value: Any, expected: Any) -> bool:
     if expected is type(None):
         return value is None
     if isinstance(expected, type) and hasattr(expected, "__required_keys__"):  # a nested TypedDict
-        return isinstance(value, dict) and not [p for p in check_nested(value, expected)]
+        return isinstance(value, dict) and not check_nested(value, expected)
     if expected is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected is int:
@@ -274,10 +269,11 @@ def _matches(value: Any, expected: Any) -> bool:
 
 
 def check_nested(value: dict, schema: type) -> List[str]:
-    """Problems of a nested payload (e.g. a :class:`ReviewItem`): missing required or mistyped fields."""
+    """Problems of a payload against ``schema`` (an event's, or a nested one such as a :class:`ReviewItem`):
+    missing required or mistyped fields (:func:`check_event` prefixes each with the event's kind)."""
     hints = get_type_hints(schema)
     missing = [f"missing {name!r}" for name in sorted(schema.__required_keys__) if name not in value]
-    return missing + [f"{name!r} is {v!r}" for name, v in value.items() if name in hints and not _matches(v, hints[name])]
+    return missing + [f"{name!r} is {v!r}, not {_name(hints[name])}" for name, v in value.items() if name in hints and not _matches(v, hints[name])]
 
 
 def _name(annotation: Any) -> str:

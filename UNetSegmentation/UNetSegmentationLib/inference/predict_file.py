@@ -28,7 +28,7 @@ from UNetSegmentationLib.inference.resolution import plan_model_grid
 from UNetSegmentationLib.inference.slice_subset import blank_other_slices, only_slices
 from UNetSegmentationLib.inference.slicing import SliceGeometry, body_batch
 from UNetSegmentationLib.io.case_outputs import DICOM_SEG_EXTENSION, CaseOutputs, DicomSource, write_case_outputs, writes_dicom_seg
-from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo, algorithm_of, check_dicom_seg
+from UNetSegmentationLib.io.dicom_seg import AlgorithmInfo, algorithm_of, check_dicom_seg, check_dicom_segments
 from UNetSegmentationLib.io.file_digest import file_sha256
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
@@ -270,12 +270,12 @@ def segment_volume(
 
 def _dicom_source(header: InputHeader, labels_output: Path, model: SegmentationModel, algorithm: Optional[AlgorithmInfo]) -> Optional[DicomSource]:
     """For a DICOM SEG output: the series' files and the algorithm, once the SEG is known to be possible
-    with this model's segments (:func:`~UNetSegmentationLib.io.dicom_seg.check_dicom_seg`); else None."""
+    with this model's segments (:func:`~UNetSegmentationLib.io.dicom_seg.check_dicom_segments`; the series by :func:`prepare_input`); else None."""
     if not writes_dicom_seg(labels_output):
         return None
     if not header.dicom_files:
         raise UserError(f"{labels_output}: a DICOM SEG needs a DICOM series as input; write a label map (.nrrd, .seg.nrrd) instead")
-    check_dicom_seg(header.dicom_files, model.metadata.classes)
+    check_dicom_segments(model.metadata.classes)  # the series' files were checked by prepare_input, before the model: not read again
     if algorithm is None:
         path = model.checkpoint.path
         algorithm = algorithm_of(path, file_sha256(path), model.metadata.architecture)

@@ -79,7 +79,7 @@ def check_dicom_seg(source_files: Sequence[str], classes: Optional[Sequence[Clas
     image without a UID the SEG must reference (an anonymiser may have emptied them: a SEG cannot
     reference an image by a UID it does not have, and UIDs made up here would reference nothing), or a
     segment the SEG cannot describe."""
-    hd, pydicom = _dicom_modules()
+    _, pydicom = _dicom_modules()
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in source_files]
     folder = Path(source_files[0]).parent
     missing = {}  # field → the files lacking it
@@ -96,8 +96,13 @@ def check_dicom_seg(source_files: Sequence[str], classes: Optional[Sequence[Clas
     uids = [str(source.SOPInstanceUID) for source in sources]
     if len(set(uids)) != len(uids):
         raise UserError(f"cannot make a DICOM SEG of the series in {folder}: several of its images share one SOPInstanceUID (0008,0018); write a Slicer segmentation (.seg.nrrd) or a label map instead")
-    if classes is None:  # the model not known yet: its segments are checked before the volume is read
-        return
+    if classes is not None:  # else the model is not known yet: its segments are checked before the volume is read
+        check_dicom_segments(classes)
+
+
+def check_dicom_segments(classes: Sequence[ClassInfo]) -> None:
+    """Refuse a segment the SEG cannot describe; the series' files are :func:`check_dicom_seg`'s (read once, before the model)."""
+    hd, _ = _dicom_modules()
     try:
         segment_descriptions(hd, classes, AlgorithmInfo("check", "0" * 64, "unetseg"))
     except ValueError as error:

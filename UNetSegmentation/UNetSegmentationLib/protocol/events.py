@@ -34,12 +34,7 @@ event departs from its schema (the tests run every command through it).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Union
-
-try:  # Python 3.8+: typing; the panel's Python (3.9 in Slicer 5.x) has both
-    from typing import TypedDict, get_args, get_origin, get_type_hints
-except ImportError:  # pragma: no cover
-    from typing_extensions import TypedDict, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Optional, TypedDict, Union, get_args, get_origin, get_type_hints
 
 #: the schema's version, sent in every ``start`` event; raise it when a field changes meaning
 VERSION = 1

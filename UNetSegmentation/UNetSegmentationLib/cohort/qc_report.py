@@ -117,6 +117,7 @@ def write_qc_report(cases: Sequence[CohortCase], records: Dict[str, dict], class
         (folder / "cases").mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot make the QC report folder {folder}: {error.strerror or error}") from None
+    records = {name: normalised(record) for name, record in records.items()}  # once, for the flags, the pictures and the CSV
     flags = qc_flags(records, classes)
     order = sorted((c for c in cases if c.name in records), key=lambda c: (not flags[c.name], c.name))
     thumbnails: List[Tuple[str, np.ndarray, np.ndarray, float, bool]] = []
@@ -245,7 +246,7 @@ def _write_csv(order: Sequence[CohortCase], records: Dict[str, dict], flags: Dic
             writer = csv.writer(file)
             writer.writerow([cell(c) for c in columns])
             for case in order:
-                record = normalised(records[case.name])
+                record = records[case.name]
                 volumes = record.get("volumes_ml") or {}
                 writer.writerow([
                     cell(case.name), cell(record.get("status", "")), cell("; ".join(flags[case.name])), _text(record.get("mean_confidence")),

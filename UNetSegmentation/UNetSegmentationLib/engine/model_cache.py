@@ -15,7 +15,7 @@ import collections
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from UNetSegmentationLib.backends.plan import ExecutionRequest
 from UNetSegmentationLib.inference.options import SegmentationOptions
@@ -75,15 +75,6 @@ class ModelCache:
         self._models.move_to_end(key)
         while len(self._models) > self.capacity:
             self._models.popitem(last=False)
-
-    def open(self, key: ModelKey, opener: Callable[[], SegmentationModel]) -> Tuple[SegmentationModel, bool]:
-        """``(model, loaded now)``: the cached model of ``key``, or ``opener()``'s, cached."""
-        model = self.get(key)
-        if model is not None:
-            return model, False
-        model = opener()
-        self.put(key, model)
-        return model, True
 
     def describe(self) -> List[dict]:
         return [key.describe() for key in self._models]

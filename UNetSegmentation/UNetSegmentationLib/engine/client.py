@@ -226,7 +226,8 @@ class EngineClient:
         # a request the engine never answered may never have been read (a line written while it was dying):
         # it goes to a new engine, once; the others end with the death, said in each one's error
         unanswered = [(rid, self._open[rid], self._lines[rid]) for rid in self._open if rid not in self._answered and rid not in self._resent]
-        failed = [rid for rid in self._open if rid not in {u[0] for u in unanswered}]
+        resend = {rid for rid, _, _ in unanswered}
+        failed = [rid for rid in self._open if rid not in resend]
         for request_id in failed:
             _remove_leftovers(self._open[request_id], child.pid)
             self._events[request_id].append(make_event(ERROR, id=request_id, message=f"{message}; the next request starts a new engine"))

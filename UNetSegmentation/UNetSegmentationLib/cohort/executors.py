@@ -160,10 +160,10 @@ def _lost(slot: _Slot) -> dict:
     case, _ = slot.job
     slot.job = None
     pid, code = slot.process.pid, slot.process.exitcode
-    for output in (Path(case.output),):
-        remove_abandoned_lock(output, pid)
-        with contextlib.suppress(OSError):
-            temporary_path(output, pid).unlink()
+    output = Path(case.output)
+    remove_abandoned_lock(output, pid)
+    with contextlib.suppress(OSError):
+        temporary_path(output, pid).unlink()
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
         cause = f"was killed by {name}" + (" (most likely by the out-of-memory killer: lower --workers or free memory)" if -code == signal.SIGKILL else "")

@@ -153,17 +153,13 @@ def _finished(slot: _Slot) -> Optional[dict]:
 
 def _lost(slot: _Slot) -> dict:
     """The ``failed`` record of the case a dead worker held; its lock and partial output are removed."""
-    from UNetSegmentationLib.io.locks import remove_abandoned_lock
-    from UNetSegmentationLib.io.outputs import temporary_path
+    from UNetSegmentationLib.io.outputs import remove_leftovers
 
     slot.process.join(1.0)
     case, _ = slot.job
     slot.job = None
     pid, code = slot.process.pid, slot.process.exitcode
-    output = Path(case.output)
-    remove_abandoned_lock(output, pid)
-    with contextlib.suppress(OSError):
-        temporary_path(output, pid).unlink()
+    remove_leftovers([Path(case.output)], pid)
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
         cause = f"was killed by {name}" + (" (most likely by the out-of-memory killer: lower --workers or free memory)" if -code == signal.SIGKILL else "")

@@ -25,8 +25,7 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tu
 
 from UNetSegmentationLib.engine.requests import CANCEL, SEGMENT, SEGMENT_SLICES, SHUTDOWN, RequestId, request_line
 from UNetSegmentationLib.inference.options import SegmentationOptions
-from UNetSegmentationLib.io.locks import remove_abandoned_lock
-from UNetSegmentationLib.io.outputs import temporary_path
+from UNetSegmentationLib.io.outputs import remove_leftovers
 from UNetSegmentationLib.model.bundled import BUNDLED_SHORT_NAME
 from UNetSegmentationLib.protocol.events import DONE, ERROR, LOG, WARNING, Event, make_event
 from UNetSegmentationLib.protocol.runner import CANCELLED, EXIT, FAILED, IDLE, RUNNING, EngineProcess
@@ -229,12 +228,12 @@ class EngineClient:
         resend = {rid for rid, _, _ in unanswered}
         failed = [rid for rid in self._open if rid not in resend]
         for request_id in failed:
-            _remove_leftovers(self._open[request_id], child.pid)
+            remove_leftovers(self._open[request_id], child.pid)
             self._events[request_id].append(make_event(ERROR, id=request_id, message=f"{message}; the next request starts a new engine"))
             self._forget(request_id)
         self._death_untold = None if failed else message  # else said in the next request's events
         for request_id, outputs, line in unanswered:
-            _remove_leftovers(outputs, child.pid)
+            remove_leftovers(outputs, child.pid)
             self._forget(request_id)
             self._resent.add(request_id)
             self._send(request_id, line, outputs)
@@ -285,16 +284,6 @@ class WarmRequest:
             with contextlib.suppress(TimeoutError):
                 collections.deque(self.client.events(self._id, timeout_s=grace_s), maxlen=0)
             self.state, self.error_message = CANCELLED, "cancelled"
-
-
-def _remove_leftovers(outputs: Sequence[Path], pid: Optional[int]) -> None:
-    """A killed engine's temporary files and lock files of a request's outputs (never a finished output)."""
-    if pid is None:
-        return
-    for path in outputs:
-        with contextlib.suppress(OSError):
-            temporary_path(path, pid).unlink()
-        remove_abandoned_lock(path, pid)
 
 
 def _absolute(path) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.io.locks import claim_output, lock_path, release_output
+from UNetSegmentationLib.io.locks import claim_output, lock_path, release_output, remove_abandoned_lock
 from UNetSegmentationLib.io.output_gate import check_output
 from UNetSegmentationLib.io.verified_write import FULL_DISK_ERRORS, check_room, flush_folder, verify_written
 
@@ -46,6 +46,18 @@ def temporary_path(path: Path, pid: int | None = None) -> Path:
     if not extension:
         stem, extension = path.stem, path.suffix
     return path.with_name(f".{stem}.unetseg-{os.getpid() if pid is None else pid}.partial{extension}")
+
+
+def remove_leftovers(outputs: Iterable[Path], pid: Optional[int]) -> None:
+    """What a killed writer ``pid`` left of ``outputs``: its temporary files and its lock files (the lock
+    only if nobody holds it now), never a finished output. The runner, the warm engine's client and a
+    cohort's lost worker all tidy up with this."""
+    if pid is None:
+        return
+    for path in outputs:
+        with contextlib.suppress(OSError):
+            temporary_path(path, pid).unlink()
+        remove_abandoned_lock(Path(path), pid)
 
 
 def check_output_path(

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from UNetSegmentationLib.io.locks import remove_abandoned_lock
-from UNetSegmentationLib.io.outputs import temporary_path
+from UNetSegmentationLib.io.outputs import remove_leftovers
 from UNetSegmentationLib.protocol.child_environment import child_environment
 from UNetSegmentationLib.protocol.events import DONE as DONE_EVENT
 from UNetSegmentationLib.protocol.events import ERROR, PROGRESS, DoneEvent, Event, ProgressEvent, make_event, parse_event
@@ -270,12 +269,8 @@ class EngineProcess:
         self.returncode = process.returncode
 
     def _remove_outputs(self) -> None:
-        pid = self.pid
+        remove_leftovers(self.outputs, self.pid)  # the killed child's temporary and lock files
         for path in self.outputs:
-            if pid is not None:
-                with contextlib.suppress(OSError):
-                    temporary_path(path, pid).unlink()
-                remove_abandoned_lock(path, pid)  # the lock file a killed child left (tidiness), never one another run holds now
             if path.exists() and _signature(path) != self._before.get(path):
                 with contextlib.suppress(OSError):
                     path.unlink()

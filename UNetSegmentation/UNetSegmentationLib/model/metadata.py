@@ -42,6 +42,8 @@ METADATA_KEY = "unetseg"
 CT_WINDOW_LIMIT = 100_000.0
 #: ... and be at least this wide: a narrower window turns every voxel into 0 or 1 (or divides by ~0)
 CT_WINDOW_MIN_WIDTH = 1.0
+#: an interactive network's guidance channels (interactive/guidance.GUIDANCE_CHANNELS; model/ cannot import it)
+INTERACTIVE_GUIDANCE_CHANNELS = 3
 
 def out_channels_for(class_count: int) -> int:
     """One foreground class is one sigmoid channel; several are softmax over background + classes."""
@@ -91,11 +93,19 @@ class ModelMetadata:
     recommended_depth: Optional[int] = None
     training: Dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: an interactive network's guidance encoding (interactive/guidance.GuidanceSpec.to_dict()); None: an automatic one
+    guidance: Optional[Dict[str, Any]] = None
+
+    @property
+    def role(self) -> str:
+        """``interactive`` (segments the object under clicks: guidance channels after the image's) or ``automatic``."""
+        return "automatic" if self.guidance is None else "interactive"
 
     @property
     def in_channels(self) -> int:
-        """Input channels: the slice and ``context`` neighbours on each side (2.5D)."""
-        return 2 * self.context + 1
+        """Input channels: the slice and ``context`` neighbours on each side (2.5D); an interactive network's
+        three guidance channels after them (previous mask, positive and negative clicks: interactive/guidance.py)."""
+        return 2 * self.context + 1 + (0 if self.guidance is None else INTERACTIVE_GUIDANCE_CHANNELS)
 
     @property
     def out_channels(self) -> int:
@@ -140,6 +150,8 @@ class ModelMetadata:
             data["recommended_depth"] = self.recommended_depth
         if self.training:
             data["training"] = self.training
+        if self.guidance is not None:
+            data["role"], data["guidance"] = self.role, dict(self.guidance)
         return data
 
     def dumps(self) -> str:
@@ -298,9 +310,16 @@ def _validated_metadata(data: Any, source: str) -> ModelMetadata:
     if not isinstance(training, dict):
         raise _fail(source, "'training' must be an object")
     metadata.training = training
+    role, guidance = data.get("role", "automatic"), data.get("guidance")
+    if role not in ("automatic", "interactive") or (role == "interactive") != isinstance(guidance, dict):
+        raise _fail(source, f"role must be 'automatic', or 'interactive' with a 'guidance' object, got role {role!r} and guidance {guidance!r}"[:300])
+    metadata.guidance = guidance
+    if guidance is not None and len(metadata.classes) != 1:
+        raise _fail(source, "an interactive model segments one object: it must declare exactly one class")
     for name, expected in (("in_channels", metadata.in_channels), ("out_channels", metadata.out_channels)):
         given = metadata.kwargs.get(name)
         if given != expected:
-            what = f"context {context} needs 2*{context}+1" if name == "in_channels" else f"{len(metadata.classes)} class(es) need"
+            guided = f"+{INTERACTIVE_GUIDANCE_CHANNELS} (interactive)" if guidance is not None else ""
+            what = f"context {context} needs 2*{context}+1{guided}" if name == "in_channels" else f"{len(metadata.classes)} class(es) need"
             raise _fail(source, f"class/channel mismatch: architecture {name}={given!r} but {what} = {expected}")
     return metadata

@@ -25,9 +25,11 @@ class TrainConfig:
     context: int = 1
     norm: str = "ct:-1000,1000"
     classes: Optional[List[str]] = None
+    class_table: Optional[List[Dict[str, Any]]] = None  # --classes TABLE.json: the classes with their values, colours and terminology
     init: Optional[str] = None
     other_labels: str = "error"
     spacing: Optional[Any] = None  # None: the median in-plane spacing of the training images; "native"; [row, column] mm
+    slice_distance: Optional[float] = None  # mm between a slice and its 2.5D neighbours; None: the median slice spacing
     label_map: Optional[Dict[str, str]] = None  # the user's label value or segment name -> the model's class (name or value)
     train_slices: Optional[str] = None  # train only on these slices (grammar/slice_ranges text, e.g. 12-18,40) of every training case
     partial_classes: Any = "auto"  # "auto": classes no training label holds are unlabelled, not background; "none"; or class names

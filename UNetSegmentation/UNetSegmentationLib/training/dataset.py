@@ -17,7 +17,7 @@ import numpy as np
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.geometry.slice_distance import neighbour_step
 from UNetSegmentationLib.grammar.slice_ranges import parse_slice_ranges
-from UNetSegmentationLib.model.metadata import ClassInfo, ModelMetadata, Normalization, out_channels_for
+from UNetSegmentationLib.model.metadata import ClassInfo, ModelMetadata, Normalization, classes_from_json, out_channels_for
 from UNetSegmentationLib.model.training_record import slice_ranges
 from UNetSegmentationLib.networks.registry import get_architecture
 from UNetSegmentationLib.training.cases import Case
@@ -120,15 +120,23 @@ def check_crop(crop: Sequence[int], volumes: Sequence[PreparedVolume]) -> None:
 
 
 def model_metadata(config: TrainConfig, classes: Sequence[ClassInfo], init_metadata: Optional[ModelMetadata]) -> ModelMetadata:
-    """The metadata of the model to train: the ``--init`` checkpoint's (without its measurements), else a new one from ``config``."""
+    """The metadata of the model to train: the ``--init`` checkpoint's (without its measurements, nor its
+    calibration temperature, fitted to the old weights), else a new one from ``config``."""
     if init_metadata is not None:
-        return dataclasses.replace(init_metadata, depth_metrics={}, recommended_depth=None, training={})
+        return dataclasses.replace(init_metadata, depth_metrics={}, recommended_depth=None, training={}, temperature=1.0)
     architecture = get_architecture(config.arch)
     kwargs = dict(architecture.default_kwargs)
     if config.features:
         kwargs["features"] = list(config.features)
     kwargs.update(in_channels=2 * config.context + 1, out_channels=out_channels_for(len(classes)))
     return ModelMetadata(config.arch, kwargs, config.context, Normalization.parse(config.norm), list(classes))
+
+
+def _declared_classes(config: TrainConfig) -> Optional[List[ClassInfo]]:
+    """The classes a ``--classes TABLE.json`` run declares (label values matched by class value), or None."""
+    if not config.class_table:
+        return None
+    return classes_from_json(config.class_table, "--classes")
 
 
 def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], init_metadata: Optional[ModelMetadata],
@@ -142,7 +150,7 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     classes, lookups = resolve_classes(
         [(item.case.name, item.label) for item in everything],
         names=config.classes,
-        declared=init_metadata.classes if init_metadata else None,
+        declared=init_metadata.classes if init_metadata else _declared_classes(config),
         other_labels=config.other_labels,
         label_map=config.label_map,
         warn=warn,
@@ -154,7 +162,7 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     # per case: the classes its datalist entry leaves out are unknown there (names checked before any volume is prepared)
     per_case = [case_unlabelled(item.case.name, item.case.labelled, metadata.classes, unlabelled) for item in everything]
     per_case = per_case if metadata.uses_softmax else [()] * len(per_case)
-    base_distance = init_metadata.context_distance if init_metadata is not None else None
+    base_distance = init_metadata.context_distance if init_metadata is not None else config.slice_distance
     volumes: List[PreparedVolume] = []
     for index, (item, lookup) in enumerate(zip(everything, lookups)):
         volume = prepare_volume(item, metadata.normalization, config.axis, lookup)

@@ -6,11 +6,21 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
-from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSimulateLowResolutiond,
+)
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.slicing import gather_context
 from UNetSegmentationLib.training.partial_labels import merged_mask
+from UNetSegmentationLib.training.simulated_acquisition import RandFieldOfViewCut, RandThickSlice
 from UNetSegmentationLib.training.volumes import PreparedVolume
 
 
@@ -22,6 +32,14 @@ class AugmentOptions:
     already brings every slice into one anatomical orientation, and mirroring would teach a model to
     confuse left and right structures. ``rotate`` in degrees, ``scale`` as a ±fraction,
     ``intensity`` as a ±shift and ±scale in normalised units; each applied with probability ``prob``.
+
+    The acquisition candidates of issue 24 (off by default; chosen by leave-one-patient-out measurement,
+    see Resources/Tools/train_bundled_model.py): ``contrast`` a gamma in ``[1 - contrast, 1 + contrast]``
+    (contrast phases, windowing); ``noise`` Gaussian noise of standard deviation up to it (normalised
+    units: low-dose scans); ``low_resolution`` in-plane down- and up-sampling by a zoom down to
+    ``1 - low_resolution`` (other reconstruction kernels and spacings); ``thickness`` thicker slices
+    (:class:`~.simulated_acquisition.RandThickSlice`); ``cut`` the probability of a field of view that
+    ends inside the crop (:class:`~.simulated_acquisition.RandFieldOfViewCut`).
     """
 
     flip: float = 0.0
@@ -29,6 +47,11 @@ class AugmentOptions:
     scale: float = 0.1
     intensity: float = 0.1
     prob: float = 0.5
+    contrast: float = 0.0
+    noise: float = 0.0
+    low_resolution: float = 0.0
+    thickness: float = 0.0
+    cut: float = 0.0
 
     def transforms(self):
         """A MONAI ``Compose`` over ``{"image": (C, H, W), "label": (1, H, W)}``, or ``None`` for no augmentation."""
@@ -51,7 +74,23 @@ class AugmentOptions:
                 RandScaleIntensityd(keys="image", factors=self.intensity, prob=self.prob),
                 RandShiftIntensityd(keys="image", offsets=self.intensity, prob=self.prob),
             ]
+        steps += self._acquisition()
         return Compose(steps) if steps else None
+
+    def _acquisition(self) -> list:
+        """The simulated-acquisition transforms that are switched on."""
+        steps: list = []
+        if self.contrast > 0:
+            steps.append(RandAdjustContrastd(keys="image", prob=self.prob, gamma=(max(0.05, 1 - self.contrast), 1 + self.contrast)))
+        if self.low_resolution > 0:
+            steps.append(RandSimulateLowResolutiond(keys="image", prob=self.prob, zoom_range=(1 - self.low_resolution, 1.0), upsample_mode="bilinear"))
+        if self.thickness > 0:
+            steps.append(RandThickSlice(keys="image", prob=self.prob, thickness=self.thickness))
+        if self.noise > 0:
+            steps.append(RandGaussianNoised(keys="image", prob=self.prob, std=self.noise))
+        if self.cut > 0:
+            steps.append(RandFieldOfViewCut("image", "label", prob=self.cut))
+        return steps
 
 
 class SliceSampler:

@@ -123,13 +123,14 @@ _VALUED_OPTIONS = (
     ("--epochs", "epochs"), ("--steps-per-epoch", "steps_per_epoch"), ("--batch-size", "batch_size"), ("--crop", "crop"),
     ("--optimizer", "optimizer"), ("--lr", "lr"), ("--weight-decay", "weight_decay"), ("--schedule", "schedule"), ("--loss", "loss"),
     ("--foreground", "foreground"), ("--flip", "flip"), ("--rotate", "rotate"), ("--scale", "scale"), ("--intensity", "intensity"),
-    ("--augment-prob", "augment_prob"), ("--seed", "seed"), ("--device", "device"), ("--threads", "threads"), ("--axis", "axis"),
+    ("--augment-prob", "augment_prob"), ("--contrast", "contrast"), ("--noise", "noise"),
+    ("--low-resolution", "low_resolution"), ("--thickness", "thickness"), ("--cut", "cut"), ("--slice-distance", "slice_distance"), ("--seed", "seed"), ("--device", "device"), ("--threads", "threads"), ("--axis", "axis"),
     ("--val-every", "val_every"), ("--depth-tolerance", "depth_tolerance"), ("--log", "log"), ("--state", "state"), ("--stop-after", "stop_after"),
 )
 #: flags: (option, field, the field's value that writes the flag)
 _FLAGS = (("--freeze-encoder", "freeze_encoder", True), ("--no-amp", "amp", False), ("--resume", "resume", True), ("--overwrite", "overwrite", True))
 #: what ``--init`` takes from its checkpoint (so these are refused beside it)
-_FROM_INIT = ("arch", "features", "classes", "context", "norm", "spacing")
+_FROM_INIT = ("arch", "features", "classes", "context", "norm", "spacing", "slice_distance")
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class TrainOptions:
     norm: Optional[str] = None
     classes: Optional[str] = None
     spacing: Optional[str] = None
+    slice_distance: Optional[float] = None  # mm between a slice and its 2.5D neighbours; None: the median slice spacing
     # fine-tuning
     init: Optional[Path] = None
     train_slices: Optional[str] = None  # grammar/slice_ranges text: "12-18,40"
@@ -187,6 +189,11 @@ class TrainOptions:
     scale: float = 0.1
     intensity: float = 0.1
     augment_prob: float = 0.5
+    contrast: float = 0.0
+    noise: float = 0.0
+    low_resolution: float = 0.0
+    thickness: float = 0.0
+    cut: float = 0.0
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -261,9 +268,11 @@ class TrainOptions:
         _positive(self.val_every, "--val-every", allow_none=False)
         if self.context is not None:
             _within(self.context, "--context", 0, MAX_CONTEXT, "a whole number of slices")
-        for name in ("foreground", "flip", "augment_prob"):
+        if self.slice_distance is not None:
+            _within(self.slice_distance, "--slice-distance", 0.1, 100, "a distance in mm")
+        for name in ("foreground", "flip", "augment_prob", "cut"):
             _within(getattr(self, name), f"--{name.replace('_', '-')}", 0, 1, "a probability")
-        for name, high in (("rotate", 180), ("scale", 0.9), ("intensity", 10), ("depth_tolerance", 1), ("weight_decay", 1)):
+        for name, high in (("rotate", 180), ("scale", 0.9), ("intensity", 10), ("contrast", 0.9), ("noise", 1), ("low_resolution", 0.9), ("thickness", 1), ("depth_tolerance", 1), ("weight_decay", 1)):
             _within(getattr(self, name), f"--{name.replace('_', '-')}", 0, high, "a number")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1):
             raise UserError(f"--lr must be a learning rate in (0, 1], got {self.lr!r}")
@@ -292,12 +301,14 @@ class TrainOptions:
         return TrainConfig(
             arch=architecture.name, features=resolve_features(architecture, self.features) if self.features else None,
             context=DEFAULT_CONTEXT if self.context is None else self.context, norm=self.norm or DEFAULT_NORM,
-            classes=parse_class_names(self.classes), init=None if self.init is None else str(self.init), other_labels=self.other_labels,
+            **self._classes(), init=None if self.init is None else str(self.init), other_labels=self.other_labels,
             epochs=self.effective("epochs"), steps_per_epoch=self.effective("steps_per_epoch"), batch_size=self.effective("batch_size"),
             crop=self.effective("crop"), crop_given=self.crop is not None,
             optimizer=self.optimizer, lr=self.effective("lr"), weight_decay=self.weight_decay, schedule=self.schedule, loss=self.loss,
             foreground=self.foreground,
-            augment=AugmentOptions(flip=self.flip, rotate=self.rotate, scale=self.scale, intensity=self.intensity, prob=self.augment_prob),
+            augment=AugmentOptions(flip=self.flip, rotate=self.rotate, scale=self.scale, intensity=self.intensity, prob=self.augment_prob,
+                                   contrast=self.contrast, noise=self.noise, low_resolution=self.low_resolution, thickness=self.thickness, cut=self.cut),
+            slice_distance=self.slice_distance,
             seed=self.seed, device=self.device, amp=self.amp,
             spacing=parse_spacing(self.spacing), label_map=parse_label_map(self.label_map) if self.label_map else None,
             train_slices=self.train_slices, partial_classes=parse_partial_classes(self.partial_classes),
@@ -307,6 +318,16 @@ class TrainOptions:
             depth_tolerance=self.depth_tolerance, axis=self.axis, threads=self.threads,
             stop_after=self.stop_after, log=None if self.log is None else str(self.log), state=None if self.state is None else str(self.state),
         )
+
+    def _classes(self) -> Dict[str, Any]:
+        """``classes`` (names) and ``class_table`` of the run: ``--classes TABLE.json`` reads a class table
+        (values, names, colours, terminology: training-data/classes.json), anything else is a list of names."""
+        if self.classes is not None and self.classes.lower().endswith(".json"):
+            from UNetSegmentationLib.model.metadata import read_class_table
+
+            table = read_class_table(Path(self.classes))
+            return {"classes": [c.name for c in table], "class_table": [c.to_json() for c in table]}
+        return {"classes": parse_class_names(self.classes), "class_table": None}
 
     # -- command lines --
 

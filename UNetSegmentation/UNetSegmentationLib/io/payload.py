@@ -130,6 +130,37 @@ def missing_data(payload: Payload, decode: bool = True) -> Optional[str]:
     return None
 
 
+def checksum_matches(payload: Payload, decoded) -> bool:
+    """Whether ``decoded`` (a buffer: what a reader made of ``payload``'s compressed data, less the decoded bytes
+    before the voxels, ``payload.expected_bytes - len(decoded)``: a NIfTI's header, a NRRD's byte skip) is
+    exactly what the stream holds, by the stream's own trailer: a gzip member's CRC-32 and length, a zlib
+    stream's Adler-32, computed over the bytes as read (a pass over memory, a sixth of decoding the stream
+    again). False whenever it cannot tell (several gzip members, bytes after the stream, values the reader
+    converted): :func:`missing_data` then decodes and counts it."""
+    size = memoryview(decoded).nbytes
+    prefix = payload.expected_bytes - size
+    try:
+        held = payload.data_file.stat().st_size - payload.offset
+        if payload.encoding != DEFLATE or prefix < 0 or payload.offset < 0 or held < 12:
+            return False
+        if payload.compressed_bytes is not None and payload.compressed_bytes != held:
+            return False
+        with open(payload.data_file, "rb") as file:
+            file.seek(payload.offset)
+            start = file.read(min(held, _STEP))
+            file.seek(payload.offset + held - 8)
+            trailer = file.read(8)
+    except OSError:
+        return False
+    head = zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(start, prefix) if prefix else b""
+    if len(head) < prefix:
+        return False
+    if start[:2] == b"\x1f\x8b":  # gzip: CRC-32 and the length modulo 2^32, little-endian
+        crc, length = int.from_bytes(trailer[:4], "little"), int.from_bytes(trailer[4:], "little")
+        return length == payload.expected_bytes % (1 << 32) and zlib.crc32(decoded, zlib.crc32(head)) == crc
+    return zlib.adler32(decoded, zlib.adler32(head)) == int.from_bytes(trailer[4:], "big")  # zlib: Adler-32, big-endian
+
+
 def decoded_length(file: BinaryIO, length: int) -> Tuple[int, bool, Optional[str]]:
     """``(bytes decoded, whether the data reached its end marker, the decoder's complaint or None)`` for the gzip
     or zlib stream(s) in the next ``length`` bytes of ``file``, decoded 1 MiB at a time and counted, never kept.

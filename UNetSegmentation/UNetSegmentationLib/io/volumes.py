@@ -26,7 +26,7 @@ from UNetSegmentationLib.io.dicom_series import check_stack, series_files, speci
 from UNetSegmentationLib.io.input_header import SUPPORTED, InputHeader, read_header
 from UNetSegmentationLib.io.native_messages import native_reason, quiet_itk
 from UNetSegmentationLib.io.path_names import path_problem
-from UNetSegmentationLib.io.payload import describe_payload, format_bytes, missing_data
+from UNetSegmentationLib.io.payload import DEFLATE, checksum_matches, describe_payload, format_bytes, missing_data
 from UNetSegmentationLib.io.reader_hazards import reader_hazard
 from UNetSegmentationLib.io.stated_geometry import unstated_geometry
 
@@ -63,7 +63,7 @@ def inspect_input(path, series_uid: Optional[str] = None) -> InputHeader:
         unstated = unstated_geometry(path)
         if unstated:
             raise UserError(unstated)
-        _check_payload(path, decode=False)  # sizes only: compressed data is decoded once the run is known to fit in memory
+        _check_payload(path, decode=False)  # sizes only: compressed data is checked as it is read (read_volume)
     return header
 
 
@@ -84,19 +84,38 @@ def _stat_mode(path: Path) -> int:
 
 
 def verify_data(header: InputHeader) -> InputHeader:
-    """``header`` once all the voxel data it announces is found: compressed data is decoded and counted (1 MiB
-    at a time, nothing kept), so a stream cut short or corrupt is refused instead of read with zeros in place of
-    the missing voxels. Run it after the memory check: decoding a large volume takes a while."""
-    if not header.dicom_files and not header.data_verified:
-        _check_payload(header.path, decode=True)
-    return dataclasses.replace(header, data_verified=True)
+    """``header`` once all the voxel data it announces is known to be there, as far as the file tells without
+    decoding it: raw data by the file's size, compressed data by the most its length can hold (a gzip bomb is
+    refused here, before anything is allocated). Compressed data is then checked as it is read
+    (:func:`read_volume`: the stream's own checksum against what the reader decoded, :func:`~.payload.checksum_matches`;
+    decoded and counted where that cannot tell), so a stream cut short or corrupt is refused instead of read
+    with zeros or garbage in place of the missing voxels, and it is decoded once, not twice (BENCHMARKS.md,
+    *Clinical CT speed*); ``data_verified`` stays False until then."""
+    if header.dicom_files or header.data_verified:
+        return dataclasses.replace(header, data_verified=True)
+    payload = describe_payload(header.path)
+    _refuse_missing(header.path, missing_data(payload, decode=False) if payload is not None else None)
+    return dataclasses.replace(header, data_verified=payload is None or payload.encoding != DEFLATE)
+
+
+def _check_decoded(header: InputHeader, image: sitk.Image) -> None:
+    """Refuse a file whose compressed stream is cut short or corrupt, by its checksum against ``image``'s voxels
+    as the reader decoded them; decoded and counted (:func:`~.payload.missing_data`) where the checksum cannot tell."""
+    payload = describe_payload(header.path)
+    if payload is None or payload.encoding != DEFLATE:
+        return
+    if not checksum_matches(payload, sitk.GetArrayViewFromImage(image)):
+        _refuse_missing(header.path, missing_data(payload, decode=True))
 
 
 def _check_payload(path: Path, decode: bool) -> None:
     """Refuse a file cut short or corrupt: less voxel data than its header announces (see :mod:`.payload`);
     ``decode``: count what compressed data decodes to (else only what its length can hold at most)."""
     payload = describe_payload(path)
-    problem = missing_data(payload, decode=decode) if payload is not None else None
+    _refuse_missing(path, missing_data(payload, decode=decode) if payload is not None else None)
+
+
+def _refuse_missing(path: Path, problem: Optional[str]) -> None:
     if problem:
         raise UserError(f"{path} is truncated or corrupt: {problem}; copy or export it again")
 
@@ -110,7 +129,7 @@ def validate_header(header: InputHeader) -> None:
 
 def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
     """A 3D scalar image, or a :class:`UserError` that says why not (``header``: from :func:`inspect_input`,
-    its data verified by :func:`verify_data` here unless it was already)."""
+    its data verified by :func:`verify_data` here unless it was already; compressed data checked as it is read)."""
     header = verify_data(header or inspect_input(path))
     try:
         with quiet_itk():
@@ -125,7 +144,11 @@ def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
     except RuntimeError as error:
         if "allocate" in str(error).lower() or "bad_alloc" in str(error).lower():
             raise UserError(_out_of_memory_reading(header)) from None
+        if not header.data_verified:  # a stream cut short or corrupt is named as such, not as the reader words it
+            _check_payload(header.path, decode=True)
         raise UserError(f"cannot read {header.path} as an image ({SUPPORTED}): {native_reason(error)}") from None
+    if not header.data_verified:
+        _check_decoded(header, image)
     validate_volume(image, header.path)
     return image
 

@@ -1,0 +1,425 @@
+"""The scene side of the "UNet refine" Segment Editor effect: clicks into the engine's coordinates, the
+engine's proposal shown as a preview, and Apply or Cancel, on arrays and MRML nodes (no Qt).
+
+The effect refines the *selected* segment: the engine proposes a new mask of that one object on some
+slices (the clicked slice and those its propagation reached), and only those slices of that segment
+change. The proposal is shown in a preview segmentation node of its own (the target segment hidden
+meanwhile, as Grow from seeds previews), already cut to what Apply may change. Apply saves Segment
+Editor's undo state first, then edits the segment through Segment Editor's own modification
+(``vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap``, or the effect's ``modifySegmentByLabelmap``
+inside Slicer), in two steps per run of slices: *add* where the proposal has the object, *remove* where
+it has not. So Segment Editor decides, exactly as for its Paint and Erase, what the editable area
+allows (everywhere, inside or outside all or the visible segments, the source volume's intensity range)
+and which other segments lose voxels (overwrite all, visible or none): a "set" would clear the segment
+outside the slices, and masking a set is not the same as masking a paint. Cancel removes the preview
+and changes nothing.
+
+The slices whose segment Apply changed are remembered on the segmentation node
+(:func:`remember_corrected_slices`, along the engine's slice axis of the source volume): "Improve the
+model" trains on them when its slice box is empty (:func:`corrected_slices`), since the other slices
+are still the model's own result. Which *classes* were corrected needs nothing here: the segment no
+longer matches the fingerprint of the model's result (:mod:`.finetune`).
+
+Clicks: a left click adds (positive), a right click or a shift-click removes (negative)
+(:func:`click_is_positive`); a click's world RAS point becomes the source volume's continuous voxel
+index and the LPS millimetres of the file the engine reads (:func:`volume_click`).
+
+Plain MRML calls and numpy (imported where used: the module's setup stays light): tested on the
+``slicer-core`` scene (``Testing/test_mrml_refine_effect.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Protocol, Sequence, Tuple
+
+import slicer
+import vtk
+
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.grammar.slice_ranges import format_slice_ranges, parse_slice_ranges
+from UNetSegmentationSlicer import slices
+
+#: node attribute of the preview segmentation (a transient node: never saved with the scene)
+PREVIEW_ATTRIBUTE = "UNetSegmentation.RefinePreview"
+#: segmentation attribute: the slices the user corrected ("12-18,40", along the source volume's slice axis)
+CORRECTED_SLICES_ATTRIBUTE = "UNetSegmentation.CorrectedSlices"
+#: segmentation reference: the volume whose slices those are (another volume's numbers would be wrong)
+CORRECTED_VOLUME_REFERENCE = "UNetSegmentation.correctedSlicesVolume"
+#: the preview's fill opacity in the slice views (its outline is drawn in full)
+PREVIEW_OPACITY = 0.6
+
+
+@dataclass(frozen=True)
+class VolumeClick:
+    """A click on the source volume: ``ijk`` its continuous voxel index (i, j, k), ``lps`` the same point
+    in millimetres in the frame of the volume file the engine reads (LPS), ``positive`` add or remove."""
+
+    ijk: Tuple[float, float, float]
+    lps: Tuple[float, float, float]
+    positive: bool
+
+
+def click_is_positive(left: bool, right: bool, shift: bool) -> Optional[bool]:
+    """Which click a mouse press is: True positive (a left click), False negative (a right click or a
+    shift + left click), None not a click of this effect."""
+    if right:
+        return False
+    if left:
+        return not shift
+    return None
+
+
+def volume_click(volume_node, ras: Sequence[float], positive: bool) -> VolumeClick:
+    """The click at world ``ras`` on ``volume_node``; RuntimeError when it is outside the volume.
+
+    The point goes through the inverse of the volume's parent transforms (the engine reads the volume
+    file, written without them by :func:`.scene.export_volume`), then its IJK-to-RAS matrix; LPS is that
+    local RAS with x and y negated (the file's frame, as ITK reads it)."""
+    point = [float(value) for value in ras[:3]]
+    parent = volume_node.GetParentTransformNode()
+    if parent is not None:
+        from_world = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, parent, from_world)
+        point = list(from_world.TransformPoint(point))
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(matrix)
+    ijk = tuple(float(value) for value in matrix.MultiplyPoint(point + [1.0])[:3])
+    dimensions = volume_node.GetImageData().GetDimensions()
+    if not all(-0.5 <= index <= size - 0.5 for index, size in zip(ijk, dimensions)):
+        raise RuntimeError("the click is outside the volume '%s'" % volume_node.GetName())
+    return VolumeClick(ijk, (-point[0], -point[1], point[2]), bool(positive))
+
+
+@dataclass
+class Proposal:
+    """What the engine answered: the object's mask on the source volume's grid (an array [k, j, i];
+    only ``slices`` count) and the slices it changed, along image axis ``axis`` (0 = i, 1 = j, 2 = k)."""
+
+    mask: Any
+    slices: Sequence[int]
+    axis: int
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What Apply did to the target segment: the slices it changed (along the source volume's slice
+    axis) and the voxels added and removed, as measured on the volume's grid afterwards."""
+
+    slices: List[int]
+    added: int
+    removed: int
+
+
+class SegmentEditing(Protocol):
+    """How the logic edits a segment as Segment Editor does (its undo state, masking and overwrite)."""
+
+    def save_state_for_undo(self) -> None: ...
+
+    def modify(self, segmentation_node, segment_id: str, modifier, add: bool) -> None: ...
+
+    def not_editable(self, volume_node) -> Any: ...
+
+
+class EditorLogicEditing:
+    """Segment Editor's own logic (``vtkSlicerSegmentEditorLogic``) on a Segment Editor parameter set
+    node (``vtkMRMLSegmentEditorNode``: the segmentation, the selected segment, the source volume, the
+    mask and overwrite settings): the editing of scripts and tests, and the preview's editable area in
+    Slicer (where the effect routes undo and modification through the widget instead)."""
+
+    def __init__(self, editor_node) -> None:
+        self.editor_node = editor_node
+        self.logic = slicer.vtkSlicerSegmentEditorLogic()
+        self.logic.SetMRMLScene(editor_node.GetScene())
+        self.logic.SetSegmentEditorNode(editor_node)
+
+    def save_state_for_undo(self) -> None:
+        self.logic.SaveStateForUndo()
+
+    def undo(self) -> None:
+        self.logic.Undo()
+
+    def modify(self, segmentation_node, segment_id: str, modifier, add: bool) -> None:
+        mode = self.logic.ModificationModeAdd if add else self.logic.ModificationModeRemove
+        self.logic.ModifySegmentByLabelmap(segmentation_node, segment_id, modifier, mode, False, False)
+
+    def not_editable(self, volume_node):
+        """Where the editor node's settings forbid editing, as a bool array [k, j, i] on ``volume_node``'s
+        grid: the segment-based mask Segment Editor computes, and the source intensity range."""
+        import numpy as np
+
+        logic, node = self.logic, self.editor_node
+        blocked = np.zeros(_array_shape(volume_node), dtype=bool)
+        if logic.ResetModifierLabelmapToDefault() and logic.UpdateMaskLabelmap() and logic.GetMaskLabelmap() is not None:
+            segmentation_node = node.GetSegmentationNode()
+            reference = _volume_grid_image(volume_node, segmentation_node)
+            resampled = slicer.vtkOrientedImageData()
+            if slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(logic.GetMaskLabelmap(), reference, resampled):
+                blocked |= _image_array(resampled).astype(bool)
+        if node.GetSourceVolumeIntensityMask():
+            low, high = node.GetSourceVolumeIntensityMaskRange()
+            values = slicer.util.arrayFromVolume(volume_node)
+            blocked |= (values < low) | (values > high)
+        return blocked
+
+
+class RefineLogic:
+    """One refinement of one segment: :meth:`start`, then :meth:`show` each proposal, then :meth:`apply`
+    or :meth:`cancel`."""
+
+    def __init__(self, editing: SegmentEditing) -> None:
+        self.editing = editing
+        self.segmentation_node = None
+        self.segment_id: Optional[str] = None
+        self.volume_node = None
+        self.preview_node = None
+        self._original = None  # the target segment on the volume's grid when the refinement started
+        self._proposed = None  # the target as Apply would leave it, on the volume's grid
+        self._blocked = None  # where editing is not allowed (asked once per refinement)
+        self._hidden: Optional[bool] = None  # the target's visibility before the preview hid it
+
+    @property
+    def previewing(self) -> bool:
+        return self.preview_node is not None
+
+    def start(self, segmentation_node, segment_id: str, volume_node) -> None:
+        """Begin refining ``segment_id`` of ``segmentation_node`` on ``volume_node`` (an earlier preview is cancelled)."""
+        if segmentation_node is None or segmentation_node.GetSegmentation().GetSegment(segment_id or "") is None:
+            raise RuntimeError("select the segment to refine")
+        if volume_node is None or volume_node.GetImageData() is None:
+            raise RuntimeError("select the source volume")
+        self.cancel()
+        self.segmentation_node, self.segment_id, self.volume_node = segmentation_node, segment_id, volume_node
+        self._original = segment_array(segmentation_node, segment_id, volume_node)
+        self._proposed = None
+
+    def target_array(self):
+        """The target segment on the source volume's grid ([k, j, i], 0/1) as the refinement started:
+        the mask the engine's session starts from (the automatic result is refined, not replaced)."""
+        self._require_started()
+        return self._original
+
+    def show(self, proposal: Proposal) -> None:
+        """Put the proposal's slices into the preview (only where editing is allowed) and show it."""
+        import numpy as np
+
+        self._require_started()
+        if self._blocked is None:
+            self._blocked = self.editing.not_editable(self.volume_node)
+        if self._proposed is None:
+            self._proposed = self._original.copy()
+        region = _slice_region(self._original.shape, proposal.slices, proposal.axis)
+        mask = np.asarray(proposal.mask).astype(bool)
+        if mask.shape != self._original.shape:
+            raise RuntimeError("the engine's mask has %s voxels, the volume %s" % (mask.shape, self._original.shape))
+        allowed = region & ~self._blocked
+        self._proposed[allowed] = mask[allowed]
+        self._show_preview()
+
+    def apply(self) -> Applied:
+        """Save the undo state, change the target on the proposed slices, remember them, end the preview."""
+        import numpy as np
+
+        self._require_started()
+        if self._proposed is None:
+            self.cancel()
+            return Applied([], 0, 0)
+        axis = slices.slice_axes(self.volume_node)[0]
+        changed = _changed_slices(self._original, self._proposed, axis)
+        self.editing.save_state_for_undo()
+        for first, last in _runs(changed):
+            region = _slice_region(self._original.shape, range(first, last + 1), axis)
+            proposed, original = self._proposed.astype(bool), self._original.astype(bool)
+            for add, wanted in ((True, region & proposed & ~original), (False, region & ~proposed & original)):
+                if wanted.any():
+                    self.editing.modify(self.segmentation_node, self.segment_id, self._modifier(wanted, axis, first, last), add)
+        after = segment_array(self.segmentation_node, self.segment_id, self.volume_node)
+        done = _changed_slices(self._original, after, axis)
+        added = int(np.count_nonzero(after.astype(bool) & ~self._original.astype(bool)))
+        removed = int(np.count_nonzero(self._original.astype(bool) & ~after.astype(bool)))
+        remember_corrected_slices(self.segmentation_node, self.volume_node, done)
+        self.cancel()
+        return Applied(done, added, removed)
+
+    def cancel(self) -> None:
+        """Remove the preview and show the target again; the segmentation is not touched."""
+        node, self.preview_node = self.preview_node, None
+        if node is not None and node.GetScene() is not None:
+            node.GetScene().RemoveNode(node)
+        display = self.segmentation_node.GetDisplayNode() if self.segmentation_node is not None else None
+        if display is not None and self._hidden is not None:
+            display.SetSegmentVisibility(self.segment_id, self._hidden)
+        self._hidden, self._proposed, self._blocked = None, None, None
+
+    # -- the preview -----------------------------------------------------------------------------
+
+    def _show_preview(self) -> None:
+        segment = self.segmentation_node.GetSegmentation().GetSegment(self.segment_id)
+        if self.preview_node is None:
+            self.preview_node = _new_preview_node(self.segmentation_node, self.volume_node, self.segment_id, segment)
+            display = self.segmentation_node.GetDisplayNode()
+            if display is not None:
+                self._hidden = bool(display.GetSegmentVisibility(self.segment_id))
+                display.SetSegmentVisibility(self.segment_id, False)
+        image = _oriented_image(self._proposed, self.volume_node)
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, self.preview_node, self.segment_id)
+
+    def _modifier(self, wanted, axis: int, first: int, last: int):
+        """``wanted`` (on the volume's grid) as a labelmap covering slices ``first``..``last`` only, in the
+        segmentation's frame (through the transforms between the volume and the segmentation)."""
+        return _oriented_image(wanted, self.volume_node, (axis, first, last), self.segmentation_node)
+
+    def _require_started(self) -> None:
+        if self.segmentation_node is None or self._original is None:
+            raise RuntimeError("the refinement has not started: select a segment and a source volume")
+
+
+# -- the corrected slices, for "Improve the model" -----------------------------------------------------
+
+
+def remember_corrected_slices(segmentation_node, volume_node, indices: Sequence[int]) -> None:
+    """Add ``indices`` (slices of ``volume_node`` along its slice axis) to the segmentation's corrected slices."""
+    if not indices:
+        return
+    known = _recorded(segmentation_node, volume_node)
+    segmentation_node.SetAttribute(CORRECTED_SLICES_ATTRIBUTE, format_slice_ranges(sorted(set(known) | set(int(i) for i in indices))))
+    segmentation_node.SetNodeReferenceID(CORRECTED_VOLUME_REFERENCE, volume_node.GetID())
+
+
+def corrected_slices(segmentation_node, volume_node) -> str:
+    """The slices of ``volume_node`` the user corrected in ``segmentation_node`` ("12-18,40"; "" when none):
+    what "Improve the model" trains on when its slice box is empty."""
+    if segmentation_node is None or volume_node is None:
+        return ""
+    return format_slice_ranges(_recorded(segmentation_node, volume_node))
+
+
+def _recorded(segmentation_node, volume_node) -> List[int]:
+    text = segmentation_node.GetAttribute(CORRECTED_SLICES_ATTRIBUTE) or ""
+    if not text or segmentation_node.GetNodeReferenceID(CORRECTED_VOLUME_REFERENCE) != volume_node.GetID():
+        return []
+    try:
+        return parse_slice_ranges(text, slices.slice_count(volume_node), option="corrected slices")
+    except UserError:  # a scene edited by hand: nothing remembered rather than a wrong slice
+        return []
+
+
+# -- arrays and images ---------------------------------------------------------------------------------
+
+
+def segment_array(segmentation_node, segment_id: str, volume_node):
+    """The segment on ``volume_node``'s grid as a uint8 array [k, j, i] (Slicer's export, through both transforms)."""
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    labelmap_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap_node, volume_node):
+            raise RuntimeError("the segment could not be read from '%s'" % segmentation_node.GetName())
+        return (slicer.util.arrayFromVolume(labelmap_node) > 0).astype("uint8")
+    finally:
+        slicer.mrmlScene.RemoveNode(labelmap_node)
+
+
+def _array_shape(volume_node) -> Tuple[int, int, int]:
+    i, j, k = volume_node.GetImageData().GetDimensions()
+    return (k, j, i)
+
+
+def _slice_region(shape: Tuple[int, int, int], indices: Sequence[int], axis: int):
+    """A bool array [k, j, i] true on ``indices`` along image axis ``axis``."""
+    import numpy as np
+
+    region = np.zeros(shape, dtype=bool)
+    chosen = [int(i) for i in indices if 0 <= int(i) < shape[2 - axis]]
+    index: List[Any] = [slice(None)] * 3
+    index[2 - axis] = chosen
+    region[tuple(index)] = True
+    return region
+
+
+def _changed_slices(before, after, axis: int) -> List[int]:
+    import numpy as np
+
+    other = tuple(a for a in range(3) if a != 2 - axis)
+    return [int(i) for i in np.nonzero((np.asarray(before) != np.asarray(after)).any(axis=other))[0]]
+
+
+def _runs(indices: Sequence[int]) -> List[Tuple[int, int]]:
+    """Consecutive runs of sorted indices: [3, 4, 5, 9] → [(3, 5), (9, 9)]."""
+    runs: List[Tuple[int, int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
+def _volume_grid_image(volume_node, segmentation_node):
+    """An empty image with ``volume_node``'s grid, in ``segmentation_node``'s frame."""
+    image = slicer.vtkOrientedImageData()
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    image.SetExtent(volume_node.GetImageData().GetExtent())
+    _into_frame(image, volume_node, segmentation_node, geometry_only=True)
+    return image
+
+
+def _into_frame(image, volume_node, segmentation_node, geometry_only: bool = False) -> None:
+    """Move ``image`` (in the volume's frame) into the segmentation's frame when their transforms differ."""
+    if segmentation_node is None or volume_node.GetParentTransformNode() is segmentation_node.GetParentTransformNode():
+        return
+    transform = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), transform)
+    slicer.vtkOrientedImageDataResample.TransformOrientedImage(image, transform, geometry_only)
+
+
+def _oriented_image(array, volume_node, slab: Optional[Tuple[int, int, int]] = None, segmentation_node=None):
+    """``array`` ([k, j, i] on the volume's grid) as a 0/1 labelmap image; ``slab`` (axis, first, last):
+    only those slices; in ``segmentation_node``'s frame when given."""
+    import numpy as np
+    from vtk.util import numpy_support
+
+    extent = list(volume_node.GetImageData().GetExtent())
+    data = np.asarray(array)
+    if slab is not None:
+        axis, first, last = slab
+        extent[2 * axis], extent[2 * axis + 1] = first, last
+        index: List[Any] = [slice(None)] * 3
+        index[2 - axis] = slice(first, last + 1)
+        data = data[tuple(index)]
+    image = slicer.vtkOrientedImageData()
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    image.SetExtent(extent)
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(data, dtype=np.uint8).ravel(), deep=1, array_type=vtk.VTK_UNSIGNED_CHAR)
+    image.GetPointData().SetScalars(scalars)
+    _into_frame(image, volume_node, segmentation_node)
+    return image
+
+
+def _image_array(image):
+    """An oriented image's scalars as an array [k, j, i] (a copy)."""
+    from vtk.util import numpy_support
+
+    x0, x1, y0, y1, z0, z1 = image.GetExtent()
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1).copy()
+
+
+def _new_preview_node(segmentation_node, volume_node, segment_id: str, segment):
+    """The preview: a transient segmentation node with one segment in the target's colour, over the volume."""
+    scene = slicer.mrmlScene
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(segmentation_node.GetName() + " refine preview"))
+    node.SetAttribute(PREVIEW_ATTRIBUTE, "1")
+    node.SetSaveWithScene(False)
+    node.SetHideFromEditors(True)
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    node.GetSegmentation().AddEmptySegment(segment_id, segment.GetName(), segment.GetColor())
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetOpacity2DFill(PREVIEW_OPACITY)
+    return node

@@ -70,13 +70,20 @@ def proposal(scene: Scene) -> Any:
     from scipy import ndimage
 
     lung = scene.logic.target_array().astype(bool)
-    mask = np.zeros_like(lung)
+    masks = []
     for index in SLICES:
         grown = ndimage.binary_dilation(lung[index], iterations=3)
         rows = np.nonzero(grown.any(axis=1))[0]
         grown[: rows.min() + (rows.max() - rows.min()) // 3] = False
-        mask[index] = grown
-    return scene.logic_module.Proposal(mask=mask, slices=SLICES, axis=2)
+        masks.append(grown)
+    return scene.logic_module.Proposal(slices=SLICES, masks=np.array(masks), axis=0)
+
+
+def volume_mask(answer) -> np.ndarray:
+    """The answer's masks in a volume [k, j, i] of the CT's shape (zero elsewhere)."""
+    mask = np.zeros((34, 128, 128), dtype=bool)
+    mask[list(answer.slices)] = answer.masks
+    return mask
 
 
 def outside(slices_: tuple, shape: tuple) -> np.ndarray:
@@ -94,7 +101,7 @@ def test_the_preview_shows_the_proposal_and_changes_nothing(refine):
     assert preview is not None and preview.GetAttribute(refine.logic_module.PREVIEW_ATTRIBUTE) == "1" and not preview.GetSaveWithScene()
     shown = refine.logic_module.segment_array(preview, TARGET, refine.volume)
     lung = before[TARGET]
-    assert (shown[list(SLICES)] == answer.mask[list(SLICES)]).all(), "the proposed slices as the engine answered them"
+    assert (shown[list(SLICES)] == volume_mask(answer)[list(SLICES)]).all(), "the proposed slices as the engine answered them"
     assert (shown[outside(SLICES, lung.shape)] == lung[outside(SLICES, lung.shape)]).all(), "the other slices as the segment is"
     assert preview.GetSegmentation().GetSegment(TARGET).GetColor() == refine.segmentation.GetSegmentation().GetSegment(TARGET).GetColor()
     assert not refine.segmentation.GetDisplayNode().GetSegmentVisibility(TARGET), "the target is hidden under its preview"
@@ -111,7 +118,7 @@ def test_apply_saves_the_undo_state_first_and_undo_restores_every_segment(refine
 
     assert refine.editing.logic.CanUndo(), "Segment Editor's undo state was saved"
     lung = refine.arrays()[TARGET]
-    assert (lung[list(SLICES)] == answer.mask[list(SLICES)]).all()
+    assert (lung[list(SLICES)] == volume_mask(answer)[list(SLICES)]).all()
     assert (lung[outside(SLICES, lung.shape)] == before[TARGET][outside(SLICES, lung.shape)]).all(), "only the proposed slices change"
     assert applied.slices == list(SLICES) and applied.added > 0 and applied.removed > 0
     assert refine.logic.preview_node is None and mrml_support_preview_nodes(refine) == 0
@@ -170,7 +177,7 @@ def test_the_editable_area_is_respected(refine):
     gained = after & ~before[TARGET].astype(bool)
     assert not (gained & others).any(), "nothing added inside another segment"
     assert (after == shown.astype(bool)).all(), "the preview showed what Apply did"
-    assert (answer.mask & others & ~before[TARGET].astype(bool)).any(), "the proposal did reach into other segments"
+    assert (volume_mask(answer) & others & ~before[TARGET].astype(bool)).any(), "the proposal did reach into other segments"
 
     refine.editing.undo()
     refine.editor_node.SetMaskMode(refine.mrml.slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
@@ -184,7 +191,7 @@ def test_the_editable_area_is_respected(refine):
     in_range = (values >= -1024) & (values <= -600)
     changed = refine.arrays()[TARGET] != before[TARGET]
     assert changed.any() and in_range[changed].all(), "only voxels in the intensity range change"
-    assert ((answer.mask != before[TARGET].astype(bool)) & ~in_range)[list(SLICES)].any(), "the proposal did reach outside the range"
+    assert ((volume_mask(answer) != before[TARGET].astype(bool)) & ~in_range)[list(SLICES)].any(), "the proposal did reach outside the range"
 
 
 def test_cancel_changes_nothing(refine):
@@ -207,9 +214,7 @@ def test_the_corrected_slices_are_remembered_for_improving_the_model(refine):
     assert module.corrected_slices(refine.segmentation, refine.volume) == "14-16"
 
     refine.logic.start(refine.segmentation, TARGET, refine.volume)
-    mask = refine.logic.target_array().copy()
-    mask[25] = 0  # remove the lung from slice 25
-    refine.logic.show(module.Proposal(mask=mask, slices=[25], axis=2))
+    refine.logic.show(module.Proposal(slices=[25], masks=np.zeros((1, 128, 128), dtype=bool), axis=0))  # no lung on slice 25
     refine.logic.apply()
     assert module.corrected_slices(refine.segmentation, refine.volume) == "14-16,25"
     other = refine.mrml.volume_from_array(np.zeros((34, 8, 8), dtype=np.int16), np.eye(4), "other")
@@ -218,7 +223,8 @@ def test_the_corrected_slices_are_remembered_for_improving_the_model(refine):
 
 def test_a_proposal_that_changes_nothing_applies_nothing(refine):
     before = refine.arrays()
-    refine.logic.show(refine.logic_module.Proposal(mask=refine.logic.target_array().copy(), slices=SLICES, axis=2))
+    unchanged = refine.logic.target_array()[list(SLICES)].copy()
+    refine.logic.show(refine.logic_module.Proposal(slices=SLICES, masks=unchanged, axis=0))
     applied = refine.logic.apply()
     assert applied.slices == [] and (applied.added, applied.removed) == (0, 0)
     assert all((refine.arrays()[sid] == before[sid]).all() for sid in before)
@@ -270,3 +276,43 @@ def test_improve_the_model_counts_the_refined_class_as_corrected(refine, tmp_pat
     refine.logic.apply()
     exported = finetune.export_training_pair(refine.volume, refine.segmentation, classes, tmp_path / "image.nrrd", tmp_path / "label.nrrd")
     assert exported.corrected == ["right lung"]
+
+
+def test_a_proposal_on_another_axis_and_a_wrong_answer(refine):
+    """The engine's slice axis is its own (numpy axis 2 here: sagittal slices); masks that do not fit the
+    volume's slices, or a slice outside it, are refused before anything is shown."""
+    module, before = refine.logic_module, refine.arrays()
+    masks = np.ones((2, 34, 128), dtype=bool)
+    refine.logic.show(module.Proposal(slices=[60, 61], masks=masks, axis=2))
+    shown = module.segment_array(refine.logic.preview_node, TARGET, refine.volume)
+    assert shown[:, :, 60:62].all() and (shown[:, :, :60] == before[TARGET][:, :, :60]).all()
+    with pytest.raises(RuntimeError, match="shape"):
+        refine.logic.show(module.Proposal(slices=[3], masks=np.ones((1, 128, 34), dtype=bool), axis=2))
+    with pytest.raises(RuntimeError, match="slice 40 of a volume of 34 slices"):
+        refine.logic.show(module.Proposal(slices=[40], masks=np.ones((1, 128, 128), dtype=bool), axis=0))
+    refine.logic.cancel()
+    assert all((refine.arrays()[sid] == before[sid]).all() for sid in before)
+
+
+def test_a_segmentation_in_another_frame_than_its_volume(mrml):
+    """The CT under a rotation and shift, its segmentation left outside it (both read from files): the
+    proposal, on the volume's grid, lands on the same anatomy in the segmentation's own frame."""
+    import slicerio
+
+    module = mrml.layer("refine_logic")
+    volume = mrml_support.chest_ct(mrml, transformed=True)
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    mrml.layer("scene").read_segmentation(Path(slicerio.get_testdata_file("Segmentation.seg.nrrd")), segmentation)
+    mrml.put_under_transform(segmentation, mrml_support.PARENT_TRANSFORM)  # the same placement, by another transform node
+    editor_node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor_node.SetAndObserveSegmentationNode(segmentation)
+    editor_node.SetAndObserveSourceVolumeNode(volume)
+    editor_node.SetSelectedSegmentID(TARGET)
+    logic = module.RefineLogic(module.EditorLogicEditing(editor_node))
+    logic.start(segmentation, TARGET, volume)
+    square = np.zeros((1, 128, 128), dtype=bool)
+    square[0, 30:50, 20:40] = True
+    logic.show(module.Proposal(slices=[20], masks=square, axis=0))
+    logic.apply()
+    lung = module.segment_array(segmentation, TARGET, volume).astype(bool)
+    assert (lung[20] == square[0]).mean() > 0.99

@@ -93,11 +93,12 @@ def volume_click(volume_node, ras: Sequence[float], positive: bool) -> VolumeCli
 
 @dataclass
 class Proposal:
-    """What the engine answered: the object's mask on the source volume's grid (an array [k, j, i];
-    only ``slices`` count) and the slices it changed, along image axis ``axis`` (0 = i, 1 = j, 2 = k)."""
+    """What the engine answered, in its session's form (``interactive/session.py``'s ``SliceMasks``): the
+    object's masks on ``slices`` along numpy axis ``axis`` of the source volume's array [k, j, i],
+    ``masks[n]`` being ``np.take(array, slices[n], axis)``'s pixels."""
 
-    mask: Any
     slices: Sequence[int]
+    masks: Any
     axis: int
 
 
@@ -208,12 +209,15 @@ class RefineLogic:
             self._blocked = self.editing.not_editable(self.volume_node)
         if self._proposed is None:
             self._proposed = self._original.copy()
-        region = _slice_region(self._original.shape, proposal.slices, proposal.axis)
-        mask = np.asarray(proposal.mask).astype(bool)
-        if mask.shape != self._original.shape:
-            raise RuntimeError("the engine's mask has %s voxels, the volume %s" % (mask.shape, self._original.shape))
-        allowed = region & ~self._blocked
-        self._proposed[allowed] = mask[allowed]
+        masks = np.asarray(proposal.masks).astype(bool)
+        proposed, blocked = np.moveaxis(self._proposed, proposal.axis, 0), np.moveaxis(self._blocked, proposal.axis, 0)
+        if masks.shape != (len(proposal.slices),) + proposed.shape[1:]:
+            raise RuntimeError("the engine's masks have the shape %s, the volume's slices %s" % (masks.shape[1:], proposed.shape[1:]))
+        for index, mask in zip(proposal.slices, masks):
+            if not 0 <= int(index) < proposed.shape[0]:
+                raise RuntimeError("the engine answered slice %d of a volume of %d slices" % (index, proposed.shape[0]))
+            allowed = ~blocked[int(index)]
+            proposed[int(index)][allowed] = mask[allowed]  # a view: self._proposed changes
         self._show_preview()
 
     def apply(self) -> Applied:
@@ -224,7 +228,7 @@ class RefineLogic:
         if self._proposed is None:
             self.cancel()
             return Applied([], 0, 0)
-        axis = slices.slice_axes(self.volume_node)[0]
+        axis = 2 - slices.slice_axes(self.volume_node)[0]  # the numpy axis of [k, j, i]
         changed = _changed_slices(self._original, self._proposed, axis)
         self.editing.save_state_for_undo()
         for first, last in _runs(changed):
@@ -326,13 +330,13 @@ def _array_shape(volume_node) -> Tuple[int, int, int]:
 
 
 def _slice_region(shape: Tuple[int, int, int], indices: Sequence[int], axis: int):
-    """A bool array [k, j, i] true on ``indices`` along image axis ``axis``."""
+    """A bool array [k, j, i] true on ``indices`` along numpy axis ``axis``."""
     import numpy as np
 
     region = np.zeros(shape, dtype=bool)
-    chosen = [int(i) for i in indices if 0 <= int(i) < shape[2 - axis]]
+    chosen = [int(i) for i in indices if 0 <= int(i) < shape[axis]]
     index: List[Any] = [slice(None)] * 3
-    index[2 - axis] = chosen
+    index[axis] = chosen
     region[tuple(index)] = True
     return region
 
@@ -340,7 +344,7 @@ def _slice_region(shape: Tuple[int, int, int], indices: Sequence[int], axis: int
 def _changed_slices(before, after, axis: int) -> List[int]:
     import numpy as np
 
-    other = tuple(a for a in range(3) if a != 2 - axis)
+    other = tuple(a for a in range(3) if a != axis)
     return [int(i) for i in np.nonzero((np.asarray(before) != np.asarray(after)).any(axis=other))[0]]
 
 
@@ -376,8 +380,8 @@ def _into_frame(image, volume_node, segmentation_node, geometry_only: bool = Fal
 
 
 def _oriented_image(array, volume_node, slab: Optional[Tuple[int, int, int]] = None, segmentation_node=None):
-    """``array`` ([k, j, i] on the volume's grid) as a 0/1 labelmap image; ``slab`` (axis, first, last):
-    only those slices; in ``segmentation_node``'s frame when given."""
+    """``array`` ([k, j, i] on the volume's grid) as a 0/1 labelmap image; ``slab`` (numpy axis, first,
+    last): only those slices; in ``segmentation_node``'s frame when given."""
     import numpy as np
     from vtk.util import numpy_support
 
@@ -385,9 +389,9 @@ def _oriented_image(array, volume_node, slab: Optional[Tuple[int, int, int]] = N
     data = np.asarray(array)
     if slab is not None:
         axis, first, last = slab
-        extent[2 * axis], extent[2 * axis + 1] = first, last
+        extent[2 * (2 - axis)], extent[2 * (2 - axis) + 1] = first, last  # image axis 2 - axis
         index: List[Any] = [slice(None)] * 3
-        index[2 - axis] = slice(first, last + 1)
+        index[axis] = slice(first, last + 1)
         data = data[tuple(index)]
     image = slicer.vtkOrientedImageData()
     matrix = vtk.vtkMatrix4x4()

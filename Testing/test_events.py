@@ -10,7 +10,7 @@ import pytest
 
 from support import write_tiny_case
 from UNetSegmentationLib.protocol.events import (
-    COHORT, DONE_PAYLOADS, EVALUATE, PREDICT, TRAIN, VERSION, check_event, encode, make_event, parse_event,
+    COHORT, DONE_PAYLOADS, EVALUATE, PREDICT, REFINE, TRAIN, VERSION, check_event, encode, make_event, parse_event,
 )
 
 TINY_TRAIN = ("--classes", "body,bone", "--features", "4,8", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--crop", "32", "--device", "cpu")
@@ -31,7 +31,11 @@ def schema_problems(result) -> list:
 
 
 def test_every_command_speaks_the_schema(cli, tiny, small_unet_one_class, tmp_path):
+    from refine_support import write_tiny_interactive_checkpoint
+
     trained = tmp_path / "tiny.safetensors"
+    interactive = write_tiny_interactive_checkpoint(tmp_path / "interactive.safetensors")
+    (tmp_path / "clicks.json").write_text(json.dumps([{"ijk": [20, 18, 6], "positive": True}]))
     runs = {
         PREDICT: cli("predict", "--checkpoint", small_unet_one_class, "--progress", "json", "--review-list", tmp_path / "review.json",
                      tiny / "case.nrrd", tmp_path / "labels.nrrd"),
@@ -39,6 +43,7 @@ def test_every_command_speaks_the_schema(cli, tiny, small_unet_one_class, tmp_pa
         EVALUATE: cli("evaluate", "--checkpoint", small_unet_one_class, "--image", tiny / "case.nrrd", "--label", tiny / "case_label.nrrd",
                       "--other-labels", "background", "--output-dir", tmp_path / "evaluation", "--progress", "json"),
         COHORT: cli("predict", "--checkpoint", small_unet_one_class, "--progress", "json", "--output-dir", tmp_path / "cohort", tiny / "case.nrrd"),
+        REFINE: cli("refine", "--checkpoint", interactive, "--clicks", tmp_path / "clicks.json", "--progress", "json", tiny / "case.nrrd", tmp_path / "object.nrrd"),
     }
     assert {command: schema_problems(result) for command, result in runs.items()} == {command: [] for command in runs}
     done = {command: result.events[-1] for command, result in runs.items()}
@@ -50,7 +55,7 @@ def test_every_command_speaks_the_schema(cli, tiny, small_unet_one_class, tmp_pa
 def test_the_checker_names_what_departs_from_the_schema():
     assert check_event({"event": "start", "version": VERSION, "command": "predict", "total": 3, "unit": "slice"}) == []
     assert check_event({"event": "start", "command": "predict", "total": "3", "unit": "voxel"}) == [
-        "start: missing 'version'", "start: 'total' is '3', not int", "start: unit 'voxel' is none of slice, step, case"]
+        "start: missing 'version'", "start: 'total' is '3', not int", "start: unit 'voxel' is none of slice, step, case, click"]
     assert check_event({"event": "done", "output": 3, "review": [{"slice": 1, "axis": "k", "score": 0.5}]}, PREDICT) == ["done: 'output' is 3, not str"]
     assert check_event({"event": "done", "review": [{"slice": "1"}]}, PREDICT)  # a review entry without its fields
     assert check_event({"event": "progress", "done": 1, "total": 2, "unit": "case", "rate_per_s": 1, "eta_s": None, "extra": object()}) == []

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import List, NoReturn, Optional
 
-from UNetSegmentationLib.cli import evaluate, models, predict, serve, train
+from UNetSegmentationLib.cli import evaluate, models, predict, refine, serve, train
 from UNetSegmentationLib.errors import EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UserError
 from UNetSegmentationLib.io.memory_budget import machine_memory_note
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="unetseg", description="U-Net family 2.5D segmentation of CT and MR volumes.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for command_module in (models, predict, train, evaluate, serve):
+    for command_module in (models, predict, train, evaluate, serve, refine):
         command_module.add_commands(commands)
     return parser
 

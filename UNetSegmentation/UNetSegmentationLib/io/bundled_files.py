@@ -10,6 +10,8 @@ from typing import List
 
 #: file name of the bundled model, shipped in the module's Resources/Models (``unetseg demo`` runs it too)
 BUNDLED_MODEL_NAME = "chest-ct-unetplusplus.safetensors"
+#: file name of the bundled interactive model (issue 26: ``unetseg refine`` and the refine sessions run it)
+INTERACTIVE_MODEL_NAME = "interactive-ct-unetplusplus.safetensors"
 #: what ships beside it: its ONNX export(s) and its model card
 SHIPPED_SUFFIXES = (".shipped.onnx", ".md")
 
@@ -24,12 +26,19 @@ def bundled_model_path() -> Path:
     return models_folder() / BUNDLED_MODEL_NAME
 
 
+def interactive_model_path() -> Path:
+    """Where the bundled interactive model is (it may be missing in a development checkout)."""
+    return models_folder() / INTERACTIVE_MODEL_NAME
+
+
 def bundled_files() -> List[Path]:
-    """The bundled model's files: the model, its shipped ONNX export(s) and its card (those that exist)."""
+    """The bundled models' files: the model, its shipped ONNX export(s) and its card (those that exist),
+    and the interactive model and its card."""
     folder = models_folder()
     stem = BUNDLED_MODEL_NAME[: -len(".safetensors")]
     try:
         shipped = [entry for entry in folder.iterdir() if entry.name.startswith(stem + ".") and entry.name.endswith(SHIPPED_SUFFIXES)]
     except OSError:
         shipped = []
-    return [bundled_model_path(), *sorted(shipped)]
+    interactive = interactive_model_path()
+    return [bundled_model_path(), *sorted(shipped), interactive, interactive.with_suffix(".md")]

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from UNetSegmentationLib.io.bundled_files import BUNDLED_MODEL_NAME, bundled_model_path, models_folder
+from UNetSegmentationLib.io.bundled_files import BUNDLED_MODEL_NAME, bundled_model_path, interactive_model_path, models_folder
 
 #: what a user types for the bundled model wherever a checkpoint is asked for (``./bundled`` is a file)
 BUNDLED_SHORT_NAME = "bundled"
 
-__all__ = ["BUNDLED_MODEL_NAME", "BUNDLED_SHORT_NAME", "bundled_model_path", "checkpoint_path", "models_folder"]
+__all__ = ["BUNDLED_MODEL_NAME", "BUNDLED_SHORT_NAME", "bundled_model_path", "checkpoint_path", "interactive_checkpoint_path", "interactive_model_path", "models_folder"]
 
 
 def checkpoint_path(text: Union[str, Path]) -> Path:
@@ -25,4 +25,12 @@ def checkpoint_path(text: Union[str, Path]) -> Path:
     (argparse's ``type=`` for every checkpoint option, so the short name is read in one place)."""
     if isinstance(text, str) and text.strip() == BUNDLED_SHORT_NAME:
         return bundled_model_path()
+    return Path(text)
+
+
+def interactive_checkpoint_path(text: Union[str, Path]) -> Path:
+    """An interactive checkpoint argument as a path (``unetseg refine --checkpoint``, the engine's
+    ``refine_open``): ``bundled`` is the bundled interactive model, anything else the file it names."""
+    if isinstance(text, str) and text.strip() == BUNDLED_SHORT_NAME:
+        return interactive_model_path()
     return Path(text)

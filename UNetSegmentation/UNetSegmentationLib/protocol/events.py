@@ -5,7 +5,7 @@ One JSON object per line on stdout, nothing else on that stream. Every object ha
 ``start``
     ``{"event": "start", "version": 1, "command": "predict", "total": 120, "unit": "slice", ...}``:
     the schema :data:`VERSION`, the command (``predict``, ``train``, ``evaluate``), how much work there
-    is (``total`` of ``unit``: ``slice``, ``step`` or ``case``), and what the command wants to say about
+    is (``total`` of ``unit``: ``slice``, ``step``, ``case`` or ``click``), and what the command wants to say about
     the run (predict: device, arch, depth, classes, geometry, backend, precision, threads, workers).
 ``progress``
     ``{"event": "progress", "done": 8, "total": 120, "unit": "slice", "rate_per_s": 31.2, "eta_s": 3.6, ...}``:
@@ -25,7 +25,7 @@ line that is not an event into a ``log`` event, so a stray print can never break
 The payloads are typed once, here, as ``TypedDict`` s (what the writers build and the readers may rely
 on): :class:`StartEvent`, :class:`ProgressEvent`, :class:`MessageEvent` (log, warning, error) and
 :class:`DoneEvent`, with each command's own fields in :data:`START_PAYLOADS`, :data:`PROGRESS_PAYLOADS`
-and :data:`DONE_PAYLOADS` (``predict``, ``train``, ``evaluate``, ``predict-cohort``). The wire format is
+and :data:`DONE_PAYLOADS` (``predict``, ``train``, ``evaluate``, ``predict-cohort``, ``refine``). The wire format is
 plain JSON as before (:data:`VERSION` 1): a field listed here keeps its name, type and meaning; a
 command may add fields, and readers ignore what they do not know. :func:`check_event` says where an
 event departs from its schema (the tests run every command through it).
@@ -40,9 +40,10 @@ from typing import Any, Dict, List, Optional, TypedDict, Union, get_args, get_or
 VERSION = 1
 START, PROGRESS, LOG, WARNING, DONE, ERROR = "start", "progress", "log", "warning", "done", "error"
 KINDS = (START, PROGRESS, LOG, WARNING, DONE, ERROR)
-UNITS = ("slice", "step", "case")
+UNITS = ("slice", "step", "case", "click")
 #: the commands that speak the protocol, as their ``start`` event names them
 PREDICT, TRAIN, EVALUATE, COHORT = "predict", "train", "evaluate", "predict-cohort"
+REFINE = "refine"  # unetseg refine (interactive/refine_file.py)
 
 Event = Dict[str, Any]
 
@@ -212,9 +213,42 @@ class CohortDone(DoneEvent, total=False):
     seconds: float
 
 
-START_PAYLOADS = {PREDICT: PredictStart, TRAIN: TrainStart, EVALUATE: EvaluateStart, COHORT: CohortStart}
-PROGRESS_PAYLOADS = {PREDICT: ProgressEvent, TRAIN: TrainProgress, EVALUATE: EvaluateProgress, COHORT: CohortProgress}
-DONE_PAYLOADS = {PREDICT: PredictDone, TRAIN: TrainDone, EVALUATE: EvaluateDone, COHORT: CohortDone}
+class RefineStart(StartEvent, total=False):
+    slices: int
+    resolution: str
+    model_grid: List[int]  # rows, columns of a slice on the model grid
+    target: Optional[str]  # the segment of INITIAL refined (None: from nothing)
+
+
+class RefineDone(DoneEvent, total=False):
+    output: str
+    clicks: int
+    click_latency_ms: List[float]  # each click's own slice(s), in order
+    propagate_ms: List[float]  # the propagation after each click
+    changed_slices: List[int]
+    object_voxels: int
+    seconds: float
+
+
+class RefineAnswer(DoneEvent, total=False):
+    """The warm engine's answer to a refinement request (engine/sessions.py): the changed slices' masks,
+    on the input's grid, in a ``.npy`` file (uint8 ``(len(slices), ...)``, each the input array's slice
+    along numpy ``axis``); ``refine_accept`` adds ``output`` (when it wrote one) and ``changed_slices``."""
+
+    session: str
+    axis: int
+    slices: List[int]
+    masks: Optional[str]
+    ms: float
+    clicks: int
+    undo: int
+    output: Optional[str]
+    changed_slices: List[int]
+
+
+START_PAYLOADS = {PREDICT: PredictStart, TRAIN: TrainStart, EVALUATE: EvaluateStart, COHORT: CohortStart, REFINE: RefineStart}
+PROGRESS_PAYLOADS = {PREDICT: ProgressEvent, TRAIN: TrainProgress, EVALUATE: EvaluateProgress, COHORT: CohortProgress, REFINE: ProgressEvent}
+DONE_PAYLOADS = {PREDICT: PredictDone, TRAIN: TrainDone, EVALUATE: EvaluateDone, COHORT: CohortDone, REFINE: RefineDone}
 _COMMON = {START: StartEvent, PROGRESS: ProgressEvent, LOG: MessageEvent, WARNING: MessageEvent, ERROR: MessageEvent, DONE: DoneEvent}
 
 

@@ -1,0 +1,172 @@
+"""A refinement session (interactive/session.py, session_grid.py, propagation.py) on the real slicerio chest
+CT: a click changes the slice it lies on and answers with that slice's mask on the input's grid; the
+model sees only that slice's channels on the model grid; ijk and LPS name the same click; propagation
+carries an edit outwards and stops where the object ends, the change is negligible, or the user's own
+slice begins; undo puts back exactly what was; a click outside the volume changes nothing.
+
+The network is a stub whose answer is known (Testing/refine_support.py), so the bookkeeping is checked
+exactly; one test runs the real InteractiveModel class (untrained) through the same session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from refine_support import StubModel, interactive_metadata, left_lung, write_tiny_interactive_checkpoint
+from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.interactive.click_points import clicks_from_points, parse_click
+from UNetSegmentationLib.interactive.propagation import PropagationRule, propagate_side
+from UNetSegmentationLib.interactive.session import RefineSession, read_session_input
+from UNetSegmentationLib.io.volumes import ijk_to_lps
+
+SLICE = 17  # an axial slice through both lungs (the CT's slices run along k)
+
+
+@pytest.fixture(scope="module")
+def chest(chest_ct_path, chest_segmentation_path):
+    """``(image, left lung [k, j, i])`` of the slicerio CT."""
+    return read_session_input(chest_ct_path), left_lung(chest_segmentation_path, chest_ct_path)
+
+
+def lung_centre(lung: np.ndarray, k: int = SLICE) -> list:
+    """``[i, j, k]`` of a voxel inside the left lung on slice ``k`` (the deepest one: far from its edge)."""
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(lung[k])
+    j, i = np.unravel_index(np.argmax(depth), depth.shape)
+    return [float(i), float(j), float(k)]
+
+
+def test_a_click_changes_only_its_slice_and_answers_its_mask_on_the_input_grid(chest):
+    image, lung = chest
+    model = StubModel()
+    session = RefineSession.open(image, model, lung)
+    before = session.mask.copy()
+    answer = session.add(parse_click({"ijk": lung_centre(lung), "positive": False}))
+    assert answer.slices == [SLICE] and answer.axis == 0  # slices along k: numpy axis 0 of [k, j, i]
+    assert answer.masks.shape == (1, 128, 128) and answer.masks.dtype == bool
+    assert np.array_equal(answer.masks[0], session.mask[SLICE])
+    assert session.mask[SLICE].sum() < before[SLICE].sum()  # the negative click took voxels away
+    others = np.ones(34, dtype=bool)
+    others[SLICE] = False
+    assert np.array_equal(session.mask[others], before[others])
+    assert [shape for shape, _ in model.calls] == [(1, 3, 128, 128)]  # one slice's 2c+1 channels, one call
+    assert session.click_latency_ms and session.changed == {SLICE}
+
+
+def test_ijk_and_lps_name_the_same_click(chest):
+    image, lung = chest
+    ijk = lung_centre(lung)
+    lps = (ijk_to_lps(image) @ np.array(ijk + [1.0]))[:3]
+    by_ijk = RefineSession.open(image, StubModel(), lung).add(parse_click({"ijk": ijk, "positive": False}))
+    by_lps = RefineSession.open(image, StubModel(), lung).add(parse_click({"lps": lps.tolist(), "positive": False}))
+    assert by_ijk.slices == by_lps.slices and np.array_equal(by_ijk.masks, by_lps.masks)
+
+
+@pytest.mark.parametrize("click", [{"ijk": [130, 10, 5]}, {"ijk": [10, 10, 34]}, {"ijk": [-1, 0, 0]}, {"lps": [0, 0, 1e5]}])
+def test_a_click_outside_the_volume_is_one_message_and_changes_nothing(chest, click):
+    image, lung = chest
+    session = RefineSession.open(image, StubModel(), lung)
+    with pytest.raises(UserError, match="lies outside the volume"):
+        session.add(parse_click(click))
+    assert np.array_equal(session.mask, lung) and not session.clicks and not session.can_undo
+
+
+def test_undo_puts_back_the_masks_and_the_clicks_of_each_edit_in_turn(chest):
+    image, lung = chest
+    session = RefineSession.open(image, StubModel(), lung)
+    states = [session.mask.copy()]
+    session.add(parse_click({"ijk": lung_centre(lung), "positive": False}))
+    states.append(session.mask.copy())
+    session.propagate()
+    states.append(session.mask.copy())
+    session.add(clicks_from_points([[20, 60, 20], [30, 60, 20]], positive=True))  # a scribble
+    assert len(session.clicks) > 2
+    for expected in reversed(states):
+        answer = session.undo()
+        assert np.array_equal(session.mask, expected) and answer.slices
+    assert not session.clicks and not session.edited and not session.pending
+    with pytest.raises(UserError, match="nothing to undo"):
+        session.undo()
+
+
+def test_propagation_carries_an_edit_outwards_until_the_object_ends(chest):
+    image, _ = chest
+    session = RefineSession.open(image, StubModel())  # from nothing
+    ijk = [45.0, 64.0, float(SLICE)]  # in the left lung (air)
+    session.add(parse_click({"ijk": ijk, "positive": True}))
+    answer = session.propagate()
+    assert answer.slices and SLICE not in answer.slices
+    painted = np.flatnonzero(session.mask.any(axis=(1, 2)))
+    assert list(painted) == list(range(painted[0], painted[-1] + 1)) and SLICE in painted  # one run of slices
+    air = sitk.GetArrayViewFromImage(image) < -500
+    for end, beyond in ((painted[0], painted[0] - 1), (painted[-1], painted[-1] + 1)):
+        if 0 <= beyond < 34:  # it stopped where the air under the object ends (or all but a negligible few pixels)
+            assert (session.mask[end] & air[beyond]).sum() <= PropagationRule().negligible_pixels
+    assert session.propagate().slices == []  # nothing pending any more
+
+
+def test_propagation_stops_at_the_users_own_slices_and_within_the_limit(chest):
+    image, lung = chest
+    rule = PropagationRule(max_slices=3)
+    session = RefineSession.open(image, StubModel(), lung, rule=rule)
+    far, near = 30, SLICE
+    session.add(parse_click({"ijk": lung_centre(lung, near), "positive": False}))
+    session.add(parse_click({"ijk": lung_centre(lung, far), "positive": False}))  # a click on a far slice corrects from there
+    answer = session.propagate()
+    assert set(answer.slices) <= set(range(near - 3, near + 4)) | set(range(far - 3, 34))
+    assert near not in answer.slices and far not in answer.slices
+
+
+def test_the_rule_stops_where_the_change_is_negligible():
+    slices, shape = 10, (8, 8)
+    current = np.zeros((slices,) + shape, dtype=np.float32)
+    current[:, 2:6, 2:6] = 1.0
+    source = current[5].copy()
+    calls = []
+
+    def segment(k, prior):
+        calls.append(k)
+        return prior  # the neighbour agrees with the corrected slice
+
+    assert propagate_side(5, +1, slices, source, segment, current.__getitem__) == [] and calls == [6]
+    source[2, 2] = 0.0
+    changed = propagate_side(5, -1, slices, np.zeros(shape, np.float32), segment, current.__getitem__)
+    assert [k for k, _ in changed] == [4]  # emptied: the object ends there, nothing beyond it
+
+
+def test_a_512_pixel_copy_runs_on_the_model_grid_and_answers_on_its_own(chest, tmp_path):
+    image, _ = chest
+    grid = sitk.Image([512, 512, 34], sitk.sitkInt16)
+    grid.SetSpacing([image.GetSpacing()[0] / 4, image.GetSpacing()[1] / 4, image.GetSpacing()[2]])
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([-0.375, -0.375, 0.0]))
+    fine = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+    model = StubModel()
+    session = RefineSession.open(fine, model)
+    answer = session.add(parse_click({"ijk": [45 * 4 + 1.5, 64 * 4 + 1.5, SLICE], "positive": True}))
+    assert model.calls[0][0] == (1, 3, 128, 128)  # resampled once to the model's 3.05 mm
+    assert answer.masks.shape == (1, 512, 512) and answer.masks[0].sum() > 16 * 4
+
+
+def test_the_real_interactive_model_runs_in_a_session(chest, tmp_path):
+    from UNetSegmentationLib.interactive.predictor import InteractiveModel
+
+    image, lung = chest
+    model = InteractiveModel.load(write_tiny_interactive_checkpoint(tmp_path / "interactive.safetensors"))
+    session = RefineSession.open(image, model, lung)
+    answer = session.add(parse_click({"ijk": lung_centre(lung), "positive": True}))
+    assert answer.slices == [SLICE] and answer.masks.shape == (1, 128, 128)
+    assert model.metadata.role == "interactive" and interactive_metadata().role == "interactive"
+
+
+def test_an_automatic_model_or_a_tiny_volume_is_refused_in_one_message(chest, tmp_path, small_unet_one_class):
+    from UNetSegmentationLib.interactive.predictor import InteractiveModel
+
+    with pytest.raises(UserError, match="not an interactive model"):
+        InteractiveModel.load(small_unet_one_class)
+    tiny = sitk.Image([4, 4, 3], sitk.sitkInt16)
+    tiny.SetSpacing([3.0, 3.0, 10.0])
+    with pytest.raises(UserError, match="too small to refine"):
+        RefineSession.open(tiny, StubModel(), source="tiny.nrrd")

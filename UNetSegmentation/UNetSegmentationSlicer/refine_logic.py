@@ -156,7 +156,7 @@ class EditorLogicEditing:
             reference = _volume_grid_image(volume_node, segmentation_node)
             resampled = slicer.vtkOrientedImageData()
             if slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(logic.GetMaskLabelmap(), reference, resampled):
-                blocked |= _image_array(resampled).astype(bool)
+                blocked |= _image_array(resampled, volume_node.GetImageData().GetExtent()).astype(bool)
         if node.GetSourceVolumeIntensityMask():
             low, high = node.GetSourceVolumeIntensityMaskRange()
             values = slicer.util.arrayFromVolume(volume_node)
@@ -404,12 +404,21 @@ def _oriented_image(array, volume_node, slab: Optional[Tuple[int, int, int]] = N
     return image
 
 
-def _image_array(image):
-    """An oriented image's scalars as an array [k, j, i] (a copy)."""
+def _image_array(image, extent: Sequence[int]):
+    """An oriented image's scalars within ``extent`` (its voxels there, 0 where it has none) as an array [k, j, i]."""
+    import numpy as np
     from vtk.util import numpy_support
 
-    x0, x1, y0, y1, z0, z1 = image.GetExtent()
-    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1).copy()
+    own = image.GetExtent()
+    data = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(own[5] - own[4] + 1, own[3] - own[2] + 1, own[1] - own[0] + 1)
+    out = np.zeros((extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1), dtype=data.dtype)
+    low = [max(own[2 * a], extent[2 * a]) for a in range(3)]
+    high = [min(own[2 * a + 1], extent[2 * a + 1]) for a in range(3)]
+    if all(lo <= hi for lo, hi in zip(low, high)):
+        target = tuple(slice(low[a] - extent[2 * a], high[a] - extent[2 * a] + 1) for a in (2, 1, 0))
+        source = tuple(slice(low[a] - own[2 * a], high[a] - own[2 * a] + 1) for a in (2, 1, 0))
+        out[target] = data[source]
+    return out
 
 
 def _new_preview_node(segmentation_node, volume_node, segment_id: str, segment):

@@ -109,3 +109,22 @@ def test_a_file_cut_short_is_refused_before_it_is_read_when_its_length_cannot_ho
     with pytest.raises(UserError) as refused:
         verify_data(inspect_input(path))
     assert "can hold at most" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["labels.nrrd", "labels.nii.gz"])
+def test_a_written_gzip_output_is_known_whole_by_its_trailer_and_a_cut_one_is_decoded_and_refused(tmp_path, decodes, name):
+    """An output's check (io/verified_write) reads the gzip trailer's length instead of decoding the file; a file
+    cut short does not end with it, and is then decoded and refused as before."""
+    from UNetSegmentationLib.io.payload import ends_as_announced
+    from UNetSegmentationLib.io.verified_write import verify_written
+
+    path = tmp_path / name
+    sitk.WriteImage(make_volume(size=(64, 64, 20), dtype="uint8"), str(path), useCompression=True)
+    assert ends_as_announced(describe_payload(path))
+    verify_written(path, path, volume=True)
+    assert decodes == []
+    path.write_bytes(path.read_bytes()[:-100])
+    assert not ends_as_announced(describe_payload(path))
+    with pytest.raises(UserError) as refused:
+        verify_written(path, path, volume=True)
+    assert "came out incomplete" in str(refused.value) and len(decodes) == 1

@@ -130,6 +130,26 @@ def missing_data(payload: Payload, decode: bool = True) -> Optional[str]:
     return None
 
 
+def ends_as_announced(payload: Payload) -> bool:
+    """Whether ``payload``'s compressed data is one gzip member that ends the file with the length its header
+    announces (the trailer's length modulo 2^32): how a file written whole ends; a file cut short ends in the
+    middle of its stream instead, where those four bytes are compressed data (a 2^-32 chance of matching).
+    Reading the last 8 bytes instead of decoding the stream; False whenever it cannot tell (a zlib stream has
+    no length)."""
+    try:
+        held = payload.data_file.stat().st_size - payload.offset
+        if payload.encoding != DEFLATE or payload.offset < 0 or held < 20:
+            return False
+        with open(payload.data_file, "rb") as file:
+            file.seek(payload.offset)
+            magic = file.read(2)
+            file.seek(payload.offset + held - 4)
+            length = int.from_bytes(file.read(4), "little")
+    except OSError:
+        return False
+    return magic == b"\x1f\x8b" and length == payload.expected_bytes % (1 << 32)
+
+
 def checksum_matches(payload: Payload, decoded) -> bool:
     """Whether ``decoded`` (a buffer: what a reader made of ``payload``'s compressed data, less the decoded bytes
     before the voxels, ``payload.expected_bytes - len(decoded)``: a NIfTI's header, a NRRD's byte skip) is

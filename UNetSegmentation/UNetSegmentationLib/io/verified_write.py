@@ -5,7 +5,8 @@ back without an error, the missing voxels as zeros), and an operating system may
 only when the data is flushed. So before :func:`~.outputs.atomic_output` renames a temporary file,
 :func:`verify_written` flushes it to the disk (``fsync``: a late "no space" or I/O error surfaces
 here) and, for volume formats, checks with :mod:`.payload` that the file holds every byte of voxel
-data its own header announces, decoding compressed data to its end. After the rename the folder is
+data its own header announces: a gzip stream by the length in its trailer at the file's end (a cut file
+ends elsewhere in its stream), other compressed data by decoding it to its end. After the rename the folder is
 flushed too, so the new name survives a power cut. Standard library only (see :mod:`.payload`).
 """
 
@@ -18,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from UNetSegmentationLib.errors import UserError
-from UNetSegmentationLib.io.payload import describe_payload, format_bytes, missing_data
+from UNetSegmentationLib.io.payload import describe_payload, ends_as_announced, format_bytes, missing_data
 
 #: errors that mean the disk (or the user's quota) is full
 FULL_DISK_ERRORS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -76,6 +77,8 @@ def verify_written(path: Path, final: Path, volume: bool) -> None:
     payload = describe_payload(path)
     if payload is None:
         problem = "its header is incomplete"
+    elif ends_as_announced(payload):  # a gzip stream that ends the file with its announced length: not cut short
+        problem = None
     else:
         problem = missing_data(payload)
     if problem:

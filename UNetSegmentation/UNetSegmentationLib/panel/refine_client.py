@@ -35,7 +35,7 @@ REQUESTS: Dict[str, str] = {OPEN: "refine_open", CLICK: "refine_click", SCRIBBLE
                             PROPAGATE: "refine_propagate", ACCEPT: "refine_accept", CANCEL: "refine_cancel"}
 #: requests whose answer is the changed slices' masks (a proposal for the preview)
 ANSWERING = (CLICK, SCRIBBLE, UNDO, PROPAGATE)
-#: the folder prefix of a session's files (the volume, the initial mask, the answers' masks)
+#: the folder prefix of a session's files (the volume and the initial mask the effect exports)
 FOLDER_PREFIX = "UNetSegmentation-refine-"
 
 Point = Tuple[float, float, float]
@@ -43,13 +43,15 @@ Point = Tuple[float, float, float]
 
 @dataclass(frozen=True)
 class RefineAnswer:
-    """The engine's answer to a click, scribble, undo or propagation: the masks file of the changed slices
-    (``masks``: ``(len(slices), ...)`` along numpy axis ``axis`` of the input's [k, j, i] array)."""
+    """The engine's answer to a click, scribble, undo or propagation: the ``.npy`` file of the changed
+    slices' masks (``(len(slices), ...)`` along numpy axis ``axis`` of the input's [k, j, i] array; the
+    engine's, in its session folder: read it at once, the engine removes older answers), None when no
+    slice changed; ``latency_ms`` what the edit took in the engine."""
 
     kind: str
     slices: Tuple[int, ...]
     axis: int
-    masks: Path
+    masks: Optional[Path]
     latency_ms: Optional[float] = None
 
 
@@ -188,12 +190,10 @@ class RefineClient:
         return False
 
     def _line(self, pending: _Pending) -> Dict[str, Any]:
-        """A request's fields: the session's, plus where an answer's masks go."""
+        """A request's fields, with the session's name (the engine writes an answer's masks into the session's own folder)."""
         fields = dict(pending.fields)
         if pending.kind != OPEN:
             fields["session"] = self.session
-        if pending.kind in ANSWERING:
-            fields["output"] = str(self.folder / f"answer-{id(pending)}.npy")
         return fields
 
     def _read(self, event: Event, pending: _Pending) -> Union[RefineAnswer, RefineFailure, None]:
@@ -220,13 +220,10 @@ def _answer(kind: str, event: Event) -> Union[RefineAnswer, RefineFailure]:
     """The done event of a click, scribble, undo or propagation as an answer (a malformed one fails)."""
     try:
         slices = tuple(int(s) for s in event.get("slices") or ())
-        axis, masks = int(event["axis"]), Path(str(event["masks"]))
+        axis, masks = int(event["axis"]), event.get("masks")
+        if slices and not isinstance(masks, str):
+            raise ValueError("no masks file")
     except (KeyError, TypeError, ValueError):
         return RefineFailure(kind, f"the engine's answer to the {kind} lacks its slices, axis or masks")
-    latency = event.get("click_latency_ms", event.get("latency_ms"))
-    return RefineAnswer(kind, slices, axis, masks, float(latency) if isinstance(latency, (int, float)) else None)
-
-
-def remove_answer(answer: RefineAnswer) -> None:
-    """An answer's masks file, once read."""
-    Path(answer.masks).unlink(missing_ok=True)
+    latency = event.get("ms")
+    return RefineAnswer(kind, slices, axis, Path(masks) if slices else None, float(latency) if isinstance(latency, (int, float)) else None)

@@ -18,6 +18,14 @@ Every request has an ``id`` (a string or an integer, echoed in every event of it
 ``ping`` and ``shutdown``
     ``{"id": "p1", "type": "ping"}``: the engine answers ``done`` with what it holds; ``shutdown`` cancels
     what runs, answers ``done`` and ends the process.
+``refine_open``, ``refine_click``, ``refine_scribble``, ``refine_undo``, ``refine_propagate``, ``refine_accept``, ``refine_cancel``
+    A refinement session of one object (issue 26; :mod:`.sessions`, which reads their fields):
+    ``{"id": "o1", "type": "refine_open", "input": "ct.nrrd", "checkpoint": "bundled", "initial": "labels.seg.nrrd",
+    "segment": "liver"}`` opens it (its ``done`` names the ``session``); ``{"id": "c1", "type": "refine_click",
+    "session": "o1", "click": {"lps": [x, y, z], "positive": true}}``, ``refine_scribble`` with ``"scribble":
+    {"ijk": [[i, j, k], ...], "positive": false}``, ``refine_undo``, ``refine_propagate`` (optional ``"slices"``)
+    answer with the changed slices' masks in a file; ``refine_accept`` (optional ``"output"``, ``"overwrite"``)
+    writes the object and closes the session, ``refine_cancel`` closes it leaving nothing.
 
 Every request ends with exactly one ``done`` or one ``error`` event carrying its ``id``. A request that
 cannot be read (not JSON, an unknown type or field, a bad option) is answered with one ``error`` event
@@ -38,6 +46,8 @@ from UNetSegmentationLib.inference.options import DEFAULTS, SegmentationOptions
 from UNetSegmentationLib.model.bundled import BUNDLED_SHORT_NAME
 
 SEGMENT, SEGMENT_SLICES, CANCEL, PING, SHUTDOWN = "segment", "segment_slices", "cancel", "ping", "shutdown"
+REFINE_OPEN, REFINE_CLICK, REFINE_SCRIBBLE, REFINE_UNDO = "refine_open", "refine_click", "refine_scribble", "refine_undo"
+REFINE_PROPAGATE, REFINE_ACCEPT, REFINE_CANCEL = "refine_propagate", "refine_accept", "refine_cancel"
 #: each request type's fields beside ``id`` and ``type``: (required, optional)
 FIELDS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
     SEGMENT: (("input", "output"), ("checkpoint", "options", "series")),
@@ -45,8 +55,17 @@ FIELDS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
     CANCEL: (("request",), ()),
     PING: ((), ()),
     SHUTDOWN: ((), ()),
+    REFINE_OPEN: (("input",), ("checkpoint", "initial", "segment")),
+    REFINE_CLICK: (("session", "click"), ()),
+    REFINE_SCRIBBLE: (("session", "scribble"), ()),
+    REFINE_UNDO: (("session",), ()),
+    REFINE_PROPAGATE: (("session",), ("slices",)),
+    REFINE_ACCEPT: (("session",), ("output", "overwrite")),
+    REFINE_CANCEL: (("session",), ()),
 }
 TYPES = tuple(FIELDS)
+#: the requests of a refinement session (their fields are read by engine/sessions.py)
+REFINE_TYPES = (REFINE_OPEN, REFINE_CLICK, REFINE_SCRIBBLE, REFINE_UNDO, REFINE_PROPAGATE, REFINE_ACCEPT, REFINE_CANCEL)
 #: characters of one request line read at all: a request names files, it never carries a volume
 MAX_LINE = 64 * 1024
 #: characters of an ``id``
@@ -94,10 +113,15 @@ class Request:
     series: Optional[str] = None
     slices: Optional[str] = None
     request: RequestId = None  # cancel: the id of the request to stop
+    refine: Optional[Dict[str, Any]] = None  # a refinement request's fields beside id and type (engine/sessions.py reads them)
 
     @property
     def segments(self) -> bool:
         return self.type in (SEGMENT, SEGMENT_SLICES)
+
+    @property
+    def refines(self) -> bool:
+        return self.type in REFINE_TYPES
 
 
 def parse_request(line: str) -> Request:
@@ -138,6 +162,8 @@ def _request_id(value: Any) -> RequestId:
 
 
 def _built(fields: Mapping[str, Any], kind: str, request_id: RequestId) -> Request:
+    if kind in REFINE_TYPES:
+        return Request(request_id, kind, refine={name: value for name, value in fields.items() if name not in ("id", "type")})
     texts = {}
     for name in ("input", "output", "checkpoint", "series", "slices"):
         value = fields.get(name)

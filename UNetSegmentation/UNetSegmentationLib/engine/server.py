@@ -22,6 +22,7 @@ from UNetSegmentationLib.engine.model_cache import DEFAULT_CAPACITY, ModelCache
 from UNetSegmentationLib.engine.request_reporter import EventWriter, RequestReporter
 from UNetSegmentationLib.engine.requests import CANCEL, MAX_LINE, PING, SHUTDOWN, Request, RequestRefused, parse_request
 from UNetSegmentationLib.engine.segment import run_segment
+from UNetSegmentationLib.engine.sessions import Sessions
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.memory_budget import machine_memory_note
 
@@ -37,6 +38,7 @@ class WarmEngine:
     def __init__(self, writer: EventWriter, cache: ModelCache) -> None:
         self.writer = writer
         self.cache = cache
+        self.sessions = Sessions()  # refinement sessions (issue 26), run on the worker thread like segmentations
         self._waiting: Deque[Job] = collections.deque()
         self._running: Optional[Job] = None
         self._stopping = False
@@ -63,7 +65,7 @@ class WarmEngine:
         except RequestRefused as refused:
             self.writer.error(refused.request_id, str(refused))
             return None
-        if request.segments:
+        if request.segments or request.refines:
             self._submit(request)
         elif request.type == CANCEL:
             self._cancel(request)
@@ -117,6 +119,8 @@ class WarmEngine:
             self.writer.error(request.id, "cancelled: the engine is stopping")
         if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join(STOP_WAIT_S)
+        if not self._worker.is_alive():
+            self.sessions.close_all()  # nothing the user did not accept is written; their folders go
 
     # -- the worker thread -------------------------------------------------------------------------
 
@@ -139,7 +143,10 @@ class WarmEngine:
         reporter = RequestReporter(self.writer, request.id, token)
         try:
             token.check()
-            run_segment(request, self.cache, reporter)
+            if request.refines:
+                self.sessions.run(request, reporter)
+            else:
+                run_segment(request, self.cache, reporter)
         except RequestCancelled:
             self.writer.error(request.id, "cancelled")
         except UserError as error:

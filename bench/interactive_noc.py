@@ -19,18 +19,20 @@ interactive model trained without fold K (``--interactive-dir``/fold{K}.safetens
 result is the prediction of the automatic model trained without fold K (``--lopo-dir``/fold{K}.safetensors;
 where there is none, the bundled model, which was trained on fold 0's patient only, for folds 1 and 2,
 and only for the classes it has). The MR (TotalSegmentator's ``example_mr_sm`` with its ``total_mr``
-labels) was never trained on: it is refined with the shipped interactive model (``--mr-model``), from
+labels) was never trained on: it is refined with the shipped interactive model (``--shipped-model``), from
 nothing only (no automatic model reads MR).
 
 **Latency on a 512×512 input** (``--latency``): the training data's ``example_ct`` (122×101×112 voxels at
-3 mm) resampled to 512×512 pixels in-plane (0.715 mm, air around it), 112 slices; a session on it, clicks
-of the protocol on its thoracic vertebral column: ``RefineSession.add`` per click (the visible slice's
-answer on the 512×512 grid), and one propagation across ±30 slices (the rule's negligible-change stop
-switched off, so it runs until the object ends or 30 slices).
+3 mm) resampled to 512×512 pixels in-plane (0.715 mm, air around it), 112 slices, and the shipped
+interactive model; a session on it, the protocol's clicks on its lumbar vertebral column:
+``RefineSession.add`` per click (the visible slice's answer on the 512×512 grid), and one propagation
+across ±30 slices (the rule's negligible-change stop switched off, so it runs until the object ends or
+30 slices).
 
 Run from the repository root, niced, one torch thread (the machine has 2 cores and is shared):
-``nice -n 10 python bench/interactive_noc.py [--threads 1] [--quick] [--latency] [--write] [--json FILE]``
-(``--quick``: liver and aorta only; ``--write``: the tables into BENCHMARKS.md's "Interactive refinement").
+``nice -n 10 python bench/interactive_noc.py [--threads 1] [--quick | --structures A,B] [--latency
+[--latency-threads N]] [--write] [--json FILE]`` (``--quick``: liver and aorta only; ``--structures none
+--latency``: the latency alone; ``--write``: the tables into BENCHMARKS.md's "Interactive refinement").
 """
 
 from __future__ import annotations
@@ -400,7 +402,8 @@ def report(runs: Sequence[Run], cases: Sequence[Case], latency: Optional[Dict[st
         parts += ["**From the automatic result** (the automatic model's mask of the class; cases without one are left out):\n", automatic]
     parts += ["**Time per interaction** (all runs above; the interactive network's interaction is the click and its propagation):\n", time_table(runs)]
     if latency is not None:
-        parts += ["**Latency on a 512×512 input**, in-process session (the warm engine's round trip adds its JSON-lines message):\n", latency_table(latency)]
+        parts += [f"**Latency on a 512×512 input**, in-process session at {latency['threads']} torch thread(s) (the warm engine's round trip "
+                  "adds its JSON-lines message):\n", latency_table(latency)]
     return "\n".join(parts)
 
 
@@ -409,13 +412,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=REPO / "training-data", help="the training data (datalist.json, images/, labels/)")
     parser.add_argument("--interactive-dir", type=Path, default=Path("/tmp/interactive"), help="fold{K}.safetensors: interactive models without fold K")
     parser.add_argument("--lopo-dir", type=Path, default=Path("/tmp/lopo"), help="fold{K}.safetensors: automatic models without fold K")
-    parser.add_argument("--mr-model", type=Path, default=SHIPPED_INTERACTIVE, help="the interactive model for the MR")
+    parser.add_argument("--shipped-model", type=Path, default=SHIPPED_INTERACTIVE,
+                        help="the interactive model trained on every CT: the MR's and the 512×512 latency's")
     parser.add_argument("--totalsegmentator", type=Path, default=TS_REFERENCE, help="the unpacked TotalSegmentator sdist (its MR)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cap", type=int, default=CAP)
     parser.add_argument("--quick", action="store_true", help="liver and aorta only")
     parser.add_argument("--structures", help="comma-separated class names instead (e.g. 'thoracic vertebral column')")
     parser.add_argument("--latency", action="store_true", help="also the 512×512 latency")
+    parser.add_argument("--latency-threads", type=int, help="torch threads for the 512×512 latency (default: --threads)")
     parser.add_argument("--write", action="store_true", help="write the tables into BENCHMARKS.md")
     parser.add_argument("--json", type=Path, help="write every run's Dice and times here")
     return parser.parse_args(argv)
@@ -429,7 +434,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     load_before, started = os.getloadavg(), time.perf_counter()
     structures = tuple(args.structures.split(",")) if args.structures else ("liver", "aorta") if args.quick else CT_STRUCTURES
     cases = ct_cases(args.data, args.interactive_dir, args.lopo_dir, structures)
-    cases += mr_cases(args.totalsegmentator, args.mr_model, structures)
+    cases += mr_cases(args.totalsegmentator, args.shipped_model, structures)
     missing = sorted({str(c.interactive_model) for c in cases if not c.interactive_model.is_file()})
     if missing:
         raise SystemExit("interactive models missing: " + ", ".join(missing))
@@ -441,7 +446,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             runs += done
             print(f"{case.structure} on {case.volume}: " + "; ".join(
                 f"{r.method} from {r.start}: NoC@85 {_noc(r.trace, TARGETS[0], args.cap)}, NoC@90 {_noc(r.trace, TARGETS[1], args.cap)}" for r in done), flush=True)
-        latency = latency_512(args.data, args.interactive_dir / "fold1.safetensors", models, args.cap) if args.latency else None
+        latency = None
+        if args.latency:
+            torch.set_num_threads(args.latency_threads or args.threads)
+            latency = latency_512(args.data, args.shipped_model, models, args.cap)
+            latency["threads"] = torch.get_num_threads()
     models_line = "; ".join(sorted({f"{c.held_out}: interactive `{c.interactive_model}`, automatic `{c.automatic_model or '—'}`" for c in cases}))
     command = "nice -n 10 python bench/interactive_noc.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(runs, cases, latency, command.strip(), models_line, machine_line(args.threads, load_before), args.cap,

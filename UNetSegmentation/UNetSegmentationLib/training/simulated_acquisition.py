@@ -19,6 +19,7 @@ from typing import Any, Dict, Hashable, Mapping
 
 import numpy as np
 from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils.type_conversion import convert_to_numpy
 
 
 class RandThickSlice(RandomizableTransform, MapTransform):
@@ -40,7 +41,7 @@ class RandThickSlice(RandomizableTransform, MapTransform):
         if not self._do_transform:
             return out
         for key in self.key_iterator(out):
-            image = np.asarray(out[key], dtype=np.float32)
+            image = convert_to_numpy(out[key], dtype=np.float32)  # a MetaTensor after MONAI's own transforms
             channels = image.shape[0]
             if channels < 3:  # no neighbours to mix in (context 0)
                 continue
@@ -72,8 +73,8 @@ class RandFieldOfViewCut(RandomizableTransform, MapTransform):
         self.randomize()
         if not self._do_transform:
             return out
-        image = np.array(out[self.image_key], dtype=np.float32, copy=True)
-        label = np.array(out[self.label_key], copy=True)
+        image = convert_to_numpy(out[self.image_key], dtype=np.float32).copy()  # a MetaTensor after MONAI's own transforms
+        label = convert_to_numpy(out[self.label_key]).copy()
         axis = 1 + self._side // 2  # rows or columns of (C, H, W)
         width = max(1, int(round(image.shape[axis] * self._share)))
         band = [slice(None)] * 3

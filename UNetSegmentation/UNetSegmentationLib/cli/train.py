@@ -25,6 +25,9 @@ def command_train(args: argparse.Namespace) -> int:
     check_needs("train", reporter.warning)  # what the core install brings (cli/needs.py), before any work
     from UNetSegmentationLib.training.trainer import Trainer  # torch and MONAI: only once a run is asked for
 
+    if options.interactive is not None:  # a network guided by clicks, trained by simulation (issue 26)
+        from UNetSegmentationLib.training.interactive_trainer import InteractiveTrainer as Trainer
+
     config = options.to_config()
     cases, validation, description = cases_from_options(options, for_training=True)
     from UNetSegmentationLib.io.outputs import claiming_outputs
@@ -99,6 +102,12 @@ def add_commands(commands) -> None:
     val = train.add_argument_group("validation and depth selection")
     val.add_argument("--val-every", type=int, default=D["val_every"], help="validate every N epochs (default %(default)s)")
     val.add_argument("--depth-tolerance", type=float, default=D["depth_tolerance"], help="UNet++: recommend the shallowest depth whose Dice is within this of the best (default %(default)s)")
+    guided = train.add_argument_group("interactive refinement (a network guided by clicks)")
+    guided.add_argument("--interactive", choices=defaults.INTERACTIVE_MODES,
+                        help="train an interactive network by simulated clicks: object (class-agnostic: the object under the clicks) "
+                             "or joint (the classes out, guided for one: DeepEdit's one network for both roles)")
+    guided.add_argument("--no-guidance", type=float, metavar="SHARE",
+                        help=f"share of samples without any guidance (default {', '.join(f'{k} {v:g}' for k, v in defaults.NO_GUIDANCE_DEFAULTS.items())})")
     out = train.add_argument_group("outputs and runs")
     out.add_argument("--log", metavar="CSV", help="epoch log (default OUT.csv)")
     out.add_argument("--state", metavar="PT", help="resume state while the run goes on (default OUT.resume.pt; removed when the run finishes)")

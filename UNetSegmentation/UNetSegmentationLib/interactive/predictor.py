@@ -31,7 +31,10 @@ class InteractiveModel:
     def __init__(self, network: Any, metadata: ModelMetadata, path: Optional[Path] = None) -> None:
         if metadata.role != "interactive":
             raise UserError(f"{path or 'the model'} is not an interactive model (its role is {metadata.role!r}): "
-                            "refinement needs a checkpoint trained with guidance (unetseg train --interactive)")
+                            "refinement needs a checkpoint trained with guidance (unetseg train --interactive object)")
+        if len(metadata.classes) != 1:
+            raise UserError(f"{path or 'the model'} is a joint interactive model ({len(metadata.classes)} classes out, trained to compare roles): "
+                            "refinement needs a class-agnostic one (unetseg train --interactive object)")
         self.metadata = metadata
         self.spec = GuidanceSpec.from_dict(metadata.guidance, str(path or "checkpoint"))
         self.path = path
@@ -46,7 +49,7 @@ class InteractiveModel:
     def load(cls, path: Union[str, Path]) -> "InteractiveModel":
         """The interactive checkpoint at ``path`` (a :class:`UserError` for an automatic one or a bad file)."""
         checkpoint = load_checkpoint(path, weights=False)
-        if checkpoint.metadata.role != "interactive":
+        if checkpoint.metadata.role != "interactive" or len(checkpoint.metadata.classes) != 1:
             return cls(None, checkpoint.metadata, Path(path))  # raises, naming the file
         network = build_model(checkpoint)
         fold_batchnorm(network)

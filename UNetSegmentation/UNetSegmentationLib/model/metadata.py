@@ -346,8 +346,6 @@ def _validated_metadata(data: Any, source: str) -> ModelMetadata:
     if role not in ("automatic", "interactive") or (role == "interactive") != isinstance(guidance, dict):
         raise _fail(source, f"role must be 'automatic', or 'interactive' with a 'guidance' object, got role {role!r} and guidance {guidance!r}"[:300])
     metadata.guidance = guidance
-    if guidance is not None and len(metadata.classes) != 1:
-        raise _fail(source, "an interactive model segments one object: it must declare exactly one class")
     for name, expected in (("in_channels", metadata.in_channels), ("out_channels", metadata.out_channels)):
         given = metadata.kwargs.get(name)
         if given != expected:

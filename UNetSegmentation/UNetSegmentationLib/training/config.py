@@ -62,6 +62,8 @@ class TrainConfig:
     stop_after: Optional[int] = None
     log: Optional[str] = None
     state: Optional[str] = None
+    interactive: Optional[str] = None  # train_options.INTERACTIVE_MODES: a network guided by clicks (training/interactive_trainer.py)
+    no_guidance: float = 0.0  # the share of an interactive network's samples without guidance
 
     @property
     def total_steps(self) -> int:

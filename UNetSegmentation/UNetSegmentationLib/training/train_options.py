@@ -43,6 +43,12 @@ NATIVE_SPACING = "native"
 SCHEDULES, OPTIMIZERS, LOSSES = ("poly", "cosine", "constant"), ("adamw", "adam"), ("auto", "unetplusplus", "unet3plus", "dice-ce")
 DEFAULT_ARCHITECTURE, DEFAULT_CONTEXT, DEFAULT_NORM = "unetplusplus", 1, "ct:-1000,1000"
 MAX_CONTEXT = 16
+#: ``--interactive``: the kinds of interactive network (training/interactive_trainer.py): ``object``, class-agnostic
+#: (the object under the clicks), or ``joint``, DeepEdit's one network for the automatic and interactive roles
+INTERACTIVE_MODES = ("object", "joint")
+#: ``--no-guidance``'s default per kind: the share of samples trained without any guidance (a class-agnostic network
+#: need only learn that no guidance means no object; DeepEdit trains a quarter of its steps in the automatic role)
+NO_GUIDANCE_DEFAULTS = {"object": 0.1, "joint": 0.25}
 
 
 def check_hold_out(share: Optional[float], option: str = "--val-slices") -> Optional[float]:
@@ -126,6 +132,7 @@ _VALUED_OPTIONS = (
     ("--augment-prob", "augment_prob"), ("--contrast", "contrast"), ("--noise", "noise"),
     ("--low-resolution", "low_resolution"), ("--thickness", "thickness"), ("--cut", "cut"), ("--slice-distance", "slice_distance"), ("--seed", "seed"), ("--device", "device"), ("--threads", "threads"), ("--axis", "axis"),
     ("--val-every", "val_every"), ("--depth-tolerance", "depth_tolerance"), ("--log", "log"), ("--state", "state"), ("--stop-after", "stop_after"),
+    ("--interactive", "interactive"), ("--no-guidance", "no_guidance"),
 )
 #: flags: (option, field, the field's value that writes the flag)
 _FLAGS = (("--freeze-encoder", "freeze_encoder", True), ("--no-amp", "amp", False), ("--resume", "resume", True), ("--overwrite", "overwrite", True))
@@ -201,6 +208,9 @@ class TrainOptions:
     axis: Optional[int] = None
     val_every: int = 1
     depth_tolerance: float = 0.01
+    # interactive refinement (issue 26): a network guided by clicks, trained by simulation
+    interactive: Optional[str] = None  # one of INTERACTIVE_MODES; None: an automatic network
+    no_guidance: Optional[float] = None  # the share of samples without guidance; None: NO_GUIDANCE_DEFAULTS
     # outputs and runs
     log: Optional[Path] = None
     state: Optional[Path] = None
@@ -277,6 +287,19 @@ class TrainOptions:
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1):
             raise UserError(f"--lr must be a learning rate in (0, 1], got {self.lr!r}")
         _from_zero(self.seed, "--seed", allow_none=False)
+        self._check_interactive()
+
+    def _check_interactive(self) -> None:
+        if self.interactive is None:
+            if self.no_guidance is not None:
+                raise UserError("--no-guidance is the share of an interactive network's samples without guidance: it needs --interactive")
+            return
+        if self.interactive not in INTERACTIVE_MODES:
+            raise UserError(f"--interactive must be one of {', '.join(INTERACTIVE_MODES)}; got {self.interactive!r}")
+        if self.init is not None:
+            raise UserError("--interactive trains a new network guided by clicks; it cannot start from --init")
+        if self.no_guidance is not None:
+            _within(self.no_guidance, "--no-guidance", 0, 1, "a share")
 
     # -- what the run uses --
 
@@ -316,6 +339,8 @@ class TrainOptions:
             freeze_encoder=self.freeze_encoder, freeze_norm=self.init is not None,
             val_every=self.val_every, val_slices=self.val_slices, val_blocks=self.val_blocks, val_gap=self.val_gap,
             depth_tolerance=self.depth_tolerance, axis=self.axis, threads=self.threads,
+            interactive=self.interactive,
+            no_guidance=NO_GUIDANCE_DEFAULTS.get(self.interactive, 0.0) if self.no_guidance is None else float(self.no_guidance),
             stop_after=self.stop_after, log=None if self.log is None else str(self.log), state=None if self.state is None else str(self.state),
         )
 

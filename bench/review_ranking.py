@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,12 +52,13 @@ def unetseg(*arguments) -> List[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-def slice_dice(predicted: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
-    """``(slices,)`` mean Dice over the classes present in either of ``[slice, row, column]`` channel maps (NaN: none)."""
+def slice_dice(predicted: np.ndarray, truth: np.ndarray, classes: int, channels: Optional[Sequence[int]] = None) -> np.ndarray:
+    """``(slices,)`` mean Dice over the classes present in either of ``[slice, row, column]`` channel maps (NaN: none);
+    ``channels``: only these (a case's labelled classes: the others are unknown in its truth), default 1..classes."""
     dice = np.full(predicted.shape[0], np.nan)
     for index in range(predicted.shape[0]):
         values = []
-        for channel in range(1, classes + 1):
+        for channel in (range(1, classes + 1) if channels is None else sorted(channels)):
             p, t = predicted[index] == channel, truth[index] == channel
             total = int(p.sum()) + int(t.sum())
             if total:

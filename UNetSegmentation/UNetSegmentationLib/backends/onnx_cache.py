@@ -5,7 +5,8 @@ it may live (beside the checkpoint, then the cache folder; a shipped export besi
 whether a file found there may serve a run:
 
 - *bound*: every export carries in its own metadata the SHA-256 binding of the checkpoint's bytes
-  (weights and metadata), the depth, the guidance, the export format and opset (and PyTorch's
+  (weights and metadata, the calibration temperature included: a recalibrated checkpoint never runs an
+  export made before), the depth, the guidance, the export format and opset (and PyTorch's
   version, except in the portable binding a shipped export is found by). The file name holds only a
   prefix of it; before an export is used, its stored binding must equal the one computed from the
   checkpoint (:func:`export_problem`), so another model's export copied over a cached one, a file

@@ -72,7 +72,7 @@ def _network(checkpoint, depth, guidance: bool):
     if hasattr(model, "classification_guidance"):
         model.classification_guidance = guidance
     fold_batchnorm(model)
-    return ProbabilityNetwork(model, depth, checkpoint.metadata.uses_softmax).eval()
+    return ProbabilityNetwork.of(model, depth, checkpoint.metadata).eval()
 
 
 def _required_multiple(network, depth) -> int:

@@ -9,8 +9,9 @@ backends share, so that PyTorch and ONNX Runtime compute the same probabilities:
   no per-sample statistics (batch norm, folded or not); InstanceNorm/GroupNorm networks run slower
   in it on the CPU, so they stay contiguous.
 - :class:`ProbabilityNetwork`: the network pruned to what inference needs (UNet++ at depth L: only
-  the nodes i + j ≤ L and head L) with the softmax/sigmoid inside, so one call gives probabilities
-  (what the ONNX backend exports, too).
+  the nodes i + j ≤ L and head L) with the checkpoint's calibration temperature and the
+  softmax/sigmoid inside, so one call gives probabilities (what the ONNX backend exports and int8
+  quantises, too): the one place where logits become probabilities at inference.
 - :func:`autocast`: the autocast context of a dtype (:class:`~.torch_predictor.TorchSettings` says which).
 """
 
@@ -88,18 +89,29 @@ class ProbabilityNetwork(nn.Module):
 
     ``depth``: an int (UNet++ sub-network: only its nodes and head are computed), ``"accurate"``
     (mean of every head's probabilities) or None (the network's own output). Softmax over
-    background + classes, or sigmoid for one class. An ONNX export of this module contains only
-    what that computation uses: no unused head, no pruned node.
+    background + classes, or sigmoid for one class, of the logits divided by ``temperature``
+    (temperature scaling, Guo et al. 2017: the checkpoint's
+    :attr:`~UNetSegmentationLib.model.metadata.ModelMetadata.temperature`, fitted on held-out patients;
+    it changes the confidence, never the argmax). An ONNX export of this module contains only what
+    that computation uses: no unused head, no pruned node (at temperature 1, no division either).
     """
 
-    def __init__(self, model: nn.Module, depth, uses_softmax: bool) -> None:
+    def __init__(self, model: nn.Module, depth, uses_softmax: bool, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.depth = depth
         self.uses_softmax = bool(uses_softmax)
+        self.temperature = float(temperature)
+
+    @classmethod
+    def of(cls, model: nn.Module, depth, metadata) -> "ProbabilityNetwork":
+        """The probabilities ``metadata`` (a checkpoint's) defines for ``model``: its activation and temperature."""
+        return cls(model, depth, metadata.uses_softmax, metadata.temperature)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         return torch.softmax(logits, dim=1) if self.uses_softmax else torch.sigmoid(logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

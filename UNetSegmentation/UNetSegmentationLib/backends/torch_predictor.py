@@ -107,7 +107,7 @@ class SlicePredictor:
         self.settings = torch_settings(device.type, precision, optimize and prefers_channels_last(self.model))
         if self.settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.network = ProbabilityNetwork(self.model, depth, metadata.uses_softmax).eval()
+        self.network = ProbabilityNetwork.of(self.model, depth, metadata).eval()
         if self.settings.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
 

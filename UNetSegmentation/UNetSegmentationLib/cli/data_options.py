@@ -15,16 +15,17 @@ def add_data_options(parser: argparse.ArgumentParser, for_training: bool) -> Non
     group.add_argument("--datalist", metavar="JSON", help="MONAI decathlon-style datalist: 'training' (and 'validation') lists of {'image': ..., 'label': ...}")
     group.add_argument("--data-root", metavar="DIR", help="folder the datalist's relative paths start from (default: the datalist's folder)")
     if not for_training:
-        group.add_argument("--section", default="validation", help="datalist list to evaluate (default validation)")
+        group.add_argument("--section", help="datalist list to evaluate (default: validation; with --fold, training)")
     group.add_argument("--images", metavar="DIR", help="folder of images; labels are matched by name in --labels")
     group.add_argument("--labels", metavar="DIR", help="folder of label maps or .seg.nrrd segmentations")
     group.add_argument("--image", metavar="FILE", help="a single image (with --label)")
     group.add_argument("--label", metavar="FILE", help="its label map or .seg.nrrd segmentation")
+    group.add_argument("--fold", type=int, metavar="K", help="validate on the --datalist cases whose 'fold' is K and train on the others "
+                       "(leave one patient out with the datalist of Resources/Tools/prepare_training_data.py)" if for_training else
+                       "evaluate only the --datalist cases whose 'fold' is K (the patient a model trained with --fold K never saw)")
     if for_training:
         group.add_argument("--val-images", metavar="DIR", help="validation images (with --val-labels), instead of a datalist's 'validation' list")
         group.add_argument("--val-labels", metavar="DIR", help="validation labels, matched by name")
-        group.add_argument("--fold", type=int, metavar="K", help="validate on the --datalist cases whose 'fold' is K and train on the others "
-                           "(leave one patient out with the datalist of Resources/Tools/prepare_training_data.py)")
         group.add_argument("--val-slices", type=float, metavar="FRACTION", help=f"hold out this share of every training volume's slices for validation, in contiguous blocks "
                            f"(above 0, below {HOLD_OUT_LIMIT:g}; e.g. {DEFAULT_HOLD_OUT:g})")
         group.add_argument("--val-blocks", type=int, default=DEFAULT_VAL_BLOCKS, metavar="N", help="number of held-out blocks, spread along the volume (default %(default)s; fewer where the volume is too short)")
@@ -44,8 +45,10 @@ def cases_from_options(args: argparse.Namespace, for_training: bool):
     if len(sources) != 1:
         raise UserError("give the data as exactly one of --datalist JSON, --images DIR --labels DIR, or --image FILE --label FILE" + (f" (got {', '.join(sources)})" if sources else ""))
     validation = []
+    if not for_training and args.fold is not None and not args.datalist:
+        raise UserError(f"--fold {args.fold} picks the cases of a --datalist by their 'fold'; give a --datalist")
     if args.datalist:
-        section = "training" if for_training else args.section
+        section = "training" if for_training else (args.section or ("training" if args.fold is not None else "validation"))
         cases = cases_from_datalist(args.datalist, section, args.data_root)
         if for_training:
             validation = cases_from_datalist(args.datalist, "validation", args.data_root, required=False)
@@ -55,6 +58,8 @@ def cases_from_options(args: argparse.Namespace, for_training: bool):
                 raise UserError(f"--fold {args.fold}: the datalist already has a 'validation' list; leave out one or the other")
             cases, validation = split_fold(cases, args.fold, f"datalist {args.datalist}")
             description["fold"] = args.fold
+        elif args.fold is not None:  # evaluate: that fold's cases only
+            cases = split_fold(cases, args.fold, f"datalist {args.datalist} ({section})", held_out_only=True)[1]
     elif args.images or args.labels:
         if not (args.images and args.labels):
             raise UserError("--images and --labels go together")

@@ -80,8 +80,26 @@ def labelled_volumes(cases: Sequence, classes, other_labels: str, label_map: Opt
 
     loaded = [load_case(case) for case in cases]
     _, lookups = resolve_classes([(item.case.name, item.label) for item in loaded], declared=classes, other_labels=other_labels, label_map=label_map, warn=warn)
-    return [LabelledVolume(item.case.name, Path(item.case.image), item.volume, tuple(item.direction), tuple(item.spacing), channel_targets(item.label, lookup))
+    return [LabelledVolume(item.case.name, Path(item.case.image), item.volume, tuple(item.direction), tuple(item.spacing), channel_targets(item.label, lookup),
+                           labelled_channels_of(item.case, classes, warn))
             for item, lookup in zip(loaded, lookups)]
+
+
+def labelled_channels_of(case, classes, warn: Optional[Callable[[str], None]] = None) -> Optional[frozenset]:
+    """The channels (1-based, of ``classes``) a case's labels cover: its datalist ``labelled_classes``
+    (names matched as training matches them, grammar/class_lists.class_key), None where it gives none
+    (every class labelled). Names that are not the checkpoint's classes say nothing about it (another
+    model's classes, or a class this one lacks): ``warn`` hears them once per case."""
+    from UNetSegmentationLib.grammar.class_lists import class_key
+
+    labelled = getattr(case, "labelled", None)
+    if labelled is None:
+        return None
+    by_name = {class_key(c.name): channel for channel, c in enumerate(classes, 1)}
+    strangers = [name for name in labelled if class_key(name) not in by_name]
+    if strangers and warn is not None:
+        warn(f"case {case.name!r}: labelled_classes {', '.join(map(repr, strangers))} are not classes of this checkpoint: not scored")
+    return frozenset(by_name[class_key(name)] for name in labelled if class_key(name) in by_name)
 
 
 def add_commands(commands) -> None:

@@ -137,6 +137,7 @@ def command_info(args: argparse.Namespace) -> int:
     print(f"normalisation  {json.dumps(metadata.normalization.to_json())}")
     output = "sigmoid, threshold 0.5" if not metadata.uses_softmax else f"softmax over background + {len(metadata.classes)} classes"
     print(f"output         {output}")
+    print(f"temperature    {metadata.temperature:g}" + (" (not calibrated: the network's own probabilities)" if metadata.temperature == 1.0 else " (logits divided by it: calibrated probabilities)"))
     for c in metadata.classes:
         colour = "#%02x%02x%02x" % tuple(round(255 * v) for v in c.color)
         print(f"  {c.value:>3}  {c.name:<30} {colour}{'  (terminology)' if c.terminology else ''}")

@@ -17,7 +17,9 @@ network, label decision: the path predict takes between reading and writing) div
 slice count, summed over volumes per depth. It is measured after a warm-up: one batch of the same
 volume through the same predictor, untimed, so no depth is charged for first-call set-up.
 
-Per volume, per depth and per class: the metrics of :mod:`.metrics` on the volume's own grid. The
+Per volume, per depth and per class: the metrics of :mod:`.metrics` on the volume's own grid, for the
+classes its labels cover only (a datalist case's ``labelled_classes``: a class its labels do not cover is
+unknown there, so it gets no row at all, neither a 0 nor a 1, and no mean counts it). The
 run reports ``start("evaluate", cases × depths, "case", ...)`` and ``progress(done, case=..., depth=...)``
 after each volume at each depth; the caller reports ``done`` once the results are written
 (:mod:`.report` writes the table, CSV, JSON and plot).
@@ -96,6 +98,7 @@ class LabelledVolume:
     direction: Tuple[float, ...]  # the image's direction matrix, row-major
     spacing: Tuple[float, float, float]  # mm along i, j, k
     truth: np.ndarray  # [k, j, i] channel numbers: 0 background, c the c-th class of the checkpoint
+    labelled: Optional[frozenset] = None  # the channels its labels cover (a datalist's labelled_classes); None: every class
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ def evaluate_cases(
             seconds[tag][1] += selected.size
             predicted = _channels(labels, metadata)
             predicted[~scored] = 0
-            evaluation.rows += _class_rows(volume.name, tag, predicted, truth, spacing, metadata, int(selected.sum()))
+            evaluation.rows += _class_rows(volume, tag, predicted, truth, spacing, metadata, int(selected.sum()))
             done += 1
             reporter.progress(done, case=volume.name, depth=tag)
     parameters = _parameter_counts(checkpoint, depths)
@@ -245,13 +248,15 @@ def _channels(labels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
     return channels
 
 
-def _class_rows(volume: str, tag: str, predicted: np.ndarray, truth: np.ndarray, spacing, metadata: ModelMetadata, slices: int) -> List[dict]:
-    """One row per class: its metrics and voxel counts on the scored slices."""
+def _class_rows(volume: LabelledVolume, tag: str, predicted: np.ndarray, truth: np.ndarray, spacing, metadata: ModelMetadata, slices: int) -> List[dict]:
+    """One row per class the volume's labels cover: its metrics and voxel counts on the scored slices."""
     rows = []
     for channel, info in enumerate(metadata.classes, 1):
+        if volume.labelled is not None and channel not in volume.labelled:
+            continue  # unknown in this volume: not scored
         rows.append(
             {
-                "volume": volume,
+                "volume": volume.name,
                 "depth": tag,
                 "class": info.name,
                 **class_metrics(predicted == channel, truth == channel, spacing),

@@ -113,16 +113,17 @@ def _case_fields(item: Dict[str, Any], where: str) -> Tuple[Optional[Tuple[str, 
     return labelled, fold
 
 
-def split_fold(cases: Sequence[Case], fold: int, source: str) -> Tuple[List[Case], List[Case]]:
+def split_fold(cases: Sequence[Case], fold: int, source: str, held_out_only: bool = False) -> Tuple[List[Case], List[Case]]:
     """``--fold K``: ``(training, validation)`` = the cases of the other folds and those of fold K (each
-    case's ``fold`` field; leave-one-patient-out when a fold is one patient's cases)."""
+    case's ``fold`` field; leave-one-patient-out when a fold is one patient's cases). ``held_out_only``
+    (``evaluate --fold K``): no other fold is needed, since nothing trains."""
     missing = [c.name for c in cases if c.fold is None]
     if missing:
         raise UserError(f"--fold {fold}: {source} gives no 'fold' for case(s) {', '.join(map(repr, missing[:5]))}")
     folds = sorted({int(c.fold) for c in cases})
     if fold not in folds:
         raise UserError(f"--fold {fold}: {source} has no case of that fold (folds: {', '.join(map(str, folds))})")
-    if len(folds) < 2:
+    if len(folds) < 2 and not held_out_only:
         raise UserError(f"--fold {fold}: every case of {source} is in that fold, so none is left to train on")
     return [c for c in cases if c.fold != fold], [c for c in cases if c.fold == fold]
 

@@ -1,0 +1,69 @@
+"""``unetseg evaluate`` on a leave-one-patient-out datalist (issue 24): a case scores only the classes its
+labels cover (``labelled_classes``), and ``--fold K`` evaluates the patient a ``train --fold K`` model never saw.
+
+Real data: the slicerio chest CT and its segmentation, twice, as two folds; the bundled model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
+ALL_CLASSES = {"ribs", "cervical vertebral column", "thoracic vertebral column", "lumbar vertebral column", "right lung", "left lung", "tissue"}
+
+
+@pytest.fixture(scope="module")
+def datalist(tmp_path_factory, chest_ct_path, chest_segmentation_path) -> Path:
+    """Fold 0: the CT with every class labelled; fold 1: the same CT whose labels are said to cover only the lungs
+    and the liver (a class the bundled model does not have)."""
+    folder = tmp_path_factory.mktemp("lopo")
+    cases = []
+    for fold in (0, 1):
+        image, label = folder / f"ct{fold}.nrrd", folder / f"ct{fold}.seg.nrrd"
+        image.write_bytes(chest_ct_path.read_bytes())
+        label.write_bytes(chest_segmentation_path.read_bytes())
+        cases.append({"name": f"ct{fold}", "image": image.name, "label": label.name, "fold": fold})
+    cases[1]["labelled_classes"] = ["right lung", "left lung", "liver"]
+    path = folder / "datalist.json"
+    path.write_text(json.dumps({"training": cases}))
+    return path
+
+
+def evaluated(cli, datalist: Path, folder: Path, *options) -> tuple:
+    result = cli("evaluate", "--checkpoint", BUNDLED, "--datalist", datalist, "--depth", "2", "--threads", "1", "--output-dir", folder, "--progress", "json", *options)
+    assert result.code == 0, result.stderr
+    return result, json.loads((folder / "evaluation.json").read_text())
+
+
+def test_a_class_a_case_does_not_label_is_not_scored_there(cli, datalist, tmp_path):
+    result, evaluation = evaluated(cli, datalist, tmp_path / "fold1", "--fold", "1")
+    assert {row["volume"] for row in evaluation["rows"]} == {"ct1"}  # only fold 1's case
+    assert {row["class"] for row in evaluation["rows"]} == {"right lung", "left lung"}  # no 0, no 1 for the others
+    warnings = [e["message"] for e in result.events if e["event"] == "warning"]
+    assert any("'liver'" in w and "not classes of this checkpoint" in w for w in warnings)
+    lungs = [row["dice"] for row in evaluation["rows"]]
+    assert evaluation["summary"]["L2"]["mean_dice"] == pytest.approx(sum(lungs) / len(lungs))
+
+
+def test_a_case_without_labelled_classes_scores_every_class(cli, datalist, tmp_path):
+    _, evaluation = evaluated(cli, datalist, tmp_path / "fold0", "--fold", "0")
+    assert {row["volume"] for row in evaluation["rows"]} == {"ct0"}
+    assert {row["class"] for row in evaluation["rows"]} == ALL_CLASSES
+
+
+def test_the_scores_of_a_class_do_not_depend_on_the_others_being_labelled(cli, datalist, tmp_path):
+    _, complete = evaluated(cli, datalist, tmp_path / "both", "--section", "training")
+    by_case = {(r["volume"], r["class"]): r["dice"] for r in complete["rows"]}
+    assert by_case[("ct1", "right lung")] == pytest.approx(by_case[("ct0", "right lung")])
+    assert ("ct1", "ribs") not in by_case and ("ct0", "ribs") in by_case
+
+
+def test_fold_needs_a_datalist_and_a_fold_it_holds(cli, datalist, tmp_path, chest_ct_path, chest_segmentation_path):
+    from support import assert_refused
+
+    output = tmp_path / "out"
+    assert_refused(cli("evaluate", "--checkpoint", BUNDLED, "--image", chest_ct_path, "--label", chest_segmentation_path, "--fold", "1",
+                       "--output-dir", output), output, "--fold 1", "--datalist")
+    assert_refused(cli("evaluate", "--checkpoint", BUNDLED, "--datalist", datalist, "--fold", "7", "--output-dir", output), output, "--fold 7", "no case of that fold")

@@ -255,6 +255,18 @@ class RefineLogic:
             display.SetSegmentVisibility(self.segment_id, self._hidden)
         self._hidden, self._proposed, self._blocked = None, None, None
 
+    def export_target(self, path) -> Optional[str]:
+        """Write the target as the preview now shows it (the segment as it is before any proposal) to
+        ``path``, a 0/1 label map on the source volume's grid (its IJK-to-RAS, without parent transform, as
+        :func:`.scene.export_volume` writes the volume): what a session (re)starts from. None, and nothing
+        written, when the target is empty (a session then starts from nothing)."""
+        self._require_started()
+        array = self._proposed if self._proposed is not None else self._original
+        if not array.any():
+            return None
+        write_label_map(array, self.volume_node, path)
+        return str(path)
+
     # -- the preview -----------------------------------------------------------------------------
 
     def _show_preview(self) -> None:
@@ -320,6 +332,30 @@ def segment_array(segmentation_node, segment_id: str, volume_node):
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap_node, volume_node):
             raise RuntimeError("the segment could not be read from '%s'" % segmentation_node.GetName())
         return (slicer.util.arrayFromVolume(labelmap_node) > 0).astype("uint8")
+    finally:
+        slicer.mrmlScene.RemoveNode(labelmap_node)
+
+
+def proposal_from_file(path, slices: Sequence[int], axis: int) -> Proposal:
+    """The engine's answer read from its ``.npy`` masks file (plain arrays only: no pickled objects)."""
+    import numpy as np
+
+    return Proposal(slices=[int(s) for s in slices], masks=np.load(str(path), allow_pickle=False), axis=int(axis))
+
+
+def write_label_map(array, volume_node, path) -> None:
+    """``array`` ([k, j, i]) written to ``path`` as a label map with ``volume_node``'s grid (no parent transform)."""
+    labelmap_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        slicer.util.updateVolumeFromArray(labelmap_node, array.astype("uint8"))
+        matrix = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(matrix)
+        labelmap_node.SetIJKToRASMatrix(matrix)
+        storage = labelmap_node.CreateDefaultStorageNode()
+        storage.SetFileName(str(path))
+        storage.UseCompressionOff()
+        if not storage.WriteData(labelmap_node):
+            raise RuntimeError("the segment could not be written to a temporary file (%s)" % path)
     finally:
         slicer.mrmlScene.RemoveNode(labelmap_node)
 

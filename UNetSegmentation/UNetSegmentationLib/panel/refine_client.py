@@ -86,8 +86,10 @@ class RefineClient:
         self.session: Optional[str] = None
         self.queue: Deque[_Pending] = deque()
         self.warnings: List[str] = []
+        self.opened_count = 0  # sessions opened so far (a failure closes one; the next click opens another)
         self._folder: Optional[Path] = None
         self._request: Optional[Tuple[Any, Any, _Pending]] = None  # (engine client, request id, what it was)
+        self._outcomes: List[Union[RefineAnswer, RefineFailure]] = []  # said before the next poll
 
     # -- what the effect asks ----------------------------------------------------------------------
 
@@ -111,6 +113,7 @@ class RefineClient:
     def open(self, input_path: Path, initial_path: Optional[Path] = None) -> None:
         """Open a session on the volume file (and the target segment as a 0/1 label map on its grid)."""
         self.queue.clear()
+        self.opened_count += 1
         self._add(OPEN, input=str(input_path), initial=None if initial_path is None else str(initial_path),
                   checkpoint=self.checkpoint)
 
@@ -137,7 +140,7 @@ class RefineClient:
 
     def poll(self) -> List[Union[RefineAnswer, RefineFailure]]:
         """The answers that came since the last poll; sends the next waiting request. Never blocks."""
-        outcomes: List[Union[RefineAnswer, RefineFailure]] = []
+        outcomes, self._outcomes = self._outcomes, []
         while True:
             if self._request is None and not self._send_next(outcomes):
                 return outcomes
@@ -171,7 +174,10 @@ class RefineClient:
         return ([self._request[2]] if self._request is not None else []) + list(self.queue)
 
     def _add(self, kind: str, **fields: Any) -> None:
+        """Queue a request; it goes at once when the engine is not answering another one (no wait for a tick)."""
         self.queue.append(_Pending(kind, {name: value for name, value in fields.items() if value is not None}))
+        if self._request is None:
+            self._send_next(self._outcomes)
 
     def _send_next(self, outcomes: List[Union[RefineAnswer, RefineFailure]]) -> bool:
         """Send the first waiting request that can go; False when none is left."""

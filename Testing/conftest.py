@@ -45,9 +45,11 @@ def chest_segmentation_path() -> Path:
 
 
 @pytest.fixture
-def bundled_copy(tmp_path) -> Path:
-    """The bundled model copied into the test's folder (its ONNX exports are cached beside it)."""
-    bundled = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+def chest_model_file(tmp_path) -> Path:
+    """The chest model (the bundled model of rounds 1-2, kept in Testing/Data for the tests whose expectations
+    are about it: its 7 classes, its held-out slices of the slicerio CT) copied into the test's folder (its ONNX
+    exports are cached beside it)."""
+    bundled = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
     copy = tmp_path / "bundled.safetensors"
     copy.write_bytes(bundled.read_bytes())
     return copy

@@ -31,7 +31,7 @@ from UNetSegmentationLib.inference.prefetch import prefetch
 from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network
 
-BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
 
 
 def small_kwargs(name: str) -> dict:
@@ -174,14 +174,14 @@ def test_an_error_in_a_slice_worker_reaches_the_caller():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=pytest.mark.onnx)])
-def test_slice_workers_give_the_labels_of_one_slice_at_a_time(cli, chest_ct_path, tmp_path, backend, bundled_copy):
+def test_slice_workers_give_the_labels_of_one_slice_at_a_time(cli, chest_ct_path, tmp_path, backend, chest_model_file):
     """In float32 for both backends (ONNX Runtime computes float32; auto is bf16 on CPUs with native bf16)."""
     import SimpleITK as sitk
 
     labels = {}
     for workers in (1, 2):
         output = tmp_path / f"{workers}.nrrd"
-        result = cli("predict", "--checkpoint", bundled_copy, "--backend", backend, "--precision", "fp32", "--threads", "2",
+        result = cli("predict", "--checkpoint", chest_model_file, "--backend", backend, "--precision", "fp32", "--threads", "2",
                      "--slice-workers", str(workers), "--progress", "json", chest_ct_path, output)
         assert result.code == 0, result.stderr
         assert (result.start["workers"], result.start["threads"], result.start["backend"]) == (workers, 2, backend)

@@ -36,7 +36,7 @@ from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 from UNetSegmentationLib.protocol.events import parse_event
 from UNetSegmentationLib.protocol.reporters import JsonLinesReporter
 
-BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
 
 
 def plan_on(machine: FakeMachine, **request):

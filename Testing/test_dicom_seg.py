@@ -19,7 +19,7 @@ from UNetSegmentationLib.model.checkpoint import load_checkpoint
 hd = pytest.importorskip("highdicom", reason="the [dicom] extra (part of [test])")
 pydicom = pytest.importorskip("pydicom")
 
-BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
 
 
 def dicom_series(image: sitk.Image, folder: Path, series_uid: str, prefix: str = "") -> Path:

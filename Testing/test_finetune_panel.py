@@ -26,7 +26,7 @@ from UNetSegmentationLib.protocol import runner as runner_states
 
 mrml = mrml_support.mrml
 slicer_module = mrml_support.slicer_module
-BUNDLED = mrml_support.BUNDLED_MODEL
+BUNDLED = mrml_support.CHEST_MODEL
 
 
 # --- the run's parameters ---------------------------------------------------------------------------------
@@ -503,7 +503,7 @@ def test_the_widget_segments_lists_the_slices_to_review_jumps_there_and_fine_tun
     widget = module.UNetSegmentationWidget()
     widget.setup()
     ui, parameters = widget.ui, widget._parameterNode
-    parameters.checkpoint = mrml_support.bundled_model_copy()
+    parameters.checkpoint = mrml_support.chest_model_copy()
     assert "Model: 3.05 \u00d7 3.05 mm in-plane" in ui.modelInfoLabel.text and "This volume: 3.05 \u00d7 3.05 mm" in ui.modelInfoLabel.text
     assert ui.fineTuneButton.enabled is False and "volume to learn from" in ui.fineTuneStatusLabel.text
 
@@ -539,7 +539,7 @@ def test_the_widget_segments_lists_the_slices_to_review_jumps_there_and_fine_tun
     assert any(line.startswith("Corrected by you: ribs, ") for line in ui.logTextEdit.lines), "a segmentation from a file: every class is the user's"
     assert str(run.model_path) in [data for _, data in ui.modelChoiceComboBox.items]
     widget.onModelChosen([data for _, data in ui.modelChoiceComboBox.items].index(str(run.model_path)))
-    assert f"Fine-tuned from {mrml_support.BUNDLED_MODEL.name}" in ui.modelInfoLabel.text
+    assert f"Fine-tuned from {mrml_support.CHEST_MODEL.name}" in ui.modelInfoLabel.text
     assert ui.fineTuneButton.text == "Fine-tune" and ui.fineTuneProgressBar.value == 100
     widget.cleanup()
 

@@ -64,7 +64,7 @@ def test_fine_tuning_writes_a_new_checkpoint_whose_model_card_records_its_lineag
     assert info.code == 0 and "fine-tuned from base.safetensors (sha256 " in info.stdout and "validation Dice before 0." in info.stdout
 
 
-def test_fine_tuning_never_writes_over_its_base_or_the_bundled_model(cli, tiny, bundled_copy, tmp_path):
+def test_fine_tuning_never_writes_over_its_base_or_the_bundled_model(cli, tiny, chest_model_file, tmp_path):
     from UNetSegmentationLib.model.bundled import bundled_model_path
 
     base = tiny / "base.safetensors"
@@ -76,7 +76,7 @@ def test_fine_tuning_never_writes_over_its_base_or_the_bundled_model(cli, tiny, 
     if not bundled.is_file():
         pytest.skip("no bundled model in this checkout")
     shipped = bundled.read_bytes()
-    result = cli("train", "--init", bundled_copy, "--image", tiny / "case.nrrd", "--label", tiny / "case_label.nrrd", *FAST, "--overwrite", bundled)
+    result = cli("train", "--init", chest_model_file, "--image", tiny / "case.nrrd", "--label", tiny / "case_label.nrrd", *FAST, "--overwrite", bundled)
     assert result.code == 2 and "is a file of the bundled model" in result.stderr
     assert bundled.read_bytes() == shipped
     assert [p.name for p in bundled.parent.iterdir() if ".partial" in p.name] == []

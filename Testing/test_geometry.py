@@ -28,7 +28,7 @@ from UNetSegmentationLib.model.header import read_metadata
 from UNetSegmentationLib.panel.checkpoints import spacing_text
 
 mrml = mrml_support.mrml
-BUNDLED = read_metadata(mrml_support.BUNDLED_MODEL)  # 3.05 x 3.05 mm in-plane, neighbours 10 mm apart
+BUNDLED = read_metadata(mrml_support.CHEST_MODEL)  # 3.05 x 3.05 mm in-plane, neighbours 10 mm apart
 ENGINE = Path(__file__).resolve().parent.parent / "UNetSegmentation"
 
 #: slice spacings (mm) against the bundled model's 10 mm: thin, the 0.5 % edge on both sides, equal, thicker

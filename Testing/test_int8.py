@@ -75,10 +75,10 @@ def test_int8_is_refused_where_it_cannot_run():
 
 
 @pytest.mark.onnx
-def test_int8_keeps_the_input_convolutions_and_the_probabilities_in_float32(tmp_path, bundled_copy):
+def test_int8_keeps_the_input_convolutions_and_the_probabilities_in_float32(tmp_path, chest_model_file):
     import onnx
 
-    checkpoint_path = bundled_copy
+    checkpoint_path = chest_model_file
     session = onnx_predictor_for(load_checkpoint(checkpoint_path), 3, True, 1)
     model = onnx.load(str(session.path))
     kept = set(quantization.float_nodes(model))
@@ -100,8 +100,8 @@ def test_int8_keeps_the_input_convolutions_and_the_probabilities_in_float32(tmp_
 
 
 @pytest.mark.onnx
-def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_path, bundled_copy):
-    checkpoint = bundled_copy
+def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_path, chest_model_file):
+    checkpoint = chest_model_file
     runs = {}
     for precision in ("fp32", "int8"):
         output = tmp_path / f"{precision}.nrrd"
@@ -120,9 +120,9 @@ def test_int8_labels_agree_with_float32_on_the_real_ct(cli, chest_ct_path, tmp_p
 
 
 @pytest.mark.onnx
-def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, monkeypatch, bundled_copy):
+def test_an_int8_model_that_disagrees_is_not_used(cli, chest_ct_path, tmp_path, monkeypatch, chest_model_file):
     """The check refuses the quantised model: the run goes on in float32, says so, and gives float32's labels."""
-    checkpoint = bundled_copy
+    checkpoint = chest_model_file
     reference = cli("predict", "--checkpoint", checkpoint, "--precision", "fp32", "--progress", "none", chest_ct_path, tmp_path / "fp32.nrrd")
     assert reference.code == 0, reference.stderr
     monkeypatch.setattr(quantization, "INT8_LABEL_AGREEMENT", 1.01)  # nothing can agree this well
@@ -164,7 +164,7 @@ def test_an_attention_sigmoid_inside_the_network_is_quantised_like_any_layer():
     assert quantization.float_nodes(helper.make_model(graph)) == ["head_conv", "input_conv", "softmax"]
 
 
-def test_calibration_sees_each_slice_exactly_as_the_run_computes_it(chest_ct_path, bundled_copy, monkeypatch):
+def test_calibration_sees_each_slice_exactly_as_the_run_computes_it(chest_ct_path, chest_model_file, monkeypatch):
     """Issue 22: the calibration box was the body's box as found, not aligned to the model grid as the
     real batches are, so int8's ranges were fitted to inputs the run never showed the network."""
     from UNetSegmentationLib.inference.layout import layout_volume
@@ -175,7 +175,7 @@ def test_calibration_sees_each_slice_exactly_as_the_run_computes_it(chest_ct_pat
 
     image = sitk.ReadImage(str(chest_ct_path))
     volume = sitk.GetArrayFromImage(image)
-    metadata = load_checkpoint(bundled_copy).metadata
+    metadata = load_checkpoint(chest_model_file).metadata
     geometry = SliceGeometry.from_direction(image.GetDirection())
     layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, True, True)
     mapping = fit_normalization(metadata.normalization, volume)

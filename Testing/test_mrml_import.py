@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mrml_support
-from mrml_support import BUNDLED_MODEL, VOLUMES, segment
+from mrml_support import CHEST_MODEL, VOLUMES, segment
 
 pytestmark = pytest.mark.mrml
 mrml = mrml_support.mrml
@@ -24,7 +24,7 @@ CASES = [pytest.param(name, transformed, id=f"{name}{' under a transform' if tra
 def classes():
     from UNetSegmentationLib.model.header import read_metadata
 
-    return read_metadata(BUNDLED_MODEL).classes
+    return read_metadata(CHEST_MODEL).classes
 
 
 def segments_of(node) -> list:

@@ -249,7 +249,7 @@ def test_a_scene_naming_a_model_that_no_longer_exists_falls_back_to_the_bundled_
     assert not widget.ui.applyButton.enabled
     mrml.scene.InvokeEvent(mrml.scene.EndImportEvent)
     assert widget._parameterNode.checkpoint == bundled_model_path() and widget.ui.applyButton.enabled
-    widget._parameterNode.checkpoint = mrml_support.bundled_model_copy()  # another model chosen: the notice goes
+    widget._parameterNode.checkpoint = mrml_support.chest_model_copy()  # another model chosen: the notice goes
     assert not widget.ui.modelInfoLabel.text.startswith("The model this scene names")
     widget.cleanup()
 

@@ -151,7 +151,7 @@ def test_each_segment_remembers_the_models_result_and_an_edit_marks_only_its_cla
     finetune = mrml.layer("finetune")
     volume = mrml_support.chest_ct(mrml)
     node = segment(mrml, volume).node
-    classes = read_metadata(mrml_support.BUNDLED_MODEL).classes
+    classes = read_metadata(mrml_support.CHEST_MODEL).classes
     finetune.remember_model_result(node, volume, classes)
     exported = finetune.export_training_pair(volume, node, classes, tmp_path / "i.nrrd", tmp_path / "l.nrrd")
     assert exported.corrected == [], "nothing edited: no class is a correction"

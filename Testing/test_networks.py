@@ -165,6 +165,6 @@ def test_the_bundled_models_shipped_export_keeps_the_name_the_depth_tag_gives_it
     from UNetSegmentationLib.backends.onnx_cache import shipped_export
     from UNetSegmentationLib.model.checkpoint import load_checkpoint
 
-    bundled = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+    bundled = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
     shipped = shipped_export(load_checkpoint(bundled, weights=False), 3)
     assert ".L3." in shipped.name and shipped.is_file(), f"{shipped.name} is not among {sorted(p.name for p in bundled.parent.iterdir())}"

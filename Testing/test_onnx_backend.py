@@ -32,7 +32,7 @@ from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.inference.pipeline import labels_from_probabilities
 from UNetSegmentationLib.model.checkpoint import build_model, load_checkpoint
 
-BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
 pytestmark = pytest.mark.onnx
 #: a CPU-only machine: the plan can say "CPU" without asking PyTorch
 torch_free_startup = pytest.mark.skipif(not cuda_is_impossible(), reason="a GPU may be present here: PyTorch must be asked")
@@ -125,12 +125,12 @@ def test_an_export_that_disagrees_with_torch_falls_back_to_torch_under_auto(smal
     assert not list(tmp_path.glob("*.onnx"))
 
 
-def test_predict_with_onnx_and_torch_backends_agree_on_the_real_ct(cli, chest_ct_path, tmp_path, bundled_copy):
+def test_predict_with_onnx_and_torch_backends_agree_on_the_real_ct(cli, chest_ct_path, tmp_path, chest_model_file):
     """Both backends in float32 (auto would be bf16 for PyTorch on a CPU with native bf16)."""
     outputs = {}
     for backend in ("onnx", "torch"):
         outputs[backend] = tmp_path / f"{backend}.nrrd"
-        result = cli("predict", "--checkpoint", bundled_copy, "--backend", backend, "--precision", "fp32", "--progress", "json", chest_ct_path, outputs[backend])
+        result = cli("predict", "--checkpoint", chest_model_file, "--backend", backend, "--precision", "fp32", "--progress", "json", chest_ct_path, outputs[backend])
         assert result.code == 0, result.stderr
         assert (result.start["backend"], result.start["precision"]) == (backend, "fp32")
     onnx_labels, torch_labels = labels_of(outputs["onnx"]), labels_of(outputs["torch"])
@@ -158,12 +158,12 @@ def predict_in_fresh_process(*arguments, env=None) -> dict:
 @pytest.mark.child_process
 @pytest.mark.slow
 @torch_free_startup
-def test_a_cached_fp32_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path, bundled_copy):
+def test_a_cached_fp32_onnx_export_segments_without_importing_torch_or_monai(chest_ct_path, tmp_path, chest_model_file):
     """Start-up on a CPU-only machine on the float32 ONNX path (``--precision fp32``; ``auto`` is the
     PyTorch bf16 path on CPUs with native bf16): with the export cached, ``predict`` needs neither
     PyTorch nor MONAI, and neither does int8, which quantises the cached export."""
     runs = [
-        predict_in_fresh_process("--checkpoint", bundled_copy, "--progress", "none", "--precision", precision, chest_ct_path, tmp_path / f"{name}.nrrd")
+        predict_in_fresh_process("--checkpoint", chest_model_file, "--progress", "none", "--precision", precision, chest_ct_path, tmp_path / f"{name}.nrrd")
         for name, precision in (("first", "fp32"), ("cached", "fp32"), ("int8", "int8"))
     ]
     assert runs[0] == {"code": 0, "torch": True, "monai": True}  # the first run exports (PyTorch builds the network)

@@ -17,7 +17,7 @@ from support import assert_refused
 from UNetSegmentationLib.inference.quality import boundary_band, boundary_uncertainty
 from UNetSegmentationLib.inference.review import REVIEW_TOP, ReviewRanking
 
-BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
 CT_SLICES = 34  # the chest CT's slices along k
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(TOOLS))
 import prepare_training_data as prepare  # noqa: E402
 import training_data_scheme as scheme  # noqa: E402
 
-BUNDLED = Path(__file__).resolve().parent.parent / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
 
 
 def test_the_class_table_is_one_a_checkpoint_can_carry_and_keeps_the_bundled_models_first_six_classes():

@@ -29,6 +29,75 @@ def test_a_blend_decided_from_the_two_decisions_is_the_decision_of_the_blend(cha
         np.testing.assert_allclose(confidence, expected_confidence[0], atol=1e-6)
 
 
+def _smooth_probabilities(channels: int, shape, seed: int) -> np.ndarray:
+    """``(K, h, w)`` float32 probabilities with structures of a few pixels (softmax of smoothed noise; one sigmoid channel for K = 1)."""
+    from scipy.ndimage import gaussian_filter
+
+    logits = gaussian_filter(np.random.default_rng(seed).normal(size=(channels,) + tuple(shape)) * 6, (0, 2, 2))
+    if channels == 1:
+        return (1 / (1 + np.exp(-4 * logits))).astype(np.float32)
+    logits[0] += 1.5  # mostly background, as a body is
+    e = np.exp(logits - logits.max(0))
+    return (e / e.sum(0)).astype(np.float32)
+
+
+@pytest.mark.parametrize("channels, model, size", [(8, (96, 112), (381, 450)), (3, (40, 30), (17, 95)), (1, (48, 48), (150, 190)), (5, (64, 64), (64, 64))])
+def test_the_decision_made_on_the_model_grid_is_that_of_every_channel_resampled(channels, model, size):
+    """Deciding on the model grid, resampling the confidence and the K channels only where the four model
+    pixels around an input pixel disagree (inference/grid_decision.py) gives the labels and confidence of
+    resampling all K channels onto the input's pixels and deciding there, bit for bit; and any input
+    pixel's K resampled probabilities on demand, as the thin-slice path blends them."""
+    from UNetSegmentationLib.inference.grid_decision import decide_on_input_grid
+    from UNetSegmentationLib.inference.resolution import bilinear
+
+    probabilities = _smooth_probabilities(channels, model, channels)
+    resampled = bilinear(probabilities[None], size)
+    expected_chosen, expected_confidence = decided_in_numpy(resampled)
+    decision = decide_on_input_grid(probabilities, size)
+    np.testing.assert_array_equal(decision.chosen, expected_chosen[0])
+    np.testing.assert_array_equal(decision.confidence, expected_confidence[0])
+    ys, xs = np.random.default_rng(0).integers(0, size[0], 500), np.random.default_rng(1).integers(0, size[1], 500)
+    np.testing.assert_array_equal(decision.probabilities_at(ys, xs), resampled[0][:, ys, xs])
+
+
+@pytest.mark.parametrize("channels", [1, 8])
+def test_the_slices_between_two_positions_are_decided_as_their_blend_on_the_union_of_their_boxes(channels):
+    """Two network positions with different body boxes (one of them possibly without body): each slice between
+    them gets the decision of the blend of the two positions' whole-slice probabilities (background outside a
+    box), as blended_decision gives it from whole slices, on the union of the two boxes."""
+    from UNetSegmentationLib.inference.grid_decision import decide_on_input_grid
+    from UNetSegmentationLib.inference.model_slices import _Position, _PositionPair
+    from UNetSegmentationLib.inference.resolution import bilinear
+
+    slice_shape = (120, 140)
+    boxes = [(10, 90, 20, 120), (30, 110, 0, 100)]
+    positions, whole = [], []
+    for n, box in enumerate(boxes):
+        size = (box[1] - box[0], box[3] - box[2])
+        model = _smooth_probabilities(channels, (size[0] // 3, size[1] // 3), 10 + n)
+        positions.append(_Position(box, decide_on_input_grid(model, size)))
+        plane = np.zeros((channels,) + slice_shape, dtype=np.float32)
+        if channels > 1:
+            plane[0] = 1.0
+        plane[:, box[0]:box[1], box[2]:box[3]] = bilinear(model[None], size)[0]
+        whole.append((plane, *(a[0] for a in decided_in_numpy(plane[None]))))
+    empty = np.zeros((channels,) + slice_shape, dtype=np.float32)
+    if channels > 1:
+        empty[0] = 1.0
+    nothing = (empty, *(a[0] for a in decided_in_numpy(empty[None])))
+    for (lower, upper), (lower_whole, upper_whole) in [((positions[0], positions[1]), (whole[0], whole[1])), ((None, positions[1]), (nothing, whole[1]))]:
+        pair = _PositionPair(lower, upper, channels)
+        r0, r1, c0, c1 = pair.box
+        for weight in (0.0, 0.3, 0.5, 0.9, 1.0):
+            chosen, confidence = pair.at(weight)
+            expected_chosen, expected_confidence = blended_decision(lower_whole, upper_whole, weight)
+            np.testing.assert_array_equal(chosen, expected_chosen[r0:r1, c0:c1])
+            np.testing.assert_array_equal(confidence, expected_confidence[r0:r1, c0:c1])
+            outside = np.ones(slice_shape, dtype=bool)
+            outside[r0:r1, c0:c1] = False
+            assert (expected_chosen[outside] == 0).all() and (expected_confidence[outside] == 1).all()
+
+
 @pytest.mark.parametrize("radius", [(0, 0, 0), (1, 2, 3), (4, 1, 1)])
 def test_the_body_boxes_grown_as_boxes_are_the_boxes_of_the_dilated_mask(radius):
     """The margin around the body is added to each slice's box and spread over the slices within the

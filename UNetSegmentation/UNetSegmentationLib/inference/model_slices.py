@@ -9,20 +9,22 @@ away) and every input slice gets the probabilities of the two nearest network po
 linearly, before its labels are decided: the slice axis is treated as the in-plane axes are. It also
 runs the network on a fraction of the slices (a quarter for 2.5 mm slices and a 10 mm model).
 
-Memory: the full-slice probabilities of one batch of network positions and the one before it, and
-those of one batch of input slices.
+Memory: the model-grid probabilities and the input-grid decisions of the positions of one batch and
+the one before it; the decided labels and confidence of one step of input slices, on their body box.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Iterator, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from UNetSegmentationLib.inference.body import BodyBoxes
-from UNetSegmentationLib.inference.decision import blended_decision, decided_in_numpy
-from UNetSegmentationLib.inference.resolution import ModelGrid, resample_probabilities
+from UNetSegmentationLib.inference.body import Box, BodyBoxes
+from UNetSegmentationLib.inference.decision import decided_in_numpy
+from UNetSegmentationLib.inference.grid_decision import GridDecision, decide_on_input_grid
+from UNetSegmentationLib.inference.resolution import ModelGrid
 from UNetSegmentationLib.inference.slicing import ModelBatch, body_batch
 
 
@@ -51,20 +53,21 @@ def position_batches(slices: np.ndarray, positions: np.ndarray, batch_size: int,
 def interpolated_decisions(
     batches: Iterator[ModelBatch], network: Callable, positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int, slices_per_step: int,
     timings: Dict[str, float],
-) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(input slices, their chosen channels (B, rows, columns), confidence)`` in slice order, at most
-    ``slices_per_step`` slices at a time, decided on the probabilities interpolated between the full-slice
-    probabilities of the network positions around them (background where no position touched the body).
-    Each position is decided once; a slice between two positions blends the K channels only where their
-    choices differ (:func:`~.decision.blended_decision`: the same labels and confidence as deciding the
-    whole blend). ``network(batch) -> (probabilities on the model grid, their box)``; the seconds spent
-    deciding go to ``timings["postprocess_s"]``."""
+) -> Iterator[Tuple[np.ndarray, Box, np.ndarray, np.ndarray]]:
+    """``(input slices, box, their chosen channels (B, box rows, box columns), confidence)`` in slice order, at
+    most ``slices_per_step`` slices of the same two network positions at a time, decided on the probabilities
+    interpolated between those of the positions around them; outside ``box`` (the union of the two positions'
+    body boxes) background, certain. Each position is decided once on the input's pixels from its model-grid
+    probabilities (:mod:`.grid_decision`); a slice between two positions blends their confidence, and their K
+    channels only where their choices differ (:class:`_PositionPair`: the same labels and confidence as
+    deciding the whole blend). ``network(batch) -> (model-grid probabilities, the batch's box)``; the seconds
+    spent deciding go to ``timings["postprocess_s"]``, resampling the confidence to ``timings["resample_s"]``."""
     cells = len(positions)
     below, above, weight = neighbours_of(slice_count, cells)
-    background = _background(channels, slice_shape)
-    known: Dict[int, tuple] = {}
+    known: Dict[int, Optional[_Position]] = {}
+    pairs: Dict[Tuple[int, int], _PositionPair] = {}
     pending = iter(batches)
-    computed_up_to = -1  # every position up to here is known (computed, or background)
+    computed_up_to = -1  # every position up to here is known (computed, or background: None)
     next_slice = 0
     while next_slice < slice_count:
         if above[next_slice] > computed_up_to:
@@ -74,56 +77,109 @@ def interpolated_decisions(
                 probabilities, box = network(batch)
                 started = time.perf_counter()
                 for position, plane in zip(batch.indices, probabilities):
-                    known[int(position)] = _decided_plane(background, plane, box)
+                    decision = decide_on_input_grid(plane, (box[1] - box[0], box[3] - box[2]))
+                    known[int(position)] = _Position(box, decision)
+                    timings["resample_s"] += decision.resample_s
+                    timings["postprocess_s"] -= decision.resample_s
                 timings["postprocess_s"] += time.perf_counter() - started
             for position in range(computed_up_to + 1, last + 1):
-                known.setdefault(position, background)
+                known.setdefault(position, None)
             computed_up_to = last
             continue
         started = time.perf_counter()
+        pair = (int(below[next_slice]), int(above[next_slice]))
         ready = np.arange(next_slice, min(slice_count, next_slice + slices_per_step))
-        ready = ready[above[ready] <= computed_up_to]
-        chosen = np.empty((len(ready),) + tuple(slice_shape), dtype=np.uint8)
-        confidence = np.empty((len(ready),) + tuple(slice_shape), dtype=np.float32)
-        for n, k in enumerate(ready):
-            chosen[n], confidence[n] = blended_decision(known[int(below[k])], known[int(above[k])], float(weight[k]))
+        ready = ready[(below[ready] == pair[0]) & (above[ready] == pair[1])]
+        if pair not in pairs:
+            pairs.clear()  # the slices of the pair before are all decided
+            pairs[pair] = _PositionPair(known[pair[0]], known[pair[1]], channels)
+        blend = pairs[pair]
+        decided = [blend.at(float(weight[k])) for k in ready]
+        chosen = np.stack([d[0] for d in decided]) if decided else np.zeros((0, 0, 0), np.uint8)
+        confidence = np.stack([d[1] for d in decided]) if decided else np.zeros((0, 0, 0), np.float32)
         timings["postprocess_s"] += time.perf_counter() - started
-        yield ready, chosen, confidence
+        yield ready, blend.box, chosen, confidence
         next_slice = int(ready[-1]) + 1
         for position in [p for p in known if p < below[min(next_slice, slice_count - 1)]]:
             del known[position]
 
 
-def _background(channels: int, slice_shape: Tuple[int, int]) -> tuple:
-    """The decided plane of a position that holds no body: background, certain."""
-    probabilities = np.zeros((channels,) + tuple(slice_shape), dtype=np.float32)
-    if channels > 1:
-        probabilities[0] = 1.0  # softmax: background; one sigmoid channel: foreground 0
-    chosen, confidence = decided_in_numpy(probabilities[None])
-    return probabilities, chosen[0], confidence[0]
+@dataclass(frozen=True)
+class _Position:
+    """A network position's body ``box`` (input pixels of the whole slice) and its decision there."""
+
+    box: Box
+    decision: GridDecision
 
 
-def _decided_plane(background: tuple, plane: np.ndarray, box: Tuple[int, int, int, int]) -> tuple:
-    """``(probabilities, chosen, confidence)`` of one position: its ``(K, box rows, box columns)``
-    probabilities placed on the whole slice (background outside the box), decided once."""
-    probabilities, chosen, confidence = (a.copy() for a in background)
-    inside = (slice(box[0], box[1]), slice(box[2], box[3]))
-    probabilities[(slice(None),) + inside] = plane
-    box_chosen, box_confidence = decided_in_numpy(plane[None])
-    chosen[inside], confidence[inside] = box_chosen[0], box_confidence[0]
-    return probabilities, chosen, confidence
+class _PositionPair:
+    """The slices between two network positions (``lower``, ``upper``; None: a position without body, certain
+    background): both decisions placed on the union of their boxes, and where their choices differ, both
+    positions' K probabilities (background outside a position's box), so that each slice between them is
+    decided by blending the confidence everywhere and the channels only there (:meth:`at`)."""
+
+    def __init__(self, lower: Optional[_Position], upper: Optional[_Position], channels: int) -> None:
+        boxes = [p.box for p in (lower, upper) if p is not None]
+        self.box: Box = (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)) if boxes else (0, 0, 0, 0)
+        self.same = upper is lower
+        self.background = np.zeros(channels, dtype=np.float32)
+        if channels > 1:
+            self.background[0] = 1.0  # softmax: background; one sigmoid channel: foreground 0
+        self.lower, self.upper = self._placed(lower), self._placed(upper)
+        differ = np.flatnonzero(self.lower[0] != self.upper[0]) if not self.same else np.zeros(0, np.int64)
+        self.differ = differ
+        ys, xs = np.divmod(differ, max(self.box[3] - self.box[2], 1))
+        self.lower_probabilities = self._probabilities(lower, ys + self.box[0], xs + self.box[2])
+        self.upper_probabilities = self._probabilities(upper, ys + self.box[0], xs + self.box[2])
+
+    def _placed(self, position: Optional[_Position]) -> Tuple[np.ndarray, np.ndarray]:
+        """``(chosen, confidence)`` of ``position`` on this pair's box (background, certain, outside its own)."""
+        shape = (self.box[1] - self.box[0], self.box[3] - self.box[2])
+        background_chosen, background_confidence = decided_in_numpy(self.background[None, :, None, None])
+        chosen = np.full(shape, background_chosen.item(), dtype=np.uint8)
+        confidence = np.full(shape, background_confidence.item(), dtype=np.float32)
+        if position is not None:
+            inside = (slice(position.box[0] - self.box[0], position.box[1] - self.box[0]), slice(position.box[2] - self.box[2], position.box[3] - self.box[2]))
+            chosen[inside], confidence[inside] = position.decision.chosen, position.decision.confidence
+        return chosen, confidence
+
+    def _probabilities(self, position: Optional[_Position], ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """``(K, n)``: ``position``'s resampled probabilities at whole-slice pixels ``(ys, xs)`` (background outside its box)."""
+        values = np.repeat(self.background[:, None], len(ys), axis=1)
+        if position is not None and len(ys):
+            box = position.box
+            inside = np.flatnonzero((ys >= box[0]) & (ys < box[1]) & (xs >= box[2]) & (xs < box[3]))
+            values[:, inside] = position.decision.probabilities_at(ys[inside] - box[0], xs[inside] - box[2])
+        return values
+
+    def at(self, weight: float) -> Tuple[np.ndarray, np.ndarray]:
+        """``(chosen, confidence)`` on the box of the slice ``weight`` of the way from the lower position to the
+        upper: the decision of ``lower + weight · (upper - lower)`` (:func:`~.decision.blended_decision`'s rule)."""
+        if weight <= 0.0 or self.same:
+            return self.lower[0].copy(), self.lower[1].copy()
+        if weight >= 1.0:
+            return self.upper[0].copy(), self.upper[1].copy()
+        w = np.float32(weight)
+        chosen = self.lower[0].copy()
+        confidence = self.lower[1] + w * (self.upper[1] - self.lower[1])
+        if self.differ.size:
+            mixed_chosen, mixed_confidence = decided_in_numpy((self.lower_probabilities + w * (self.upper_probabilities - self.lower_probabilities))[None, :, :, None])
+            chosen.reshape(-1)[self.differ] = mixed_chosen.reshape(-1)
+            confidence.reshape(-1)[self.differ] = mixed_confidence.reshape(-1)
+        return chosen, confidence
 
 
 def network_on_batch(guarded: Callable, timings: Dict[str, float]) -> Callable:
-    """``batch -> (probabilities resampled onto the input's pixels of its box, the box)``, timed."""
+    """``batch -> (probabilities on the model grid as numpy (B, K, h, w), the batch's box)``, timed."""
     def run(batch: ModelBatch):
         started = time.perf_counter()
         rows, columns = batch.model_size
         output = guarded(batch.inputs)[:, :, :rows, :columns]
         computed = time.perf_counter()
-        probabilities = _as_numpy(resample_probabilities(output, batch.box_size))
+        probabilities = _as_numpy(output)
         timings["network_s"] += computed - started
-        timings["resample_s"] += batch.resample_s + time.perf_counter() - computed
+        timings["resample_s"] += batch.resample_s
+        timings["postprocess_s"] += time.perf_counter() - computed
         return probabilities, batch.box
 
     return run

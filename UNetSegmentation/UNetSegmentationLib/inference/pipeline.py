@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Protocol, Sequence, TYPE_CHECKING
+from typing import Dict, Optional, Protocol, Sequence, Tuple, TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from UNetSegmentationLib.inference.normalization import IntensityMapping
 from UNetSegmentationLib.inference.prefetch import prefetch
 from UNetSegmentationLib.inference.body import BodyBoxes
 from UNetSegmentationLib.inference.decision import labels_from_probabilities
+from UNetSegmentationLib.inference.grid_decision import decide_on_input_grid
 from UNetSegmentationLib.inference.model_slices import interpolated_decisions, network_on_batch, position_batches
 from UNetSegmentationLib.inference.resolution import ModelGrid, resample_probabilities
 from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, model_batches, padding_for
@@ -109,9 +110,9 @@ def predict_volume(
         batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, predictor.required_multiple))
         t0 = time.perf_counter()
         decided = interpolated_decisions(batches, network_on_batch(guarded, timings), positions, (rows, columns), metadata.out_channels, count, batch_size, timings)
-        for indices, chosen, chosen_confidence in decided:
+        for indices, box, chosen, chosen_confidence in decided:
             t1 = time.perf_counter()
-            put(indices, (0, rows, 0, columns), label_values[chosen], chosen_confidence)
+            put(indices, box, label_values[chosen], chosen_confidence)
             timings["postprocess_s"] += time.perf_counter() - t1
         timings["preprocess_s"] = max(0.0, time.perf_counter() - t0 - sum(timings.values()))
         return PredictionResult(labels, confidence, timings)
@@ -125,17 +126,30 @@ def predict_volume(
         model_rows, model_columns = batch.model_size
         output = guarded(batch.inputs)[:, :, :model_rows, :model_columns]  # probabilities on the model's grid
         t2 = time.perf_counter()
-        probabilities = resample_probabilities(output, batch.box_size)  # onto the input's pixels of the box
-        t3 = time.perf_counter()
-        put(batch.indices, batch.box, *labels_from_probabilities(probabilities, label_values))
+        batch_labels, batch_confidence, resample_s = _decided_on_box(output, batch.box_size, label_values)  # on the input's pixels of the box
+        put(batch.indices, batch.box, batch_labels, batch_confidence)
         t4 = time.perf_counter()
         timings["preprocess_s"] += t1 - t0
         timings["network_s"] += t2 - t1
-        timings["resample_s"] += batch.resample_s + (t3 - t2)  # inputs (on the prefetch thread) and probabilities
-        timings["postprocess_s"] += t4 - t3
+        timings["resample_s"] += batch.resample_s + resample_s  # inputs (on the prefetch thread) and probabilities
+        timings["postprocess_s"] += t4 - t2 - resample_s
     if not len(bodies.slices_with_body) or bodies.slices_with_body[-1] < count - 1:
         reporter.progress(count)  # the last slices hold no body: nothing to compute there
     return PredictionResult(labels, confidence, timings)
+
+
+def _decided_on_box(output, size: Tuple[int, int], label_values: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
+    """``(labels, confidence, seconds resampling)`` on ``size`` input pixels of ``(B, K, h, w)`` model-grid
+    probabilities: numpy (ONNX Runtime's, or a CPU run) decided on the model grid and resampled where that
+    decides (:mod:`.grid_decision`); a tensor resampled on its device and decided there."""
+    if not isinstance(output, np.ndarray):
+        started = time.perf_counter()
+        probabilities = resample_probabilities(output, size)
+        resample_s = time.perf_counter() - started
+        return (*labels_from_probabilities(probabilities, label_values), resample_s)
+    decisions = [decide_on_input_grid(plane, size) for plane in output]
+    chosen = np.stack([d.chosen for d in decisions])
+    return label_values[chosen], np.stack([d.confidence for d in decisions]), sum(d.resample_s for d in decisions)
 
 
 def predict_slices(predictor: SlicePredictor, slices: np.ndarray, mapping: IntensityMapping, indices: Sequence[int], batch_size: int = 4, step: float = 1.0) -> np.ndarray:

@@ -54,7 +54,7 @@ def _interpolated(batch: "torch.Tensor", size: Size) -> "torch.Tensor":
     return F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
 
 
-def _axis_weights(count: int, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def axis_weights(count: int, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(first, second, weight of the second)`` source pixels of each of ``size`` output pixels along an
     axis of ``count``: bilinear at the new pixel centres, ``align_corners=False``, held at the edges
     (PyTorch's ``interpolate`` rule, so a tensor and a numpy array are resampled alike)."""
@@ -66,7 +66,7 @@ def _axis_weights(count: int, size: int) -> Tuple[np.ndarray, np.ndarray, np.nda
 
 def _along_rows(batch: np.ndarray, size: int) -> np.ndarray:
     """``batch`` resampled to ``size`` along its second-to-last axis: whole rows gathered and blended."""
-    first, second, weight = _axis_weights(batch.shape[-2], size)
+    first, second, weight = axis_weights(batch.shape[-2], size)
     upper = batch[..., first, :]
     return upper + weight[:, None] * (batch[..., second, :] - upper)
 

@@ -108,3 +108,16 @@ def test_bad_inputs_are_refused_in_one_message_before_any_work(cli, chest_ct_pat
     existing.write_bytes(b"keep")
     result = cli("refine", "--checkpoint", interactive, "--clicks", clicks, chest_ct_path, existing)
     assert result.code == 2 and existing.read_bytes() == b"keep" and leftovers(existing.parent) == []
+
+
+def test_an_empty_label_map_as_initial_starts_the_object_empty_as_label_one(cli, chest_ct_path, interactive, tmp_path):
+    """The Slicer effect passes the selected segment as a 0/1 label map; an empty segment is an empty map."""
+    image = sitk.ReadImage(str(chest_ct_path))
+    empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(image)
+    initial, output = tmp_path / "empty.nrrd", tmp_path / "object.nrrd"
+    sitk.WriteImage(empty, str(initial))
+    result = cli("refine", "--checkpoint", interactive, "--clicks", clicks_file(tmp_path), "--no-propagate", chest_ct_path, initial, output)
+    assert result.code == 0, result.stderr
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
+    assert set(np.unique(written)) <= {0, 1} and not written[[k for k in range(34) if k not in (17, 20)]].any()

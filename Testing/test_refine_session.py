@@ -51,7 +51,8 @@ def test_a_click_changes_only_its_slice_and_answers_its_mask_on_the_input_grid(c
     others = np.ones(34, dtype=bool)
     others[SLICE] = False
     assert np.array_equal(session.mask[others], before[others])
-    assert [shape for shape, _ in model.calls] == [(1, 3, 128, 128)]  # one slice's 2c+1 channels, one call
+    (images, guidance), = model.calls  # one call: one slice's 2c+1 channels and 3 guidance channels, around the object
+    assert images[:2] == (1, 3) and guidance[:2] == (1, 3) and images[2:] == guidance[2:] and images[2] * images[3] < 128 * 128
     assert session.click_latency_ms and session.changed == {SLICE}
 
 
@@ -144,7 +145,7 @@ def test_a_512_pixel_copy_runs_on_the_model_grid_and_answers_on_its_own(chest, t
     grid.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([-0.375, -0.375, 0.0]))
     fine = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
     model = StubModel()
-    session = RefineSession.open(fine, model)
+    session = RefineSession.open(fine, model, crop=False)
     answer = session.add(parse_click({"ijk": [45 * 4 + 1.5, 64 * 4 + 1.5, SLICE], "positive": True}))
     assert model.calls[0][0] == (1, 3, 128, 128)  # resampled once to the model's 3.05 mm
     assert answer.masks.shape == (1, 512, 512) and answer.masks[0].sum() > 16 * 4
@@ -170,3 +171,20 @@ def test_an_automatic_model_or_a_tiny_volume_is_refused_in_one_message(chest, tm
     tiny.SetSpacing([3.0, 3.0, 10.0])
     with pytest.raises(UserError, match="too small to refine"):
         RefineSession.open(tiny, StubModel(), source="tiny.nrrd")
+
+
+def test_the_network_runs_around_the_object_and_the_clicks_with_the_whole_slices_answer(chest):
+    """The stub answers pixel by pixel, so a crop that holds the object, the clicks and their surroundings
+    gives exactly the whole slice's answer, for a fraction of its pixels."""
+    image, lung = chest
+    cropped, whole = StubModel(), StubModel()
+    sessions = [RefineSession.open(image, cropped, lung), RefineSession.open(image, whole, lung, crop=False)]
+    for click in ({"ijk": lung_centre(lung), "positive": False}, {"ijk": [60.0, 100.0, 5.0], "positive": True}):
+        answers = [session.add(parse_click(click)) for session in sessions]
+        assert np.array_equal(answers[0].masks, answers[1].masks)
+    assert all(np.array_equal(a.mask, b.mask) for a, b in [sessions])
+    assert np.array_equal(sessions[0].propagate().masks, sessions[1].propagate().masks)
+    pixels = [sum(int(np.prod(shape[2:])) for shape, _ in model.calls) for model in (cropped, whole)]
+    assert pixels[0] < 0.8 * pixels[1]
+    idle = StubModel()
+    assert RefineSession.open(image, idle)._segment([0], [np.zeros((128, 128), np.float32)]).max() == 0 and idle.calls == []  # nothing near: no call

@@ -4,7 +4,8 @@ The start is one segment of an existing result (``unetseg refine INPUT INITIAL O
 the warm engine's ``refine_open`` with ``initial`` and ``segment``): a label map or a Slicer ``.seg.nrrd``
 on the input's grid, read by the same reader as training and evaluation labels (:func:`~..io.labels.read_label`:
 a segmentation cropped to its extent is placed on the grid, any other grid is refused). The segment is
-named by its name (a ``.seg.nrrd``) or its label value; where the file holds one segment only, it needs no name.
+named by its name (a ``.seg.nrrd``) or its label value; where the file holds one segment only, it needs no name
+(a label map holding none, or a value it does not hold, starts the object empty: a label map cannot list empty labels).
 
 Written: INITIAL with that segment replaced by the refined object, every other segment unchanged (the
 object takes only voxels that were background or its own, as Segment Editor's default "overwrite:
@@ -59,6 +60,8 @@ def read_initial(path, image: sitk.Image, segment: Optional[str] = None) -> Init
         what = "label value"
     listed = ", ".join(f"{name!r}" if labels.segments is not None else str(value) for value, name in choices[:12]) or "none"
     if segment is None:
+        if not choices and labels.segments is None:  # an empty label map (an empty segment exported): the object starts empty, as label 1
+            return InitialObject(labels, 1, "label 1")
         if len(choices) != 1:
             raise UserError(f"{path} holds {len(choices)} {what}s ({listed}); name the one to refine with --segment NAME|VALUE")
         return InitialObject(labels, *choices[0])
@@ -66,6 +69,8 @@ def read_initial(path, image: sitk.Image, segment: Optional[str] = None) -> Init
     for value, name in choices:
         if text == name or (text.isdigit() and int(text) == value):
             return InitialObject(labels, value, name)
+    if labels.segments is None and text.isdigit() and 0 < int(text) <= 65535:  # a label map cannot list an empty label: it starts empty
+        return InitialObject(labels, int(text), f"label {int(text)}")
     folded = [(value, name) for value, name in choices if name.casefold() == text.casefold()]
     if len(folded) == 1:
         return InitialObject(labels, *folded[0])

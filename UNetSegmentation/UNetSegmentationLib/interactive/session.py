@@ -6,7 +6,8 @@ is the first previous-mask channel. Then:
 
 - a click (or a scribble) re-segments only the slice(s) it lies on: that slice's ``2c+1`` image channels,
   its current mask as the previous-mask channel and every click's guidance maps
-  (:func:`~.guidance.guidance_maps`; clicks on other slices fade with their distance), one network call;
+  (:func:`~.guidance.guidance_maps`; clicks on other slices fade with their distance), one network call,
+  around the object and the clicks only (:mod:`.work_region`);
 - ``propagate`` carries the slices edited since the last propagation to their neighbours
   (:mod:`.propagation`);
 - ``undo`` puts back the slices, clicks and edits of the last click, scribble or propagation;
@@ -31,6 +32,7 @@ from UNetSegmentationLib.interactive.click_points import ClickPoints
 from UNetSegmentationLib.interactive.guidance import GUIDANCE_CHANNELS, Click, GuidanceSpec, guidance_maps, scribble_clicks
 from UNetSegmentationLib.interactive.propagation import PropagationRule, propagate
 from UNetSegmentationLib.interactive.session_grid import SessionGrid
+from UNetSegmentationLib.interactive.work_region import work_box
 from UNetSegmentationLib.io.volumes import check_finite, inspect_input, read_volume, verify_data
 from UNetSegmentationLib.model.metadata import ModelMetadata
 
@@ -92,12 +94,15 @@ class RefineSession:
         model: the interactive network (:class:`GuidedModel`).
         initial: the object to start from, a ``[k, j, i]`` mask on the input's grid (None: nothing).
         rule: when a propagation stops.
+        crop: the network runs around the object and the clicks only (:mod:`.work_region`); False: whole slices.
     """
 
-    def __init__(self, grid: SessionGrid, model: GuidedModel, initial: Optional[np.ndarray] = None, rule: PropagationRule = PropagationRule()) -> None:
+    def __init__(self, grid: SessionGrid, model: GuidedModel, initial: Optional[np.ndarray] = None, rule: PropagationRule = PropagationRule(),
+                 crop: bool = True) -> None:
         self.grid = grid
         self.model = model
         self.rule = rule
+        self.crop = crop
         shape = (grid.size[2], grid.size[1], grid.size[0])
         if initial is not None and tuple(initial.shape) != shape:
             raise UserError(f"the initial mask has {tuple(initial.shape)} voxels ([k, j, i]); the volume has {shape}")
@@ -115,11 +120,11 @@ class RefineSession:
 
     @classmethod
     def open(cls, image: sitk.Image, model: GuidedModel, initial: Optional[np.ndarray] = None, axis: Optional[int] = None,
-             source: str = "input", rule: PropagationRule = PropagationRule()) -> "RefineSession":
+             source: str = "input", rule: PropagationRule = PropagationRule(), crop: bool = True) -> "RefineSession":
         """A session on ``image`` (read by :func:`read_session_input`); a volume the model cannot handle is one message."""
         grid = SessionGrid(image, sitk.GetArrayViewFromImage(image), model.metadata, axis)
         grid.check_handled(source)
-        return cls(grid, model, initial, rule)
+        return cls(grid, model, initial, rule, crop)
 
     # -- edits -----------------------------------------------------------------------------------------
 
@@ -181,12 +186,18 @@ class RefineSession:
     def _segment(self, slices: Sequence[int], priors: Sequence[np.ndarray]) -> np.ndarray:
         """``(N, rows', columns')`` probabilities of ``slices`` with ``priors`` as their previous-mask channel."""
         grid = self.grid
-        images = grid.channels(slices)
         guidance = np.empty((len(slices), GUIDANCE_CHANNELS) + grid.model_size, dtype=np.float32)
         for n, (k, prior) in enumerate(zip(slices, priors)):
             guidance[n, 0] = prior
             guidance[n, 1:] = guidance_maps(self.clicks, float(k), grid.model_size, grid.model_spacing, grid.slice_spacing, self.model.spec)
-        return np.asarray(self.model.predict(images, guidance), dtype=np.float32)
+        probabilities = np.zeros((len(slices),) + grid.model_size, dtype=np.float32)
+        box = work_box(guidance, grid.model_spacing, getattr(self.model, "multiple", 1)) if self.crop else (0, grid.model_size[0], 0, grid.model_size[1])
+        if box is None:  # neither object nor click near these slices: nothing to segment
+            return probabilities
+        r0, r1, c0, c1 = box
+        images = grid.channels(slices)[:, :, r0:r1, c0:c1]
+        probabilities[:, r0:r1, c0:c1] = self.model.predict(np.ascontiguousarray(images), np.ascontiguousarray(guidance[:, :, r0:r1, c0:c1]))
+        return probabilities
 
     def _segment_one(self, k: int, prior: np.ndarray) -> np.ndarray:
         return self._segment([k], [prior])[0]

@@ -42,6 +42,25 @@ FACTS: Dict[str, str] = {
                     "torchvisionVersionRequirement=None): installs the torch build for the machine's GPU; the torch module, or None",
     "PythonSlicer": "the interpreter beside the Slicer launcher (shutil.which('PythonSlicer')): Slicer's Python and its "
                     "site-packages, for background scripts",
+    # the Segment Editor's scripted effects (Modules/Loadable/Segmentations/EditorEffects; Qt-based, not in slicer-core)
+    "startupCompleted": "qSlicerApplication's signal startupCompleted(), emitted once every module is loaded: where scripted "
+                        "effects are registered",
+    "qSlicerSegmentEditorScriptedEffect": "qSlicerSegmentationsEditorEffectsPythonQt.qSlicerSegmentEditorScriptedEffect(parent): the "
+                                          "C++ adaptor of a Python effect; setPythonSource(path) loads the file's SegmentEditorEffect class, "
+                                          "self() is that Python object, whose register() adds it to qSlicerSegmentEditorEffectFactory",
+    "AbstractScriptedSegmentEditorEffect": "SegmentEditorEffects.AbstractScriptedSegmentEditorEffect: base class of a scripted effect; "
+                                           "__init__(scriptedEffect) after setting scriptedEffect.name, perSegment, requireSegments; Slicer "
+                                           "calls clone, icon, helpText, setupOptionsFrame, setMRMLDefaults, activate, deactivate, "
+                                           "updateGUIFromMRML and processInteractionEvents(callerInteractor, eventId, viewWidget) -> bool "
+                                           "(True: the event is consumed)",
+    "saveStateForUndo": "scriptedEffect.saveStateForUndo(): Segment Editor's undo state of the segmentation, before an edit",
+    "modifySegmentByLabelmap": "scriptedEffect.modifySegmentByLabelmap(segmentationNode, segmentID, labelmap, "
+                               "qSlicerSegmentEditorAbstractEffect.ModificationModeAdd|Remove|Set): an edit with the widget's "
+                               "masking (editable area, intensity range) and overwrite settings",
+    "parameterSetNode": "scriptedEffect.parameterSetNode(): the vtkMRMLSegmentEditorNode of the Segment Editor widget",
+    "addOptionsWidget": "scriptedEffect.addOptionsWidget(widget): the effect's options under its buttons",
+    "setParameterDefault": "scriptedEffect.setParameterDefault(name, value), integerParameter(name), setParameter(name, value): "
+                           "effect parameters kept in the parameter set node",
 }
 
 #: top-level Python packages a binary 3D Slicer (5.10 and later) ships in its own Python, besides the standard library

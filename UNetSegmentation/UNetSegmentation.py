@@ -38,7 +38,7 @@ from UNetSegmentationLib.panel.devices import DeviceProbe, device_choices
 from UNetSegmentationLib.panel.run import SegmentationRun, panel_view, slicer_python
 from UNetSegmentationLib.panel.run_controller import RunController
 from UNetSegmentationLib.panel.warm_engine import SESSION_ENGINE
-from UNetSegmentationSlicer import dependencies, finetune, model_card, parameters, scene, selftest, slices, texts, widgets
+from UNetSegmentationSlicer import dependencies, finetune, model_card, parameters, refine_logic, scene, selftest, slices, texts, widgets
 
 #: Slicer 5.8 (Python 3.9) cannot run the engine; 5.10 and later ship Python 3.12
 MINIMUM_PYTHON = (3, 10)
@@ -61,6 +61,8 @@ class UNetSegmentation(ScriptedLoadableModule):
         self.parent.contributors = ["UNetSegmentation developers"]
         self.parent.helpText = texts.HELP_TEXT
         self.parent.acknowledgementText = texts.ACKNOWLEDGEMENT_TEXT
+        if sys.version_info >= MINIMUM_PYTHON:  # the "UNet refine" Segment Editor effect, registered as Slicer registers scripted effects
+            slicer.app.connect("startupCompleted()", lambda: __import__("UNetSegmentationSlicer.refine_effect", fromlist=["register_effect"]).register_effect())
 
 
 #
@@ -413,7 +415,8 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume, segmentation = parameterNode.trainingVolume, parameterNode.trainingSegmentation
         try:
             self.logic.ensureDependencies(confirm=self._confirm)
-            run = self.logic.newFineTune(parameterNode.checkpoint, volume, trainSlices=parameterNode.trainSlices, onLog=self._appendLog)
+            trainSlices = parameterNode.trainSlices or refine_logic.corrected_slices(segmentation, volume)  # empty box: the slices refined in Segment Editor
+            run = self.logic.newFineTune(parameterNode.checkpoint, volume, trainSlices=trainSlices, onLog=self._appendLog)
         except Exception as error:
             slicer.util.errorDisplay("Cannot start the fine-tuning: %s" % error)
             return

@@ -130,9 +130,11 @@ class EditorLogicEditing:
 
     def __init__(self, editor_node) -> None:
         self.editor_node = editor_node
-        self.logic = slicer.vtkSlicerSegmentEditorLogic()
-        self.logic.SetMRMLScene(editor_node.GetScene())
-        self.logic.SetSegmentEditorNode(editor_node)
+        self.logic = None
+        if hasattr(slicer, "vtkSlicerSegmentEditorLogic"):  # a Slicer without it: edits through the effect, the preview uncut
+            self.logic = slicer.vtkSlicerSegmentEditorLogic()
+            self.logic.SetMRMLScene(editor_node.GetScene())
+            self.logic.SetSegmentEditorNode(editor_node)
 
     def save_state_for_undo(self) -> None:
         self.logic.SaveStateForUndo()
@@ -151,7 +153,7 @@ class EditorLogicEditing:
 
         logic, node = self.logic, self.editor_node
         blocked = np.zeros(_array_shape(volume_node), dtype=bool)
-        if logic.ResetModifierLabelmapToDefault() and logic.UpdateMaskLabelmap() and logic.GetMaskLabelmap() is not None:
+        if logic is not None and logic.ResetModifierLabelmapToDefault() and logic.UpdateMaskLabelmap() and logic.GetMaskLabelmap() is not None:
             segmentation_node = node.GetSegmentationNode()
             reference = _volume_grid_image(volume_node, segmentation_node)
             resampled = slicer.vtkOrientedImageData()

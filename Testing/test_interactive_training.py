@@ -113,6 +113,7 @@ def test_an_object_network_trains_and_loads_as_the_interactive_model(cli, chest_
     assert GuidanceSpec.from_dict(metadata.guidance) == GuidanceSpec()
     record = metadata.training["interactive"]
     assert record["mode"] == "object" and record["no_guidance"] == NO_GUIDANCE_DEFAULTS["object"] and "right lung" in record["automatic_classes"]
+    assert "role           interactive" in cli("info", output).stdout
     model = InteractiveModel.load(output)
     assert model.spacing == tuple(metadata.training_spacing[-2:]) and model.slice_distance == metadata.slice_distance
     probabilities = model.predict(np.zeros((2, 3, 37, 41), np.float32), np.zeros((2, 3, 37, 41), np.float32))

@@ -134,6 +134,8 @@ def command_info(args: argparse.Namespace) -> int:
     print(f"checkpoint     {checkpoint.path}")
     print(f"architecture   {metadata.architecture} {json.dumps(kwargs)}")
     print(f"input          {metadata.in_channels} channel(s): slice ± {metadata.context}")
+    if metadata.guidance is not None:  # interactive/guidance.py: what the three channels after the image hold
+        print(f"role           interactive: + previous mask, positive and negative clicks {json.dumps(metadata.guidance, sort_keys=True)}")
     print(f"normalisation  {json.dumps(metadata.normalization.to_json())}")
     output = "sigmoid, threshold 0.5" if not metadata.uses_softmax else f"softmax over background + {len(metadata.classes)} classes"
     print(f"output         {output}")

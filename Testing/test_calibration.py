@@ -235,3 +235,18 @@ def test_the_tool_writes_the_calibrated_model_through_the_engines_writer(two_fol
     unchanged = model.read_bytes()
     assert tool.main(["--datalist", str(two_fold_datalist), "--fold-models", folds, "--model", str(model), "--output", str(model), "--overwrite"]) == 2
     assert model.read_bytes() == unchanged
+
+
+@pytest.mark.onnx
+def test_int8_quantises_the_calibrated_export_with_its_temperature(tmp_path, cli, chest_ct_path):
+    calibrated = calibrated_copy(BUNDLED, tmp_path / "calibrated.safetensors", 2.0)
+    maps = {}
+    for precision in ("fp32", "int8"):
+        labels, confidence = tmp_path / f"{precision}.nrrd", tmp_path / f"{precision}-p.nrrd"
+        result = cli("predict", "--checkpoint", calibrated, "--depth", "2", "--backend", "onnx", "--precision", precision, "--threads", "1",
+                     "--progress", "json", "--probabilities", confidence, chest_ct_path, labels)
+        assert result.code == 0, result.stderr
+        assert not [e for e in result.events if e["event"] == "warning" and "int8" in e["message"]]  # no fallback to float32
+        maps[precision] = (sitk.GetArrayFromImage(sitk.ReadImage(str(labels))), sitk.GetArrayFromImage(sitk.ReadImage(str(confidence))))
+    assert (maps["fp32"][0] == maps["int8"][0]).mean() > 0.99
+    assert abs(float(maps["int8"][1].mean()) - float(maps["fp32"][1].mean())) < 0.02  # softened alike: the division is inside what is quantised

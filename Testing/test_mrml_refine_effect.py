@@ -316,3 +316,31 @@ def test_a_segmentation_in_another_frame_than_its_volume(mrml):
     logic.apply()
     lung = module.segment_array(segmentation, TARGET, volume).astype(bool)
     assert (lung[20] == square[0]).mean() > 0.99
+
+
+slicer_module = mrml_support.slicer_module
+
+
+def test_improve_the_model_trains_on_the_refined_slices_when_its_box_is_empty(slicer_module):
+    """The panel's Fine-tune, its slice box empty, trains on the slices refined in Segment Editor; a
+    box the user filled wins."""
+    import slicerio
+
+    mrml = slicer_module.mrml
+    volume = mrml_support.chest_ct(mrml)
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "corrected")
+    mrml.layer("scene").read_segmentation(Path(slicerio.get_testdata_file("Segmentation.seg.nrrd")), segmentation)
+    mrml.layer("scene").place_on_volume(segmentation, volume)
+    mrml.layer("refine_logic").remember_corrected_slices(segmentation, volume, [14, 15, 16, 25])
+    widget = slicer_module.module.UNetSegmentationWidget()
+    widget.setup()
+    parameters = widget._parameterNode
+    parameters.checkpoint = mrml_support.chest_model_copy()
+    parameters.trainingVolume, parameters.trainingSegmentation = volume, segmentation
+    for box, expected in (("", "14-16,25"), ("3-5", "3-5")):
+        parameters.trainSlices = box
+        widget.ui.fineTuneButton.click()
+        assert widget.fineTuning.run is not None and widget.fineTuning.run.parameters.train_slices == expected
+        widget.ui.fineTuneButton.click()  # Cancel: nothing is trained
+        assert not widget.fineTuning.running
+    widget.cleanup()

@@ -287,6 +287,35 @@ def test_a_run_on_cases_labelling_disjoint_classes_keeps_each_cases_unknowns_and
     assert per_class["body"] is None and per_class["bone"] is not None  # 'c' labels no body: not scored there
 
 
+def test_a_case_may_name_its_held_out_slices_and_the_run_holds_out_exactly_those(cli, three_cases, tmp_path):
+    """The shipped model is scored on the very slices an older model held out (issue 24): a datalist case's
+    ``held_out_slices`` replace ``--val-slices``' blocks for that case; the neighbours' reach is a gap."""
+    from UNetSegmentationLib.model.checkpoint import load_checkpoint
+    from UNetSegmentationLib.training.dataset import named_hold_out
+
+    items = [{"name": "a", "image": "case.nrrd", "label": "case_label.nrrd", "held_out_slices": "2-3,9"},
+             {"name": "b", "image": "case.nrrd", "label": "case_label.nrrd"}]
+    out = tmp_path / "m.safetensors"
+    result = cli("train", "--datalist", write_list(three_cases, items, name="named.json"), "--val-slices", "0.2", *TINY_RUN, *FAST, out)
+    assert result.code == 0, result.stderr
+    held = {h["case"]: h["slices"] for h in load_checkpoint(out, weights=False).metadata.training["data"]["held_out_slices"]}
+    assert held["a"] == [2, 3, 9] and held["b"] != [2, 3, 9]  # 'b' keeps --val-slices' blocks
+    volume = SimpleNamespace(slice_count=12, name="a", axis_name="k")
+    train, val = named_hold_out(volume, "2-3,9", gap=1)
+    assert list(val) == [2, 3, 9] and list(train) == [0, 5, 6, 7, 11]
+
+
+@pytest.mark.parametrize("held_out, words", [(7, ["'held_out_slices' must be slice ranges as text"]), ("4-x", ["'held_out_slices'", "4-x"]),
+                                             ("0-99", ["'held_out_slices' of case 'a'", "99"])])
+def test_bad_held_out_slices_stop_with_one_message(cli, three_cases, tmp_path, held_out, words):
+    items = [{"name": "a", "image": str(three_cases / "case.nrrd"), "label": str(three_cases / "case_label.nrrd"), "held_out_slices": held_out}]
+    out = tmp_path / "m.safetensors"
+    result = cli("train", "--datalist", write_list(tmp_path, items), *TINY_RUN, *FAST, out)
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert all(word in result.stderr for word in words), result.stderr
+    assert not out.exists()
+
+
 # --- a short run on the prepared data --------------------------------------------------------------------------
 
 

@@ -54,11 +54,19 @@ AUGMENTATIONS: Dict[str, List[str]] = {
 }
 
 
+#: the slicerio CT's slices that the chest model of rounds 1-2 held out (its card: three blocks at the lumbar,
+#: thoracic and cervical levels). Every run holds out the same ones, so the shipped model is scored on the
+#: very slices the old model was (issue 24: "at least as well as today's model on its held-out slices").
+HELD_OUT_SLICES = {"ctchest4": "4-6,16-17,27-28"}
+
+
 def training_datalist(datalist: dict, cases: Sequence[str]) -> dict:
     """The datalist restricted to ``cases`` (the held-out patient's volumes are not even listed)."""
     kept = [dict(item) for item in datalist["training"] if item["name"] in set(cases)]
     for item in kept:
         item.pop("fold", None)
+        if item["name"] in HELD_OUT_SLICES:
+            item["held_out_slices"] = HELD_OUT_SLICES[item["name"]]
     return {key: value for key, value in datalist.items() if key not in ("training", "leave_one_patient_out")} | {"training": kept}
 
 
@@ -69,7 +77,8 @@ def command(data: Path, datalist: Path, augmentation: str, output: Path, overwri
             *(["--overwrite"] if overwrite else []), str(output)]
 
 
-def planned_runs(data: Path, runs: Path, final: str | None, overwrite: bool) -> List[List[str]]:
+def planned_runs(data: Path, runs: Path, final: str | None, overwrite: bool, augmentations: Sequence[str] = tuple(AUGMENTATIONS),
+                 folds: Sequence[int] | None = None) -> List[List[str]]:
     """Every run's command line; writes the per-run datalists into ``runs``."""
     datalist = json.loads((data / "datalist.json").read_text(encoding="utf-8"))
     planned = []
@@ -78,9 +87,11 @@ def planned_runs(data: Path, runs: Path, final: str | None, overwrite: bool) -> 
         path = runs / "final.datalist.json"
         path.write_text(json.dumps(training_datalist(datalist, everything), indent=1), encoding="utf-8")
         return [command(data, path, final, runs / "final.safetensors", overwrite)]
-    for augmentation in AUGMENTATIONS:
+    for augmentation in augmentations:
         (runs / augmentation).mkdir(parents=True, exist_ok=True)
         for fold in datalist["leave_one_patient_out"]:
+            if folds is not None and fold["fold"] not in folds:
+                continue
             path = runs / augmentation / f"fold{fold['fold']}.datalist.json"
             path.write_text(json.dumps(training_datalist(datalist, fold["training"]), indent=1), encoding="utf-8")
             planned.append(command(data, path, augmentation, runs / augmentation / f"fold{fold['fold']}.safetensors", overwrite))
@@ -104,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("training-data"), help="prepare_training_data.py's output folder")
     parser.add_argument("--runs", type=Path, default=Path("runs/many-organ"), help="folder of the runs' checkpoints, logs and datalists")
     parser.add_argument("--final", choices=sorted(AUGMENTATIONS), help="train the shipped model on every volume with this augmentation")
+    parser.add_argument("--augmentations", default=",".join(AUGMENTATIONS), help="stage 1: the candidates to run, comma-separated (default: all)")
+    parser.add_argument("--folds", help="stage 1: the folds to run, comma-separated (default: every patient)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each)")
     parser.add_argument("--dry-run", action="store_true", help="print the command lines only")
     parser.add_argument("--overwrite", action="store_true", help="train again where a checkpoint exists")
@@ -112,7 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (data / "datalist.json").is_file():
         parser.error(f"{data} holds no datalist.json: run Resources/Tools/prepare_training_data.py --output {args.data} first")
     runs.mkdir(parents=True, exist_ok=True)
-    planned = planned_runs(data, runs, args.final, args.overwrite)
+    augmentations = [name.strip() for name in args.augmentations.split(",") if name.strip()]
+    unknown = [name for name in augmentations if name not in AUGMENTATIONS]
+    if unknown:
+        parser.error(f"--augmentations: unknown {', '.join(unknown)} (known: {', '.join(AUGMENTATIONS)})")
+    folds = None if args.folds is None else [int(fold) for fold in args.folds.split(",")]
+    planned = planned_runs(data, runs, args.final, args.overwrite, augmentations, folds)
     for arguments in planned:
         print(shlex.join(arguments), flush=True)
     if args.dry_run:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from UNetSegmentationLib.errors import UserError
+from UNetSegmentationLib.grammar.slice_ranges import check_slice_ranges
 from UNetSegmentationLib.io.outputs import split_extension
 from UNetSegmentationLib.io.volume_formats import SEGMENTATION_EXTENSION
 from UNetSegmentationLib.io.volume_formats import VOLUME_EXTENSIONS as VOLUME_FORMATS
@@ -31,13 +32,17 @@ LABEL_SUFFIXES = ("", "_seg", "-seg", "_label", "-label", "_labels", "-labels", 
 @dataclass(frozen=True)
 class Case:
     """One image and its ground-truth label file; from a datalist also the classes its labels cover
-    (``labelled_classes``: the others are unknown in it, not background; None: all) and its ``fold``."""
+    (``labelled_classes``: the others are unknown in it, not background; None: all), its ``fold``, and
+    ``held_out_slices`` (slice ranges, e.g. ``"4-6,16-17"``: this case's slices kept for validation
+    instead of ``--val-slices``' blocks, so a new model can be scored on the very slices an older one
+    held out)."""
 
     name: str
     image: Path
     label: Path
     labelled: Optional[Tuple[str, ...]] = None
     fold: Optional[int] = None
+    held_out: Optional[str] = None
 
 
 def case_name(path: Path) -> str:
@@ -98,9 +103,10 @@ def cases_from_datalist(path, section: str = "training", base_dir=None, required
     return _unique_names(cases)
 
 
-def _case_fields(item: Dict[str, Any], where: str) -> Tuple[Optional[Tuple[str, ...]], Optional[int]]:
+def _case_fields(item: Dict[str, Any], where: str) -> Tuple[Optional[Tuple[str, ...]], Optional[int], Optional[str]]:
     """An entry's optional ``labelled_classes`` (a non-empty list of class names; absent: every class
-    labelled) and ``fold`` (a whole number from 0), as ``Resources/Tools/prepare_training_data.py`` writes them.
+    labelled) and ``fold`` (a whole number from 0), as ``Resources/Tools/prepare_training_data.py`` writes them,
+    and ``held_out_slices`` (slice-range text, checked against the volume's slices once it is read).
     The names are checked against the run's classes where those are known (partial_labels.case_unlabelled)."""
     labelled = item.get("labelled_classes")
     if labelled is not None:
@@ -110,7 +116,12 @@ def _case_fields(item: Dict[str, Any], where: str) -> Tuple[Optional[Tuple[str, 
     fold = item.get("fold")
     if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int) or fold < 0):
         raise UserError(f"{where}: 'fold' must be a whole number from 0 (got {fold!r})")
-    return labelled, fold
+    held_out = item.get("held_out_slices")
+    if held_out is not None:
+        if not isinstance(held_out, str):
+            raise UserError(f"{where}: 'held_out_slices' must be slice ranges as text, e.g. \"4-6,16-17\" (got {held_out!r})")
+        check_slice_ranges(held_out, None, option=f"{where}: 'held_out_slices'")
+    return labelled, fold, held_out
 
 
 def split_fold(cases: Sequence[Case], fold: int, source: str, held_out_only: bool = False) -> Tuple[List[Case], List[Case]]:

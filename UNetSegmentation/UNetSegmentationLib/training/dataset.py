@@ -171,6 +171,8 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
         gap = int(np.ceil(metadata.context * reach - 1e-6)) if config.val_gap is None else config.val_gap
         if index >= len(loaded_train):
             volume.val_slices = np.arange(volume.slice_count)
+        elif item.case.held_out is not None:  # the datalist names this case's held-out slices
+            volume.train_slices, volume.val_slices = named_hold_out(volume, item.case.held_out, gap)
         elif config.val_slices:  # fewer or smaller blocks where the volume is short (adapt.py)
             volume.train_slices, volume.val_slices, note = fit_hold_out(volume.slice_count, config.val_slices, config.val_blocks, gap, volume.name)
             if note and warn is not None:
@@ -196,6 +198,19 @@ def load_training_data(config: TrainConfig, train_cases: Sequence[Case], val_cas
     for volume, unknown in zip(volumes, per_case):
         volume.unlabelled = unknown
     return TrainingData(metadata, volumes, len(train_cases), target, unlabelled)
+
+
+def named_hold_out(volume: PreparedVolume, text: str, gap: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A datalist case's ``held_out_slices``: ``(train, held_out)``; the ``gap`` slices beside each held-out
+    slice (the 2.5D neighbours' reach) are used for neither, as with ``--val-slices``' blocks."""
+    held = np.asarray(parse_slice_ranges(text, volume.slice_count, option=f"'held_out_slices' of case {volume.name!r} (along {volume.axis_name})"), dtype=int)
+    near = np.zeros(volume.slice_count, dtype=bool)
+    for offset in range(-gap, gap + 1):
+        near[np.clip(held + offset, 0, volume.slice_count - 1)] = True
+    train = np.flatnonzero(~near)
+    if not train.size:
+        raise UserError(f"'held_out_slices' of case {volume.name!r} leaves no slice to train on (with the {gap}-slice gap beside each)")
+    return train, held
 
 
 def marked_slices(volume: PreparedVolume, marked: str) -> np.ndarray:

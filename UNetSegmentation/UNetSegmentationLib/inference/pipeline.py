@@ -36,20 +36,32 @@ if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
 class SliceObserver(Protocol):
     """Sees each batch's result as it is decided (e.g. the review ranking of :mod:`.review`):
     ``indices`` of the slices (along the slice axis), their ``(B, rows, columns)`` labels and the
-    probability of each chosen label, on the input's grid in the slice view's orientation."""
+    probability of each chosen label, on the input's grid in the slice view's orientation: on the
+    batch's body box grown by :data:`OBSERVED_MARGIN` pixels (clipped to the slice), outside which every
+    pixel of these slices is background with confidence 1. Sums over labelled pixels and scores local to a
+    change of label (the review's boundary band) are those of whole slices."""
 
     def observe(self, indices: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> None: ...
 
 
-def _whole_slices(indices: np.ndarray, box, shape, batch_labels: np.ndarray, batch_confidence: np.ndarray, label_slices: np.ndarray) -> tuple:
-    """``(labels, confidence)`` of whole slices, as observers see them: a whole-slice batch (the thin-slice
-    path) as it is; a box's written labels read back and its confidence in a slice of certain background."""
+#: observers see the body box grown by this many pixels: a band of up to 3 pixels around a change of label
+#: at the box's edge (the widest of bench/review_ranking.py's scores) lies inside
+OBSERVED_MARGIN = 4
+
+
+def _observed(indices: np.ndarray, box, shape, batch_labels: np.ndarray, batch_confidence: np.ndarray, label_slices: np.ndarray) -> tuple:
+    """``(labels, confidence)`` as observers see them: ``box`` grown by :data:`OBSERVED_MARGIN` (clipped to the
+    slice ``shape``), the box's written labels read back and its confidence in a frame of certain background."""
     r0, r1, c0, c1 = box
-    if (r0, r1, c0, c1) == (0, shape[0], 0, shape[1]):
+    if r1 <= r0 or c1 <= c0:
+        return np.zeros((len(indices), 0, 0), dtype=batch_labels.dtype), np.ones((len(indices), 0, 0), dtype=np.float32)
+    w0, w1 = max(r0 - OBSERVED_MARGIN, 0), min(r1 + OBSERVED_MARGIN, shape[0])
+    v0, v1 = max(c0 - OBSERVED_MARGIN, 0), min(c1 + OBSERVED_MARGIN, shape[1])
+    if (w0, w1, v0, v1) == (r0, r1, c0, c1):
         return batch_labels, batch_confidence
-    whole_confidence = np.ones((len(indices),) + tuple(shape), dtype=np.float32)
-    whole_confidence[:, r0:r1, c0:c1] = batch_confidence
-    return label_slices[indices], whole_confidence
+    confidence = np.ones((len(indices), w1 - w0, v1 - v0), dtype=np.float32)
+    confidence[:, r0 - w0:r1 - w0, c0 - v0:c1 - v0] = batch_confidence
+    return label_slices[indices, w0:w1, v0:v1], confidence
 
 
 @dataclass
@@ -75,7 +87,7 @@ def predict_volume(
 
     ``grid``: how the slices meet the model (default: the input's own grid, neighbours one slice
     apart); ``bodies``: the body's box in each slice (default: whole slices). Each of ``observers``
-    sees every batch's labels and confidence (whole slices; outside the body: background, confidence 1).
+    sees every batch's labels and confidence (on the body box and a margin, :class:`SliceObserver`).
     """
     metadata = predictor.metadata
     reporter = reporter or Reporter()
@@ -100,7 +112,7 @@ def predict_volume(
         if confidence_slices is not None:
             confidence_slices[indices, r0:r1, c0:c1] = batch_confidence
         if observers:
-            whole_labels, whole_confidence = _whole_slices(indices, box, (rows, columns), batch_labels, batch_confidence, label_slices)
+            whole_labels, whole_confidence = _observed(indices, box, (rows, columns), batch_labels, batch_confidence, label_slices)
             for observer in observers:
                 observer.observe(indices, whole_labels, whole_confidence)
         reporter.progress(int(indices[-1]) + 1)

@@ -256,6 +256,36 @@ def test_an_engine_killed_during_a_request_fails_that_request_once_and_leaves_no
 
 @pytest.mark.slow
 @pytest.mark.child_process
+def test_a_hung_engine_is_stopped_reported_once_and_the_next_request_runs_on_a_new_one(chest_ct_path, tmp_path):
+    """The engine stops answering in the middle of a request (here: the process is stopped, SIGSTOP): the client
+    does not wait for ever. After ``stall_s`` seconds without an event it ends the engine, the request ends with
+    one error saying so, nothing is left of its outputs, and the next request starts a new engine."""
+    output = tmp_path / "labels.nrrd"
+    with EngineClient() as client:
+        request = client.segment(chest_ct_path, output, SegmentationOptions(batch_size=1))
+        hung = []
+
+        def hang() -> None:
+            hung.append(client.pid)
+            os.kill(client.pid, signal.SIGSTOP)
+            client.stall_s = 3.0  # from here on (a busy test machine may take longer than that to start)
+
+        started = time.monotonic()
+        events = events_interrupted_after_first_batch(client, request, hang)
+        assert time.monotonic() - started < ENGINE_TIMEOUT_S
+        errors = [e for e in events if e["event"] == ERROR]
+        assert errors == [last(events)] and "sent nothing for 3 s and was stopped" in last(events)["message"]
+        assert not output.exists() and leftovers(tmp_path) == []
+        assert not alive(hung[0], settle_s=10)
+        client.stall_s = 300.0
+        after = list(client.events(client.segment(chest_ct_path, output), ENGINE_TIMEOUT_S))
+        assert last(after)["event"] == DONE and client.starts == 2 and client.pid != hung[0], after
+        assert not [e for e in after if "sent nothing" in e.get("message", "")]  # said once
+    assert output.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.child_process
 def test_a_bad_input_is_one_message_and_the_engine_stays_up(chest_ct_path, tmp_path):
     broken = tmp_path / "broken.nrrd"
     broken.write_bytes(chest_ct_path.read_bytes()[:2000])  # the header and a few voxels: a cut file

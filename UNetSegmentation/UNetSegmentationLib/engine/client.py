@@ -11,6 +11,11 @@ it had begun to answer end with one ``error`` event each (their temporary files 
 the runner does after a killed run); if none had, the next request's events start with one ``warning``
 saying so. The next request starts a new engine, which loads its models again. A request the dead engine
 never answered (written while it was dying, so perhaps never read) is sent to the new engine, once.
+
+An engine that hangs (a request that runs forever, a process stopped) is treated as dead: when requests
+are open and the engine has sent no event for ``stall_s`` seconds (a run reports every batch), the client
+ends its process group, each open request ends with one ``error`` saying so (its temporary files and locks
+removed), and the next request starts a new engine. The client never waits on an engine for ever.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ from UNetSegmentationLib.protocol.runner import DONE as FINISHED
 CLOSE_WAIT_S = 10.0
 #: how often the blocking helpers poll the engine's events
 POLL_INTERVAL_S = 0.02
+#: seconds an open request may go without any event from the engine before the engine is taken for hung
+#: (a run reports every batch; a first run's ONNX export and model load say so as they start)
+DEFAULT_STALL_S = 300.0
+#: seconds a hung engine gets between SIGTERM and SIGKILL
+STALL_KILL_GRACE_S = 2.0
 
 
 class _EngineChild(EngineProcess):
@@ -53,12 +63,16 @@ class EngineClient:
         python: the interpreter of the engine (``PythonSlicer`` inside Slicer; default this one's).
         models: models the engine keeps loaded (``unetseg serve --models``; None: its default).
         env: extra environment variables for the engine.
+        stall_s: seconds without any event from the engine, while requests are open, after which the
+            engine is taken for hung and replaced (None: wait for ever).
     """
 
-    def __init__(self, python: Optional[str] = None, models: Optional[int] = None, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, python: Optional[str] = None, models: Optional[int] = None, env: Optional[Dict[str, str]] = None, stall_s: Optional[float] = DEFAULT_STALL_S) -> None:
         self.python = python
         self.models = models
         self.env = dict(env or {})
+        self.stall_s = stall_s
+        self._last_sign = time.monotonic()  # the engine's last event, or the last request sent to an idle engine
         self.starts = 0  # engines started so far (1 + the deaths recovered from)
         self._child: Optional[_EngineChild] = None
         self._ids = itertools.count(1)
@@ -103,6 +117,8 @@ class EngineClient:
                 self._events[request_id].append(make_event(ERROR, id=request_id, message=str(self._death_untold)))
                 self._death_untold = None
                 return
+            if not self._open:
+                self._last_sign = time.monotonic()  # the watch starts with the first open request
             self._open[request_id] = outputs
             self._lines[request_id] = line
             return
@@ -203,6 +219,8 @@ class EngineClient:
         if self._child is None:
             return
         events, state = self._child.poll()
+        if events:
+            self._last_sign = time.monotonic()
         for event in events:
             request_id = event.get("id")
             if request_id in self._open:
@@ -212,6 +230,19 @@ class EngineClient:
                     self._forget(request_id)
         if state != RUNNING:
             self._ended(wait=False)
+        elif self._open and self.stall_s is not None and time.monotonic() - self._last_sign > self.stall_s:
+            self._stalled()
+
+    def _stalled(self) -> None:
+        """No event for ``stall_s`` while requests were open: the engine is ended (its whole process group) and
+        each open request fails once; none is sent again (it may be what hangs). The next request starts anew."""
+        child, self._child = self._child, None
+        child.cancel(grace_s=STALL_KILL_GRACE_S)
+        message = f"the warm engine sent nothing for {self.stall_s:g} s and was stopped; the next request starts a new engine"
+        for request_id in list(self._open):
+            remove_leftovers(self._open[request_id], child.pid)
+            self._events[request_id].append(make_event(ERROR, id=request_id, message=message))
+            self._forget(request_id)
 
     def _ended(self, wait: bool) -> None:
         """The engine process is gone: its open requests fail once each, or the next request is told."""

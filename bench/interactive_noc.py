@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import statistics
@@ -205,8 +206,9 @@ class Models:
             return None
         key = (case.automatic_model, case.image)
         if key not in self._automatic:
-            output = self.work / f"{case.automatic_model.stem}-{case.volume}.nii.gz"
-            code = main(["predict", "--checkpoint", str(case.automatic_model), "--threads", str(self.threads),
+            digest = hashlib.sha256(case.automatic_model.read_bytes()).hexdigest()[:12]  # a retrained model is predicted again
+            output = self.work / f"{case.automatic_model.stem}-{digest}-{case.volume}.nii.gz"
+            code = 0 if output.is_file() else main(["predict", "--checkpoint", str(case.automatic_model), "--threads", str(self.threads),
                          "--progress", "none", "--overwrite", str(case.image), str(output)])
             if code != 0:
                 raise SystemExit(f"unetseg predict failed on {case.image} ({code})")
@@ -374,6 +376,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--volumes", help="comma-separated volume names only (datalist names; example_mr_sm for the MR)")
     parser.add_argument("--write", action="store_true", help="write the tables into BENCHMARKS.md")
     parser.add_argument("--json", type=Path, help="save every run's Dice and times here (after each case)")
+    parser.add_argument("--work", type=Path, help="keep the automatic results here for the next run (default: a temporary folder)")
     parser.add_argument("--tables-from", type=Path, nargs="+", metavar="JSON", help="no run: the tables of earlier --json files")
     return parser.parse_args(argv)
 
@@ -392,8 +395,10 @@ def measure(args: argparse.Namespace, command: str) -> Tuple[List[Run], List[Cas
         raise SystemExit("interactive models missing: " + ", ".join(missing))
     runs: List[Run] = []
     done_cases: List[Case] = []
-    with tempfile.TemporaryDirectory(prefix="interactive-noc-") as work:
-        models = Models(Path(work), args.threads)
+    with tempfile.TemporaryDirectory(prefix="interactive-noc-") as temporary:
+        work = args.work or Path(temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        models = Models(work, args.threads)
         for case in cases:
             done = run_case(case, models, args.cap)
             runs += done

@@ -18,6 +18,8 @@ from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.protocol.reporters import Reporter
 
 DEMO_CT = "CTChest4.nrrd"
+#: the demo CT as a training record names it: slicerio's file, or the copy Resources/Tools/prepare_training_data.py makes
+DEMO_CT_TRAINING_NAMES = (DEMO_CT, "ctchest4.nii.gz")
 
 
 def bundled_model() -> Optional[Path]:
@@ -110,15 +112,17 @@ def _make_folder(output_dir: Path) -> None:
 def _trained_on_this_ct_note(metadata) -> Optional[str]:
     """The bundled model learnt from this very CT (only its held-out slices were unseen): say so, with its held-out Dice."""
     data = metadata.training.get("data") or {}
-    if not any(entry.get("image") == DEMO_CT for entry in data.get("training", []) if isinstance(entry, dict)):
+    entries = [entry for entry in data.get("training", []) if isinstance(entry, dict)]
+    if not any(entry.get("image") in DEMO_CT_TRAINING_NAMES for entry in entries):
         return None
+    others = "" if len(entries) == 1 else f" (and {len(entries) - 1} other volume(s))"
     validation = metadata.training.get("validation") or {}
     depth = metadata.recommended_depth
     by_depth = validation.get("by_depth") or {}
     dice = (by_depth.get(depth_tag(depth)) or {}).get("dice") if depth else validation.get("dice")
     measured = f"; on its held-out slices the mean Dice is {dice:.2f}" + (f" at depth L{depth}" if depth else "") if dice is not None else ""
     return (
-        f"note: the model was trained on the other slices of this same CT{measured}. The demo shows the pipeline working; "
+        f"note: the model was trained on the other slices of this same CT{others}{measured}. The demo shows the pipeline working; "
         "it is not a measure of accuracy on other scans"
     )
 

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from refine_support import StubModel, interactive_metadata, left_lung, write_tiny_interactive_checkpoint
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.interactive.click_points import clicks_from_points, parse_click
-from UNetSegmentationLib.interactive.propagation import PropagationRule, propagate_side
+from UNetSegmentationLib.interactive.propagation import PropagationRule, propagate
 from UNetSegmentationLib.interactive.session import RefineSession, read_session_input
 from UNetSegmentationLib.io.volumes import ijk_to_lps
 
@@ -120,21 +120,25 @@ def test_propagation_stops_at_the_users_own_slices_and_within_the_limit(chest):
     assert near not in answer.slices and far not in answer.slices
 
 
-def test_the_rule_stops_where_the_change_is_negligible():
+def test_the_rule_stops_where_the_change_is_negligible_or_the_object_ends():
     slices, shape = 10, (8, 8)
     current = np.zeros((slices,) + shape, dtype=np.float32)
     current[:, 2:6, 2:6] = 1.0
-    source = current[5].copy()
     calls = []
 
-    def segment(k, prior):
-        calls.append(k)
-        return prior  # the neighbour agrees with the corrected slice
+    def segment(ks, priors):
+        calls.append(list(ks))
+        return np.stack(priors)  # each neighbour agrees with the slice before it
 
-    assert propagate_side(5, +1, slices, source, segment, current.__getitem__) == [] and calls == [6]
-    source[2, 2] = 0.0
-    changed = propagate_side(5, -1, slices, np.zeros(shape, np.float32), segment, current.__getitem__)
-    assert [k for k, _ in changed] == [4]  # emptied: the object ends there, nothing beyond it
+    assert propagate(5, slices, current[5].copy(), segment, current.__getitem__, directions=(+1,)) == [] and calls == [[6]]
+    calls.clear()
+    emptied = propagate(5, slices, np.zeros(shape, np.float32), segment, current.__getitem__)
+    assert [k for k, _ in emptied] == [4, 6] and calls == [[4, 6]]  # both sides in one call; emptied: the object ends there
+    calls.clear()
+    grown = current[5].copy()
+    grown[1:7, 1:7] = 1.0
+    assert [k for k, _ in propagate(5, slices, grown, segment, current.__getitem__, edited={7}, rule=PropagationRule(max_slices=3))] == [4, 6, 3, 2]
+    assert calls == [[4, 6], [3], [2]]  # the side above stops at the user's slice 7, the one below after 3 slices
 
 
 def test_a_512_pixel_copy_runs_on_the_model_grid_and_answers_on_its_own(chest, tmp_path):

@@ -1,7 +1,7 @@
 """Propagation in 2.5D: a correction made on one slice carried to its neighbours, outwards.
 
-After an edit on slice k, slice k ± 1 is segmented with k's corrected mask as its previous-mask channel,
-then k ± 2 with k ± 1's, and so on, as mask propagation does in video and slice-by-slice segmentation
+After an edit on slice k, slices k - 1 and k + 1 are segmented (in one network call) with k's corrected
+mask as their previous-mask channel, then k ± 2 with k ± 1's, and so on, as mask propagation does in video and slice-by-slice segmentation
 (the previous frame's mask as guidance: Perazzi et al., "Learning Video Object Segmentation from Static
 Images", CVPR 2017; the slice-to-slice propagation of DeepEdit / MONAI Label's 2D models). The clicks
 reach the neighbours too, fading with their distance (:func:`~.guidance.guidance_maps`).
@@ -21,7 +21,7 @@ Pure numpy over the session's two callables, so the rule is tested without a net
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Container, List, Tuple
+from typing import Callable, Container, List, Sequence, Tuple
 
 import numpy as np
 
@@ -45,38 +45,39 @@ class PropagationRule:
         return changed <= max(self.negligible_pixels, self.negligible_share * union)
 
 
-#: a slice's model-grid probabilities from its previous-mask channel: ``segment(slice, prior) -> probabilities``
-Segment = Callable[[int, np.ndarray], np.ndarray]
+#: the model-grid probabilities of some slices from their previous-mask channels: ``segment(slices, priors) -> (N, H, W)``
+Segment = Callable[[Sequence[int], Sequence[np.ndarray]], np.ndarray]
 #: a slice's current model-grid probabilities
 Current = Callable[[int], np.ndarray]
 
 
-def propagate_side(start: int, direction: int, slice_count: int, source: np.ndarray, segment: Segment, current: Current,
-                   edited: Container[int] = (), rule: PropagationRule = PropagationRule()) -> List[Tuple[int, np.ndarray]]:
-    """``[(slice, probabilities), ...]`` to write on the slices after ``start`` in ``direction`` (+1 or -1),
-    each segmented with the previous one's result (``source``: ``start`` 's own) as its prior, up to where
-    :class:`PropagationRule` stops."""
-    results: List[Tuple[int, np.ndarray]] = []
-    prior = source
-    for distance in range(1, rule.max_slices + 1):
-        k = start + direction * distance
-        if k < 0 or k >= slice_count or k in edited:
-            break
-        probabilities = segment(k, prior)
-        mask = probabilities >= rule.threshold
-        if not mask.any():  # the object ends here: the slice is cleared, and nothing beyond it is touched
-            if (current(k) >= rule.threshold).any():
-                results.append((k, probabilities))
-            break
-        if rule.negligible(mask, current(k) >= rule.threshold):
-            break
-        results.append((k, probabilities))
-        prior = probabilities
-    return results
-
-
 def propagate(start: int, slice_count: int, source: np.ndarray, segment: Segment, current: Current,
-              edited: Container[int] = (), rule: PropagationRule = PropagationRule()) -> List[Tuple[int, np.ndarray]]:
-    """Both sides of ``start``, the nearer slices first on each side (below, then above)."""
-    below = propagate_side(start, -1, slice_count, source, segment, current, edited, rule)
-    return below + propagate_side(start, +1, slice_count, source, segment, current, edited, rule)
+              edited: Container[int] = (), rule: PropagationRule = PropagationRule(), directions: Sequence[int] = (-1, +1)) -> List[Tuple[int, np.ndarray]]:
+    """``[(slice, probabilities), ...]`` to write on the slices on each side of ``start`` (``directions``),
+    each segmented with the previous one's result (``source``: ``start`` 's own) as its prior, up to where
+    :class:`PropagationRule` stops that side. The sides advance together, one network call for both
+    (a batch of two costs less than two calls of one: the network's fixed cost per call is paid once)."""
+    results: List[Tuple[int, np.ndarray]] = []
+    fronts = {direction: source for direction in directions}  # each side still going → its last result
+    for distance in range(1, rule.max_slices + 1):
+        for direction in list(fronts):
+            k = start + direction * distance
+            if k < 0 or k >= slice_count or k in edited:
+                del fronts[direction]
+        if not fronts:
+            break
+        sides = list(fronts)
+        slices = [start + direction * distance for direction in sides]
+        for direction, k, probabilities in zip(sides, slices, segment(slices, [fronts[d] for d in sides])):
+            mask = probabilities >= rule.threshold
+            was = current(k) >= rule.threshold
+            if not mask.any():  # the object ends here: the slice is cleared, and nothing beyond it is touched
+                if was.any():
+                    results.append((k, probabilities))
+                del fronts[direction]
+            elif rule.negligible(mask, was):
+                del fronts[direction]
+            else:
+                results.append((k, probabilities))
+                fronts[direction] = probabilities
+    return results

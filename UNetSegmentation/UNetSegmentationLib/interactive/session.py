@@ -154,7 +154,7 @@ class RefineSession:
         step = self._begin("propagate")
         written: List[int] = []
         for source in sources:
-            results = propagate(source, self.grid.slice_count, self.prior[source], self._segment_one, self.prior.__getitem__, self.edited, self.rule)
+            results = propagate(source, self.grid.slice_count, self.prior[source], self._segment, self.prior.__getitem__, self.edited, self.rule)
             for k, values in results:
                 self._write(step, k, values)
                 written.append(k)
@@ -198,9 +198,6 @@ class RefineSession:
         images = grid.channels(slices)[:, :, r0:r1, c0:c1]
         probabilities[:, r0:r1, c0:c1] = self.model.predict(np.ascontiguousarray(images), np.ascontiguousarray(guidance[:, :, r0:r1, c0:c1]))
         return probabilities
-
-    def _segment_one(self, k: int, prior: np.ndarray) -> np.ndarray:
-        return self._segment([k], [prior])[0]
 
     # -- state -----------------------------------------------------------------------------------------
 

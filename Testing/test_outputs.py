@@ -172,3 +172,23 @@ def test_demo_output_dir_naming_a_file_is_one_message(cli, tmp_path):
         result = cli("demo", "--output-dir", folder, "--progress", "none")
         assert result.code == EXIT_USER_ERROR and phrase in result.stderr and "internal error" not in result.stderr, result.stderr
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_claims_belong_to_the_thread_that_opened_the_block(tmp_path):
+    """A warm engine runs requests on a worker thread while its main thread reads the next lines: a claiming
+    block is the thread's own, so an output checked on another thread is not claimed into it, and the block
+    releases only what its thread claimed."""
+    import threading
+
+    from UNetSegmentationLib.io.locks import lock_path
+    from UNetSegmentationLib.io.outputs import check_output_path, claiming_outputs
+
+    inside, elsewhere = tmp_path / "inside.nrrd", tmp_path / "elsewhere.nrrd"
+    seen = {}
+    with claiming_outputs():
+        check_output_path(inside, overwrite=False)
+        worker = threading.Thread(target=lambda: seen.setdefault("path", check_output_path(elsewhere, overwrite=False)))
+        worker.start()
+        worker.join()
+        assert lock_path(inside).exists() and not lock_path(elsewhere).exists()
+    assert seen["path"] == elsewhere and not lock_path(inside).exists()

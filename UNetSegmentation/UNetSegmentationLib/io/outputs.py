@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -93,35 +94,46 @@ def check_output_path(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {what} {path}: no permission to write in {parent}")
     check_room(path, what)
-    if _claim_scopes:
+    scopes = _scopes()
+    if scopes:
         claim_output(path, what)
-        _claim_scopes[-1].append(path)
+        scopes[-1].append(path)
     return path
 
 
 # --- one writer per output (:mod:`.locks`) ---------------------------------------------------------------
 
-#: open :func:`claiming_outputs` blocks, innermost last, each with the outputs it claimed
-_claim_scopes: List[List[Path]] = []
+#: per thread, its open :func:`claiming_outputs` blocks, innermost last, each with the outputs it claimed: a
+#: warm engine's request claims and releases its own outputs whatever another thread of the process does
+_claims = threading.local()
+
+
+def _scopes() -> List[List[Path]]:
+    """This thread's open :func:`claiming_outputs` blocks."""
+    if not hasattr(_claims, "scopes"):
+        _claims.scopes = []
+    return _claims.scopes
 
 
 def claim_outputs(paths: Sequence[Path], what: str = "output") -> None:
-    """Claim ``paths`` (already checked) inside the innermost :func:`claiming_outputs` block."""
-    if not _claim_scopes:
+    """Claim ``paths`` (already checked) inside this thread's innermost :func:`claiming_outputs` block."""
+    scopes = _scopes()
+    if not scopes:
         raise RuntimeError("claim_outputs outside a claiming_outputs block")
     for path in paths:
         claim_output(Path(path), what)
-        _claim_scopes[-1].append(Path(path))
+        scopes[-1].append(Path(path))
 
 
 @contextlib.contextmanager
 def claiming_outputs() -> Iterator[None]:
-    """Within the block, :func:`check_output_path` also claims each output; all claims end with the block."""
-    _claim_scopes.append([])
+    """Within the block (on this thread), :func:`check_output_path` also claims each output; all claims end with the block."""
+    scopes = _scopes()
+    scopes.append([])
     try:
         yield
     finally:
-        for path in _claim_scopes.pop():
+        for path in scopes.pop():
             release_output(path)
 
 

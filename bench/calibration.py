@@ -72,13 +72,15 @@ def main() -> int:
     parser.add_argument("--datalist", type=Path, required=True)
     parser.add_argument("--data-root", type=Path)
     parser.add_argument("--fold-models", required=True, help="the fold models' path with {fold} for the fold number")
+    parser.add_argument("--folds", help="only these folds, e.g. 0,1 (default: every fold)")
     parser.add_argument("--depth", help="UNet++ depth (default: each checkpoint's recommended depth)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=5, help="first-ranked slices compared with the median (default 5)")
     args = parser.parse_args()
     from UNetSegmentationLib.model.depth import parse_depth
 
-    runs = calibrate_model.held_out_runs(args.datalist, args.fold_models, parse_depth(args.depth) if args.depth else None, args.threads, args.data_root)
+    runs = calibrate_model.held_out_runs(args.datalist, args.fold_models, parse_depth(args.depth) if args.depth else None, args.threads, args.data_root,
+                                         calibrate_model.parse_folds(args.folds))
     temperatures, rows = calibrate_model.fit(runs)
     for row in rows:
         checkpoint, recorded = runs[row["fold"]]

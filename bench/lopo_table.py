@@ -144,6 +144,7 @@ def main() -> int:
     parser.add_argument("--old", default="bundled", help="the model to compare with (default: today's bundled model)")
     parser.add_argument("--final", help="the model trained on every volume: evaluated on every volume")
     parser.add_argument("--slicerio", action="store_true", help="with --final: both models on the old model's held-out slices of the slicerio CT")
+    parser.add_argument("--folds", help="only these folds, e.g. 0,1 (default: every fold)")
     parser.add_argument("--depth", help="depth for every model (default: each one's recommended depth)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every row here")
@@ -157,6 +158,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lopo-table-") as temporary:
         folder = Path(temporary)
         for fold in fold_numbers(datalist):
+            if args.folds and str(fold) not in args.folds.split(","):
+                continue
             model = args.fold_models.format(fold=fold)
             new = evaluate(model, datalist, folder / f"new{fold}", ["--fold", str(fold)], args.threads, args.depth)
             old = evaluate(args.old, datalist, folder / f"old{fold}", ["--fold", str(fold)], args.threads, args.depth)

@@ -44,8 +44,8 @@ def fold_cases(datalist: Path, data_root=None) -> Dict[int, list]:
     return {fold: split_fold(cases, fold, f"datalist {datalist}")[1] for fold in folds}
 
 
-def held_out_runs(datalist: Path, pattern: str, depth, threads, data_root=None) -> Dict[int, Tuple[object, list]]:
-    """fold → (fold model, its recorded held-out volumes)."""
+def held_out_runs(datalist: Path, pattern: str, depth, threads, data_root=None, folds=None) -> Dict[int, Tuple[object, list]]:
+    """fold → (fold model, its recorded held-out volumes), for ``folds`` (default: every fold of the datalist)."""
     from UNetSegmentationLib.backends.plan import ExecutionRequest
     from UNetSegmentationLib.cli.evaluate import labelled_volumes
     from UNetSegmentationLib.evaluation.calibration import record_held_out
@@ -53,6 +53,8 @@ def held_out_runs(datalist: Path, pattern: str, depth, threads, data_root=None) 
 
     runs = {}
     for fold, cases in fold_cases(datalist, data_root).items():
+        if folds is not None and fold not in folds:
+            continue
         path = Path(pattern.format(fold=fold))
         if not path.is_file():
             raise UserError(f"fold {fold}: no fold model {path} (--fold-models {pattern!r})")
@@ -103,6 +105,16 @@ def write_calibrated(model: Path, output: Path, temperature: float, overwrite: b
     return save_checkpoint(output, checkpoint.state_dict, metadata, overwrite=overwrite)
 
 
+def parse_folds(text):
+    """``--folds 0,1`` → {0, 1}; None: every fold."""
+    if not text:
+        return None
+    try:
+        return {int(part) for part in text.split(",")}
+    except ValueError:
+        raise UserError(f"--folds must be fold numbers separated by commas, got {text!r}") from None
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """The output gate for ``--output`` and ``--report``: never over the models read, an existing file only with ``--overwrite``."""
     from UNetSegmentationLib.io.output_gate import check_output
@@ -122,6 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, help="the model to ship (trained on every fold): gets the temperature fitted on all held-out data")
     parser.add_argument("--output", type=Path, help="where the calibrated copy of --model is written")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--folds", help="only these folds, e.g. 0,1 (default: every fold of the datalist)")
     parser.add_argument("--depth", help="UNet++ depth to run (default: each checkpoint's recommended depth)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", type=Path, help="also write the fit as JSON here")
@@ -134,7 +147,7 @@ def main(argv=None) -> int:
         if "{fold}" not in args.fold_models:
             raise UserError(f"--fold-models must hold {{fold}} where the fold number goes, got {args.fold_models!r}")
         check_outputs(args)  # before any work
-        runs = held_out_runs(args.datalist, args.fold_models, parse_depth(args.depth) if args.depth else None, args.threads, args.data_root)
+        runs = held_out_runs(args.datalist, args.fold_models, parse_depth(args.depth) if args.depth else None, args.threads, args.data_root, parse_folds(args.folds))
         temperatures, rows = fit(runs)
         print(table(rows, temperatures.shipped), end="")
         if args.report:

@@ -11,7 +11,10 @@ ONNX Runtime with 2 threads, as ``predict`` runs it):
   inputs built beforehand), writing ``predict``'s label map: what no pipeline around this network can beat;
 - ``predict``: ``unetseg predict`` in a fresh process (wall time, and the done event's total_s).
 
-    python bench/clinical_comparisons.py [--rounds 3] [--sizes 300]
+    python bench/clinical_comparisons.py [--rounds 3] [--sizes 300] [--checkpoint CKPT]
+
+``--checkpoint``: another model than the bundled one; the network is then the engine's own predictor of
+that checkpoint (as ``predict`` opens it: its ONNX export where it has one), for all three pipelines.
 """
 
 from __future__ import annotations
@@ -34,16 +37,25 @@ sys.path.insert(0, str(REPO / "Testing"))
 MODEL = REPO / "UNetSegmentation/Resources/Models/chest-ct-unetplusplus.safetensors"
 
 
-def network():
-    """The bundled model's shipped ONNX export on ONNX Runtime, 2 threads: ``(B, 3, H, W) → (B, K, H, W)``."""
+def network(checkpoint: Path = MODEL) -> tuple:
+    """``(network, the multiple its input sizes need)``, the network ``(B, 2c+1, H, W) → (B, K, H, W)``: the bundled
+    model's shipped ONNX export on ONNX Runtime, 2 threads; another checkpoint's predictor as ``predict`` opens it."""
+    if Path(checkpoint).resolve() != MODEL.resolve():
+        from UNetSegmentationLib.inference.options import SegmentationOptions
+        from UNetSegmentationLib.inference.predict_file import open_model
+        from UNetSegmentationLib.model.checkpoint import load_checkpoint
+        from UNetSegmentationLib.protocol.reporters import Reporter
+
+        predictor = open_model(load_checkpoint(checkpoint, None, weights=False), SegmentationOptions(), Reporter()).predictor
+        return (lambda batch: np.asarray(predictor(np.ascontiguousarray(batch, dtype=np.float32)))), int(predictor.required_multiple)
     from UNetSegmentationLib.backends.onnx_predictor import make_session
 
     session = make_session(next((REPO / "UNetSegmentation/Resources/Models").glob("chest-ct-unetplusplus.L3.*.shipped.onnx")), threads=2)
     name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    return (lambda batch: session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]), 32
 
 
-def model_inputs(ct: Path, metadata) -> list:
+def model_inputs(ct: Path, metadata, multiple: int = 32) -> list:
     """The batches of network inputs ``predict`` computes on ``ct`` (built once, outside the timing)."""
     from UNetSegmentationLib.inference.layout import layout_volume
     from UNetSegmentationLib.inference.model_slices import position_batches
@@ -56,7 +68,7 @@ def model_inputs(ct: Path, metadata) -> list:
     layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, True, True)
     slices = geometry.slices_view(volume)
     positions = layout.grid.network_positions(slices.shape[0])
-    return [b.inputs.copy() for b in position_batches(slices, positions, 4, metadata.context, fit_normalization(metadata.normalization, volume), layout.grid, layout.bodies, 32)]
+    return [b.inputs.copy() for b in position_batches(slices, positions, 4, metadata.context, fit_normalization(metadata.normalization, volume), layout.grid, layout.bodies, multiple)]
 
 
 def limit(ct: Path, labels: np.ndarray, inputs: list, net, output: Path) -> dict:
@@ -74,7 +86,7 @@ def limit(ct: Path, labels: np.ndarray, inputs: list, net, output: Path) -> dict
     return {"read": t1 - t0, "network": t2 - t1, "write": t3 - t2, "total": t3 - t0}
 
 
-def monai_run(ct: Path, metadata, net, output: Path) -> tuple:
+def monai_run(ct: Path, metadata, net, output: Path, multiple: int = 32) -> tuple:
     """``(seconds per step, labels)`` of the MONAI user's pipeline."""
     import torch
     from monai.data import MetaTensor
@@ -94,11 +106,11 @@ def monai_run(ct: Path, metadata, net, output: Path) -> tuple:
     resampled = Spacing(pixdim=(column, row, metadata.context_distance), mode="bilinear")(data)
     low, high = metadata.normalization.window
     volume = ScaleIntensityRange(low, high, 0.0, 1.0, clip=True)(resampled)[0]
-    below = torch.cat([volume[..., :1], volume[..., :-1]], -1)  # the 2.5D neighbours one model slice apart, ends repeated
-    above = torch.cat([volume[..., 1:], volume[..., -1:]], -1)
-    stacked = torch.stack([below, volume, above]).permute(0, 2, 1, 3).flip(1, 2)[None]  # rows along -y, columns along -x, as the model learned
+    count, c = volume.shape[-1], metadata.context  # the 2.5D neighbours c model slices either side, ends repeated
+    channels = [volume[..., np.clip(np.arange(count) + offset, 0, count - 1)] for offset in range(-c, c + 1)]
+    stacked = torch.stack(channels).permute(0, 2, 1, 3).flip(1, 2)[None]  # rows along -y, columns along -x, as the model learned
     steps["Spacing + scale"], t = time.perf_counter() - t, time.perf_counter()
-    size = tuple(int(-(-s // 32) * 32) for s in stacked.shape[2:4])
+    size = tuple(int(-(-s // multiple) * multiple) for s in stacked.shape[2:4])
     inferer = SliceInferer(roi_size=size, sw_batch_size=4, spatial_dim=2, progress=False)
     with torch.inference_mode():
         probabilities = inferer(stacked, lambda x: torch.from_numpy(net(x.numpy())))
@@ -117,29 +129,29 @@ def monai_run(ct: Path, metadata, net, output: Path) -> tuple:
     return steps, labels
 
 
-def compare(sizes, rounds: int, cache: Path, scratch: Path) -> None:
+def compare(sizes, rounds: int, cache: Path, scratch: Path, checkpoint: Path = MODEL) -> None:
     from clinical_resolution import engine
     from clinical_speed import fixture
     from UNetSegmentationLib.model.header import read_metadata
 
-    metadata = read_metadata(MODEL)
-    net = network()
+    metadata = read_metadata(checkpoint)
+    net, multiple = network(checkpoint)
     print(f"\nload average at start: {os.getloadavg()[0]:.1f} (2 cores); {rounds} rounds interleaved, medians; monai and limit in this process, predict a fresh process\n")
     print("| volume | pipeline | wall s | steps (median s) | voxels as predict |")
     print("| --- | --- | --- | --- | --- |")
     for slices in sizes:
-        ct, _ = fixture(slices, cache)
+        ct, _ = fixture(slices, cache, checkpoint)
         ours = scratch / f"predict-{slices}.nrrd"
-        engine(REPO, "predict", str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)  # warm the file cache; labels for the limit
+        engine(REPO, "predict", "--checkpoint", str(checkpoint), str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)  # warm the file cache; labels for the limit
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ours)))
-        inputs = model_inputs(ct, metadata)
+        inputs = model_inputs(ct, metadata, multiple)
         results = {"predict": [], "monai": [], "limit": []}
         monai_labels = None
         for _ in range(rounds):
-            wall, done, _ = engine(REPO, "predict", str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)
+            wall, done, _ = engine(REPO, "predict", "--checkpoint", str(checkpoint), str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)
             # no peak RSS here: a child's ru_maxrss starts at this process's, which holds MONAI's probabilities (bench/clinical_speed.py measures it)
             results["predict"].append({"total": wall, "engine total_s": done["timings"]["total_s"], "network_s": done["timings"]["network_s"]})
-            steps, monai_labels = monai_run(ct, metadata, net, scratch / f"monai-{slices}.nrrd")
+            steps, monai_labels = monai_run(ct, metadata, net, scratch / f"monai-{slices}.nrrd", multiple)
             results["monai"].append(steps)
             results["limit"].append(limit(ct, labels, inputs, net, scratch / f"limit-{slices}.nrrd"))
         agreement = {"predict": 1.0, "monai": float((monai_labels == labels).mean()), "limit": 1.0}
@@ -154,9 +166,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="300")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
+    parser.add_argument("--checkpoint", type=Path, default=MODEL, help="the model (default: the bundled one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        compare([int(s) for s in args.sizes.split(",")], args.rounds, args.cache, Path(scratch))
+        compare([int(s) for s in args.sizes.split(",")], args.rounds, args.cache, Path(scratch), args.checkpoint.resolve())
     return 0
 
 

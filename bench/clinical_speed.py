@@ -15,7 +15,12 @@ Tables:
    and writing: the limit) and MONAI's ``Spacing`` to the model's spacing, ``SliceInferer`` of the same
    network, ``Spacing`` back.
 
-    python bench/clinical_speed.py --old 7c54b3f [--rounds 3] [--sizes 300,600] [--tables stages,compare]
+    python bench/clinical_speed.py --old 7c54b3f [--rounds 3] [--sizes 300,600] [--tables stages,compare] [--checkpoint CKPT]
+
+``--checkpoint``: another model than the bundled one (both revisions run it; the truth is mapped onto its
+classes, and Dice is the mean over its classes that the truth holds). The table's last columns say how the
+work around the network compares with the network: ``(total - network) / network``, and the same without
+reading and writing the files (what is left once the limit's parts are taken out).
 """
 
 from __future__ import annotations
@@ -40,14 +45,16 @@ MODEL = REPO / "UNetSegmentation/Resources/Models/chest-ct-unetplusplus.safetens
 STAGES = ("load_model", "read", "body", "preprocess", "network", "postprocess", "resample", "write")
 
 
-def fixture(slices: int, cache: Path) -> tuple:
-    """``(ct, truth)`` files of the slicerio CT on a 512 × 512 × ``slices`` grid (0.76 mm in-plane), built once."""
+def fixture(slices: int, cache: Path, checkpoint: Path = MODEL) -> tuple:
+    """``(ct, truth)`` files of the slicerio CT on a 512 × 512 × ``slices`` grid (0.76 mm in-plane), built once;
+    the truth in ``checkpoint``'s class values (the bundled model's: the file names of before)."""
     import slicerio
     from clinical_volumes import resampled_grid, resampled_labels, truth_label_map
     from UNetSegmentationLib.io.segmentations import write_labels
     from UNetSegmentationLib.model.header import read_metadata
 
-    ct_file, truth_file = cache / f"ct-512x512x{slices}.nrrd", cache / f"ct-512x512x{slices}-truth.seg.nrrd"
+    suffix = "" if Path(checkpoint).resolve() == MODEL.resolve() else f"-{Path(checkpoint).stem}"
+    ct_file, truth_file = cache / f"ct-512x512x{slices}.nrrd", cache / f"ct-512x512x{slices}-truth{suffix}.seg.nrrd"
     if ct_file.exists() and truth_file.exists():
         return ct_file, truth_file
     cache.mkdir(parents=True, exist_ok=True)
@@ -55,9 +62,10 @@ def fixture(slices: int, cache: Path) -> tuple:
     image = sitk.ReadImage(str(source))
     grid = resampled_grid(image, (0.25, 0.25, image.GetSize()[2] / slices))
     ct = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, image.GetPixelID())
-    truth = resampled_labels(truth_label_map(source, segmentation, MODEL), grid)
-    sitk.WriteImage(ct, str(ct_file), True)
-    write_labels(sitk.GetArrayFromImage(truth), ct, truth_file, read_metadata(MODEL).classes)
+    truth = resampled_labels(truth_label_map(source, segmentation, checkpoint), grid)
+    if not ct_file.exists():
+        sitk.WriteImage(ct, str(ct_file), True)
+    write_labels(sitk.GetArrayFromImage(truth), ct, truth_file, read_metadata(checkpoint).classes)
     return ct_file, truth_file
 
 
@@ -75,24 +83,24 @@ def dice(labels: np.ndarray, truth: np.ndarray, values) -> float:
     return float(np.mean(scores))
 
 
-def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path) -> None:
+def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path, checkpoint: Path = MODEL) -> None:
     """Table 1: old and new alternating in fresh processes; medians."""
     from clinical_resolution import engine
     from UNetSegmentationLib.model.header import read_metadata
 
-    values = [c.value for c in read_metadata(MODEL).classes]
-    print(f"\nload average at start: {os.getloadavg()[0]:.1f} (2 cores); {rounds} rounds, old/new alternating, medians\n")
-    print("| volume | revision | wall s | total_s | " + " | ".join(STAGES[:1] + ("check",) + STAGES[1:]) + " | around the network ÷ network | peak RSS MB | voxels as old | mean Dice vs truth |")
-    print("| --- | --- | " + " | ".join(["---"] * (len(STAGES) + 7)) + " |")
+    values = [c.value for c in read_metadata(checkpoint).classes]
+    print(f"\nload average at start: {os.getloadavg()[0]:.1f} (2 cores); {rounds} rounds, old/new alternating, medians; model {Path(checkpoint).name}\n")
+    print("| volume | revision | wall s | total_s | " + " | ".join(STAGES[:1] + ("check",) + STAGES[1:]) + " | around the network ÷ network | without read and write | peak RSS MB | voxels as old | mean Dice vs truth |")
+    print("| --- | --- | " + " | ".join(["---"] * (len(STAGES) + 8)) + " |")
     for slices in sizes:
-        ct, truth_file = fixture(slices, cache)
+        ct, truth_file = fixture(slices, cache, checkpoint)
         truth = labels_of(truth_file)
         runs = {name: [] for name in trees}
         outputs = {}
         for _ in range(rounds):
             for name, tree in trees.items():
                 outputs[name] = scratch / f"{name}-{slices}.nrrd"
-                runs[name].append(engine(tree, "predict", str(ct), str(outputs[name]), "--overwrite", "--progress", "json", scratch=scratch))
+                runs[name].append(engine(tree, "predict", "--checkpoint", str(checkpoint), str(ct), str(outputs[name]), "--overwrite", "--progress", "json", scratch=scratch))
         old_labels = labels_of(outputs["old"]) if "old" in outputs else None
         for name in trees:
             walls = [r[0] for r in runs[name]]
@@ -103,10 +111,11 @@ def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path) -> None:
 
             labels = labels_of(outputs[name])
             around = median("total_s") - median("network_s")
+            inner = around - median("check_s") - median("read_s") - median("write_s")
             agreement = float((labels == old_labels).mean()) if old_labels is not None else float("nan")
             cells = [f"{median(k + '_s'):.2f}" for k in STAGES[:1] + ("check",) + STAGES[1:]]
             print(f"| 512²×{slices} | {name} | {statistics.median(walls):.2f} | {median('total_s'):.2f} | " + " | ".join(cells)
-                  + f" | {around / max(median('network_s'), 1e-9):.1f} | {statistics.median(r[2] for r in runs[name]):.0f} | {100 * agreement:.3f} % | {dice(labels, truth, values):.4f} |")
+                  + f" | {around / max(median('network_s'), 1e-9):.1f} | {inner / max(median('network_s'), 1e-9):.1f} | {statistics.median(r[2] for r in runs[name]):.0f} | {100 * agreement:.3f} % | {dice(labels, truth, values):.4f} |")
 
 
 def main() -> int:
@@ -116,6 +125,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="300,600")
     parser.add_argument("--tables", default="stages,compare")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
+    parser.add_argument("--checkpoint", type=Path, default=MODEL, help="the model (default: the bundled one)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "bench"))
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -128,11 +138,11 @@ def main() -> int:
             trees["old"] = checkout(args.old, scratch / "old")
         trees["new"] = REPO
         if "stages" in args.tables:
-            stages(trees, sizes, args.rounds, args.cache, scratch)
+            stages(trees, sizes, args.rounds, args.cache, scratch, args.checkpoint.resolve())
         if "compare" in args.tables:
             from clinical_comparisons import compare
 
-            compare(sizes, args.rounds, args.cache, scratch)
+            compare(sizes, args.rounds, args.cache, scratch, args.checkpoint.resolve())
         if args.old:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees["old"])], capture_output=True)
     return 0

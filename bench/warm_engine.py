@@ -11,13 +11,18 @@ engine's ``total_s`` and ``load_model_s``). Medians of ``--rounds``, then each v
 (the ``done`` event's) fresh against warm, and the engine's first request per volume (the first one pays
 the engine's start-up and model load).
 
-    nice -n 5 python bench/warm_engine.py [--rounds 3] [--volumes chest,clinical-512x512x300]
+    nice -n 5 python bench/warm_engine.py [--rounds 3] [--volumes chest,clinical-512x512x300,clinical-gz] [--checkpoint CKPT]
+
+``clinical-gz`` is ``bench/clinical_speed.py``'s fixture (the same grid, 32-bit voxels in a gzip NRRD, as
+Slicer saves a volume); ``--checkpoint``: another model than the bundled one, for both the fresh process
+and the engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +44,7 @@ from UNetSegmentationLib.inference.options import SegmentationOptions  # noqa: E
 from UNetSegmentationLib.protocol.child_environment import child_environment  # noqa: E402
 
 CLINICAL = "clinical-512x512x300"
+CLINICAL_GZ = "clinical-gz"
 
 
 def write_volumes(folder: Path) -> Dict[str, Path]:
@@ -51,12 +57,15 @@ def write_volumes(folder: Path) -> Dict[str, Path]:
     grid = resampled_grid(image, (size[0] / 512, size[1] / 512, size[2] / 300))
     clinical = folder / f"{CLINICAL}.nrrd"
     sitk.WriteImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16), str(clinical), False)
-    return {"chest": chest, CLINICAL: clinical}
+    sys.path.insert(0, str(REPO / "bench"))
+    from clinical_speed import fixture
+
+    return {"chest": chest, CLINICAL: clinical, CLINICAL_GZ: fixture(300, Path(tempfile.gettempdir()) / "unetseg-clinical-speed")[0]}
 
 
-def fresh_predict(volume: Path, output: Path) -> dict:
+def fresh_predict(volume: Path, output: Path, checkpoint: str = "bundled") -> dict:
     """One ``unetseg predict`` process: its wall time and its ``done`` event."""
-    command = [sys.executable, "-m", "UNetSegmentationLib", "predict", "--progress", "json", "--overwrite", str(volume), str(output)]
+    command = [sys.executable, "-m", "UNetSegmentationLib", "predict", "--checkpoint", checkpoint, "--progress", "json", "--overwrite", str(volume), str(output)]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=child_environment())
     wall = time.perf_counter() - started
@@ -66,10 +75,10 @@ def fresh_predict(volume: Path, output: Path) -> dict:
     return {"wall": wall, **done[-1]["timings"]}
 
 
-def warm_request(client: EngineClient, volume: Path, output: Path) -> dict:
+def warm_request(client: EngineClient, volume: Path, output: Path, checkpoint: str = "bundled") -> dict:
     """One request to the warm engine: the client's wall time and its ``done`` event."""
     started = time.perf_counter()
-    events = list(client.events(client.segment(volume, output, SegmentationOptions(overwrite=True)), timeout_s=600))
+    events = list(client.events(client.segment(volume, output, SegmentationOptions(overwrite=True), checkpoint=checkpoint), timeout_s=600))
     wall = time.perf_counter() - started
     if events[-1]["event"] != "done":
         raise SystemExit(f"request failed: {events[-1]}")
@@ -84,7 +93,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--volumes", default=f"chest,{CLINICAL}")
+    parser.add_argument("--checkpoint", default="bundled", help="the model: a .safetensors path, or 'bundled' (default)")
     args = parser.parse_args()
+    checkpoint = args.checkpoint if args.checkpoint == "bundled" else str(Path(args.checkpoint).resolve())
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         volumes = {name: path for name, path in write_volumes(folder).items() if name in args.volumes.split(",")}
@@ -94,13 +105,13 @@ def main() -> int:
             started = time.perf_counter()
             first = {}
             for name, volume in volumes.items():  # the engine's start-up and model load, once; then each volume once
-                first[name] = warm_request(client, volume, folder / f"{name}-warmup.nrrd")
+                first[name] = warm_request(client, volume, folder / f"{name}-warmup.nrrd", checkpoint)
                 first[name]["since_start"] = time.perf_counter() - started
             for _ in range(args.rounds):
                 for name, volume in volumes.items():
-                    fresh[name].append(fresh_predict(volume, folder / f"{name}-fresh.nrrd"))
-                    warm[name].append(warm_request(client, volume, folder / f"{name}-warm.nrrd"))
-    print(f"medians of {args.rounds} interleaved rounds; bundled model, CPU\n")
+                    fresh[name].append(fresh_predict(volume, folder / f"{name}-fresh.nrrd", checkpoint))
+                    warm[name].append(warm_request(client, volume, folder / f"{name}-warm.nrrd", checkpoint))
+    print(f"medians of {args.rounds} interleaved rounds; model {checkpoint}, CPU; load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| volume | fresh `predict`: wall s | its total_s (load_model_s) | warm request: wall s | its total_s (load_model_s) | fresh / warm wall |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in volumes:

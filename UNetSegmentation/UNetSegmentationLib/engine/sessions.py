@@ -57,7 +57,7 @@ class _Open:
     """One open session and what its accept needs."""
 
     session: RefineSession
-    image: sitk.Image
+    geometry: sitk.Image  # the input's grid without its voxels (1 voxel): what the written object's grid is copied from
     input: Path
     checkpoint: Path
     initial: Optional[InitialObject]
@@ -99,15 +99,15 @@ class Sessions:
     def _open_session(self, name: str, fields: Dict[str, Any]) -> dict:
         texts = {key: _text(fields, key) for key in ("input", "checkpoint", "initial", "segment")}
         checkpoint = interactive_checkpoint_path(texts["checkpoint"] or "bundled")
-        image = read_session_input(texts["input"])
-        initial = read_initial(texts["initial"], image, texts["segment"]) if texts["initial"] else None
         if texts["segment"] and not texts["initial"]:
             raise UserError("'segment' names a segment of 'initial'; give 'initial' too")
+        image = read_session_input(texts["input"])
+        initial = read_initial(texts["initial"], image, texts["segment"]) if texts["initial"] else None
         session = RefineSession.open(image, self._model(checkpoint), None if initial is None else initial.mask, source=texts["input"])
         while len(self._open) >= MAX_SESSIONS:
             self._close(next(iter(self._open)))
         folder = Path(tempfile.mkdtemp(prefix="unetseg-refine-"))
-        self._open[name] = _Open(session, image, Path(texts["input"]), checkpoint, initial, folder)
+        self._open[name] = _Open(session, _geometry_of(image), Path(texts["input"]), checkpoint, initial, folder)  # the voxels are not kept
         grid = session.grid
         return {"session": name, "axis": grid.slice_axis_of_array(), "slices": [], "masks": None, "clicks": 0, "undo": 0,
                 "slice_count": grid.slice_count, "model_grid": list(grid.model_size), "target": None if initial is None else initial.name}
@@ -148,7 +148,7 @@ class Sessions:
             protected = [p for p in (opened.input, opened.checkpoint, None if opened.initial is None else opened.initial.labels.path) if p is not None]
             with claiming_outputs():
                 path = check_output_path(output, overwrite, protected=protected)
-                write_refined(path, opened.image, opened.session.mask, opened.initial, overwrite)
+                write_refined(path, _on_grid(opened.geometry, opened.session.mask.shape), opened.session.mask, opened.initial, overwrite)
         session = opened.session
         self._close(name)
         return {"axis": session.grid.slice_axis_of_array(), "slices": [], "masks": None, "clicks": len(session.clicks), "undo": 0,
@@ -195,6 +195,24 @@ class Sessions:
                 self._models.popitem(last=False)
         self._models.move_to_end(key)
         return self._models[key]
+
+
+def _geometry_of(image: sitk.Image) -> sitk.Image:
+    """A one-voxel image carrying ``image`` 's spacing, origin and direction (its size is the mask's shape)."""
+    geometry = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    geometry.SetSpacing(image.GetSpacing())
+    geometry.SetOrigin(image.GetOrigin())
+    geometry.SetDirection(image.GetDirection())
+    return geometry
+
+
+def _on_grid(geometry: sitk.Image, shape: Tuple[int, ...]) -> sitk.Image:
+    """An empty uint8 image of ``shape`` (``[k, j, i]``) on ``geometry`` 's grid: the reference the writer copies."""
+    reference = sitk.Image([int(shape[2]), int(shape[1]), int(shape[0])], sitk.sitkUInt8)
+    reference.SetSpacing(geometry.GetSpacing())
+    reference.SetOrigin(geometry.GetOrigin())
+    reference.SetDirection(geometry.GetDirection())
+    return reference
 
 
 def _text(fields: Dict[str, Any], key: str) -> Optional[str]:

@@ -18,7 +18,9 @@ Three measurements:
   and around that object.
 
 Run with the CPUs limited to two (``taskset -c 0,1``) for the issue's condition; ``--threads`` is the
-network's thread count (default 2). ``--checkpoint`` defaults to the bundled interactive model; where it is
+network's thread count (default 2). On a machine others load, wall times measure the queue for the CPU;
+the CPU time per click (this process's, and for the warm engine the engine's and the client's together) is
+what a click costs on idle cores (with ``--threads 1``, its idle wall time). ``--checkpoint`` defaults to the bundled interactive model; where it is
 missing, ``--untrained`` measures an untrained network of the same shape (UNet++ 8…128: the time does not
 depend on the weights).
 
@@ -106,13 +108,27 @@ class _Forced:
         return out
 
 
-def measure_session(image: sitk.Image, model, clicks: List[dict], initial=None, crop: bool = True) -> List[float]:
+def measure_session(image: sitk.Image, model, clicks: List[dict], initial=None, crop: bool = True) -> tuple:
+    """``(wall ms, CPU ms)`` of each click: the CPU time (all threads of this process) is what the click costs
+    on idle cores, whatever else the machine runs meanwhile (with one thread, it is the idle wall time)."""
     session = RefineSession.open(image, model, initial, crop=crop)
     session.add(parse_click(clicks[0]))  # the first call warms the network up (as the engine's open would)
-    return [session.add(parse_click(click)).seconds * 1000.0 for click in clicks]
+    wall, cpu = [], []
+    for click in clicks:
+        started = time.process_time()
+        wall.append(session.add(parse_click(click)).seconds * 1000.0)
+        cpu.append((time.process_time() - started) * 1000.0)
+    return wall, cpu
 
 
-def measure_engine(path: Path, checkpoint: Path, clicks: List[dict], threads: int, initial: Path) -> List[float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_engine(path: Path, checkpoint: Path, clicks: List[dict], threads: int, initial: Path) -> tuple:
+    """``(wall ms of each round trip, CPU ms per click of the engine and this client together)``."""
     from UNetSegmentationLib.engine.client import EngineClient
 
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -122,13 +138,15 @@ def measure_engine(path: Path, checkpoint: Path, clicks: List[dict], threads: in
         if opened["event"] != "done":
             raise SystemExit(f"refine_open failed: {opened}")
         client.run("refine_click", timeout_s=600, session=opened["session"], click=clicks[0])  # warm-up
+        engine_cpu, client_cpu = _cpu_seconds(client.pid), time.process_time()
         for click in clicks:
             started = time.perf_counter()
             last = client.run("refine_click", timeout_s=600, session=opened["session"], click=click)[-1]
             latencies.append((time.perf_counter() - started) * 1000.0)
             if last["event"] != "done":
                 raise SystemExit(f"refine_click failed: {last}")
-    return latencies
+        cpu_ms = (_cpu_seconds(client.pid) - engine_cpu + time.process_time() - client_cpu) * 1000.0 / len(clicks)
+    return latencies, cpu_ms
 
 
 def measure_propagation(image: sitk.Image, model, sides: int, crop: bool) -> tuple:
@@ -136,8 +154,9 @@ def measure_propagation(image: sitk.Image, model, sides: int, crop: bool) -> tup
     session = RefineSession.open(image, forced, rule=PropagationRule(max_slices=sides, negligible_share=0.0, negligible_pixels=-1), crop=crop)
     middle = image.GetSize()[2] // 2
     session.add(parse_click({"ijk": [256, 256, middle], "positive": True}))
+    started = time.process_time()
     answer = session.propagate()
-    return answer.seconds, len(answer.slices)
+    return answer.seconds, len(answer.slices), time.process_time() - started
 
 
 def left_lung_on(grid: sitk.Image) -> sitk.Image:
@@ -189,24 +208,25 @@ def main(argv=None) -> int:
         lung_path = folder / "left-lung-512.nrrd"
         sitk.WriteImage(lung, str(lung_path), True)
         lung_mask = sitk.GetArrayFromImage(lung).astype(bool)
-        rows = {
-            "session, whole slices": measure_session(fine, model, clicks, crop=False),
-            "session, around the left lung": measure_session(fine, model, clicks, lung_mask),
-        }
+        rows, cpu = {}, {}
+        rows["session, whole slices"], cpu["session, whole slices"] = measure_session(fine, model, clicks, crop=False)
+        rows["session, around the left lung"], cpu["session, around the left lung"] = measure_session(fine, model, clicks, lung_mask)
         if not args.no_engine:
-            rows["warm engine round trip, around the left lung"] = measure_engine(fine_path, checkpoint, clicks, args.threads, lung_path)
+            name = "warm engine round trip, around the left lung"
+            rows[name], engine_cpu_ms = measure_engine(fine_path, checkpoint, clicks, args.threads, lung_path)
         propagation = {name: measure_propagation(thin, model, args.sides, crop) for name, crop in (("whole slices", False), ("around a 30 mm object", True))}
         grid = RefineSession.open(fine, model).grid
 
     print(f"checkpoint {checkpoint.name} ({model.metadata.architecture} {model.metadata.kwargs.get('features')}); input 512x512 "
           f"(model grid {grid.model_size[0]}x{grid.model_size[1]}); torch threads {args.threads}; CPUs usable {len(os.sched_getaffinity(0))}; load {os.getloadavg()[0]:.1f}")
-    print("\n| measurement | clicks | median ms | p95 ms | min ms | max ms |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| measurement | clicks | median ms | p95 ms | min ms | max ms | CPU ms median / p95 |\n| --- | --- | --- | --- | --- | --- | --- |")
     for name, values in rows.items():
-        print(f"| click on the visible slice, {name} | {len(values)} | {percentiles(values)} |")
-    for name, (seconds, slices) in propagation.items():
-        print(f"\npropagation, {name}: {slices} slices (±{args.sides} asked) in {seconds:.2f} s ({seconds / max(slices, 1) * 1000:.0f} ms/slice), 512x512x136 at 2.5 mm")
+        cpu_text = f"{np.median(cpu[name]):.0f} / {np.percentile(cpu[name], 95):.0f}" if name in cpu else f"{engine_cpu_ms:.0f} (mean: engine + client)"
+        print(f"| click on the visible slice, {name} | {len(values)} | {percentiles(values)} | {cpu_text} |")
+    for name, (seconds, slices, cpu_s) in propagation.items():
+        print(f"\npropagation, {name}: {slices} slices (±{args.sides} asked) in {seconds:.2f} s, CPU {cpu_s:.2f} s ({seconds / max(slices, 1) * 1000:.0f} ms/slice), 512x512x136 at 2.5 mm")
     if args.json:
-        args.json.write_text(json.dumps({"clicks_ms": rows, "propagation": propagation, "threads": args.threads}, indent=1))
+        args.json.write_text(json.dumps({"clicks_ms": rows, "clicks_cpu_ms": cpu, "propagation": propagation, "threads": args.threads}, indent=1))
     return 0
 
 

@@ -98,7 +98,9 @@ def lopo_table(classes: List[str], results: Dict[int, dict], patients: Dict[int,
             shared = [c for c in classes if results[k]["new"].get(c) is not None and results[k]["old"].get(c) is not None]
             cells.append(f"{np.mean([results[k]['new'][c] for c in shared]):.3f} / {np.mean([results[k]['old'][c] for c in shared]):.3f} ({len(shared)})" if shared else "n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n✗: the old model did better on that class. Dice agreement with the reference labels (TotalSegmentator's outputs for the TS volumes).\n"
+    return "\n".join(lines) + ("\n\n✗: the old model did better on that class. Dice: agreement with the reference labels (TotalSegmentator's outputs for the "
+                               "TS volumes). Today's bundled model was trained on the slicerio CT (all but 7 of its slices), so its figures on that patient "
+                               "are on its training data; --slicerio compares both on those 7 slices.\n")
 
 
 def volume_table(rows: List[dict], classes: List[str]) -> str:

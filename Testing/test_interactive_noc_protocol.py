@@ -160,19 +160,31 @@ def test_grow_from_seeds_a_negative_click_over_an_earlier_positive_seed_relabels
     assert mask[3, 36, 36]
 
 
-def test_grow_from_seeds_from_the_automatic_result_keeps_its_core_and_its_far_outside_and_decides_the_band(lumbar, GrowFromSeeds):
+def test_grow_from_seeds_from_the_automatic_result_seeds_its_core_and_a_shell_around_it_and_grows_the_band(lumbar, GrowFromSeeds):
     intensity, spacing, truth = lumbar
     automatic = ndimage.binary_dilation(truth, iterations=2)  # a too large automatic result
     trace = simulate(lambda: (GrowFromSeeds(intensity, spacing, 5.0, automatic), automatic), truth, cap=3)
     assert trace.dice[0] == pytest.approx(dice(automatic, truth))
     assert len(trace.clicks) == 3 and not any(c[3] for c in trace.clicks)  # too large: negative clicks
     grow = GrowFromSeeds(intensity, spacing, 5.0, automatic)
-    mask = grow.click(trace.clicks[0])
     plane = np.zeros((1, 3, 3), dtype=bool)
     plane[0] = ndimage.generate_binary_structure(2, 1)
-    core = ndimage.binary_erosion(automatic, plane, iterations=2)
-    core[trace.clicks[0][0]] = False  # the clicked slice's seeds changed
-    assert mask[core].all() and not mask[~ndimage.binary_dilation(automatic, plane, iterations=2)].any()
+    near = ndimage.binary_dilation(automatic, plane, iterations=2)
+    shell = ndimage.binary_dilation(near, plane) & ~near
+    assert (grow.seeds[ndimage.binary_erosion(automatic, plane, iterations=2)] == 1).all() and (grow.seeds[shell] == 2).all()
+    band = near & ~ndimage.binary_erosion(automatic, plane, iterations=2)
+    assert not grow.seeds[:, 1:-1, 1:-1][band[:, 1:-1, 1:-1]].any()  # the band (inside the border's seed): the filter decides
+    mask = grow.click(trace.clicks[0])
+    others = np.arange(len(mask)) != trace.clicks[0][0]  # the slices other than the clicked one keep their seeds
+    assert not mask[shell].any() and mask[others][grow.seeds[others] == 1].all()
+
+
+def test_grow_from_seeds_from_an_automatic_result_that_missed_the_object_grows_a_positive_click_outside_it(lumbar, GrowFromSeeds):
+    intensity, spacing, truth = lumbar
+    automatic = np.zeros_like(truth)
+    automatic[:, 2:12, 2:12] = True  # somewhere else entirely
+    trace = simulate(lambda: (GrowFromSeeds(intensity, spacing, 5.0, automatic), automatic), truth, cap=6)
+    assert trace.clicks[0][3] and max(trace.dice) > 0.5  # the object grows from the positive clicks
 
 
 def test_the_protocol_with_grow_from_seeds_reaches_dice_085_on_the_lumbar_column(lumbar, GrowFromSeeds):

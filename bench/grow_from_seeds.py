@@ -21,9 +21,11 @@ relabelled (its documented contract). Here it is driven as a Slicer user would d
 - **Every voxel takes part.** The filter neither grows from nor into the image's outermost voxels
   (measured: seeds there stay where they are), so the volume is padded by one replicated voxel on
   each face before it is handed over, and the padding is cut off the result.
-- **From the automatic result**, its mask is turned into seeds as a user would seed from an existing
-  segment: the mask eroded by ``band`` voxels in-plane is object, everything outside the mask dilated by
-  ``band`` voxels is background, and the band between them is left for the filter to decide.
+- **From the automatic result**, its mask is the object's seed, as Grow from seeds takes an existing
+  segment's content as its seed: the mask eroded by ``band`` pixels in-plane is object, and a one-pixel
+  shell ``band`` pixels outside it is background (the band between is left for the filter to decide).
+  Beyond the shell nothing is seeded, so a positive click on an object the automatic result missed
+  grows there, and the regions no seed reaches first stay background (the border seed's).
 
 The mask of the object is where the filter's output is the object label. No distance penalty (the
 effect's default "seed locality" of 0). The engine never imports this (it needs VTK): it is a
@@ -83,8 +85,9 @@ class GrowFromSeeds:
         if initial is not None and initial.any():
             plane = np.zeros((1, 3, 3), dtype=bool)
             plane[0] = ndimage.generate_binary_structure(2, 1)
+            near = ndimage.binary_dilation(initial, plane, iterations=band)
+            self.seeds[ndimage.binary_dilation(near, plane, iterations=1) & ~near] = BACKGROUND
             self.seeds[ndimage.binary_erosion(initial, plane, iterations=band)] = OBJECT
-            self.seeds[~ndimage.binary_dilation(initial, plane, iterations=band)] = BACKGROUND
         self.mask = np.zeros(image.shape, dtype=bool) if initial is None else initial.astype(bool).copy()
         self._intensity, self._intensity_scalars = _image_data(self.intensity, self.spacing_mm)
         self._seed_image, self._seed_scalars = _image_data(self._padded_seeds, self.spacing_mm)

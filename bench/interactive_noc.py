@@ -393,6 +393,8 @@ def measure(args: argparse.Namespace, command: str) -> Tuple[List[Run], List[Cas
     missing = sorted({str(c.interactive_model) for c in cases if not c.interactive_model.is_file()})
     if missing:
         raise SystemExit("interactive models missing: " + ", ".join(missing))
+    used = sorted({c.interactive_model for c in cases} | {c.automatic_model for c in cases if c.automatic_model is not None})
+    digests = ", ".join(f"`{p}` {hashlib.sha256(p.read_bytes()).hexdigest()[:12]}" for p in used)
     runs: List[Run] = []
     done_cases: List[Case] = []
     with tempfile.TemporaryDirectory(prefix="interactive-noc-") as temporary:
@@ -406,7 +408,7 @@ def measure(args: argparse.Namespace, command: str) -> Tuple[List[Run], List[Cas
             print(f"{case.structure} on {case.volume}: " + "; ".join(
                 f"{r.method} from {r.start}: NoC@85 {_noc(r.trace, TARGETS[0], args.cap)}, NoC@90 {_noc(r.trace, TARGETS[1], args.cap)}" for r in done), flush=True)
             header = (f"`{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {(time.perf_counter() - started) / 60.0:.1f} min; "
-                      f"{machine_line(args.threads, load_before)}")
+                      f"{machine_line(args.threads, load_before)}; models' sha256: {digests}")
             if args.json:
                 save(args.json, runs, done_cases, header)
     return runs, done_cases, header

@@ -31,7 +31,7 @@ Plain MRML calls and numpy (imported where used: the module's setup stays light)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
 import slicer
 import vtk
@@ -119,7 +119,7 @@ class SegmentEditing(Protocol):
 
     def modify(self, segmentation_node, segment_id: str, modifier, add: bool) -> None: ...
 
-    def not_editable(self, volume_node) -> Any: ...
+    def not_editable(self, volume_node) -> Any: ...  # a bool array [k, j, i], or None: editable everywhere
 
 
 class EditorLogicEditing:
@@ -148,12 +148,16 @@ class EditorLogicEditing:
 
     def not_editable(self, volume_node):
         """Where the editor node's settings forbid editing, as a bool array [k, j, i] on ``volume_node``'s
-        grid: the segment-based mask Segment Editor computes, and the source intensity range."""
+        grid: the segment-based mask Segment Editor computes, and the source intensity range; None when
+        editing is allowed everywhere (Segment Editor's default: nothing to compute)."""
         import numpy as np
 
         logic, node = self.logic, self.editor_node
+        everywhere = node.GetMaskMode() == slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere
+        if everywhere and not node.GetSourceVolumeIntensityMask():
+            return None
         blocked = np.zeros(_array_shape(volume_node), dtype=bool)
-        if logic is not None and logic.ResetModifierLabelmapToDefault() and logic.UpdateMaskLabelmap() and logic.GetMaskLabelmap() is not None:
+        if not everywhere and logic is not None and logic.ResetModifierLabelmapToDefault() and logic.UpdateMaskLabelmap() and logic.GetMaskLabelmap() is not None:
             segmentation_node = node.GetSegmentationNode()
             reference = _volume_grid_image(volume_node, segmentation_node)
             resampled = slicer.vtkOrientedImageData()
@@ -178,8 +182,10 @@ class RefineLogic:
         self.preview_node = None
         self._original = None  # the target segment on the volume's grid when the refinement started
         self._proposed = None  # the target as Apply would leave it, on the volume's grid
-        self._blocked = None  # where editing is not allowed (asked once per refinement)
+        self._blocked = None  # where editing is not allowed (asked once per refinement; None: everywhere allowed)
         self._hidden: Optional[bool] = None  # the target's visibility before the preview hid it
+        self._blocked_any, self._asked = False, False
+        self._touched: Dict[int, Set[int]] = {}  # the slices proposals wrote, by numpy axis (only they can differ)
 
     @property
     def previewing(self) -> bool:
@@ -207,19 +213,29 @@ class RefineLogic:
         import numpy as np
 
         self._require_started()
-        if self._blocked is None:
-            self._blocked = self.editing.not_editable(self.volume_node)
+        if not self._asked:
+            self._blocked, self._asked = self.editing.not_editable(self.volume_node), True
+            self._blocked_any = self._blocked is not None and bool(self._blocked.any())
         if self._proposed is None:
             self._proposed = self._original.copy()
-        masks = np.asarray(proposal.masks).astype(bool)
-        proposed, blocked = np.moveaxis(self._proposed, proposal.axis, 0), np.moveaxis(self._blocked, proposal.axis, 0)
+        masks = np.asarray(proposal.masks)
+        if masks.dtype != bool and (masks.dtype != np.uint8 or (masks.size and masks.max() > 1)):
+            masks = masks != 0  # (the engine's uint8 0/1 masks go in as they are)
+        proposed = np.moveaxis(self._proposed, proposal.axis, 0)
+        blocked = np.moveaxis(self._blocked, proposal.axis, 0) if self._blocked_any else None
         if masks.shape != (len(proposal.slices),) + proposed.shape[1:]:
             raise RuntimeError("the engine's masks have the shape %s, the volume's slices %s" % (masks.shape[1:], proposed.shape[1:]))
-        for index, mask in zip(proposal.slices, masks):
-            if not 0 <= int(index) < proposed.shape[0]:
-                raise RuntimeError("the engine answered slice %d of a volume of %d slices" % (index, proposed.shape[0]))
-            allowed = ~blocked[int(index)]
-            proposed[int(index)][allowed] = mask[allowed]  # a view: self._proposed changes
+        indices = [int(index) for index in proposal.slices]
+        outside = [index for index in indices if not 0 <= index < proposed.shape[0]]
+        if outside:
+            raise RuntimeError("the engine answered slice %d of a volume of %d slices" % (outside[0], proposed.shape[0]))
+        if blocked is None:
+            proposed[indices] = masks  # a view: self._proposed changes
+        else:
+            for index, mask in zip(indices, masks):
+                allowed = ~blocked[index]
+                proposed[index][allowed] = mask[allowed]
+        self._touched.setdefault(proposal.axis, set()).update(indices)
         self._show_preview()
 
     def apply(self) -> Applied:
@@ -231,21 +247,32 @@ class RefineLogic:
             self.cancel()
             return Applied([], 0, 0)
         axis = 2 - slices.slice_axes(self.volume_node)[0]  # the numpy axis of [k, j, i]
-        changed = _changed_slices(self._original, self._proposed, axis)
+        changed = self._changed(axis)
+        if not changed:
+            self.cancel()
+            return Applied([], 0, 0)
         self.editing.save_state_for_undo()
         for first, last in _runs(changed):
-            region = _slice_region(self._original.shape, range(first, last + 1), axis)
-            proposed, original = self._proposed.astype(bool), self._original.astype(bool)
-            for add, wanted in ((True, region & proposed & ~original), (False, region & ~proposed & original)):
+            slab = _slab_index(axis, first, last)
+            proposed, original = self._proposed[slab].astype(bool), self._original[slab].astype(bool)
+            for add, wanted in ((True, proposed & ~original), (False, original & ~proposed)):
                 if wanted.any():
                     self.editing.modify(self.segmentation_node, self.segment_id, self._modifier(wanted, axis, first, last), add)
-        after = segment_array(self.segmentation_node, self.segment_id, self.volume_node)
-        done = _changed_slices(self._original, after, axis)
-        added = int(np.count_nonzero(after.astype(bool) & ~self._original.astype(bool)))
-        removed = int(np.count_nonzero(self._original.astype(bool) & ~after.astype(bool)))
+        first, last = changed[0], changed[-1]  # what Apply did, measured on the slices it could change
+        before = self._original[_slab_index(axis, first, last)]
+        after = segment_array(self.segmentation_node, self.segment_id, self.volume_node, (axis, first, last))
+        done = [first + i for i in _changed_slices(before, after, axis)]
+        added, removed = int(np.count_nonzero(after > before)), int(np.count_nonzero(after < before))
         remember_corrected_slices(self.segmentation_node, self.volume_node, done)
         self.cancel()
         return Applied(done, added, removed)
+
+    def _changed(self, axis: int) -> List[int]:
+        """The slices along numpy ``axis`` where the proposal differs from the segment: among those the
+        proposals wrote, when they all ran along that axis; else measured on the whole volume."""
+        if set(self._touched) != {axis}:
+            return _changed_slices(self._original, self._proposed, axis)
+        return [i for i in sorted(self._touched[axis]) if (self._original[_slab_index(axis, i, i)] != self._proposed[_slab_index(axis, i, i)]).any()]
 
     def cancel(self) -> None:
         """Remove the preview and show the target again; the segmentation is not touched."""
@@ -255,7 +282,8 @@ class RefineLogic:
         display = self.segmentation_node.GetDisplayNode() if self.segmentation_node is not None else None
         if display is not None and self._hidden is not None:
             display.SetSegmentVisibility(self.segment_id, self._hidden)
-        self._hidden, self._proposed, self._blocked = None, None, None
+        self._hidden, self._proposed, self._blocked, self._touched = None, None, None, {}
+        self._blocked_any, self._asked = False, False
 
     def export_target(self, path) -> Optional[str]:
         """Write the target as the preview now shows it (the segment as it is before any proposal) to
@@ -272,18 +300,25 @@ class RefineLogic:
     # -- the preview -----------------------------------------------------------------------------
 
     def _show_preview(self) -> None:
-        segment = self.segmentation_node.GetSegmentation().GetSegment(self.segment_id)
+        """The preview segment's labelmap is the proposal array itself (shared, not copied): a click changes
+        the array's slices, and the segment is told (as ``slicer.util.arrayFromSegmentInternalBinaryLabelmap``
+        says), so a click costs no copy of the volume."""
         if self.preview_node is None:
+            segment = self.segmentation_node.GetSegmentation().GetSegment(self.segment_id)
             self.preview_node = _new_preview_node(self.segmentation_node, self.volume_node, self.segment_id, segment)
+            image = _oriented_image(self._proposed, self.volume_node, shared=True)
+            name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+            self.preview_node.GetSegmentation().GetSegment(self.segment_id).AddRepresentation(name, image)
             display = self.segmentation_node.GetDisplayNode()
             if display is not None:
                 self._hidden = bool(display.GetSegmentVisibility(self.segment_id))
                 display.SetSegmentVisibility(self.segment_id, False)
-        image = _oriented_image(self._proposed, self.volume_node)
-        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, self.preview_node, self.segment_id)
+        name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        self.preview_node.GetSegmentation().GetSegment(self.segment_id).GetRepresentation(name).Modified()
+        self.preview_node.GetSegmentation().GetSegment(self.segment_id).Modified()
 
     def _modifier(self, wanted, axis: int, first: int, last: int):
-        """``wanted`` (on the volume's grid) as a labelmap covering slices ``first``..``last`` only, in the
+        """``wanted`` (slices ``first``..``last`` of the volume's grid) as a labelmap there, in the
         segmentation's frame (through the transforms between the volume and the segmentation)."""
         return _oriented_image(wanted, self.volume_node, (axis, first, last), self.segmentation_node)
 
@@ -325,15 +360,31 @@ def _recorded(segmentation_node, volume_node) -> List[int]:
 # -- arrays and images ---------------------------------------------------------------------------------
 
 
-def segment_array(segmentation_node, segment_id: str, volume_node):
-    """The segment on ``volume_node``'s grid as a uint8 array [k, j, i] (Slicer's export, through both transforms)."""
+def segment_array(segmentation_node, segment_id: str, volume_node, slab: Optional[Tuple[int, int, int]] = None):
+    """The segment on ``volume_node``'s grid as a uint8 0/1 array [k, j, i] (only the slices ``slab`` =
+    (numpy axis, first, last) when given): read from the segment's own labelmap where it lies on that grid
+    (a result of this module, a segmentation made on this volume), else Slicer's export to the volume's
+    grid through both transforms."""
+    import numpy as np
+
+    extent = list(volume_node.GetImageData().GetExtent())
+    if slab is not None:
+        extent[2 * (2 - slab[0])], extent[2 * (2 - slab[0]) + 1] = slab[1], slab[2]
+    own = slicer.vtkOrientedImageData()
+    if segmentation_node.GetParentTransformNode() is volume_node.GetParentTransformNode() and segmentation_node.GetBinaryLabelmapRepresentation(segment_id, own):
+        grid, mine = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(grid)
+        own.GetImageToWorldMatrix(mine)
+        if all(abs(grid.GetElement(r, c) - mine.GetElement(r, c)) < 1e-6 for r in range(4) for c in range(4)):
+            return _image_array(own, extent, binary=True)
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segment_id)
     labelmap_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     try:
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap_node, volume_node):
             raise RuntimeError("the segment could not be read from '%s'" % segmentation_node.GetName())
-        return (slicer.util.arrayFromVolume(labelmap_node) > 0).astype("uint8")
+        exported = (slicer.util.arrayFromVolume(labelmap_node) > 0).astype(np.uint8)
+        return exported if slab is None else exported[_slab_index(*slab)]
     finally:
         slicer.mrmlScene.RemoveNode(labelmap_node)
 
@@ -365,18 +416,6 @@ def write_label_map(array, volume_node, path) -> None:
 def _array_shape(volume_node) -> Tuple[int, int, int]:
     i, j, k = volume_node.GetImageData().GetDimensions()
     return (k, j, i)
-
-
-def _slice_region(shape: Tuple[int, int, int], indices: Sequence[int], axis: int):
-    """A bool array [k, j, i] true on ``indices`` along numpy axis ``axis``."""
-    import numpy as np
-
-    region = np.zeros(shape, dtype=bool)
-    chosen = [int(i) for i in indices if 0 <= int(i) < shape[axis]]
-    index: List[Any] = [slice(None)] * 3
-    index[axis] = chosen
-    region[tuple(index)] = True
-    return region
 
 
 def _changed_slices(before, after, axis: int) -> List[int]:
@@ -417,45 +456,57 @@ def _into_frame(image, volume_node, segmentation_node, geometry_only: bool = Fal
     slicer.vtkOrientedImageDataResample.TransformOrientedImage(image, transform, geometry_only)
 
 
-def _oriented_image(array, volume_node, slab: Optional[Tuple[int, int, int]] = None, segmentation_node=None):
-    """``array`` ([k, j, i] on the volume's grid) as a 0/1 labelmap image; ``slab`` (numpy axis, first,
-    last): only those slices; in ``segmentation_node``'s frame when given."""
+def _oriented_image(array, volume_node, slab: Optional[Tuple[int, int, int]] = None, segmentation_node=None, shared: bool = False):
+    """``array`` ([k, j, i] on the volume's grid; with ``slab`` (numpy axis, first, last) only those slices)
+    as a 0/1 labelmap image, in ``segmentation_node``'s frame when given. ``shared``: the image's voxels are
+    ``array``'s memory (a contiguous uint8 array that must live as long as the image)."""
     import numpy as np
     from vtk.util import numpy_support
 
     extent = list(volume_node.GetImageData().GetExtent())
-    data = np.asarray(array)
     if slab is not None:
         axis, first, last = slab
         extent[2 * (2 - axis)], extent[2 * (2 - axis) + 1] = first, last  # image axis 2 - axis
-        index: List[Any] = [slice(None)] * 3
-        index[axis] = slice(first, last + 1)
-        data = data[tuple(index)]
     image = slicer.vtkOrientedImageData()
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     image.SetImageToWorldMatrix(matrix)
     image.SetExtent(extent)
-    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(data, dtype=np.uint8).ravel(), deep=1, array_type=vtk.VTK_UNSIGNED_CHAR)
+    if shared:
+        scalars = numpy_support.numpy_to_vtk(array.reshape(-1), deep=0, array_type=vtk.VTK_UNSIGNED_CHAR)
+    else:
+        scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(array, dtype=np.uint8).ravel(), deep=1, array_type=vtk.VTK_UNSIGNED_CHAR)
     image.GetPointData().SetScalars(scalars)
     _into_frame(image, volume_node, segmentation_node)
     return image
 
 
-def _image_array(image, extent: Sequence[int]):
-    """An oriented image's scalars within ``extent`` (its voxels there, 0 where it has none) as an array [k, j, i]."""
+def _slab_index(axis: int, first: int, last: int) -> Tuple[Any, ...]:
+    """The index of slices ``first``..``last`` along numpy axis ``axis`` of an array [k, j, i]."""
+    index: List[Any] = [slice(None)] * 3
+    index[axis] = slice(first, last + 1)
+    return tuple(index)
+
+
+def _image_array(image, extent: Sequence[int], binary: bool = False):
+    """An oriented image's scalars within ``extent`` (its voxels there, 0 where it has none) as an array
+    [k, j, i]; ``binary``: 1 where non-zero, as uint8 (only the image's own box is compared)."""
     import numpy as np
     from vtk.util import numpy_support
 
     own = image.GetExtent()
-    data = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(own[5] - own[4] + 1, own[3] - own[2] + 1, own[1] - own[0] + 1)
-    out = np.zeros((extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1), dtype=data.dtype)
+    scalars = image.GetPointData().GetScalars()
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    if scalars is None or any(own[2 * a] > own[2 * a + 1] for a in range(3)):
+        return np.zeros(shape, dtype=np.uint8)
+    data = numpy_support.vtk_to_numpy(scalars).reshape(own[5] - own[4] + 1, own[3] - own[2] + 1, own[1] - own[0] + 1)
+    out = np.zeros(shape, dtype=np.uint8 if binary else data.dtype)
     low = [max(own[2 * a], extent[2 * a]) for a in range(3)]
     high = [min(own[2 * a + 1], extent[2 * a + 1]) for a in range(3)]
     if all(lo <= hi for lo, hi in zip(low, high)):
         target = tuple(slice(low[a] - extent[2 * a], high[a] - extent[2 * a] + 1) for a in (2, 1, 0))
-        source = tuple(slice(low[a] - own[2 * a], high[a] - own[2 * a] + 1) for a in (2, 1, 0))
-        out[target] = data[source]
+        source = data[tuple(slice(low[a] - own[2 * a], high[a] - own[2 * a] + 1) for a in (2, 1, 0))]
+        out[target] = source != 0 if binary else source
     return out
 
 

@@ -192,3 +192,20 @@ def test_the_network_runs_around_the_object_and_the_clicks_with_the_whole_slices
     assert pixels[0] < 0.8 * pixels[1]
     idle = StubModel()
     assert RefineSession.open(image, idle)._segment([0], [np.zeros((128, 128), np.float32)]).max() == 0 and idle.calls == []  # nothing near: no call
+
+
+def test_the_same_click_on_the_same_anatomy_stored_in_another_axis_order_gives_the_same_object(chest):
+    """The CT stored with its axes permuted (slices along i, as a sagittally stored file might have them)
+    is the same anatomy: the session slices it along the same physical axis, the click at the same point
+    lands on the same slice, and the object (and every answer) is the same voxels in the other layout."""
+    image, lung = chest
+    permuted = sitk.PermuteAxes(image, [2, 0, 1])  # new (i, j, k) = old (k, i, j)
+    click = lung_centre(lung)
+    ijk = [click[2], click[0], click[1]]
+    ours = RefineSession.open(image, StubModel(), lung)
+    theirs = RefineSession.open(permuted, StubModel(), np.transpose(lung, (1, 2, 0)))  # [k, j, i] → [j, i, k] layout
+    a, b = ours.add(parse_click({"ijk": click, "positive": False})), theirs.add(parse_click({"ijk": ijk, "positive": False}))
+    assert b.axis == 2 and b.slices == a.slices == [SLICE] and b.masks.shape == (1, 128, 128)
+    assert np.array_equal(theirs.mask, np.transpose(ours.mask, (1, 2, 0))) and np.array_equal(b.masks[0], a.masks[0])
+    ours.propagate(), theirs.propagate()
+    assert np.array_equal(theirs.mask, np.transpose(ours.mask, (1, 2, 0)))

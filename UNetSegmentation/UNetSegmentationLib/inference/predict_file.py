@@ -33,7 +33,7 @@ from UNetSegmentationLib.io.file_digest import file_sha256
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
 from UNetSegmentationLib.io.outputs import check_output_path, claim_outputs, claiming_outputs
-from UNetSegmentationLib.io.segmentations import label_dtype
+from UNetSegmentationLib.io.segmentations import grid_reference, label_dtype
 from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, max_slice_pixels, constant_value, inspect_input, read_volume, verify_data
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
@@ -244,9 +244,11 @@ def segment_volume(
         reporter.warning("no voxel was labelled: the model found none of its classes in this volume")
     t_predicted = time.perf_counter()
 
+    reference = grid_reference(image)  # the input's grid without its voxels: they go before the outputs are written
+    del image, volume, mapping  # (the writers copy the labels into an image: the input's memory is free for it)
     case_outputs = CaseOutputs(outputs[0], outputs[1] if len(outputs) > 1 else None, Path(options.review_list) if options.review_list is not None else None)
     review_text = review_list_text(review.ranked(), case_outputs.review_list.suffix.lower()) if case_outputs.review_list is not None else None
-    write_case_outputs(case_outputs, result.labels, image, metadata.classes, confidence=result.confidence, review_text=review_text, dicom=dicom, overwrite=options.overwrite, compress=options.compress)
+    write_case_outputs(case_outputs, result.labels, reference, metadata.classes, confidence=result.confidence, review_text=review_text, dicom=dicom, overwrite=options.overwrite, compress=options.compress)
     t_written = time.perf_counter()
 
     timings = {
@@ -263,7 +265,7 @@ def segment_volume(
     summary["scan_flags"] = scan_flags(findings)  # what the scan check found ([]: nothing); the manifest and the QC report carry it
     summary.update(review.finish(None))  # the most uncertain slices in the done event (all of them in --review-list, written above)
     if measure:
-        summary["volumes_ml"] = segment_volumes_ml(result.labels, image.GetSpacing(), metadata.classes)
+        summary["volumes_ml"] = segment_volumes_ml(result.labels, reference.GetSpacing(), metadata.classes)
     reporter.done(**summary)  # after every output is in place
     return summary
 

@@ -3,7 +3,8 @@
 SimpleITK writes label and scalar maps (NRRD, NIfTI, MHA), and Slicer segmentations with the
 classes' names, colours, label values and terminology in the header fields of :mod:`.segment_fields`
 (``slicerio`` and Slicer read them). Outputs always carry exactly the
-reference volume's size, origin, spacing and direction. A writer's failure is a :class:`UserError`
+reference volume's origin, spacing and direction, and the size of the array written (the input's: a run
+may give a one-voxel :func:`grid_reference` instead of the input, whose voxels are then no longer held). A writer's failure is a :class:`UserError`
 naming the final file (never the temporary one of :mod:`.outputs`).
 """
 
@@ -25,6 +26,21 @@ if TYPE_CHECKING:  # annotations only: io/ stays below model/ (model/checkpoint.
     from UNetSegmentationLib.io.class_info import ClassInfo
 
 
+def grid_reference(image: sitk.Image) -> sitk.Image:
+    """A one-voxel image with ``image``'s origin, spacing and direction: all a writer here needs of the input's
+    grid (the written array brings its size), so a run can let the input's voxels go before it writes."""
+    reference = sitk.Image([1] * image.GetDimension(), sitk.sitkUInt8)
+    _place(reference, image)
+    return reference
+
+
+def _place(image: sitk.Image, reference: sitk.Image) -> None:
+    """``image`` on ``reference``'s grid: its origin, spacing and direction (not its size: see :func:`grid_reference`)."""
+    image.SetOrigin(reference.GetOrigin())
+    image.SetSpacing(reference.GetSpacing())
+    image.SetDirection(reference.GetDirection())
+
+
 def label_dtype(max_value: int) -> np.dtype:
     """The smallest unsigned type that holds label values up to ``max_value`` (uint8, else uint16)."""
     return np.dtype(np.uint8 if max_value <= 255 else np.uint16)
@@ -43,7 +59,7 @@ def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path, classes:
             _write_segmentation(labels, reference, path, classes, compress)
         else:
             image = sitk.GetImageFromArray(labels)
-            image.CopyInformation(reference)
+            _place(image, reference)
             sitk.WriteImage(image, str(path), **write_arguments(str(final_name or path), level_for(compress, floats=False)))
     except RuntimeError as error:
         raise UserError(f"cannot write {final_name or path}: {_write_failure(error, path, final_name)}") from None
@@ -88,7 +104,7 @@ def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, c
     except ValueError as error:  # metadata is checked when a checkpoint is loaded; this guards other callers
         raise RuntimeError(f"a Slicer segmentation cannot hold it: {error}") from None  # write_labels names the file
     image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(reference)
+    _place(image, reference)
     for key, value in header.items():
         image.SetMetaData(key, value)
     sitk.WriteImage(image, str(path), **write_arguments(str(path), level_for(compress, floats=False)))
@@ -97,7 +113,7 @@ def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, c
 def write_scalar(volume: np.ndarray, reference: sitk.Image, path: Path, final_name: Optional[Path] = None, compress: Optional[int] = None) -> None:
     """Write a scalar map (e.g. probabilities) on ``reference``'s grid, compressed (io/compression.py)."""
     image = sitk.GetImageFromArray(volume)
-    image.CopyInformation(reference)
+    _place(image, reference)
     try:
         sitk.WriteImage(image, str(path), **write_arguments(str(final_name or path), level_for(compress, floats=volume.dtype.kind == "f")))
     except RuntimeError as error:

@@ -67,3 +67,20 @@ def test_fold_needs_a_datalist_and_a_fold_it_holds(cli, datalist, tmp_path, ches
     assert_refused(cli("evaluate", "--checkpoint", BUNDLED, "--image", chest_ct_path, "--label", chest_segmentation_path, "--fold", "1",
                        "--output-dir", output), output, "--fold 1", "--datalist")
     assert_refused(cli("evaluate", "--checkpoint", BUNDLED, "--datalist", datalist, "--fold", "7", "--output-dir", output), output, "--fold 7", "no case of that fold")
+
+
+def test_the_lopo_table_scores_the_old_model_on_the_datalists_values_by_class_name(tmp_path):
+    """bench/lopo_table.py maps the datalist's label values to an older model's classes by name: the chest
+    model's 'tissue' (value 7) must never be scored against the new label 7 (liver)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lopo_table", Path(__file__).resolve().parent.parent / "bench" / "lopo_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "ribs", "6": "left lung", "7": "liver", "14": "body"}, "training": []}))
+    assert module.label_map_for(datalist, str(BUNDLED)) == "1:ribs,6:left lung"
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "ribs", "7": "tissue"}, "training": []}))
+    assert module.label_map_for(datalist, str(BUNDLED)) is None  # the same names at the same values: nothing to map
+    rows = [{"class": "ribs", "dice": 0.5}, {"class": "ribs", "dice": None}, {"class": "ribs", "dice": 0.7}, {"class": "left lung", "dice": None}]
+    assert module.per_class(rows) == {"ribs": pytest.approx(0.6), "left lung": None}

@@ -76,6 +76,7 @@ def main() -> int:
     parser.add_argument("--depth", help="UNet++ depth (default: each checkpoint's recommended depth)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=5, help="first-ranked slices compared with the median (default 5)")
+    parser.add_argument("--benchmarks", type=Path, help="also write the table into this Markdown file (BENCHMARKS.md) between its calibration markers")
     args = parser.parse_args()
     from UNetSegmentationLib.model.depth import parse_depth
 
@@ -87,9 +88,14 @@ def main() -> int:
         own = checkpoint.metadata.temperature
         after = row["temperature_other_folds"] if row["temperature_other_folds"] == row["temperature_other_folds"] else own
         row["before"], row["after"] = ranking(recorded, 1.0, args.top), ranking(recorded, after / own, args.top)
-    print(table(rows, args.top), end="")
-    print(f"\ntemperature fitted on all held-out data (what the shipped model gets): {temperatures.shipped:.4f}; "
-          f"per fold on its own data: {', '.join(f'{k}: {t:.3f}' for k, t in temperatures.own.items())}")
+    text = table(rows, args.top) + (f"\ntemperature fitted on all held-out data (what the shipped model gets): {temperatures.shipped:.4f}; "
+                                    f"per fold on its own data: {', '.join(f'{k}: {t:.3f}' for k, t in temperatures.own.items())}\n")
+    print(text, end="")
+    if args.benchmarks:
+        from marked_section import write_marked_section
+
+        command = "python bench/calibration.py " + " ".join(sys.argv[1:])
+        write_marked_section(args.benchmarks, "<!-- calibration:start -->", "<!-- calibration:end -->", f"{text}\n`{command}`\n")
     return 0
 
 

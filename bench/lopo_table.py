@@ -150,6 +150,7 @@ def main() -> int:
     parser.add_argument("--depth", help="depth for every model (default: each one's recommended depth)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument("--benchmarks", type=Path, help="also write the tables into this Markdown file (BENCHMARKS.md) between its lopo-table markers")
     args = parser.parse_args()
     datalist = args.datalist.resolve()
     classes = [name for value, name in sorted(json.loads(datalist.read_text())["labels"].items(), key=lambda item: int(item[0])) if int(value) > 0]
@@ -167,15 +168,19 @@ def main() -> int:
             old = evaluate(args.old, datalist, folder / f"old{fold}", ["--fold", str(fold)], args.threads, args.depth)
             results[fold] = {"new": per_class(new), "old": per_class(old)}
             everything[f"fold{fold}"], everything[f"old{fold}"] = new, old
-        print("## Leave one patient out: Dice per class (new fold model / today's bundled model)\n")
-        print(lopo_table(classes, results, patients))
+        text = "### Leave one patient out: Dice per class (new fold model / today's bundled model)\n\n" + lopo_table(classes, results, patients)
         if args.final:
             rows = evaluate(args.final, datalist, folder / "final", ["--section", "training"], args.threads, args.depth)
             everything["final"] = rows
-            print("## The model trained on every volume, on every volume (its training data)\n")
-            print(volume_table(rows, classes))
+            text += "\n### The model trained on every volume, on every volume (its training data)\n\n" + volume_table(rows, classes)
             if args.slicerio:
-                print(slicerio_check(args.final, args.old, args.threads, args.depth, folder / "slicerio"))
+                text += "\n" + slicerio_check(args.final, args.old, args.threads, args.depth, folder / "slicerio")
+    print(text, end="")
+    if args.benchmarks:
+        from marked_section import write_marked_section
+
+        command = "python bench/lopo_table.py " + " ".join(sys.argv[1:])
+        write_marked_section(args.benchmarks, "<!-- lopo-table:start -->", "<!-- lopo-table:end -->", f"{text}\n`{command}`\n")
     if args.json:
         args.json.write_text(json.dumps(everything, indent=2))
     return 0

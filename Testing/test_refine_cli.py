@@ -100,6 +100,7 @@ def test_bad_inputs_are_refused_in_one_message_before_any_work(cli, chest_ct_pat
     assert_refused(cli("refine", "--checkpoint", interactive, "--clicks", clicks, "--segment", "ribs", chest_ct_path, output), output, "give INITIAL")
     assert_refused(cli("refine", "--checkpoint", small_unet_one_class, "--clicks", clicks, chest_ct_path, output), output, "not an interactive model")
     assert_refused(cli("refine", "--checkpoint", interactive, "--clicks", tmp_path / "none.json", chest_ct_path, output), output, "no such clicks file")
+    assert_refused(cli("refine", "--checkpoint", tmp_path / "none.safetensors", "--clicks", clicks, chest_ct_path, output), output, "interactive checkpoint not found")
     assert_refused(cli("refine", "--checkpoint", interactive, "--clicks", clicks, chest_ct_path, chest_ct_path), chest_ct_path.parent / "never", "input or checkpoint")
     empty = tmp_path / "empty.nrrd"
     empty.write_bytes(b"")

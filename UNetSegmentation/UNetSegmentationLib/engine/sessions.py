@@ -37,7 +37,7 @@ from UNetSegmentationLib.engine.requests import (
 )
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.interactive.click_points import parse_click
-from UNetSegmentationLib.interactive.refine_file import load_interactive_model
+from UNetSegmentationLib.interactive.refine_file import check_interactive_checkpoint, load_interactive_model
 from UNetSegmentationLib.interactive.refined_output import InitialObject, read_initial, write_refined
 from UNetSegmentationLib.interactive.session import GuidedModel, RefineSession, SliceMasks, read_session_input
 from UNetSegmentationLib.io.file_digest import file_sha256
@@ -186,8 +186,7 @@ class Sessions:
 
     def _model(self, checkpoint: Path) -> GuidedModel:
         """The interactive model of ``checkpoint``, loaded once per file content."""
-        if not checkpoint.is_file():
-            raise UserError(f"interactive checkpoint {checkpoint} does not exist")
+        check_interactive_checkpoint(checkpoint)
         key = (str(checkpoint.resolve()), file_sha256(checkpoint))
         if key not in self._models:
             self._models[key] = self._loader(checkpoint)

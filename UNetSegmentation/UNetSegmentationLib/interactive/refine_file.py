@@ -15,17 +15,30 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.interactive.click_points import read_clicks_file
 from UNetSegmentationLib.interactive.refined_output import read_initial, write_refined
 from UNetSegmentationLib.interactive.session import GuidedModel, RefineSession, read_session_input
 from UNetSegmentationLib.io.outputs import check_output_path, claiming_outputs
+from UNetSegmentationLib.model.bundled import interactive_model_path
 from UNetSegmentationLib.protocol.events import REFINE
 from UNetSegmentationLib.protocol.reporters import Reporter
 
 
+def check_interactive_checkpoint(checkpoint) -> Path:
+    """``checkpoint`` if it is a file; the missing bundled interactive model named as such."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        if path == interactive_model_path():
+            raise UserError(f"the bundled interactive model is not installed ({path} is missing); give an interactive checkpoint with --checkpoint")
+        raise UserError(f"interactive checkpoint not found: {path}")
+    return path
+
+
 def load_interactive_model(checkpoint, threads: Optional[int] = None) -> GuidedModel:
-    """The interactive network of ``checkpoint`` (an automatic one is refused in one message), on
-    ``threads`` CPU threads when given (PyTorch's default otherwise)."""
+    """The interactive network of ``checkpoint`` (a missing file or an automatic model is refused in one
+    message), on ``threads`` CPU threads when given (PyTorch's default otherwise)."""
+    checkpoint = check_interactive_checkpoint(checkpoint)
     from UNetSegmentationLib.interactive.predictor import InteractiveModel  # torch only now
 
     if threads is not None:

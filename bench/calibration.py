@@ -56,6 +56,11 @@ def ranking(recorded: list, ratio: float, top: int) -> dict:
             "slices": int(scored.sum())}
 
 
+def _signed(value: float) -> str:
+    """A correlation, or n/a where it is undefined (every slice scored alike, or every Dice equal)."""
+    return "n/a" if value != value else f"{value:+.2f}"
+
+
 def table(rows: List[dict], top: int) -> str:
     lines = [f"| held-out patient (fold) | T (other folds) | ECE before | ECE after | slices | median slice Dice | top-{top} Dice before | "
              f"top-{top} Dice after | Spearman before | Spearman after |",
@@ -63,7 +68,7 @@ def table(rows: List[dict], top: int) -> str:
     for r in rows:
         lines.append(f"| {r['patient']} ({r['fold']}) | {r['temperature_other_folds']:.3f} | {r['ece_before']:.4f} | {r['ece_after']:.4f} | "
                      f"{r['before']['slices']} | {r['before']['median']:.3f} | {r['before']['top']:.3f} | {r['after']['top']:.3f} | "
-                     f"{r['before']['spearman']:+.2f} | {r['after']['spearman']:+.2f} |")
+                     f"{_signed(r['before']['spearman'])} | {_signed(r['after']['spearman'])} |")
     return "\n".join(lines) + "\n"
 
 

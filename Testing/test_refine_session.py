@@ -141,6 +141,24 @@ def test_the_rule_stops_where_the_change_is_negligible_or_the_object_ends():
     assert calls == [[4, 6], [3], [2]]  # the side above stops at the user's slice 7, the one below after 3 slices
 
 
+def test_a_mask_that_grows_on_every_slice_stops_at_twice_the_edited_slices():
+    """A network that dilates the previous mask it is given (seen with an early interactive model: a lung
+    click grew slice after slice past the lung's end) is stopped before its mask doubles."""
+    slices, shape = 12, (40, 40)
+    nothing = np.zeros((slices,) + shape, dtype=np.float32)
+    source = np.zeros(shape, np.float32)
+    source[18:22, 18:22] = 1.0  # 16 pixels
+
+    def dilating(ks, priors):
+        from scipy.ndimage import binary_dilation
+
+        return np.stack([binary_dilation(p >= 0.5).astype(np.float32) for p in priors])
+
+    written = propagate(0, slices, source, dilating, nothing.__getitem__, directions=(+1,))
+    assert [int((p >= 0.5).sum()) for _, p in written] == [32]  # 16 → 32 (written) → 52 > 2 x 16: stopped
+    assert [k for k, _ in written] == [1]
+
+
 def test_a_512_pixel_copy_runs_on_the_model_grid_and_answers_on_its_own(chest, tmp_path):
     image, _ = chest
     grid = sitk.Image([512, 512, 34], sitk.sitkInt16)

@@ -12,6 +12,11 @@ It stops, on each side, where:
 - the change becomes negligible: the new mask differs from the slice's current one in at most
   :attr:`PropagationRule.negligible_share` of their union (and at most ``negligible_pixels`` pixels
   when the union is small): the slices beyond already agree with the correction;
+- the object runs away: the new mask is more than :attr:`PropagationRule.max_growth` times the larger of
+  the edited slice's mask and the slice's current one (a network that dilates the previous mask it is
+  given grows it a little on every slice, past where the object ends: measured on the slicerio CT with an
+  early interactive model, a 50-pixel lung click grew to 6025 pixels 12 slices on, where there is no lung;
+  the slice is not written, a click there corrects it);
 - it reaches a slice the user edited (their own clicks decide that slice: a far click corrects from
   there), the volume's end, or :attr:`PropagationRule.max_slices`.
 
@@ -34,6 +39,7 @@ class PropagationRule:
     """When a propagation stops (see the module's docstring); the threshold is the sessions' one (0.5)."""
 
     max_slices: int = MAX_SLICES
+    max_growth: float = 2.0
     negligible_share: float = 0.01
     negligible_pixels: int = 4
     threshold: float = 0.5
@@ -58,6 +64,7 @@ def propagate(start: int, slice_count: int, source: np.ndarray, segment: Segment
     :class:`PropagationRule` stops that side. The sides advance together, one network call for both
     (a batch of two costs less than two calls of one: the network's fixed cost per call is paid once)."""
     results: List[Tuple[int, np.ndarray]] = []
+    source_area = int(np.count_nonzero(source >= rule.threshold))
     fronts = {direction: source for direction in directions}  # each side still going → its last result
     for distance in range(1, rule.max_slices + 1):
         for direction in list(fronts):
@@ -75,8 +82,8 @@ def propagate(start: int, slice_count: int, source: np.ndarray, segment: Segment
                 if was.any():
                     results.append((k, probabilities))
                 del fronts[direction]
-            elif rule.negligible(mask, was):
-                del fronts[direction]
+            elif rule.negligible(mask, was) or np.count_nonzero(mask) > rule.max_growth * max(source_area, np.count_nonzero(was)):
+                del fronts[direction]  # nothing left to carry, or a run-away growth: not written
             else:
                 results.append((k, probabilities))
                 fronts[direction] = probabilities

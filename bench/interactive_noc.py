@@ -267,12 +267,16 @@ def _after(trace: Trace, clicks: int) -> str:
     return f"{trace.dice[min(clicks, len(trace.dice) - 1)]:.2f}"
 
 
+def _mean_after(runs: Sequence[Run], clicks: int) -> str:
+    return f"{statistics.mean(r.trace.dice[min(clicks, len(r.trace.dice) - 1)] for r in runs):.2f}"
+
+
 def noc_table(runs: Sequence[Run], cases: Sequence[Case], start: str, cap: int) -> str:
     """One start's table: per case, NoC@85 / NoC@90 and the Dice at 0 and 5 clicks, both methods."""
     by_key = {(r.volume, r.structure, r.method, r.start): r for r in runs}
     rows = ["| structure | volume (held out) | voxels | Dice at 0 clicks | NoC@85 network | NoC@85 grow from seeds | "
-            "NoC@90 network | NoC@90 grow from seeds | Dice after 5 clicks network / grow from seeds |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "NoC@90 network | NoC@90 grow from seeds | Dice after 5 clicks network / grow from seeds | after 20 clicks |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     measured: Dict[str, List[Run]] = {"interactive": [], "grow from seeds": []}
     for case in cases:
         net, grow = by_key.get((case.volume, case.structure, "interactive", start)), by_key.get((case.volume, case.structure, "grow from seeds", start))
@@ -282,12 +286,13 @@ def noc_table(runs: Sequence[Run], cases: Sequence[Case], start: str, cap: int) 
         measured["grow from seeds"].append(grow)
         rows.append(f"| {case.structure} | {case.volume}: {case.held_out} | {net.voxels} | {net.trace.dice[0]:.2f} | "
                     f"{_noc(net.trace, TARGETS[0], cap)} | {_noc(grow.trace, TARGETS[0], cap)} | {_noc(net.trace, TARGETS[1], cap)} | "
-                    f"{_noc(grow.trace, TARGETS[1], cap)} | {_after(net.trace, 5)} / {_after(grow.trace, 5)} |")
+                    f"{_noc(grow.trace, TARGETS[1], cap)} | {_after(net.trace, 5)} / {_after(grow.trace, 5)} | {_after(net.trace, 20)} / {_after(grow.trace, 20)} |")
     if not measured["interactive"]:
         return ""
     net, grow = measured["interactive"], measured["grow from seeds"]
     rows.append(f"| **mean** ({len(net)} run{'' if len(net) == 1 else 's'}; >{cap} counts {cap}) | | | | **{_mean_noc(net, TARGETS[0], cap)}** | "
-                f"**{_mean_noc(grow, TARGETS[0], cap)}** | **{_mean_noc(net, TARGETS[1], cap)}** | **{_mean_noc(grow, TARGETS[1], cap)}** | |")
+                f"**{_mean_noc(grow, TARGETS[0], cap)}** | **{_mean_noc(net, TARGETS[1], cap)}** | **{_mean_noc(grow, TARGETS[1], cap)}** | "
+                f"{_mean_after(net, 5)} / {_mean_after(grow, 5)} | {_mean_after(net, 20)} / {_mean_after(grow, 20)} |")
     return "\n".join(rows) + "\n"
 
 

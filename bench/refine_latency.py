@@ -13,7 +13,7 @@ Three measurements:
   :class:`~UNetSegmentationLib.engine.client.EngineClient`, the left lung as ``initial``: what the Slicer
   effect waits for (request line, the edit, the ``.npy`` answer written, the ``done`` event read);
 - ``propagation ±30``: :meth:`RefineSession.propagate` from the middle slice of the 2.5 mm version, its
-  network forced to find an object (~30 mm) on every slice and its stop rule never satisfied, so that all
+  network forced to find an object (~30 mm) on every slice and its stop rules (negligible change, growth) off, so that all
   60 slices run (the worst case; a real propagation stops earlier where the object ends): whole slices,
   and around that object.
 
@@ -151,7 +151,7 @@ def measure_engine(path: Path, checkpoint: Path, clicks: List[dict], threads: in
 
 def measure_propagation(image: sitk.Image, model, sides: int, crop: bool) -> tuple:
     forced = _Forced(model)
-    session = RefineSession.open(image, forced, rule=PropagationRule(max_slices=sides, negligible_share=0.0, negligible_pixels=-1), crop=crop)
+    session = RefineSession.open(image, forced, rule=PropagationRule(max_slices=sides, max_growth=float("inf"), negligible_share=0.0, negligible_pixels=-1), crop=crop)
     middle = image.GetSize()[2] // 2
     session.add(parse_click({"ijk": [256, 256, middle], "positive": True}))
     started = time.process_time()

@@ -27,7 +27,7 @@ from UNetSegmentationLib.engine.model_cache import ModelCache
 from UNetSegmentationLib.engine.request_reporter import EventWriter
 from UNetSegmentationLib.engine.requests import REFINE_TYPES, RequestRefused, parse_request
 from UNetSegmentationLib.engine.server import WarmEngine, request_lines
-from UNetSegmentationLib.engine.sessions import Sessions
+from UNetSegmentationLib.engine.sessions import FOLDER_PREFIX, Sessions, remove_abandoned_folders
 from UNetSegmentationLib.interactive.click_points import parse_click
 from UNetSegmentationLib.interactive.session import RefineSession, read_session_input
 from UNetSegmentationLib.protocol.events import DONE, ERROR, RefineAnswer, check_nested
@@ -164,8 +164,18 @@ def test_a_real_engine_refines_and_a_dead_one_is_replaced_on_the_next_click(ches
         assert not alive(killed)
         lost = last("refine_click", session=opened["session"], click=CLICK)  # a new engine, which no longer has the session
         assert lost["event"] == ERROR and "open it again" in lost["message"] and client.starts == 2
+        assert not Path(clicked["masks"]).parent.exists()  # the dead engine's session folder: removed by the new one
         again = last("refine_open", input=str(chest_ct_path), checkpoint=str(checkpoint))
         assert last("refine_click", session=again["session"], click=CLICK)["event"] == DONE
         accepted = last("refine_accept", session=again["session"], output=str(output))
         assert accepted["event"] == DONE and accepted["changed_slices"] == [17]
     assert sitk.ReadImage(str(output)).GetSize() == (128, 128, 34) and leftovers(tmp_path) == []
+
+
+def test_the_folders_of_engines_no_longer_running_are_removed_and_only_those(tmp_path):
+    dead, alive_folder, other = tmp_path / f"{FOLDER_PREFIX}999999999-abc", tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-def", tmp_path / "unetseg-other"
+    for folder in (dead, alive_folder, other):
+        folder.mkdir()
+        (folder / "answer-1.npy").write_bytes(b"x")
+    assert remove_abandoned_folders(tmp_path) == [dead]
+    assert not dead.exists() and alive_folder.exists() and other.exists()

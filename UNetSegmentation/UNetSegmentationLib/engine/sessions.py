@@ -14,7 +14,8 @@ Nothing reaches the user's files unless the user accepts: ``refine_accept`` with
 object through the output gate and :func:`~..io.outputs.atomic_output` (INITIAL's other segments unchanged,
 :mod:`~..interactive.refined_output`); without ``output`` it only answers with every changed slice (the
 Slicer side applies them itself). ``refine_cancel``, an engine that stops, or a session given up for a
-newer one (more than :data:`MAX_SESSIONS` open) leaves nothing. A session lives in its engine: after a
+newer one (more than :data:`MAX_SESSIONS` open) leaves nothing; the folders of an engine that was killed
+are removed by the next engine that starts. A session lives in its engine: after a
 restart, a request naming it is told to open it again (the client replays its clicks).
 """
 
@@ -50,6 +51,8 @@ MAX_SESSIONS = 4
 MAX_MODELS = 2
 #: answers' mask files kept per session (older ones are removed)
 ANSWERS_KEPT = 8
+#: a session's temporary folder: ``unetseg-refine-<engine pid>-<random>`` in the system's temporary folder
+FOLDER_PREFIX = "unetseg-refine-"
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Sessions:
         self._open: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
         self._models: "collections.OrderedDict[Tuple[str, str], GuidedModel]" = collections.OrderedDict()
         self._loader = loader
+        remove_abandoned_folders()  # an engine killed with sessions open (SIGKILL, a crash) could not remove its own
 
     def run(self, request: Request, reporter: RequestReporter) -> dict:
         """Answer one refinement request with its ``done`` event (a problem is a :class:`UserError`)."""
@@ -106,7 +110,7 @@ class Sessions:
         session = RefineSession.open(image, self._model(checkpoint), None if initial is None else initial.mask, source=texts["input"])
         while len(self._open) >= MAX_SESSIONS:
             self._close(next(iter(self._open)))
-        folder = Path(tempfile.mkdtemp(prefix="unetseg-refine-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         self._open[name] = _Open(session, _geometry_of(image), Path(texts["input"]), checkpoint, initial, folder)  # the voxels are not kept
         grid = session.grid
         return {"session": name, "axis": grid.slice_axis_of_array(), "slices": [], "masks": None, "clicks": 0, "undo": 0,
@@ -194,6 +198,27 @@ class Sessions:
                 self._models.popitem(last=False)
         self._models.move_to_end(key)
         return self._models[key]
+
+
+def remove_abandoned_folders(root: Optional[Path] = None) -> List[Path]:
+    """Remove the session folders (answers only, never the user's files) of engines that are no longer running."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and folder.is_dir() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it is running
+        return True
+    return True
 
 
 def _geometry_of(image: sitk.Image) -> sitk.Image:

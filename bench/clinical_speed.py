@@ -9,8 +9,9 @@ ground truth onto the same grid. Built once into ``--cache`` (default: a folder 
 Tables:
 1. ``stages``: ``unetseg predict --progress json`` of ``--old`` (a git revision, checked out into a
    worktree) and of the working tree, alternating in fresh processes ``--rounds`` times per size
-   (machine noise falls on both alike); medians of the wall time, the done event's stage timings and
-   peak RSS (``ru_maxrss`` of the child), labels compared voxel for voxel and as Dice against the truth;
+   (machine noise falls on both alike); medians of the wall time, the child's CPU time (user + system, all
+   its threads: what a loaded machine does not inflate as it does the wall time), the done event's stage
+   timings and peak RSS (``ru_maxrss`` of the child), labels compared voxel for voxel and as Dice against the truth;
 2. ``compare``: in one process, interleaved: the network alone on the model-grid slices (plus reading
    and writing: the limit) and MONAI's ``Spacing`` to the model's spacing, ``SliceInferer`` of the same
    network, ``Spacing`` back.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -90,8 +92,8 @@ def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path, checkpoi
 
     values = [c.value for c in read_metadata(checkpoint).classes]
     print(f"\nload average at start: {os.getloadavg()[0]:.1f} (2 cores); {rounds} rounds, old/new alternating, medians; model {Path(checkpoint).name}\n")
-    print("| volume | revision | wall s | total_s | " + " | ".join(STAGES[:1] + ("check",) + STAGES[1:]) + " | around the network ÷ network | without read and write | peak RSS MB | voxels as old | mean Dice vs truth |")
-    print("| --- | --- | " + " | ".join(["---"] * (len(STAGES) + 8)) + " |")
+    print("| volume | revision | wall s | CPU s | total_s | " + " | ".join(STAGES[:1] + ("check",) + STAGES[1:]) + " | around the network ÷ network | without read and write | peak RSS MB | voxels as old | mean Dice vs truth |")
+    print("| --- | --- | " + " | ".join(["---"] * (len(STAGES) + 9)) + " |")
     for slices in sizes:
         ct, truth_file = fixture(slices, cache, checkpoint)
         truth = labels_of(truth_file)
@@ -100,7 +102,10 @@ def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path, checkpoi
         for _ in range(rounds):
             for name, tree in trees.items():
                 outputs[name] = scratch / f"{name}-{slices}.nrrd"
-                runs[name].append(engine(tree, "predict", "--checkpoint", str(checkpoint), str(ct), str(outputs[name]), "--overwrite", "--progress", "json", scratch=scratch))
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                wall, done, peak = engine(tree, "predict", "--checkpoint", str(checkpoint), str(ct), str(outputs[name]), "--overwrite", "--progress", "json", scratch=scratch)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                runs[name].append((wall, done, peak, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime))
         old_labels = labels_of(outputs["old"]) if "old" in outputs else None
         for name in trees:
             walls = [r[0] for r in runs[name]]
@@ -114,7 +119,7 @@ def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path, checkpoi
             inner = around - median("check_s") - median("read_s") - median("write_s")
             agreement = float((labels == old_labels).mean()) if old_labels is not None else float("nan")
             cells = [f"{median(k + '_s'):.2f}" for k in STAGES[:1] + ("check",) + STAGES[1:]]
-            print(f"| 512²×{slices} | {name} | {statistics.median(walls):.2f} | {median('total_s'):.2f} | " + " | ".join(cells)
+            print(f"| 512²×{slices} | {name} | {statistics.median(walls):.2f} | {statistics.median(r[3] for r in runs[name]):.2f} | {median('total_s'):.2f} | " + " | ".join(cells)
                   + f" | {around / max(median('network_s'), 1e-9):.1f} | {inner / max(median('network_s'), 1e-9):.1f} | {statistics.median(r[2] for r in runs[name]):.0f} | {100 * agreement:.3f} % | {dice(labels, truth, values):.4f} |")
 
 

@@ -9,7 +9,8 @@ predict`` (wall time from the process's start to its exit, and the engine's own 
 volume (wall time at the client from the request's line written to its ``done`` event read, the
 engine's ``total_s`` and ``load_model_s``). Medians of ``--rounds``, then each volume's stage timings
 (the ``done`` event's) fresh against warm, and the engine's first request per volume (the first one pays
-the engine's start-up and model load).
+the engine's start-up and model load). CPU seconds (user + system, all threads: the fresh process's, and the
+engine's during the request) are what a loaded machine does not inflate as it inflates wall times.
 
     nice -n 5 python bench/warm_engine.py [--rounds 3] [--volumes chest,clinical-512x512x300,clinical-gz] [--checkpoint CKPT]
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,23 +68,29 @@ def write_volumes(folder: Path) -> Dict[str, Path]:
 def fresh_predict(volume: Path, output: Path, checkpoint: str = "bundled") -> dict:
     """One ``unetseg predict`` process: its wall time and its ``done`` event."""
     command = [sys.executable, "-m", "UNetSegmentationLib", "predict", "--checkpoint", checkpoint, "--progress", "json", "--overwrite", str(volume), str(output)]
-    started = time.perf_counter()
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, capture_output=True, text=True, env=child_environment())
-    wall = time.perf_counter() - started
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     done = [json.loads(line) for line in result.stdout.splitlines() if '"event": "done"' in line]
     if result.returncode != 0 or not done:
         raise SystemExit(f"predict failed: {result.stderr[-500:]}")
-    return {"wall": wall, **done[-1]["timings"]}
+    return {"wall": wall, "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, **done[-1]["timings"]}
+
+
+def process_cpu(pid: int) -> float:
+    """User + system seconds process ``pid`` has used so far (all its threads; Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def warm_request(client: EngineClient, volume: Path, output: Path, checkpoint: str = "bundled") -> dict:
     """One request to the warm engine: the client's wall time and its ``done`` event."""
-    started = time.perf_counter()
+    started, before = time.perf_counter(), process_cpu(client.pid) if client.pid else 0.0
     events = list(client.events(client.segment(volume, output, SegmentationOptions(overwrite=True), checkpoint=checkpoint), timeout_s=600))
     wall = time.perf_counter() - started
     if events[-1]["event"] != "done":
         raise SystemExit(f"request failed: {events[-1]}")
-    return {"wall": wall, **events[-1]["timings"]}
+    return {"wall": wall, "cpu": process_cpu(client.pid) - before, **events[-1]["timings"]}
 
 
 def median(runs: List[dict], key: str) -> float:
@@ -112,12 +120,12 @@ def main() -> int:
                     fresh[name].append(fresh_predict(volume, folder / f"{name}-fresh.nrrd", checkpoint))
                     warm[name].append(warm_request(client, volume, folder / f"{name}-warm.nrrd", checkpoint))
     print(f"medians of {args.rounds} interleaved rounds; model {checkpoint}, CPU; load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| volume | fresh `predict`: wall s | its total_s (load_model_s) | warm request: wall s | its total_s (load_model_s) | fresh / warm wall |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| volume | fresh `predict`: wall s | CPU s | its total_s (load_model_s) | warm request: wall s | CPU s | its total_s (load_model_s) | fresh / warm wall |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in volumes:
         f, w = fresh[name], warm[name]
-        print(f"| {name} | {median(f, 'wall'):.2f} | {median(f, 'total_s'):.2f} ({median(f, 'load_model_s'):.2f}) | {median(w, 'wall'):.2f} | "
-              f"{median(w, 'total_s'):.2f} ({median(w, 'load_model_s'):.3f}) | {median(f, 'wall') / median(w, 'wall'):.1f}x |")
+        print(f"| {name} | {median(f, 'wall'):.2f} | {median(f, 'cpu'):.2f} | {median(f, 'total_s'):.2f} ({median(f, 'load_model_s'):.2f}) | {median(w, 'wall'):.2f} | "
+              f"{median(w, 'cpu'):.2f} | {median(w, 'total_s'):.2f} ({median(w, 'load_model_s'):.3f}) | {median(f, 'wall') / median(w, 'wall'):.1f}x |")
     for name in volumes:  # where the engine's own seconds go, fresh process against warm engine
         stages = [key for key in fresh[name][0] if key.endswith("_s") and all(key in run for run in fresh[name] + warm[name])]
         print(f"\n{name}, stage medians (s): | stage | fresh | warm |\n| --- | --- | --- |")

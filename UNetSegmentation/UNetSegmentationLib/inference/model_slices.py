@@ -126,6 +126,7 @@ class _PositionPair:
         if channels > 1:
             self.background[0] = 1.0  # softmax: background; one sigmoid channel: foreground 0
         self.lower, self.upper = self._placed(lower), self._placed(upper)
+        self.confidence_step = self.upper[1] - self.lower[1]  # once per pair: the same values the blend subtracts per slice
         differ = np.flatnonzero(self.lower[0] != self.upper[0]) if not self.same else np.zeros(0, np.int64)
         self.differ = differ
         ys, xs = np.divmod(differ, max(self.box[3] - self.box[2], 1))
@@ -161,7 +162,7 @@ class _PositionPair:
             return self.upper[0].copy(), self.upper[1].copy()
         w = np.float32(weight)
         chosen = self.lower[0].copy()
-        confidence = self.lower[1] + w * (self.upper[1] - self.lower[1])
+        confidence = self.lower[1] + w * self.confidence_step
         if self.differ.size:
             mixed_chosen, mixed_confidence = decided_in_numpy((self.lower_probabilities + w * (self.upper_probabilities - self.lower_probabilities))[None, :, :, None])
             chosen.reshape(-1)[self.differ] = mixed_chosen.reshape(-1)

@@ -122,9 +122,10 @@ def predict_volume(
         batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, predictor.required_multiple))
         t0 = time.perf_counter()
         decided = interpolated_decisions(batches, network_on_batch(guarded, timings), positions, (rows, columns), metadata.out_channels, count, batch_size, timings)
+        channels_are_labels = label_values.dtype == np.uint8 and np.array_equal(label_values, np.arange(len(label_values)))
         for indices, box, chosen, chosen_confidence in decided:
             t1 = time.perf_counter()
-            put(indices, box, label_values[chosen], chosen_confidence)
+            put(indices, box, chosen if channels_are_labels else label_values[chosen], chosen_confidence)
             timings["postprocess_s"] += time.perf_counter() - t1
         timings["preprocess_s"] = max(0.0, time.perf_counter() - t0 - sum(timings.values()))
         return PredictionResult(labels, confidence, timings)

@@ -208,8 +208,7 @@ def segment_volume(
     ``algorithm`` names the model in a DICOM SEG (default: from the checkpoint); ``slices``: only these
     slices along the slice axis are segmented, the others left background (:mod:`.slice_subset`)."""
     t_start = time.perf_counter() - model.seconds if t_start is None else t_start
-    metadata, plan, depth = model.metadata, model.plan, model.depth
-    predictor = model.predictor
+    metadata, plan, depth, predictor = model.metadata, model.plan, model.depth, model.predictor
     dicom = _dicom_source(header, outputs[0], model, algorithm)  # a SEG's segments checked before the volume is read
     t_model = time.perf_counter()
 

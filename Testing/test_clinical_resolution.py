@@ -21,11 +21,10 @@ from UNetSegmentationLib.inference.options import SegmentationOptions
 from UNetSegmentationLib.inference.pipeline import labels_from_probabilities, predict_volume
 from UNetSegmentationLib.inference.resolution import ModelGrid, model_grid_size, plan_model_grid, resample_labels, resample_probabilities
 from UNetSegmentationLib.inference.slicing import SliceGeometry, gather_context
-from UNetSegmentationLib.model.bundled import bundled_model_path
 from UNetSegmentationLib.model.checkpoint import load_checkpoint, save_checkpoint
 from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, make_classes
 
-BUNDLED = bundled_model_path()
+BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"  # the chest model: these expectations are about it
 
 
 def with_geometry(source: Path, target: Path, in_plane, slice_distance) -> Path:

@@ -74,7 +74,7 @@ from UNetSegmentationLib.model.metadata import ModelMetadata, Normalization, mak
 from UNetSegmentationLib.networks.registry import ARCHITECTURES, build_network  # noqa: E402
 from UNetSegmentationLib.protocol.reporters import Reporter  # noqa: E402
 
-BUNDLED = ROOT / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = ROOT / "UNetSegmentation" / "Resources" / "Models" / "ct-organs-unetplusplus.safetensors"
 PRECISIONS = ("fp32", "bf16", "fp16")
 CLASSES = ("a", "b", "c")  # 4 output channels (background + 3)
 

@@ -65,7 +65,7 @@ MR_STRUCTURES = {"liver": "liver", "spleen": "spleen", "right kidney": "kidney_r
                  "vertebrae": "vertebrae", "aorta": "aorta"}
 #: a structure with fewer voxels on a volume is not measured there
 MIN_VOXELS = 200
-BUNDLED = REPO / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = REPO / "Testing" / "Data" / "chest-ct-unetplusplus.safetensors"  # the chest model of rounds 1-2
 SHIPPED_INTERACTIVE = REPO / "UNetSegmentation" / "Resources" / "Models" / "interactive-ct-unetplusplus.safetensors"
 TS_REFERENCE = Path("/tmp/ts/totalsegmentator-2.18.0")
 START, END = "<!-- interactive-noc:start -->", "<!-- interactive-noc:end -->"

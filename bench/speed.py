@@ -76,7 +76,7 @@ from UNetSegmentationLib.backends.factory import create_predictor
 from UNetSegmentationLib.backends.plan import ExecutionRequest, plan_execution  # noqa: E402
 from UNetSegmentationLib.backends import device  # noqa: E402
 
-BUNDLED = ROOT / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+BUNDLED = ROOT / "Testing" / "Data" / "chest-ct-unetplusplus.safetensors"  # the chest model of rounds 1-2, which these tables measured
 START, END = "<!-- speed-results:start -->", "<!-- speed-results:end -->"
 PREDICT_BATCH = SegmentationOptions().batch_size  # what predict gathers per step by default
 CLASSES = ["a", "b", "c"]  # "a few classes": softmax over background + 3

@@ -8,7 +8,7 @@ button, progress bar, state text and log from a real SegmentationRun of the engi
 shipped in slicerio, captured half-way and then cancelled.
 
     QT_QPA_PLATFORM=offscreen python Resources/Tools/render_panel_screenshot.py \
-        [--checkpoint UNetSegmentation/Resources/Models/chest-ct-unetplusplus.safetensors] \
+        [--checkpoint UNetSegmentation/Resources/Models/ct-organs-unetplusplus.safetensors] \
         [--output Resources/Screenshots/UNetSegmentationPanel.png]
 """
 
@@ -71,7 +71,7 @@ def capture_run(checkpoint: Path, work: Path):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=REPO / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors")
+    parser.add_argument("--checkpoint", type=Path, default=REPO / "UNetSegmentation" / "Resources" / "Models" / "ct-organs-unetplusplus.safetensors")
     parser.add_argument("--output", type=Path, default=REPO / "Resources" / "Screenshots" / "UNetSegmentationPanel.png")
     parser.add_argument("--work", type=Path, default=Path("/tmp"))
     args = parser.parse_args()

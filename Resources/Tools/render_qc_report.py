@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors"
+MODEL = ROOT / "UNetSegmentation" / "Resources" / "Models" / "ct-organs-unetplusplus.safetensors"
 PICTURE = ROOT / "Resources" / "Screenshots" / "CohortQCReport.png"
 
 

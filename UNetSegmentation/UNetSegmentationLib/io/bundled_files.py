@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List
 
 #: file name of the bundled model, shipped in the module's Resources/Models (``unetseg demo`` runs it too)
-BUNDLED_MODEL_NAME = "chest-ct-unetplusplus.safetensors"
+BUNDLED_MODEL_NAME = "ct-organs-unetplusplus.safetensors"
 #: file name of the bundled interactive model (issue 26: ``unetseg refine`` and the refine sessions run it)
 INTERACTIVE_MODEL_NAME = "interactive-ct-unetplusplus.safetensors"
 #: what ships beside it: its ONNX export(s) and its model card

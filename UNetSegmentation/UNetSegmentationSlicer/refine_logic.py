@@ -506,7 +506,10 @@ def _image_array(image, extent: Sequence[int], binary: bool = False):
     if all(lo <= hi for lo, hi in zip(low, high)):
         target = tuple(slice(low[a] - extent[2 * a], high[a] - extent[2 * a] + 1) for a in (2, 1, 0))
         source = data[tuple(slice(low[a] - own[2 * a], high[a] - own[2 * a] + 1) for a in (2, 1, 0))]
-        out[target] = source != 0 if binary else source
+        if binary:
+            np.not_equal(source, 0, out=out[target].view(bool))  # in place: no volume-sized temporary
+        else:
+            out[target] = source
     return out
 
 

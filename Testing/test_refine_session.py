@@ -120,7 +120,7 @@ def test_propagation_stops_at_the_users_own_slices_and_within_the_limit(chest):
     assert near not in answer.slices and far not in answer.slices
 
 
-def test_the_rule_stops_where_the_change_is_negligible_or_the_object_ends():
+def test_the_rule_stops_where_the_change_is_negligible_the_object_ends_or_the_answer_would_replace_the_slices_own_mask():
     slices, shape = 10, (8, 8)
     current = np.zeros((slices,) + shape, dtype=np.float32)
     current[:, 2:6, 2:6] = 1.0
@@ -133,7 +133,11 @@ def test_the_rule_stops_where_the_change_is_negligible_or_the_object_ends():
     assert propagate(5, slices, current[5].copy(), segment, current.__getitem__, directions=(+1,)) == [] and calls == [[6]]
     calls.clear()
     emptied = propagate(5, slices, np.zeros(shape, np.float32), segment, current.__getitem__)
-    assert [k for k, _ in emptied] == [4, 6] and calls == [[4, 6]]  # both sides in one call; emptied: the object ends there
+    assert emptied == [] and calls == [[4, 6]]  # both sides in one call; empty: the object ends, nothing is written
+    calls.clear()
+    moved = np.zeros(shape, np.float32)
+    moved[4:8, 4:8] = 1.0  # overlaps the slices' own 4 x 4 masks by one pixel: a replacement, not a correction
+    assert propagate(5, slices, moved, segment, current.__getitem__) == [] and calls == [[4, 6]]
     calls.clear()
     grown = current[5].copy()
     grown[1:7, 1:7] = 1.0

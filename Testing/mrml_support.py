@@ -207,22 +207,32 @@ VOLUMES = {"chest CT": chest_ct, "oblique": oblique_volume}
 # --- the module's run on real MRML, with the engine as a child process -------------------------------
 
 
-_chest_copy: Optional[Path] = None
+_model_copies: Dict[Path, Path] = {}
+
+
+def _model_copy(model: Path) -> Path:
+    """``model`` with its shipped ONNX export, copied once per process into a temporary folder: an export
+    the engine caches beside the checkpoint goes there, never into the repository."""
+    if model not in _model_copies:
+        folder = Path(tempfile.mkdtemp(prefix=f"unetseg-{model.stem}-"))
+        atexit.register(shutil.rmtree, folder, True)
+        for path in model.parent.iterdir():
+            if path == model or (path.name.startswith(model.stem + ".") and path.name.endswith(".shipped.onnx")):
+                shutil.copy2(path, folder / path.name)
+        _model_copies[model] = folder / model.name
+    return _model_copies[model]
 
 
 def chest_model_copy() -> Path:
-    """The chest model (the bundled model of rounds 1-2, now a test fixture) with its shipped ONNX export,
-    copied once per process into a temporary folder: an export the engine caches beside the checkpoint
-    goes there, never into the repository."""
-    global _chest_copy
-    if _chest_copy is None:
-        folder = Path(tempfile.mkdtemp(prefix="unetseg-chest-model-"))
-        atexit.register(shutil.rmtree, folder, True)
-        for path in CHEST_MODEL.parent.iterdir():
-            if path == CHEST_MODEL or (path.name.startswith(CHEST_MODEL.stem + ".") and path.name.endswith(".shipped.onnx")):
-                shutil.copy2(path, folder / path.name)
-        _chest_copy = folder / CHEST_MODEL.name
-    return _chest_copy
+    """A copy of the chest model (the bundled model of rounds 1-2, now a test fixture), see :func:`_model_copy`."""
+    return _model_copy(CHEST_MODEL)
+
+
+def bundled_model_copy() -> Path:
+    """A copy of today's bundled model (the many-organ CT model), see :func:`_model_copy`."""
+    from UNetSegmentationLib.model.bundled import bundled_model_path
+
+    return _model_copy(bundled_model_path())
 
 
 @dataclass

@@ -65,7 +65,10 @@ FACTS: Dict[str, str] = {
 
 #: top-level Python packages a binary 3D Slicer (5.10 and later) ships in its own Python, besides the standard library
 SLICER_PYTHON_PACKAGES: Tuple[str, ...] = ("slicer", "qt", "ctk", "vtk", "vtkmodules", "PythonQt", "sitkUtils", "numpy", "SimpleITK",
-                                           "scipy", "requests")
+                                           "scipy", "requests",
+                                           # the Segment Editor's scripted-effect base (Slicer's Modules/Loadable/Segmentations/EditorEffects/Python)
+                                           # and its wrapped C++ effect classes, in every Slicer with the Segmentations module
+                                           "SegmentEditorEffects", "qSlicerSegmentationsEditorEffectsPythonQt")
 #: what the PyTorch extension (EXTENSION_DEPENDS PyTorch) brings: its module, and torch once it has installed it
 PYTORCH_EXTENSION_PACKAGES: Tuple[str, ...] = ("PyTorchUtils", "torch")
 

@@ -240,7 +240,7 @@ def test_a_scene_naming_a_model_that_no_longer_exists_falls_back_to_the_bundled_
     widget.setup()
     notice = f"The model this scene names, my-tuned-model.safetensors, no longer exists: using {bundled_model_path().name} instead."
     assert widget._parameterNode.checkpoint == bundled_model_path()
-    assert widget.ui.modelInfoLabel.text.startswith(notice + "\nUNet++, 7 segments")
+    assert widget.ui.modelInfoLabel.text.startswith(notice + "\nUNet++, 14 segments")
     assert notice in widget.ui.logTextEdit.lines
     assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
 

@@ -134,3 +134,22 @@ def test_a_joint_network_is_validated_with_zero_guidance_and_is_not_a_refinement
         InteractiveModel.load(output)
     with pytest.raises(UserError, match="not an interactive model"):
         InteractiveModel.load(cli("create", "--arch", "unet", "--classes", "liver", "--features", "4,8", tmp_path / "auto.safetensors") and tmp_path / "auto.safetensors")
+
+
+@pytest.mark.onnx
+def test_the_interactive_model_runs_through_its_checked_onnx_export_with_the_same_probabilities(cli, chest_ct_path, chest_segmentation_path, tmp_path):
+    from UNetSegmentationLib.backends.device import onnx_runtime_available
+    from UNetSegmentationLib.interactive.predictor import InteractiveModel
+
+    if not onnx_runtime_available():
+        pytest.skip("ONNX Runtime is not installed")
+    output = tmp_path / "interactive.safetensors"
+    assert cli("train", "--interactive", "object", "--image", chest_ct_path, "--label", chest_segmentation_path, *TINY, *FAST, output).code == 0
+    torch_model, onnx_model = InteractiveModel.load(output), InteractiveModel.load(output, backend="onnx")
+    assert (torch_model.backend, onnx_model.backend) == ("torch", "onnx") and onnx_model.spec == torch_model.spec
+    rng = np.random.default_rng(0)
+    images, guidance = rng.random((2, 3, 45, 51), dtype=np.float32), rng.random((2, 3, 45, 51), dtype=np.float32)
+    assert np.abs(onnx_model.predict(images, guidance) - torch_model.predict(images, guidance)).max() < 1e-4
+    assert InteractiveModel.load(output, backend="auto").backend == "onnx"  # the cached export, reused
+    with pytest.raises(UserError, match="torch, onnx or auto"):
+        InteractiveModel.load(output, backend="tensorrt")

@@ -7,13 +7,16 @@ mask or probability and the positive and negative click maps, its output one sig
 object under the clicks, whatever its class). It runs through the same
 :class:`~UNetSegmentationLib.backends.torch_network.ProbabilityNetwork` as automatic models (BatchNorm
 folded, sigmoid inside, UNet++ pruned to the recommended depth where there is one), padded to the
-network's required multiple and cropped back.
+network's required multiple and cropped back. ``backend="onnx"`` (or ``"auto"`` where ONNX Runtime is
+installed) runs the same computation through the engine's cached, checked ONNX export instead
+(:func:`~UNetSegmentationLib.backends.onnx_export.onnx_predictor_for`: 2-3x faster at the crop sizes of a
+click, measured by bench/refine_latency.py); the first load exports (seconds), later loads reuse it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,7 +31,8 @@ from UNetSegmentationLib.model.metadata import ModelMetadata
 class InteractiveModel:
     """A loaded interactive network; :meth:`predict` maps image channels and guidance to probabilities."""
 
-    def __init__(self, network: Any, metadata: ModelMetadata, path: Optional[Path] = None) -> None:
+    def __init__(self, network: Any, metadata: ModelMetadata, path: Optional[Path] = None,
+                 runner: Optional[Callable[[np.ndarray], np.ndarray]] = None, multiple: int = 0) -> None:
         if metadata.role != "interactive":
             raise UserError(f"{path or 'the model'} is not an interactive model (its role is {metadata.role!r}): "
                             "refinement needs a checkpoint trained with guidance (unetseg train --interactive object)")
@@ -38,6 +42,11 @@ class InteractiveModel:
         self.metadata = metadata
         self.spec = GuidanceSpec.from_dict(metadata.guidance, str(path or "checkpoint"))
         self.path = path
+        self.runner = runner  # an ONNX Runtime predictor: (N, 2c+4, H, W) -> (N, 1, H, W) probabilities
+        self.backend = "torch" if runner is None else "onnx"
+        if runner is not None:
+            self.multiple, self.network = max(1, int(multiple)), None
+            return
         depth = metadata.recommended_depth if hasattr(network, "forward_depth") else None
         self.multiple = int(network.required_multiple(depth)) if depth is not None else int(network.required_multiple())
         self.network = ProbabilityNetwork(network, depth, uses_softmax=False).eval()
@@ -46,14 +55,40 @@ class InteractiveModel:
             self.network.to(memory_format=torch.channels_last)
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "InteractiveModel":
-        """The interactive checkpoint at ``path`` (a :class:`UserError` for an automatic one or a bad file)."""
+    def load(cls, path: Union[str, Path], backend: str = "torch") -> "InteractiveModel":
+        """The interactive checkpoint at ``path`` (a :class:`UserError` for an automatic one or a bad file).
+        ``backend``: ``torch``, ``onnx`` (ONNX Runtime; a :class:`UserError` without it) or ``auto`` (ONNX
+        Runtime where it is installed and the export succeeds, else PyTorch)."""
+        if backend not in ("torch", "onnx", "auto"):
+            raise UserError(f"the interactive model's backend must be torch, onnx or auto, got {backend!r}")
         checkpoint = load_checkpoint(path, weights=False)
         if checkpoint.metadata.role != "interactive" or len(checkpoint.metadata.classes) != 1:
             return cls(None, checkpoint.metadata, Path(path))  # raises, naming the file
+        if backend != "torch":
+            onnx = cls._onnx(checkpoint, required=backend == "onnx")
+            if onnx is not None:
+                return cls(None, checkpoint.metadata, Path(path), runner=onnx, multiple=onnx.required_multiple)
         network = build_model(checkpoint)
         fold_batchnorm(network)
         return cls(network, checkpoint.metadata, Path(path))
+
+    @staticmethod
+    def _onnx(checkpoint: Any, required: bool) -> Any:
+        """The checked ONNX export's predictor at the recommended depth (None where ``auto`` falls back to PyTorch)."""
+        from UNetSegmentationLib.backends.device import onnx_runtime_available
+
+        if not onnx_runtime_available():
+            if required:
+                raise UserError("the interactive model's onnx backend needs ONNX Runtime (pip install -e \".[onnx]\")")
+            return None
+        from UNetSegmentationLib.backends.onnx_export import ExportError, onnx_predictor_for
+
+        try:
+            return onnx_predictor_for(checkpoint, checkpoint.metadata.recommended_depth, True, max(1, torch.get_num_threads()))
+        except ExportError as error:
+            if required:
+                raise UserError(f"{checkpoint.path}: {error}") from None
+            return None
 
     @property
     def context(self) -> int:
@@ -91,6 +126,8 @@ class InteractiveModel:
         batch = np.concatenate([image_channels, guidance], axis=1)
         if pad_r or pad_c:
             batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_r), (0, pad_c)))
+        if self.runner is not None:
+            return np.asarray(self.runner(np.ascontiguousarray(batch, dtype=np.float32)))[:, 0, :rows, :columns].astype(np.float32)
         tensor = torch.from_numpy(np.ascontiguousarray(batch))
         if self.channels_last:
             tensor = tensor.contiguous(memory_format=torch.channels_last)

@@ -161,12 +161,19 @@ def compare(sizes, rounds: int, cache: Path, scratch: Path, checkpoint: Path = M
             print(f"| 512²×{slices} | {name} | {statistics.median(r['total'] for r in runs):.2f} | {text} | {100 * agreement[name]:.2f} % |")
 
 
+def _checkpoint(text: str) -> Path:
+    """``--checkpoint``: a file, or ``bundled`` (the bundled model)."""
+    from UNetSegmentationLib.model.bundled import checkpoint_path
+
+    return Path(checkpoint_path(text))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="300")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
-    parser.add_argument("--checkpoint", type=Path, default=MODEL, help="the model (default: the bundled one)")
+    parser.add_argument("--checkpoint", type=_checkpoint, default=MODEL, help="the model: a checkpoint file, or 'bundled' (default: the chest model of rounds 1-2, Testing/Data)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         compare([int(s) for s in args.sizes.split(",")], args.rounds, args.cache, Path(scratch), args.checkpoint.resolve())

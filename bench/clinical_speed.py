@@ -123,6 +123,13 @@ def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path, checkpoi
                   + f" | {around / max(median('network_s'), 1e-9):.1f} | {inner / max(median('network_s'), 1e-9):.1f} | {statistics.median(r[2] for r in runs[name]):.0f} | {100 * agreement:.3f} % | {dice(labels, truth, values):.4f} |")
 
 
+def _checkpoint(text: str) -> Path:
+    """``--checkpoint``: a file, or ``bundled`` (the bundled model)."""
+    from UNetSegmentationLib.model.bundled import checkpoint_path
+
+    return Path(checkpoint_path(text))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default=None, help="git revision to compare against (checked out into a worktree)")
@@ -130,7 +137,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="300,600")
     parser.add_argument("--tables", default="stages,compare")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
-    parser.add_argument("--checkpoint", type=Path, default=MODEL, help="the model (default: the bundled one)")
+    parser.add_argument("--checkpoint", type=_checkpoint, default=MODEL, help="the model: a checkpoint file, or 'bundled' (default: the chest model of rounds 1-2, Testing/Data)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "bench"))
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -142,6 +149,13 @@ def main() -> int:
 
             trees["old"] = checkout(args.old, scratch / "old")
         trees["new"] = REPO
+        if "fixtures" in args.tables:  # (the child below) build the fixtures, nothing else
+            for slices in sizes:
+                fixture(slices, args.cache, args.checkpoint.resolve())
+            return 0
+        # built in a child process: a run's ru_maxrss starts at its parent's peak on Linux, and building a truth
+        # resamples every label's indicator on the 512² grid (GB for a many-class model)
+        subprocess.run([sys.executable, __file__, "--tables", "fixtures", "--sizes", args.sizes, "--cache", str(args.cache), "--checkpoint", str(args.checkpoint)], check=True)
         if "stages" in args.tables:
             stages(trees, sizes, args.rounds, args.cache, scratch, args.checkpoint.resolve())
         if "compare" in args.tables:

@@ -49,17 +49,18 @@ class SliceObserver(Protocol):
 OBSERVED_MARGIN = 4
 
 
-def _observed(indices: np.ndarray, box, shape, batch_labels: np.ndarray, batch_confidence: np.ndarray, label_slices: np.ndarray) -> tuple:
+def _observed(indices, count: int, box, shape, batch_labels: np.ndarray, batch_confidence: np.ndarray, label_slices: np.ndarray) -> tuple:
     """``(labels, confidence)`` as observers see them: ``box`` grown by :data:`OBSERVED_MARGIN` (clipped to the
-    slice ``shape``), the box's written labels read back and its confidence in a frame of certain background."""
+    slice ``shape``), the box's written labels of the ``count`` slices ``indices`` (an index array or a slice)
+    read back and its confidence in a frame of certain background."""
     r0, r1, c0, c1 = box
     if r1 <= r0 or c1 <= c0:
-        return np.zeros((len(indices), 0, 0), dtype=batch_labels.dtype), np.ones((len(indices), 0, 0), dtype=np.float32)
+        return np.zeros((count, 0, 0), dtype=batch_labels.dtype), np.ones((count, 0, 0), dtype=np.float32)
     w0, w1 = max(r0 - OBSERVED_MARGIN, 0), min(r1 + OBSERVED_MARGIN, shape[0])
     v0, v1 = max(c0 - OBSERVED_MARGIN, 0), min(c1 + OBSERVED_MARGIN, shape[1])
     if (w0, w1, v0, v1) == (r0, r1, c0, c1):
         return batch_labels, batch_confidence
-    confidence = np.ones((len(indices), w1 - w0, v1 - v0), dtype=np.float32)
+    confidence = np.ones((count, w1 - w0, v1 - v0), dtype=np.float32)
     confidence[:, r0 - w0:r1 - w0, c0 - v0:c1 - v0] = batch_confidence
     return label_slices[indices, w0:w1, v0:v1], confidence
 
@@ -108,11 +109,13 @@ def predict_volume(
     def put(indices: np.ndarray, box, batch_labels: np.ndarray, batch_confidence: np.ndarray) -> None:
         """Write the decided labels of ``indices`` on ``box`` (and what observers see)."""
         r0, r1, c0, c1 = box
-        label_slices[indices, r0:r1, c0:c1] = batch_labels
+        consecutive = len(indices) and int(indices[-1]) - int(indices[0]) == len(indices) - 1
+        chosen = slice(int(indices[0]), int(indices[-1]) + 1) if consecutive else indices  # a slice: no fancy-index copy
+        label_slices[chosen, r0:r1, c0:c1] = batch_labels
         if confidence_slices is not None:
-            confidence_slices[indices, r0:r1, c0:c1] = batch_confidence
+            confidence_slices[chosen, r0:r1, c0:c1] = batch_confidence
         if observers:
-            whole_labels, whole_confidence = _observed(indices, box, (rows, columns), batch_labels, batch_confidence, label_slices)
+            whole_labels, whole_confidence = _observed(chosen, len(indices), box, (rows, columns), batch_labels, batch_confidence, label_slices)
             for observer in observers:
                 observer.observe(indices, whole_labels, whole_confidence)
         reporter.progress(int(indices[-1]) + 1)

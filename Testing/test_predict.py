@@ -228,3 +228,22 @@ def test_a_gpu_that_is_not_there_is_named(cli, small_unetpp, oblique_volume_path
         pytest.skip("a GPU is present")
     result = cli("predict", "--checkpoint", small_unetpp, "--progress", "none", "--device", "cuda", oblique_volume_path, tmp_path / "o.nrrd")
     assert result.code == EXIT_USER_ERROR and "no CUDA GPU" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_an_interactive_model_is_refused_by_automatic_segmenting_with_one_message(cli, chest_ct_path, chest_segmentation_path, tmp_path, command):
+    """An interactive network needs guidance channels no automatic run has: ONNX Runtime's shape error, as a
+    traceback, is now one message naming what the model is for (unetseg refine)."""
+    from UNetSegmentationLib.model.bundled import interactive_model_path
+
+    if not interactive_model_path().is_file():
+        pytest.skip("no bundled interactive model in this checkout")
+    model = tmp_path / "interactive.safetensors"
+    model.write_bytes(interactive_model_path().read_bytes())
+    output = tmp_path / "labels.nrrd"
+    arguments = (("predict", "--checkpoint", model, chest_ct_path, output) if command == "predict" else
+                 ("evaluate", "--checkpoint", model, "--image", chest_ct_path, "--label", chest_segmentation_path, "--output-dir", tmp_path / "eval"))
+    result = cli(*arguments, "--progress", "none")
+    assert result.code == EXIT_USER_ERROR and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "is an interactive model" in result.stderr and "unetseg refine" in result.stderr
+    assert not output.exists() and not (tmp_path / "eval").exists()

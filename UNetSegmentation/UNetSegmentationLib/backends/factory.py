@@ -7,6 +7,8 @@ Every other value (device, precision, threads, slices per call) is the plan's, u
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Tuple
 
 from UNetSegmentationLib.backends.micro_batch import MicroBatched
@@ -50,6 +52,7 @@ def create_predictor(
     run with a checkpoint and depth exports the network (seconds to a minute), and a cached export
     that does not verify is made again. ``notes`` start with the plan's own (e.g. ``--threads`` lowered).
     """
+    checkpoint.metadata.check_automatic(Path(checkpoint.path).name)
     notes: List[str] = list(plan.notes)
     if plan.backend == "onnx":
         try:

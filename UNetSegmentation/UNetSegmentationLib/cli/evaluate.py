@@ -46,6 +46,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     output_dir = check_output(args.output_dir, what="--output-dir", overwrite=True, kind="folder", protected=protected)
     paths = {key: output_dir / name for key, name in OUTPUT_FILES.items()}
     checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint.metadata.check_automatic(Path(args.checkpoint).name)  # before any label is read
     volumes = labelled_volumes(cases, checkpoint.metadata.classes, args.other_labels, label_map, args.reporter.warning)  # label problems stop here
     output_dir.mkdir(parents=True, exist_ok=True)
     with claiming_outputs():  # the output gate for each result file, and one writer per file while the run goes on

@@ -111,6 +111,14 @@ class ModelMetadata:
         """``interactive`` (segments the object under clicks: guidance channels after the image's) or ``automatic``."""
         return "automatic" if self.guidance is None else "interactive"
 
+    def check_automatic(self, name: str) -> "ModelMetadata":
+        """This metadata when the model segments on its own; one :class:`UserError` for an interactive one,
+        whose input needs guidance channels no automatic run has (every automatic predictor asks this)."""
+        if self.role != "automatic":
+            raise UserError(f"{name} is an interactive model (it refines the object under clicks: unetseg refine, or Slicer's "
+                            "UNet refine effect); segmenting a volume needs an automatic model, e.g. --checkpoint bundled")
+        return self
+
     @property
     def in_channels(self) -> int:
         """Input channels: the slice and ``context`` neighbours on each side (2.5D); an interactive network's

@@ -387,10 +387,12 @@ def test_newlines_and_escape_codes_of_a_lineage_record_stay_out_of_the_card(tmp_
 
 
 def test_a_scene_naming_a_model_that_no_longer_exists_falls_back_and_says_so(tmp_path):
-    gone = tmp_path / "deleted-model.safetensors"
-    assert checkpoint_for_scene(gone, None) == (BUNDLED, f"The model this scene names, deleted-model.safetensors, no longer exists: using {BUNDLED.name} instead.")
-    assert checkpoint_for_scene(BUNDLED, None) == (BUNDLED, "")
-    assert checkpoint_for_scene(None, None) == (BUNDLED, "")
+    from UNetSegmentationLib.model.bundled import bundled_model_path
+
+    gone, bundled = tmp_path / "deleted-model.safetensors", bundled_model_path()
+    assert checkpoint_for_scene(gone, None) == (bundled, f"The model this scene names, deleted-model.safetensors, no longer exists: using {bundled.name} instead.")
+    assert checkpoint_for_scene(BUNDLED, None) == (BUNDLED, "")  # a model file that exists (the chest model) is kept
+    assert checkpoint_for_scene(None, None) == (bundled, "")
     assert checkpoint_for_scene(gone, None, bundled=tmp_path / "none.safetensors")[1].endswith("choose a model file.")
 
 

@@ -107,7 +107,7 @@ def test_a_series_without_modality_says_so(chest_ct_path, tmp_path):
 
     folder = series(chest_slices(chest_ct_path), tmp_path / "anonymous", no_modality)
     header = inspect_input(folder)
-    metadata = read_metadata(Path(__file__).parents[1] / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors")
+    metadata = read_metadata(Path(__file__).parent / "Data" / "chest-ct-unetplusplus.safetensors")  # the chest model (test fixture)
     image = sitk.ReadImage(list(header.dicom_files))
     findings = check_scan(header, sitk.GetArrayViewFromImage(image), metadata)
     assert scan_flags(findings) == [HEADER] and "Modality (0008,0060)" in findings[0].message
@@ -158,7 +158,7 @@ def test_a_ct_whose_intercept_was_applied_twice_is_flagged(chest_ct_path):
     image = sitk.ReadImage(str(chest_ct_path))
     values = sitk.GetArrayViewFromImage(image).astype(np.int32) - 1024
     header = inspect_input(chest_ct_path)
-    metadata = read_metadata(Path(__file__).parents[1] / "UNetSegmentation" / "Resources" / "Models" / "chest-ct-unetplusplus.safetensors")
+    metadata = read_metadata(Path(__file__).parent / "Data" / "chest-ct-unetplusplus.safetensors")  # the chest model (test fixture)
     findings = check_scan(header, values, metadata)
     assert scan_flags(findings) == [INTENSITY] and "darker than air" in findings[0].message
     assert check_scan(header, sitk.GetArrayViewFromImage(image), metadata) == []

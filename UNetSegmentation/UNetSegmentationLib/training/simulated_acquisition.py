@@ -65,7 +65,7 @@ class RandFieldOfViewCut(RandomizableTransform, MapTransform):
 
     def randomize(self, data: Any = None) -> None:
         super().randomize(None)
-        self._side = int(self.R.integers(4)) if hasattr(self.R, "integers") else int(self.R.randint(4))
+        self._side = int(self.R.randint(4))  # MONAI's R is a numpy RandomState
         self._share = float(self.R.uniform(0.05, self.depth))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:

@@ -62,7 +62,8 @@ HELD_OUT_SLICES = {"ctchest4": "4-6,16-17,27-28"}
 
 def training_datalist(datalist: dict, cases: Sequence[str]) -> dict:
     """The datalist restricted to ``cases`` (the held-out patient's volumes are not even listed)."""
-    kept = [dict(item) for item in datalist["training"] if item["name"] in set(cases)]
+    wanted = set(cases)
+    kept = [dict(item) for item in datalist["training"] if item["name"] in wanted]
     for item in kept:
         item.pop("fold", None)
         if item["name"] in HELD_OUT_SLICES:

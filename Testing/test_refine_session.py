@@ -208,7 +208,7 @@ def test_the_network_runs_around_the_object_and_the_clicks_with_the_whole_slices
     for click in ({"ijk": lung_centre(lung), "positive": False}, {"ijk": [60.0, 100.0, 5.0], "positive": True}):
         answers = [session.add(parse_click(click)) for session in sessions]
         assert np.array_equal(answers[0].masks, answers[1].masks)
-    assert all(np.array_equal(a.mask, b.mask) for a, b in [sessions])
+    assert np.array_equal(sessions[0].mask, sessions[1].mask)
     assert np.array_equal(sessions[0].propagate().masks, sessions[1].propagate().masks)
     pixels = [sum(int(np.prod(shape[2:])) for shape, _ in model.calls) for model in (cropped, whole)]
     assert pixels[0] < 0.8 * pixels[1]

@@ -16,7 +16,6 @@ table: class x checkpoint, at each checkpoint's recommended depth.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import subprocess
 import sys
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "Resources" / "Tools"))
 
 import training_data_scheme as scheme  # noqa: E402
+from prepare_training_data import total_class_map  # noqa: E402
 
 MEMBER = "totalsegmentator-2.18.0/"
 REFERENCE = MEMBER + "tests/reference_files/"
@@ -47,21 +47,13 @@ def unpack(sdist: Path, folder: Path) -> Path:
     return folder / MEMBER
 
 
-def total_classes(map_to_binary: Path) -> Dict[int, str]:
-    """``class_map["total"]`` of TotalSegmentator's map_to_binary.py, read as data (never imported)."""
-    for node in ast.parse(map_to_binary.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "class_map":
-            return ast.literal_eval(node.value)["total"]
-    raise SystemExit(f"no class_map in {map_to_binary}")
-
-
 def build_case(root: Path, folder: Path) -> Path:
     """``ct.nii.gz`` + ``labels.nii.gz`` (the scheme's values on the CT's grid) and a one-case datalist."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(root / "tests/reference_files/example_ct_dicom")))
     ct = reader.Execute()
     labels = sitk.ReadImage(str(root / "tests/reference_files/example_seg_dicom.nii.gz"))
-    mapped = sitk.GetImageFromArray(scheme.remap_labels(sitk.GetArrayFromImage(labels), total_classes(root / "totalsegmentator/map_to_binary.py")))
+    mapped = sitk.GetImageFromArray(scheme.remap_labels(sitk.GetArrayFromImage(labels), total_class_map((root / "totalsegmentator/map_to_binary.py").read_bytes())))
     mapped.CopyInformation(labels)
     on_ct = sitk.GetArrayFromImage(sitk.Resample(mapped, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
     on_ct = scheme.add_body(np.where(on_ct == scheme.CLASS_BY_NAME[scheme.BODY].value, 0, on_ct), sitk.GetArrayFromImage(ct).astype(np.int16))

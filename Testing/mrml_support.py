@@ -190,6 +190,22 @@ def chest_ct(mrml: Mrml, transformed: bool = False):
     return volume
 
 
+def chest_segment_editor(mrml: Mrml, segment_id: str):
+    """The chest CT, slicerio's segmentation of it placed on it, and a Segment Editor parameter set node
+    on both selecting SEGMENT_ID: (volume, segmentation, editor_node)."""
+    import slicerio
+
+    volume = chest_ct(mrml)
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT segmentation")
+    mrml.layer("scene").read_segmentation(Path(slicerio.get_testdata_file("Segmentation.seg.nrrd")), segmentation)
+    mrml.layer("scene").place_on_volume(segmentation, volume)
+    editor_node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor_node.SetAndObserveSegmentationNode(segmentation)
+    editor_node.SetAndObserveSourceVolumeNode(volume)
+    editor_node.SetSelectedSegmentID(segment_id)
+    return volume, segmentation, editor_node
+
+
 def oblique_volume(mrml: Mrml, transformed: bool = False):
     """The self-test's oblique (rotated on three axes), anisotropic (0.8x1.1x3.5 mm) CT-like volume, 32x28x10."""
     from UNetSegmentationLib.panel.selftest_support import oblique_ijk_to_ras, sample_volume_array

@@ -101,16 +101,7 @@ def kinds(engine) -> List[str]:
 
 
 def chest_scene(mrml):
-    import slicerio
-
-    volume = mrml_support.chest_ct(mrml)
-    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT segmentation")
-    mrml.layer("scene").read_segmentation(Path(slicerio.get_testdata_file("Segmentation.seg.nrrd")), segmentation)
-    mrml.layer("scene").place_on_volume(segmentation, volume)
-    editor_node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-    editor_node.SetAndObserveSegmentationNode(segmentation)
-    editor_node.SetAndObserveSourceVolumeNode(volume)
-    editor_node.SetSelectedSegmentID(TARGET)
+    volume, segmentation, editor_node = mrml_support.chest_segment_editor(mrml, TARGET)
     editor_node.SetOverwriteMode(editor_node.OverwriteNone)
     return volume, segmentation, editor_node
 

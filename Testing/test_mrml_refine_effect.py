@@ -48,16 +48,7 @@ class Scene:
 @pytest.fixture
 def refine(mrml) -> Scene:
     """The CT, its segmentation placed on it, a Segment Editor parameter set node selecting the right lung."""
-    import slicerio
-
-    volume = mrml_support.chest_ct(mrml)
-    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT segmentation")
-    mrml.layer("scene").read_segmentation(Path(slicerio.get_testdata_file("Segmentation.seg.nrrd")), segmentation)
-    mrml.layer("scene").place_on_volume(segmentation, volume)
-    editor_node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-    editor_node.SetAndObserveSegmentationNode(segmentation)
-    editor_node.SetAndObserveSourceVolumeNode(volume)
-    editor_node.SetSelectedSegmentID(TARGET)
+    volume, segmentation, editor_node = mrml_support.chest_segment_editor(mrml, TARGET)
     module = mrml.layer("refine_logic")
     editing = module.EditorLogicEditing(editor_node)
     logic = module.RefineLogic(editing)

@@ -281,6 +281,21 @@ def events_until_finished(run: EngineProcess, timeout_s: float = 60) -> list:
 # --- a tiny labelled training case ---------------------------------------------------------------------
 
 
+def write_two_fold_chest_datalist(folder: Path, chest_ct_path: Path, chest_segmentation_path: Path, fold1_labelled: Sequence[str]) -> Path:
+    """The chest CT and its segmentation twice, as two 'patients' ``ct0`` (fold 0, every class labelled) and
+    ``ct1`` (fold 1, whose ``labelled_classes`` are ``fold1_labelled``), in ``folder/datalist.json``; returns that path."""
+    cases = []
+    for fold in (0, 1):
+        image, label = folder / f"ct{fold}.nrrd", folder / f"ct{fold}.seg.nrrd"
+        shutil.copyfile(chest_ct_path, image)
+        shutil.copyfile(chest_segmentation_path, label)
+        cases.append({"name": f"ct{fold}", "image": image.name, "label": label.name, "fold": fold})
+    cases[1]["labelled_classes"] = list(fold1_labelled)
+    datalist = folder / "datalist.json"
+    datalist.write_text(json.dumps({"training": cases}))
+    return datalist
+
+
 def write_tiny_case(folder: Path, size=(40, 36, 12)) -> Path:
     """``case.nrrd`` (CT-like, anisotropic) + ``case_label.nrrd`` (1 'body' above -500 HU, 2 'bone'
     above 400 HU) + ``datalist.json`` listing them for training; returns ``folder``."""

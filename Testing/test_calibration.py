@@ -17,12 +17,14 @@ import dataclasses
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from support import write_two_fold_chest_datalist
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.evaluation.calibration import (
     CalibrationBins, FitSample, known_correctness, lopo_temperatures, marginal_nll, fit_temperature,
@@ -180,19 +182,9 @@ def test_calibration_error_counts_only_voxels_whose_correctness_is_known():
 def two_fold_datalist(tmp_path_factory, chest_ct_path, chest_segmentation_path):
     """The chest CT as two 'patients' (folds 0 and 1; fold 1 labels only the lungs and ribs), the bundled model as both fold models."""
     folder = tmp_path_factory.mktemp("calibration")
-    cases = []
     for fold in (0, 1):
-        image, label = folder / f"ct{fold}.nrrd", folder / f"ct{fold}.seg.nrrd"
-        image.write_bytes(chest_ct_path.read_bytes())
-        label.write_bytes(chest_segmentation_path.read_bytes())
-        case = {"name": f"ct{fold}", "image": image.name, "label": label.name, "fold": fold}
-        if fold == 1:
-            case["labelled_classes"] = ["ribs", "right lung", "left lung"]
-        cases.append(case)
-        (folder / f"fold{fold}.safetensors").write_bytes(BUNDLED.read_bytes())
-    datalist = folder / "datalist.json"
-    datalist.write_text(json.dumps({"training": cases}))
-    return datalist
+        shutil.copyfile(BUNDLED, folder / f"fold{fold}.safetensors")
+    return write_two_fold_chest_datalist(folder, chest_ct_path, chest_segmentation_path, ["ribs", "right lung", "left lung"])
 
 
 def test_replaying_the_recorded_outputs_gives_predicts_labels_and_each_class_probability(two_fold_datalist):

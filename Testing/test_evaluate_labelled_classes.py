@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from support import write_two_fold_chest_datalist
+
 BUNDLED = Path(__file__).resolve().parent / "Data" / "chest-ct-unetplusplus.safetensors"
 ALL_CLASSES = {"ribs", "cervical vertebral column", "thoracic vertebral column", "lumbar vertebral column", "right lung", "left lung", "tissue"}
 
@@ -18,17 +20,7 @@ ALL_CLASSES = {"ribs", "cervical vertebral column", "thoracic vertebral column",
 def datalist(tmp_path_factory, chest_ct_path, chest_segmentation_path) -> Path:
     """Fold 0: the CT with every class labelled; fold 1: the same CT whose labels are said to cover only the lungs
     and the liver (a class the bundled model does not have)."""
-    folder = tmp_path_factory.mktemp("lopo")
-    cases = []
-    for fold in (0, 1):
-        image, label = folder / f"ct{fold}.nrrd", folder / f"ct{fold}.seg.nrrd"
-        image.write_bytes(chest_ct_path.read_bytes())
-        label.write_bytes(chest_segmentation_path.read_bytes())
-        cases.append({"name": f"ct{fold}", "image": image.name, "label": label.name, "fold": fold})
-    cases[1]["labelled_classes"] = ["right lung", "left lung", "liver"]
-    path = folder / "datalist.json"
-    path.write_text(json.dumps({"training": cases}))
-    return path
+    return write_two_fold_chest_datalist(tmp_path_factory.mktemp("lopo"), chest_ct_path, chest_segmentation_path, ["right lung", "left lung", "liver"])
 
 
 def evaluated(cli, datalist: Path, folder: Path, *options) -> tuple:

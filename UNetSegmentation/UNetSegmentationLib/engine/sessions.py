@@ -43,6 +43,7 @@ from UNetSegmentationLib.interactive.refined_output import InitialObject, read_i
 from UNetSegmentationLib.interactive.session import GuidedModel, RefineSession, SliceMasks, read_session_input
 from UNetSegmentationLib.io.file_digest import file_sha256
 from UNetSegmentationLib.io.outputs import check_output_path, claiming_outputs
+from UNetSegmentationLib.io.segmentations import grid_reference
 from UNetSegmentationLib.model.bundled import interactive_checkpoint_path
 
 #: sessions open at once (each holds a volume on the model grid); opening one more gives up the least recently used
@@ -60,7 +61,7 @@ class _Open:
     """One open session and what its accept needs."""
 
     session: RefineSession
-    geometry: sitk.Image  # the input's grid without its voxels (1 voxel): what the written object's grid is copied from
+    geometry: sitk.Image  # the input's grid without its voxels (io.segmentations.grid_reference): what the written object's grid is copied from
     input: Path
     checkpoint: Path
     initial: Optional[InitialObject]
@@ -111,7 +112,7 @@ class Sessions:
         while len(self._open) >= MAX_SESSIONS:
             self._close(next(iter(self._open)))
         folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
-        self._open[name] = _Open(session, _geometry_of(image), Path(texts["input"]), checkpoint, initial, folder)  # the voxels are not kept
+        self._open[name] = _Open(session, grid_reference(image), Path(texts["input"]), checkpoint, initial, folder)  # the voxels are not kept
         grid = session.grid
         return {"session": name, "axis": grid.slice_axis_of_array(), "slices": [], "masks": None, "clicks": 0, "undo": 0,
                 "slice_count": grid.slice_count, "model_grid": list(grid.model_size), "target": None if initial is None else initial.name}
@@ -152,7 +153,7 @@ class Sessions:
             protected = [p for p in (opened.input, opened.checkpoint, None if opened.initial is None else opened.initial.labels.path) if p is not None]
             with claiming_outputs():
                 path = check_output_path(output, overwrite, protected=protected)
-                write_refined(path, _on_grid(opened.geometry, opened.session.mask.shape), opened.session.mask, opened.initial, overwrite)
+                write_refined(path, opened.geometry, opened.session.mask, opened.initial, overwrite)
         session = opened.session
         self._close(name)
         return {"axis": session.grid.slice_axis_of_array(), "slices": [], "masks": None, "clicks": len(session.clicks), "undo": 0,
@@ -219,24 +220,6 @@ def _running(pid: int) -> bool:
     except OSError:  # another user's process: it is running
         return True
     return True
-
-
-def _geometry_of(image: sitk.Image) -> sitk.Image:
-    """A one-voxel image carrying ``image`` 's spacing, origin and direction (its size is the mask's shape)."""
-    geometry = sitk.Image([1, 1, 1], sitk.sitkUInt8)
-    geometry.SetSpacing(image.GetSpacing())
-    geometry.SetOrigin(image.GetOrigin())
-    geometry.SetDirection(image.GetDirection())
-    return geometry
-
-
-def _on_grid(geometry: sitk.Image, shape: Tuple[int, ...]) -> sitk.Image:
-    """An empty uint8 image of ``shape`` (``[k, j, i]``) on ``geometry`` 's grid: the reference the writer copies."""
-    reference = sitk.Image([int(shape[2]), int(shape[1]), int(shape[0])], sitk.sitkUInt8)
-    reference.SetSpacing(geometry.GetSpacing())
-    reference.SetOrigin(geometry.GetOrigin())
-    reference.SetDirection(geometry.GetDirection())
-    return reference
 
 
 def _text(fields: Dict[str, Any], key: str) -> Optional[str]:

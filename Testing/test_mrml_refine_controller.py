@@ -114,6 +114,14 @@ def ras_of(volume, ijk) -> list:
     return list(matrix.MultiplyPoint(list(ijk) + [1.0])[:3])
 
 
+def click_and_answer(controller, volume) -> None:
+    """A positive click outside the right lung, inside the body, on slice 15, then the ticks that carry
+    it through the engine (open, click, propagate)."""
+    controller.click(ras_of(volume, (20, 60, 15)), positive=True)
+    for _ in range(4):
+        controller.tick()
+
+
 @pytest.fixture
 def flow(mrml, tmp_path):
     volume, segmentation, editor_node = chest_scene(mrml)
@@ -151,9 +159,7 @@ def test_a_click_opens_a_session_from_the_segment_and_its_answer_is_previewed(fl
 def test_apply_applies_the_preview_and_ends_the_session(flow):
     controller, engine, volume, segmentation, logic = flow
     before = logic.segment_array(segmentation, TARGET, volume)
-    controller.click(ras_of(volume, (20, 60, 15)), positive=True)
-    for _ in range(4):
-        controller.tick()
+    click_and_answer(controller, volume)
     applied = controller.apply()
     controller.tick()
     after = logic.segment_array(segmentation, TARGET, volume)
@@ -167,9 +173,7 @@ def test_apply_applies_the_preview_and_ends_the_session(flow):
 def test_undo_in_the_session_restores_the_preview(flow):
     controller, engine, volume, segmentation, logic = flow
     before = logic.segment_array(segmentation, TARGET, volume)
-    controller.click(ras_of(volume, (20, 60, 15)), positive=True)
-    for _ in range(4):
-        controller.tick()
+    click_and_answer(controller, volume)
     controller.undo()
     controller.tick()
     assert kinds(engine)[-1] == "refine_undo"
@@ -188,9 +192,7 @@ def test_what_comes_after_apply_is_not_applied_and_cancel_changes_nothing(flow):
     assert (logic.segment_array(segmentation, TARGET, volume) == before).all(), "an answer the user never saw is not applied"
     assert controller.logic.preview_node is None and kinds(engine) == ["refine_open", "refine_accept"], "the waiting click was dropped"
 
-    controller.click(ras_of(volume, (20, 60, 15)), positive=True)
-    for _ in range(4):
-        controller.tick()
+    click_and_answer(controller, volume)
     assert controller.logic.preview_node is not None
     controller.cancel()
     controller.tick()
@@ -204,9 +206,7 @@ def test_a_dead_engine_is_replaced_on_the_next_click_from_the_preview(flow):
     import SimpleITK as sitk
 
     controller, engine, volume, segmentation, logic = flow
-    controller.click(ras_of(volume, (20, 60, 15)), positive=True)
-    for _ in range(4):
-        controller.tick()
+    click_and_answer(controller, volume)
     engine.fail_next = "the warm engine process ended (exit code -9); the next request starts a new engine"
     controller.click(ras_of(volume, (20, 60, 16)), positive=True)
     for _ in range(6):

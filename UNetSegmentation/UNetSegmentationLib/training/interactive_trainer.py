@@ -77,7 +77,6 @@ class InteractiveTrainer(Trainer):
         config = self.config
         spec = GuidanceSpec()
         self.automatic_metadata = data.metadata  # its classes: every labelled class of every case is an object
-        self.automatic_classes = [c.name for c in data.metadata.classes]
         data.metadata = interactive_metadata(data.metadata, config.interactive, spec)
         torch.manual_seed(config.seed)
         model = build_network(data.metadata.architecture, data.metadata.kwargs).to(device, memory_format=memory_format(device)).train()
@@ -121,5 +120,5 @@ class InteractiveTrainer(Trainer):
     def _checkpoint_metadata(self, setup: TrainingSetup, state: RunState, ms_per_slice: Optional[Dict[int, float]] = None, finished: bool = False) -> ModelMetadata:
         metadata = super()._checkpoint_metadata(setup, state, ms_per_slice, finished)
         simulation = dataclasses.asdict(self.simulation)  # the mode, the shares and the spec
-        metadata.training["interactive"] = {**simulation, "automatic_classes": self.automatic_classes}
+        metadata.training["interactive"] = {**simulation, "automatic_classes": [c.name for c in self.automatic_metadata.classes]}
         return metadata

@@ -25,6 +25,7 @@ leave-one-patient-out training's fold models, which only whoever trains a model 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 from pathlib import Path
@@ -120,7 +121,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     from UNetSegmentationLib.io.output_gate import check_output
 
     protected = [p for p in (args.model, args.datalist) if p is not None]
-    protected += sorted(Path(args.fold_models.format(fold="*")).parent.glob(Path(args.fold_models).name.replace("{fold}", "*")))
+    protected += sorted(Path(p) for p in glob.glob(args.fold_models.replace("{fold}", "*")))  # {fold} may stand in a folder's name too
     for path, what in ((args.output, "--output"), (args.report, "--report")):
         if path is not None:
             check_output(path, what=what, overwrite=args.overwrite, protected=protected)

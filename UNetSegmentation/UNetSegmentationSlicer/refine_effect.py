@@ -174,30 +174,26 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # -- buttons and timer -----------------------------------------------------------------------------
 
-    def onTimer(self):
+    def _forward(self, action):
+        """Call the controller's ACTION (when the effect is active), then show its state."""
         if self.controller is not None:
-            self.controller.tick()
+            getattr(self.controller, action)()
         self._showState()
+
+    def onTimer(self):
+        self._forward("tick")
 
     def onApply(self):
-        if self.controller is not None:
-            self.controller.apply()
-        self._showState()
+        self._forward("apply")
 
     def onCancel(self):
-        if self.controller is not None:
-            self.controller.cancel()
-        self._showState()
+        self._forward("cancel")
 
     def onUndo(self):
-        if self.controller is not None:
-            self.controller.undo()
-        self._showState()
+        self._forward("undo")
 
     def onPropagate(self):
-        if self.controller is not None:
-            self.controller.propagate()
-        self._showState()
+        self._forward("propagate")
 
     def onPropagateToggled(self, checked):
         self.scriptedEffect.setParameter(PROPAGATE_PARAMETER, 1 if checked else 0)

@@ -160,8 +160,7 @@ class RefineClient:
         if self.session is not None:
             self.queue.clear()
             self._request = None
-            self._add(CANCEL)
-            self._send_next([])
+            self._add(CANCEL)  # sent at once: nothing is with the engine
         self._request, self.session = None, None
         self.queue.clear()
         folder, self._folder = self._folder, None

@@ -91,7 +91,7 @@ def main() -> int:
     for row in rows:
         checkpoint, recorded = runs[row["fold"]]
         own = checkpoint.metadata.temperature
-        after = row["temperature_other_folds"] if row["temperature_other_folds"] == row["temperature_other_folds"] else own
+        after = calibrate_model.temperature_after(own, row["temperature_other_folds"])
         row["before"], row["after"] = ranking(recorded, 1.0, args.top), ranking(recorded, after / own, args.top)
     text = table(rows, args.top) + (f"\ntemperature fitted on all held-out data (what the shipped model gets): {temperatures.shipped:.4f}; "
                                     f"per fold on its own data: {', '.join(f'{k}: {t:.3f}' for k, t in temperatures.own.items())}\n")

@@ -65,6 +65,12 @@ def held_out_runs(datalist: Path, pattern: str, depth, threads, data_root=None, 
     return runs
 
 
+def temperature_after(own: float, other_folds: float) -> float:
+    """The temperature a fold's after-calibration figures use: the one fitted on the other folds (NaN with one
+    fold only: nothing else to fit on, so the checkpoint's ``own``)."""
+    return other_folds if other_folds == other_folds else own
+
+
 def fit(runs: Dict[int, Tuple[object, list]]) -> Tuple[object, List[dict]]:
     """The fold temperatures and one row per fold: temperatures, NLL and ECE before and after."""
     from UNetSegmentationLib.evaluation.calibration import FitSample, expected_calibration_error, fit_sample, lopo_temperatures, marginal_nll
@@ -74,7 +80,7 @@ def fit(runs: Dict[int, Tuple[object, list]]) -> Tuple[object, List[dict]]:
     rows = []
     for fold, (checkpoint, recorded) in runs.items():
         own_t, lopo_t = checkpoint.metadata.temperature, temperatures.held_out[fold]
-        after_t = lopo_t if lopo_t == lopo_t else own_t  # one fold only: nothing else to fit on
+        after_t = temperature_after(own_t, lopo_t)
         rows.append({
             "fold": fold, "patient": ", ".join(v.name for v in recorded), "checkpoint": str(checkpoint.path),
             "temperature_own_fit": temperatures.own[fold], "temperature_other_folds": lopo_t,

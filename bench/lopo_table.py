@@ -92,12 +92,11 @@ def lopo_table(classes: List[str], results: Dict[int, dict], patients: Dict[int,
     lines = ["| class | " + " | ".join(f"{patients[k]} (fold {k}): new / old" for k in folds) + " |", "|---|" + "---:|" * len(folds)]
     for name in classes:
         lines.append(f"| {name} | " + " | ".join(_cell(results[k]["new"].get(name), results[k]["old"].get(name)) for k in folds) + " |")
-    for label, key in (("mean (classes both have)", None),):
-        cells = []
-        for k in folds:
-            shared = [c for c in classes if results[k]["new"].get(c) is not None and results[k]["old"].get(c) is not None]
-            cells.append(f"{np.mean([results[k]['new'][c] for c in shared]):.3f} / {np.mean([results[k]['old'][c] for c in shared]):.3f} ({len(shared)})" if shared else "n/a")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = []
+    for k in folds:
+        shared = [c for c in classes if results[k]["new"].get(c) is not None and results[k]["old"].get(c) is not None]
+        cells.append(f"{np.mean([results[k]['new'][c] for c in shared]):.3f} / {np.mean([results[k]['old'][c] for c in shared]):.3f} ({len(shared)})" if shared else "n/a")
+    lines.append("| mean (classes both have) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n\n✗: the old model did better on that class. Dice: agreement with the reference labels (TotalSegmentator's outputs for the "
                                "TS volumes). Today's bundled model was trained on the slicerio CT (all but 7 of its slices), so its figures on that patient "
                                "are on its training data; --slicerio compares both on those 7 slices.\n")
@@ -153,14 +152,15 @@ def main() -> int:
     parser.add_argument("--benchmarks", type=Path, help="also write the tables into this Markdown file (BENCHMARKS.md) between its lopo-table markers")
     args = parser.parse_args()
     datalist = args.datalist.resolve()
-    classes = [name for value, name in sorted(json.loads(datalist.read_text())["labels"].items(), key=lambda item: int(item[0])) if int(value) > 0]
-    entries = json.loads(datalist.read_text())["training"]
-    patients = {k: ", ".join(sorted({str(e.get("patient", e.get("name"))) for e in entries if e.get("fold") == k})) for k in fold_numbers(datalist)}
+    spec = json.loads(datalist.read_text())
+    classes = [name for value, name in sorted(spec["labels"].items(), key=lambda item: int(item[0])) if int(value) > 0]
+    folds = fold_numbers(datalist)
+    patients = {k: ", ".join(sorted({str(e.get("patient", e.get("name"))) for e in spec["training"] if e.get("fold") == k})) for k in folds}
     results: Dict[int, dict] = {}
     everything: Dict[str, list] = {}
     with tempfile.TemporaryDirectory(prefix="lopo-table-") as temporary:
         folder = Path(temporary)
-        for fold in fold_numbers(datalist):
+        for fold in folds:
             if args.folds and str(fold) not in args.folds.split(","):
                 continue
             model = args.fold_models.format(fold=fold)

@@ -7,6 +7,7 @@ every other segment unchanged), the clicks applied in order exactly as a session
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,9 @@ from refine_support import left_lung, write_tiny_interactive_checkpoint
 from support import assert_refused, leftovers
 from UNetSegmentationLib.interactive.click_points import read_clicks_file
 from UNetSegmentationLib.interactive.predictor import InteractiveModel
+from UNetSegmentationLib.interactive.refined_output import InitialObject, refined_labels
 from UNetSegmentationLib.interactive.session import RefineSession, read_session_input
-from UNetSegmentationLib.io.labels import read_label
+from UNetSegmentationLib.io.labels import LabelVolume, read_label
 from UNetSegmentationLib.io.volumes import ijk_to_lps
 from UNetSegmentationLib.protocol.events import check_event
 
@@ -122,3 +124,10 @@ def test_an_empty_label_map_as_initial_starts_the_object_empty_as_label_one(cli,
     assert result.code == 0, result.stderr
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
     assert set(np.unique(written)) <= {0, 1} and not written[[k for k in range(34) if k not in (17, 20)]].any()
+
+
+def test_an_empty_label_above_every_value_held_is_written_in_a_type_that_holds_it():
+    """``--segment 300`` of a uint8 label map holding only 5: the object is written as 300, not wrapped or refused."""
+    initial = InitialObject(LabelVolume(Path("initial.nrrd"), np.array([[[0, 5]]], np.uint8)), 300, "label 300")
+    array, classes = refined_labels(np.array([[[True, False]]]), initial)
+    assert array.tolist() == [[[300, 5]]] and [c.value for c in classes] == [5, 300]

@@ -82,7 +82,7 @@ def refined_labels(mask: np.ndarray, initial: Optional[InitialObject]) -> Tuple[
     if initial is None:
         return mask.astype(np.uint8), [ClassInfo(1, REFINED_NAME, DEFAULT_COLORS[0])]
     source = initial.labels
-    array = source.array.astype(label_dtype(int(source.array.max(initial=0))), copy=True)
+    array = source.array.astype(label_dtype(max(initial.value, int(source.array.max(initial=0)))), copy=True)  # an empty label named by --segment may be above every value held
     array[array == initial.value] = 0
     array[mask & (array == 0)] = initial.value  # the other segments keep their voxels
     if source.segments is not None:

@@ -163,7 +163,7 @@ class RefineController:
         self.client.open(self._volume_file, None if initial is None else Path(initial))
 
     def _show(self, answer: RefineAnswer) -> None:
-        if answer.latency_ms is not None and answer.kind == "click":
+        if answer.latency_ms is not None and answer.kind == CLICK:
             self.latencies_ms.append(answer.latency_ms)
         if not answer.slices or answer.masks is None:
             return

@@ -94,9 +94,10 @@ def interpolated_decisions(
             pairs.clear()  # the slices of the pair before are all decided
             pairs[pair] = _PositionPair(known[pair[0]], known[pair[1]], channels)
         blend = pairs[pair]
-        decided = [blend.at(float(weight[k])) for k in ready]
-        chosen = np.stack([d[0] for d in decided]) if decided else np.zeros((0, 0, 0), np.uint8)
-        confidence = np.stack([d[1] for d in decided]) if decided else np.zeros((0, 0, 0), np.float32)
+        shape = (len(ready), blend.box[1] - blend.box[0], blend.box[3] - blend.box[2])  # ready holds next_slice at least
+        chosen, confidence = np.empty(shape, dtype=np.uint8), np.empty(shape, dtype=np.float32)
+        for n, k in enumerate(ready):  # each slice decided into its place (no list of slices stacked again)
+            chosen[n], confidence[n] = blend.at(float(weight[k]))
         timings["postprocess_s"] += time.perf_counter() - started
         yield ready, blend.box, chosen, confidence
         next_slice = int(ready[-1]) + 1

@@ -303,17 +303,16 @@ class RefineLogic:
         """The preview segment's labelmap is the proposal array itself (shared, not copied): a click changes
         the array's slices, and the segment is told (as ``slicer.util.arrayFromSegmentInternalBinaryLabelmap``
         says), so a click costs no copy of the volume."""
+        name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
         if self.preview_node is None:
             segment = self.segmentation_node.GetSegmentation().GetSegment(self.segment_id)
             self.preview_node = _new_preview_node(self.segmentation_node, self.volume_node, self.segment_id, segment)
             image = _oriented_image(self._proposed, self.volume_node, shared=True)
-            name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
             self.preview_node.GetSegmentation().GetSegment(self.segment_id).AddRepresentation(name, image)
             display = self.segmentation_node.GetDisplayNode()
             if display is not None:
                 self._hidden = bool(display.GetSegmentVisibility(self.segment_id))
                 display.SetSegmentVisibility(self.segment_id, False)
-        name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
         self.preview_node.GetSegmentation().GetSegment(self.segment_id).GetRepresentation(name).Modified()
         self.preview_node.GetSegmentation().GetSegment(self.segment_id).Modified()
 

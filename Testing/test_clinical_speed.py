@@ -89,7 +89,8 @@ def test_the_slices_between_two_positions_are_decided_as_their_blend_on_the_unio
         pair = _PositionPair(lower, upper, channels)
         r0, r1, c0, c1 = pair.box
         for weight in (0.0, 0.3, 0.5, 0.9, 1.0):
-            chosen, confidence = pair.at(weight)
+            chosen, confidence = np.full((r1 - r0, c1 - c0), 255, np.uint8), np.full((r1 - r0, c1 - c0), np.nan, np.float32)
+            pair.at(weight, chosen, confidence)  # written in place, every pixel
             expected_chosen, expected_confidence = blended_decision(lower_whole, upper_whole, weight)
             np.testing.assert_array_equal(chosen, expected_chosen[r0:r1, c0:c1])
             np.testing.assert_array_equal(confidence, expected_confidence[r0:r1, c0:c1])

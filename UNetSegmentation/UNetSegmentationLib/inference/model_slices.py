@@ -97,7 +97,7 @@ def interpolated_decisions(
         shape = (len(ready), blend.box[1] - blend.box[0], blend.box[3] - blend.box[2])  # ready holds next_slice at least
         chosen, confidence = np.empty(shape, dtype=np.uint8), np.empty(shape, dtype=np.float32)
         for n, k in enumerate(ready):  # each slice decided into its place (no list of slices stacked again)
-            chosen[n], confidence[n] = blend.at(float(weight[k]))
+            blend.at(float(weight[k]), chosen[n], confidence[n])
         timings["postprocess_s"] += time.perf_counter() - started
         yield ready, blend.box, chosen, confidence
         next_slice = int(ready[-1]) + 1
@@ -154,21 +154,24 @@ class _PositionPair:
             values[:, inside] = position.decision.probabilities_at(ys[inside] - box[0], xs[inside] - box[2])
         return values
 
-    def at(self, weight: float) -> Tuple[np.ndarray, np.ndarray]:
-        """``(chosen, confidence)`` on the box of the slice ``weight`` of the way from the lower position to the
-        upper: the decision of ``lower + weight · (upper - lower)`` (:func:`~.decision.blended_decision`'s rule)."""
+    def at(self, weight: float, chosen: np.ndarray, confidence: np.ndarray) -> None:
+        """Write ``(chosen, confidence)`` on the box of the slice ``weight`` of the way from the lower position to
+        the upper into ``chosen`` and ``confidence`` (the step's arrays: no slice-sized temporary): the decision
+        of ``lower + weight · (upper - lower)`` (:func:`~.decision.blended_decision`'s rule)."""
         if weight <= 0.0 or self.same:
-            return self.lower[0].copy(), self.lower[1].copy()
+            chosen[...], confidence[...] = self.lower
+            return
         if weight >= 1.0:
-            return self.upper[0].copy(), self.upper[1].copy()
+            chosen[...], confidence[...] = self.upper
+            return
         w = np.float32(weight)
-        chosen = self.lower[0].copy()
-        confidence = self.lower[1] + w * self.confidence_step
+        chosen[...] = self.lower[0]
+        np.multiply(self.confidence_step, w, out=confidence)
+        confidence += self.lower[1]  # lower + w · step, in the order the whole blend computes it
         if self.differ.size:
             mixed_chosen, mixed_confidence = decided_in_numpy((self.lower_probabilities + w * (self.upper_probabilities - self.lower_probabilities))[None, :, :, None])
             chosen.reshape(-1)[self.differ] = mixed_chosen.reshape(-1)
             confidence.reshape(-1)[self.differ] = mixed_confidence.reshape(-1)
-        return chosen, confidence
 
 
 def network_on_batch(guarded: Callable, timings: Dict[str, float]) -> Callable:

@@ -48,29 +48,28 @@ def boundary_band(labels: np.ndarray, band: int = BOUNDARY_BAND) -> np.ndarray:
     """``(B, rows, columns)`` bool: the pixels within ``band`` pixels of a change of label (both sides)."""
     change = np.zeros(labels.shape, dtype=bool)
     down = labels[:, 1:, :] != labels[:, :-1, :]
-    change[:, 1:, :] |= down
-    change[:, :-1, :] |= down
     across = labels[:, :, 1:] != labels[:, :, :-1]
-    change[:, :, 1:] |= across
-    change[:, :, :-1] |= across
+    for part, step in ((change[:, 1:, :], down), (change[:, :-1, :], down), (change[:, :, 1:], across), (change[:, :, :-1], across)):
+        np.logical_or(part, step, out=part)  # in place: no temporary per direction
     return _dilate(change, max(band - 1, 0))
 
 
-def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(B,)`` mean of ``values`` over ``mask`` per slice; 0 where the mask is empty."""
-    count = mask.sum(axis=(1, 2))
-    total = np.where(mask, values, 0.0).sum(axis=(1, 2), dtype=np.float64)
-    return np.divide(total, count, out=np.zeros(len(values), dtype=np.float64), where=count > 0)
+def _masked_uncertainty(confidence: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(B,)`` mean of 1 − ``confidence`` over ``mask`` per slice; 0 where the mask is empty. Only the masked
+    pixels are gathered and subtracted (the band is a few per cent of a slice), summed in float64."""
+    count = np.count_nonzero(mask, axis=(1, 2))
+    total = np.array([(1.0 - plane[inside]).sum(dtype=np.float64) for plane, inside in zip(confidence, mask)], dtype=np.float64)
+    return np.divide(total, count, out=np.zeros(len(confidence), dtype=np.float64), where=count > 0)
 
 
 def boundary_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     """Mean 1 − confidence over the voxels near predicted boundaries (0 for a slice of one label)."""
-    return _masked_mean(1.0 - confidence, boundary_band(labels))
+    return _masked_uncertainty(confidence, boundary_band(labels))
 
 
 def wide_boundary_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     """As :func:`boundary_uncertainty` over a band of 3 pixels either side of each change."""
-    return _masked_mean(1.0 - confidence, boundary_band(labels, 3))
+    return _masked_uncertainty(confidence, boundary_band(labels, 3))
 
 
 def boundary_total_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -81,7 +80,7 @@ def boundary_total_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np
 
 def foreground_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     """Mean 1 − confidence over the voxels labelled with a class (0 for an empty slice)."""
-    return _masked_mean(1.0 - confidence, labels != 0)
+    return _masked_uncertainty(confidence, labels != 0)
 
 
 def slice_uncertainty(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ Tables:
    and writing: the limit) and MONAI's ``Spacing`` to the model's spacing, ``SliceInferer`` of the same
    network, ``Spacing`` back.
 
-    python bench/clinical_speed.py --old 7c54b3f [--rounds 3] [--sizes 300,600] [--tables stages,compare] [--checkpoint CKPT]
+    python bench/clinical_speed.py --old 7c54b3f [--rounds 3] [--sizes 300,600] [--tables stages,compare] [--encodings gzip,raw] [--checkpoint CKPT]
 
 ``--checkpoint``: another model than the bundled one (both revisions run it; the truth is mapped onto its
 classes, and Dice is the mean over its classes that the truth holds). The table's last columns say how the
@@ -27,14 +27,12 @@ reading and writing the files (what is left once the limit's parts are taken out
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +69,26 @@ def fixture(slices: int, cache: Path, checkpoint: Path = MODEL) -> tuple:
     return ct_file, truth_file
 
 
+#: the input files a run reads: ``gzip`` the fixture as written above (a compressed NRRD on disk, as a clinician's
+#: export often is; ITK's reader stores it as int32), ``raw`` the same voxels as uncompressed 16-bit NRRD, which
+#: is what the Slicer panel sends the engine (``scene.export_volume`` writes its temporary input uncompressed)
+ENCODINGS = ("gzip", "raw")
+
+
+def encoded(ct_file: Path, encoding: str) -> Path:
+    """``ct_file`` as ``encoding`` (:data:`ENCODINGS`), written once beside it."""
+    if encoding == "gzip":
+        return ct_file
+    raw_file = ct_file.with_name(ct_file.stem + "-raw.nrrd")
+    if not raw_file.exists():
+        image = sitk.ReadImage(str(ct_file))
+        values = sitk.GetArrayViewFromImage(image)
+        if values.min() < -32768 or values.max() > 32767:
+            raise SystemExit(f"{ct_file}: values beyond 16 bits")
+        sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(raw_file), False)
+    return raw_file
+
+
 def labels_of(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
@@ -85,17 +103,18 @@ def dice(labels: np.ndarray, truth: np.ndarray, values) -> float:
     return float(np.mean(scores))
 
 
-def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path, checkpoint: Path = MODEL) -> None:
-    """Table 1: old and new alternating in fresh processes; medians."""
+def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path, checkpoint: Path = MODEL, encodings=("gzip",)) -> None:
+    """Table 1: old and new alternating in fresh processes; medians; each size read from each of ``encodings``."""
     from clinical_resolution import engine
     from UNetSegmentationLib.model.header import read_metadata
 
     values = [c.value for c in read_metadata(checkpoint).classes]
     print(f"\nload average at start: {os.getloadavg()[0]:.1f} (2 cores); {rounds} rounds, old/new alternating, medians; model {Path(checkpoint).name}\n")
-    print("| volume | revision | wall s | CPU s | total_s | " + " | ".join(STAGES[:1] + ("check",) + STAGES[1:]) + " | around the network ÷ network | without read and write | peak RSS MB | voxels as old | mean Dice vs truth |")
-    print("| --- | --- | " + " | ".join(["---"] * (len(STAGES) + 9)) + " |")
-    for slices in sizes:
+    print("| volume | input | revision | wall s | CPU s | total_s | " + " | ".join(STAGES[:1] + ("check",) + STAGES[1:]) + " | around the network ÷ network | without read and write | peak RSS MB | voxels as old | mean Dice vs truth |")
+    print("| --- | --- | --- | " + " | ".join(["---"] * (len(STAGES) + 9)) + " |")
+    for slices, encoding in [(slices, encoding) for slices in sizes for encoding in encodings]:
         ct, truth_file = fixture(slices, cache, checkpoint)
+        ct = encoded(ct, encoding)
         truth = labels_of(truth_file)
         runs = {name: [] for name in trees}
         outputs = {}
@@ -119,7 +138,7 @@ def stages(trees: dict, sizes, rounds: int, cache: Path, scratch: Path, checkpoi
             inner = around - median("check_s") - median("read_s") - median("write_s")
             agreement = float((labels == old_labels).mean()) if old_labels is not None else float("nan")
             cells = [f"{median(k + '_s'):.2f}" for k in STAGES[:1] + ("check",) + STAGES[1:]]
-            print(f"| 512²×{slices} | {name} | {statistics.median(walls):.2f} | {statistics.median(r[3] for r in runs[name]):.2f} | {median('total_s'):.2f} | " + " | ".join(cells)
+            print(f"| 512²×{slices} | {encoding} | {name} | {statistics.median(walls):.2f} | {statistics.median(r[3] for r in runs[name]):.2f} | {median('total_s'):.2f} | " + " | ".join(cells)
                   + f" | {around / max(median('network_s'), 1e-9):.1f} | {inner / max(median('network_s'), 1e-9):.1f} | {statistics.median(r[2] for r in runs[name]):.0f} | {100 * agreement:.3f} % | {dice(labels, truth, values):.4f} |")
 
 
@@ -137,10 +156,14 @@ def main() -> int:
     parser.add_argument("--sizes", default="300,600")
     parser.add_argument("--tables", default="stages,compare")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
+    parser.add_argument("--encodings", default="gzip", help=f"the input files of the stage table, comma-separated: {', '.join(ENCODINGS)}")
     parser.add_argument("--checkpoint", type=_checkpoint, default=MODEL, help="the model: a checkpoint file, or 'bundled' (default: the chest model of rounds 1-2, Testing/Data)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "bench"))
     sizes = [int(s) for s in args.sizes.split(",")]
+    encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
+    if not encodings or set(encodings) - set(ENCODINGS):
+        parser.error(f"--encodings: choose from {', '.join(ENCODINGS)}")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         trees = {}
@@ -151,13 +174,14 @@ def main() -> int:
         trees["new"] = REPO
         if "fixtures" in args.tables:  # (the child below) build the fixtures, nothing else
             for slices in sizes:
-                fixture(slices, args.cache, args.checkpoint.resolve())
+                for encoding in encodings:
+                    encoded(fixture(slices, args.cache, args.checkpoint.resolve())[0], encoding)
             return 0
         # built in a child process: a run's ru_maxrss starts at its parent's peak on Linux, and building a truth
         # resamples every label's indicator on the 512² grid (GB for a many-class model)
-        subprocess.run([sys.executable, __file__, "--tables", "fixtures", "--sizes", args.sizes, "--cache", str(args.cache), "--checkpoint", str(args.checkpoint)], check=True)
+        subprocess.run([sys.executable, __file__, "--tables", "fixtures", "--sizes", args.sizes, "--encodings", args.encodings, "--cache", str(args.cache), "--checkpoint", str(args.checkpoint)], check=True)
         if "stages" in args.tables:
-            stages(trees, sizes, args.rounds, args.cache, scratch, args.checkpoint.resolve())
+            stages(trees, sizes, args.rounds, args.cache, scratch, args.checkpoint.resolve(), encodings)
         if "compare" in args.tables:
             from clinical_comparisons import compare
 

@@ -10,7 +10,7 @@ import pytest
 
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.interactive.guidance import GuidanceSpec
-from UNetSegmentationLib.training.train_options import NO_GUIDANCE_DEFAULTS, TrainOptions
+from UNetSegmentationLib.training.train_options import NO_GUIDANCE_DEFAULTS, PSEUDO_OBJECTS_DEFAULT, TrainOptions
 
 FAST = ("--threads", "1", "--progress", "none", "--device", "cpu")
 TINY = ("--features", "4,8,16", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--crop", "32", "--seed", "0")
@@ -95,9 +95,61 @@ def test_interactive_options_are_checked_before_any_work(tmp_path):
         TrainOptions(tmp_path / "m.safetensors", interactive="object", init="bundled")
     with pytest.raises(UserError, match="--no-guidance"):
         TrainOptions(tmp_path / "m.safetensors", interactive="object", no_guidance=1.5)
+    with pytest.raises(UserError, match="needs --interactive object"):
+        TrainOptions(tmp_path / "m.safetensors", pseudo_objects=0.5)
+    with pytest.raises(UserError, match="use it with --interactive object"):
+        TrainOptions(tmp_path / "m.safetensors", interactive="joint", pseudo_objects=0.5)
+    with pytest.raises(UserError, match="--pseudo-objects"):
+        TrainOptions(tmp_path / "m.safetensors", interactive="object", pseudo_objects=-0.1)
     options = TrainOptions(tmp_path / "m.safetensors", interactive="joint")
     assert options.to_arguments()[:3] == ["train", "--interactive", "joint"]
-    assert options.to_config().no_guidance == NO_GUIDANCE_DEFAULTS["joint"]
+    assert options.to_config().no_guidance == NO_GUIDANCE_DEFAULTS["joint"] and options.to_config().pseudo_objects == 0.0
+    object_options = TrainOptions(tmp_path / "m.safetensors", interactive="object", pseudo_objects=0.25)
+    assert object_options.to_config().pseudo_objects == 0.25 and object_options.to_arguments()[-3:-1] == ["--pseudo-objects", "0.25"]
+    assert TrainOptions(tmp_path / "m.safetensors", interactive="object").to_config().pseudo_objects == PSEUDO_OBJECTS_DEFAULT
+
+
+@pytest.fixture(scope="module")
+def chest_slices(chest_ct_path) -> np.ndarray:
+    """The real slicerio CT's slices 12..20, normalised as the bundled models normalise CT (-1000…1000 HU → [0, 1])."""
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(chest_ct_path))).astype(np.float32)[12:21]
+    return np.clip((values + 1000.0) / 2000.0, 0.0, 1.0)
+
+
+def test_a_pseudo_object_is_one_connected_region_of_like_intensity_in_tissue_of_a_plausible_size(chest_slices):
+    from scipy import ndimage
+
+    from UNetSegmentationLib.training import pseudo_objects as po
+
+    rng = np.random.default_rng(0)
+    found = 0
+    for image in chest_slices:
+        region = po.pseudo_object(image, rng, (3.05, 3.05))
+        if region is None:
+            continue
+        found += 1
+        assert ndimage.label(region)[1] == 1  # one structure
+        assert po.MIN_AREA_MM2 / 3.05 ** 2 <= region.sum() <= po.MAX_SHARE * region.size
+        values = ndimage.gaussian_filter(image, 1.0)[region]
+        like = np.abs(values - np.median(values)) <= 2 * po.TOLERANCE[1]
+        assert like.mean() >= 0.8  # of like intensity (filled holes may hold other values: a vessel in an organ)
+        assert np.median(values) > po.SEED_RANGE[0] - po.TOLERANCE[1]  # tissue, not the air around the body
+    assert found >= len(chest_slices) // 2
+
+
+def test_pseudo_objects_replace_labelled_objects_for_their_share_of_an_object_networks_samples(chest_labels, chest_slices):
+    from UNetSegmentationLib.training.interactive_simulation import GuidanceSimulation
+
+    images = np.repeat(chest_slices[:4, None], 3, axis=1)[..., :chest_labels.shape[1], :chest_labels.shape[2]]
+    everything = GuidanceSimulation("object", GuidanceSpec(), (3.0, 3.0), 10.0, 0.0, pseudo_objects=1.0)
+    _, targets = everything.guide(images, chest_labels, merged_masks(4), np.random.default_rng(2))
+    differs = [not np.array_equal(targets[i].astype(bool), chest_labels[i] == c) for i in range(4) for c in [np.unique(chest_labels[i][targets[i].astype(bool)])[0]] if targets[i].any()]
+    assert differs and any(differs)  # at least one target is no labelled class's mask: a pseudo-object
+    _, labelled = GuidanceSimulation("object", GuidanceSpec(), (3.0, 3.0), 10.0, 0.0).guide(images, chest_labels, merged_masks(4), np.random.default_rng(2))
+    for sample in range(4):  # without them, every target is one labelled class's mask
+        assert len(np.unique(chest_labels[sample][labelled[sample].astype(bool)])) == 1
 
 
 def test_an_object_network_trains_and_loads_as_the_interactive_model(cli, chest_ct_path, chest_segmentation_path, tmp_path):

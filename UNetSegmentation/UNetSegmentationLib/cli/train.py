@@ -108,6 +108,9 @@ def add_commands(commands) -> None:
                              "or joint (the classes out, guided for one: DeepEdit's one network for both roles)")
     guided.add_argument("--no-guidance", type=float, metavar="SHARE",
                         help=f"share of samples without any guidance (default {', '.join(f'{k} {v:g}' for k, v in defaults.NO_GUIDANCE_DEFAULTS.items())})")
+    guided.add_argument("--pseudo-objects", type=float, metavar="SHARE",
+                        help=f"object only: share of samples whose object is the intensity-homogeneous region around a random point, "
+                             f"not a labelled structure (default {defaults.PSEUDO_OBJECTS_DEFAULT:g})")
     out = train.add_argument_group("outputs and runs")
     out.add_argument("--log", metavar="CSV", help="epoch log (default OUT.csv)")
     out.add_argument("--state", metavar="PT", help="resume state while the run goes on (default OUT.resume.pt; removed when the run finishes)")

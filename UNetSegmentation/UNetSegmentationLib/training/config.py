@@ -64,6 +64,7 @@ class TrainConfig:
     state: Optional[str] = None
     interactive: Optional[str] = None  # train_options.INTERACTIVE_MODES: a network guided by clicks (training/interactive_trainer.py)
     no_guidance: float = 0.0  # the share of an interactive network's samples without guidance
+    pseudo_objects: float = 0.0  # the share of a class-agnostic interactive network's samples with a pseudo-object (training/pseudo_objects.py)
 
     @property
     def total_steps(self) -> int:

@@ -4,7 +4,10 @@ Each sample of a batch of 2.5D crops (:class:`~.sampling.SliceSampler`, augmente
 training) gets an object and guidance for it, as a user would give it (Xu et al., CVPR 2016; Sofiiuk
 et al., RITM, ICIP 2022; Diaz-Pinto et al., DeepEdit, MICCAI 2022):
 
-- the object: one labelled class present in the crop (a case's unknown classes are never drawn);
+- the object: one labelled class present in the crop (a case's unknown classes are never drawn), or for
+  a share :attr:`GuidanceSimulation.pseudo_objects` of a class-agnostic network's samples an object no one
+  labelled, the intensity-homogeneous region around a random point (:mod:`.pseudo_objects`), so that the
+  network learns what makes an object in any scan, not only the dozen structures the data names;
 - a share :attr:`GuidanceSimulation.no_guidance` of the samples gets no guidance at all;
 - the others start from nothing or from a corrupted truth (eroded, dilated, shifted, holed:
   :func:`~UNetSegmentationLib.interactive.simulation.corrupt_mask`), which is what a wrong automatic
@@ -34,6 +37,7 @@ from scipy import ndimage
 
 from UNetSegmentationLib.interactive.guidance import GUIDANCE_CHANNELS, Click, GuidanceSpec, guidance_maps
 from UNetSegmentationLib.interactive.simulation import corrupt_mask, next_click
+from UNetSegmentationLib.training.pseudo_objects import pseudo_object
 
 #: the share of guided samples that start from a corrupted truth (the rest from nothing)
 FROM_CORRUPTED = 0.5
@@ -57,6 +61,7 @@ class GuidanceSimulation:
     spacing_mm: Tuple[float, float]
     slice_distance_mm: float
     no_guidance: float
+    pseudo_objects: float = 0.0  # the share of an ``object`` network's samples whose object is a pseudo-object
 
     def guide(self, images: np.ndarray, targets: np.ndarray, merged: np.ndarray, rng: np.random.Generator,
               predict: Optional[Predict] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -66,6 +71,13 @@ class GuidanceSimulation:
         batch = len(images)
         objects = [self._object(targets[i], merged[i], rng) for i in range(batch)]
         truths = [np.zeros(targets.shape[1:], bool) if c is None else targets[i] == c for i, c in enumerate(objects)]
+        if self.mode == "object" and self.pseudo_objects > 0:
+            centre = images.shape[1] // 2  # the slice itself among its 2.5D neighbours
+            for i in range(batch):
+                if rng.random() < self.pseudo_objects:
+                    region = pseudo_object(images[i, centre], rng, self.spacing_mm)
+                    if region is not None:  # none found: the labelled object stays
+                        truths[i], objects[i] = region, 0  # 0: an object of no class (a class-agnostic network's feedback ignores it)
         guided = [c is not None and rng.random() >= self.no_guidance for c in objects]
         previous = np.zeros(targets.shape, dtype=np.float32)
         clicks: List[List[Click]] = [[] for _ in range(batch)]

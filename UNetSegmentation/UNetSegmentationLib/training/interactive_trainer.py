@@ -81,13 +81,15 @@ class InteractiveTrainer(Trainer):
         torch.manual_seed(config.seed)
         model = build_network(data.metadata.architecture, data.metadata.kwargs).to(device, memory_format=memory_format(device)).train()
         criterion = SegmentationLoss(setup.loss_kind, 1, setup.crop) if config.interactive == "object" else setup.criterion
-        self.simulation = GuidanceSimulation(config.interactive, spec, data.metadata.in_plane_spacing, float(data.metadata.slice_distance), config.no_guidance)
+        self.simulation = GuidanceSimulation(config.interactive, spec, data.metadata.in_plane_spacing, float(data.metadata.slice_distance), config.no_guidance,
+                                            config.pseudo_objects)
         return dataclasses.replace(setup, model=model, criterion=criterion, optimization=Optimization.build(config, model, device))
 
     def _report_start(self, setup: TrainingSetup, state: RunState) -> None:
         """As an automatic run reports it (its classes, unknown per case, missing): the objects are those classes."""
         super()._report_start(dataclasses.replace(setup, data=dataclasses.replace(setup.data, metadata=self.automatic_metadata)), state)
-        self.reporter.log(f"interactive ({self.config.interactive}): {self.config.no_guidance:.0%} of the samples without guidance; clicks {self.simulation.spec.to_dict()}")
+        self.reporter.log(f"interactive ({self.config.interactive}): {self.config.no_guidance:.0%} of the samples without guidance, "
+                          f"{self.config.pseudo_objects:.0%} with a pseudo-object; clicks {self.simulation.spec.to_dict()}")
 
     def _step(self, setup: TrainingSetup, state: RunState, batch: Tuple[np.ndarray, np.ndarray, np.ndarray]) -> Tuple[float, Dict[str, float]]:
         images, targets, merged = batch

@@ -49,6 +49,10 @@ INTERACTIVE_MODES = ("object", "joint")
 #: ``--no-guidance``'s default per kind: the share of samples trained without any guidance (a class-agnostic network
 #: need only learn that no guidance means no object; DeepEdit trains a quarter of its steps in the automatic role)
 NO_GUIDANCE_DEFAULTS = {"object": 0.1, "joint": 0.25}
+#: ``--pseudo-objects``' default: the share of a class-agnostic network's samples whose object is the intensity-
+#: homogeneous region around a random point instead of a labelled structure (training/pseudo_objects.py; BENCHMARKS.md,
+#: *Interactive refinement*: without them the networks did not segment organs their training data never labelled)
+PSEUDO_OBJECTS_DEFAULT = 0.5
 
 
 def check_hold_out(share: Optional[float], option: str = "--val-slices") -> Optional[float]:
@@ -132,7 +136,7 @@ _VALUED_OPTIONS = (
     ("--augment-prob", "augment_prob"), ("--contrast", "contrast"), ("--noise", "noise"),
     ("--low-resolution", "low_resolution"), ("--thickness", "thickness"), ("--cut", "cut"), ("--slice-distance", "slice_distance"), ("--seed", "seed"), ("--device", "device"), ("--threads", "threads"), ("--axis", "axis"),
     ("--val-every", "val_every"), ("--depth-tolerance", "depth_tolerance"), ("--log", "log"), ("--state", "state"), ("--stop-after", "stop_after"),
-    ("--interactive", "interactive"), ("--no-guidance", "no_guidance"),
+    ("--interactive", "interactive"), ("--no-guidance", "no_guidance"), ("--pseudo-objects", "pseudo_objects"),
 )
 #: flags: (option, field, the field's value that writes the flag)
 _FLAGS = (("--freeze-encoder", "freeze_encoder", True), ("--no-amp", "amp", False), ("--resume", "resume", True), ("--overwrite", "overwrite", True))
@@ -211,6 +215,7 @@ class TrainOptions:
     # interactive refinement (issue 26): a network guided by clicks, trained by simulation
     interactive: Optional[str] = None  # one of INTERACTIVE_MODES; None: an automatic network
     no_guidance: Optional[float] = None  # the share of samples without guidance; None: NO_GUIDANCE_DEFAULTS
+    pseudo_objects: Optional[float] = None  # ``object`` only: the share of samples with a pseudo-object; None: PSEUDO_OBJECTS_DEFAULT
     # outputs and runs
     log: Optional[Path] = None
     state: Optional[Path] = None
@@ -293,6 +298,8 @@ class TrainOptions:
         if self.interactive is None:
             if self.no_guidance is not None:
                 raise UserError("--no-guidance is the share of an interactive network's samples without guidance: it needs --interactive")
+            if self.pseudo_objects is not None:
+                raise UserError("--pseudo-objects is the share of a class-agnostic interactive network's samples: it needs --interactive object")
             return
         if self.interactive not in INTERACTIVE_MODES:
             raise UserError(f"--interactive must be one of {', '.join(INTERACTIVE_MODES)}; got {self.interactive!r}")
@@ -300,6 +307,11 @@ class TrainOptions:
             raise UserError("--interactive trains a new network guided by clicks; it cannot start from --init")
         if self.no_guidance is not None:
             _within(self.no_guidance, "--no-guidance", 0, 1, "a share")
+        if self.pseudo_objects is not None:
+            if self.interactive != "object":
+                raise UserError("--pseudo-objects gives a class-agnostic network objects no one labelled; a joint network's targets are its classes: "
+                                "use it with --interactive object")
+            _within(self.pseudo_objects, "--pseudo-objects", 0, 1, "a share")
 
     # -- what the run uses --
 
@@ -341,6 +353,7 @@ class TrainOptions:
             depth_tolerance=self.depth_tolerance, axis=self.axis, threads=self.threads,
             interactive=self.interactive,
             no_guidance=NO_GUIDANCE_DEFAULTS.get(self.interactive, 0.0) if self.no_guidance is None else float(self.no_guidance),
+            pseudo_objects=(PSEUDO_OBJECTS_DEFAULT if self.interactive == "object" else 0.0) if self.pseudo_objects is None else float(self.pseudo_objects),
             stop_after=self.stop_after, log=None if self.log is None else str(self.log), state=None if self.state is None else str(self.state),
         )
 

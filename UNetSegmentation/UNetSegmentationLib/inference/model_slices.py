@@ -51,8 +51,8 @@ def position_batches(slices: np.ndarray, positions: np.ndarray, batch_size: int,
 
 
 def interpolated_decisions(
-    batches: Iterator[ModelBatch], network: Callable, positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int, slices_per_step: int,
-    timings: Dict[str, float],
+    computed: Iterator[Tuple[ModelBatch, Tuple[np.ndarray, Box]]], positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int,
+    slices_per_step: int, timings: Dict[str, float],
 ) -> Iterator[Tuple[np.ndarray, Box, np.ndarray, np.ndarray]]:
     """``(input slices, box, their chosen channels (B, box rows, box columns), confidence)`` in slice order, at
     most ``slices_per_step`` slices of the same two network positions at a time, decided on the probabilities
@@ -60,21 +60,23 @@ def interpolated_decisions(
     body boxes) background, certain. Each position is decided once on the input's pixels from its model-grid
     probabilities (:mod:`.grid_decision`); a slice between two positions blends their confidence, and their K
     channels only where their choices differ (:class:`_PositionPair`: the same labels and confidence as
-    deciding the whole blend). ``network(batch) -> (model-grid probabilities, the batch's box)``; the seconds
-    spent deciding go to ``timings["postprocess_s"]``, resampling the confidence to ``timings["resample_s"]``."""
+    deciding the whole blend). ``computed`` gives each batch of positions with the network's answer,
+    ``(model-grid probabilities, the batch's box)`` (:func:`network_on_batch`; the pipeline computes the next
+    batch on a thread while this decides the one before); the seconds spent deciding go to
+    ``timings["postprocess_s"]``, resampling the confidence to ``timings["resample_s"]``."""
     cells = len(positions)
     below, above, weight = neighbours_of(slice_count, cells)
     known: Dict[int, Optional[_Position]] = {}
     pairs: Dict[Tuple[int, int], _PositionPair] = {}
-    pending = iter(batches)
+    pending = iter(computed)
     computed_up_to = -1  # every position up to here is known (computed, or background: None)
     next_slice = 0
     while next_slice < slice_count:
         if above[next_slice] > computed_up_to:
-            batch = next(pending, None)
+            batch, answer = next(pending, (None, None))
             last = cells - 1 if batch is None else int(batch.indices[-1])
             if batch is not None:
-                probabilities, box = network(batch)
+                probabilities, box = answer
                 started = time.perf_counter()
                 for position, plane in zip(batch.indices, probabilities):
                     decision = decide_on_input_grid(plane, (box[1] - box[0], box[3] - box[2]))

@@ -10,11 +10,11 @@ segmentation's pre-training (e.g. SAM's automatically generated masks; superpixe
 models), here drawn per crop at no labelling cost.
 
 The region (:func:`pseudo_object`): the crop's centre slice smoothed (Gaussian, 1 pixel), a seed drawn
-among its flat pixels of tissue (gradient magnitude in the lowest third, intensity in :data:`SEED_RANGE`), the pixels within a tolerance of the seed's
+among its flat pixels inside the body (gradient magnitude in the lowest third, intensity in :data:`SEED_RANGE`), the pixels within a tolerance of the seed's
 smoothed value (drawn per object: :data:`TOLERANCE`, in normalised units), the connected part holding the
 seed, opened by :data:`OPENING` pixels (thin bridges to neighbours of like intensity cut off) and its holes filled. Regions smaller than
-:data:`MIN_AREA_MM2` or larger than :data:`MAX_SHARE` of the crop (the air around the body, a whole
-slice of fat) are drawn again, up to :data:`TRIES` times.
+:data:`MIN_AREA_MM2`, larger than :data:`MAX_SHARE` of the crop (a whole slice of fat) or along much of
+its border (:data:`BORDER_SHARE`: the background) are drawn again, up to :data:`TRIES` times.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from scipy import ndimage
 
 #: the tolerance around the seed's value, drawn uniformly per object, in normalised intensity (CT: the
 #: -1000…1000 HU window maps to [0, 1], so 0.008-0.03 is 16-60 HU: one organ's texture, not its neighbours')
-TOLERANCE = (0.008, 0.03)
+TOLERANCE = (0.005, 0.02)
 #: pixels the region is opened by: bridges this thin between two regions of like intensity (an organ touching a
 #: muscle) are cut, so that one object is one structure
 OPENING = 2
@@ -38,9 +38,11 @@ MAX_SHARE = 0.5
 TRIES = 4
 #: seeds lie among the flattest pixels: gradient magnitude below this quantile of the crop's
 FLAT_QUANTILE = 0.33
-#: seeds lie in tissue, normalised intensity within this range (CT: -400…600 HU, fat to enhanced vessels and
-#: bone): not in the air around the body, a region as large as the scan that no one points at
-SEED_RANGE = (0.3, 0.8)
+#: seeds lie inside the body, normalised intensity within this range (CT: -940…600 HU, lung to enhanced vessels
+#: and bone): not in the air around the body (-1000 HU), a region as large as the scan that no one points at
+SEED_RANGE = (0.03, 0.8)
+#: a region touching more than this share of the crop's border is the background around the body, not an object
+BORDER_SHARE = 0.25
 
 
 def pseudo_object(image: np.ndarray, rng: np.random.Generator, spacing_mm: Tuple[float, float]) -> Optional[np.ndarray]:
@@ -66,6 +68,7 @@ def pseudo_object(image: np.ndarray, rng: np.random.Generator, spacing_mm: Tuple
             components, _ = ndimage.label(region)
             region = components == components[seed]
         region = ndimage.binary_fill_holes(region)
-        if min_pixels <= np.count_nonzero(region) <= max_pixels:
+        border = np.concatenate([region[0], region[-1], region[1:-1, 0], region[1:-1, -1]])
+        if min_pixels <= np.count_nonzero(region) <= max_pixels and border.mean() <= BORDER_SHARE:
             return region
     return None

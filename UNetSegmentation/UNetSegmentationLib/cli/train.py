@@ -110,7 +110,7 @@ def add_commands(commands) -> None:
                         help=f"share of samples without any guidance (default {', '.join(f'{k} {v:g}' for k, v in defaults.NO_GUIDANCE_DEFAULTS.items())})")
     guided.add_argument("--pseudo-objects", type=float, metavar="SHARE",
                         help=f"object only: share of samples whose object is the intensity-homogeneous region around a random point, "
-                             f"not a labelled structure (default {defaults.PSEUDO_OBJECTS_DEFAULT:g})")
+                             f"not a labelled structure (default {defaults.PSEUDO_OBJECTS_DEFAULT:g}: measured no gain on held-out patients)")
     out = train.add_argument_group("outputs and runs")
     out.add_argument("--log", metavar="CSV", help="epoch log (default OUT.csv)")
     out.add_argument("--state", metavar="PT", help="resume state while the run goes on (default OUT.resume.pt; removed when the run finishes)")

@@ -50,9 +50,10 @@ INTERACTIVE_MODES = ("object", "joint")
 #: need only learn that no guidance means no object; DeepEdit trains a quarter of its steps in the automatic role)
 NO_GUIDANCE_DEFAULTS = {"object": 0.1, "joint": 0.25}
 #: ``--pseudo-objects``' default: the share of a class-agnostic network's samples whose object is the intensity-
-#: homogeneous region around a random point instead of a labelled structure (training/pseudo_objects.py; BENCHMARKS.md,
-#: *Interactive refinement*: without them the networks did not segment organs their training data never labelled)
-PSEUDO_OBJECTS_DEFAULT = 0.5
+#: homogeneous region around a random point instead of a labelled structure (training/pseudo_objects.py). Off: measured
+#: leaving one patient out (BENCHMARKS.md, *Longer training and pseudo-objects*), they took the held-out liver from
+#: 0.07 to 0.66 after 5 clicks but cost the kidneys, lungs and aorta more, and no share beat none on the mean
+PSEUDO_OBJECTS_DEFAULT = 0.0
 
 
 def check_hold_out(share: Optional[float], option: str = "--val-slices") -> Optional[float]:

@@ -65,6 +65,16 @@ def _observed(indices, count: int, box, shape, batch_labels: np.ndarray, batch_c
     return label_slices[indices, w0:w1, v0:v1], confidence
 
 
+def _filled(shape: Tuple[int, ...], dtype, value) -> np.ndarray:
+    """A whole-volume array of ``value``. ``np.empty`` then ``fill`` rather than ``np.zeros``/``np.ones``: numpy
+    asks the kernel for huge pages for the memory ``np.empty`` allocates, not for ``np.zeros``' (calloc), whose 4 kB
+    pages then fault one by one as the slices are written: 0.02-0.34 s for a 512×512×600 label map on this machine,
+    against 0.03 s for this, measured in fresh processes."""
+    array = np.empty(shape, dtype=dtype)
+    array.fill(value)
+    return array
+
+
 @dataclass
 class PredictionResult:
     labels: np.ndarray  # [k, j, i], the input's grid
@@ -99,9 +109,9 @@ def predict_volume(
     label_values = np.array([0] + [c.value for c in metadata.classes], dtype=label_dtype(max(c.value for c in metadata.classes)))
     if not metadata.uses_softmax:
         label_values = label_values[:2]
-    labels = np.zeros(volume.shape, dtype=label_values.dtype)
+    labels = _filled(volume.shape, label_values.dtype, 0)
     label_slices = geometry.slices_view(labels)
-    confidence = np.ones(volume.shape, dtype=np.float32) if want_confidence else None  # outside the body: certain background
+    confidence = _filled(volume.shape, np.float32, 1.0) if want_confidence else None  # outside the body: certain background
     confidence_slices = geometry.slices_view(confidence) if want_confidence else None
     timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0, "resample_s": 0.0}
     guarded = MemoryGuard(predictor, reporter)  # out of memory: smaller batches, then the CPU (backends/memory.py)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Protocol, Sequence, Tuple, TYPE_CHECKING
+from typing import Callable, Dict, Optional, Protocol, Sequence, Tuple, TYPE_CHECKING
 
 import numpy as np
 
@@ -132,23 +132,7 @@ def predict_volume(
 
     positions = grid.network_positions(count)
     if len(positions) < count:  # thin slices: the network at the model's slice distance, probabilities interpolated between
-        # the network computes the next batch of positions on a thread (its inputs gathered on another) while this
-        # one decides and blends the batch before: all release the GIL, so the decisions overlap the network
-        # instead of following it; the network's thread keeps its own timings (no two threads add to one entry)
-        network_timings = {"network_s": 0.0, "resample_s": 0.0, "postprocess_s": 0.0}
-        network = network_on_batch(guarded, network_timings)
-        batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, predictor.required_multiple))
-        computed = prefetch((batch, network(batch)) for batch in batches)
-        t0 = time.perf_counter()
-        decided = interpolated_decisions(computed, positions, (rows, columns), metadata.out_channels, count, batch_size, timings)
-        channels_are_labels = label_values.dtype == np.uint8 and np.array_equal(label_values, np.arange(len(label_values)))
-        for indices, box, chosen, chosen_confidence in decided:
-            t1 = time.perf_counter()
-            put(indices, box, chosen if channels_are_labels else label_values[chosen], chosen_confidence)
-            timings["postprocess_s"] += time.perf_counter() - t1
-        for key, seconds in network_timings.items():
-            timings[key] += seconds
-        timings["preprocess_s"] = max(0.0, time.perf_counter() - t0 - sum(timings.values()))
+        _segment_thin_slices(slices, positions, batch_size, mapping, grid, bodies, guarded, put, label_values, timings)
         return PredictionResult(labels, confidence, timings)
 
     # the next batch is gathered, resampled, normalised and padded on a thread while the network runs (prefetch.py)
@@ -170,6 +154,31 @@ def predict_volume(
     if not len(bodies.slices_with_body) or bodies.slices_with_body[-1] < count - 1:
         reporter.progress(count)  # the last slices hold no body: nothing to compute there
     return PredictionResult(labels, confidence, timings)
+
+
+def _segment_thin_slices(slices: np.ndarray, positions: np.ndarray, batch_size: int, mapping: IntensityMapping, grid: ModelGrid, bodies: BodyBoxes,
+                         guarded: MemoryGuard, put: Callable, label_values: np.ndarray, timings: Dict[str, float]) -> None:
+    """:func:`predict_volume`'s thin-slice path: the network at ``positions`` (:mod:`.model_slices`), every slice's
+    labels decided between them and ``put``. The network computes the next batch of positions on a thread (its
+    inputs gathered on another) while this thread decides and blends the batch before: all release the GIL, so the
+    decisions overlap the network instead of following it. The network's thread keeps its own timings, added to
+    ``timings`` at the end (no two threads add to one entry)."""
+    metadata = guarded.predictor.metadata
+    count, rows, columns = slices.shape
+    network_timings = dict.fromkeys(("network_s", "resample_s", "postprocess_s"), 0.0)
+    network = network_on_batch(guarded, network_timings)
+    batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, guarded.predictor.required_multiple))
+    computed = prefetch((batch, network(batch)) for batch in batches)
+    started = time.perf_counter()
+    decided = interpolated_decisions(computed, positions, (rows, columns), metadata.out_channels, count, batch_size, timings)
+    channels_are_labels = label_values.dtype == np.uint8 and np.array_equal(label_values, np.arange(len(label_values)))
+    for indices, box, chosen, chosen_confidence in decided:
+        placing = time.perf_counter()
+        put(indices, box, chosen if channels_are_labels else label_values[chosen], chosen_confidence)
+        timings["postprocess_s"] += time.perf_counter() - placing
+    for key, seconds in network_timings.items():
+        timings[key] += seconds
+    timings["preprocess_s"] = max(0.0, time.perf_counter() - started - sum(timings.values()))
 
 
 def _decided_on_box(output, size: Tuple[int, int], label_values: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:

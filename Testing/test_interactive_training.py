@@ -145,8 +145,12 @@ def test_pseudo_objects_replace_labelled_objects_for_their_share_of_an_object_ne
     images = np.repeat(chest_slices[:4, None], 3, axis=1)[..., :chest_labels.shape[1], :chest_labels.shape[2]]
     everything = GuidanceSimulation("object", GuidanceSpec(), (3.0, 3.0), 10.0, 0.0, pseudo_objects=1.0)
     _, targets = everything.guide(images, chest_labels, merged_masks(4), np.random.default_rng(2))
-    differs = [not np.array_equal(targets[i].astype(bool), chest_labels[i] == c) for i in range(4) for c in [np.unique(chest_labels[i][targets[i].astype(bool)])[0]] if targets[i].any()]
-    assert differs and any(differs)  # at least one target is no labelled class's mask: a pseudo-object
+    def a_labelled_mask(target: np.ndarray, labels: np.ndarray) -> bool:
+        """Whether ``target`` is exactly the mask of one class of ``labels``."""
+        inside = np.unique(labels[target.astype(bool)])
+        return len(inside) == 1 and np.array_equal(target.astype(bool), labels == inside[0])
+
+    assert any(targets[i].any() and not a_labelled_mask(targets[i], chest_labels[i]) for i in range(4))  # a pseudo-object
     _, labelled = GuidanceSimulation("object", GuidanceSpec(), (3.0, 3.0), 10.0, 0.0).guide(images, chest_labels, merged_masks(4), np.random.default_rng(2))
     for sample in range(4):  # without them, every target is one labelled class's mask
         assert len(np.unique(chest_labels[sample][labelled[sample].astype(bool)])) == 1

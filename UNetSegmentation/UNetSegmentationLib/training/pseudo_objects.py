@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 #: the tolerance around the seed's value, drawn uniformly per object, in normalised intensity (CT: the
-#: -1000…1000 HU window maps to [0, 1], so 0.008-0.03 is 16-60 HU: one organ's texture, not its neighbours')
+#: -1000…1000 HU window maps to [0, 1], so 0.005-0.02 is 10-40 HU: one organ's texture, not its neighbours')
 TOLERANCE = (0.005, 0.02)
 #: pixels the region is opened by: bridges this thin between two regions of like intensity (an organ touching a
 #: muscle) are cut, so that one object is one structure

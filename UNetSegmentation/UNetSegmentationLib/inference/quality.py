@@ -32,7 +32,10 @@ SliceScore = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
-    """``(B, rows, columns)`` bool grown by ``steps`` pixels in each in-plane direction (a square)."""
+    """``(B, rows, columns)`` bool grown by ``steps`` pixels in each in-plane direction (a square); ``mask`` itself
+    for none (the review's band of one pixel: no copy of the batch's pixels)."""
+    if steps == 0:
+        return mask
     grown = mask.copy()
     for _ in range(steps):
         step = grown.copy()

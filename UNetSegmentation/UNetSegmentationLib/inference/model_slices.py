@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -51,19 +51,18 @@ def position_batches(slices: np.ndarray, positions: np.ndarray, batch_size: int,
 
 
 def interpolated_decisions(
-    computed: Iterator[Tuple[ModelBatch, Tuple[np.ndarray, Box]]], positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int,
+    computed: Iterator[Tuple[ModelBatch, Tuple[List[GridDecision], Box]]], positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int,
     slices_per_step: int, timings: Dict[str, float],
 ) -> Iterator[Tuple[np.ndarray, Box, np.ndarray, np.ndarray]]:
     """``(input slices, box, their chosen channels (B, box rows, box columns), confidence)`` in slice order, at
     most ``slices_per_step`` slices of the same two network positions at a time, decided on the probabilities
     interpolated between those of the positions around them; outside ``box`` (the union of the two positions'
-    body boxes) background, certain. Each position is decided once on the input's pixels from its model-grid
-    probabilities (:mod:`.grid_decision`); a slice between two positions blends their confidence, and their K
-    channels only where their choices differ (:class:`_PositionPair`: the same labels and confidence as
-    deciding the whole blend). ``computed`` gives each batch of positions with the network's answer,
-    ``(model-grid probabilities, the batch's box)`` (:func:`network_on_batch`; the pipeline computes the next
-    batch on a thread while this decides the one before); the seconds spent deciding go to
-    ``timings["postprocess_s"]``, resampling the confidence to ``timings["resample_s"]``."""
+    body boxes) background, certain. ``computed`` gives each batch of positions with each position's decision on
+    the input's pixels of the batch's box, made once from its model-grid probabilities (:func:`network_on_batch`,
+    :mod:`.grid_decision`; the pipeline computes the next batch on a thread while this decides the slices of the
+    one before). A slice between two positions blends their confidence, and their K channels only where their
+    choices differ (:class:`_PositionPair`: the same labels and confidence as deciding the whole blend); the
+    seconds spent here go to ``timings["postprocess_s"]``."""
     cells = len(positions)
     below, above, weight = neighbours_of(slice_count, cells)
     known: Dict[int, Optional[_Position]] = {}
@@ -76,14 +75,9 @@ def interpolated_decisions(
             batch, answer = next(pending, (None, None))
             last = cells - 1 if batch is None else int(batch.indices[-1])
             if batch is not None:
-                probabilities, box = answer
-                started = time.perf_counter()
-                for position, plane in zip(batch.indices, probabilities):
-                    decision = decide_on_input_grid(plane, (box[1] - box[0], box[3] - box[2]))
+                decisions, box = answer
+                for position, decision in zip(batch.indices, decisions):
                     known[int(position)] = _Position(box, decision)
-                    timings["resample_s"] += decision.resample_s
-                    timings["postprocess_s"] -= decision.resample_s
-                timings["postprocess_s"] += time.perf_counter() - started
             for position in range(computed_up_to + 1, last + 1):
                 known.setdefault(position, None)
             computed_up_to = last
@@ -177,8 +171,8 @@ class _PositionPair:
 
 
 def network_on_batch(guarded: Callable, timings: Dict[str, float]) -> Callable:
-    """``batch -> (probabilities on the model grid as numpy (B, K, h, w), the batch's box)``, timed."""
-    def run(batch: ModelBatch):
+    """``batch -> (batch, (probabilities on the model grid as numpy (B, K, h, w), the batch's box))``, timed."""
+    def run(batch: ModelBatch) -> Tuple[ModelBatch, Tuple[np.ndarray, Box]]:
         started = time.perf_counter()
         rows, columns = batch.model_size
         output = guarded(batch.inputs)[:, :, :rows, :columns]
@@ -187,7 +181,23 @@ def network_on_batch(guarded: Callable, timings: Dict[str, float]) -> Callable:
         timings["network_s"] += computed - started
         timings["resample_s"] += batch.resample_s
         timings["postprocess_s"] += time.perf_counter() - computed
-        return probabilities, batch.box
+        return batch, (probabilities, batch.box)
+
+    return run
+
+
+def positions_decided(timings: Dict[str, float]) -> Callable:
+    """``(batch, (probabilities, box)) -> (batch, (each position's decision on the input's pixels of the box, the
+    box))`` (:mod:`.grid_decision`), timed: the pipeline runs it on a thread of its own, between the network's and
+    the one that decides the slices between positions."""
+    def run(batch: ModelBatch, answer: Tuple[np.ndarray, Box]) -> Tuple[ModelBatch, Tuple[List[GridDecision], Box]]:
+        started = time.perf_counter()
+        probabilities, box = answer
+        decisions = [decide_on_input_grid(plane, (box[1] - box[0], box[3] - box[2])) for plane in probabilities]
+        resampled = sum(decision.resample_s for decision in decisions)
+        timings["resample_s"] += resampled
+        timings["postprocess_s"] += time.perf_counter() - started - resampled
+        return batch, (decisions, box)
 
     return run
 

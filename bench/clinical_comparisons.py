@@ -11,7 +11,10 @@ ONNX Runtime with 2 threads, as ``predict`` runs it):
   inputs built beforehand), writing ``predict``'s label map: what no pipeline around this network can beat;
 - ``predict``: ``unetseg predict`` in a fresh process (wall time, and the done event's total_s).
 
-    python bench/clinical_comparisons.py [--rounds 3] [--sizes 300] [--checkpoint CKPT]
+With ``predict`` and ``limit`` both run, a last row gives issue 25's ratio: the work around the network (the
+engine's ``total_s`` less the network alone, the ``limit``'s network time) over the network alone.
+
+    python bench/clinical_comparisons.py [--rounds 3] [--sizes 300] [--encodings gzip,raw] [--pipelines predict,monai,limit] [--checkpoint CKPT]
 
 ``--checkpoint``: another model than the bundled one; the network is then the engine's own predictor of
 that checkpoint (as ``predict`` opens it: its ONNX export where it has one), for all three pipelines.
@@ -129,36 +132,47 @@ def monai_run(ct: Path, metadata, net, output: Path, multiple: int = 32) -> tupl
     return steps, labels
 
 
-def compare(sizes, rounds: int, cache: Path, scratch: Path, checkpoint: Path = MODEL) -> None:
+PIPELINES = ("predict", "monai", "limit")
+
+
+def compare(sizes, rounds: int, cache: Path, scratch: Path, checkpoint: Path = MODEL, encodings=("gzip",), pipelines=PIPELINES) -> None:
     from clinical_resolution import engine
-    from clinical_speed import fixture
+    from clinical_speed import encoded, fixture
     from UNetSegmentationLib.model.header import read_metadata
 
     metadata = read_metadata(checkpoint)
     net, multiple = network(checkpoint)
     print(f"\nload average at start: {os.getloadavg()[0]:.1f} (2 cores); {rounds} rounds interleaved, medians; monai and limit in this process, predict a fresh process\n")
-    print("| volume | pipeline | wall s | steps (median s) | voxels as predict |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| volume | input | pipeline | wall s | steps (median s) | voxels as predict |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for slices in sizes:
-        ct, _ = fixture(slices, cache, checkpoint)
-        ours = scratch / f"predict-{slices}.nrrd"
-        engine(REPO, "predict", "--checkpoint", str(checkpoint), str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)  # warm the file cache; labels for the limit
-        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ours)))
-        inputs = model_inputs(ct, metadata, multiple)
-        results = {"predict": [], "monai": [], "limit": []}
-        monai_labels = None
-        for _ in range(rounds):
-            wall, done, _ = engine(REPO, "predict", "--checkpoint", str(checkpoint), str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)
-            # no peak RSS here: a child's ru_maxrss starts at this process's, which holds MONAI's probabilities (bench/clinical_speed.py measures it)
-            results["predict"].append({"total": wall, "engine total_s": done["timings"]["total_s"], "network_s": done["timings"]["network_s"]})
-            steps, monai_labels = monai_run(ct, metadata, net, scratch / f"monai-{slices}.nrrd", multiple)
-            results["monai"].append(steps)
-            results["limit"].append(limit(ct, labels, inputs, net, scratch / f"limit-{slices}.nrrd"))
-        agreement = {"predict": 1.0, "monai": float((monai_labels == labels).mean()), "limit": 1.0}
-        for name, runs in results.items():
-            keys = [k for k in runs[0] if k != "total"]
-            text = ", ".join(f"{k} {statistics.median(r[k] for r in runs):.2f}" for k in keys)
-            print(f"| 512²×{slices} | {name} | {statistics.median(r['total'] for r in runs):.2f} | {text} | {100 * agreement[name]:.2f} % |")
+        for encoding in encodings:
+            ct = encoded(fixture(slices, cache, checkpoint)[0], encoding)
+            ours = scratch / f"predict-{slices}.nrrd"
+            engine(REPO, "predict", "--checkpoint", str(checkpoint), str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)  # warm the file cache; labels for the limit
+            labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ours)))
+            inputs = model_inputs(ct, metadata, multiple)
+            results = {name: [] for name in pipelines}
+            monai_labels = None
+            for _ in range(rounds):
+                if "predict" in results:
+                    wall, done, _ = engine(REPO, "predict", "--checkpoint", str(checkpoint), str(ct), str(ours), "--overwrite", "--progress", "json", scratch=scratch)
+                    # no peak RSS here: a child's ru_maxrss starts at this process's, which holds MONAI's probabilities (bench/clinical_speed.py measures it)
+                    results["predict"].append({"total": wall, "engine total_s": done["timings"]["total_s"], "network_s": done["timings"]["network_s"]})
+                if "monai" in results:
+                    steps, monai_labels = monai_run(ct, metadata, net, scratch / f"monai-{slices}.nrrd", multiple)
+                    results["monai"].append(steps)
+                if "limit" in results:
+                    results["limit"].append(limit(ct, labels, inputs, net, scratch / f"limit-{slices}.nrrd"))
+            agreement = {"predict": 1.0, "monai": float((monai_labels == labels).mean()) if monai_labels is not None else 0.0, "limit": 1.0}
+            for name, runs in results.items():
+                keys = [k for k in runs[0] if k != "total"]
+                text = ", ".join(f"{k} {statistics.median(r[k] for r in runs):.2f}" for k in keys)
+                print(f"| 512²×{slices} | {encoding} | {name} | {statistics.median(r['total'] for r in runs):.2f} | {text} | {100 * agreement[name]:.2f} % |")
+            if "predict" in results and "limit" in results:
+                total = statistics.median(r["engine total_s"] for r in results["predict"])
+                alone = statistics.median(r["network"] for r in results["limit"])
+                print(f"| 512²×{slices} | {encoding} | work around the network ÷ the network alone | | ({total:.2f} − {alone:.2f}) ÷ {alone:.2f} = **{(total - alone) / alone:.2f}** | |")
 
 
 def _checkpoint(text: str) -> Path:
@@ -174,9 +188,14 @@ def main() -> int:
     parser.add_argument("--sizes", default="300")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
     parser.add_argument("--checkpoint", type=_checkpoint, default=MODEL, help="the model: a checkpoint file, or 'bundled' (default: the chest model of rounds 1-2, Testing/Data)")
+    parser.add_argument("--encodings", default="gzip", help="comma-separated: gzip (the fixture as written), raw (uncompressed 16-bit, as the panel sends it)")
+    parser.add_argument("--pipelines", default=",".join(PIPELINES), help="comma-separated, of " + ", ".join(PIPELINES) + " (the MONAI pipeline takes minutes per run at 600 slices)")
     args = parser.parse_args()
+    pipelines = tuple(p for p in args.pipelines.split(",") if p)
+    if not pipelines or any(p not in PIPELINES for p in pipelines):
+        parser.error(f"--pipelines: some of {', '.join(PIPELINES)}")
     with tempfile.TemporaryDirectory() as scratch:
-        compare([int(s) for s in args.sizes.split(",")], args.rounds, args.cache, Path(scratch), args.checkpoint.resolve())
+        compare([int(s) for s in args.sizes.split(",")], args.rounds, args.cache, Path(scratch), args.checkpoint.resolve(), tuple(args.encodings.split(",")), pipelines)
     return 0
 
 

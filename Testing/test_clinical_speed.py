@@ -60,6 +60,35 @@ def test_the_decision_made_on_the_model_grid_is_that_of_every_channel_resampled(
     np.testing.assert_array_equal(decision.probabilities_at(ys, xs), resampled[0][:, ys, xs])
 
 
+@pytest.mark.parametrize("case", ["a third channel wins between two", "exact ties", "noise"])
+def test_a_mixed_pixel_decided_on_two_channels_is_decided_as_on_all_of_them(case):
+    """Where a cell's four model pixels choose two channels, those two decide its input pixels unless another
+    channel comes close (grid_decision._decided_where_mixed): a third channel that wins between two corners
+    that both reject it, ties between the two (the lower channel wins), and per-pixel noise (cells of three
+    and four choices) all give the labels and confidence of resampling every channel."""
+    from UNetSegmentationLib.inference.grid_decision import decide_on_input_grid
+    from UNetSegmentationLib.inference.resolution import bilinear
+
+    if case == "a third channel wins between two":  # (0.55, 0, 0.45) beside (0, 0.55, 0.45): 0.45 wins halfway
+        left, right = [0.55, 0.0, 0.45], [0.0, 0.55, 0.45]
+    elif case == "exact ties":  # a quarter of the way (a weight an upsampling by 2 samples at): 0.5 and 0.5, exactly
+        left, right = [0.625, 0.375, 0.0], [0.125, 0.875, 0.0]
+    if case == "noise":
+        probabilities = np.random.default_rng(3).dirichlet(np.ones(6), size=(12, 10)).transpose(2, 0, 1).astype(np.float32)
+    else:
+        probabilities = np.array([[left, right, left, right]] * 4, dtype=np.float32).transpose(2, 0, 1)  # (3, 4, 4) stripes
+    size = (probabilities.shape[1] * 2, probabilities.shape[2] * 2)
+    resampled = bilinear(probabilities[None], size)
+    expected_chosen, expected_confidence = decided_in_numpy(resampled)
+    decision = decide_on_input_grid(probabilities, size)
+    np.testing.assert_array_equal(decision.chosen, expected_chosen[0])
+    np.testing.assert_array_equal(decision.confidence, expected_confidence[0])
+    if case == "exact ties":
+        assert (resampled[0, 0] == resampled[0, 1]).any()
+    if case == "a third channel wins between two":
+        assert (decision.chosen == 2).any()
+
+
 @pytest.mark.parametrize("channels", [1, 8])
 def test_the_slices_between_two_positions_are_decided_as_their_blend_on_the_union_of_their_boxes(channels):
     """Two network positions with different body boxes (one of them possibly without body): each slice between

@@ -58,8 +58,8 @@ def interpolated_decisions(
     most ``slices_per_step`` slices of the same two network positions at a time, decided on the probabilities
     interpolated between those of the positions around them; outside ``box`` (the union of the two positions'
     body boxes) background, certain. ``computed`` gives each batch of positions with each position's decision on
-    the input's pixels of the batch's box, made once from its model-grid probabilities (:func:`network_on_batch`,
-    :mod:`.grid_decision`; the pipeline computes the next batch on a thread while this decides the slices of the
+    the input's pixels of the batch's box, made once from its model-grid probabilities (:func:`positions_decided`
+    after :func:`network_on_batch`; the pipeline computes the next batch on a thread while this decides the slices of the
     one before). A slice between two positions blends their confidence, and their K channels only where their
     choices differ (:class:`_PositionPair`: the same labels and confidence as deciding the whole blend); the
     seconds spent here go to ``timings["postprocess_s"]``."""
@@ -188,8 +188,8 @@ def network_on_batch(guarded: Callable, timings: Dict[str, float]) -> Callable:
 
 def positions_decided(timings: Dict[str, float]) -> Callable:
     """``(batch, (probabilities, box)) -> (batch, (each position's decision on the input's pixels of the box, the
-    box))`` (:mod:`.grid_decision`), timed: the pipeline runs it on a thread of its own, between the network's and
-    the one that decides the slices between positions."""
+    box))`` (:mod:`.grid_decision`), timed: the pipeline runs it on the network's thread after each network call,
+    while its own thread decides the slices between the positions before (on a third thread it measured slower)."""
     def run(batch: ModelBatch, answer: Tuple[np.ndarray, Box]) -> Tuple[ModelBatch, Tuple[List[GridDecision], Box]]:
         started = time.perf_counter()
         probabilities, box = answer

@@ -159,15 +159,14 @@ def predict_volume(
 def _segment_thin_slices(slices: np.ndarray, positions: np.ndarray, batch_size: int, mapping: IntensityMapping, grid: ModelGrid, bodies: BodyBoxes,
                          guarded: MemoryGuard, put: Callable, label_values: np.ndarray, timings: Dict[str, float]) -> None:
     """:func:`predict_volume`'s thin-slice path: the network at ``positions`` (:mod:`.model_slices`), every slice's
-    labels decided between them and ``put``. The network computes the next batch of positions on a thread (its
-    inputs gathered on another) while this thread decides and blends the batch before: all release the GIL, so the
-    decisions overlap the network instead of following it. The network's thread keeps its own timings, added to
+    labels decided between them and ``put``. The network computes the next batch of positions and decides each of
+    them on the input's pixels on a thread (its inputs gathered on another) while this thread blends the slices of
+    the batch before: all release the GIL, so the decisions overlap the network instead of following it. The network's thread keeps its own timings, added to
     ``timings`` at the end (no two threads add to one entry)."""
     metadata = guarded.predictor.metadata
     count, rows, columns = slices.shape
     network_timings = dict.fromkeys(("network_s", "resample_s", "postprocess_s"), 0.0)
-    position_timings = dict.fromkeys(("resample_s", "postprocess_s"), 0.0)
-    network, decided_positions = network_on_batch(guarded, network_timings), positions_decided(position_timings)
+    network, decided_positions = network_on_batch(guarded, network_timings), positions_decided(network_timings)
     batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, guarded.predictor.required_multiple))
     computed = prefetch(decided_positions(*network(batch)) for batch in batches)  # both on one thread: measured faster than a thread each
     started = time.perf_counter()
@@ -177,7 +176,7 @@ def _segment_thin_slices(slices: np.ndarray, positions: np.ndarray, batch_size: 
         placing = time.perf_counter()
         put(indices, box, chosen if channels_are_labels else label_values[chosen], chosen_confidence)
         timings["postprocess_s"] += time.perf_counter() - placing
-    for key, seconds in [*network_timings.items(), *position_timings.items()]:
+    for key, seconds in network_timings.items():
         timings[key] += seconds
     timings["preprocess_s"] = max(0.0, time.perf_counter() - started - sum(timings.values()))
 

@@ -79,9 +79,9 @@ def test_several_gzip_members_are_counted_as_before_and_read(tmp_path, decodes):
     assert np.array_equal(sitk.GetArrayViewFromImage(image), volume)
 
 
-def test_a_stream_whose_checksum_does_not_match_its_voxels_is_refused(tmp_path):
+def _spoilt_gzip_nrrd(tmp_path: Path) -> Path:
     """A gzip NRRD whose deflate data decodes cleanly to other voxels than its CRC-32 was made of (a bit flipped
-    in a stored block): ITK reads it without a word; the checksum refuses it."""
+    in a stored block): ITK reads it without a word."""
     volume = sitk.GetArrayFromImage(make_volume()).astype("<i2")
     spoilt = volume.copy()
     spoilt.reshape(-1)[100] += 1
@@ -96,9 +96,40 @@ def test_a_stream_whose_checksum_does_not_match_its_voxels_is_refused(tmp_path):
     path = tmp_path / "spoilt.nrrd"
     path.write_bytes(header + bytes(member))
     assert zlib.crc32(spoilt.tobytes()) != int.from_bytes(member[-8:-4], "little")
+    return path
+
+
+def test_a_stream_whose_checksum_does_not_match_its_voxels_is_refused(tmp_path):
+    """The checksum refuses what ITK read without a word."""
+    path = _spoilt_gzip_nrrd(tmp_path)
     with pytest.raises(UserError) as refused:
         read_volume(path, verify_data(inspect_input(path)))
     assert "truncated or corrupt" in str(refused.value) and "incorrect data check" in str(refused.value)
+
+
+def test_the_check_run_beside_the_caller_refuses_as_the_read_does_and_passes_a_sound_file(tmp_path, monkeypatch):
+    """predict computes the checksum on a thread while it finds the body: for a sound gzip NRRD waiting for the
+    check returns and the voxels are read_volume's; for one whose checksum does not match what ITK decoded (ITK's
+    gzip reader checks the CRC itself where it reads to the stream's end, so the mismatch is simulated here) the
+    image comes back and waiting raises what read_volume raises."""
+    from UNetSegmentationLib.io import volumes
+    from UNetSegmentationLib.io.volumes import read_volume_checked_beside
+
+    sound = tmp_path / "sound.nrrd"
+    sitk.WriteImage(make_volume(), str(sound), useCompression=True)
+    image, wait = read_volume_checked_beside(sound)
+    wait()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(read_volume(sound)))
+
+    monkeypatch.setattr(volumes, "checksum_matches", lambda payload, decoded: False)
+    monkeypatch.setattr(volumes, "missing_data", lambda payload, decode=False: "its compressed voxel data is corrupt (simulated)" if decode else None)
+    with pytest.raises(UserError) as read:
+        read_volume(sound)
+    image, wait = read_volume_checked_beside(sound)
+    assert image.GetSize() == (40, 36, 12)
+    with pytest.raises(UserError) as checked:
+        wait()
+    assert str(checked.value) == str(read.value) and "truncated or corrupt" in str(checked.value)
 
 
 def test_a_file_cut_short_is_refused_before_it_is_read_when_its_length_cannot_hold_it(tmp_path):

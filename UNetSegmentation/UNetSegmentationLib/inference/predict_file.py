@@ -34,7 +34,7 @@ from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
 from UNetSegmentationLib.io.outputs import check_output_path, claim_outputs, claiming_outputs
 from UNetSegmentationLib.io.segmentations import grid_reference, label_dtype
-from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, max_slice_pixels, constant_value, inspect_input, read_volume, verify_data
+from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, max_slice_pixels, constant_value, inspect_input, read_volume_checked_beside, verify_data
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
@@ -212,16 +212,17 @@ def segment_volume(
     dicom = _dicom_source(header, outputs[0], model, algorithm)  # a SEG's segments checked before the volume is read
     t_model = time.perf_counter()
 
-    image = read_volume(header.path, header)
+    image, read_checked = read_volume_checked_beside(header.path, header)
     volume = _array_view(image)
-    check_finite(volume, source=str(header.path))
     t_read = time.perf_counter()
 
     geometry = SliceGeometry.from_direction(image.GetDirection(), options.axis)
-    mapping = fit_normalization(metadata.normalization, volume)
     slice_count = geometry.slices_view(volume).shape[0]
     quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
     layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, options.spacing == SPACING_MODEL, options.crop)
+    read_checked()  # a compressed input's checksum, computed beside the body's search: a corrupt file is refused here
+    check_finite(volume, source=str(header.path))
+    mapping = fit_normalization(metadata.normalization, volume)
     layout = only_slices(layout, slices, plan.batch_size, slice_count)  # the warm engine's segment_slices (None: all)
     _report_start(reporter, plan, predictor, metadata, depth, geometry, slice_count, layout)
     findings = check_scan(header, volume, metadata)  # the scan against what the model was made for: modality, values, header fields

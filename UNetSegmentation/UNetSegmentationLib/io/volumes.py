@@ -15,8 +15,9 @@ import dataclasses
 import errno
 import math
 import os
+import threading
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -130,6 +131,43 @@ def validate_header(header: InputHeader) -> None:
 def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
     """A 3D scalar image, or a :class:`UserError` that says why not (``header``: from :func:`inspect_input`,
     its data verified by :func:`verify_data` here unless it was already; compressed data checked as it is read)."""
+    image, header = _read_image(path, header)
+    if not header.data_verified:
+        _check_decoded(header, image)
+    validate_volume(image, header.path)
+    return image
+
+
+def read_volume_checked_beside(path, header: Optional[InputHeader] = None) -> Tuple[sitk.Image, Callable[[], None]]:
+    """``(image, wait)``: :func:`read_volume` whose check of a compressed stream (its checksum over every decoded
+    voxel: 0.16 s per 315 MB here) runs on a thread while the caller goes on. ``wait()`` returns once the check
+    has passed and raises :func:`read_volume`'s :class:`UserError` when it has not; the caller calls it before it
+    reports, checks or writes anything of the voxels (``predict`` finds the body meanwhile, which uses one core)."""
+    image, header = _read_image(path, header)
+    validate_volume(image, header.path)
+    if header.data_verified:
+        return image, lambda: None
+    failures: list = []
+
+    def check() -> None:
+        try:
+            _check_decoded(header, image)
+        except BaseException as error:  # raised by wait(), in the caller's thread
+            failures.append(error)
+
+    checking = threading.Thread(target=check, name="unetseg-read-check", daemon=True)
+    checking.start()
+
+    def wait() -> None:
+        checking.join()
+        if failures:
+            raise failures[0]
+
+    return image, wait
+
+
+def _read_image(path, header: Optional[InputHeader]) -> Tuple[sitk.Image, InputHeader]:
+    """The image as ITK reads it, and its header (verified as far as the file tells without decoding it)."""
     header = verify_data(header or inspect_input(path))
     try:
         with quiet_itk():
@@ -147,10 +185,7 @@ def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
         if not header.data_verified:  # a stream cut short or corrupt is named as such, not as the reader words it
             _check_payload(header.path, decode=True)
         raise UserError(f"cannot read {header.path} as an image ({SUPPORTED}): {native_reason(error)}") from None
-    if not header.data_verified:
-        _check_decoded(header, image)
-    validate_volume(image, header.path)
-    return image
+    return image, header
 
 
 def _out_of_memory_reading(header: InputHeader) -> str:

@@ -213,8 +213,7 @@ def segment_volume(
     t_model = time.perf_counter()
 
     image, read_checked = read_volume_checked_beside(header.path, header)
-    volume = _array_view(image)
-    t_read = time.perf_counter()
+    volume, t_read = _array_view(image), time.perf_counter()
 
     geometry = SliceGeometry.from_direction(image.GetDirection(), options.axis)
     slice_count = geometry.slices_view(volume).shape[0]

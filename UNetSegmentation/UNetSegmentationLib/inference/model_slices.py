@@ -51,16 +51,15 @@ def position_batches(slices: np.ndarray, positions: np.ndarray, batch_size: int,
 
 
 def interpolated_decisions(
-    computed: Iterator[Tuple[ModelBatch, Tuple[List[GridDecision], Box]]], positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int,
+    computed: Iterator[Tuple[ModelBatch, List[GridDecision]]], positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int,
     slices_per_step: int, timings: Dict[str, float],
 ) -> Iterator[Tuple[np.ndarray, Box, np.ndarray, np.ndarray]]:
     """``(input slices, box, their chosen channels (B, box rows, box columns), confidence)`` in slice order, at
     most ``slices_per_step`` slices of the same two network positions at a time, decided on the probabilities
     interpolated between those of the positions around them; outside ``box`` (the union of the two positions'
     body boxes) background, certain. ``computed`` gives each batch of positions with each position's decision on
-    the input's pixels of the batch's box, made once from its model-grid probabilities (:func:`positions_decided`
-    after :func:`network_on_batch`; the pipeline computes the next batch on a thread while this decides the slices of the
-    one before). A slice between two positions blends their confidence, and their K channels only where their
+    the input's pixels of the batch's box, made once from its model-grid probabilities (:func:`decided_by_network`;
+    the pipeline computes the next batch on a thread while this decides the slices of the one before). A slice between two positions blends their confidence, and their K channels only where their
     choices differ (:class:`_PositionPair`: the same labels and confidence as deciding the whole blend); the
     seconds spent here go to ``timings["postprocess_s"]``."""
     cells = len(positions)
@@ -72,12 +71,11 @@ def interpolated_decisions(
     next_slice = 0
     while next_slice < slice_count:
         if above[next_slice] > computed_up_to:
-            batch, answer = next(pending, (None, None))
+            batch, decisions = next(pending, (None, None))
             last = cells - 1 if batch is None else int(batch.indices[-1])
             if batch is not None:
-                decisions, box = answer
                 for position, decision in zip(batch.indices, decisions):
-                    known[int(position)] = _Position(box, decision)
+                    known[int(position)] = _Position(batch.box, decision)
             for position in range(computed_up_to + 1, last + 1):
                 known.setdefault(position, None)
             computed_up_to = last
@@ -170,34 +168,23 @@ class _PositionPair:
             confidence.reshape(-1)[self.differ] = mixed_confidence.reshape(-1)
 
 
-def network_on_batch(guarded: Callable, timings: Dict[str, float]) -> Callable:
-    """``batch -> (batch, (probabilities on the model grid as numpy (B, K, h, w), the batch's box))``, timed."""
-    def run(batch: ModelBatch) -> Tuple[ModelBatch, Tuple[np.ndarray, Box]]:
+def decided_by_network(guarded: Callable, timings: Dict[str, float]) -> Callable:
+    """``batch -> (batch, each of its positions decided on the input's pixels of ``batch.box``)``, timed: the network's
+    model-grid probabilities, then each position's decision (:mod:`.grid_decision`). The pipeline runs it on the
+    network's thread while its own thread decides the slices between the positions before (the decisions on a
+    third thread of their own measured slower)."""
+    def run(batch: ModelBatch) -> Tuple[ModelBatch, List[GridDecision]]:
         started = time.perf_counter()
         rows, columns = batch.model_size
         output = guarded(batch.inputs)[:, :, :rows, :columns]
         computed = time.perf_counter()
-        probabilities = _as_numpy(output)
-        timings["network_s"] += computed - started
-        timings["resample_s"] += batch.resample_s
-        timings["postprocess_s"] += time.perf_counter() - computed
-        return batch, (probabilities, batch.box)
-
-    return run
-
-
-def positions_decided(timings: Dict[str, float]) -> Callable:
-    """``(batch, (probabilities, box)) -> (batch, (each position's decision on the input's pixels of the box, the
-    box))`` (:mod:`.grid_decision`), timed: the pipeline runs it on the network's thread after each network call,
-    while its own thread decides the slices between the positions before (on a third thread it measured slower)."""
-    def run(batch: ModelBatch, answer: Tuple[np.ndarray, Box]) -> Tuple[ModelBatch, Tuple[List[GridDecision], Box]]:
-        started = time.perf_counter()
-        probabilities, box = answer
-        decisions = [decide_on_input_grid(plane, (box[1] - box[0], box[3] - box[2])) for plane in probabilities]
+        box = batch.box
+        decisions = [decide_on_input_grid(plane, (box[1] - box[0], box[3] - box[2])) for plane in _as_numpy(output)]
         resampled = sum(decision.resample_s for decision in decisions)
-        timings["resample_s"] += resampled
-        timings["postprocess_s"] += time.perf_counter() - started - resampled
-        return batch, (decisions, box)
+        timings["network_s"] += computed - started
+        timings["resample_s"] += batch.resample_s + resampled
+        timings["postprocess_s"] += time.perf_counter() - computed - resampled
+        return batch, decisions
 
     return run
 

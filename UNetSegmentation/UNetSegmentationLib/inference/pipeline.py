@@ -23,7 +23,7 @@ from UNetSegmentationLib.inference.prefetch import prefetch
 from UNetSegmentationLib.inference.body import BodyBoxes
 from UNetSegmentationLib.inference.decision import labels_from_probabilities
 from UNetSegmentationLib.inference.grid_decision import decide_on_input_grid
-from UNetSegmentationLib.inference.model_slices import interpolated_decisions, network_on_batch, position_batches, positions_decided
+from UNetSegmentationLib.inference.model_slices import decided_by_network, interpolated_decisions, position_batches
 from UNetSegmentationLib.inference.resolution import ModelGrid, resample_probabilities
 from UNetSegmentationLib.inference.slicing import SliceGeometry, input_batches, model_batches, padding_for
 from UNetSegmentationLib.io.segmentations import label_dtype
@@ -161,14 +161,14 @@ def _segment_thin_slices(slices: np.ndarray, positions: np.ndarray, batch_size: 
     """:func:`predict_volume`'s thin-slice path: the network at ``positions`` (:mod:`.model_slices`), every slice's
     labels decided between them and ``put``. The network computes the next batch of positions and decides each of
     them on the input's pixels on a thread (its inputs gathered on another) while this thread blends the slices of
-    the batch before: all release the GIL, so the decisions overlap the network instead of following it. The network's thread keeps its own timings, added to
-    ``timings`` at the end (no two threads add to one entry)."""
+    the batch before: all release the GIL, so the decisions overlap the network instead of following it. The
+    network's thread keeps its own timings, added to ``timings`` at the end (no two threads add to one entry)."""
     metadata = guarded.predictor.metadata
     count, rows, columns = slices.shape
     network_timings = dict.fromkeys(("network_s", "resample_s", "postprocess_s"), 0.0)
-    network, decided_positions = network_on_batch(guarded, network_timings), positions_decided(network_timings)
+    network = decided_by_network(guarded, network_timings)
     batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, guarded.predictor.required_multiple))
-    computed = prefetch(decided_positions(*network(batch)) for batch in batches)  # both on one thread: measured faster than a thread each
+    computed = prefetch(network(batch) for batch in batches)
     started = time.perf_counter()
     decided = interpolated_decisions(computed, positions, (rows, columns), metadata.out_channels, count, batch_size, timings)
     channels_are_labels = label_values.dtype == np.uint8 and np.array_equal(label_values, np.arange(len(label_values)))

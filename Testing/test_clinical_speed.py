@@ -61,14 +61,20 @@ def test_the_decision_made_on_the_model_grid_is_that_of_every_channel_resampled(
 
 
 @pytest.mark.parametrize("case", ["a third channel wins between two", "exact ties", "noise"])
-def test_a_mixed_pixel_decided_on_two_channels_is_decided_as_on_all_of_them(case):
+def test_a_mixed_pixel_decided_on_two_channels_is_decided_as_on_all_of_them(case, monkeypatch):
     """Where a cell's four model pixels choose two channels, those two decide its input pixels unless another
     channel comes close (grid_decision._decided_where_mixed): a third channel that wins between two corners
-    that both reject it, ties between the two (the lower channel wins), and per-pixel noise (cells of three
-    and four choices) all give the labels and confidence of resampling every channel."""
-    from UNetSegmentationLib.inference.grid_decision import decide_on_input_grid
+    that both reject it (decided on all channels), ties between the two (decided on the two; the lower channel
+    wins), and per-pixel noise (both ways) all give the labels and confidence of resampling every channel."""
+    from UNetSegmentationLib.inference.grid_decision import GridDecision, decide_on_input_grid
     from UNetSegmentationLib.inference.resolution import bilinear
 
+    resampled_pixels = {"two channels": 0, "all channels": 0}  # which way the mixed pixels went
+    for method, way in (("channels_at", "two channels"), ("probabilities_at", "all channels")):
+        def counted(self, ys, *args, _original=getattr(GridDecision, method), _way=way, **kwargs):
+            resampled_pixels[_way] += len(ys)
+            return _original(self, ys, *args, **kwargs)
+        monkeypatch.setattr(GridDecision, method, counted)
     if case == "a third channel wins between two":  # (0.55, 0, 0.45) beside (0, 0.55, 0.45): 0.45 wins halfway
         left, right = [0.55, 0.0, 0.45], [0.0, 0.55, 0.45]
     elif case == "exact ties":  # a quarter of the way (a weight an upsampling by 2 samples at): 0.5 and 0.5, exactly
@@ -85,8 +91,12 @@ def test_a_mixed_pixel_decided_on_two_channels_is_decided_as_on_all_of_them(case
     np.testing.assert_array_equal(decision.confidence, expected_confidence[0])
     if case == "exact ties":
         assert (resampled[0, 0] == resampled[0, 1]).any()
+        assert resampled_pixels["two channels"] > 0 and resampled_pixels["all channels"] == 0
     if case == "a third channel wins between two":
         assert (decision.chosen == 2).any()
+        assert resampled_pixels["two channels"] == 0 and resampled_pixels["all channels"] > 0
+    if case == "noise":
+        assert resampled_pixels["two channels"] > 0 and resampled_pixels["all channels"] > 0
 
 
 @pytest.mark.parametrize("channels", [1, 8])

@@ -188,14 +188,19 @@ def main() -> int:
     parser.add_argument("--sizes", default="300")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-clinical-speed")
     parser.add_argument("--checkpoint", type=_checkpoint, default=MODEL, help="the model: a checkpoint file, or 'bundled' (default: the chest model of rounds 1-2, Testing/Data)")
-    parser.add_argument("--encodings", default="gzip", help="comma-separated: gzip (the fixture as written), raw (uncompressed 16-bit, as the panel sends it)")
+    parser.add_argument("--encodings", default="gzip", help="comma-separated: gzip (the fixture as written), raw (uncompressed 16-bit, as the panel sends it); bench/clinical_speed.py's ENCODINGS")
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help="comma-separated, of " + ", ".join(PIPELINES) + " (the MONAI pipeline takes minutes per run at 600 slices)")
     args = parser.parse_args()
+    from clinical_speed import ENCODINGS
+
     pipelines = tuple(p for p in args.pipelines.split(",") if p)
     if not pipelines or any(p not in PIPELINES for p in pipelines):
         parser.error(f"--pipelines: some of {', '.join(PIPELINES)}")
+    encodings = tuple(e for e in args.encodings.split(",") if e)
+    if not encodings or any(e not in ENCODINGS for e in encodings):
+        parser.error(f"--encodings: some of {', '.join(ENCODINGS)}")
     with tempfile.TemporaryDirectory() as scratch:
-        compare([int(s) for s in args.sizes.split(",")], args.rounds, args.cache, Path(scratch), args.checkpoint.resolve(), tuple(args.encodings.split(",")), pipelines)
+        compare([int(s) for s in args.sizes.split(",")], args.rounds, args.cache, Path(scratch), args.checkpoint.resolve(), encodings, pipelines)
     return 0
 
 

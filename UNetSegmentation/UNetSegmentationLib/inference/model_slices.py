@@ -51,17 +51,18 @@ def position_batches(slices: np.ndarray, positions: np.ndarray, batch_size: int,
 
 
 def interpolated_decisions(
-    computed: Iterator[Tuple[ModelBatch, List[GridDecision]]], positions: np.ndarray, slice_shape: Tuple[int, int], channels: int, slice_count: int,
-    slices_per_step: int, timings: Dict[str, float],
+    computed: Iterator[Tuple[ModelBatch, List[GridDecision]]], positions: np.ndarray, channels: int, slice_count: int, slices_per_step: int,
+    timings: Dict[str, float],
 ) -> Iterator[Tuple[np.ndarray, Box, np.ndarray, np.ndarray]]:
     """``(input slices, box, their chosen channels (B, box rows, box columns), confidence)`` in slice order, at
     most ``slices_per_step`` slices of the same two network positions at a time, decided on the probabilities
     interpolated between those of the positions around them; outside ``box`` (the union of the two positions'
     body boxes) background, certain. ``computed`` gives each batch of positions with each position's decision on
     the input's pixels of the batch's box, made once from its model-grid probabilities (:func:`decided_by_network`;
-    the pipeline computes the next batch on a thread while this decides the slices of the one before). A slice between two positions blends their confidence, and their K channels only where their
-    choices differ (:class:`_PositionPair`: the same labels and confidence as deciding the whole blend); the
-    seconds spent here go to ``timings["postprocess_s"]``."""
+    the pipeline computes the next batch on a thread while this decides the slices of the one before). A slice
+    between two positions blends their confidence, and their K channels only where their choices differ
+    (:class:`_PositionPair`: the same labels and confidence as deciding the whole blend); the seconds spent here go
+    to ``timings["postprocess_s"]``."""
     cells = len(positions)
     below, above, weight = neighbours_of(slice_count, cells)
     known: Dict[int, Optional[_Position]] = {}

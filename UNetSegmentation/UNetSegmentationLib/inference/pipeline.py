@@ -164,13 +164,13 @@ def _segment_thin_slices(slices: np.ndarray, positions: np.ndarray, batch_size: 
     the batch before: all release the GIL, so the decisions overlap the network instead of following it. The
     network's thread keeps its own timings, added to ``timings`` at the end (no two threads add to one entry)."""
     metadata = guarded.predictor.metadata
-    count, rows, columns = slices.shape
+    count = slices.shape[0]
     network_timings = dict.fromkeys(("network_s", "resample_s", "postprocess_s"), 0.0)
     network = decided_by_network(guarded, network_timings)
     batches = prefetch(position_batches(slices, positions, batch_size, metadata.context, mapping, grid, bodies, guarded.predictor.required_multiple))
     computed = prefetch(network(batch) for batch in batches)
     started = time.perf_counter()
-    decided = interpolated_decisions(computed, positions, (rows, columns), metadata.out_channels, count, batch_size, timings)
+    decided = interpolated_decisions(computed, positions, metadata.out_channels, count, batch_size, timings)
     channels_are_labels = label_values.dtype == np.uint8 and np.array_equal(label_values, np.arange(len(label_values)))
     for indices, box, chosen, chosen_confidence in decided:
         placing = time.perf_counter()

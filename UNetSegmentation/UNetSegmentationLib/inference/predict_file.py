@@ -33,8 +33,8 @@ from UNetSegmentationLib.io.file_digest import file_sha256
 from UNetSegmentationLib.io.input_header import InputHeader
 from UNetSegmentationLib.io.memory_budget import available_memory, check_memory, estimate_prediction_memory
 from UNetSegmentationLib.io.outputs import check_output_path, claim_outputs, claiming_outputs
-from UNetSegmentationLib.io.segmentations import grid_reference, label_dtype
-from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, max_slice_pixels, constant_value, inspect_input, read_volume_checked_beside, verify_data
+from UNetSegmentationLib.io.segmentations import label_dtype
+from UNetSegmentationLib.io.volumes import check_finite, check_slice_size, max_slice_pixels, constant_value, inspect_input, read_voxels, verify_data
 from UNetSegmentationLib.model.checkpoint import Checkpoint, load_checkpoint
 from UNetSegmentationLib.model.depth import Depth, resolve_depth
 from UNetSegmentationLib.model.metadata import ModelMetadata
@@ -212,14 +212,14 @@ def segment_volume(
     dicom = _dicom_source(header, outputs[0], model, algorithm)  # a SEG's segments checked before the volume is read
     t_model = time.perf_counter()
 
-    image, read_checked = read_volume_checked_beside(header.path, header)
-    volume, t_read = _array_view(image), time.perf_counter()
+    voxels = read_voxels(header.path, header)
+    volume, t_read = voxels.volume, time.perf_counter()
 
-    geometry = SliceGeometry.from_direction(image.GetDirection(), options.axis)
+    geometry = SliceGeometry.from_direction(voxels.direction, options.axis)
     slice_count = geometry.slices_view(volume).shape[0]
     quantize_int8 = plan.quantizes_per_volume  # --precision int8: the export is quantised for this volume, below
-    layout = layout_volume(volume, geometry, image.GetSpacing(), metadata, options.spacing == SPACING_MODEL, options.crop)
-    read_checked()  # a compressed input's checksum, computed beside the body's search: a corrupt file is refused here
+    layout = layout_volume(volume, geometry, voxels.spacing, metadata, options.spacing == SPACING_MODEL, options.crop)
+    voxels.wait()  # a compressed input's checksum where ITK read it, computed beside the body's search: a corrupt file is refused here
     check_finite(volume, source=str(header.path))
     mapping = fit_normalization(metadata.normalization, volume)
     layout = only_slices(layout, slices, plan.batch_size, slice_count)  # the warm engine's segment_slices (None: all)
@@ -243,8 +243,8 @@ def segment_volume(
         reporter.warning("no voxel was labelled: the model found none of its classes in this volume")
     t_predicted = time.perf_counter()
 
-    reference = grid_reference(image)  # the input's grid without its voxels: they go before the outputs are written
-    del image, volume, mapping  # (the writers copy the labels into an image: the input's memory is free for it)
+    reference = voxels.reference  # the input's grid without its voxels: they go before the outputs are written
+    del voxels, volume, mapping  # (the writers copy the labels into an image: the input's memory is free for it)
     case_outputs = CaseOutputs(outputs[0], outputs[1] if len(outputs) > 1 else None, Path(options.review_list) if options.review_list is not None else None)
     review_text = review_list_text(review.ranked(), case_outputs.review_list.suffix.lower()) if case_outputs.review_list is not None else None
     write_case_outputs(case_outputs, result.labels, reference, metadata.classes, confidence=result.confidence, review_text=review_text, dicom=dicom, overwrite=options.overwrite, compress=options.compress)
@@ -365,10 +365,3 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _array_view(image) -> np.ndarray:
-    """The voxels as a read-only [k, j, i] numpy view (no copy)."""
-    import SimpleITK as sitk
-
-    return sitk.GetArrayViewFromImage(image)

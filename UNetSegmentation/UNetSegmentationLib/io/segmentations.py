@@ -29,12 +29,19 @@ if TYPE_CHECKING:  # annotations only: io/ stays below model/ (model/checkpoint.
 def grid_reference(image: sitk.Image) -> sitk.Image:
     """A one-voxel image with ``image``'s origin, spacing and direction: all a writer here needs of the input's
     grid (the written array brings its size), so a run can let the input's voxels go before it writes."""
-    reference = sitk.Image([1] * image.GetDimension(), sitk.sitkUInt8)
-    _place(reference, image)
+    return grid_at(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+
+
+def grid_at(origin: Sequence[float], spacing: Sequence[float], direction: Sequence[float]) -> sitk.Image:
+    """:func:`grid_reference` of the grid ``origin``, ``spacing``, ``direction`` (a header's, before any voxel is read)."""
+    reference = sitk.Image([1] * len(spacing), sitk.sitkUInt8)
+    reference.SetOrigin(tuple(origin))
+    reference.SetSpacing(tuple(spacing))
+    reference.SetDirection(tuple(direction))
     return reference
 
 
-def _place(image: sitk.Image, reference: sitk.Image) -> None:
+def place_on_grid(image: sitk.Image, reference: sitk.Image) -> None:
     """``image`` on ``reference``'s grid: its origin, spacing and direction (not its size: see :func:`grid_reference`)."""
     image.SetOrigin(reference.GetOrigin())
     image.SetSpacing(reference.GetSpacing())
@@ -59,7 +66,7 @@ def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path, classes:
             _write_segmentation(labels, reference, path, classes, compress)
         else:
             image = sitk.GetImageFromArray(labels)
-            _place(image, reference)
+            place_on_grid(image, reference)
             sitk.WriteImage(image, str(path), **write_arguments(str(final_name or path), level_for(compress, floats=False)))
     except RuntimeError as error:
         raise UserError(f"cannot write {final_name or path}: {_write_failure(error, path, final_name)}") from None
@@ -144,7 +151,7 @@ def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, c
     except ValueError as error:  # metadata is checked when a checkpoint is loaded; this guards other callers
         raise RuntimeError(f"a Slicer segmentation cannot hold it: {error}") from None  # write_labels names the file
     image = sitk.GetImageFromArray(labels)
-    _place(image, reference)
+    place_on_grid(image, reference)
     for key, value in header.items():
         image.SetMetaData(key, value)
     sitk.WriteImage(image, str(path), **write_arguments(str(path), level_for(compress, floats=False)))
@@ -153,7 +160,7 @@ def _write_segmentation(labels: np.ndarray, reference: sitk.Image, path: Path, c
 def write_scalar(volume: np.ndarray, reference: sitk.Image, path: Path, final_name: Optional[Path] = None, compress: Optional[int] = None) -> None:
     """Write a scalar map (e.g. probabilities) on ``reference``'s grid, compressed (io/compression.py)."""
     image = sitk.GetImageFromArray(volume)
-    _place(image, reference)
+    place_on_grid(image, reference)
     try:
         sitk.WriteImage(image, str(path), **write_arguments(str(final_name or path), level_for(compress, floats=volume.dtype.kind == "f")))
     except RuntimeError as error:

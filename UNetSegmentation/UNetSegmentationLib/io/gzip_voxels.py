@@ -16,8 +16,11 @@ as before, and the checks of :mod:`.volumes` name what is wrong with it.
 
 from __future__ import annotations
 
+import errno
+import math
+import mmap
 import sys
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,8 +59,7 @@ def decode_gzip_nrrd(header: InputHeader) -> Optional[np.ndarray]:
     if dtype is None:
         return None
     payload = describe_payload(header.path)
-    shape = tuple(reversed(header.size))
-    volume = np.empty(shape, dtype=dtype)
+    volume = _unadvised_array(tuple(reversed(header.size)), dtype)
     written = memoryview(volume.reshape(-1)).cast("B")
     decoder, filled = inflate.decompressobj(_GZIP_ONLY), 0
     try:
@@ -79,6 +81,20 @@ def decode_gzip_nrrd(header: InputHeader) -> Optional[np.ndarray]:
         return None
     volume.flags.writeable = False  # as ITK's array view of its image
     return volume
+
+
+def _unadvised_array(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array in memory of its own, on the kernel's ordinary pages as ITK's buffers are: numpy
+    asks for huge pages for large arrays, which on a host short of them stalls on compaction (0.04-1.0 s to
+    touch 315 MB here, against 0.25 s steady; BENCHMARKS.md, *Fourth round*, fifth session)."""
+    size = math.prod(shape) * dtype.itemsize
+    try:
+        memory = mmap.mmap(-1, size)
+    except OSError as error:
+        if error.errno == errno.ENOMEM:
+            raise MemoryError(f"{size} bytes") from None
+        raise
+    return np.frombuffer(memory, dtype=dtype).reshape(shape)
 
 
 def _decodable_dtype(header: InputHeader) -> Optional[np.dtype]:

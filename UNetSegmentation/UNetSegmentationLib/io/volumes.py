@@ -25,8 +25,8 @@ import SimpleITK as sitk
 from UNetSegmentationLib.errors import UserError
 from UNetSegmentationLib.io.dicom_series import check_stack, series_files, special_file_kind
 from UNetSegmentationLib.io.input_header import SUPPORTED, InputHeader, read_header
+from UNetSegmentationLib.io.mapped_voxels import mapped_voxels
 from UNetSegmentationLib.io.native_messages import native_reason, quiet_itk
-from UNetSegmentationLib.io.nrrd_voxels import nrrd_voxels
 from UNetSegmentationLib.io.path_names import path_problem
 from UNetSegmentationLib.io.payload import DEFLATE, checksum_matches, describe_payload, format_bytes, missing_data
 from UNetSegmentationLib.io.reader_hazards import reader_hazard
@@ -144,7 +144,7 @@ class InputVoxels:
     image: Optional[sitk.Image] = None  # ITK's image when ITK read the file (``volume`` is a view of its buffer), else None
 
     def as_image(self) -> sitk.Image:
-        """The voxels as a SimpleITK image on the input's grid (ITK's own, or a copy of the array read without ITK)."""
+        """The voxels as a SimpleITK image on the input's grid (ITK's own, or a copy of the mapped voxels)."""
         if self.image is not None:
             return self.image
         image = sitk.GetImageFromArray(self.volume)
@@ -161,20 +161,16 @@ def read_volume(path, header: Optional[InputHeader] = None) -> sitk.Image:
 
 
 def read_voxels(path, header: Optional[InputHeader] = None) -> InputVoxels:
-    """:func:`read_volume` without the image: a NRRD's raw voxels mapped from the file, its gzip voxels decoded
-    by zlib-ng with the stream checked as it is decoded (:mod:`.nrrd_voxels`); anything else read by ITK, whose
-    compressed stream is then checked (its checksum over every decoded voxel: 0.16 s per 315 MB here) on a
-    thread while the caller goes on. ``wait()`` returns once that check has passed and raises
-    :func:`read_volume`'s :class:`UserError` when it has not; the caller calls it before it reports, checks or
-    writes anything of the voxels (``predict`` finds the body meanwhile, which uses one core)."""
+    """:func:`read_volume` without the image: a raw NRRD's voxels mapped from the file (:mod:`.mapped_voxels`);
+    anything else read by ITK, whose compressed stream is then checked (its checksum over every decoded voxel:
+    0.16 s per 315 MB here) on a thread while the caller goes on. ``wait()`` returns once that check has passed
+    and raises :func:`read_volume`'s :class:`UserError` when it has not; the caller calls it before it reports,
+    checks or writes anything of the voxels (``predict`` finds the body meanwhile, which uses one core)."""
     header = verify_data(header or inspect_input(path))
-    try:
-        direct = nrrd_voxels(header)
-    except MemoryError:
-        raise UserError(_out_of_memory_reading(header)) from None
-    if direct is not None:
+    mapped = mapped_voxels(header)
+    if mapped is not None:
         reference = grid_at(header.origin, header.spacing, header.direction)
-        return InputVoxels(direct, tuple(header.spacing), tuple(header.direction), reference, lambda: None)
+        return InputVoxels(mapped, tuple(header.spacing), tuple(header.direction), reference, lambda: None)
     image, header = _read_image(path, header)
     validate_volume(image, header.path)
     volume, reference = sitk.GetArrayViewFromImage(image), grid_reference(image)

@@ -26,7 +26,6 @@ class Requirement:
 #: the packages Slicer ships (PROTECTED_PACKAGES). ONNX Runtime is the engine's fast CPU backend (what
 #: ``--backend auto`` picks on the CPU, and what runs the bundled model's shipped export without
 #: PyTorch); ml_dtypes stays below 0.6, whose wheels need numpy 2 (0.5.x works with numpy 1.26 and 2).
-#: zlib-ng decodes gzip NRRD inputs, the panel's saved volumes included, faster than ITK (io/gzip_voxels.py).
 REQUIREMENTS = (
     Requirement("monai", "monai>=1.3"),
     Requirement("safetensors", "safetensors>=0.4"),
@@ -40,7 +39,6 @@ REQUIREMENTS = (
     Requirement("google.protobuf", "protobuf>=4.25"),
     Requirement("flatbuffers", "flatbuffers"),
     Requirement("packaging", "packaging"),
-    Requirement("zlib_ng", "zlib-ng>=0.4"),
 ) + ((Requirement("colorama", "colorama"),) if sys.platform == "win32" else ())
 #: never installed or upgraded by the extension: Slicer ships them (torch comes from the PyTorch extension)
 PROTECTED_PACKAGES = ("numpy", "scipy", "SimpleITK", "vtk", "requests", "torch", "torchvision")

@@ -194,6 +194,9 @@ def test_running_out_of_memory_while_reading_says_so_and_not_batch_size(predict,
     def no_memory(*args, **kwargs):
         raise MemoryError()
 
+    from UNetSegmentationLib.io import mapped_voxels
+
+    monkeypatch.setattr(mapped_voxels, "MAPS_RAW_FILES", False)  # read into a buffer (mapped, a raw NRRD allocates none)
     monkeypatch.setattr(sitk, "ReadImage", no_memory)  # as the allocation of the voxel buffer fails
     message = assert_refused(*predict(oblique_volume_path), "out of memory while reading", "oblique.nrrd", "40x36x12")
     assert "batch" not in message

@@ -3,7 +3,7 @@
 ITK's reader copies raw voxels into a buffer of its own before anything else can start: 0.12 s for the
 157 MB of a 512×512×300 16-bit CT here and 0.25-0.6 s for 512×512×600, most of it the kernel handing
 out the buffer's pages. Mapped (as nibabel maps an uncompressed NIfTI), nothing is copied: a slice is
-read from the page cache when the run first looks at it (BENCHMARKS.md, *Fourth round*, fifth session).
+read from the page cache when the run first looks at it (BENCHMARKS.md, *Fifth round*).
 An uncompressed NRRD is what the panel saves for the engine.
 
 Mapped only where ITK's reader would give exactly these voxels: data attached to the header, no line or

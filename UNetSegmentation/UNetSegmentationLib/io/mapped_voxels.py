@@ -9,9 +9,9 @@ An uncompressed NRRD is what the panel saves for the engine.
 Mapped only where ITK's reader would give exactly these voxels: data attached to the header, no line or
 byte skip, voxels of one byte or in the host's byte order, of the type ITK reports for the file; and only
 on POSIX, because Windows cannot delete a file while it is mapped (the panel deletes the volume it saved
-once a request ends). Everything else gives None and ITK reads the file as before. A file cut short while
-the run reads it stops the process (the system's bus error), as with any mapped file: :func:`verify_data`
-has found all its voxels there before.
+once a request ends). Everything else gives None and ITK reads the file as before. A file cut short
+while the run reads it stops the process (the system's bus error), as with any mapped file;
+:func:`~.volumes.verify_data` has found all its voxels there before.
 
 Compressed NRRDs stay with ITK: zlib-ng decoding into the array the run keeps, with the stream's CRC-32
 checked on the way, measured no faster than ITK's inflate plus the check beside the body (same section).

@@ -82,16 +82,23 @@ def gather_context(slices: np.ndarray, slice_indices: np.ndarray, context: int, 
     (first row, end row, first column, end column) of each slice when given."""
     region = slices if box is None else slices[:, box[0]:box[1], box[2]:box[3]]
     positions = context_positions(slice_indices, context, slices.shape[0], step)
-    if np.allclose(positions, np.rint(positions), rtol=0, atol=1e-3):  # every neighbour on a slice: no interpolation
-        indices = np.rint(positions).astype(np.int64)
-        return region[indices.reshape(-1)].reshape(indices.shape + region.shape[1:])
-    below = np.floor(positions).astype(np.int64)
-    above = np.minimum(below + 1, slices.shape[0] - 1)
-    weight = (positions - below).astype(np.float32)[..., None, None]
+    below, above, weight = _between_slices(positions, slices.shape[0])
     shape = positions.shape + region.shape[1:]
+    if weight is None:  # every neighbour on a slice: no interpolation
+        return region[below.reshape(-1)].reshape(shape)
     lower = region[below.reshape(-1)].reshape(shape).astype(np.float32)
     upper = region[above.reshape(-1)].reshape(shape).astype(np.float32)
-    return lower + weight * (upper - lower)
+    return lower + weight[..., None, None] * (upper - lower)
+
+
+def _between_slices(positions: np.ndarray, slice_count: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """``(below, above, weight)``: the slices each of ``positions`` lies between and its float32 weight toward
+    ``above``; ``(on, on, None)`` where every position lies on a slice (within 1e-3 of one: nothing to interpolate)."""
+    if np.allclose(positions, np.rint(positions), rtol=0, atol=1e-3):
+        on = np.rint(positions).astype(np.int64)
+        return on, on, None
+    below = np.floor(positions).astype(np.int64)
+    return below, np.minimum(below + 1, slice_count - 1), (positions - below).astype(np.float32)
 
 
 def resampled_context(slices: np.ndarray, slice_indices: np.ndarray, context: int, step: float, box: Box, size: Size) -> np.ndarray:
@@ -106,19 +113,14 @@ def resampled_context(slices: np.ndarray, slice_indices: np.ndarray, context: in
     position it neighbours, and the values are the same bits."""
     region = slices[:, box[0]:box[1], box[2]:box[3]]
     positions = context_positions(slice_indices, context, slices.shape[0], step)
-    if np.allclose(positions, np.rint(positions), rtol=0, atol=1e-3):  # every neighbour on a slice, as gather_context decides
-        below = above = np.rint(positions).astype(np.int64)
-    else:
-        below = np.floor(positions).astype(np.int64)
-        above = np.minimum(below + 1, slices.shape[0] - 1)
+    below, above, weight = _between_slices(positions, slices.shape[0])
     needed, where = np.unique(np.concatenate([below.reshape(-1), above.reshape(-1)]), return_inverse=True)
     planes = bilinear(region[needed].astype(np.float32), size)
     lower = planes[where[:below.size]].reshape(positions.shape + tuple(size))
-    if above is below:
+    if weight is None:
         return lower
     upper = planes[where[below.size:]].reshape(lower.shape)
-    weight = (positions - below).astype(np.float32)[..., None, None]
-    return lower + weight * (upper - lower)
+    return lower + weight[..., None, None] * (upper - lower)
 
 
 def padding_for(shape: Tuple[int, int], multiple: int) -> Tuple[int, int]:

@@ -66,7 +66,7 @@ def _mappable(header: InputHeader) -> Optional[Tuple[Payload, np.dtype]]:
         return None
     fields, _ = nrrd_fields(header.path)
     dtype = _SCALAR_TYPES.get(header.pixel_type)
-    if dtype is None or _int_field(fields, "lineskip") or _int_field(fields, "byteskip"):
+    if dtype is None or int(fields.get("lineskip", "0")) or int(fields.get("byteskip", "0")):  # integers: describe_payload read them
         return None
     if dtype.itemsize > 1 and fields.get("endian", "").lower() != sys.byteorder:
         return None  # voxels in the other byte order (or none stated): ITK swaps them
@@ -74,11 +74,3 @@ def _mappable(header: InputHeader) -> Optional[Tuple[Payload, np.dtype]]:
         return None
     return payload, dtype
 
-
-def _int_field(fields: dict, key: str) -> int:
-    """A NRRD integer field (0 when absent; -1 when it is not an integer, so that the caller declines the file)."""
-    text = fields.get(key, "0").strip()
-    try:
-        return int(text)
-    except ValueError:
-        return -1
